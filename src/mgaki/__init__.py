@@ -1,0 +1,63 @@
+"""mgaki: magnesium disorders and AKI — bedside assessment, surveillance, research.
+
+Public API is exactly ``__all__``; everything else is internal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mgaki.adapters.fhir import record_from_bundle
+from mgaki.engine.assess import AssessOptions, assess_record
+from mgaki.errors import (
+    BundleError,
+    ImplausibleValueError,
+    InputError,
+    KnowledgeError,
+    MgakiError,
+    TimeError,
+    UnitError,
+)
+from mgaki.model import PatientRecord
+from mgaki.result import Assessment, Finding, Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssessOptions",
+    "Assessment",
+    "BundleError",
+    "Finding",
+    "ImplausibleValueError",
+    "InputError",
+    "KnowledgeError",
+    "MgakiError",
+    "PatientRecord",
+    "Plan",
+    "TimeError",
+    "UnitError",
+    "__version__",
+    "assess",
+]
+
+
+def assess(
+    bundle: str | bytes | dict[str, Any] | Path | PatientRecord,
+    contexts: tuple[str, ...] | list[str] | frozenset[str] = (),
+    *,
+    nomogram: str = "vanderbilt-im",
+    baseline_creatinine_mg_dl: float | None = None,
+    jurisdiction: str = "us",
+) -> Assessment:
+    """Assess one patient from a FHIR R4 Bundle (JSON text, dict or path) or a record.
+
+    Raises an ``InputError`` subclass naming the offending resource on bad input.
+    """
+    if isinstance(bundle, Path):
+        bundle = bundle.read_bytes()
+    record = bundle if isinstance(bundle, PatientRecord) else record_from_bundle(bundle)
+    opts = AssessOptions(contexts=frozenset(contexts), nomogram=nomogram,
+                         baseline_creatinine_mg_dl=baseline_creatinine_mg_dl,
+                         jurisdiction=jurisdiction)
+    return assess_record(record, opts)

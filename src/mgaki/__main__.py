@@ -1,0 +1,3 @@
+from mgaki.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Adapters: source formats in, canonical records/events out. Written once each."""

@@ -1,0 +1,265 @@
+"""FHIR R4 Bundle -> PatientRecord, parsed and validated with fhir.resources (R4B models).
+
+Observations are mapped by LOINC (codes.yaml) and converted by mgaki.units; a
+mapped observation with a missing or unknown unit, an impossible value or a
+time without a timezone fails the whole bundle with an error that names the
+resource. Unmapped observations are counted, never silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from mgaki.errors import BundleError, InputError, TimeError, UnitError
+from mgaki.knowledge import KnowledgeBase, load
+from mgaki.model import Condition, Measurement, Medication, PatientRecord
+from mgaki.units import normalize_unit, salt_amounts, to_canonical
+
+__all__ = ["parse_bundle", "record_from_bundle"]
+
+UCUM = "http://unitsofmeasure.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+INACTIVE = {"stopped", "cancelled", "entered-in-error", "not-taken", "on-hold", "not-done",
+            "draft", "unknown"}
+SKIP_OBS = {"entered-in-error", "cancelled", "registered"}
+ICU_WORDS = ("intensive care", "icu", "critical care")
+
+
+def _where(raw: dict[str, Any], i: int | None = None) -> str:
+    rid = f"{raw.get('resourceType', '?')}/{raw.get('id', '?')}"
+    return rid if i is None else f"Bundle.entry[{i}] ({rid})"
+
+
+def parse_bundle(data: str | bytes | dict[str, Any]) -> tuple[Bundle, list[dict[str, Any]]]:
+    """Validate a Bundle; returns the model and each entry's raw resource (for messages)."""
+    try:
+        raw = json.loads(data) if isinstance(data, str | bytes) else data
+    except json.JSONDecodeError as exc:
+        raise BundleError("Bundle", f"not valid JSON: {exc.msg} at line {exc.lineno} "
+                                    f"column {exc.colno}") from None
+    if not isinstance(raw, dict) or raw.get("resourceType") != "Bundle":
+        got = raw.get("resourceType") if isinstance(raw, dict) else type(raw).__name__
+        raise BundleError("Bundle", f"expected a FHIR Bundle, got {got!r}")
+    entries = raw.get("entry") or []
+    if not isinstance(entries, list):
+        raise BundleError("Bundle.entry", "must be a list")
+    resources = []
+    for i, e in enumerate(entries):
+        res = e.get("resource") if isinstance(e, dict) else None
+        if not isinstance(res, dict) or "resourceType" not in res:
+            raise BundleError(f"Bundle.entry[{i}]", "has no resource with a resourceType")
+        resources.append(res)
+    try:
+        bundle = Bundle.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = list(err["loc"])
+        where = "Bundle"
+        if len(loc) >= 2 and loc[0] == "entry" and isinstance(loc[1], int) and loc[1] < len(resources):
+            where = _where(resources[loc[1]], loc[1])
+            loc = loc[3:] if len(loc) > 3 else []
+        field = ".".join(str(p) for p in loc if not str(p).startswith("function"))
+        raise BundleError(where, f"{field or 'resource'}: {err['msg']}") from None
+    return bundle, resources
+
+
+@cache
+def _code_index(kb: KnowledgeBase) -> dict[tuple[str, str], str]:
+    return {(c.system, c.code): c.analyte for c in kb.codes.observations}
+
+
+@cache
+def _rrt_index(kb: KnowledgeBase) -> frozenset[tuple[str, str]]:
+    return frozenset((c.system, c.code) for c in kb.codes.rrt_procedures)
+
+
+@cache
+def _drug_pattern(kb: KnowledgeBase) -> re.Pattern[str]:
+    names = sorted({n.lower() for d in kb.drugs.drugs for n in (d.ingredient, *d.synonyms)},
+                   key=len, reverse=True)
+    return re.compile(r"(?<![a-z])(" + "|".join(re.escape(n) for n in names) + r")(?![a-z])")
+
+
+def _time(value: Any, where: str, what: str) -> datetime:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TimeError(where, f"{what} has no timezone")
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        raise TimeError(where, f"{what} is a date without a time ({value}); a time with a "
+                               "timezone is needed to order results")
+    raise TimeError(where, f"{what} is missing")
+
+
+def _obs_time(obs: Any, where: str) -> datetime:
+    if obs.effectiveDateTime is not None:
+        return _time(obs.effectiveDateTime, where, "effectiveDateTime")
+    if obs.effectivePeriod is not None and obs.effectivePeriod.start is not None:
+        return _time(obs.effectivePeriod.start, where, "effectivePeriod.start")
+    if obs.effectiveInstant is not None:
+        return _time(obs.effectiveInstant, where, "effectiveInstant")
+    if obs.issued is not None:
+        return _time(obs.issued, where, "issued")
+    raise TimeError(where, "no effective time")
+
+
+def _med_ingredient(kb: KnowledgeBase, concept: Any) -> tuple[str | None, str | None, str]:
+    text = ""
+    rxcui = None
+    if concept is None:
+        return None, None, text
+    for c in concept.coding or []:
+        if c.system == RXNORM and c.code:
+            rxcui = c.code
+            drug = kb.drug(f"rxcui:{c.code}")
+            if drug:
+                return drug.ingredient, rxcui, c.display or drug.ingredient
+        text = text or (c.display or "")
+    text = concept.text or text
+    m = _drug_pattern(kb).search(text.lower())
+    if m:
+        drug = kb.drug(m.group(1))
+        return (drug.ingredient if drug else None), rxcui, text
+    return None, rxcui, text
+
+
+def _dose_g(dosage: Any, where: str) -> float | None:
+    if dosage is None or dosage.dose is None or dosage.dose.value is None:
+        return None
+    unit = (dosage.dose.code or dosage.dose.unit or "").strip().lower()
+    amount = float(dosage.dose.value)
+    conv = {"g": ("g", 1.0), "mg": ("g", 1e-3), "mmol": ("mmol", 1.0), "meq": ("meq", 1.0)}
+    if unit not in conv:
+        raise UnitError(where, f"magnesium dose unit {dosage.dose.unit!r} not understood "
+                               "(use g, mg, mmol or mEq)")
+    u, f = conv[unit]
+    return salt_amounts(amount * f, u)["g_mgso4"]
+
+
+def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | None = None,
+                       ) -> PatientRecord:
+    """Build the canonical record. Raises InputError (naming the resource) on bad input."""
+    kb = kb or load()
+    bundle, raws = parse_bundle(data)
+    codes, rrt_codes = _code_index(kb), _rrt_index(kb)
+    patient_id, sex, birth = None, None, None
+    meas: dict[tuple[str, datetime, float], Measurement] = {}
+    meds: list[Medication] = []
+    conds: list[Condition] = []
+    rrt: list[datetime] = []
+    contexts: set[str] = set()
+    warnings: list[str] = []
+    seen_ids: set[str] = set()
+    ignored = 0
+    for i, entry in enumerate(bundle.entry or []):
+        res, raw = entry.resource, raws[i]
+        rtype = raw["resourceType"]
+        where = _where(raw)
+        if raw.get("id") and where in seen_ids:
+            warnings.append(f"{where} appears twice in the bundle; used once")
+            continue
+        seen_ids.add(where)
+        try:
+            if rtype == "Patient":
+                if patient_id is not None and res.id != patient_id:
+                    raise BundleError(where, "a second Patient: one bundle must hold one patient")
+                patient_id = res.id or "unknown"
+                sex = res.gender if res.gender in ("female", "male") else None
+                birth = res.birthDate if isinstance(res.birthDate, date) else None
+            elif rtype == "Observation":
+                if res.status in SKIP_OBS:
+                    warnings.append(f"{where} has status {res.status}: not used")
+                    continue
+                analyte = next((codes[(c.system, c.code)] for c in (res.code.coding or [])
+                                if (c.system, c.code) in codes), None)
+                if analyte is None:
+                    ignored += 1
+                    continue
+                q = res.valueQuantity
+                if q is None or q.value is None:
+                    warnings.append(f"{where} ({analyte}) has no numeric value: not used")
+                    continue
+                unit = q.code if (q.code and (q.system in (None, UCUM))) else q.unit
+                if unit is None:
+                    raise UnitError(where, f"{analyte} value {q.value} has no unit")
+                value = to_canonical(float(q.value), analyte, unit, where)
+                t = _obs_time(res, where)
+                m = Measurement(analyte, value, kb.analyte(analyte).canonical_unit, t, where,
+                                float(q.value), normalize_unit(unit, where))
+                key = (analyte, t, round(value, 9))
+                if key in meas:
+                    warnings.append(f"{where} duplicates {meas[key].source_id} (same time and "
+                                    "value): counted once")
+                    continue
+                clash = [k for k in meas if k[0] == analyte and k[1] == t]
+                if clash:
+                    warnings.append(f"{where} and {meas[clash[0]].source_id}: two different "
+                                    f"{analyte} values at the same time; both kept")
+                meas[key] = m
+            elif rtype in ("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
+                meds.append(_medication(kb, res, rtype, where))
+            elif rtype == "Procedure":
+                hit = any((c.system, c.code) in rrt_codes for c in (res.code.coding or [])) \
+                    if res.code else False
+                if hit and res.status in ("completed", "in-progress"):
+                    when = res.performedDateTime or (res.performedPeriod.start
+                                                     if res.performedPeriod else None)
+                    rrt.append(_time(when, where, "performed time"))
+            elif rtype == "Condition":
+                code = next((c.code for c in (res.code.coding or []) if c.code), None) \
+                    if res.code else None
+                text = (res.code.text if res.code and res.code.text else None) or " ".join(
+                    c.display or "" for c in ((res.code.coding or []) if res.code else []))
+                conds.append(Condition(code, text, where))
+            elif rtype == "Encounter":
+                words = " ".join(
+                    [(res.class_fhir.display or res.class_fhir.code or "") if getattr(res, "class_fhir", None) else ""]
+                    + [t.text or "" for t in (res.type or [])]).lower()
+                if any(w in words for w in ICU_WORDS):
+                    contexts.add("icu")
+        except InputError:
+            raise
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise BundleError(where, f"cannot be read: {exc}") from None
+    if patient_id is None:
+        raise BundleError("Bundle", "no Patient resource")
+    if ignored:
+        warnings.append(f"{ignored} observation(s) with codes mgaki does not use were ignored")
+    return PatientRecord(patient_id=patient_id, sex=sex, birth_date=birth,
+                         measurements=tuple(meas.values()), medications=tuple(meds),
+                         conditions=tuple(conds), rrt_times=tuple(rrt),
+                         contexts=frozenset(contexts), warnings=tuple(warnings))
+
+
+def _medication(kb: KnowledgeBase, res: Any, rtype: str, where: str) -> Medication:
+    concept = getattr(res, "medicationCodeableConcept", None)
+    if concept is None and getattr(res, "medicationReference", None) is not None:
+        raise BundleError(where, "medicationReference is not supported; use "
+                                 "medicationCodeableConcept (RxNorm or text)")
+    ingredient, rxcui, text = _med_ingredient(kb, concept)
+    start = end = None
+    dose = None
+    route = None
+    if rtype == "MedicationAdministration":
+        when = res.effectiveDateTime or (res.effectivePeriod.start if res.effectivePeriod else None)
+        start = _time(when, where, "effective time")
+        if ingredient == "magnesium sulfate":
+            dose = _dose_g(res.dosage, where)
+    elif rtype == "MedicationRequest":
+        if res.authoredOn is not None:
+            start = _time(res.authoredOn, where, "authoredOn")
+    elif res.effectiveDateTime is not None or res.effectivePeriod is not None:
+        when = res.effectiveDateTime or res.effectivePeriod.start
+        start = _time(when, where, "effective time") if when else None
+    kind = {"MedicationRequest": "request", "MedicationAdministration": "administration",
+            "MedicationStatement": "statement"}[rtype]
+    return Medication(text=text, ingredient=ingredient, rxcui=rxcui, kind=kind, source_id=where,
+                      start=start, end=end, dose_g=dose, route=route,
+                      active=res.status not in INACTIVE)

@@ -1,0 +1,106 @@
+"""Command line: `mgaki assess`, `mgaki knowledge`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mgaki import assess as assess_api
+from mgaki.errors import InputError, MgakiError
+from mgaki.knowledge import iter_cited, load
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mgaki: magnesium disorders and AKI — decision support and analytics.")
+err = Console(stderr=True)
+
+
+class Fmt(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def example_path(name: str = "hypomagnesemia-cisplatin.json") -> Path:
+    return Path(str(resources.files("mgaki").joinpath("examples", name)))
+
+
+@app.command()
+def assess(
+    bundle: Annotated[Path | None, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for stdin; "
+                                                       "omit to run the shipped example")] = None,
+    context: Annotated[list[str] | None, typer.Option("--context", "-c", help="Clinical context, "
+                       "repeatable: cardiac-surgery, contrast, icu, cirrhosis, covid19, pediatric-icu, "
+                       "pancreatitis, tbi, malignancy, cisplatin, vanco-pip-tazo, sepsis, "
+                       "perioperative, torsades, eclampsia")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.text,
+    nomogram: Annotated[str, typer.Option(help="vanderbilt-im | nhs-highland")] = "vanderbilt-im",
+    baseline_creatinine: Annotated[float | None, typer.Option(
+        help="Known pre-admission creatinine, mg/dL")] = None,
+) -> None:
+    """Assess one patient: Mg status, cause, consequences, kidney, evidence and a plan."""
+    if bundle is None:
+        path = example_path()
+        context = context or ["cisplatin", "malignancy"]
+        err.print(f"[dim]No bundle given: assessing the shipped example {path.name} "
+                  f"(context: {', '.join(context)})[/dim]")
+        data = path.read_bytes()
+    elif str(bundle) == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        if not bundle.exists():
+            err.print(f"[red]error:[/red] {bundle}: no such file")
+            raise typer.Exit(2)
+        data = bundle.read_bytes()
+    try:
+        result = assess_api(data, tuple(context or ()), nomogram=nomogram,
+                            baseline_creatinine_mg_dl=baseline_creatinine)
+    except InputError as exc:
+        err.print(f"[red]invalid input:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except MgakiError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3) from None
+    if fmt is Fmt.json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        from mgaki.report import render
+
+        render(result, Console())
+
+
+@app.command()
+def knowledge(
+    section: Annotated[str | None, typer.Argument(help="File to show, e.g. evidence")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.text,
+) -> None:
+    """Print the knowledge catalogue: every entry with its source and verification."""
+    kb = load()
+    rows = []
+    for name, f in kb.files().items():
+        if section and not name.startswith(section):
+            continue
+        for path, entry, src in iter_cited(f):
+            ident = getattr(entry, "id", None) or getattr(entry, "ingredient", None) or \
+                getattr(entry, "ucum", None) or getattr(entry, "code", None) or path
+            rows.append({"file": name, "entry": str(ident), "verification": src.verification if src else "",
+                         "source": src.citation if src else "", "doi": (src.doi or src.document) if src else ""})
+    if fmt is Fmt.json:
+        sys.stdout.write(json.dumps({"version": kb.version, "entries": rows}, indent=2) + "\n")
+        return
+    t = Table(title=f"mgaki knowledge {kb.version}")
+    for col in ("file", "entry", "verification", "source", "doi"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*r.values())
+    Console().print(t)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Pure clinical rules: no I/O, inputs already in canonical units."""

@@ -1,0 +1,177 @@
+"""Kidney function (C5): KDIGO 2012 AKI staging, CKD-EPI 2021, Cockcroft-Gault, kinetic GFR.
+
+Baseline rule (documented in docs/kdigo.md): for each creatinine value the
+reference for the 1.5/2/3x criteria is the lowest value in the preceding 7 days,
+or a supplied pre-admission baseline if lower or if no value precedes; the
+reference for the 0.3 mg/dL criterion is the lowest value in the preceding
+48 h. The >=4.0 mg/dL criterion applies only within an AKI (another creatinine
+criterion met), as KDIGO words it ("increase to"). RRT start is stage 3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mgaki.knowledge import KnowledgeBase
+
+__all__ = [
+    "CreatinineStage",
+    "UrineStage",
+    "ckd_epi_2021",
+    "cockcroft_gault",
+    "kinetic_egfr",
+    "stage_creatinine",
+    "stage_urine_output",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CreatinineStage:
+    time: datetime
+    value: float
+    stage: int
+    criterion: str | None
+    reference: float | None  # value the ratio was computed against
+    reference_method: str
+
+
+@dataclass(frozen=True, slots=True)
+class UrineStage:
+    time: datetime
+    stage: int
+    criterion: str | None
+    rate_6h: float | None
+    rate_12h: float | None
+    rate_24h: float | None
+
+
+def stage_creatinine(
+    kb: KnowledgeBase,
+    series: Sequence[tuple[datetime, float]],
+    baseline: float | None = None,
+    rrt_times: Sequence[datetime] = (),
+) -> list[CreatinineStage]:
+    """KDIGO creatinine (and RRT) stage at each creatinine value, mg/dL, any input order."""
+    pts = sorted(series)
+    abs_rise = kb.value("kdigo_abs_rise")
+    abs_win = timedelta(hours=kb.value("kdigo_abs_window"))
+    ratio_win = timedelta(hours=kb.value("kdigo_ratio_window"))
+    r1, r2, r3 = (kb.value(f"kdigo_ratio_stage{i}") for i in (1, 2, 3))
+    scr3 = kb.value("kdigo_scr_stage3")
+    first_rrt = min(rrt_times) if rrt_times else None
+    out: list[CreatinineStage] = []
+    for i, (t, v) in enumerate(pts):
+        prior = [(pt, pv) for pt, pv in pts[:i] if pt < t]
+        in48 = [pv for pt, pv in prior if t - pt <= abs_win]
+        in7d = [pv for pt, pv in prior if t - pt <= ratio_win]
+        ref, method = _reference(in7d, baseline)
+        stage, crit = 0, None
+        if in48 and v - min(in48) >= abs_rise - 1e-9:
+            stage, crit = 1, "creatinine rise >=0.3 mg/dL within 48 h"
+        if ref:
+            ratio = v / ref
+            for thr, s in ((r3, 3), (r2, 2), (r1, 1)):
+                if ratio >= thr - 1e-9 and s > stage:
+                    stage, crit = s, f"creatinine {ratio:.2f} x baseline ({method})"
+                    break
+        if stage >= 1 and v >= scr3 and stage < 3:
+            stage, crit = 3, "creatinine >=4.0 mg/dL during AKI"
+        if first_rrt is not None and t >= first_rrt:
+            stage, crit = 3, "renal replacement therapy started"
+        out.append(CreatinineStage(t, v, stage, crit, ref, method))
+    return out
+
+
+def _reference(in7d: list[float], baseline: float | None) -> tuple[float | None, str]:
+    if in7d and (baseline is None or min(in7d) <= baseline):
+        return min(in7d), "lowest creatinine in the prior 7 days"
+    if baseline is not None:
+        return baseline, "supplied pre-admission baseline"
+    return None, "no prior creatinine: no baseline"
+
+
+def stage_urine_output(
+    kb: KnowledgeBase,
+    events: Sequence[tuple[datetime, float]],
+    weight_kg: float,
+) -> list[UrineStage]:
+    """KDIGO urine-output stage at each charting time.
+
+    Each charted volume (mL) is taken to have accrued since the previous
+    charting; the rate over the last 6/12/24 h is computed only once charting
+    covers the whole window (partial intervals prorated). Zero volume is real
+    anuria, not missing data.
+    """
+    pts = sorted(events)
+    if len(pts) < 2 or weight_kg <= 0:
+        return []
+    rate1 = kb.value("kdigo_uo_stage1_rate")
+    rate3 = kb.value("kdigo_uo_stage3_rate")
+    h1, h2, h3 = (kb.value(k) for k in ("kdigo_uo_stage1_hours", "kdigo_uo_stage2_hours",
+                                         "kdigo_uo_stage3_hours"))
+    h_anuria = kb.value("kdigo_anuria_hours")
+    intervals = [(pts[i - 1][0], pts[i][0], pts[i][1]) for i in range(1, len(pts))
+                 if pts[i][0] > pts[i - 1][0]]
+    start = intervals[0][0] if intervals else None
+    out: list[UrineStage] = []
+    for _, t, _v in intervals:
+        def volume(hours: float, t: datetime = t) -> float | None:
+            lo = t - timedelta(hours=hours)
+            if start is None or start > lo:
+                return None
+            total = 0.0
+            for a, b, vol in intervals:
+                overlap = (min(b, t) - max(a, lo)).total_seconds()
+                if overlap > 0:
+                    total += vol * overlap / (b - a).total_seconds()
+            return total
+
+        rates = {}
+        for h in (h1, h2, h3):
+            vol = volume(h)
+            rates[h] = None if vol is None else vol / weight_kg / h
+        anuria_vol = volume(h_anuria)
+        stage, crit = 0, None
+        if rates[h1] is not None and rates[h1] < rate1:
+            stage, crit = 1, f"urine output <{rate1:g} mL/kg/h for {h1:g} h"
+        if rates[h2] is not None and rates[h2] < rate1:
+            stage, crit = 2, f"urine output <{rate1:g} mL/kg/h for {h2:g} h"
+        if rates[h3] is not None and rates[h3] < rate3:
+            stage, crit = 3, f"urine output <{rate3:g} mL/kg/h for {h3:g} h"
+        if anuria_vol is not None and anuria_vol == 0.0:
+            stage, crit = 3, f"anuria for {h_anuria:g} h"
+        out.append(UrineStage(t, stage, crit, rates[h1], rates[h2], rates[h3]))
+    return out
+
+
+def ckd_epi_2021(kb: KnowledgeBase, scr_mg_dl: float, age: float, female: bool) -> float:
+    """eGFR, mL/min/1.73 m2 (race-free CKD-EPI 2021); valid only at steady state."""
+    c = kb.coefficient
+    kappa = c("ckdepi_kappa_female") if female else c("ckdepi_kappa_male")
+    alpha = c("ckdepi_alpha_female") if female else c("ckdepi_alpha_male")
+    ratio = scr_mg_dl / kappa
+    egfr = (c("ckdepi_const") * min(ratio, 1.0) ** alpha
+            * max(ratio, 1.0) ** c("ckdepi_exp_high") * c("ckdepi_age_base") ** age)
+    return egfr * (c("ckdepi_female") if female else 1.0)
+
+
+def cockcroft_gault(kb: KnowledgeBase, scr_mg_dl: float, age: float, weight_kg: float,
+                    female: bool) -> float:
+    """Creatinine clearance, mL/min (actual body weight; say so wherever it is shown)."""
+    c = kb.coefficient
+    crcl = (c("cg_age_const") - age) * weight_kg / (c("cg_denominator") * scr_mg_dl)
+    return crcl * (c("cg_female") if female else 1.0)
+
+
+def kinetic_egfr(kb: KnowledgeBase, baseline_scr: float, baseline_gfr: float,
+                 scr1: float, scr2: float, hours: float) -> float | None:
+    """Chen 2013 kinetic GFR between two creatinine values `hours` apart."""
+    if hours <= 0 or baseline_scr <= 0:
+        return None
+    max_rise = kb.coefficient("kgfr_max_rise_per_day")
+    mean = (scr1 + scr2) / 2.0
+    k = baseline_scr * baseline_gfr / mean * (1.0 - 24.0 * (scr2 - scr1) / (hours * max_rise))
+    return max(k, 0.0) if math.isfinite(k) else None

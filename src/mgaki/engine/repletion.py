@@ -1,0 +1,217 @@
+"""Repletion planning (C8): regimen by level, context and kidney function.
+
+Every amount is converted by mgaki.units from the unit the protocol states;
+renal rules, labelled maxima and hold rules come from regimens.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mgaki.knowledge import KnowledgeBase
+from mgaki.knowledge.schema import Nomogram, Regimen, Step, Tier
+from mgaki.result import Dose, Evidence, Plan
+from mgaki.units import convert, salt_amounts
+
+__all__ = ["KidneyState", "PlanRequest", "plan_repletion"]
+
+EMERGENCY_CONTEXTS = ("torsades-arrest", "torsades", "eclampsia")
+PREVENTION_CONTEXTS = ("cisplatin", "vanco-pip-tazo", "perioperative", "sepsis", "icu")
+
+
+@dataclass(frozen=True)
+class KidneyState:
+    egfr: float | None = None
+    crcl: float | None = None
+    aki_stage: int = 0
+    rrt: bool = False
+    anuric: bool = False
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    mg_mg_dl: float | None
+    contexts: frozenset[str] = frozenset()
+    nomogram_id: str = "vanderbilt-im"
+    kidney: KidneyState = field(default_factory=KidneyState)
+    weight_kg: float | None = None
+    jurisdiction: str = "us"
+
+
+@dataclass
+class PlanOutcome:
+    plan: Plan
+    adjusted: list[str]  # renal adjustments made (-> renal_dose_adjustment finding)
+    hold_reasons: list[str]  # -> hold_magnesium finding
+    warnings: list[str]
+
+
+def _dose(step: Step, factor: float, weight: float | None) -> Dose:
+    rate = step.amount_unit in ("g/h", "mg/kg/h")
+    unit = {"g/h": "g", "mg/kg/h": "mg/kg"}.get(step.amount_unit, step.amount_unit)
+    amt = salt_amounts(step.amount * factor, unit, step.salt, weight)
+    amt_max = (salt_amounts(step.amount_max * factor, unit, step.salt, weight)
+               if step.amount_max is not None else None)
+    g = amt["g_mgso4"]
+    per = " per hour" if rate else ""
+    label = f"{_fmt(g)}{'-' + _fmt(amt_max['g_mgso4']) if amt_max else ''} g MgSO4{per}"
+    if step.amount_unit in ("mmol", "meq"):
+        label = f"{step.amount * factor:g} {step.amount_unit.replace('meq', 'mEq')} Mg{per} ({label})"
+    if step.amount_unit.startswith("mg/kg"):
+        label = f"{step.amount * factor:g} {step.amount_unit} ({label})"
+    return Dose(
+        label=label, route=step.route, g_mgso4=round(g, 3), mmol=round(amt["mmol"], 2),
+        meq=round(amt["meq"], 2),
+        g_mgso4_max=round(amt_max["g_mgso4"], 3) if amt_max else None,
+        duration_h=step.duration_h, duration_max_h=step.duration_max_h,
+        rate_g_per_h=round(g, 3) if rate else (round(g / step.duration_h, 3)
+                                                if step.duration_h else None),
+        repeats=step.repeats, interval_h=step.interval_h, note=step.note,
+    )
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def _tier(nomogram: Nomogram, mg_mg_dl: float) -> Tier | None:
+    v = convert(mg_mg_dl, "magnesium", "mg/dL", nomogram.unit)
+    for tier in nomogram.tiers:
+        if tier.lower is not None and v < tier.lower:
+            continue
+        if tier.upper is not None and (v > tier.upper if tier.upper_inclusive else v >= tier.upper):
+            continue
+        return tier
+    return None
+
+
+def _total_24h(doses: list[Dose]) -> float:
+    total = 0.0
+    for d in doses:
+        if d.g_mgso4 is None:
+            continue
+        if d.duration_h is None and d.rate_g_per_h is not None and d.rate_g_per_h == d.g_mgso4:
+            total += d.g_mgso4 * 24.0  # a maintenance rate running all day
+            continue
+        n = d.repeats
+        if d.interval_h:
+            n = min(d.repeats, math.floor(24.0 / d.interval_h) + (0 if 24.0 % d.interval_h else 0))
+            n = max(n, 1)
+        total += d.g_mgso4 * n
+    return total
+
+
+def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen | None:
+    ctx = req.contexts
+    for c in EMERGENCY_CONTEXTS:
+        if c in ctx:
+            return next(r for r in kb.regimens.regimens if c in r.contexts)
+    for c in PREVENTION_CONTEXTS:
+        if c not in ctx:
+            continue
+        if status == "low" and c in ("cisplatin", "perioperative", "sepsis"):
+            continue  # treat the deficiency first (nomogram); the preload is listed as well
+        if c == "icu":
+            # Barbosa 2016: ICU patients with asymptomatic hypomagnesaemia only,
+            # excluding Mg <= 1.1 mg/dL, SCr >= 3.5 and dialysis (regimens.yaml note).
+            if status != "low" or req.mg_mg_dl is None or req.mg_mg_dl <= 1.1:
+                continue
+        return next(r for r in kb.regimens.regimens if c in r.contexts)
+    return None
+
+
+def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> PlanOutcome:
+    adjusted: list[str] = []
+    holds: list[str] = []
+    warnings: list[str] = []
+    mg = req.mg_mg_dl
+    regimen = _pick_regimen(kb, req, status or "")
+
+    def empty(action: str, why: str | None, ev: list[Evidence]) -> PlanOutcome:
+        return PlanOutcome(Plan(action=action, regimen_id=None, regimen=why, doses=[],  # type: ignore[arg-type]
+                                total_g_mgso4_24h=None, adjustments=adjusted,
+                                recheck_in_h=None, recheck=None, evidence_strength=None,
+                                evidence=ev), adjusted, holds, warnings)
+
+    if status == "high" and not (regimen and regimen.target_mg_dl and mg and mg < regimen.target_mg_dl):
+        rule = next(r for r in kb.regimens.renal_rules if r.id == "hold_hypermagnesemia")
+        holds.append(rule.meaning)
+        return empty("hold", "Hold magnesium: serum Mg above the reference range",
+                     [Evidence.of(rule.source)])
+    if req.kidney.rrt or req.kidney.anuric:
+        rule = next(r for r in kb.regimens.renal_rules if r.id == "hold_rrt")
+        if regimen is None or regimen.purpose != "emergency":
+            holds.append(rule.meaning)
+            return empty("hold", "No empiric magnesium: renal replacement therapy or anuria",
+                         [Evidence.of(rule.source)])
+        warnings.append("On RRT/anuric: emergency dose given once; no maintenance without nephrology")
+
+    steps: tuple[Step, ...]
+    recheck_h: float | None
+    if regimen is not None:
+        steps, recheck_h = regimen.steps, regimen.recheck_h
+        name, rid, strength, source = regimen.name, regimen.id, regimen.evidence_strength, regimen.source
+        action = {"emergency": "emergency", "aki_prevention": "prevent", "treatment": "replete"}[regimen.purpose]
+    else:
+        if mg is None:
+            return empty("none", "No serum magnesium: measure before planning", [])
+        nomogram = kb.nomogram(req.nomogram_id)
+        tier = _tier(nomogram, mg)
+        if tier is None:
+            return empty("none", f"No repletion indicated by {nomogram.name}", [Evidence.of(nomogram.source)])
+        steps, recheck_h = tier.steps, tier.recheck_h
+        name, rid = f"{nomogram.name} v{nomogram.version}: {tier.action}", nomogram.id
+        strength, source, action = "expert", nomogram.source, "replete"
+
+    factor = 1.0
+    evidence = [Evidence.of(source)]
+    k = req.kidney
+    low_clearance = any(x is not None and x < 30 for x in (k.egfr, k.crcl))
+    if action != "emergency":
+        for rule_id, hit in (("reduce_low_clearance", low_clearance), ("reduce_aki", k.aki_stage >= 2)):
+            rule = next(r for r in kb.regimens.renal_rules if r.id == rule_id)
+            if hit and rule.factor is not None and factor > rule.factor:
+                factor = rule.factor
+                adjusted.append(f"{rule.meaning} ({rule.when})")
+                evidence.append(Evidence.of(rule.source))
+    elif low_clearance or k.aki_stage >= 2:
+        warnings.append("Emergency dose not reduced for kidney function: monitor Mg and reflexes closely")
+
+    doses = [_dose(s, factor, req.weight_kg) for s in steps]
+    total = _total_24h(doses)
+    # Labelled maxima.
+    rate_limit = kb.limit("iv_rate_max_repletion")
+    if action in ("replete", "prevent"):
+        for d in doses:
+            if d.route == "iv" and d.rate_g_per_h and d.rate_g_per_h > rate_limit.value:
+                warnings.append(f"{d.label}: {d.rate_g_per_h:g} g/h exceeds {rate_limit.value:g} g/h "
+                                f"({rate_limit.meaning})")
+    daily = kb.limit("daily_max_uk" if req.jurisdiction == "uk" else "daily_max_label")
+    if total > daily.value:
+        warnings.append(f"Planned {total:.1f} g in 24 h exceeds the labelled maximum {daily.value:g} g/24 h")
+    if low_clearance or k.aki_stage >= 2:
+        cap = kb.limit("severe_renal_max_48h")
+        if 2 * total > cap.value:
+            adjusted.append(f"Capped by {cap.meaning.lower()}: plan about {total:.1f} g/24 h, "
+                            f"do not exceed {cap.value:g} g in 48 h")
+            evidence.append(Evidence.of(cap.source))
+    recheck = None
+    recheck_in = None
+    if recheck_h is not None:
+        first = doses[0].duration_max_h or doses[0].duration_h or 0.0 if doses else 0.0
+        recheck_in = round((first or 0.0) + recheck_h, 2) if action != "emergency" else recheck_h
+        recheck = (f"Recheck serum Mg {recheck_h:g} h after the infusion ends"
+                   if action != "emergency" else f"Recheck serum Mg within {recheck_h:g} h")
+        if factor < 1.0:
+            recheck += "; recheck before every further dose (renal impairment)"
+    alternatives = [f"nomogram {n.id}" for n in kb.regimens.nomograms if n.id != req.nomogram_id]
+    if regimen is None:
+        alternatives += [f"{r.id}: {r.name} (also indicated in this context)"
+                         for r in kb.regimens.regimens
+                         if r.purpose != "emergency" and set(r.contexts) & req.contexts]
+    plan = Plan(action=action, regimen_id=rid, regimen=name, doses=doses,  # type: ignore[arg-type]
+                total_g_mgso4_24h=round(total, 2), adjustments=adjusted, recheck_in_h=recheck_in,
+                recheck=recheck, evidence_strength=strength, evidence=evidence,
+                alternatives=alternatives)
+    return PlanOutcome(plan, adjusted, holds, warnings)

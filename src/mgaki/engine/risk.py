@@ -1,0 +1,68 @@
+"""Mg-associated AKI risk (C6): each study applied only in its own population.
+
+A match says "this patient's Mg lies where study X found higher AKI risk",
+with X's effect size and DOI; mgaki never turns that into a probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mgaki.knowledge import KnowledgeBase
+from mgaki.knowledge.schema import RiskRegion, Study
+from mgaki.units import convert
+
+__all__ = ["EvidenceMatch", "match_evidence", "in_region"]
+
+GENERAL = "general"
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceMatch:
+    study: Study
+    region: RiskRegion
+
+
+def in_region(region: RiskRegion, value: float, analyte: str = "magnesium") -> bool:
+    """Is `value` (the analyte's canonical unit) inside the region, in the study's own unit?"""
+    canonical = "mmol/L" if analyte == "ionized_magnesium" else "mg/dL"
+    v = convert(value, analyte, canonical, region.unit)
+    if region.lower is not None and (v <= region.lower if region.lower_exclusive
+                                     else v < region.lower):
+        return False
+    return not (region.upper is not None and (v > region.upper if region.upper_inclusive
+                                              else v >= region.upper))
+
+
+def applicable(study: Study, contexts: frozenset[str], has_aki: bool) -> bool:
+    """A study applies to the populations it studied; general inpatients when no context fits."""
+    if not study.applied or (study.requires_aki and not has_aki):
+        return False
+    ctx = contexts or frozenset({GENERAL})
+    return bool(ctx & set(study.contexts))
+
+
+def match_evidence(kb: KnowledgeBase, contexts: frozenset[str], values: dict[str, float],
+                   has_aki: bool) -> tuple[list[EvidenceMatch], list[Study]]:
+    """(matches, studies of the patient's populations that could not be applied)."""
+    ctx = frozenset(c for c in contexts if any(c in s.contexts for s in kb.evidence.studies))
+    if not ctx:
+        ctx = frozenset({GENERAL})
+    matches: list[EvidenceMatch] = []
+    skipped: list[Study] = []
+    for study in kb.evidence.studies:
+        if not (ctx & set(study.contexts)):
+            continue
+        if not study.applied:
+            skipped.append(study)
+            continue
+        if not applicable(study, ctx, has_aki):
+            continue
+        value = values.get(study.analyte)
+        if value is None:
+            continue
+        for region in study.risk_regions:
+            if in_region(region, value, study.analyte):
+                matches.append(EvidenceMatch(study, region))
+                break
+    return matches, skipped

@@ -1,0 +1,195 @@
+"""The knowledge base: versioned YAML files, validated on load, each entry cited.
+
+``load()`` is cached: the files are read once per process. Lookups by id raise
+``KnowledgeError`` naming the missing id, so a renamed threshold cannot turn
+into a silent default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mgaki.errors import KnowledgeError
+from mgaki.knowledge.schema import (
+    FILES,
+    Analyte,
+    CodesFile,
+    Drug,
+    DrugsFile,
+    ElectrolytesFile,
+    EvidenceFile,
+    KidneyFile,
+    Limit,
+    MagnesiumFile,
+    Nomogram,
+    Regimen,
+    RegimensFile,
+    Salt,
+    Source,
+    Strict,
+    Threshold,
+    UnitsFile,
+    UrineFile,
+)
+
+__all__ = ["KnowledgeBase", "iter_cited", "load", "load_file"]
+
+
+def load_file(name: str) -> Strict:
+    model = FILES[name]
+    text = resources.files("mgaki.knowledge").joinpath("data", name).read_text("utf-8")
+    try:
+        raw: Any = yaml.safe_load(text)
+        return model.model_validate(raw)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise KnowledgeError(f"knowledge file {name} is invalid: {exc}") from exc
+
+
+def _index(items: tuple[Any, ...], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if item.id in out:
+            raise KnowledgeError(f"duplicate {what} id {item.id!r}")
+        out[item.id] = item
+    return out
+
+
+def _lookup(table: dict[str, Any], key: str, what: str) -> Any:
+    try:
+        return table[key]
+    except KeyError:
+        raise KnowledgeError(f"unknown {what} {key!r}") from None
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: one instance per process
+class KnowledgeBase:
+    units: UnitsFile
+    codes: CodesFile
+    magnesium: MagnesiumFile
+    electrolytes: ElectrolytesFile
+    urine: UrineFile
+    drugs: DrugsFile
+    evidence: EvidenceFile
+    regimens: RegimensFile
+    kidney: KidneyFile
+    _by_id: dict[str, dict[str, Any]] = field(repr=False, compare=False)
+
+    def files(self) -> dict[str, Strict]:
+        return {
+            "units.yaml": self.units,
+            "codes.yaml": self.codes,
+            "magnesium.yaml": self.magnesium,
+            "electrolytes.yaml": self.electrolytes,
+            "urine.yaml": self.urine,
+            "drugs.yaml": self.drugs,
+            "evidence.yaml": self.evidence,
+            "regimens.yaml": self.regimens,
+            "kidney.yaml": self.kidney,
+        }
+
+    @property
+    def version(self) -> str:
+        return "+".join(f"{n.split('.')[0]}:{getattr(f, 'version', '?')}"
+                        for n, f in self.files().items())
+
+    # Lookups: one place that knows where each kind of fact lives.
+    def _get(self, kind: str, key: str) -> Any:
+        return _lookup(self._by_id[kind], key, kind)
+
+    def analyte(self, analyte_id: str) -> Analyte:
+        return self._get("analyte", analyte_id)  # type: ignore[no-any-return]
+
+    def threshold(self, threshold_id: str) -> Threshold:
+        return self._get("threshold", threshold_id)  # type: ignore[no-any-return]
+
+    def value(self, threshold_id: str) -> float:
+        """The number of a threshold, for logic that needs only the number."""
+        return self.threshold(threshold_id).value
+
+    def coefficient(self, coefficient_id: str) -> float:
+        return self._get("coefficient", coefficient_id).value  # type: ignore[no-any-return]
+
+    def limit(self, limit_id: str) -> Limit:
+        return self._get("limit", limit_id)  # type: ignore[no-any-return]
+
+    def salt(self, salt_id: str) -> Salt:
+        return self._get("salt", salt_id)  # type: ignore[no-any-return]
+
+    def nomogram(self, nomogram_id: str) -> Nomogram:
+        return self._get("nomogram", nomogram_id)  # type: ignore[no-any-return]
+
+    def regimen(self, regimen_id: str) -> Regimen:
+        return self._get("regimen", regimen_id)  # type: ignore[no-any-return]
+
+    def drug(self, name_or_rxcui: str) -> Drug | None:
+        """Drug by ingredient, synonym (case-insensitive) or ``rxcui:NNN``."""
+        return self._by_id["drug_name"].get(name_or_rxcui.lower())
+
+
+def _drug_names(drugs: tuple[Drug, ...]) -> dict[str, Drug]:
+    out: dict[str, Drug] = {}
+    for drug in drugs:
+        for name in (drug.ingredient, *drug.synonyms):
+            if name.lower() in out:
+                raise KnowledgeError(f"drug name {name!r} listed twice")
+            out[name.lower()] = drug
+        if drug.rxcui:
+            out[f"rxcui:{drug.rxcui}"] = drug
+    return out
+
+
+@cache
+def load() -> KnowledgeBase:
+    """Load and validate every knowledge file (once per process)."""
+    p = {name: load_file(name) for name in FILES}
+    units: UnitsFile = p["units.yaml"]  # type: ignore[assignment]
+    mg: MagnesiumFile = p["magnesium.yaml"]  # type: ignore[assignment]
+    el: ElectrolytesFile = p["electrolytes.yaml"]  # type: ignore[assignment]
+    ur: UrineFile = p["urine.yaml"]  # type: ignore[assignment]
+    kid: KidneyFile = p["kidney.yaml"]  # type: ignore[assignment]
+    reg: RegimensFile = p["regimens.yaml"]  # type: ignore[assignment]
+    drugs: DrugsFile = p["drugs.yaml"]  # type: ignore[assignment]
+    ev: EvidenceFile = p["evidence.yaml"]  # type: ignore[assignment]
+    by_id = {
+        "analyte": _index(units.analytes, "analyte"),
+        "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo),
+                            "threshold"),
+        "coefficient": _index((*kid.ckd_epi_2021, *kid.cockcroft_gault, *kid.kinetic_gfr),
+                              "coefficient"),
+        "limit": _index(reg.limits, "limit"),
+        "salt": _index(reg.salts, "salt"),
+        "nomogram": _index(reg.nomograms, "nomogram"),
+        "regimen": _index(reg.regimens, "regimen"),
+        "study": _index(ev.studies, "study"),
+        "drug_name": _drug_names(drugs.drugs),
+    }
+    return KnowledgeBase(
+        units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
+        magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,
+        regimens=reg, kidney=kid, _by_id=by_id,
+    )
+
+
+def iter_cited(node: object, path: str = "") -> Iterator[tuple[str, BaseModel, Source | None]]:
+    """Walk a loaded file; yield (path, entry, source) for every entry that must be cited."""
+    if isinstance(node, BaseModel):
+        fields = type(node).model_fields
+        if "source" in fields:
+            yield path, node, getattr(node, "source", None)
+        for name in fields:
+            if name in ("source", "plausibility_source"):
+                continue
+            yield from iter_cited(getattr(node, name), f"{path}.{name}" if path else name)
+    elif isinstance(node, tuple | list):
+        for i, item in enumerate(node):
+            yield from iter_cited(item, f"{path}[{i}]")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from iter_cited(item, f"{path}[{key}]")

@@ -1,0 +1,335 @@
+"""Pydantic schema of the knowledge files: every entry must carry its source.
+
+The files under ``data/`` are the clinical content; this module only says
+what shape they must have, so a typo or an uncited number fails at load time
+rather than at the bedside.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Verification = Literal["V", "S", "U", "design"]
+"""V read in the primary source; S secondary only; U unverified; design = an
+engineering choice of mgaki, stated as such."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    citation: str
+    doi: str | None = None
+    document: str | None = None
+    verification: Verification
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _has_locator(self) -> Source:
+        if not (self.doi or self.document):
+            raise ValueError(f"source {self.citation!r} needs a doi or a document")
+        return self
+
+
+class Cited(Strict):
+    source: Source
+
+
+# --- units -----------------------------------------------------------------
+
+UnitKind = Literal["mass", "substance", "equivalent", "plain"]
+
+
+class UnitDef(Cited):
+    ucum: str
+    pint: str
+    kind: UnitKind
+    aliases: tuple[str, ...] = ()
+
+
+class Analyte(Cited):
+    id: str
+    name: str
+    molar_mass_g_per_mol: float | None = None
+    valence: int | None = None
+    canonical_unit: str
+    plausible_min: float
+    plausible_max: float
+    plausibility_source: Source
+
+
+class UnitsFile(Strict):
+    version: str
+    units: tuple[UnitDef, ...]
+    analytes: tuple[Analyte, ...]
+
+
+# --- codes -----------------------------------------------------------------
+
+
+class CodeMap(Cited):
+    system: str
+    code: str
+    analyte: str
+    display: str
+    specimen: str = "serum"
+
+
+class CodesFile(Strict):
+    version: str
+    observations: tuple[CodeMap, ...]
+    rrt_procedures: tuple[CodeMap, ...]
+
+
+# --- magnesium status --------------------------------------------------------
+
+
+class Range(Cited):
+    low: float
+    high: float
+    unit: str
+
+
+class GradeBand(Strict):
+    grade: int
+    lower: float | None = None  # inclusive lower bound, None = unbounded
+    upper: float | None = None  # exclusive upper bound, None = unbounded
+    label: str
+
+
+class GradeScale(Cited):
+    id: str
+    direction: Literal["low", "high"]
+    unit: str
+    bands: tuple[GradeBand, ...]
+
+
+class Threshold(Cited):
+    id: str
+    value: float
+    unit: str
+    meaning: str
+
+
+class MagnesiumFile(Strict):
+    version: str
+    reference_range: Range
+    ionized_reference_range: Range
+    grades: tuple[GradeScale, ...]
+    thresholds: tuple[Threshold, ...]
+    depletion_risk_conditions: tuple[ConditionRisk, ...]
+
+
+class ConditionRisk(Cited):
+    id: str
+    label: str
+    keywords: tuple[str, ...]
+    codes: tuple[str, ...] = ()
+
+
+# --- electrolytes, urine -----------------------------------------------------
+
+
+class ElectrolytesFile(Strict):
+    version: str
+    ranges: dict[str, Range]
+    thresholds: tuple[Threshold, ...]
+
+
+class UrineFile(Strict):
+    version: str
+    thresholds: tuple[Threshold, ...]
+
+
+# --- drugs -------------------------------------------------------------------
+
+
+class Drug(Cited):
+    ingredient: str
+    drug_class: str
+    mechanism: str
+    effect: Literal["renal_wasting", "gi_loss", "shift", "nephrotoxic", "magnesium_source"]
+    rxcui: str | None = None
+    rxcui_verification: Verification | None = None
+    synonyms: tuple[str, ...] = ()
+    nephrotoxic: bool = False
+
+
+class DrugsFile(Strict):
+    version: str
+    drugs: tuple[Drug, ...]
+
+
+# --- evidence ----------------------------------------------------------------
+
+
+class RiskRegion(Strict):
+    """Mg values, in the primary study's own unit, in which it found higher risk.
+
+    Bounds follow the study's wording: ``lower`` inclusive, ``upper`` exclusive,
+    unless ``lower_exclusive`` / ``upper_inclusive`` say otherwise.
+    """
+
+    lower: float | None = None
+    upper: float | None = None
+    unit: str = "mg/dL"
+    lower_exclusive: bool = False
+    upper_inclusive: bool = False
+    label: str
+    effect: str | None = None
+
+
+class Study(Cited):
+    id: str
+    population: str
+    contexts: tuple[str, ...]
+    design: str
+    n: int
+    exposure: str
+    outcome: str
+    direction: Literal["low", "high", "u_shaped"]
+    risk_regions: tuple[RiskRegion, ...]
+    finding: str
+    primary_unit_cutoff: str | None = None
+    review_says: str | None = None
+    correction: str | None = None
+    analyte: str = "magnesium"
+    timing: str = "admission"
+    requires_aki: bool = False
+    in_review_table1: bool = True
+    applied: bool = True
+    not_applied_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _applied_only_if_checked(self) -> Study:
+        if self.applied and self.source.verification not in ("V", "S"):
+            raise ValueError(f"study {self.id}: an unverified cut-off must not be applied")
+        if not self.applied and not self.not_applied_reason:
+            raise ValueError(f"study {self.id}: say why it is not applied")
+        return self
+
+
+class EvidenceFile(Strict):
+    version: str
+    studies: tuple[Study, ...]
+
+
+# --- regimens ----------------------------------------------------------------
+
+
+class Salt(Cited):
+    id: str
+    name: str
+    molar_mass_g_per_mol: float
+    mg_per_formula_unit: int
+
+
+class Limit(Cited):
+    id: str
+    value: float
+    unit: str
+    meaning: str
+    applies_to: str = "all"
+
+
+class Step(Strict):
+    """One dose: amount of salt, over how long, how many times, how often."""
+
+    amount: float
+    amount_max: float | None = None  # the protocol gives a range: amount-amount_max
+    amount_unit: Literal["g", "mmol", "meq", "mg/kg", "g/h", "mg/kg/h"]
+    salt: str = "magnesium_sulfate_heptahydrate"
+    route: Literal["iv", "oral", "im"]
+    duration_h: float | None = None
+    duration_max_h: float | None = None
+    repeats: int = 1
+    interval_h: float | None = None
+    note: str | None = None
+
+
+class Tier(Strict):
+    """A nomogram row: serum Mg in [lower, upper) of the nomogram's unit."""
+
+    lower: float | None = None
+    upper: float | None = None
+    upper_inclusive: bool = False
+    steps: tuple[Step, ...]
+    recheck_h: float | None = None
+    action: str
+
+
+class Nomogram(Cited):
+    id: str
+    name: str
+    version: str
+    unit: str
+    setting: str
+    exclusions: tuple[str, ...] = ()
+    tiers: tuple[Tier, ...]
+    renal_rule: str
+
+
+class Regimen(Cited):
+    id: str
+    name: str
+    purpose: Literal["emergency", "aki_prevention", "treatment"]
+    contexts: tuple[str, ...]
+    steps: tuple[Step, ...]
+    evidence_strength: Literal["guideline", "label", "rct", "pilot_rct", "observational", "expert"]
+    target_mg_dl: float | None = None
+    recheck_h: float | None = None
+    note: str | None = None
+    review_says: str | None = None
+    correction: str | None = None
+
+
+class RenalRule(Cited):
+    id: str
+    when: str
+    action: Literal["reduce", "hold", "cap"]
+    factor: float | None = None
+    meaning: str
+
+
+class RegimensFile(Strict):
+    version: str
+    salts: tuple[Salt, ...]
+    limits: tuple[Limit, ...]
+    nomograms: tuple[Nomogram, ...]
+    regimens: tuple[Regimen, ...]
+    renal_rules: tuple[RenalRule, ...]
+
+
+# --- kidney ------------------------------------------------------------------
+
+
+class Coefficient(Cited):
+    id: str
+    value: float
+    meaning: str
+
+
+class KidneyFile(Strict):
+    version: str
+    kdigo: tuple[Threshold, ...]
+    ckd_epi_2021: tuple[Coefficient, ...]
+    cockcroft_gault: tuple[Coefficient, ...]
+    kinetic_gfr: tuple[Coefficient, ...]
+
+
+MagnesiumFile.model_rebuild()
+
+FILES: dict[str, type[Strict]] = {
+    "units.yaml": UnitsFile,
+    "codes.yaml": CodesFile,
+    "magnesium.yaml": MagnesiumFile,
+    "electrolytes.yaml": ElectrolytesFile,
+    "urine.yaml": UrineFile,
+    "drugs.yaml": DrugsFile,
+    "evidence.yaml": EvidenceFile,
+    "regimens.yaml": RegimensFile,
+    "kidney.yaml": KidneyFile,
+}

@@ -1,0 +1,59 @@
+"""Text report of an assessment for a person (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from mgaki.result import Assessment
+
+STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def render(a: Assessment, console: Console) -> None:
+    head = Text(f"mgaki assessment — patient {a.patient_id}   as of {a.as_of or '-'}\n", "bold")
+    if a.contexts:
+        head.append(f"context: {', '.join(a.contexts)}\n")
+    mg = a.magnesium
+    if mg:
+        head.append(f"Magnesium {mg.reported} = {mg.value_mg_dl:.2f} mg/dL = {mg.value_mmol_l:.2f} "
+                    f"mmol/L = {mg.value_meq_l:.2f} mEq/L  [{mg.status}, CTCAE grade {mg.grade}]\n",
+                    STYLE["critical"] if mg.grade >= 3 else "")
+    k = a.kidney
+    head.append(f"Kidney: KDIGO stage {k.aki_stage}"
+                + (f" ({k.criterion})" if k.criterion else "")
+                + f"; creatinine {k.creatinine_mg_dl} mg/dL; baseline {k.baseline.value_mg_dl} "
+                  f"({k.baseline.method}); eGFR {k.egfr}; CrCl {k.crcl}"
+                + (f"; kinetic eGFR {k.kinetic_egfr}" if k.kinetic_egfr is not None else "") + "\n")
+    console.print(Panel(head, title="Summary"))
+    t = Table(title="Findings", show_lines=True)
+    for col in ("severity", "code", "finding", "source"):
+        t.add_column(col)
+    for f in a.findings:
+        src = "; ".join(f"{e.source.split('.')[0]} ({'doi:' + e.doi if e.doi else e.document})"
+                        for e in f.evidence)
+        t.add_row(Text(f.severity, STYLE[f.severity]), f.code, f.message, src)
+    console.print(t)
+    p = a.plan
+    lines = [Text(f"{p.action.upper()}: {p.regimen or ''}", "bold")]
+    for d in p.doses:
+        extra = []
+        if d.duration_h:
+            extra.append(f"over {d.duration_h:g}" + (f"-{d.duration_max_h:g}" if d.duration_max_h else "") + " h")
+        if d.repeats > 1:
+            extra.append(f"x{d.repeats} every {d.interval_h:g} h")
+        lines.append(Text(f"  • {d.route.upper()} {d.label} = {d.mmol:g} mmol = {d.meq:g} mEq "
+                          + " ".join(extra) + (f" — {d.note}" if d.note else "")))
+    for adj in p.adjustments:
+        lines.append(Text(f"  ! {adj}", "yellow"))
+    if p.recheck:
+        lines.append(Text(f"  ↻ {p.recheck}"))
+    if p.evidence_strength:
+        lines.append(Text(f"  evidence: {p.evidence_strength}; "
+                          + "; ".join(e.doi or e.document or "" for e in p.evidence)))
+    console.print(Panel(Group(*lines), title="Plan"))
+    for w in a.warnings:
+        console.print(Text(f"warning: {w}", "yellow"))
+    console.print(Text(a.disclaimer, "italic"))

@@ -1,0 +1,134 @@
+"""Typed output of an assessment: what `mgaki assess --format json` prints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from mgaki.knowledge.schema import Source
+
+Severity = Literal["info", "warning", "critical"]
+
+FINDING_CODES: dict[str, str] = {
+    "hypomagnesemia": "Serum Mg below the reference range (graded by CTCAE v5)",
+    "hypermagnesemia": "Serum Mg above the reference range (graded; toxicity levels)",
+    "possible_mg_depletion": "Serum Mg normal but total-body depletion likely (risk factors)",
+    "renal_mg_wasting": "Urine indices show renal Mg wasting",
+    "extrarenal_mg_loss": "Urine indices show renal conservation: extrarenal (GI/intake) loss",
+    "gitelman_like_pattern": "Hypomagnesaemia, hypokalaemia, renal Mg wasting and hypocalciuria",
+    "drug_mg_loss": "A current drug is a known cause of Mg loss",
+    "refractory_hypokalemia_risk": "Low K with low Mg: correct Mg first",
+    "mg_dependent_hypocalcemia": "Low Ca with low Mg (PTH low or inappropriately normal)",
+    "neuromuscular_risk": "Mg level at which tetany, seizures or reflex loss occur",
+    "arrhythmia_risk": "Low Mg with long QTc, or toxic Mg level: torsades/conduction risk",
+    "aki": "KDIGO acute kidney injury",
+    "mg_aki_risk": "Mg in a range a population study linked to AKI (association, not probability)",
+    "monitoring_gap": "No Mg measured recently in a patient at risk",
+    "renal_dose_adjustment": "Mg dose reduced or capped for kidney function",
+    "hold_magnesium": "Magnesium should be held",
+    "urine_index_not_interpretable": "Urine Mg indices cannot be read (low GFR, AKI or recent IV Mg)",
+}
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Evidence(Out):
+    source: str
+    doi: str | None = None
+    document: str | None = None
+    verification: str
+
+    @classmethod
+    def of(cls, s: Source) -> Evidence:
+        return cls(source=s.citation, doi=s.doi, document=s.document, verification=s.verification)
+
+
+class Finding(Out):
+    code: str
+    severity: Severity
+    message: str
+    evidence: list[Evidence]
+    data: dict[str, float | str | None] = {}
+
+
+class MagnesiumResult(Out):
+    value_mg_dl: float
+    value_mmol_l: float
+    value_meq_l: float
+    reported: str
+    time: str
+    source_id: str
+    status: Literal["low", "normal", "high"]
+    grade: int
+    grade_scale: str | None
+    reference_range_mg_dl: tuple[float, float]
+    ionized_mmol_l: float | None = None
+    ionized_status: Literal["low", "normal", "high"] | None = None
+    caveats: list[str] = []
+
+
+class Baseline(Out):
+    value_mg_dl: float | None
+    method: str
+    time: str | None = None
+
+
+class KidneyResult(Out):
+    aki_stage: int
+    criterion: str | None
+    onset: str | None
+    current_stage: int
+    baseline: Baseline
+    creatinine_mg_dl: float | None
+    creatinine_umol_l: float | None
+    egfr: float | None
+    egfr_note: str | None
+    crcl: float | None
+    crcl_note: str | None
+    kinetic_egfr: float | None
+    rrt: bool
+
+
+class Dose(Out):
+    label: str
+    route: str
+    g_mgso4: float | None
+    mmol: float
+    meq: float
+    g_mgso4_max: float | None = None
+    duration_h: float | None = None
+    duration_max_h: float | None = None
+    rate_g_per_h: float | None = None
+    repeats: int = 1
+    interval_h: float | None = None
+    note: str | None = None
+
+
+class Plan(Out):
+    action: Literal["replete", "prevent", "emergency", "hold", "none"]
+    regimen_id: str | None
+    regimen: str | None
+    doses: list[Dose]
+    total_g_mgso4_24h: float | None
+    adjustments: list[str]
+    recheck_in_h: float | None
+    recheck: str | None
+    evidence_strength: str | None
+    evidence: list[Evidence]
+    alternatives: list[str] = []
+
+
+class Assessment(Out):
+    patient_id: str
+    as_of: str | None
+    contexts: list[str]
+    magnesium: MagnesiumResult | None
+    kidney: KidneyResult
+    findings: list[Finding]
+    plan: Plan
+    warnings: list[str]
+    disclaimer: str
+    knowledge_version: str

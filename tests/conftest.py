@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mgaki.knowledge import KnowledgeBase, load  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kb() -> KnowledgeBase:
+    return load()

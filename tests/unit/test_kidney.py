@@ -1,0 +1,106 @@
+"""C5: KDIGO staging, CKD-EPI 2021, Cockcroft-Gault, kinetic GFR with worked numbers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mgaki.engine import kidney as kd
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def h(x: float) -> datetime:
+    return T0 + timedelta(hours=x)
+
+
+def peak(kb, pts, **kw):
+    st = kd.stage_creatinine(kb, [(h(t), v) for t, v in pts], **kw)
+    return max(st, key=lambda s: s.stage)
+
+
+def test_abs_rise_within_48h_is_stage1(kb):
+    s = peak(kb, [(0, 1.0), (47, 1.3)])
+    assert s.stage == 1 and "0.3" in s.criterion
+
+
+def test_abs_rise_after_48h_is_not_aki(kb):
+    # 0.3 rise over 49 h, ratio 1.3: no AKI (pyaki's forward fill would call it)
+    assert peak(kb, [(0, 1.0), (49, 1.3)]).stage == 0
+
+
+def test_ratio_stages_within_7_days(kb):
+    assert peak(kb, [(0, 1.0), (100, 1.5)]).stage == 1
+    assert peak(kb, [(0, 1.0), (100, 2.0)]).stage == 2
+    assert peak(kb, [(0, 1.0), (100, 3.0)]).stage == 3
+
+
+def test_ratio_outside_7_days_not_counted(kb):
+    assert peak(kb, [(0, 1.0), (169, 2.0)]).stage == 0
+
+
+def test_supplied_baseline_used_without_prior_values(kb):
+    s = peak(kb, [(0, 2.1)], baseline=1.0)
+    assert s.stage == 2 and s.reference == 1.0 and "pre-admission" in s.reference_method
+
+
+def test_four_mg_dl_only_within_aki(kb):
+    # CKD patient stable at 4.2: not AKI (pyaki would give stage 3)
+    assert peak(kb, [(0, 4.2), (24, 4.3)]).stage == 0
+    # rise of 0.3 to >= 4.0 within 48 h: stage 3
+    s = peak(kb, [(0, 3.8), (24, 4.1)])
+    assert s.stage == 3 and "4.0" in s.criterion
+
+
+def test_rrt_is_stage3(kb):
+    s = peak(kb, [(0, 1.0), (24, 1.1)], rrt_times=[h(20)])
+    assert s.stage == 3 and "renal replacement" in s.criterion
+
+
+def test_urine_output_stages(kb):
+    w = 70.0
+    # 0.4 mL/kg/h charted hourly for 13 h -> stage 2 at >=12 h
+    ev = [(h(i), 0.4 * w) for i in range(14)]
+    st = kd.stage_urine_output(kb, ev, w)
+    assert max(s.stage for s in st) == 2
+    # 0.2 mL/kg/h for 25 h -> stage 3
+    ev = [(h(i), 0.2 * w) for i in range(26)]
+    assert max(s.stage for s in kd.stage_urine_output(kb, ev, w)) == 3
+    # adequate output: stage 0
+    ev = [(h(i), 1.0 * w) for i in range(26)]
+    assert max(s.stage for s in kd.stage_urine_output(kb, ev, w)) == 0
+
+
+def test_anuria_12h_is_stage3_not_missing(kb):
+    ev = [(h(0), 50.0)] + [(h(i), 0.0) for i in range(1, 14)]
+    st = kd.stage_urine_output(kb, ev, 70.0)
+    assert st[-1].stage == 3 and "anuria" in st[-1].criterion
+
+
+def test_uo_needs_full_window(kb):
+    ev = [(h(i), 0.0 + 0.1) for i in range(4)]  # only 3 h charted
+    assert all(s.stage == 0 for s in kd.stage_urine_output(kb, ev, 70.0))
+
+
+def test_ckd_epi_2021_worked_values(kb):
+    # Reference values computed from Inker 2021: male 50 y SCr 1.0 -> 92; female 50 y SCr 0.7 -> 105.3; male 70 y SCr 2.0 -> 35.2 (hand-computed)
+    assert kd.ckd_epi_2021(kb, 1.0, 50, female=False) == pytest.approx(91.7, abs=0.1)
+    assert kd.ckd_epi_2021(kb, 0.7, 50, female=True) == pytest.approx(105.3, abs=0.1)
+    assert kd.ckd_epi_2021(kb, 2.0, 70, female=False) == pytest.approx(35.2, abs=0.1)
+
+
+def test_cockcroft_gault_worked_value(kb):
+    # (140-60) x 72 / (72 x 1.0) = 80; female x0.85 = 68
+    assert kd.cockcroft_gault(kb, 1.0, 60, 72, female=False) == pytest.approx(80.0)
+    assert kd.cockcroft_gault(kb, 1.0, 60, 72, female=True) == pytest.approx(68.0)
+
+
+def test_kinetic_egfr(kb):
+    # stable creatinine: kinetic GFR equals baseline GFR scaled by SScr/mean
+    assert kd.kinetic_egfr(kb, 1.0, 100.0, 1.0, 1.0, 24) == pytest.approx(100.0)
+    # rising by the max rate per day: GFR ~ 0
+    assert kd.kinetic_egfr(kb, 1.0, 100.0, 1.0, 2.5, 24) == pytest.approx(0.0, abs=1e-9)
+    # rising half as fast: falls below the steady-state value
+    k = kd.kinetic_egfr(kb, 1.0, 100.0, 1.0, 1.75, 24)
+    assert k is not None and 0 < k < 100 / 1.375
