@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mgaki.knowledge import KnowledgeBase, load  # noqa: E402
+from mgaki.knowledge import KnowledgeBase, load
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ Factors are cached, so a cohort converts with one multiplication per column.
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import pint
 
@@ -24,7 +25,7 @@ __all__ = [
     "to_canonical",
 ]
 
-_ureg = pint.UnitRegistry()
+_ureg: Any = pint.UnitRegistry()
 
 
 @cache
@@ -48,7 +49,7 @@ def normalize_unit(unit: str | None, where: str = "value") -> str:
     return u.ucum
 
 
-def _as_moles(unit: UnitDef, analyte: Analyte, where: str) -> pint.Quantity:
+def _as_moles(unit: UnitDef, analyte: Analyte, where: str) -> Any:
     """One `unit` of `analyte` as a pint quantity with moles (not grams or equivalents)."""
     q = _ureg.Quantity(1.0, unit.pint)
     if unit.kind == "mass" and analyte.molar_mass_g_per_mol:

@@ -84,7 +84,8 @@ def test_uo_needs_full_window(kb):
 
 
 def test_ckd_epi_2021_worked_values(kb):
-    # Reference values computed from Inker 2021: male 50 y SCr 1.0 -> 92; female 50 y SCr 0.7 -> 105.3; male 70 y SCr 2.0 -> 35.2 (hand-computed)
+    # Hand-computed from Inker 2021: male 50 y SCr 1.0 -> 91.7;
+    # female 50 y SCr 0.7 -> 105.3; male 70 y SCr 2.0 -> 35.2
     assert kd.ckd_epi_2021(kb, 1.0, 50, female=False) == pytest.approx(91.7, abs=0.1)
     assert kd.ckd_epi_2021(kb, 0.7, 50, female=True) == pytest.approx(105.3, abs=0.1)
     assert kd.ckd_epi_2021(kb, 2.0, 70, female=False) == pytest.approx(35.2, abs=0.1)

@@ -74,5 +74,5 @@ def test_load_file_names_the_bad_file(monkeypatch):
     from mgaki.knowledge import schema
 
     monkeypatch.setitem(schema.FILES, "units.yaml", schema.DrugsFile)
-    with pytest.raises(KnowledgeError, match="units.yaml"):
+    with pytest.raises(KnowledgeError, match=r"units\.yaml"):
         load_file("units.yaml")

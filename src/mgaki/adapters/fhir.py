@@ -159,7 +159,8 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
     seen_ids: set[str] = set()
     ignored = 0
     for i, entry in enumerate(bundle.entry or []):
-        res, raw = entry.resource, raws[i]
+        res: Any = entry.resource
+        raw = raws[i]
         rtype = raw["resourceType"]
         where = _where(raw)
         if raw.get("id") and where in seen_ids:

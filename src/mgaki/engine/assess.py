@@ -27,8 +27,6 @@ __all__ = ["AssessOptions", "assess_record"]
 
 DISCLAIMER = ("mgaki supports and does not replace clinical judgement. Every statement cites "
               "its source; check local protocols and the patient before acting.")
-MONITORING_GAP_H = 48.0  # SPEC C7: "no Mg measured in 48 h" for a high-risk patient
-HIGH_RISK_CONTEXTS = frozenset({"icu", "cisplatin", "vanco-pip-tazo", "cardiac-surgery", "sepsis"})
 
 
 @dataclass(frozen=True)
@@ -81,12 +79,12 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             value_mmol_l=round(convert(mg_m.value, "magnesium", "mg/dL", "mmol/L"), 3),
             value_meq_l=round(convert(mg_m.value, "magnesium", "mg/dL", "meq/L"), 3),
             reported=f"{mg_m.reported_value:g} {mg_m.reported_unit}",
-            time=mg_m.time.isoformat(), source_id=mg_m.source_id, status=status,  # type: ignore[arg-type]
+            time=mg_m.time.isoformat(), source_id=mg_m.source_id, status=status,
             grade=grade.grade, grade_scale=grade.scale_id,
             reference_range_mg_dl=(kb.magnesium.reference_range.low,
                                    kb.magnesium.reference_range.high),
             ionized_mmol_l=round(ion.value, 3) if ion else None,
-            ionized_status=mgs.ionized_status(kb, ion.value) if ion else None,  # type: ignore[arg-type]
+            ionized_status=mgs.ionized_status(kb, ion.value) if ion else None,
             caveats=[c for c, _ in caveats],
         )
         ctcae = next(s.source for s in kb.magnesium.grades)
@@ -126,13 +124,13 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     k_m, ca_low = rec.latest("potassium"), _calcium_low(kb, rec)
     k_low = k_m is not None and k_m.value < kb.value("hypokalemia_mg_first_k_below")
     if status == "normal" and (drugs or risk_conditions or k_low or ca_low):
-        why = ([d.ingredient for _, d in drugs] + [c.label for c in risk_conditions]
-               + (["hypokalaemia"] if k_low else []) + (["hypocalcaemia"] if ca_low else []))
+        why = [d.ingredient for _, d in drugs] + [c.label for c in risk_conditions]
+        why += ["hypokalaemia"] * k_low + ["hypocalcaemia"] * ca_low
         out.add("possible_mg_depletion", "warning",
                 "Serum Mg is normal but holds ~1% of body Mg; with " + ", ".join(why)
                 + " total-body depletion is likely: consider empiric repletion or urine Mg",
-                [kb.threshold("albumin_low_below").source]
-                + [c.source for c in risk_conditions][:1] + [d.source for _, d in drugs][:1])
+                [kb.threshold("albumin_low_below").source,
+                 *[c.source for c in risk_conditions][:1], *[d.source for _, d in drugs][:1]])
 
     # --- consequences (C4) -------------------------------------------------------
     mg_low_or_depleted = status == "low" or any(f.code == "possible_mg_depletion" for f in out.findings)
@@ -145,8 +143,11 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if ca_low and mg_low_or_depleted:
         pth = rec.latest("pth")
         pth_hi = kb.electrolytes.ranges["pth"].high
-        pth_text = ("PTH not measured" if pth is None else
-                    f"PTH {pth.value:.0f} pg/mL ({'inappropriately normal or low' if pth.value <= pth_hi else 'raised'})")
+        if pth is None:
+            pth_text = "PTH not measured"
+        else:
+            verdict = "inappropriately normal or low" if pth.value <= pth_hi else "raised"
+            pth_text = f"PTH {pth.value:.0f} pg/mL ({verdict})"
         out.add("mg_dependent_hypocalcemia", "warning",
                 f"Hypocalcaemia with low Mg; {pth_text}. Mg deficiency impairs PTH secretion "
                 "and causes PTH resistance: Ca stays refractory until Mg is replaced",
@@ -185,7 +186,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     matches, skipped = risk.match_evidence(kb, contexts, values, kidney.aki_stage >= 1)
     for m in matches:
         s = m.study
-        out.add("mg_aki_risk", "warning" if s.direction != "high" or "severity" not in (s.correction or "") else "info",
+        marker_only = s.timing == "stay_median"  # includes values after AKI: severity, not prediction
+        out.add("mg_aki_risk", "info" if marker_only else "warning",
                 f"{s.population}: Mg {m.region.label} — {s.finding}"
                 + (f"; {m.region.effect}" if m.region.effect else "")
                 + f" ({s.design}, n={s.n}; outcome: {s.outcome}). Association, not a probability.",
@@ -196,15 +198,13 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     # --- monitoring gap (C7) -------------------------------------------------------
     nephrotoxic = [d for d in (kb.drug(m.ingredient) for m in rec.medications if m.ingredient and m.active)
                    if d and (d.nephrotoxic or d.effect == "renal_wasting")]
-    high_risk = bool(contexts & HIGH_RISK_CONTEXTS) or bool(nephrotoxic) or kidney.aki_stage >= 1
-    if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=MONITORING_GAP_H)):
+    gap = kb.threshold("mg_monitoring_gap_hours")
+    high_risk = bool(contexts & set(kb.magnesium.high_risk_contexts)) or bool(nephrotoxic) or kidney.aki_stage >= 1
+    if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=gap.value)):
         last = "never" if mg_m is None else f"{(now - mg_m.time).total_seconds() / 3600:.0f} h ago"
         out.add("monitoring_gap", "warning",
                 f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and last serum Mg {last}: "
-                f"measure Mg (no value in {MONITORING_GAP_H:g} h)",
-                [Source(citation="mgaki SPEC C7: 'no Mg measured in 48 h' alert for high-risk patients; "
-                        "Pan 2024 review: single-time-point measurement is its main stated gap",
-                        doi="10.12173/j.issn.1004-5511.202403045", verification="design")])
+                f"measure Mg (no value in {gap.value:g} h)", [kb.magnesium.high_risk_source, gap.source])
 
     # --- plan (C8) ------------------------------------------------------------------
     weight = rec.latest("weight")
@@ -242,7 +242,7 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     for s in (peak_c, peak_u):
         if s is not None and s.stage > stage:
             stage, criterion = s.stage, s.criterion
-    firsts = [s.time for s in (*stages, *ustages) if s.stage >= 1]
+    firsts = [s.time for s in stages if s.stage >= 1] + [u.time for u in ustages if u.stage >= 1]
     onset = min(firsts) if firsts else None
     current = max((stages[-1].stage if stages else 0), (ustages[-1].stage if ustages else 0))
     if rec.rrt_times:
@@ -327,23 +327,23 @@ def _calcium_low(kb: KnowledgeBase, rec: PatientRecord) -> bool:
     return corrected < kb.electrolytes.ranges["calcium"].low
 
 
+def _hours_since(times: list[datetime], at: datetime | None) -> float | None:
+    past = [(at - t).total_seconds() / 3600 for t in times if at is not None and t <= at]
+    return min(past) if past else None
+
+
 def _urine_workup(kb: KnowledgeBase, rec: PatientRecord, out: _Out, kidney: KidneyResult,
                   now: datetime | None) -> None:
     iv = [m.start for m in rec.medications
           if m.ingredient == "magnesium sulfate" and m.kind == "administration" and m.start]
-    hours_iv = None
-    ref_t = now
-    if iv and ref_t:
-        hours_iv = min((ref_t - t).total_seconds() / 3600 for t in iv if t <= ref_t) if any(t <= ref_t for t in iv) else None
+    hours_iv = _hours_since(iv, now)
     readings = []
     u_mg, u_cr = rec.latest("urine_magnesium"), rec.latest("urine_creatinine")
     p_mg, p_cr = rec.latest("magnesium"), rec.latest("creatinine")
     if u_mg and u_cr and p_mg and p_cr:
         fe = workup.fe_mg(kb, u_mg.value, p_cr.value, p_mg.value, u_cr.value)
-        hours_iv_u = hours_iv
-        if iv and any(t <= u_mg.time for t in iv):
-            hours_iv_u = min((u_mg.time - t).total_seconds() / 3600 for t in iv if t <= u_mg.time)
-        readings.append((workup.interpret_fe_mg(kb, fe, kidney.egfr, kidney.aki_stage, hours_iv_u),
+        readings.append((workup.interpret_fe_mg(kb, fe, kidney.egfr, kidney.aki_stage,
+                                                _hours_since(iv, u_mg.time)),
                          kb.threshold("fe_mg_renal_wasting_above").source, "FE_Mg"))
     u24 = rec.latest("urine_magnesium_24h")
     if u24:

@@ -129,17 +129,17 @@ def stage_urine_output(
                     total += vol * overlap / (b - a).total_seconds()
             return total
 
-        rates = {}
+        rates: dict[float, float | None] = {}
         for h in (h1, h2, h3):
             vol = volume(h)
             rates[h] = None if vol is None else vol / weight_kg / h
         anuria_vol = volume(h_anuria)
         stage, crit = 0, None
-        if rates[h1] is not None and rates[h1] < rate1:
+        if (r := rates[h1]) is not None and r < rate1:
             stage, crit = 1, f"urine output <{rate1:g} mL/kg/h for {h1:g} h"
-        if rates[h2] is not None and rates[h2] < rate1:
+        if (r := rates[h2]) is not None and r < rate1:
             stage, crit = 2, f"urine output <{rate1:g} mL/kg/h for {h2:g} h"
-        if rates[h3] is not None and rates[h3] < rate3:
+        if (r := rates[h3]) is not None and r < rate3:
             stage, crit = 3, f"urine output <{rate3:g} mL/kg/h for {h3:g} h"
         if anuria_vol is not None and anuria_vol == 0.0:
             stage, crit = 3, f"anuria for {h_anuria:g} h"
@@ -155,7 +155,7 @@ def ckd_epi_2021(kb: KnowledgeBase, scr_mg_dl: float, age: float, female: bool) 
     ratio = scr_mg_dl / kappa
     egfr = (c("ckdepi_const") * min(ratio, 1.0) ** alpha
             * max(ratio, 1.0) ** c("ckdepi_exp_high") * c("ckdepi_age_base") ** age)
-    return egfr * (c("ckdepi_female") if female else 1.0)
+    return float(egfr * (c("ckdepi_female") if female else 1.0))
 
 
 def cockcroft_gault(kb: KnowledgeBase, scr_mg_dl: float, age: float, weight_kg: float,

@@ -16,8 +16,6 @@ from mgaki.units import convert, salt_amounts
 
 __all__ = ["KidneyState", "PlanRequest", "plan_repletion"]
 
-EMERGENCY_CONTEXTS = ("torsades-arrest", "torsades", "eclampsia")
-PREVENTION_CONTEXTS = ("cisplatin", "vanco-pip-tazo", "perioperative", "sepsis", "icu")
 
 
 @dataclass(frozen=True)
@@ -94,30 +92,28 @@ def _total_24h(doses: list[Dose]) -> float:
         if d.duration_h is None and d.rate_g_per_h is not None and d.rate_g_per_h == d.g_mgso4:
             total += d.g_mgso4 * 24.0  # a maintenance rate running all day
             continue
-        n = d.repeats
-        if d.interval_h:
-            n = min(d.repeats, math.floor(24.0 / d.interval_h) + (0 if 24.0 % d.interval_h else 0))
-            n = max(n, 1)
+        n = min(d.repeats, math.ceil(24.0 / d.interval_h)) if d.interval_h else d.repeats
         total += d.g_mgso4 * n
     return total
 
 
 def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen | None:
-    ctx = req.contexts
-    for c in EMERGENCY_CONTEXTS:
-        if c in ctx:
-            return next(r for r in kb.regimens.regimens if c in r.contexts)
-    for c in PREVENTION_CONTEXTS:
-        if c not in ctx:
-            continue
-        if status == "low" and c in ("cisplatin", "perioperative", "sepsis"):
-            continue  # treat the deficiency first (nomogram); the preload is listed as well
-        if c == "icu":
-            # Barbosa 2016: ICU patients with asymptomatic hypomagnesaemia only,
-            # excluding Mg <= 1.1 mg/dL, SCr >= 3.5 and dialysis (regimens.yaml note).
-            if status != "low" or req.mg_mg_dl is None or req.mg_mg_dl <= 1.1:
+    """Emergency regimens first, then the context's regimen if the Mg level qualifies.
+
+    Preloads (cisplatin, perioperative, sepsis) are for patients not already
+    low: a low Mg is treated by the nomogram and the preload listed beside it.
+    """
+    fits = [r for r in kb.regimens.regimens if set(r.contexts) & req.contexts]
+    for r in sorted(fits, key=lambda r: r.purpose != "emergency"):
+        if r.purpose != "emergency":
+            if r.requires_status == "low" and status != "low":
                 continue
-        return next(r for r in kb.regimens.regimens if c in r.contexts)
+            if r.requires_status == "not_low" and status == "low":
+                continue
+            cut = r.exclude_mg_at_or_below_mg_dl
+            if cut is not None and (req.mg_mg_dl is None or req.mg_mg_dl <= cut):
+                continue
+        return r
     return None
 
 
@@ -129,7 +125,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     regimen = _pick_regimen(kb, req, status or "")
 
     def empty(action: str, why: str | None, ev: list[Evidence]) -> PlanOutcome:
-        return PlanOutcome(Plan(action=action, regimen_id=None, regimen=why, doses=[],  # type: ignore[arg-type]
+        return PlanOutcome(Plan(action=action, regimen_id=None, regimen=why, doses=[],
                                 total_g_mgso4_24h=None, adjustments=adjusted,
                                 recheck_in_h=None, recheck=None, evidence_strength=None,
                                 evidence=ev), adjusted, holds, warnings)
@@ -210,7 +206,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
         alternatives += [f"{r.id}: {r.name} (also indicated in this context)"
                          for r in kb.regimens.regimens
                          if r.purpose != "emergency" and set(r.contexts) & req.contexts]
-    plan = Plan(action=action, regimen_id=rid, regimen=name, doses=doses,  # type: ignore[arg-type]
+    plan = Plan(action=action, regimen_id=rid, regimen=name, doses=doses,
                 total_g_mgso4_24h=round(total, 2), adjustments=adjusted, recheck_in_h=recheck_in,
                 recheck=recheck, evidence_strength=strength, evidence=evidence,
                 alternatives=alternatives)

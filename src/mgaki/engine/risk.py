@@ -12,7 +12,7 @@ from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import RiskRegion, Study
 from mgaki.units import convert
 
-__all__ = ["EvidenceMatch", "match_evidence", "in_region"]
+__all__ = ["EvidenceMatch", "in_region", "match_evidence"]
 
 GENERAL = "general"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 Verification = Literal["V", "S", "U", "design"]
 """V read in the primary source; S secondary only; U unverified; design = an
@@ -116,6 +116,8 @@ class Threshold(Cited):
 
 class MagnesiumFile(Strict):
     version: str
+    high_risk_contexts: tuple[str, ...]
+    high_risk_source: Source
     reference_range: Range
     ionized_reference_range: Range
     grades: tuple[GradeScale, ...]
@@ -280,6 +282,8 @@ class Regimen(Cited):
     steps: tuple[Step, ...]
     evidence_strength: Literal["guideline", "label", "rct", "pilot_rct", "observational", "expert"]
     target_mg_dl: float | None = None
+    requires_status: Literal["any", "low", "not_low"] = "any"
+    exclude_mg_at_or_below_mg_dl: float | None = None
     recheck_h: float | None = None
     note: str | None = None
     review_says: str | None = None
