@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mgaki.adapters.fhir import record_from_bundle
-from mgaki.engine.assess import AssessOptions, assess_record
+from mgaki.adapters.fhir import record_from_bundle as _record_from_bundle
+from mgaki.engine.assess import AssessOptions
+from mgaki.engine.assess import assess_record as _assess_record
 from mgaki.errors import (
     BundleError,
     ImplausibleValueError,
@@ -56,8 +57,8 @@ def assess(
     """
     if isinstance(bundle, Path):
         bundle = bundle.read_bytes()
-    record = bundle if isinstance(bundle, PatientRecord) else record_from_bundle(bundle)
+    record = bundle if isinstance(bundle, PatientRecord) else _record_from_bundle(bundle)
     opts = AssessOptions(contexts=frozenset(contexts), nomogram=nomogram,
                          baseline_creatinine_mg_dl=baseline_creatinine_mg_dl,
                          jurisdiction=jurisdiction)
-    return assess_record(record, opts)
+    return _assess_record(record, opts)
