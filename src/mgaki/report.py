@@ -53,6 +53,8 @@ def render(a: Assessment, console: Console) -> None:
     if p.evidence_strength:
         lines.append(Text(f"  evidence: {p.evidence_strength}; "
                           + "; ".join(e.doi or e.document or "" for e in p.evidence)))
+    for alt in p.alternatives:
+        lines.append(Text(f"  also: {alt}", "dim"))
     console.print(Panel(Group(*lines), title="Plan"))
     for w in a.warnings:
         console.print(Text(f"warning: {w}", "yellow"))
