@@ -159,7 +159,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                     f"Mg {mg_val:.2f} mg/dL < {sym.value:g} {sym.unit}: tremor, tetany and seizures "
                     "(loss of the NMDA-receptor Mg block); check Chvostek/Trousseau, ECG", [sym.source])
         elif status == "high" and mgs.toxicity_levels(kb, mg_val):
-            t = kb.threshold(mgs.toxicity_levels(kb, mg_val)[0])
+            t = kb.threshold(mgs.toxicity_levels(kb, mg_val)[-1])
             out.add("neuromuscular_risk", "critical",
                     f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration",
                     [t.source])
@@ -246,8 +246,9 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     onset = min(firsts) if firsts else None
     current = max((stages[-1].stage if stages else 0), (ustages[-1].stage if ustages else 0))
     if rec.rrt_times:
+        if stage < 3:
+            criterion = "renal replacement therapy started"
         stage, current = 3, 3
-        criterion = criterion or "renal replacement therapy started"
     last = cr[-1] if cr else None
     ref = peak_c.reference if peak_c and peak_c.stage >= 1 else (stages[-1].reference if stages else None)
     method = (peak_c.reference_method if peak_c and peak_c.stage >= 1
@@ -282,6 +283,7 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     # Kinetic GFR is the better dosing estimate while creatinine moves.
     dosing_gfr = kgfr if (stage and kgfr is not None) else egfr
     return result, KidneyState(egfr=dosing_gfr, crcl=crcl, aki_stage=stage,
+                               creatinine_mg_dl=last.value if last else None,
                                rrt=bool(rec.rrt_times), anuric=anuric)
 
 

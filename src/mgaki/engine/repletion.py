@@ -23,6 +23,7 @@ class KidneyState:
     egfr: float | None = None
     crcl: float | None = None
     aki_stage: int = 0
+    creatinine_mg_dl: float | None = None
     rrt: bool = False
     anuric: bool = False
 
@@ -74,7 +75,9 @@ def _fmt(x: float) -> str:
 
 
 def _tier(nomogram: Nomogram, mg_mg_dl: float) -> Tier | None:
-    v = convert(mg_mg_dl, "magnesium", "mg/dL", nomogram.unit)
+    # Rounded so a value reported exactly at a tier edge (0.70 mmol/L) is not
+    # pushed across it by the round trip through mg/dL.
+    v = round(convert(mg_mg_dl, "magnesium", "mg/dL", nomogram.unit), 6)
     for tier in nomogram.tiers:
         if tier.lower is not None and v < tier.lower:
             continue
@@ -103,7 +106,8 @@ def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen |
     Preloads (cisplatin, perioperative, sepsis) are for patients not already
     low: a low Mg is treated by the nomogram and the preload listed beside it.
     """
-    fits = [r for r in kb.regimens.regimens if set(r.contexts) & req.contexts]
+    fits = [r for r in kb.regimens.regimens if set(r.contexts) & req.contexts
+            and r.jurisdiction in ("all", req.jurisdiction)]
     for r in sorted(fits, key=lambda r: r.purpose != "emergency"):
         if r.purpose != "emergency":
             if r.requires_status == "low" and status != "low":
@@ -112,6 +116,10 @@ def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen |
                 continue
             cut = r.exclude_mg_at_or_below_mg_dl
             if cut is not None and (req.mg_mg_dl is None or req.mg_mg_dl <= cut):
+                continue
+            scr_cut = r.exclude_creatinine_at_or_above_mg_dl
+            scr = req.kidney.creatinine_mg_dl
+            if scr_cut is not None and (req.kidney.rrt or (scr is not None and scr >= scr_cut)):
                 continue
         return r
     return None
@@ -178,7 +186,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     total = _total_24h(doses)
     # Labelled maxima.
     rate_limit = kb.limit("iv_rate_max_repletion")
-    if action in ("replete", "prevent"):
+    if action == "replete":
         for d in doses:
             if d.route == "iv" and d.rate_g_per_h and d.rate_g_per_h > rate_limit.value:
                 warnings.append(f"{d.label}: {d.rate_g_per_h:g} g/h exceeds {rate_limit.value:g} g/h "

@@ -42,7 +42,7 @@ def _limits(kb: KnowledgeBase, egfr: float | None, aki_stage: int,
         return "active AKI: tubular handling of Mg is deranged"
     min_egfr = kb.value("urine_index_min_egfr")
     if egfr is not None and egfr < min_egfr:
-        return f"eGFR {egfr:.0f} < {min_egfr:g}: FE_Mg rises adaptively as GFR falls"
+        return f"eGFR {egfr:.0f} < {min_egfr:g}: urinary Mg excretion rises adaptively as GFR falls"
     window = kb.value("urine_index_after_iv_mg_hours")
     if hours_since_iv_mg is not None and hours_since_iv_mg < window:
         return f"IV Mg given {hours_since_iv_mg:.0f} h ago: urine reflects the load"

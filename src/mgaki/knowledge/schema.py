@@ -284,6 +284,8 @@ class Regimen(Cited):
     target_mg_dl: float | None = None
     requires_status: Literal["any", "low", "not_low"] = "any"
     exclude_mg_at_or_below_mg_dl: float | None = None
+    exclude_creatinine_at_or_above_mg_dl: float | None = None
+    jurisdiction: Literal["all", "us", "uk"] = "all"
     recheck_h: float | None = None
     note: str | None = None
     review_says: str | None = None
