@@ -25,7 +25,13 @@ __all__ = [
     "to_canonical",
 ]
 
-_ureg: Any = pint.UnitRegistry()
+
+
+@cache
+def _ureg() -> Any:
+    """pint registry, built on first use: building it costs ~0.6 s, which the CLI pays only
+    when it converts a unit it has not converted before in this process."""
+    return pint.UnitRegistry()
 
 
 @cache
@@ -51,9 +57,9 @@ def normalize_unit(unit: str | None, where: str = "value") -> str:
 
 def _as_moles(unit: UnitDef, analyte: Analyte, where: str) -> Any:
     """One `unit` of `analyte` as a pint quantity with moles (not grams or equivalents)."""
-    q = _ureg.Quantity(1.0, unit.pint)
+    q = _ureg().Quantity(1.0, unit.pint)
     if unit.kind == "mass" and analyte.molar_mass_g_per_mol:
-        return q / _ureg.Quantity(analyte.molar_mass_g_per_mol, "g/mol")
+        return q / _ureg().Quantity(analyte.molar_mass_g_per_mol, "g/mol")
     if unit.kind == "equivalent":
         if not analyte.valence:
             raise UnitError(where, f"{unit.ucum} is meaningless for {analyte.name} (no valence)")

@@ -1,0 +1,327 @@
+"""Latency benchmark for ``mgaki.assess`` (in process and through the CLI).
+
+Run from the repository root with the project venv active::
+
+    python benchmarks/assess.py            # --n 500 --cli-n 20
+    python benchmarks/assess.py --quick    # smoke run (--n 50 --cli-n 5)
+    python benchmarks/assess.py --profile  # also cProfile the JSON path (top 15 cumulative)
+
+What is measured (all in one run, on the same machine, so ratios are meaningful):
+
+* ``assess(JSON)``   mgaki.assess on the bundle's JSON text: json parse + FHIR
+  validation (fhir.resources R4B) + record building + rules.
+* ``assess(record)`` mgaki.assess on a PatientRecord built once beforehand
+  (rules only).
+* ``parse-only``     json.loads + fhir.resources R4B Bundle.model_validate alone:
+  the floor any FHIR-validating implementation pays; assess(JSON) is reported
+  as a ratio of it.
+* ``CLI``            ``python -m mgaki assess FILE -f json`` as a subprocess,
+  next to ``python -c pass`` (bare interpreter start) and
+  ``python -c "import mgaki.cli"`` (import cost) for reference.
+
+Two bundles: a realistic 7-day single-patient bundle built here (~165
+resources: Mg, creatinine every 12 h, K, Ca, albumin, Na, weight, 48 h of
+hourly urine output, 5 medications, conditions, an ICU encounter) and the
+small shipped example (mgaki/examples/hypomagnesemia-cisplatin.json).
+
+Percentiles are nearest-rank over the timed iterations (after a warm-up); the
+three in-process measurements run round-robin so load drift hits them alike;
+the garbage collector stays enabled, as in real use. Target: p99 < 20 ms in
+process for the JSON path on the 7-day bundle. Only stdlib + mgaki's deps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+
+import mgaki
+from mgaki.adapters.fhir import record_from_bundle
+
+TARGET_P99_MS = 20.0
+
+# ---------------------------------------------------------------------------
+# A minimal FHIR R4 bundle builder (a trimmed copy of tests/fhirbuild.py, so the
+# benchmark does not depend on the test tree).
+# ---------------------------------------------------------------------------
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+CODES = {
+    "magnesium": "19123-9", "creatinine": "2160-0", "potassium": "2823-3", "calcium": "17861-6",
+    "albumin": "1751-7", "weight": "29463-7", "urine_output": "9187-6",
+    "sodium": "2951-2",  # not used by mgaki: exercises the "ignored observation" path
+}
+
+
+def _at(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+class _Builder:
+    def __init__(self, pid: str = "bench1", sex: str = "male", birth: str = "1954-09-17") -> None:
+        self.pid = pid
+        self.n = 0
+        self.entries: list[dict[str, Any]] = [{"resource": {
+            "resourceType": "Patient", "id": pid, "gender": sex, "birthDate": birth}}]
+
+    def _id(self, prefix: str) -> str:
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def _add(self, res: dict[str, Any]) -> None:
+        self.entries.append({"fullUrl": f"urn:uuid:bench-{res['id']}", "resource": res})
+
+    def obs(self, analyte: str, value: float, unit: str, hours: float) -> None:
+        self._add({
+            "resourceType": "Observation", "id": self._id("obs"), "status": "final",
+            "category": [{"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "code": "vital-signs" if analyte in ("weight", "urine_output") else "laboratory"}]}],
+            "code": {"coding": [{"system": LOINC, "code": CODES[analyte]}]},
+            "subject": {"reference": f"Patient/{self.pid}"},
+            "effectiveDateTime": _at(hours),
+            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}})
+
+    def med(self, name: str, rxcui: str, hours: float, kind: str = "MedicationRequest",
+            dose_g: float | None = None) -> None:
+        res: dict[str, Any] = {
+            "resourceType": kind, "id": self._id("med"), "status": "active",
+            "subject": {"reference": f"Patient/{self.pid}"},
+            "medicationCodeableConcept": {
+                "text": name, "coding": [{"system": RXNORM, "code": rxcui, "display": name}]}}
+        if kind == "MedicationRequest":
+            res.update(intent="order", authoredOn=_at(hours))
+        else:  # MedicationAdministration
+            res.update(status="completed", effectiveDateTime=_at(hours))
+            if dose_g is not None:
+                res["dosage"] = {"dose": {"value": dose_g, "unit": "g", "system": UCUM, "code": "g"}}
+        self._add(res)
+
+    def condition(self, text: str, icd10: str) -> None:
+        self._add({"resourceType": "Condition", "id": self._id("cond"),
+                   "subject": {"reference": f"Patient/{self.pid}"},
+                   "code": {"text": text, "coding": [
+                       {"system": "http://hl7.org/fhir/sid/icd-10", "code": icd10, "display": text}]}})
+
+    def icu_encounter(self, hours: float) -> None:
+        self._add({"resourceType": "Encounter", "id": self._id("enc"), "status": "in-progress",
+                   "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                             "code": "ACUTE", "display": "inpatient acute"},
+                   "type": [{"text": "Intensive care unit stay"}],
+                   "subject": {"reference": f"Patient/{self.pid}"},
+                   "period": {"start": _at(hours)}})
+
+    def build(self) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "collection", "entry": self.entries}
+
+
+def week_bundle() -> dict[str, Any]:
+    """7 days in hospital: cisplatin + furosemide + vanco/pip-tazo, creatinine rising to AKI,
+    Mg falling, hourly urine output over the last 48 h."""
+    b = _Builder()
+    days = 7
+    b.icu_encounter(-2.0)
+    b.condition("Squamous cell carcinoma of the head and neck", "C76.0")
+    b.condition("Sepsis, unspecified organism", "A41.9")
+    b.condition("Essential hypertension", "I10")
+    for d in range(days + 1):
+        h = 24.0 * d
+        b.obs("weight", round(82.0 - 0.4 * d, 1), "kg", h)
+        b.obs("albumin", round(3.6 - 0.1 * d, 2), "g/dL", h + 0.5)
+    for k in range(2 * days + 1):  # every 12 h
+        h = 12.0 * k
+        cr = 0.9 if k < 6 else round(0.9 + 0.18 * (k - 5), 2)  # rises from day 3: KDIGO stage 2-3
+        b.obs("creatinine", cr, "mg/dL", h)
+        b.obs("magnesium", round(2.0 - 0.06 * k, 2), "mg/dL", h)
+        b.obs("calcium", round(8.9 - 0.05 * k, 2), "mg/dL", h)
+        b.obs("sodium", 138 - (k % 3), "mmol/L", h)
+    for k in range(4 * days + 1):  # every 6 h
+        b.obs("potassium", round(3.9 - 0.02 * k, 2), "mmol/L", 6.0 * k + 0.25)
+    end = 24.0 * days
+    for j in range(48):  # hourly urine output, last 48 h, falling to oliguria
+        b.obs("urine_output", max(15.0, 80.0 - 1.4 * j), "mL", end - 47 + j)
+    b.med("cisplatin 100 mg/m2 every 3 weeks", "2555", 2.0)
+    b.med("furosemide 40 mg IV twice daily", "4603", 30.0)
+    b.med("pantoprazole 40 mg daily", "40790", 0.0)
+    b.med("vancomycin 15 mg/kg IV every 12 h", "11124", 72.0)
+    b.med("magnesium sulfate 2 g IV", "6585", 100.0, kind="MedicationAdministration", dose_g=2.0)
+    return b.build()
+
+
+def example_bytes() -> bytes:
+    return resources.files("mgaki").joinpath("examples", "hypomagnesemia-cisplatin.json").read_bytes()
+
+
+# ---------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------
+
+def pct(sorted_ns: list[int], p: float) -> float:
+    """Nearest-rank percentile, in ms."""
+    k = max(0, min(len(sorted_ns) - 1, math.ceil(p / 100.0 * len(sorted_ns)) - 1))
+    return sorted_ns[k] / 1e6
+
+
+def stats(samples_ns: list[int]) -> dict[str, float]:
+    s = sorted(samples_ns)
+    return {"n": len(s), "p50": pct(s, 50), "p95": pct(s, 95), "p99": pct(s, 99), "max": s[-1] / 1e6}
+
+
+def time_inproc(fns: list[Callable[[], Any]], n: int, warmup: int) -> list[dict[str, float]]:
+    """Time several callables round-robin (one call of each per iteration), so that load
+    drift on a shared machine hits them alike and their ratios stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    out: list[list[int]] = [[] for _ in fns]
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        for fn, acc in zip(fns, out, strict=True):
+            t = clock()
+            fn()
+            acc.append(clock() - t)
+    return [stats(o) for o in out]
+
+
+def time_proc(cmd: list[str], n: int, env: dict[str, str]) -> dict[str, float]:
+    subprocess.run(cmd, capture_output=True, env=env, check=True)  # warm the page cache
+    out = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        r = subprocess.run(cmd, capture_output=True, env=env)
+        out.append(time.perf_counter_ns() - t)
+        if r.returncode != 0:
+            raise SystemExit(f"command failed ({r.returncode}): {shlex.join(cmd)}\n"
+                             f"{r.stderr.decode(errors='replace')[-2000:]}")
+    return stats(out)
+
+
+def parse_only(text: str) -> Bundle:
+    return Bundle.model_validate(json.loads(text))
+
+
+# ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=500, help="timed in-process iterations (default 500)")
+    ap.add_argument("--cli-n", type=int, default=20, help="timed CLI runs (default 20)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: --n 50 --cli-n 5")
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile assess(JSON) on the 7-day bundle, top 15 cumulative")
+    args = ap.parse_args(argv)
+    n, cli_n = (min(args.n, 50), min(args.cli_n, 5)) if args.quick else (args.n, args.cli_n)
+    if n < 1 or cli_n < 1:
+        ap.error("--n and --cli-n must be >= 1")
+    warmup = max(5, min(50, n // 10))
+
+    week = week_bundle()
+    week_text = json.dumps(week)
+    ex_text = example_bytes().decode()
+    bundles = [("7-day", week_text, ("icu", "cisplatin")),
+               ("example", ex_text, ("cisplatin", "malignancy"))]
+
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    ratios: list[tuple[str, float]] = []
+    verdict_row: dict[str, float] | None = None
+    info: list[str] = []
+    for name, text, ctx in bundles:
+        first = mgaki.assess(text, ctx)  # sanity: must not raise
+        info.append(f"{name}: {len(json.loads(text)['entry'])} resources, {len(text) / 1024:.1f} KiB JSON, "
+                    f"contexts={list(ctx)}; findings={[f.code for f in first.findings]}")
+        record = record_from_bundle(text)
+        r_json, r_rec, r_parse = time_inproc([
+            lambda t=text, c=ctx: mgaki.assess(t, c),
+            lambda r=record, c=ctx: mgaki.assess(r, c),
+            lambda t=text: parse_only(t)], n, warmup)
+        rows += [(name, "assess(JSON)", r_json), (name, "assess(record)", r_rec),
+                 (name, "parse-only ref", r_parse)]
+        ratios.append((f"{name}: assess(JSON) / parse-only, p50", r_json["p50"] / r_parse["p50"]))
+        ratios.append((f"{name}: assess(JSON) / parse-only, p99", r_json["p99"] / r_parse["p99"]))
+        if name == "7-day":
+            verdict_row = r_json
+
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="mgaki-bench-") as tmp:
+        path = Path(tmp) / "week.json"
+        path.write_text(week_text)
+        cli = time_proc([sys.executable, "-m", "mgaki", "assess", str(path), "-f", "json"], cli_n, env)
+        bare = time_proc([sys.executable, "-c", "pass"], cli_n, env)
+        imp = time_proc([sys.executable, "-c", "import mgaki.cli"], cli_n, env)
+    rows += [("7-day", "CLI -m mgaki assess -f json", cli), ("-", "python -c pass", bare),
+             ("-", 'python -c "import mgaki.cli"', imp)]
+    ratios.append(("CLI / bare interpreter start, p50", cli["p50"] / bare["p50"]))
+    ratios.append(("CLI / bare interpreter start, p99", cli["p99"] / bare["p99"]))
+
+    # ---- report -----------------------------------------------------------
+    def ver(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    print("mgaki latency benchmark")
+    print(f"command : {shlex.join(sys.orig_argv)}")
+    print(f"cwd     : {os.getcwd()}")
+    print(f"machine : {platform.platform()}; {platform.machine()}; "
+          f"{platform.processor() or 'cpu ?'}; os.cpu_count()={os.cpu_count()}")
+    print(f"python  : {platform.python_implementation()} {platform.python_version()} ({sys.executable})")
+    print(f"versions: mgaki {mgaki.__version__}, fhir.resources {ver('fhir.resources')}, "
+          f"pydantic {ver('pydantic')}, pydantic-core {ver('pydantic-core')}")
+    print(f"date    : {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"runs    : in-process n={n} (warm-up {warmup}), CLI n={cli_n} (+1 untimed)")
+    for line in info:
+        print(f"bundle  : {line}")
+    print()
+    hdr = f"{'bundle':<8} {'path':<30} {'n':>5} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'max ms':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for b, what, r in rows:
+        print(f"{b:<8} {what:<30} {int(r['n']):>5} {r['p50']:>9.2f} {r['p95']:>9.2f} "
+              f"{r['p99']:>9.2f} {r['max']:>9.2f}")
+    print()
+    for label, v in ratios:
+        print(f"ratio   : {label:<42} {v:6.2f}x")
+    print()
+    assert verdict_row is not None
+    ok = verdict_row["p99"] < TARGET_P99_MS
+    print(f"target  : in-process assess(JSON), 7-day bundle, p99 < {TARGET_P99_MS:.0f} ms -> "
+          f"{'PASS' if ok else 'FAIL'} (p99 = {verdict_row['p99']:.2f} ms)")
+
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(max(50, n // 5)):
+            mgaki.assess(week_text, ("icu", "cisplatin"))
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(15)
+        print("\ncProfile, assess(JSON) on the 7-day bundle, top 15 by cumulative time:")
+        print(buf.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
