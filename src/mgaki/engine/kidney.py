@@ -11,6 +11,7 @@ criterion met), as KDIGO words it ("increase to"). RRT start is stage 3.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -115,19 +116,31 @@ def stage_urine_output(
     h_anuria = kb.value("kdigo_anuria_hours")
     intervals = [(pts[i - 1][0], pts[i][0], pts[i][1]) for i in range(1, len(pts))
                  if pts[i][0] > pts[i - 1][0]]
-    start = intervals[0][0] if intervals else None
+    if not intervals:
+        return []
+    start = intervals[0][0]
+    # Cumulative volume at each interval end: volume(lo, t) = cum(t) - cum(lo), prorated
+    # inside an interval, so each window costs two binary searches, not a rescan.
+    ends = [b for _, b, _ in intervals]
+    cum_end: list[float] = []
+    running = 0.0
+    for _, _, charted in intervals:
+        running += charted
+        cum_end.append(running)
+
+    def cum(x: datetime) -> float:
+        i = bisect_left(ends, x)
+        a, b, vol = intervals[i]
+        before = cum_end[i] - vol
+        return before + vol * (x - a).total_seconds() / (b - a).total_seconds()
+
     out: list[UrineStage] = []
     for _, t, _v in intervals:
         def volume(hours: float, t: datetime = t) -> float | None:
             lo = t - timedelta(hours=hours)
-            if start is None or start > lo:
+            if start > lo:
                 return None
-            total = 0.0
-            for a, b, vol in intervals:
-                overlap = (min(b, t) - max(a, lo)).total_seconds()
-                if overlap > 0:
-                    total += vol * overlap / (b - a).total_seconds()
-            return total
+            return cum(t) - cum(lo) if lo > start else cum(t)
 
         rates: dict[float, float | None] = {}
         for h in (h1, h2, h3):
