@@ -214,11 +214,9 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if po.adjusted:
         out.add("renal_dose_adjustment", "warning", "; ".join(po.adjusted),
                 [kb.threshold("kdigo_abs_rise").source], egfr=kidney.egfr, crcl=kidney.crcl)
-    if po.hold_reasons:
+    if po.holds:
         out.add("hold_magnesium", "critical" if status == "high" else "warning",
-                "; ".join(po.hold_reasons),
-                [e_src for e_src in (next(r.source for r in kb.regimens.renal_rules
-                                          if r.id == ("hold_hypermagnesemia" if status == "high" else "hold_rrt")),)])
+                "; ".join(r.meaning for r in po.holds), [r.source for r in po.holds])
     out.warnings.extend(po.warnings)
     return Assessment(patient_id=rec.patient_id, as_of=_iso(now), contexts=sorted(contexts),
                       magnesium=mg_res, kidney=kidney, findings=out.findings, plan=po.plan,

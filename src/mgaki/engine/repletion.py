@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from mgaki.knowledge import KnowledgeBase
-from mgaki.knowledge.schema import Nomogram, Regimen, Step, Tier
+from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Step, Tier
 from mgaki.result import Dose, Evidence, Plan
 from mgaki.units import convert, salt_amounts
 
@@ -42,7 +42,7 @@ class PlanRequest:
 class PlanOutcome:
     plan: Plan
     adjusted: list[str]  # renal adjustments made (-> renal_dose_adjustment finding)
-    hold_reasons: list[str]  # -> hold_magnesium finding
+    holds: list[RenalRule]  # -> hold_magnesium finding
     warnings: list[str]
 
 
@@ -127,7 +127,7 @@ def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen |
 
 def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> PlanOutcome:
     adjusted: list[str] = []
-    holds: list[str] = []
+    holds: list[RenalRule] = []
     warnings: list[str] = []
     mg = req.mg_mg_dl
     regimen = _pick_regimen(kb, req, status or "")
@@ -139,14 +139,14 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
                                 evidence=ev), adjusted, holds, warnings)
 
     if status == "high" and not (regimen and regimen.target_mg_dl and mg and mg < regimen.target_mg_dl):
-        rule = next(r for r in kb.regimens.renal_rules if r.id == "hold_hypermagnesemia")
-        holds.append(rule.meaning)
+        rule = kb.renal_rule("hold_hypermagnesemia")
+        holds.append(rule)
         return empty("hold", "Hold magnesium: serum Mg above the reference range",
                      [Evidence.of(rule.source)])
     if req.kidney.rrt or req.kidney.anuric:
-        rule = next(r for r in kb.regimens.renal_rules if r.id == "hold_rrt")
+        rule = kb.renal_rule("hold_rrt")
         if regimen is None or regimen.purpose != "emergency":
-            holds.append(rule.meaning)
+            holds.append(rule)
             return empty("hold", "No empiric magnesium: renal replacement therapy or anuria",
                          [Evidence.of(rule.source)])
         warnings.append("On RRT/anuric: emergency dose given once; no maintenance without nephrology")
@@ -174,7 +174,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     low_clearance = any(x is not None and x < 30 for x in (k.egfr, k.crcl))
     if action != "emergency":
         for rule_id, hit in (("reduce_low_clearance", low_clearance), ("reduce_aki", k.aki_stage >= 2)):
-            rule = next(r for r in kb.regimens.renal_rules if r.id == rule_id)
+            rule = kb.renal_rule(rule_id)
             if hit and rule.factor is not None and factor > rule.factor:
                 factor = rule.factor
                 adjusted.append(f"{rule.meaning} ({rule.when})")

@@ -31,6 +31,7 @@ from mgaki.knowledge.schema import (
     Nomogram,
     Regimen,
     RegimensFile,
+    RenalRule,
     Salt,
     Source,
     Strict,
@@ -128,6 +129,9 @@ class KnowledgeBase:
     def regimen(self, regimen_id: str) -> Regimen:
         return self._get("regimen", regimen_id)  # type: ignore[no-any-return]
 
+    def renal_rule(self, rule_id: str) -> RenalRule:
+        return self._get("renal_rule", rule_id)  # type: ignore[no-any-return]
+
     def drug(self, name_or_rxcui: str) -> Drug | None:
         """Drug by ingredient, synonym (case-insensitive) or ``rxcui:NNN``."""
         return self._by_id["drug_name"].get(name_or_rxcui.lower())
@@ -167,6 +171,7 @@ def load() -> KnowledgeBase:
         "salt": _index(reg.salts, "salt"),
         "nomogram": _index(reg.nomograms, "nomogram"),
         "regimen": _index(reg.regimens, "regimen"),
+        "renal_rule": _index(reg.renal_rules, "renal_rule"),
         "study": _index(ev.studies, "study"),
         "drug_name": _drug_names(drugs.drugs),
     }
