@@ -213,7 +213,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                                         jurisdiction=opts.jurisdiction), status)
     if po.adjusted:
         out.add("renal_dose_adjustment", "warning", "; ".join(po.adjusted),
-                [kb.threshold("kdigo_abs_rise").source], egfr=kidney.egfr, crcl=kidney.crcl)
+                po.adjusted_sources, egfr=kidney.egfr, crcl=kidney.crcl)
     if po.holds:
         out.add("hold_magnesium", "critical" if status == "high" else "warning",
                 "; ".join(r.meaning for r in po.holds), [r.source for r in po.holds])

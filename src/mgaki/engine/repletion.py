@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from mgaki.knowledge import KnowledgeBase
-from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Step, Tier
+from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, Tier
 from mgaki.result import Dose, Evidence, Plan
 from mgaki.units import convert, salt_amounts
 
@@ -42,6 +42,7 @@ class PlanRequest:
 class PlanOutcome:
     plan: Plan
     adjusted: list[str]  # renal adjustments made (-> renal_dose_adjustment finding)
+    adjusted_sources: list[Source]  # the rules behind them
     holds: list[RenalRule]  # -> hold_magnesium finding
     warnings: list[str]
 
@@ -127,6 +128,7 @@ def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen |
 
 def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> PlanOutcome:
     adjusted: list[str] = []
+    adjusted_sources: list[Source] = []
     holds: list[RenalRule] = []
     warnings: list[str] = []
     mg = req.mg_mg_dl
@@ -136,7 +138,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
         return PlanOutcome(Plan(action=action, regimen_id=None, regimen=why, doses=[],
                                 total_g_mgso4_24h=None, adjustments=adjusted,
                                 recheck_in_h=None, recheck=None, evidence_strength=None,
-                                evidence=ev), adjusted, holds, warnings)
+                                evidence=ev), adjusted, adjusted_sources, holds, warnings)
 
     if status == "high" and not (regimen and regimen.target_mg_dl and mg and mg < regimen.target_mg_dl):
         rule = kb.renal_rule("hold_hypermagnesemia")
@@ -178,6 +180,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
             if hit and rule.factor is not None and factor > rule.factor:
                 factor = rule.factor
                 adjusted.append(f"{rule.meaning} ({rule.when})")
+                adjusted_sources.append(rule.source)
                 evidence.append(Evidence.of(rule.source))
     elif low_clearance or k.aki_stage >= 2:
         warnings.append("Emergency dose not reduced for kidney function: monitor Mg and reflexes closely")
@@ -199,6 +202,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
         if 2 * total > cap.value:
             adjusted.append(f"Capped by {cap.meaning.lower()}: plan about {total:.1f} g/24 h, "
                             f"do not exceed {cap.value:g} g in 48 h")
+            adjusted_sources.append(cap.source)
             evidence.append(Evidence.of(cap.source))
     recheck = None
     recheck_in = None
@@ -218,4 +222,4 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
                 total_g_mgso4_24h=round(total, 2), adjustments=adjusted, recheck_in_h=recheck_in,
                 recheck=recheck, evidence_strength=strength, evidence=evidence,
                 alternatives=alternatives)
-    return PlanOutcome(plan, adjusted, holds, warnings)
+    return PlanOutcome(plan, adjusted, adjusted_sources, holds, warnings)
