@@ -74,6 +74,17 @@ def _resolve(a: Assessment, path: str) -> Any:
     return obj
 
 
+def _resolved(a: Assessment, checks: dict[str, Any] | None, errors: list[str]) -> list[tuple[str, Any, Any]]:
+    """(path, expected, actual) for each check whose path resolves; the others become errors."""
+    out = []
+    for path, want in (checks or {}).items():
+        try:
+            out.append((path, want, _resolve(a, path)))
+        except (LookupError, AttributeError, IndexError) as exc:
+            errors.append(f"{path}: {exc}")
+    return out
+
+
 def _check(v: dict[str, Any], a: Assessment) -> list[str]:
     errors: list[str] = []
     codes = [f.code for f in a.findings]
@@ -104,20 +115,10 @@ def _check(v: dict[str, Any], a: Assessment) -> list[str]:
         errors.append(f"plan regimen_id {a.plan.regimen_id} != {plan['regimen_id']}")
     if plan.get("tier") and plan["tier"] not in (a.plan.regimen or ""):
         errors.append(f"plan tier {a.plan.regimen!r} is not {plan['tier']!r}")
-    for path, want in (v.get("numeric") or {}).items():
-        try:
-            got = _resolve(a, path)
-        except (LookupError, AttributeError, IndexError) as exc:
-            errors.append(f"{path}: {exc}")
-            continue
+    for path, want, got in _resolved(a, v.get("numeric"), errors):
         if got is None or not math.isclose(float(got), float(want), abs_tol=TOL):
             errors.append(f"{path} = {got}, expected {want}")
-    for path, want in (v.get("contains") or {}).items():
-        try:
-            got = _resolve(a, path)
-        except (LookupError, AttributeError, IndexError) as exc:
-            errors.append(f"{path}: {exc}")
-            continue
+    for path, want, got in _resolved(a, v.get("contains"), errors):
         text = " | ".join(map(str, got)) if isinstance(got, list | tuple) else str(got)
         if want not in text:
             errors.append(f"{path} = {text!r} does not contain {want!r}")
