@@ -158,6 +158,7 @@ class Drug(Cited):
     rxcui_verification: Verification | None = None
     synonyms: tuple[str, ...] = ()
     nephrotoxic: bool = False
+    salt: str | None = None  # regimens.yaml salt id: turns a recorded dose into mmol of Mg
 
 
 class DrugsFile(Strict):

@@ -1,0 +1,127 @@
+"""The event store: a folder of Parquet files per canonical table, queried with DuckDB.
+
+Appending is idempotent: rows already in the store (every column equal) are
+not written again, so re-ingesting the same export changes nothing, and the
+returned summary names the subjects whose data changed, which is what the
+incremental surveillance recomputes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mgaki.events.normalize import connect
+from mgaki.events.schema import TABLES
+
+__all__ = ["EventStore", "IngestSummary"]
+
+
+@dataclass
+class IngestSummary:
+    received: dict[str, int] = field(default_factory=dict)  # canonical rows handed in
+    added: dict[str, int] = field(default_factory=dict)  # rows new to the store
+    quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    affected_subjects: frozenset[str] = frozenset()
+
+    @property
+    def duplicates(self) -> dict[str, int]:
+        return {k: self.received[k] - self.added.get(k, 0) for k in self.received}
+
+
+class EventStore:
+    """Parquet folder ``<root>/<table>/*.parquet`` for each table of ``schema.TABLES``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def files(self, table: str) -> list[Path]:
+        return sorted((self.root / table).glob("*.parquet"))
+
+    def scan_sql(self, table: str, schema: pa.Schema | None = None) -> str:
+        """A FROM-clause source for ``table``: its Parquet files, or an empty typed relation."""
+        files = self.files(table)
+        if files:
+            listed = ", ".join(f"'{f.as_posix()}'" for f in files)
+            return f"read_parquet([{listed}], union_by_name = true)"
+        schema = schema or TABLES[table]
+        cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in schema)
+        return f"(SELECT {cols} WHERE false)"
+
+    def connect(self, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
+        """DuckDB connection with one view per stored table."""
+        con = connect()
+        for t in tables:
+            con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}')
+        return con
+
+    def read(self, table: str) -> pa.Table:
+        con = self.connect([table])
+        try:
+            return con.sql(f'SELECT * FROM "{table}"').to_arrow_table().cast(TABLES[table])
+        finally:
+            con.close()
+
+    def append(self, tables: Mapping[str, pa.Table]) -> IngestSummary:
+        """Write the rows not already stored; report what was new and whose data changed."""
+        summary = IngestSummary()
+        subjects: set[str] = set()
+        con = connect()
+        try:
+            for name, given in tables.items():
+                if name not in TABLES:
+                    raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+                tab = given.cast(TABLES[name])
+                summary.received[name] = tab.num_rows
+                con.register("incoming", tab)
+                new = con.sql(f'SELECT * FROM incoming EXCEPT SELECT * FROM {self.scan_sql(name)}'
+                                  ).to_arrow_table().cast(TABLES[name])
+                con.unregister("incoming")
+                summary.added[name] = new.num_rows
+                if new.num_rows == 0:
+                    continue
+                if name == "quarantine":
+                    summary.quarantined += new.num_rows
+                    con.register("q", new)
+                    for reason, n in con.execute("SELECT reason, count(*) FROM q GROUP BY 1").fetchall():
+                        summary.quarantine_reasons[reason] = int(n)
+                    con.unregister("q")
+                else:
+                    subjects.update(s for s in new.column("subject_id").unique().to_pylist() if s)
+                (self.root / name).mkdir(parents=True, exist_ok=True)
+                pq.write_table(new, self.root / name / f"part-{uuid.uuid4().hex}.parquet")
+        finally:
+            con.close()
+        summary.affected_subjects = frozenset(subjects)
+        return summary
+
+    def counts(self) -> dict[str, int]:
+        con = self.connect()
+        try:
+            return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
+                    for t in TABLES}
+        finally:
+            con.close()
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    raise TypeError(f"no DuckDB type for {t}")

@@ -1,0 +1,77 @@
+"""Canonical event model: unit normalisation, quarantine reasons, idempotent store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from mgaki.events import EventStore, normalize
+
+
+def _raw_events(rows: list[tuple[str, str, str, str, str]]) -> pa.Table:
+    subj, time, analyte, value, unit = zip(*rows, strict=True)
+    n = len(rows)
+    return pa.table({"subject_id": list(subj), "encounter_id": ["e1"] * n, "time": list(time),
+                     "code": ["test"] * n, "analyte": list(analyte), "value": list(value),
+                     "unit": list(unit), "source": [f"row{i}" for i in range(n)]})
+
+
+def test_units_converted_through_the_unit_layer() -> None:
+    out = normalize({"events": _raw_events([
+        ("1", "2024-01-01 10:00", "magnesium", "0.7", "mmol/L"),
+        ("1", "2024-01-01T12:00:00+02:00", "creatinine", "88.4", "umol/L"),
+        ("1", "2024-01-01 13:00", "weight", "154", "lb"),
+    ])})
+    ev = {r["analyte"]: r for r in out["events"].to_pylist()}
+    assert ev["magnesium"]["numeric_value"] == pytest.approx(0.7 * 24.305 / 10, rel=1e-3)
+    assert ev["magnesium"]["unit"] == "mg/dL"
+    assert ev["creatinine"]["numeric_value"] == pytest.approx(1.0, rel=1e-3)
+    assert ev["creatinine"]["time"].hour == 10  # +02:00 offset honoured, stored as UTC
+    assert out["weights"].column("weight_kg").to_pylist() == [pytest.approx(69.85, rel=1e-3)]
+    assert out["quarantine"].num_rows == 0
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    (("1", "yesterday", "magnesium", "1.8", "mg/dL"), "unparseable time 'yesterday'"),
+    (("1", "2024-01-01", "magnesium", "<0.5", "mg/dL"), "non-numeric value '<0.5'"),
+    (("1", "2024-01-01", "magnesium", "1.8", "furlong"), "unknown unit 'furlong'"),
+    (("1", "2024-01-01", "magnesium", "1.8", ""), "unit is missing"),
+    (("1", "2024-01-01", "magnesium", "18", "mmol/L"), "outside the possible range"),
+    (("1", "2024-01-01", "urine_output", "-50", "mL"), "outside the possible range"),
+    (("", "2024-01-01", "magnesium", "1.8", "mg/dL"), "no subject id"),
+])
+def test_unusable_rows_are_quarantined_with_the_reason(row: tuple[str, ...], reason: str) -> None:
+    good = ("1", "2024-01-01 08:00", "magnesium", "1.9", "mg/dL")
+    out = normalize({"events": _raw_events([good, row])})  # type: ignore[list-item]
+    assert out["events"].num_rows == 1
+    q = out["quarantine"].to_pylist()
+    assert len(q) == 1 and reason in q[0]["reason"], q
+    assert q[0]["table"] == "events" and q[0]["source"] == "row1"
+
+
+def test_magnesium_doses_become_mmol_and_drugs_are_recognised() -> None:
+    meds = pa.table({"subject_id": ["1", "1", "1"], "start": ["2024-01-01 10:00"] * 3,
+                     "name": ["Magnesium Sulfate 2 g/50 mL IV", "pantoprazole", "unknownium"],
+                     "dose_value": ["2", "40", "1"], "dose_unit": ["g", "mg", "g"], "source": ["a", "b", "c"]})
+    out = normalize({"medications": meds})["medications"].to_pylist()
+    assert [m["drug"] for m in out] == ["magnesium sulfate", "pantoprazole", None]
+    assert out[0]["mg_mmol"] == pytest.approx(2000 / 246.47, rel=1e-4)  # 8.11 mmol per 2 g (label 4.06/g)
+    assert out[1]["mg_mmol"] is None
+
+
+def test_store_append_is_idempotent_and_names_affected_subjects(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    first = normalize({"events": _raw_events([("1", "2024-01-01", "magnesium", "1.8", "mg/dL"),
+                                              ("2", "2024-01-01", "magnesium", "bad", "mg/dL")])})
+    s1 = store.append(first)
+    assert s1.added["events"] == 1 and s1.quarantined == 1 and s1.affected_subjects == {"1"}
+    s2 = store.append(first)
+    assert s2.added["events"] == 0 and s2.quarantined == 0 and s2.affected_subjects == frozenset()
+    more = normalize({"events": _raw_events([("1", "2024-01-01", "magnesium", "1.8", "mg/dL"),
+                                             ("3", "2024-01-02", "creatinine", "1.1", "mg/dL")])})
+    s3 = store.append(more)
+    assert s3.added["events"] == 1 and s3.affected_subjects == {"3"}
+    assert store.counts()["events"] == 2
+    assert store.read("events").schema == first["events"].schema
