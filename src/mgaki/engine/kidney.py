@@ -101,12 +101,15 @@ def stage_urine_output(
 ) -> list[UrineStage]:
     """KDIGO urine-output stage at each charting time.
 
-    Each charted volume (mL) is taken to have accrued since the previous
+    Volumes charted at the same time are summed. Each charted volume (mL) is taken to have accrued since the previous
     charting; the rate over the last 6/12/24 h is computed only once charting
     covers the whole window (partial intervals prorated). Zero volume is real
     anuria, not missing data.
     """
-    pts = sorted(events)
+    summed: dict[datetime, float] = {}
+    for t, v in events:  # two drains charted at one time: both volumes count
+        summed[t] = summed.get(t, 0.0) + v
+    pts = sorted(summed.items())
     if len(pts) < 2 or weight_kg <= 0:
         return []
     rate1 = kb.value("kdigo_uo_stage1_rate")

@@ -100,12 +100,29 @@ class EventStore:
         finally:
             con.close()
         summary.affected_subjects = frozenset(subjects)
+        if subjects:
+            # Recorded for the next incremental surveillance run; cleared only after it wrote results.
+            (self.root / "pending").mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table({"subject_id": pa.array(sorted(subjects), pa.string())}),
+                           self.root / "pending" / f"part-{uuid.uuid4().hex}.parquet")
         return summary
+
+    def pending(self) -> tuple[frozenset[str], list[Path]]:
+        """Subjects changed since the last surveillance run, and the files that say so."""
+        files = sorted((self.root / "pending").glob("*.parquet"))
+        subjects: set[str] = set()
+        for f in files:
+            subjects.update(pq.read_table(f).column("subject_id").to_pylist())
+        return frozenset(subjects), files
+
+    def clear_pending(self, files: Iterable[Path]) -> None:
+        for f in files:
+            f.unlink(missing_ok=True)
 
     def counts(self) -> dict[str, int]:
         con = self.connect()
         try:
-            return {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
+            return {t: int(con.sql(f'SELECT count(*) FROM "{t}"').fetchall()[0][0])
                     for t in TABLES}
         finally:
             con.close()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from mgaki.errors import KnowledgeError
 from mgaki.knowledge.schema import (
     FILES,
+    AlertRule,
     Analyte,
     CodesFile,
     Drug,
@@ -35,6 +36,7 @@ from mgaki.knowledge.schema import (
     Salt,
     Source,
     Strict,
+    SurveillanceFile,
     Threshold,
     UnitsFile,
     UrineFile,
@@ -80,6 +82,7 @@ class KnowledgeBase:
     evidence: EvidenceFile
     regimens: RegimensFile
     kidney: KidneyFile
+    surveillance: SurveillanceFile
     _by_id: dict[str, dict[str, Any]] = field(repr=False, compare=False)
 
     def files(self) -> dict[str, Strict]:
@@ -93,6 +96,7 @@ class KnowledgeBase:
             "evidence.yaml": self.evidence,
             "regimens.yaml": self.regimens,
             "kidney.yaml": self.kidney,
+            "surveillance.yaml": self.surveillance,
         }
 
     @property
@@ -129,6 +133,9 @@ class KnowledgeBase:
     def regimen(self, regimen_id: str) -> Regimen:
         return self._get("regimen", regimen_id)  # type: ignore[no-any-return]
 
+    def alert(self, alert_id: str) -> AlertRule:
+        return self._get("alert", alert_id)  # type: ignore[no-any-return]
+
     def renal_rule(self, rule_id: str) -> RenalRule:
         return self._get("renal_rule", rule_id)  # type: ignore[no-any-return]
 
@@ -161,9 +168,11 @@ def load() -> KnowledgeBase:
     reg: RegimensFile = p["regimens.yaml"]  # type: ignore[assignment]
     drugs: DrugsFile = p["drugs.yaml"]  # type: ignore[assignment]
     ev: EvidenceFile = p["evidence.yaml"]  # type: ignore[assignment]
+    sv: SurveillanceFile = p["surveillance.yaml"]  # type: ignore[assignment]
     by_id = {
         "analyte": _index(units.analytes, "analyte"),
-        "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo),
+        "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo,
+                             *sv.parameters),
                             "threshold"),
         "coefficient": _index((*kid.ckd_epi_2021, *kid.cockcroft_gault, *kid.kinetic_gfr),
                               "coefficient"),
@@ -174,11 +183,12 @@ def load() -> KnowledgeBase:
         "renal_rule": _index(reg.renal_rules, "renal_rule"),
         "study": _index(ev.studies, "study"),
         "drug_name": _drug_names(drugs.drugs),
+        "alert": _index(sv.alerts, "alert"),
     }
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
         magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,
-        regimens=reg, kidney=kid, _by_id=by_id,
+        regimens=reg, kidney=kid, surveillance=sv, _by_id=by_id,
     )
 
 

@@ -327,6 +327,22 @@ class KidneyFile(Strict):
     kinetic_gfr: tuple[Coefficient, ...]
 
 
+class AlertRule(Cited):
+    """One surveillance alert kind: when it fires once, and what silences repeats."""
+
+    id: str
+    severity: Literal["info", "warning", "critical"]
+    fires_when: str
+    once_per: str  # the de-duplication key, in words (documented in docs/surveillance.md)
+    suppress_hours: float = 0.0  # no repeat of this kind for the encounter within this time
+
+
+class SurveillanceFile(Strict):
+    version: str
+    parameters: tuple[Threshold, ...]
+    alerts: tuple[AlertRule, ...]
+
+
 MagnesiumFile.model_rebuild()
 
 FILES: dict[str, type[Strict]] = {
@@ -339,4 +355,5 @@ FILES: dict[str, type[Strict]] = {
     "evidence.yaml": EvidenceFile,
     "regimens.yaml": RegimensFile,
     "kidney.yaml": KidneyFile,
+    "surveillance.yaml": SurveillanceFile,
 }

@@ -1,0 +1,5 @@
+"""Hospital-wide surveillance: KDIGO episodes, Mg trajectories, evidence flags and alerts in SQL."""
+
+from mgaki.surveillance.pipeline import OUTPUTS, SurveillanceResult, run, studies_table, surveil
+
+__all__ = ["OUTPUTS", "SurveillanceResult", "run", "studies_table", "surveil"]

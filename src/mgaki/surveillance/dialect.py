@@ -1,0 +1,50 @@
+"""The few SQL spellings that differ between DuckDB and Spark SQL.
+
+Every surveillance stage is written once, in window functions and joins both
+engines run; the handful of functions whose names differ go through here.
+Times are compared as integer epoch seconds so RANGE frames work on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DUCKDB", "SPARK", "Dialect"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    epoch_tpl: str  # timestamp -> integer epoch seconds
+    from_epoch_tpl: str  # integer epoch seconds -> timestamp
+    ffill_tpl: str  # last non-null value in the window frame
+    median_tpl: str
+
+    def epoch(self, col: str) -> str:
+        return self.epoch_tpl.format(col)
+
+    def from_epoch(self, col: str) -> str:
+        return self.from_epoch_tpl.format(col)
+
+    def ffill(self, col: str) -> str:
+        return self.ffill_tpl.format(col)
+
+    def median(self, col: str) -> str:
+        return self.median_tpl.format(col)
+
+
+DUCKDB = Dialect(
+    name="duckdb",
+    epoch_tpl="CAST(epoch({}) AS BIGINT)",
+    from_epoch_tpl="make_timestamp(CAST({} AS BIGINT) * 1000000)",
+    ffill_tpl="last_value({} IGNORE NULLS)",
+    median_tpl="median({})",
+)
+
+SPARK = Dialect(
+    name="spark",
+    epoch_tpl="CAST(unix_timestamp({}) AS BIGINT)",
+    from_epoch_tpl="timestamp_seconds(CAST({} AS BIGINT))",
+    ffill_tpl="last({}, true)",
+    median_tpl="percentile({}, 0.5)",
+)

@@ -1,0 +1,212 @@
+"""Run the surveillance stages over an event store, in full or incrementally.
+
+Incremental mode recomputes only the subjects whose data changed since the last
+run (the store records them at ingest) plus those still admitted, whose
+monitoring gaps move with time; every other subject's results are kept as
+they are. Alerts are logged by key (subject, encounter, kind, time): a key
+already in the log is never emitted again, so re-running changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time as _time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mgaki.events import EventStore
+from mgaki.knowledge import KnowledgeBase, load
+from mgaki.surveillance.dialect import DUCKDB
+from mgaki.surveillance.stages import OPEN_END, stages
+from mgaki.units import factor
+
+__all__ = ["OUTPUTS", "SurveillanceResult", "run", "studies_table", "surveil"]
+
+OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes", "mg_trajectory",
+           "evidence_flags", "alerts")
+RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
+ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
+_TIMING_PICK = {"admission": "first", "preoperative": "first", "stay_median": "median"}
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class SurveillanceResult:
+    tables: dict[str, pa.Table]
+    new_alerts: pa.Table
+    subjects_recomputed: int
+    as_of: datetime | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def studies_table(kb: KnowledgeBase) -> pa.Table:
+    """Applied studies x contexts x risk regions, with the factor from mg/dL to each study's unit."""
+    rows: list[dict[str, object]] = []
+    for s in kb.evidence.studies:
+        if not s.applied:
+            continue
+        pick = _TIMING_PICK.get(s.timing, "after_context" if s.timing.startswith("postoperative") else "first")
+        canonical = "mmol/L" if s.analyte == "ionized_magnesium" else "mg/dL"
+        for ctx in s.contexts:
+            for r in s.risk_regions:
+                rows.append({
+                    "study_id": s.id, "context": ctx, "timing": s.timing, "pick": pick, "analyte": s.analyte,
+                    "lower": r.lower, "upper": r.upper, "lower_exclusive": r.lower_exclusive,
+                    "upper_inclusive": r.upper_inclusive, "unit": r.unit,
+                    "to_study_unit": factor(s.analyte, canonical, r.unit), "label": r.label, "effect": r.effect,
+                    "citation": s.source.citation, "doi": s.source.doi, "requires_aki": s.requires_aki,
+                })
+    return pa.Table.from_pylist(rows, schema=pa.schema([
+        ("study_id", pa.string()), ("context", pa.string()), ("timing", pa.string()), ("pick", pa.string()),
+        ("analyte", pa.string()), ("lower", pa.float64()), ("upper", pa.float64()),
+        ("lower_exclusive", pa.bool_()), ("upper_inclusive", pa.bool_()), ("unit", pa.string()),
+        ("to_study_unit", pa.float64()), ("label", pa.string()), ("effect", pa.string()),
+        ("citation", pa.string()), ("doi", pa.string()), ("requires_aki", pa.bool_()),
+    ]))
+
+
+def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
+    row = con.sql("SELECT max(time) FROM events").fetchall()[0]
+    return row[0] if row else None
+
+
+def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetime | None = None,
+        kb: KnowledgeBase | None = None, progress: Progress | None = None) -> SurveillanceResult:
+    """Compute every output table for `subjects` (default: everyone) from the store's events."""
+    kb = kb or load()
+    con = store.connect()
+    try:
+        return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress)
+    finally:
+        con.close()
+
+
+def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
+         as_of: datetime | None, progress: Progress | None) -> SurveillanceResult:
+    as_of = as_of or _as_of(con)
+    as_of_epoch = int(as_of.replace(tzinfo=UTC).timestamp()) if as_of else OPEN_END
+    if subjects is not None:
+        con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
+        for t in ("events", "encounters", "weights", "medications", "contexts"):
+            con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
+            con.execute(f'CREATE VIEW "{t}" AS SELECT * FROM "all_{t}" '
+                        "WHERE subject_id IN (SELECT subject_id FROM affected)")
+    con.register("studies", studies_table(kb))
+    plan = stages(kb, DUCKDB, as_of_epoch)
+    seconds: dict[str, float] = {}
+    for i, st in enumerate(plan):
+        t0 = _time.perf_counter()
+        con.execute(f'CREATE OR REPLACE TEMP TABLE "{st.name}" AS {st.sql}')
+        seconds[st.name] = _time.perf_counter() - t0
+        if progress:
+            progress(st.name, i + 1, len(plan))
+    tables = {RESULT_NAMES.get(n, n): _drop_internal(con.sql(f'SELECT * FROM "{n}"').to_arrow_table())
+              for n in OUTPUTS}
+    return SurveillanceResult(tables, tables["alerts"], len(subjects) if subjects is not None else -1,
+                              as_of, seconds)
+
+
+def _drop_internal(tab: pa.Table) -> pa.Table:
+    """Epoch helper columns are internal; the outputs keep the timestamps."""
+    keep = [c for c in tab.column_names if c not in ("t", "src")]
+    return tab.select(keep)
+
+
+# --- incremental mode ---------------------------------------------------------------------------
+
+
+def _results_dir(store: EventStore) -> Path:
+    return store.root / "results"
+
+
+def _atomic_write(tab: pa.Table, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(tab, tmp)
+    os.replace(tmp, path)
+
+
+def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None,
+            kb: KnowledgeBase | None = None, progress: Progress | None = None) -> SurveillanceResult:
+    """Bring the stored results up to date; return them and the alerts emitted by this call."""
+    kb = kb or load()
+    out = _results_dir(store)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    con = store.connect()
+    try:
+        as_of = as_of or _as_of(con)
+        pending, pending_files = store.pending()
+        first = full or not state
+        subjects: list[str] | None = None
+        if not first:
+            prev = datetime.fromisoformat(state["as_of"]) if state.get("as_of") else None
+            open_now = _open_subjects(con, prev)
+            subjects = sorted(pending | open_now)
+        res = _run(con, kb, subjects, as_of, progress)
+    finally:
+        con.close()
+    merged: dict[str, pa.Table] = {}
+    for name, fresh in res.tables.items():
+        path = out / f"{name}.parquet"
+        if name == "alerts":
+            continue
+        tab = fresh
+        if subjects is not None and path.exists():
+            old = pq.read_table(path)
+            keep = pc.invert(pc.is_in(old.column("subject_id"), pa.array(subjects, pa.string())))
+            tab = pa.concat_tables([old.filter(keep), fresh.cast(old.schema)])
+        _atomic_write(tab, path)
+        merged[name] = tab
+    new_alerts, log = _log_alerts(out / "alerts.parquet", res.tables["alerts"])
+    merged["alerts"] = log
+    state_path.write_text(json.dumps({"as_of": as_of.isoformat() if as_of else None,
+                                      "knowledge": kb.version}))
+    store.clear_pending(pending_files)
+    return SurveillanceResult(merged, new_alerts, len(subjects) if subjects is not None else -1, as_of,
+                              res.seconds)
+
+
+def _open_subjects(con: duckdb.DuckDBPyConnection, prev_as_of: datetime | None) -> set[str]:
+    """Subjects whose encounter was still open at the previous run: their monitoring gaps moved."""
+    if prev_as_of is None:
+        return set()
+    rows = con.execute('SELECT DISTINCT subject_id FROM encounters WHERE "end" IS NULL OR "end" > ?',
+                       [prev_as_of]).fetchall()
+    return {r[0] for r in rows}
+
+
+def _log_alerts(path: Path, candidates: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(alerts new to the log, the whole log). The log only grows."""
+    con = duckdb.connect()
+    try:
+        con.register("cand", candidates)
+        keys = ", ".join(ALERT_KEY)
+        if path.exists():
+            con.execute(f"CREATE TABLE log AS SELECT * FROM read_parquet('{path.as_posix()}')")
+        else:
+            con.execute("CREATE TABLE log AS SELECT *, CAST(NULL AS TIMESTAMP) AS emitted_at FROM cand WHERE false")
+        now = datetime.now(UTC).replace(tzinfo=None)
+        new = con.execute(f"""
+            SELECT DISTINCT ON ({keys}) *, CAST(? AS TIMESTAMP) AS emitted_at FROM cand c
+            WHERE NOT EXISTS (SELECT 1 FROM log l WHERE l.subject_id = c.subject_id
+              AND l.encounter_id IS NOT DISTINCT FROM c.encounter_id AND l.kind = c.kind AND l.time = c.time)
+            ORDER BY {keys}, severity""", [now]).to_arrow_table() if candidates.num_rows else None
+        if new is None or new.num_rows == 0:
+            log = con.sql("SELECT * FROM log").to_arrow_table()
+            return log.slice(0, 0), log
+        con.register("new_rows", new)
+        log = con.sql("SELECT * FROM log UNION ALL SELECT * FROM new_rows").to_arrow_table()
+        _atomic_write(log, path)
+        return new, log
+    finally:
+        con.close()

@@ -1,0 +1,510 @@
+"""Surveillance stages as portable SQL (DuckDB by default, Spark SQL unchanged but for `Dialect`).
+
+Each stage is a SELECT over the canonical tables (``events``, ``encounters``,
+``weights``, ``medications``, ``contexts``) or over earlier stages; the runner
+materialises them in order. Numbers come from the knowledge base by id.
+The KDIGO rules mirror ``mgaki.engine.kidney`` (the single-patient reference
+they are differential-tested against); the choices a cohort pipeline adds
+(encounter assignment, pre-admission baseline, recovery, alert de-duplication)
+are documented in docs/surveillance.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mgaki.knowledge import KnowledgeBase
+from mgaki.surveillance.dialect import Dialect
+from mgaki.units import convert
+
+__all__ = ["OPEN_END", "Stage", "stages"]
+
+OPEN_END = 253402300799  # 9999-12-31T23:59:59: an encounter with no end is still open
+_EPS = 1e-9  # float tolerance of the KDIGO comparisons, as in engine/kidney.py
+H = 3600
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sql: str
+    output: bool = False  # a result table the user gets (others are intermediate)
+
+
+def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
+    """All stages in dependency order; `as_of_epoch` closes open encounters and monitoring gaps."""
+    v = kb.value
+    ep = d.epoch
+    ratio1, ratio2, ratio3 = v("kdigo_ratio_stage1"), v("kdigo_ratio_stage2"), v("kdigo_ratio_stage3")
+    w48, w7d = int(v("kdigo_abs_window") * H), int(v("kdigo_ratio_window") * H)
+    bl_min, bl_max = int(v("baseline_lookback_min_days") * DAY), int(v("baseline_lookback_max_days") * DAY)
+    uo_h1, uo_h2, uo_h3 = v("kdigo_uo_stage1_hours"), v("kdigo_uo_stage2_hours"), v("kdigo_uo_stage3_hours")
+    anuria_h = v("kdigo_anuria_hours")
+    rr = kb.magnesium.reference_range
+    mg_lo, mg_hi = (convert(x, "magnesium", rr.unit, "mg/dL") for x in (rr.low, rr.high))
+    out: list[Stage] = []
+
+    def add(name: str, sql: str, output: bool = False) -> None:
+        out.append(Stage(name, sql, output))
+
+    # --- encounters -----------------------------------------------------------------------
+    # Hospital encounters carry the episodes; an ICU stay belongs to its parent admission.
+    add("hosp", f"""
+        SELECT subject_id, encounter_id, start, "end", {ep('start')} AS t0,
+               COALESCE({ep('"end"')}, {OPEN_END}) AS t1
+        FROM encounters WHERE kind <> 'icu' OR parent_id IS NULL""")
+    add("icu", f"""
+        SELECT subject_id, encounter_id, parent_id, {ep('start')} AS t0,
+               COALESCE({ep('"end"')}, {OPEN_END}) AS t1
+        FROM encounters WHERE kind = 'icu'""")
+    # Each timed row belongs to the latest-starting hospital encounter that contains it.
+    add("ev", f"""
+        SELECT subject_id, time, {ep('time')} AS t, analyte, numeric_value AS value, source
+        FROM events""")
+    add("ev_enc", """
+        SELECT subject_id, time, t, analyte, value, source, encounter_id FROM (
+          SELECT e.subject_id, e.time, e.t, e.analyte, e.value, e.source, h.encounter_id,
+                 ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.t, e.analyte, e.value, e.source
+                                    ORDER BY h.t0 DESC, h.encounter_id) AS rn
+          FROM ev e LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.t0 AND h.t1
+        ) x WHERE rn = 1""")
+    # Pre-admission baseline: median creatinine 7-365 days before admission (Siew 2015).
+    add("baseline", f"""
+        SELECT h.subject_id, h.encounter_id, h.t0, h.t1,
+               {d.median('e.value')} AS preadmission_baseline, COUNT(e.value) AS n_baseline_values
+        FROM hosp h LEFT JOIN ev e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
+             AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
+        GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
+    add("rrt_first", """
+        SELECT subject_id, encounter_id, MIN(t) AS first_rrt_t FROM ev_enc
+        WHERE analyte = 'rrt' AND encounter_id IS NOT NULL GROUP BY subject_id, encounter_id""")
+
+    # --- KDIGO creatinine ------------------------------------------------------------------
+    # Identical results count once; the windows hold strictly earlier values (1 PRECEDING).
+    add("cr", """
+        SELECT DISTINCT c.subject_id, c.encounter_id, c.time, c.t, c.value,
+               b.preadmission_baseline AS baseline, r.first_rrt_t
+        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc WHERE analyte = 'creatinine') c
+        LEFT JOIN baseline b ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
+        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id""")
+    add("cr_win", f"""
+        SELECT *,
+          MIN(value) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN {w48} PRECEDING AND 1 PRECEDING)
+            AS min48,
+          MIN(value) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN {w7d} PRECEDING AND 1 PRECEDING)
+            AS min7d
+        FROM cr""")
+    add("cr_ref", """
+        SELECT *,
+          CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN min7d
+               ELSE baseline END AS reference,
+          CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d'
+               WHEN baseline IS NOT NULL THEN 'preadmission_median'
+               ELSE 'none' END AS reference_method
+        FROM cr_win""")
+    add("cr_stage0", f"""
+        SELECT *,
+          CASE WHEN min48 IS NOT NULL AND value - min48 >= {v('kdigo_abs_rise')} - {_EPS} THEN 1 ELSE 0 END
+            AS abs_stage,
+          CASE WHEN reference IS NULL THEN 0
+               WHEN value / reference >= {ratio3} - {_EPS} THEN 3
+               WHEN value / reference >= {ratio2} - {_EPS} THEN 2
+               WHEN value / reference >= {ratio1} - {_EPS} THEN 1 ELSE 0 END AS ratio_stage
+        FROM cr_ref""")
+    add("kdigo_creatinine", f"""
+        SELECT subject_id, encounter_id, time, t, value, reference, reference_method,
+               value / reference AS ratio, value - min48 AS rise_48h,
+          CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 3
+               WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')} THEN 3
+               ELSE GREATEST(abs_stage, ratio_stage) END AS stage,
+          CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 'rrt'
+               WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')}
+                    AND GREATEST(abs_stage, ratio_stage) < 3 THEN 'scr_ge_4_during_aki'
+               WHEN ratio_stage >= abs_stage AND ratio_stage >= 1 THEN 'ratio_' || reference_method
+               WHEN abs_stage = 1 THEN 'rise_0.3_48h' END AS criterion
+        FROM cr_stage0""", output=True)
+
+    # --- KDIGO urine output ----------------------------------------------------------------
+    # Volumes charted at the same time are summed (two drains, one hour); each charted volume
+    # accrued since the previous charting of the same stay.
+    add("uo_stay", """
+        SELECT u.subject_id, u.t, u.time, u.vol, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
+               COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
+          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(value) AS vol FROM ev_enc
+          WHERE analyte = 'urine_output' GROUP BY subject_id, encounter_id, t) u
+        LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
+        WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
+    add("stay_bounds", """
+        SELECT stay_id, subject_id, MIN(t) AS first_t FROM uo_stay GROUP BY stay_id, subject_id""")
+    # Weight: the latest at or before the first charting, else the first one after it.
+    add("stay_weight", f"""
+        SELECT stay_id, weight_kg FROM (
+          SELECT s.stay_id, w.weight_kg,
+                 ROW_NUMBER() OVER (PARTITION BY s.stay_id
+                   ORDER BY CASE WHEN {ep('w.time')} <= s.first_t THEN 0 ELSE 1 END,
+                            CASE WHEN {ep('w.time')} <= s.first_t THEN -{ep('w.time')} ELSE {ep('w.time')} END)
+                   AS rn
+          FROM stay_bounds s JOIN weights w ON w.subject_id = s.subject_id) x
+        WHERE rn = 1""")
+    add("uo_iv", """
+        SELECT u.*, w.weight_kg, b.first_t,
+               LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
+        FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
+        LEFT JOIN stay_weight w ON w.stay_id = u.stay_id""")
+    hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
+    win_cols, vol_cols = [], []
+    for h in hours:
+        sec, k = int(h * H), _k(h)
+        frame = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec} PRECEDING AND CURRENT ROW)"
+        win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE(vol) {frame} AS fv{k}, "
+                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}")
+        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated.
+        vol_cols.append(f"CASE WHEN first_t > t - {sec} THEN NULL ELSE "
+                        f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
+                        f" END AS vol{k}")
+    add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
+    add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
+    r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
+    k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
+    add("kdigo_urine", f"""
+        SELECT subject_id, encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg,
+               vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
+               vol{k3} / weight_kg / {uo_h3} AS rate_{k3}h,
+          CASE WHEN weight_kg IS NULL THEN NULL
+               WHEN vol{ka} = 0 THEN 3
+               WHEN vol{k3} / weight_kg / {uo_h3} < {r3} THEN 3
+               WHEN vol{k2} / weight_kg / {uo_h2} < {r1} THEN 2
+               WHEN vol{k1} / weight_kg / {uo_h1} < {r1} THEN 1 ELSE 0 END AS stage,
+          CASE WHEN weight_kg IS NULL THEN 'no_weight'
+               WHEN vol{ka} = 0 THEN 'anuria_{ka}h'
+               WHEN vol{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
+               WHEN vol{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
+               WHEN vol{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
+        FROM uo_vol""", output=True)
+
+    # --- AKI episodes ------------------------------------------------------------------------
+    # A creatinine stage holds until the next creatinine; a urine-output stage until the next
+    # charting but at most the stage-1 window (6 h): when charting stops (ICU discharge), the
+    # last oliguric stage must not hold the episode open for ever.
+    # Recovery (ADQI 16 spirit): creatinine back below 1.5 x the encounter baseline, urine output
+    # no longer staged, no RRT since the episode began. Encounter baseline for recovery:
+    # pre-admission median, else the lowest creatinine from 7 days before admission to discharge.
+    add("enc_baseline", f"""
+        SELECT b.subject_id, b.encounter_id, b.t0, b.t1,
+          COALESCE(b.preadmission_baseline, MIN(e.value)) AS baseline,
+          CASE WHEN b.preadmission_baseline IS NOT NULL THEN 'preadmission_median'
+               WHEN MIN(e.value) IS NOT NULL THEN 'lowest_in_encounter' ELSE 'none' END AS baseline_method
+        FROM baseline b LEFT JOIN ev e ON e.subject_id = b.subject_id AND e.analyte = 'creatinine'
+             AND e.t BETWEEN b.t0 - {w7d} AND b.t1
+        GROUP BY b.subject_id, b.encounter_id, b.t0, b.t1, b.preadmission_baseline""")
+    add("asmt", f"""
+        SELECT c.subject_id, c.encounter_id, c.time, c.t, 0 AS src, c.stage AS cr_stage,
+               CAST(NULL AS INTEGER) AS uo_stage, c.criterion, c.value,
+               CASE WHEN c.stage = 0 AND c.value < {ratio1} * b.baseline THEN 1 ELSE 0 END AS cr_resolved
+        FROM kdigo_creatinine c JOIN enc_baseline b
+          ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
+        UNION ALL
+        SELECT subject_id, encounter_id, time, t, 1 AS src, CAST(NULL AS INTEGER), stage, criterion,
+               CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER)
+        FROM kdigo_urine WHERE stage IS NOT NULL""")
+    order = "PARTITION BY subject_id, encounter_id ORDER BY t, src"
+    add("asmt_ff", f"""
+        SELECT *, GREATEST(COALESCE(cr_ff, 0), COALESCE(uo_ff, 0)) AS stage_now,
+          CASE WHEN GREATEST(COALESCE(cr_ff, 0), COALESCE(uo_ff, 0)) >= 1 THEN 1
+               WHEN (cr_ff IS NULL OR res_ff = 1) AND COALESCE(uo_ff, 0) = 0 THEN 0 END AS state
+        FROM (SELECT *,
+          {d.ffill('cr_stage')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cr_ff,
+          {d.ffill('cr_resolved')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS res_ff,
+          {d.ffill('uo_stage')} OVER (PARTITION BY subject_id, encounter_id ORDER BY t
+                                      RANGE BETWEEN {int(uo_h1 * H)} PRECEDING AND CURRENT ROW) AS uo_ff
+          FROM asmt) x""")
+    add("asmt_ep", f"""
+        SELECT *, SUM(is_start) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS episode
+        FROM (SELECT *,
+          CASE WHEN state = 1 AND COALESCE(
+            {d.ffill('state')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) = 0
+            THEN 1 ELSE 0 END AS is_start FROM asmt_ff) x""")
+    add("asmt_in", """
+        SELECT a.*, e.end_t FROM asmt_ep a JOIN (
+          SELECT subject_id, encounter_id, episode, MIN(CASE WHEN state = 0 THEN t END) AS end_t
+          FROM asmt_ep WHERE episode > 0 GROUP BY subject_id, encounter_id, episode) e
+          ON e.subject_id = a.subject_id AND e.encounter_id = a.encounter_id AND e.episode = a.episode
+        WHERE e.end_t IS NULL OR a.t < e.end_t""")
+    add("aki_episodes", f"""
+        SELECT a.subject_id, a.encounter_id, a.episode,
+          MIN(a.time) AS onset, MIN(a.t) AS onset_t,
+          MAX(CASE WHEN a.is_start = 1 THEN a.criterion END) AS onset_criterion,
+          MAX(a.stage_now) AS peak_stage,
+          {d.from_epoch('MIN(a.end_t)')} AS recovery, MIN(a.end_t) IS NOT NULL AS recovered,
+          MIN(a.end_t) AS recovery_t,
+          MAX(CASE WHEN a.cr_stage = 3 AND a.criterion = 'rrt' THEN 1 ELSE 0 END) = 1 AS rrt,
+          MAX(b.baseline) AS baseline, MAX(b.baseline_method) AS baseline_method
+        FROM asmt_in a JOIN enc_baseline b ON b.subject_id = a.subject_id AND b.encounter_id = a.encounter_id
+        GROUP BY a.subject_id, a.encounter_id, a.episode""")
+    add("aki_episodes_out", """
+        SELECT e.subject_id, e.encounter_id, e.episode, e.onset, e.onset_criterion, e.peak_stage,
+               p.peak_time, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method
+        FROM aki_episodes e JOIN (
+          SELECT a.subject_id, a.encounter_id, a.episode, MIN(a.time) AS peak_time
+          FROM asmt_in a JOIN aki_episodes x ON x.subject_id = a.subject_id
+            AND x.encounter_id = a.encounter_id AND x.episode = a.episode AND a.stage_now = x.peak_stage
+          GROUP BY a.subject_id, a.encounter_id, a.episode) p
+          ON p.subject_id = e.subject_id AND p.encounter_id = e.encounter_id AND p.episode = e.episode""",
+        output=True)
+    add("aki_stage_changes", f"""
+        SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM (
+          SELECT *, LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x
+        WHERE stage_now <> COALESCE(prev_stage, 0)""", output=True)
+
+    # --- magnesium trajectories (C7) ----------------------------------------------------------
+    chg = int(v("mg_change_window_hours") * H)
+    add("mg", f"""
+        SELECT subject_id, encounter_id, time, t, value,
+          LEAD(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t, value) AS next_t,
+          ROW_NUMBER() OVER (PARTITION BY subject_id, encounter_id ORDER BY t, value) AS i,
+          ROW_NUMBER() OVER (PARTITION BY subject_id, encounter_id ORDER BY t DESC, value DESC) AS j,
+          MIN(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
+                           RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS min_prior,
+          MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
+                           RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS max_prior
+        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc
+              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x""")
+    add("mg_trajectory", f"""
+        SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
+          MAX(CASE WHEN i = 1 THEN value END) AS first_mg, MIN(value) AS min_mg, MAX(value) AS max_mg,
+          MAX(CASE WHEN j = 1 THEN value END) AS last_mg,
+          MIN(time) AS first_time, MAX(time) AS last_time,
+          CAST(MAX(t) - MIN(t) AS DOUBLE) / {H} AS observed_hours,
+          CASE WHEN MAX(t) > MIN(t)
+               THEN SUM(value * COALESCE(next_t - t, 0)) / CAST(MAX(t) - MIN(t) AS DOUBLE)
+               ELSE AVG(value) END AS time_weighted_mean,
+          SUM(CASE WHEN value < {mg_lo} THEN COALESCE(next_t - t, 0) ELSE 0 END) / {float(H)} AS hours_below,
+          SUM(CASE WHEN value > {mg_hi} THEN COALESCE(next_t - t, 0) ELSE 0 END) / {float(H)} AS hours_above,
+          CASE WHEN MAX(t) > MIN(t) THEN SUM(CASE WHEN value < {mg_lo} THEN COALESCE(next_t - t, 0) ELSE 0 END)
+               / CAST(MAX(t) - MIN(t) AS DOUBLE) END AS share_below,
+          CASE WHEN MAX(t) > MIN(t) THEN SUM(CASE WHEN value > {mg_hi} THEN COALESCE(next_t - t, 0) ELSE 0 END)
+               / CAST(MAX(t) - MIN(t) AS DOUBLE) END AS share_above,
+          MAX(GREATEST(ABS(value - min_prior), ABS(max_prior - value))) AS max_change_24h,
+          regr_slope(value, CAST(t AS DOUBLE) / {DAY}) AS slope_per_day
+        FROM mg GROUP BY subject_id, encounter_id""", output=True)
+    out += _evidence_stages(kb, d)
+    out += _alert_stages(kb, d, as_of_epoch, mg_lo, mg_hi)
+    return out
+
+
+def _band_case(kb: KnowledgeBase, direction: str, col: str) -> str:
+    """CTCAE v5 grade of a mg/dL value as a CASE expression (bands from magnesium.yaml)."""
+    scale = next(g for g in kb.magnesium.grades if g.direction == direction and g.unit == "mg/dL")
+    whens = []
+    for b in sorted(scale.bands, key=lambda b: -b.grade):
+        conds = []
+        if b.lower is not None:
+            conds.append(f"{col} >= {b.lower}" if direction == "low" else f"{col} > {b.lower}")
+        if b.upper is not None:
+            conds.append(f"{col} < {b.upper}" if direction == "low" else f"{col} <= {b.upper}")
+        whens.append(f"WHEN {' AND '.join(conds) or 'TRUE'} THEN {b.grade}")
+    return f"CASE {' '.join(whens)} ELSE 1 END"
+
+
+def _evidence_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
+    """Mg-AKI evidence flags: each applied study only in its own population (engine/risk.py)."""
+    return [
+        # contexts of each encounter: recorded ones, plus 'icu' when it had an ICU stay
+        Stage("enc_ctx", """
+            SELECT DISTINCT h.subject_id, h.encounter_id, c.context, c.time AS ctx_time
+            FROM hosp h JOIN contexts c ON c.subject_id = h.subject_id
+              AND (c.encounter_id = h.encounter_id OR (c.encounter_id IS NULL
+                   AND (c.time IS NULL OR c.time BETWEEN h.start AND COALESCE(h."end", c.time))))
+            UNION
+            SELECT DISTINCT h.subject_id, h.encounter_id, 'icu', CAST(NULL AS TIMESTAMP)
+            FROM hosp h JOIN icu i ON i.subject_id = h.subject_id AND i.parent_id = h.encounter_id"""),
+        # studied populations; 'general' where none of the encounter's contexts was studied
+        Stage("enc_pop", """
+            SELECT DISTINCT x.subject_id, x.encounter_id, x.context, x.ctx_time FROM enc_ctx x
+            WHERE x.context IN (SELECT context FROM studies)
+            UNION
+            SELECT h.subject_id, h.encounter_id, 'general', CAST(NULL AS TIMESTAMP) FROM hosp h
+            WHERE NOT EXISTS (SELECT 1 FROM enc_ctx x JOIN studies s ON s.context = x.context
+                              WHERE x.subject_id = h.subject_id AND x.encounter_id = h.encounter_id)"""),
+        Stage("enc_mg_values", f"""
+            SELECT p.subject_id, p.encounter_id, p.context, e.analyte,
+              MIN(CASE WHEN e.t = f.first_t THEN e.value END) AS first_value,
+              {d.median('e.value')} AS median_value,
+              MIN(CASE WHEN p.ctx_time IS NOT NULL AND e.time >= p.ctx_time THEN e.t END) AS first_after_ctx_t
+            FROM enc_pop p JOIN ev_enc e ON e.subject_id = p.subject_id AND e.encounter_id = p.encounter_id
+              AND e.analyte IN ('magnesium', 'ionized_magnesium')
+            JOIN (SELECT subject_id, encounter_id, analyte, MIN(t) AS first_t FROM ev_enc
+                  GROUP BY subject_id, encounter_id, analyte) f
+              ON f.subject_id = e.subject_id AND f.encounter_id = e.encounter_id AND f.analyte = e.analyte
+            GROUP BY p.subject_id, p.encounter_id, p.context, e.analyte"""),
+        Stage("enc_mg_post", """
+            SELECT v.subject_id, v.encounter_id, v.context, v.analyte, v.first_value, v.median_value,
+                   MIN(e.value) AS first_after_ctx_value
+            FROM enc_mg_values v LEFT JOIN ev_enc e ON e.subject_id = v.subject_id
+              AND e.encounter_id = v.encounter_id AND e.analyte = v.analyte AND e.t = v.first_after_ctx_t
+            GROUP BY v.subject_id, v.encounter_id, v.context, v.analyte, v.first_value, v.median_value"""),
+        Stage("evidence_flags", """
+            SELECT m.subject_id, m.encounter_id, s.study_id, s.context, s.timing, m.analyte,
+                   x.value AS value_canonical, x.value * s.to_study_unit AS value_study_unit, s.unit,
+                   s.label, s.effect, s.citation, s.doi
+            FROM enc_mg_post m JOIN studies s ON s.context = m.context AND s.analyte = m.analyte
+            JOIN (SELECT subject_id, encounter_id, context, analyte, 'first' AS pick, first_value AS value
+                  FROM enc_mg_post
+                  UNION ALL SELECT subject_id, encounter_id, context, analyte, 'median', median_value
+                  FROM enc_mg_post
+                  UNION ALL SELECT subject_id, encounter_id, context, analyte, 'after_context',
+                  first_after_ctx_value FROM enc_mg_post) x
+              ON x.subject_id = m.subject_id AND x.encounter_id = m.encounter_id AND x.context = m.context
+              AND x.analyte = m.analyte AND x.pick = s.pick AND x.value IS NOT NULL
+            WHERE (NOT s.requires_aki OR EXISTS (SELECT 1 FROM aki_episodes a
+                   WHERE a.subject_id = m.subject_id AND a.encounter_id = m.encounter_id))
+              AND (s.lower IS NULL OR (CASE WHEN s.lower_exclusive THEN x.value * s.to_study_unit > s.lower
+                                            ELSE x.value * s.to_study_unit >= s.lower END))
+              AND (s.upper IS NULL OR (CASE WHEN s.upper_inclusive THEN x.value * s.to_study_unit <= s.upper
+                                            ELSE x.value * s.to_study_unit < s.upper END))""", output=True),
+    ]
+
+
+def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi: float) -> list[Stage]:
+    """Alert candidates with their de-duplication; docs/surveillance.md states each rule."""
+    v = kb.value
+    fall, fall_w = v("mg_fall_abs"), int(v("mg_fall_window_hours") * H)
+    ref_w, ref_gap = int(v("refractory_window_hours") * H), int(v("refractory_min_gap_hours") * H)
+    gap = int(v("mg_monitoring_gap_hours") * H)
+    drug_h = int(v("drug_exposure_default_hours") * H)
+    k_lo = v("hypokalemia_mg_first_k_below")
+    ca_lo = convert(kb.electrolytes.ranges["calcium"].low, "calcium", kb.electrolytes.ranges["calcium"].unit,
+                    "mg/dL")
+    sup_fall, sup_ref = (int(kb.alert(a).suppress_hours * H) for a in ("mg_falling", "refractory_k_ca"))
+    risky = ", ".join(f"'{c}'" for c in kb.magnesium.high_risk_contexts)
+    wasting = ", ".join(sorted(f"'{dr.ingredient}'" for dr in kb.drugs.drugs
+                               if dr.nephrotoxic or dr.effect in ("renal_wasting", "nephrotoxic")))
+    sev = {a.id: a.severity for a in kb.surveillance.alerts}
+    enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
+    lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
+    return [
+        Stage("mg_status", f"""
+            SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
+                      OVER ({enc} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run
+            FROM (SELECT *, LAG(status) OVER ({enc}) AS prev_status,
+                         LAG(value) OVER ({enc}) AS prev_value,
+                         MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
+                                          RANGE BETWEEN {fall_w} PRECEDING AND 1 PRECEDING) AS max_prior_fall
+                  FROM (SELECT m.*, CASE WHEN value < {mg_lo} THEN 'low' WHEN value > {mg_hi} THEN 'high'
+                                    ELSE 'normal' END AS status,
+                               CASE WHEN value < {mg_lo} THEN {lo_grade} WHEN value > {mg_hi} THEN {hi_grade}
+                                    ELSE 0 END AS grade
+                        FROM mg m) x) y"""),
+        Stage("mg_status_run", """
+            SELECT *, MAX(grade) OVER (PARTITION BY subject_id, encounter_id, run ORDER BY t, value
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_run_grade
+            FROM mg_status"""),
+        Stage("mg_fall_cand", f"""
+            SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS prev_cand_t
+            FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
+              AND prev_value IS NOT NULL AND value < prev_value"""),
+        # K or Ca low twice (>= min gap apart, within the window) with Mg low or unmeasured in 48 h
+        Stage("kca", f"""
+            SELECT subject_id, encounter_id, time, t, analyte, value, mg_v, mg_t,
+              MAX(CASE WHEN is_low = 1 AND analyte <> 'magnesium' THEN t END) OVER (
+                PARTITION BY subject_id, encounter_id, analyte_key ORDER BY t
+                RANGE BETWEEN {ref_w} PRECEDING AND {ref_gap} PRECEDING) AS prior_low_t, is_low
+            FROM (SELECT *, {d.ffill('mg_value')} OVER (PARTITION BY subject_id, encounter_id ORDER BY t, src
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS mg_v,
+                         {d.ffill('mg_time')} OVER (PARTITION BY subject_id, encounter_id ORDER BY t, src
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS mg_t
+                  FROM (SELECT subject_id, encounter_id, time, t, analyte, analyte AS analyte_key, value, 1 AS src,
+                               CASE WHEN (analyte = 'potassium' AND value < {k_lo})
+                                      OR (analyte = 'calcium' AND value < {ca_lo}) THEN 1 ELSE 0 END AS is_low,
+                               CAST(NULL AS DOUBLE) AS mg_value, CAST(NULL AS BIGINT) AS mg_time
+                        FROM ev_enc WHERE analyte IN ('potassium', 'calcium') AND encounter_id IS NOT NULL
+                        UNION ALL
+                        SELECT subject_id, encounter_id, time, t, 'magnesium', 'magnesium', value, 0, 0, value, t
+                        FROM mg) u) w"""),
+        Stage("kca_cand", f"""
+            SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id, analyte ORDER BY t) AS prev_cand_t
+            FROM kca WHERE analyte <> 'magnesium' AND is_low = 1 AND prior_low_t IS NOT NULL
+              AND (mg_t IS NULL OR t - mg_t > {gap} OR mg_v < {mg_lo})"""),
+        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of)
+        Stage("mg_gaps", f"""
+            SELECT h.subject_id, h.encounter_id, h.t0 AS gap_start, COALESCE(MIN(m.t), LEAST(h.t1, {as_of})) AS gap_end
+            FROM hosp h LEFT JOIN mg m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
+            GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1
+            UNION ALL
+            SELECT m.subject_id, m.encounter_id, m.t, COALESCE(m.next_t, LEAST(h.t1, {as_of}))
+            FROM mg m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
+        Stage("risk_windows", f"""
+            SELECT subject_id, parent_id AS encounter_id, t0 AS r0, t1 AS r1, 'icu' AS why FROM icu
+            UNION ALL
+            SELECT m.subject_id, h.encounter_id, {d.epoch('m.start')},
+                   COALESCE({d.epoch('m."end"')}, {d.epoch('m.start')} + {drug_h}), 'drug:' || m.drug
+            FROM medications m JOIN hosp h ON h.subject_id = m.subject_id
+              AND {d.epoch('m.start')} BETWEEN h.t0 AND h.t1
+            WHERE m.drug IN ({wasting})
+            UNION ALL
+            SELECT subject_id, encounter_id, onset_t, COALESCE(recovery_t, {OPEN_END}), 'aki' FROM aki_episodes
+            UNION ALL
+            SELECT c.subject_id, c.encounter_id, COALESCE({d.epoch('c.ctx_time')}, h.t0), h.t1,
+                   'context:' || c.context
+            FROM enc_ctx c JOIN hosp h ON h.subject_id = c.subject_id AND h.encounter_id = c.encounter_id
+            WHERE c.context IN ({risky})"""),
+        Stage("no_mg_cand", f"""
+            SELECT subject_id, encounter_id, gap_start, due, why FROM (
+              SELECT g.subject_id, g.encounter_id, g.gap_start, GREATEST(g.gap_start + {gap}, r.r0) AS due, r.why,
+                     ROW_NUMBER() OVER (PARTITION BY g.subject_id, g.encounter_id, g.gap_start
+                                        ORDER BY GREATEST(g.gap_start + {gap}, r.r0), r.why) AS rn
+              FROM mg_gaps g JOIN risk_windows r ON r.subject_id = g.subject_id
+                AND r.encounter_id = g.encounter_id
+              WHERE GREATEST(g.gap_start + {gap}, r.r0) < LEAST(g.gap_end, r.r1)
+                AND GREATEST(g.gap_start + {gap}, r.r0) <= {as_of}) x
+            WHERE rn = 1"""),
+        Stage("alerts", f"""
+            SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
+            SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
+                   CASE WHEN grade >= 3 THEN 'critical' ELSE '{sev['mg_out_of_range']}' END AS severity,
+                   'Mg ' || CAST(ROUND(value, 2) AS VARCHAR) || ' mg/dL ' || status
+                     || ' (CTCAE grade ' || CAST(grade AS VARCHAR) || ')' AS detail, value
+            FROM mg_status_run WHERE status <> 'normal' AND COALESCE(prev_status, '') <> status
+            UNION ALL
+            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, '{sev['mg_grade_worsened']}',
+                   'Mg ' || CAST(ROUND(value, 2) AS VARCHAR) || ' mg/dL: CTCAE grade ' || CAST(grade AS VARCHAR)
+                     || ' (was ' || CAST(prior_run_grade AS VARCHAR) || ')', value
+            FROM mg_status_run WHERE status <> 'normal' AND prior_run_grade IS NOT NULL
+              AND grade > prior_run_grade
+            UNION ALL
+            SELECT subject_id, encounter_id, 'mg_falling', time, '{sev['mg_falling']}',
+                   'Mg fell to ' || CAST(ROUND(value, 2) AS VARCHAR) || ' mg/dL from '
+                     || CAST(ROUND(max_prior_fall, 2) AS VARCHAR) || ' within {v('mg_fall_window_hours'):g} h',
+                   value
+            FROM mg_fall_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_fall}
+            UNION ALL
+            SELECT subject_id, encounter_id, 'aki_onset', onset, '{sev['aki_onset']}',
+                   'KDIGO AKI episode ' || CAST(episode AS VARCHAR) || ' began (' || onset_criterion || ')',
+                   CAST(NULL AS DOUBLE)
+            FROM aki_episodes
+            UNION ALL
+            SELECT subject_id, encounter_id, 'aki_worsening', time, '{sev['aki_worsening']}',
+                   'KDIGO stage ' || CAST(stage_now AS VARCHAR) || ' (' || criterion || ')',
+                   CAST(stage_now AS DOUBLE)
+            FROM (SELECT *, MAX(stage_now) OVER (PARTITION BY subject_id, encounter_id, episode ORDER BY t, src
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max FROM asmt_in) w
+            WHERE is_start = 0 AND stage_now > prior_max
+            UNION ALL
+            SELECT subject_id, encounter_id, 'refractory_k_ca', time, '{sev['refractory_k_ca']}',
+                   analyte || ' ' || CAST(ROUND(value, 2) AS VARCHAR) || ' low again; Mg '
+                     || CASE WHEN mg_t IS NULL OR t - mg_t > {gap}
+                             THEN 'not measured in {v('mg_monitoring_gap_hours'):g} h'
+                             ELSE CAST(ROUND(mg_v, 2) AS VARCHAR) || ' mg/dL (low)' END, value
+            FROM kca_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_ref}
+            UNION ALL
+            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, '{sev['no_mg_48h']}',
+                   'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
+                   CAST(NULL AS DOUBLE)
+            FROM no_mg_cand) a""", output=True),
+    ]
+
+
+def _k(hours: float) -> str:
+    """Column suffix for a window length in hours (6 -> '6', 1.5 -> '1_5')."""
+    return f"{hours:g}".replace(".", "_")
