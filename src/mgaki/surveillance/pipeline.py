@@ -75,7 +75,10 @@ def studies_table(kb: KnowledgeBase) -> pa.Table:
 
 
 def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
-    row = con.sql("SELECT max(time) FROM events").fetchall()[0]
+    """The latest time the data speaks of: a closed encounter's gaps run to its end."""
+    row = con.sql("""SELECT greatest((SELECT max(time) FROM events), (SELECT max(start) FROM medications),
+                                     (SELECT max(greatest(start, coalesce("end", start))) FROM encounters))"""
+                  ).fetchall()[0]
     return row[0] if row else None
 
 
@@ -196,11 +199,11 @@ def _log_alerts(path: Path, candidates: pa.Table) -> tuple[pa.Table, pa.Table]:
         else:
             con.execute("CREATE TABLE log AS SELECT *, CAST(NULL AS TIMESTAMP) AS emitted_at FROM cand WHERE false")
         now = datetime.now(UTC).replace(tzinfo=None)
-        new = con.execute(f"""
+        new = con.sql(f"""
             SELECT DISTINCT ON ({keys}) *, CAST(? AS TIMESTAMP) AS emitted_at FROM cand c
             WHERE NOT EXISTS (SELECT 1 FROM log l WHERE l.subject_id = c.subject_id
               AND l.encounter_id IS NOT DISTINCT FROM c.encounter_id AND l.kind = c.kind AND l.time = c.time)
-            ORDER BY {keys}, severity""", [now]).to_arrow_table() if candidates.num_rows else None
+            ORDER BY {keys}, severity""", params=[now]).to_arrow_table() if candidates.num_rows else None
         if new is None or new.num_rows == 0:
             log = con.sql("SELECT * FROM log").to_arrow_table()
             return log.slice(0, 0), log

@@ -50,14 +50,20 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
 
     # --- encounters -----------------------------------------------------------------------
     # Hospital encounters carry the episodes; an ICU stay belongs to its parent admission.
+    # An encounter may arrive twice (open, then closed): the closed version wins.
+    add("enc", """
+        SELECT subject_id, encounter_id, kind, start, "end", parent_id FROM (
+          SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, encounter_id
+                                       ORDER BY CASE WHEN "end" IS NULL THEN 1 ELSE 0 END, "end" DESC) AS rn
+          FROM encounters) x WHERE rn = 1""")
     add("hosp", f"""
         SELECT subject_id, encounter_id, start, "end", {ep('start')} AS t0,
                COALESCE({ep('"end"')}, {OPEN_END}) AS t1
-        FROM encounters WHERE kind <> 'icu' OR parent_id IS NULL""")
+        FROM enc WHERE kind <> 'icu' OR parent_id IS NULL""")
     add("icu", f"""
         SELECT subject_id, encounter_id, parent_id, {ep('start')} AS t0,
                COALESCE({ep('"end"')}, {OPEN_END}) AS t1
-        FROM encounters WHERE kind = 'icu'""")
+        FROM enc WHERE kind = 'icu'""")
     # Each timed row belongs to the latest-starting hospital encounter that contains it.
     add("ev", f"""
         SELECT subject_id, time, {ep('time')} AS t, analyte, numeric_value AS value, source
@@ -101,7 +107,12 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                ELSE baseline END AS reference,
           CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d'
                WHEN baseline IS NOT NULL THEN 'preadmission_median'
-               ELSE 'none' END AS reference_method
+               ELSE 'none' END AS reference_method,
+          COALESCE(baseline, MIN(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
+                                              RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
+            AS recovery_baseline,
+          CASE WHEN baseline IS NOT NULL THEN 'preadmission_median' ELSE 'lowest_in_encounter_so_far' END
+            AS recovery_baseline_method
         FROM cr_win""")
     add("cr_stage0", f"""
         SELECT *,
@@ -114,14 +125,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         FROM cr_ref""")
     add("kdigo_creatinine", f"""
         SELECT subject_id, encounter_id, time, t, value, reference, reference_method,
-               value / reference AS ratio, value - min48 AS rise_48h,
+               value / reference AS ratio, value - min48 AS rise_48h, recovery_baseline, recovery_baseline_method,
           CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 3
                WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')} THEN 3
                ELSE GREATEST(abs_stage, ratio_stage) END AS stage,
           CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 'rrt'
                WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')}
                     AND GREATEST(abs_stage, ratio_stage) < 3 THEN 'scr_ge_4_during_aki'
-               WHEN ratio_stage >= abs_stage AND ratio_stage >= 1 THEN 'ratio_' || reference_method
+               WHEN ratio_stage > abs_stage THEN 'ratio_' || reference_method
                WHEN abs_stage = 1 THEN 'rise_0.3_48h' END AS criterion
         FROM cr_stage0""", output=True)
 
@@ -187,26 +198,18 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # A creatinine stage holds until the next creatinine; a urine-output stage until the next
     # charting but at most the stage-1 window (6 h): when charting stops (ICU discharge), the
     # last oliguric stage must not hold the episode open for ever.
-    # Recovery (ADQI 16 spirit): creatinine back below 1.5 x the encounter baseline, urine output
-    # no longer staged, no RRT since the episode began. Encounter baseline for recovery:
-    # pre-admission median, else the lowest creatinine from 7 days before admission to discharge.
-    add("enc_baseline", f"""
-        SELECT b.subject_id, b.encounter_id, b.t0, b.t1,
-          COALESCE(b.preadmission_baseline, MIN(e.value)) AS baseline,
-          CASE WHEN b.preadmission_baseline IS NOT NULL THEN 'preadmission_median'
-               WHEN MIN(e.value) IS NOT NULL THEN 'lowest_in_encounter' ELSE 'none' END AS baseline_method
-        FROM baseline b LEFT JOIN ev e ON e.subject_id = b.subject_id AND e.analyte = 'creatinine'
-             AND e.t BETWEEN b.t0 - {w7d} AND b.t1
-        GROUP BY b.subject_id, b.encounter_id, b.t0, b.t1, b.preadmission_baseline""")
+    # Recovery (ADQI 16): creatinine back below 1.5 x baseline, urine output no longer staged, no
+    # RRT since the episode began. Baseline for recovery: the pre-admission median, else the lowest
+    # creatinine of the encounter so far (never a later value: alerts must not depend on the future).
     add("asmt", f"""
-        SELECT c.subject_id, c.encounter_id, c.time, c.t, 0 AS src, c.stage AS cr_stage,
-               CAST(NULL AS INTEGER) AS uo_stage, c.criterion, c.value,
-               CASE WHEN c.stage = 0 AND c.value < {ratio1} * b.baseline THEN 1 ELSE 0 END AS cr_resolved
-        FROM kdigo_creatinine c JOIN enc_baseline b
-          ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
+        SELECT subject_id, encounter_id, time, t, 0 AS src, stage AS cr_stage,
+               CAST(NULL AS INTEGER) AS uo_stage, criterion, value,
+               CASE WHEN stage = 0 AND value < {ratio1} * recovery_baseline THEN 1 ELSE 0 END AS cr_resolved,
+               recovery_baseline AS rb, recovery_baseline_method AS rb_method
+        FROM kdigo_creatinine WHERE encounter_id IS NOT NULL
         UNION ALL
         SELECT subject_id, encounter_id, time, t, 1 AS src, CAST(NULL AS INTEGER), stage, criterion,
-               CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER)
+               CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR)
         FROM kdigo_urine WHERE stage IS NOT NULL""")
     order = "PARTITION BY subject_id, encounter_id ORDER BY t, src"
     add("asmt_ff", f"""
@@ -216,6 +219,8 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         FROM (SELECT *,
           {d.ffill('cr_stage')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cr_ff,
           {d.ffill('cr_resolved')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS res_ff,
+          {d.ffill('rb')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS rb_ff,
+          {d.ffill('rb_method')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS rbm_ff,
           {d.ffill('uo_stage')} OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                                       RANGE BETWEEN {int(uo_h1 * H)} PRECEDING AND CURRENT ROW) AS uo_ff
           FROM asmt) x""")
@@ -232,24 +237,25 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           ON e.subject_id = a.subject_id AND e.encounter_id = a.encounter_id AND e.episode = a.episode
         WHERE e.end_t IS NULL OR a.t < e.end_t""")
     add("aki_episodes", f"""
-        SELECT a.subject_id, a.encounter_id, a.episode,
+        SELECT a.subject_id, a.encounter_id, CAST(a.episode AS INTEGER) AS episode,
           MIN(a.time) AS onset, MIN(a.t) AS onset_t,
           MAX(CASE WHEN a.is_start = 1 THEN a.criterion END) AS onset_criterion,
           MAX(a.stage_now) AS peak_stage,
           {d.from_epoch('MIN(a.end_t)')} AS recovery, MIN(a.end_t) IS NOT NULL AS recovered,
           MIN(a.end_t) AS recovery_t,
           MAX(CASE WHEN a.cr_stage = 3 AND a.criterion = 'rrt' THEN 1 ELSE 0 END) = 1 AS rrt,
-          MAX(b.baseline) AS baseline, MAX(b.baseline_method) AS baseline_method
-        FROM asmt_in a JOIN enc_baseline b ON b.subject_id = a.subject_id AND b.encounter_id = a.encounter_id
-        GROUP BY a.subject_id, a.encounter_id, a.episode""")
+          MAX(CASE WHEN a.is_start = 1 THEN a.rb_ff END) AS baseline,
+          MAX(CASE WHEN a.is_start = 1 THEN a.rbm_ff END) AS baseline_method
+        FROM asmt_in a
+        GROUP BY a.subject_id, a.encounter_id, CAST(a.episode AS INTEGER)""")
     add("aki_episodes_out", """
         SELECT e.subject_id, e.encounter_id, e.episode, e.onset, e.onset_criterion, e.peak_stage,
                p.peak_time, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method
         FROM aki_episodes e JOIN (
-          SELECT a.subject_id, a.encounter_id, a.episode, MIN(a.time) AS peak_time
+          SELECT a.subject_id, a.encounter_id, x.episode, MIN(a.time) AS peak_time
           FROM asmt_in a JOIN aki_episodes x ON x.subject_id = a.subject_id
             AND x.encounter_id = a.encounter_id AND x.episode = a.episode AND a.stage_now = x.peak_stage
-          GROUP BY a.subject_id, a.encounter_id, a.episode) p
+          GROUP BY a.subject_id, a.encounter_id, x.episode) p
           ON p.subject_id = e.subject_id AND p.encounter_id = e.encounter_id AND p.episode = e.episode""",
         output=True)
     add("aki_stage_changes", f"""
