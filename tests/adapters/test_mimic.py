@@ -202,6 +202,8 @@ def test_medications_from_emar_and_orders(canon: dict[str, pa.Table]) -> None:
     mg = next(m for m in meds if m["source"] == "emar:emar_id=10014354-1600")
     assert (mg["drug"], mg["dose_value"], mg["dose_unit"]) == ("magnesium sulfate", 2.0, "g")  # 'gm' in MIMIC
     assert mg["mg_mmol"] == pytest.approx(2000 / 246.47, rel=1e-4)
+    aspirin = next(m for m in meds if m["source"] == "emar:emar_id=10014354-604")  # 3 product rows of 81 mg
+    assert (aspirin["dose_value"], aspirin["dose_unit"], aspirin["route"]) == (243.0, "mg", "po")
     not_given = next(m for m in _csv_rows("hosp/emar") if m["emar_id"] == "10014354-2213")
     assert not_given["event_txt"] == "Not Given"
     assert not [m for m in meds if m["source"] == "emar:emar_id=10014354-2213"]
