@@ -113,3 +113,14 @@ def test_no_mg_48h_only_for_high_risk_patients(tmp_path: Path) -> None:
     got = {(a["subject_id"], a["time"]) for a in _alerts(res, "no_mg_48h")}
     # A: ICU from 24 h, last Mg at 30 h -> due at 78 h; B: Mg at 1 h, cisplatin at 100 h (exposure 24 h) -> due 100 h
     assert got == {("A", at(78)), ("B", at(100))}
+
+
+def test_relapse_within_48h_of_recovery_continues_the_episode(tmp_path: Path) -> None:
+    # stage 1 at 30 h, recovered at 50 h (1.1 < 1.5 x 1.0), AKI again at 70 h (1.45 vs 1.1: rise 0.35)
+    p = Patient().ev("creatinine", (0, 1.0), (30, 1.5), (50, 1.1), (70, 1.45), (90, 2.2), (140, 1.0))
+    res = _run(tmp_path, p)
+    eps = res.tables["aki_episodes"].to_pylist()
+    assert len(eps) == 1
+    assert (eps[0]["onset"], eps[0]["relapses"], eps[0]["peak_stage"], eps[0]["recovery"]) == (at(30), 1, 2, at(140))
+    assert [a["time"] for a in _alerts(res, "aki_onset")] == [at(30)]
+    assert [(a["time"], a["value"]) for a in _alerts(res, "aki_worsening")] == [(at(90), 2.0)]

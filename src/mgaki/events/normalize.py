@@ -30,6 +30,8 @@ def connect() -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the session settings mgaki's SQL assumes."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    # Row order is never relied on (every query orders what it needs): lets DuckDB stream and spill.
+    con.execute("SET preserve_insertion_order = false")
     return con
 
 

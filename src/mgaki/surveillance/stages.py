@@ -230,27 +230,52 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           CASE WHEN state = 1 AND COALESCE(
             {d.ffill('state')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) = 0
             THEN 1 ELSE 0 END AS is_start FROM asmt_ff) x""")
-    add("asmt_in", """
+    add("asmt_raw", """
         SELECT a.*, e.end_t FROM asmt_ep a JOIN (
           SELECT subject_id, encounter_id, episode, MIN(CASE WHEN state = 0 THEN t END) AS end_t
           FROM asmt_ep WHERE episode > 0 GROUP BY subject_id, encounter_id, episode) e
           ON e.subject_id = a.subject_id AND e.encounter_id = a.encounter_id AND e.episode = a.episode
         WHERE e.end_t IS NULL OR a.t < e.end_t""")
+    # A relapse within `aki_relapse_merge_hours` of recovery continues the episode (no new onset
+    # alert); decided at the relapse itself, so it never depends on later data.
+    merge = int(v("aki_relapse_merge_hours") * H)
+    add("ep_merge", f"""
+        SELECT subject_id, encounter_id, episode AS raw_episode,
+          SUM(new_group) OVER (PARTITION BY subject_id, encounter_id ORDER BY episode
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS merged
+        FROM (SELECT subject_id, encounter_id, episode,
+                CASE WHEN LAG(end_t) OVER (PARTITION BY subject_id, encounter_id ORDER BY episode) IS NULL
+                       OR onset_t - LAG(end_t) OVER (PARTITION BY subject_id, encounter_id ORDER BY episode)
+                          > {merge} THEN 1 ELSE 0 END AS new_group
+              FROM (SELECT subject_id, encounter_id, episode, MIN(t) AS onset_t, MIN(end_t) AS end_t
+                    FROM asmt_raw GROUP BY subject_id, encounter_id, episode) r) x""")
+    add("asmt_in", """
+        SELECT a.subject_id, a.encounter_id, a.time, a.t, a.src, a.cr_stage, a.criterion, a.stage_now,
+               a.rb_ff, a.rbm_ff, a.end_t, a.episode AS raw_episode, CAST(m.merged AS INTEGER) AS episode,
+               CASE WHEN a.is_start = 1 AND NOT EXISTS (
+                 SELECT 1 FROM ep_merge p WHERE p.subject_id = a.subject_id AND p.encounter_id = a.encounter_id
+                   AND p.merged = m.merged AND p.raw_episode < a.episode) THEN 1 ELSE 0 END AS is_start
+        FROM asmt_raw a JOIN ep_merge m ON m.subject_id = a.subject_id AND m.encounter_id = a.encounter_id
+          AND m.raw_episode = a.episode""")
     add("aki_episodes", f"""
-        SELECT a.subject_id, a.encounter_id, CAST(a.episode AS INTEGER) AS episode,
+        SELECT a.subject_id, a.encounter_id, a.episode,
           MIN(a.time) AS onset, MIN(a.t) AS onset_t,
           MAX(CASE WHEN a.is_start = 1 THEN a.criterion END) AS onset_criterion,
           MAX(a.stage_now) AS peak_stage,
-          {d.from_epoch('MIN(a.end_t)')} AS recovery, MIN(a.end_t) IS NOT NULL AS recovered,
-          MIN(a.end_t) AS recovery_t,
+          COUNT(DISTINCT a.raw_episode) - 1 AS relapses,
+          CASE WHEN SUM(CASE WHEN a.end_t IS NULL THEN 1 ELSE 0 END) > 0 THEN NULL
+               ELSE {d.from_epoch('MAX(a.end_t)')} END AS recovery,
+          SUM(CASE WHEN a.end_t IS NULL THEN 1 ELSE 0 END) = 0 AS recovered,
+          CASE WHEN SUM(CASE WHEN a.end_t IS NULL THEN 1 ELSE 0 END) > 0 THEN NULL ELSE MAX(a.end_t) END
+            AS recovery_t,
           MAX(CASE WHEN a.cr_stage = 3 AND a.criterion = 'rrt' THEN 1 ELSE 0 END) = 1 AS rrt,
           MAX(CASE WHEN a.is_start = 1 THEN a.rb_ff END) AS baseline,
           MAX(CASE WHEN a.is_start = 1 THEN a.rbm_ff END) AS baseline_method
         FROM asmt_in a
-        GROUP BY a.subject_id, a.encounter_id, CAST(a.episode AS INTEGER)""")
+        GROUP BY a.subject_id, a.encounter_id, a.episode""")
     add("aki_episodes_out", """
         SELECT e.subject_id, e.encounter_id, e.episode, e.onset, e.onset_criterion, e.peak_stage,
-               p.peak_time, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method
+               p.peak_time, e.relapses, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method
         FROM aki_episodes e JOIN (
           SELECT a.subject_id, a.encounter_id, x.episode, MIN(a.time) AS peak_time
           FROM asmt_in a JOIN aki_episodes x ON x.subject_id = a.subject_id
