@@ -35,7 +35,8 @@ def raw_cohort() -> dict[str, pa.Table]:
         ("2", "200", "2024-05-11T12:00:00Z", "LOINC/17861-6", "calcium", "8.1", "mg/dL"),
     ]
     cols = ("subject_id", "encounter_id", "time", "code", "analyte", "value", "unit")
-    events = pa.table({c: [r[i] for r in ev] for i, c in enumerate(cols)} | {"source": [f"e{i}" for i in range(len(ev))]})
+    events = pa.table({c: [r[i] for r in ev] for i, c in enumerate(cols)}
+                      | {"source": [f"e{i}" for i in range(len(ev))]})
     meds = pa.table({
         "subject_id": ["1", "1", "2"], "encounter_id": ["101", "100", "200"],
         "start": ["2024-03-02T08:00:00Z", "2024-03-01T09:00:00Z", "2024-05-10T12:00:00Z"],
@@ -50,7 +51,8 @@ def raw_cohort() -> dict[str, pa.Table]:
         "end": ["2024-03-09T12:00:00Z", "2024-03-04T00:00:00Z", None],
         "parent_id": [None, "100", None], "source": ["a0", "a1", "a2"],
     })
-    subj = pa.table({"subject_id": ["1", "2"], "sex": ["female", "male"], "birth_year": pa.array([1950, 1981], pa.int32()),
+    subj = pa.table({"subject_id": ["1", "2"], "sex": ["female", "male"],
+                     "birth_year": pa.array([1950, 1981], pa.int32()),
                      "source": ["s1", "s2"]})
     ctx = pa.table({"subject_id": ["2"], "encounter_id": ["200"], "time": ["2024-05-10T12:00:00Z"],
                     "context": ["cisplatin"], "source": ["c0"]})

@@ -179,7 +179,7 @@ def write_fhir(tables: Mapping[str, pa.Table | None], root: str | Path) -> None:
     """Canonical tables -> a Bulk-export-style folder of ``<ResourceType>.ndjson`` files."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    kinds = {}
+    kinds: dict[str, str] = {}
     for e in load_map("fhir").by("encounter_kind").values():
         kinds.setdefault(e.target, e.code)
     no_value = ", ".join(f"'{a}'" for a in sorted(NO_VALUE_ANALYTES))
