@@ -77,8 +77,11 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise InputError(str(path), f"not valid FHIR JSON/NDJSON: {exc}") from exc
     # references: 'Patient/1', 'urn:uuid:..' (a Bundle fullUrl) or an absolute URL -> the target's id
     con.execute("CREATE TEMP TABLE urls AS SELECT full_url, id FROM res WHERE full_url IS NOT NULL")
-    con.execute("""CREATE MACRO refid(r) AS coalesce((SELECT any_value(u.id) FROM urls u WHERE u.full_url = r),
-                                                    regexp_extract(r, '([^/:]+)$'))""")
+    if con.execute("SELECT count(*) FROM urls").fetchall()[0][0]:
+        con.execute("""CREATE MACRO refid(r) AS coalesce((SELECT any_value(u.id) FROM urls u WHERE u.full_url = r),
+                                                        regexp_extract(r, '([^/:]+)$'))""")
+    else:  # plain NDJSON: no fullUrls to resolve, skip the lookup
+        con.execute("CREATE MACRO refid(r) AS regexp_extract(r, '([^/:]+)$')")
 
 
 def _void(con: duckdb.DuckDBPyConnection) -> pa.Table:
