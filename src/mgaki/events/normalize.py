@@ -235,4 +235,9 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         SELECT subject_id, nullif(encounter_id, '') AS encounter_id, t AS time, context, source
         FROM ctx WHERE why IS NULL""").to_arrow_table()
     out["quarantine"] = con.sql(" UNION ALL ".join(quarantine)).to_arrow_table()
+    # rows an adapter already set aside (e.g. a FHIR status 'entered-in-error'), with its reason
+    given = raw.get("quarantine")
+    if given is not None and given.num_rows:
+        out["quarantine"] = pa.concat_tables([
+            out["quarantine"].cast(TABLES["quarantine"]), _conform(given, TABLES["quarantine"])])
     return {name: out[name].cast(TABLES[name]) for name in TABLES}

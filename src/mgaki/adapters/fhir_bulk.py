@@ -1,0 +1,259 @@
+"""FHIR R4 cohorts in and out: Bulk Data export NDJSON, or Bundles, read columnar with DuckDB.
+
+One resource per row, unpacked with DuckDB's JSON functions: Observation
+codings are unnested and joined to codes.yaml, valueQuantity gives value and
+UCUM unit as written; normalize does the rest. The bedside single-patient path
+(``mgaki.adapters.fhir``) is separate and unchanged. See docs/adapters/fhir.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from mgaki.adapters._cohort import canonical, conform, iso_utc, register, sql_str
+from mgaki.adapters.maps import load_map
+from mgaki.errors import InputError
+from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
+
+__all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "RXNORM", "UCUM", "read_fhir", "write_fhir"]
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UCUM = "http://unitsofmeasure.org"
+KIND_SYSTEM = "urn:mgaki:encounter-kind"  # Encounter.type coding carrying mgaki's kind (icu, ...)
+CONTEXT_SYSTEM = "urn:mgaki:context"  # Flag.code coding carrying a clinical context
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+# Statuses under which a resource records nothing that happened: set aside with the reason.
+_VOID = {
+    "Observation": ("entered-in-error", "cancelled"),
+    "Procedure": ("entered-in-error", "not-done"),
+    "Encounter": ("entered-in-error", "cancelled"),
+    "MedicationAdministration": ("entered-in-error", "not-done"),
+    "MedicationRequest": ("entered-in-error", "cancelled"),
+}
+
+
+def _files(path: Path) -> tuple[list[Path], list[Path]]:
+    """(NDJSON files, JSON files) under ``path`` (a file or a folder)."""
+    if path.is_file():
+        items = [path]
+    elif path.is_dir():
+        items = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        raise InputError(str(path), "no such file or folder")
+    nd = [p for p in items if p.name.endswith((".ndjson", ".ndjson.gz", ".jsonl"))]
+    js = [p for p in items if p.name.endswith((".json", ".json.gz"))]
+    if not nd and not js:
+        raise InputError(str(path), "no FHIR files (*.ndjson, *.json Bundle)")
+    return nd, js
+
+
+def _load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Table ``res``: one row per resource (rid, rtype, id, res JSON, src), Bundles unwrapped."""
+    nd, js = _files(path)
+    parts = []
+    if nd:
+        parts.append(f"""SELECT json AS res, NULL::VARCHAR AS full_url, filename
+            FROM read_ndjson_objects([{', '.join(sql_str(p) for p in nd)}], filename = true)""")
+    if js:
+        parts.append(f"""SELECT CASE WHEN (json->>'resourceType') = 'Bundle' THEN e->'resource' ELSE json END AS res,
+                   e->>'fullUrl' AS full_url, filename
+            FROM (SELECT json, filename, unnest(CASE WHEN (json->>'resourceType') = 'Bundle'
+                         THEN coalesce(json_extract(json, '$.entry[*]'), []) ELSE [NULL::JSON] END) AS e
+                  FROM read_json_objects([{', '.join(sql_str(p) for p in js)}], format = 'unstructured',
+                                         filename = true))""")
+    try:
+        con.execute(f"""CREATE TEMP TABLE res AS
+            SELECT row_number() OVER () AS rid, res->>'resourceType' AS rtype,
+                   coalesce(res->>'id', regexp_extract(full_url, '([^/:]+)$')) AS id, res, full_url,
+                   coalesce(res->>'resourceType' || '/' || (res->>'id'), filename || '#' || row_number() OVER ())
+                       AS src
+            FROM ({' UNION ALL '.join(parts)}) WHERE res IS NOT NULL""")
+    except duckdb.Error as exc:
+        raise InputError(str(path), f"not valid FHIR JSON/NDJSON: {exc}") from exc
+    # references: 'Patient/1', 'urn:uuid:..' (a Bundle fullUrl) or an absolute URL -> the target's id
+    con.execute("CREATE TEMP TABLE urls AS SELECT full_url, id FROM res WHERE full_url IS NOT NULL")
+    if con.execute("SELECT count(*) FROM urls").fetchall()[0][0]:
+        con.execute("""CREATE MACRO refid(r) AS coalesce((SELECT any_value(u.id) FROM urls u WHERE u.full_url = r),
+                                                        regexp_extract(r, '([^/:]+)$'))""")
+    else:  # plain NDJSON: no fullUrls to resolve, skip the lookup
+        con.execute("CREATE MACRO refid(r) AS regexp_extract(r, '([^/:]+)$')")
+
+
+def _void(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Resources mgaki reads whose status says they did not happen: quarantined with the reason."""
+    conds = " OR ".join(f"(rtype = '{t}' AND (res->>'status') IN ({', '.join(repr(s) for s in ss)}))"
+                        for t, ss in _VOID.items())
+    return conform(con.sql(f"""SELECT CASE WHEN rtype = 'Encounter' THEN 'encounters'
+                                    WHEN rtype LIKE 'Medication%' THEN 'medications' ELSE 'events' END AS "table",
+            refid(coalesce(res->>'$.subject.reference', res->>'$.patient.reference')) AS subject_id, src AS source,
+            CAST(res AS VARCHAR) AS raw, rtype || ' status ''' || (res->>'status') || '''' AS reason
+        FROM res WHERE {conds}""").to_arrow_table(), "quarantine")
+
+
+def read_fhir(path: str | Path) -> dict[str, pa.Table]:
+    """RAW tables (+ ``quarantine``) from NDJSON files, a Bulk export folder or Bundle JSON files."""
+    con = connect()
+    try:
+        register(con, {})
+        con.register("kind_map", pa.table({
+            "code": [e.code for e in load_map("fhir").by("encounter_kind").values()],
+            "kind": [e.target for e in load_map("fhir").by("encounter_kind").values()]}))
+        _load(con, Path(path))
+        void = {f"'{t}'": ss for t, ss in _VOID.items()}
+        live = " AND ".join(f"NOT (rtype = {t} AND coalesce(res->>'status', '') IN ({', '.join(repr(s) for s in ss)}))"
+                            for t, ss in void.items())
+        con.execute(f"CREATE TEMP VIEW live AS SELECT * FROM res WHERE {live}")
+        con.execute("""CREATE TEMP TABLE coded AS
+            SELECT rid, rtype, res, src, c->>'system' AS system, c->>'code' AS code
+            FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
+                  FROM live WHERE rtype IN ('Observation', 'Procedure'))""")
+        events = con.sql("""
+            SELECT refid(res->>'$.subject.reference') AS subject_id,
+                   refid(coalesce(res->>'$.encounter.reference', res->>'$.context.reference')) AS encounter_id,
+                   coalesce(res->>'effectiveDateTime', res->>'$.effectivePeriod.start', res->>'effectiveInstant',
+                            res->>'performedDateTime', res->>'$.performedPeriod.start', res->>'issued') AS time,
+                   m.key AS code, m.analyte,
+                   CASE WHEN (res->'valueQuantity') IS NOT NULL
+                        THEN coalesce(res->>'$.valueQuantity.comparator', '') || (res->>'$.valueQuantity.value')
+                        ELSE coalesce(res->>'valueString', res->>'valueInteger') END AS value,
+                   coalesce(res->>'$.valueQuantity.code', res->>'$.valueQuantity.unit') AS unit, src AS source
+            FROM coded k JOIN code_map m ON m.system = k.system AND m.code = k.code
+              AND (k.rtype = 'Procedure') = (m.analyte = 'rrt')
+            QUALIFY row_number() OVER (PARTITION BY rid ORDER BY m.preferred DESC, m.key) = 1""")
+        subjects = con.sql("""SELECT id AS subject_id, res->>'gender' AS sex,
+                   TRY_CAST(left(res->>'birthDate', 4) AS INTEGER) AS birth_year, src AS source
+            FROM live WHERE rtype = 'Patient'""")
+        encounters = con.sql(f"""
+            SELECT refid(res->>'$.subject.reference') AS subject_id, id AS encounter_id,
+                   coalesce(list_filter(coalesce(json_extract(res, '$.type[*].coding[*]'), []),
+                                        lambda c: (c->>'system') = '{KIND_SYSTEM}')[1]->>'code',
+                            k.kind, 'inpatient') AS kind,
+                   res->>'$.period.start' AS start, res->>'$.period.end' AS "end",
+                   refid(res->>'$.partOf.reference') AS parent_id, src AS source
+            FROM live LEFT JOIN kind_map k ON k.code = (live.res->>'$.class.code') WHERE rtype = 'Encounter'""")
+        meds = con.sql(f"""
+            WITH m AS (
+                SELECT l.*, coalesce(l.res->'medicationCodeableConcept', med.res->'code') AS concept
+                FROM live l LEFT JOIN res med ON med.rtype = 'Medication'
+                     AND med.id = refid(l.res->>'$.medicationReference.reference')
+                WHERE l.rtype IN ('MedicationAdministration', 'MedicationRequest'))
+            SELECT refid(res->>'$.subject.reference') AS subject_id,
+                   refid(coalesce(res->>'$.context.reference', res->>'$.encounter.reference')) AS encounter_id,
+                   coalesce(res->>'effectiveDateTime', res->>'$.effectivePeriod.start',
+                            res->>'$.dosageInstruction[0].timing.repeat.boundsPeriod.start', res->>'authoredOn')
+                       AS start,
+                   coalesce(res->>'$.effectivePeriod.end',
+                            res->>'$.dosageInstruction[0].timing.repeat.boundsPeriod.end') AS "end",
+                   coalesce(concept->>'text', concept->>'$.coding[0].display') AS name,
+                   list_filter(coalesce(json_extract(concept, '$.coding[*]'), []),
+                               lambda c: (c->>'system') = '{RXNORM}')[1]->>'code' AS rxcui,
+                   coalesce(res->>'$.dosage.route.text', res->>'$.dosage.route.coding[0].display',
+                            res->>'$.dosageInstruction[0].route.text',
+                            res->>'$.dosageInstruction[0].route.coding[0].display') AS route,
+                   coalesce(res->>'$.dosage.dose.value',
+                            res->>'$.dosageInstruction[0].doseAndRate[0].doseQuantity.value') AS dose_value,
+                   coalesce(res->>'$.dosage.dose.unit', res->>'$.dosage.dose.code',
+                            res->>'$.dosageInstruction[0].doseAndRate[0].doseQuantity.unit') AS dose_unit,
+                   src AS source FROM m""")
+        contexts = con.sql(f"""
+            SELECT refid(res->>'$.subject.reference') AS subject_id, refid(res->>'$.encounter.reference')
+                   AS encounter_id, res->>'$.period.start' AS time, c->>'code' AS context, src AS source
+            FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
+                  FROM live WHERE rtype = 'Flag') WHERE (c->>'system') = '{CONTEXT_SYSTEM}'""")
+        out = {"events": events, "subjects": subjects, "encounters": encounters, "medications": meds,
+               "contexts": contexts}
+        tables = {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
+        tables["quarantine"] = _void(con)
+        return tables
+    finally:
+        con.close()
+
+
+def _ref(kind: str, col: str) -> str:
+    return f"CASE WHEN {col} IS NOT NULL THEN json_object('reference', '{kind}/' || {col}) END"
+
+
+def write_fhir(tables: Mapping[str, pa.Table | None], root: str | Path) -> None:
+    """Canonical tables -> a Bulk-export-style folder of ``<ResourceType>.ndjson`` files."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    kinds: dict[str, str] = {}
+    for e in load_map("fhir").by("encounter_kind").values():
+        kinds.setdefault(e.target, e.code)
+    no_value = ", ".join(f"'{a}'" for a in sorted(NO_VALUE_ANALYTES))
+    con = connect()
+    try:
+        register(con, canonical(tables))
+        con.register("class_map", pa.table({"kind": list(kinds), "code": list(kinds.values())}))
+        subj = _ref("Patient", "subject_id")
+        queries = {
+            "Patient": """SELECT json_object('resourceType', 'Patient', 'id', subject_id, 'gender', sex,
+                'birthDate', CAST(birth_year AS VARCHAR)) FROM subjects""",
+            "Encounter": f"""SELECT json_object('resourceType', 'Encounter', 'id', encounter_id,
+                'status', CASE WHEN "end" IS NULL THEN 'in-progress' ELSE 'finished' END,
+                'class', json_object('system', '{ACT_CODE}', 'code', coalesce(c.code, 'IMP')),
+                'type', json_array(json_object('coding', json_array(json_object('system', '{KIND_SYSTEM}',
+                                                                                'code', e.kind)))),
+                'subject', {subj}, 'period', json_object('start', {iso_utc('start')}, 'end', {iso_utc('"end"')}),
+                'partOf', {_ref('Encounter', 'parent_id')})
+                FROM encounters e LEFT JOIN class_map c ON c.kind = e.kind""",
+            "Observation": f"""
+                WITH obs AS (SELECT subject_id, encounter_id, time, analyte, numeric_value, unit FROM events
+                             WHERE analyte NOT IN ({no_value})
+                             UNION ALL SELECT subject_id, NULL, time, 'weight', weight_kg, 'kg' FROM weights)
+                SELECT json_object('resourceType', 'Observation',
+                    'id', 'mgaki-obs-' || row_number() OVER (ORDER BY o.subject_id, o.time, o.analyte),
+                    'status', 'final',
+                    'code', json_object('coding', json_array(json_object('system', p.system, 'code', p.code,
+                                                                         'display', p.display))),
+                    'subject', {_ref('Patient', 'o.subject_id')}, 'encounter', {_ref('Encounter', 'o.encounter_id')},
+                    'effectiveDateTime', {iso_utc('o.time')},
+                    'valueQuantity', json_object('value', o.numeric_value, 'unit', o.unit, 'system', '{UCUM}',
+                                                 'code', o.unit))
+                FROM obs o JOIN code_map p ON p.analyte = o.analyte AND p.preferred""",
+            "Procedure": f"""SELECT json_object('resourceType', 'Procedure',
+                    'id', 'mgaki-proc-' || row_number() OVER (ORDER BY e.subject_id, e.time),
+                    'status', 'completed',
+                    'code', json_object('coding', json_array(json_object('system', c.system, 'code', c.code,
+                                                                         'display', c.display))),
+                    'subject', {_ref('Patient', 'e.subject_id')}, 'encounter', {_ref('Encounter', 'e.encounter_id')},
+                    'performedDateTime', {iso_utc('e.time')})
+                FROM events e JOIN code_map c ON c.analyte = e.analyte
+                     AND c.key = (SELECT coalesce(max(k.key) FILTER (WHERE k.key = e.code),
+                                                  max(k.key) FILTER (WHERE k.preferred))
+                                  FROM code_map k WHERE k.analyte = e.analyte)
+                WHERE e.analyte IN ({no_value})""",
+            "MedicationAdministration": f"""SELECT json_object('resourceType', 'MedicationAdministration',
+                    'id', 'mgaki-med-' || row_number() OVER (ORDER BY subject_id, start, name),
+                    'status', 'completed',
+                    'medicationCodeableConcept', json_object('text', name, 'coding',
+                        CASE WHEN rxcui IS NOT NULL THEN json_array(json_object('system', '{RXNORM}',
+                                                                                'code', rxcui)) END),
+                    'subject', {subj}, 'context', {_ref('Encounter', 'encounter_id')},
+                    'effectiveDateTime', CASE WHEN "end" IS NULL THEN {iso_utc('start')} END,
+                    'effectivePeriod', CASE WHEN "end" IS NOT NULL
+                        THEN json_object('start', {iso_utc('start')}, 'end', {iso_utc('"end"')}) END,
+                    'dosage', json_object('route', json_object('text', route),
+                                          'dose', json_object('value', dose_value, 'unit', dose_unit)))
+                FROM medications""",
+            "Flag": f"""SELECT json_object('resourceType', 'Flag',
+                    'id', 'mgaki-ctx-' || row_number() OVER (ORDER BY subject_id, time, context),
+                    'status', 'active',
+                    'code', json_object('coding', json_array(json_object('system', '{CONTEXT_SYSTEM}',
+                                                                         'code', context))),
+                    'subject', {subj}, 'encounter', {_ref('Encounter', 'encounter_id')},
+                    'period', json_object('start', {iso_utc('time')}))
+                FROM contexts""",
+        }
+        for rtype, q in queries.items():
+            # json_merge_patch onto {} drops the null members FHIR JSON may not contain
+            lines = con.sql(f"SELECT CAST(json_merge_patch('{{}}', j) AS VARCHAR) FROM ({q}) t(j)") \
+                .to_arrow_table().column(0).to_pylist()
+            (root / f"{rtype}.ndjson").write_text("".join(f"{x}\n" for x in lines), encoding="utf-8")
+    finally:
+        con.close()
