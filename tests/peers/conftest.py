@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from peers_env import PeerEnvUnavailable, ensure_peer_env  # noqa: E402
+from peers_env import PeerEnvUnavailable, ensure_peer_env
 
 
 def pytest_configure(config: pytest.Config) -> None:

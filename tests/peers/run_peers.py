@@ -4,8 +4,8 @@ This script never runs in mgaki's own environment (it needs Python 3.12 and pand
 benchmarks call it through ``benchmarks/peers_env.py::run_in_peer_env``. It prints one JSON line.
 
 Input layout (pyaki's CLI layout, CSV or Parquet, so ``pyaki-cli DIR`` would read the same files):
-  DIR/creatinine.{csv,parquet}    stay_id, charttime, creat        (mg/dL)
-  DIR/urineoutput.{csv,parquet}   stay_id, charttime, urineoutput  (mL charted at charttime)
+  DIR/creatinine.{csv,parquet}    stay_id, charttime, creat        (mg/dL)          } at least
+  DIR/urineoutput.{csv,parquet}   stay_id, charttime, urineoutput  (mL at charttime) } one of these
   DIR/demographics.{csv,parquet}  stay_id, weight                  (kg)
   DIR/rrt.{csv,parquet}           stay_id, charttime, rrt_status   (1 = on RRT)   [optional]
 
@@ -50,8 +50,8 @@ def read_dir(d: Path) -> dict[str, pd.DataFrame]:
             if (p := d / f"{name}{suffix}").is_file():
                 out[name] = _read(p)
                 break
-    if "creatinine" not in out:
-        raise SystemExit(f"{d}: no creatinine.csv or creatinine.parquet")
+    if not out.keys() & {"creatinine", "urineoutput"}:
+        raise SystemExit(f"{d}: neither creatinine nor urineoutput (.csv or .parquet)")
     return out
 
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         stays = pd.Index(sorted(set().union(*(set(t["stay_id"]) for t in tables.values()))))
         timing: dict[str, dict[str, float | int]] = {}
         aki = pya = None
-        if "akiflagger" in peers:
+        if "akiflagger" in peers and "creatinine" in tables:
             aki, secs = run_akiflagger(tables["creatinine"])
             aki.to_csv(args.out / "akiflagger_rows.csv", index=False)
             timing["akiflagger"] = {"seconds": secs, "rows": len(tables["creatinine"]),
