@@ -68,36 +68,39 @@ def _values(cohort: Cohort, analyte: pa.Array, value: pa.Array, site: NDArray[An
             unit_mix: bool) -> tuple[pa.Array, pa.Array]:
     """Value text and unit text per row: the site's unit and decimals, or the canonical unit."""
     kb = load()
-    a = analyte.to_numpy(zero_copy_only=False)
+    names: list[str] = pc.unique(analyte).to_pylist()
+    a = pc.index_in(analyte, pa.array(names)).to_numpy()  # analyte as a small integer per row
     v = value.to_numpy(zero_copy_only=False)
     text = pc.cast(value, pa.string())  # shortest round-trip text of the canonical value
-    unit: pa.Array = pa.nulls(len(a), pa.string())
     if not unit_mix:
         canon = {x.id: x.canonical_unit for x in kb.units.analytes}
-        names = sorted(set(a.tolist()) - {"rrt"})
-        table = pa.array([canon[x] for x in names])
-        idx = pc.index_in(pa.array(a), pa.array(names))
-        return text, pc.take(table, idx)
+        return text, pa.array([canon.get(x) for x in names], pa.string()).take(pa.array(a))
+    # one text piece per (site, analyte), assembled with a single take; units from a small table
+    rrt = names.index("rrt") if "rrt" in names else -1
+    rows_of: list[NDArray[Any]] = [np.flatnonzero(a == rrt)]
+    pieces: list[pa.Array] = [pa.nulls(len(rows_of[0]), pa.string())]
+    units: list[str | None] = [None]
+    unit_idx = np.zeros(len(a), np.int64)
     for i, s in enumerate(cohort.params.sites):  # a few sites x analytes, each vectorised
         for name, su in s.units.items():
-            m = (site == i) & (a == name)
+            if name not in names:
+                continue
+            m = (site == i) & (a == names.index(name))
             if not m.any():
                 continue
             canonical = kb.analyte(name).canonical_unit
             to_site = factor(name, canonical, normalize_unit(su.unit))
-            k = np.rint(v[m] * to_site * 10.0 ** su.decimals)
-            rows = pa.array(np.flatnonzero(m))
-            text = _scatter(text, rows, _fixed(k, su.decimals))
-            unit = _scatter(unit, rows, pa.array([su.unit] * int(m.sum()), pa.string()))
-    return text, unit
-
-
-def _scatter(base: pa.Array, rows: pa.Array, values: pa.Array) -> pa.Array:
-    """base with base[rows] = values (rows ascending), via a take on the concatenation."""
-    n = len(base)
-    pick = np.arange(n, dtype=np.int64)
-    pick[rows.to_numpy()] = n + np.arange(len(values), dtype=np.int64)
-    return pa.concat_arrays([base.cast(pa.string()), values.cast(pa.string())]).take(pa.array(pick))
+            rows_of.append(np.flatnonzero(m))
+            pieces.append(_fixed(np.rint(v[m] * to_site * 10.0 ** su.decimals), su.decimals))
+            units.append(su.unit)
+            unit_idx[m] = len(units) - 1
+    rows = np.concatenate(rows_of)
+    if rows.size != len(a):
+        raise ValueError("to_raw: an analyte has no unit at its site")
+    inverse = np.empty(rows.size, np.int64)
+    inverse[rows] = np.arange(rows.size)
+    text = pa.concat_arrays([p.cast(pa.string()) for p in pieces]).take(pa.array(inverse))
+    return text, pa.array(units, pa.string()).take(pa.array(unit_idx))
 
 
 def to_raw(cohort: Cohort, unit_mix: bool = True, *, dirty_fraction: float | None = None,
@@ -173,9 +176,9 @@ def _dirty(clean: pa.Table, frac: float, seed: int) -> pa.Table:
     if n == 0:
         return RAW["events"].empty_table()
     rng = np.random.default_rng(seed)
-    analyte = clean.column("analyte").to_numpy()
-    valued = np.flatnonzero(analyte != "rrt")
-    urine = np.flatnonzero(analyte == "urine_output")
+    analyte = clean.column("analyte")
+    valued = np.flatnonzero(pc.not_equal(analyte, "rrt").to_numpy(zero_copy_only=False))
+    urine = np.flatnonzero(pc.equal(analyte, "urine_output").to_numpy(zero_copy_only=False))
     kinds = list(DIRTY_KINDS)
     kind = rng.integers(0, len(kinds) if urine.size else len(kinds) - 1, n)
     pick = np.where(kind == kinds.index("negative_volume"),
