@@ -1,4 +1,4 @@
-"""Command line: `mgaki assess`, `mgaki knowledge`."""
+"""Command line: `mgaki assess`, `mgaki knowledge` (cohort commands: cli_cohort)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,11 @@ def knowledge(
     for r in rows:
         t.add_row(*r.values())
     Console().print(t)
+
+
+from mgaki import cli_cohort  # noqa: E402 - cohort commands live in their own module
+
+cli_cohort.register(app)
 
 
 def main() -> None:

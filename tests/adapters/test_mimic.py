@@ -22,6 +22,7 @@ import pytest
 
 from mgaki.adapters.maps import load_map
 from mgaki.adapters.mimic import FILES, read_mimic, write_mimic
+from mgaki.adapters.omop import load_vocab
 from mgaki.errors import InputError
 from mgaki.events import TABLES, normalize
 
@@ -61,8 +62,10 @@ def test_every_adapter_map_loads() -> None:
     names = [p.name.removesuffix(".yaml") for p in (files("mgaki.adapters") / "maps").iterdir()
              if p.name.endswith(".yaml")]
     assert "mimic_iv" in names
+    own_schema = {"omop_vocab": lambda: load_vocab().units}  # files validated by their adapter's own model
     for name in names:
-        assert len(load_map(name).entries) > 0, name
+        loaded = own_schema[name]() if name in own_schema else load_map(name).entries
+        assert len(loaded) > 0, name
 
 
 def test_lab_counts_per_analyte_match_an_independent_count(canon: dict[str, pa.Table]) -> None:
