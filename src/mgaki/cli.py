@@ -44,6 +44,8 @@ def assess(
     nomogram: Annotated[str, typer.Option(help="vanderbilt-im | nhs-highland")] = "vanderbilt-im",
     baseline_creatinine: Annotated[float | None, typer.Option(
         help="Known pre-admission creatinine, mg/dL")] = None,
+    operation_hours: Annotated[float | None, typer.Option(
+        help="Duration of the operation, h (perioperative infusion; default in regimens.yaml)")] = None,
     strict_fhir: Annotated[bool, typer.Option(
         "--strict-fhir", help="Validate every resource with fhir.resources (slower); by default "
                               "only the elements mgaki reads are validated")] = False,
@@ -65,7 +67,7 @@ def assess(
     try:
         source = record_from_bundle(data, strict=True) if strict_fhir else data
         result = assess_api(source, tuple(context or ()), nomogram=nomogram,
-                            baseline_creatinine_mg_dl=baseline_creatinine)
+                            baseline_creatinine_mg_dl=baseline_creatinine, operation_hours=operation_hours)
     except InputError as exc:
         err.print(f"[red]invalid input:[/red] {exc}")
         raise typer.Exit(2) from None
