@@ -13,7 +13,7 @@ import pytest
 import mgaki
 from fhirbuild import B
 from mgaki.engine import kidney as kd
-from mgaki.engine.repletion import KidneyState, PlanRequest, plan_repletion
+from mgaki.engine.repletion import PlanRequest, plan_repletion
 from mgaki.engine.risk import match_evidence
 
 HEIGHT = "8302-2"
