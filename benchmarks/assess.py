@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import math
@@ -271,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "7-day":
             verdict_row = r_json
 
+    # The p99 tail of the JSON path is mostly full (gen-2) garbage collections walking the
+    # long-lived heap (fhir.resources/pydantic classes, the knowledge base). A long-running
+    # service can move that heap out of the collector's way once after start-up with
+    # gc.freeze(); measured last, because it changes this process for good.
+    gc.freeze()
+    (r_frozen,) = time_inproc([lambda t=week_text: mgaki.assess(t, ("icu", "cisplatin"))], n, warmup)
+    rows.append(("7-day", "assess(JSON), after gc.freeze()", r_frozen))
+
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="mgaki-bench-") as tmp:
         path = Path(tmp) / "week.json"
@@ -303,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in info:
         print(f"bundle  : {line}")
     print()
-    hdr = f"{'bundle':<8} {'path':<30} {'n':>5} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'max ms':>9}"
+    hdr = f"{'bundle':<8} {'path':<32} {'n':>5} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'max ms':>9}"
     print(hdr)
     print("-" * len(hdr))
     for b, what, r in rows:
-        print(f"{b:<8} {what:<30} {int(r['n']):>5} {r['p50']:>9.2f} {r['p95']:>9.2f} "
+        print(f"{b:<8} {what:<32} {int(r['n']):>5} {r['p50']:>9.2f} {r['p95']:>9.2f} "
               f"{r['p99']:>9.2f} {r['max']:>9.2f}")
     print()
     for label, v in ratios:
@@ -317,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = verdict_row["p99"] < TARGET_P99_MS
     print(f"target  : in-process assess(JSON), 7-day bundle, p99 < {TARGET_P99_MS:.0f} ms -> "
           f"{'PASS' if ok else 'FAIL'} (p99 = {verdict_row['p99']:.2f} ms)")
+    okf = r_frozen["p99"] < TARGET_P99_MS
+    print(f"target  : same, after gc.freeze() at start-up -> {'PASS' if okf else 'FAIL'} "
+          f"(p99 = {r_frozen['p99']:.2f} ms)")
+    print(f"load    : os.getloadavg() = {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          "(on a loaded machine p95/p99 are inflated)")
 
     if args.profile:
         prof = cProfile.Profile()
