@@ -14,8 +14,8 @@ from mgaki.knowledge import KnowledgeBase, load
 def kb() -> KnowledgeBase:
     return load()
 
-# The first unit conversion builds pint's registry (~0.6 s); a per-example
-# deadline would turn that one-off cost into a flaky failure on a loaded machine.
+# A per-example deadline would turn a one-off cost (first knowledge load, first
+# fhir.resources model import) into a flaky failure on a loaded machine.
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("mgaki", deadline=None)

@@ -50,6 +50,7 @@ def assess(
     nomogram: str = "vanderbilt-im",
     baseline_creatinine_mg_dl: float | None = None,
     jurisdiction: str = "us",
+    operation_hours: float | None = None,
 ) -> Assessment:
     """Assess one patient from a FHIR R4 Bundle (JSON text, dict or path) or a record.
 
@@ -60,5 +61,5 @@ def assess(
     record = bundle if isinstance(bundle, PatientRecord) else _record_from_bundle(bundle)
     opts = AssessOptions(contexts=frozenset(contexts), nomogram=nomogram,
                          baseline_creatinine_mg_dl=baseline_creatinine_mg_dl,
-                         jurisdiction=jurisdiction)
+                         jurisdiction=jurisdiction, operation_hours=operation_hours)
     return _assess_record(record, opts)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mgaki import assess as assess_api
+from mgaki.adapters.fhir import record_from_bundle
 from mgaki.errors import InputError, MgakiError
 from mgaki.knowledge import iter_cited, load
 
@@ -43,6 +44,11 @@ def assess(
     nomogram: Annotated[str, typer.Option(help="vanderbilt-im | nhs-highland")] = "vanderbilt-im",
     baseline_creatinine: Annotated[float | None, typer.Option(
         help="Known pre-admission creatinine, mg/dL")] = None,
+    operation_hours: Annotated[float | None, typer.Option(
+        help="Duration of the operation, h (perioperative infusion; default in regimens.yaml)")] = None,
+    strict_fhir: Annotated[bool, typer.Option(
+        "--strict-fhir", help="Validate every resource with fhir.resources (slower); by default "
+                              "only the elements mgaki reads are validated")] = False,
 ) -> None:
     """Assess one patient: Mg status, cause, consequences, kidney, evidence and a plan."""
     if bundle is None:
@@ -59,8 +65,9 @@ def assess(
             raise typer.Exit(2)
         data = bundle.read_bytes()
     try:
-        result = assess_api(data, tuple(context or ()), nomogram=nomogram,
-                            baseline_creatinine_mg_dl=baseline_creatinine)
+        source = record_from_bundle(data, strict=True) if strict_fhir else data
+        result = assess_api(source, tuple(context or ()), nomogram=nomogram,
+                            baseline_creatinine_mg_dl=baseline_creatinine, operation_hours=operation_hours)
     except InputError as exc:
         err.print(f"[red]invalid input:[/red] {exc}")
         raise typer.Exit(2) from None

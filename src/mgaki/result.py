@@ -28,6 +28,7 @@ FINDING_CODES: dict[str, str] = {
     "renal_dose_adjustment": "Mg dose reduced or capped for kidney function",
     "hold_magnesium": "Magnesium should be held",
     "urine_index_not_interpretable": "Urine Mg indices cannot be read (low GFR, AKI or recent IV Mg)",
+    "pediatric_adjustment": "Patient <18 y: adult equations, nomograms and evidence set aside; bedside Schwartz used",
 }
 
 

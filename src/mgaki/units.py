@@ -2,36 +2,63 @@
 
 A value moves between three kinds of unit: mass (mg/dL), substance (mmol/L)
 and equivalent (meq/L = mmol/L x valence). Prefix and volume arithmetic is
-pint's; the chemistry (molar mass, valence) comes from the knowledge base.
-Factors are cached, so a cohort converts with one multiplication per column.
+pint's, precomputed: ``mgaki/_unit_scales.py`` holds each UCUM unit of units.yaml
+as (pint expression, factor to SI base units, dimensions), generated from pint by
+``mgaki.units.write_scales()`` and checked against pint by the tests, so
+no process pays pint's ~0.3 s import and ~0.2-0.6 s registry build at run time.
+The chemistry (molar mass, valence) comes from the knowledge base. Factors are
+cached, so a cohort converts with one multiplication per column.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-import pint
-
-from mgaki.errors import ImplausibleValueError, UnitError
+from mgaki._unit_scales import SCALES, Scale
+from mgaki.errors import ImplausibleValueError, KnowledgeError, UnitError
 from mgaki.knowledge import load
 from mgaki.knowledge.schema import Analyte, UnitDef
 
 __all__ = [
     "convert",
     "factor",
+    "generate_scales",
     "normalize_unit",
     "salt_amounts",
     "to_canonical",
+    "write_scales",
 ]
 
 
 
-@cache
-def _ureg() -> Any:
-    """pint registry, built on first use: building it costs ~0.6 s, which the CLI pays only
-    when it converts a unit it has not converted before in this process."""
-    return pint.UnitRegistry()
+MOLAR_MASS_UNIT = "g/mol"  # unit of molar_mass_g_per_mol in the knowledge files
+
+
+def generate_scales() -> dict[str, Scale]:
+    """Each unit of units.yaml (and g/mol) as (pint expression, SI factor, dimensions), from pint.
+
+    The test oracle and the generator of ``_unit_scales.py``; pint is imported only here.
+    """
+    import pint
+
+    ureg: Any = pint.UnitRegistry()
+    exprs = {u.ucum: u.pint for u in load().units.units} | {MOLAR_MASS_UNIT: MOLAR_MASS_UNIT}
+    out: dict[str, Scale] = {}
+    for ucum, expr in sorted(exprs.items()):
+        q = ureg.Quantity(1.0, expr).to_base_units()
+        dims = tuple(sorted((str(k), int(v)) for k, v in q.dimensionality.items() if v))
+        out[ucum] = (expr, float(q.magnitude), dims)
+    return out
+
+
+def _scale(ucum: str, expr: str) -> tuple[float, dict[str, int]]:
+    entry = SCALES.get(ucum)
+    if entry is None or entry[0] != expr:
+        raise KnowledgeError(f"unit {ucum!r} ({expr}) is not in mgaki/_unit_scales.py or has changed: "
+                             "run `python -c 'from mgaki.units import write_scales; write_scales()'`")
+    return entry[1], dict(entry[2])
 
 
 @cache
@@ -55,16 +82,19 @@ def normalize_unit(unit: str | None, where: str = "value") -> str:
     return u.ucum
 
 
-def _as_moles(unit: UnitDef, analyte: Analyte, where: str) -> Any:
-    """One `unit` of `analyte` as a pint quantity with moles (not grams or equivalents)."""
-    q = _ureg().Quantity(1.0, unit.pint)
+def _as_moles(unit: UnitDef, analyte: Analyte, where: str) -> tuple[float, dict[str, int]]:
+    """One `unit` of `analyte` in SI base units, with moles (not grams or equivalents)."""
+    scale, dims = _scale(unit.ucum, unit.pint)
     if unit.kind == "mass" and analyte.molar_mass_g_per_mol:
-        return q / _ureg().Quantity(analyte.molar_mass_g_per_mol, "g/mol")
-    if unit.kind == "equivalent":
+        mm_scale, mm_dims = _scale(MOLAR_MASS_UNIT, MOLAR_MASS_UNIT)
+        scale /= analyte.molar_mass_g_per_mol * mm_scale
+        for k, v in mm_dims.items():
+            dims[k] = dims.get(k, 0) - v
+    elif unit.kind == "equivalent":
         if not analyte.valence:
             raise UnitError(where, f"{unit.ucum} is meaningless for {analyte.name} (no valence)")
-        return q / analyte.valence
-    return q
+        scale /= analyte.valence
+    return scale, {k: v for k, v in dims.items() if v}
 
 
 @cache
@@ -76,12 +106,10 @@ def factor(analyte_id: str, from_unit: str, to_unit: str) -> float:
     analyte = load_analyte(analyte_id)
     if "plain" in {src.kind, dst.kind} and src.kind != dst.kind:
         raise UnitError(where, "cannot convert between these units")
-    try:
-        ratio = (_as_moles(src, analyte, where) / _as_moles(dst, analyte, where)).to("")
-    except pint.DimensionalityError:
-        raise UnitError(where, f"{src.ucum} cannot be converted to {dst.ucum} for "
-                               f"{analyte.name}") from None
-    return float(ratio.magnitude)
+    (s_scale, s_dims), (d_scale, d_dims) = _as_moles(src, analyte, where), _as_moles(dst, analyte, where)
+    if s_dims != d_dims:
+        raise UnitError(where, f"{src.ucum} cannot be converted to {dst.ucum} for {analyte.name}")
+    return s_scale / d_scale
 
 
 def load_analyte(analyte_id: str) -> Analyte:
@@ -145,3 +173,25 @@ def salt_amounts(amount: float, unit: str, salt_id: str = "magnesium_sulfate_hep
         "g_salt": mmol * salt.molar_mass_g_per_mol / 1000.0 / salt.mg_per_formula_unit,
         "g_mgso4": mmol * sulfate.molar_mass_g_per_mol / 1000.0,
     }
+
+
+def write_scales(path: Path | None = None) -> Path:
+    """Regenerate ``_unit_scales.py`` from pint (after a unit is added to units.yaml)."""
+    path = path or Path(__file__).with_name("_unit_scales.py")
+    lines = ['"""Generated by mgaki.units.write_scales() from pint: do not edit.',
+             "",
+             "UCUM code -> (pint expression, value of 1 unit in SI base units, dimensions).",
+             "tests/unit/test_units.py regenerates it with pint and fails if it differs.",
+             '"""',
+             "",
+             "from __future__ import annotations",
+             "",
+             '__all__ = ["SCALES", "Scale"]',
+             "",
+             "Scale = tuple[str, float, tuple[tuple[str, int], ...]]",
+             "",
+             "SCALES: dict[str, Scale] = {"]
+    lines += [f"    {k!r}: {v!r}," for k, v in generate_scales().items()]
+    lines += ["}", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

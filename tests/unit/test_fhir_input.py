@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import mgaki
 from fhirbuild import B
+from mgaki.adapters.fhir import record_from_bundle
 from mgaki.errors import BundleError, ImplausibleValueError, TimeError, UnitError
 
 
@@ -109,3 +111,70 @@ def test_cli_json_ok(tmp_path):
     out = json.loads(r.stdout)
     assert {"magnesium", "kidney", "findings", "plan", "warnings"} <= set(out)
     assert out["magnesium"]["status"] == "low"
+
+
+# --- the fast validation layer vs full fhir.resources validation ---------------------------
+
+VIGNETTES = sorted((Path(__file__).resolve().parents[1] / "vignettes" / "bundles").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", VIGNETTES, ids=lambda p: p.stem)
+def test_fast_path_builds_the_same_record_as_full_validation(path):
+    text = path.read_text(encoding="utf-8")
+    fast = record_from_bundle(text)
+    assert fast == record_from_bundle(text, strict=True)
+    assert fast.measurements  # the comparison is not vacuous
+
+
+def test_fast_path_validates_what_mgaki_reads():
+    b = base().build()
+    b["entry"][1]["resource"]["status"] = "done"
+    with pytest.raises(BundleError, match=r"Bundle.entry\[1\] \(Observation/obs1\): status"):
+        mgaki.assess(b)
+    b = base().build()
+    b["entry"][1]["resource"]["code"]["coding"][0]["code"] = "19123-9 "
+    with pytest.raises(BundleError, match=r"\(Observation/obs1\): code.coding.0.code: String should match"):
+        mgaki.assess(b)
+    b = base().build()
+    b["entry"][1]["resource"]["effectivePeriod"] = {"start": "2024-03-01T08:00:00Z"}
+    with pytest.raises(BundleError, match=r"Observation/obs1.*only one of effectiveDateTime, effectivePeriod"):
+        mgaki.assess(b)
+    b = base().build()
+    b["entry"][0]["resource"]["birthDate"] = "1960-13-01"  # Patient: validated by its fhir.resources model
+    with pytest.raises(BundleError, match=r"Bundle.entry\[0\] \(Patient/p1\): birthDate"):
+        mgaki.assess(b)
+
+
+def test_partial_date_is_named():
+    b = base().obs("magnesium", 1.2, "mg/dL", time="2024-03").build()
+    with pytest.raises(TimeError, match=r"Observation/obs3: effectiveDateTime is a partial date"):
+        mgaki.assess(b)
+
+
+def test_decimal_string_accepted_like_fhir_resources():
+    b = base().build()
+    b["entry"][1]["resource"]["valueQuantity"]["value"] = "1.4"
+    assert record_from_bundle(b) == record_from_bundle(b, strict=True)
+
+
+def test_unused_resource_types_checked_for_type_only_unless_strict():
+    b = base().build()
+    b["entry"].append({"resource": {"resourceType": "Specimen", "id": "s1", "receivedTime": "yesterday"}})
+    assert mgaki.assess(b).magnesium.value_mg_dl == pytest.approx(1.4)  # mgaki does not read Specimen
+    with pytest.raises(BundleError, match=r"Bundle.entry\[3\] \(Specimen/s1\): receivedTime"):
+        record_from_bundle(b, strict=True)
+    b["entry"][-1]["resource"]["resourceType"] = "Specimin"
+    with pytest.raises(BundleError, match=r"Bundle.entry\[3\] \(Specimin/s1\).*not a FHIR R4 resource type"):
+        mgaki.assess(b)
+
+
+def test_cli_strict_fhir_rejects_what_the_fast_path_skips(tmp_path):
+    b = base().build()
+    b["entry"].append({"resource": {"resourceType": "Specimen", "id": "s1", "receivedTime": "yesterday"}})
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(b))
+    cmd = [sys.executable, "-m", "mgaki", "assess", str(p), "-f", "json"]
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    r = subprocess.run([*cmd, "--strict-fhir"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "Specimen/s1" in r.stderr

@@ -76,3 +76,17 @@ def test_load_file_names_the_bad_file(monkeypatch):
     monkeypatch.setitem(schema.FILES, "units.yaml", schema.DrugsFile)
     with pytest.raises(KnowledgeError, match=r"units\.yaml"):
         load_file("units.yaml")
+
+
+def test_fast_yaml_loader_reads_the_same_knowledge():
+    from importlib import resources
+
+    import yaml
+
+    from mgaki.knowledge import _LOADER
+    from mgaki.knowledge.schema import FILES
+
+    assert _LOADER is yaml.CSafeLoader  # libyaml present: the CLI start-up depends on it
+    for name in FILES:
+        text = resources.files("mgaki.knowledge").joinpath("data", name).read_text("utf-8")
+        assert yaml.load(text, Loader=_LOADER) == yaml.safe_load(text), name

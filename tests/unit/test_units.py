@@ -77,3 +77,66 @@ def test_impossible_value_rejected():
         to_canonical(20, "magnesium", "mmol/L", "Observation/1")
     with pytest.raises(ImplausibleValueError):
         to_canonical(-1, "creatinine", "mg/dL", "Observation/2")
+
+
+# --- precomputed SI scales (no pint at run time); pint is the oracle ----------------------
+
+
+def test_generated_scales_match_pint():
+    from mgaki._unit_scales import SCALES
+    from mgaki.units import generate_scales
+
+    assert generate_scales() == SCALES, "units.yaml changed: run mgaki.units.write_scales()"
+
+
+def _pint_factor(ureg, analyte, src, dst):
+    """The conversion as pint computes it (the implementation before the precomputed scales)."""
+    def moles(u):
+        q = ureg.Quantity(1.0, u.pint)
+        if u.kind == "mass" and analyte.molar_mass_g_per_mol:
+            return q / ureg.Quantity(analyte.molar_mass_g_per_mol, "g/mol")
+        return q / analyte.valence if u.kind == "equivalent" else q
+    return float((moles(src) / moles(dst)).to("").magnitude)
+
+
+def test_every_factor_equals_pint(kb):
+    import pint
+
+    ureg = pint.UnitRegistry()
+    checked = rejected = 0
+    for a in kb.units.analytes:
+        for src in kb.units.units:
+            for dst in kb.units.units:
+                try:
+                    expected = _pint_factor(ureg, a, src, dst)
+                except (pint.DimensionalityError, TypeError):
+                    expected = None
+                if "plain" in {src.kind, dst.kind} and src.kind != dst.kind:
+                    expected = None
+                if expected is None:
+                    with pytest.raises(UnitError):
+                        factor(a.id, src.ucum, dst.ucum)
+                    rejected += 1
+                else:
+                    assert factor(a.id, src.ucum, dst.ucum) == pytest.approx(expected, rel=1e-12), (a.id, src, dst)
+                    checked += 1
+    assert checked > 300 and rejected > 1000
+
+
+def test_stale_scale_is_refused(monkeypatch):
+    from mgaki import units
+    from mgaki.errors import KnowledgeError
+
+    monkeypatch.setitem(units.SCALES, "mg/dL", ("mg/mL", 10.0, (("[length]", -3), ("[mass]", 1))))
+    with pytest.raises(KnowledgeError, match="write_scales"):
+        units._scale("mg/dL", "mg/dL")
+
+
+def test_assess_does_not_import_pint():
+    import subprocess
+    import sys
+
+    code = ("import sys, mgaki, mgaki.cli; from mgaki.cli import example_path; "
+            "mgaki.assess(example_path().read_bytes(), ['cisplatin']); print('pint' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

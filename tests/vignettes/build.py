@@ -75,6 +75,7 @@ ALL_CODES = (
     "extrarenal_mg_loss", "gitelman_like_pattern", "drug_mg_loss", "refractory_hypokalemia_risk",
     "mg_dependent_hypocalcemia", "neuromuscular_risk", "arrhythmia_risk", "aki", "mg_aki_risk",
     "monitoring_gap", "renal_dose_adjustment", "hold_magnesium", "urine_index_not_interpretable",
+    "pediatric_adjustment",
 )
 
 # Vanderbilt tier actions and NHS tier actions (substrings of plan.regimen).
@@ -251,15 +252,33 @@ def vignettes() -> list[dict[str, Any]]:
           cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
 
     # Eclampsia infusion overdose: Mg 11 mg/dL = 9.05 mEq/L: G4 (>8.0 mg/dL); >8 mEq/L -> arrhythmia_risk;
-    # neuromuscular_risk. Eclampsia regimen has no Mg target, so hyperMg must override it: hold.
+    # neuromuscular_risk. 11 mg/dL > the therapeutic range's top 3.5 mmol/L = 8.51 mg/dL: hold.
+    # Mg is given as a drug (eclampsia): the general admission-Mg bands are not applied (warning).
     add(V("eclampsia_toxic_hold",
-          "Eclampsia on MgSO4, Mg 11 mg/dL: G4, cardiac toxicity, hold despite the emergency context",
+          "Eclampsia on MgSO4, Mg 11 mg/dL: G4, cardiac toxicity, above the therapeutic range: hold",
           B(birth="1994-06-01").med("magnesium sulfate 4 g IV", "6585", kind="MedicationAdministration",
                                     hours=-6, dose_g=4).obs("creatinine", 1.0, "mg/dL").obs("magnesium", 11, "mg/dL"),
           contexts=("eclampsia",),
-          present=("hypermagnesemia", "neuromuscular_risk", "arrhythmia_risk", "mg_aki_risk", "hold_magnesium"),
+          present=("hypermagnesemia", "neuromuscular_risk", "arrhythmia_risk", "hold_magnesium"),
           mg={"status": "high", "grade": 4}, plan={"action": "hold", "regimen_id": None},
-          cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
+          not_cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]},
+          warnings_contain=("cheungpasitporn_2015", "above the therapeutic range")))
+
+    # Eclampsia on maintenance, Mg 6.0 mg/dL = 2.47 mmol/L = 4.94 mEq/L: high (>2.5), CTCAE G3 (3.0<6<=8);
+    # inside the therapeutic range 2.0-3.5 mmol/L (4.86-8.51 mg/dL): no hold, the US regimen continues.
+    # Toxicity still applies: 4.94 > 4 mEq/L (reflexes decrease) -> neuromuscular_risk (warning);
+    # not > 5 mEq/L (6.08 mg/dL). 24-h total 4 + 1 x 24 = 28 g.
+    add(V("eclampsia_therapeutic_no_hold",
+          "Eclampsia, Mg 6.0 mg/dL inside the 2.0-3.5 mmol/L therapeutic range: continue, watch reflexes",
+          B(birth="1994-06-01").med("magnesium sulfate 4 g IV", "6585", kind="MedicationAdministration",
+                                    hours=-6, dose_g=4).obs("creatinine", 0.7, "mg/dL").obs("magnesium", 6.0, "mg/dL"),
+          contexts=("eclampsia",), present=("hypermagnesemia", "neuromuscular_risk"),
+          mg={"status": "high", "grade": 3}, plan={"action": "emergency", "regimen_id": "eclampsia-us-label"},
+          numeric={"plan.total_g_mgso4_24h": 28.0},
+          contains={"findings.hypermagnesemia.severity": "info",
+                    "findings.hypermagnesemia.message": "within the therapeutic range",
+                    "findings.neuromuscular_risk.severity": "warning"},
+          warnings_contain=("within the therapeutic range", "cheungpasitporn_2015")))
 
     # ------------------------------------------------------------------ emergencies
     # Torsades arrest, Mg 1.5 mg/dL: low G1, QTc 560 > 500 -> arrhythmia_risk.
@@ -304,14 +323,15 @@ def vignettes() -> list[dict[str, Any]]:
 
     # ------------------------------------------------------------------ AKI-prevention regimens
     # Perioperative, Mg 2.0 (normal), 70 kg: Oh 2019 50 mg/kg = 3.5 g (14.20 mmol) over 15 min,
-    # then 15 mg/kg/h = 1.05 g/h.
+    # then 15 mg/kg/h = 1.05 g/h during the operation only (default 4 h): 24-h total 3.5 + 4.2 = 7.7 g.
     add(V("perioperative_normal_mg",
           "Major laparoscopic surgery, 70 kg, Mg 2.0: Oh 2019 intraoperative MgSO4",
           B(sex="male", birth="1965-01-01").obs("weight", 70, "kg").obs("creatinine", 0.9, "mg/dL")
           .obs("magnesium", 2.0, "mg/dL"),
           contexts=("perioperative",),
           mg={"status": "normal", "grade": 0}, plan={"action": "prevent", "regimen_id": "perioperative-oh-2019"},
-          numeric={"plan.doses.0.g_mgso4": 3.5, "plan.doses.0.mmol": 14.2, "plan.doses.1.rate_g_per_h": 1.05}))
+          numeric={"plan.doses.0.g_mgso4": 3.5, "plan.doses.0.mmol": 14.2, "plan.doses.1.rate_g_per_h": 1.05,
+                   "plan.doses.1.duration_h": 4.0, "plan.total_g_mgso4_24h": 7.7}))
 
     # Cisplatin with normal Mg 2.0: PRAGMATIC preload 16 mEq = 8 mmol = 1.97 g over 4 h; recheck 4+24 = 28 h.
     # Cisplatin is a renal Mg-wasting drug -> drug_mg_loss + possible_mg_depletion (normal serum).
@@ -667,10 +687,35 @@ def vignettes() -> list[dict[str, Any]]:
           not_cites={"mg_aki_risk": [DOI["stevens_2021"]]}))
 
     # Paediatric ICU, 6-year-old, Mg 2.4: Morooka applied:false -> warning, no finding.
+    # Child, 8 y (born 2016-02-01), height 128 cm, SCr 0.5, Mg 1.4 (low G1). Adult CKD-EPI not used:
+    # bedside Schwartz 0.413 x 128 / 0.5 = 105.7. No paediatric nomogram is encoded -> no dose (plan none).
+    # Cheungpasitporn studied adults (>=18 y): not applied, named in a warning.
+    add(V("pediatric_low_mg_no_adult_nomogram",
+          "Child 8 y, Mg 1.4 mg/dL: Schwartz eGFR, no adult nomogram, no adult evidence",
+          B(sex="male", birth="2016-02-01").obs("height", 128, "cm", code="8302-2").obs("creatinine", 0.5, "mg/dL")
+          .obs("magnesium", 1.4, "mg/dL"),
+          present=("hypomagnesemia", "pediatric_adjustment"),
+          mg={"status": "low", "grade": 1}, plan={"action": "none", "regimen_id": None},
+          numeric={"kidney.egfr": 105.7},
+          contains={"kidney.egfr_note": "Schwartz", "plan.regimen": "No paediatric nomogram"},
+          not_cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]},
+          warnings_contain=("cheungpasitporn_2015", "no paediatric nomogram is encoded")))
+
+    # Child, 10 y, 140 cm: SCr 0.6 -> 1.7 in 36 h: ratio 2.83 -> stage 2; bedside Schwartz
+    # 0.413 x 140 / 1.7 = 34.0 < 35 during the AKI -> KDIGO paediatric stage 3. Mg 2.0 normal.
+    add(V("pediatric_aki_schwartz_stage3",
+          "Child 10 y, SCr 0.6 -> 1.7 mg/dL: Schwartz eGFR 34 < 35 -> KDIGO stage 3 (paediatric criterion)",
+          B(birth="2014-01-01").obs("height", 140, "cm", code="8302-2").obs("creatinine", 0.6, "mg/dL", 0)
+          .obs("creatinine", 1.7, "mg/dL", 36).obs("magnesium", 2.0, "mg/dL", 36),
+          present=("aki", "pediatric_adjustment"), aki_stage=3,
+          mg={"status": "normal", "grade": 0}, plan={"action": "none", "regimen_id": None},
+          numeric={"kidney.egfr": 34.0},
+          contains={"kidney.criterion": "bedside Schwartz"}))
+
     add(V("pediatric_icu_unapplied",
           "PICU child, Mg 2.4 mg/dL: Morooka not applied",
           B(sex="male", birth="2018-01-15").obs("creatinine", 0.4, "mg/dL").obs("magnesium", 2.4, "mg/dL"),
-          contexts=("pediatric-icu",), mg={"status": "normal", "grade": 0},
+          contexts=("pediatric-icu",), mg={"status": "normal", "grade": 0}, present=("pediatric_adjustment",),
           not_cites={"mg_aki_risk": [DOI["morooka_2022"]]}, warnings_contain=("morooka_2022",)))
 
     # Pancreatitis: Yu < 0.755 mmol/L. 0.70 mmol/L (1.701 mg/dL, normal) -> present; condition ->

@@ -61,13 +61,14 @@ def _assess(name: str) -> Assessment:
 
 
 def _resolve(a: Assessment, path: str) -> Any:
-    """Dotted path into the assessment; `findings.<code>.<key>` reads a finding's data."""
+    """Dotted path into the assessment; `findings.<code>.<key>` reads a finding's data
+    (or its severity / message)."""
     parts = path.split(".")
     if parts[0] == "findings":
         f = next((f for f in a.findings if f.code == parts[1]), None)
         if f is None:
             raise LookupError(f"no {parts[1]} finding")
-        return f.data[parts[2]]
+        return getattr(f, parts[2]) if parts[2] in ("severity", "message") else f.data[parts[2]]
     obj: Any = a
     for p in parts:
         obj = obj[int(p)] if isinstance(obj, list | tuple) else getattr(obj, p)

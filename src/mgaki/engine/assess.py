@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from mgaki.engine import kidney as kd
 from mgaki.engine import magnesium as mgs
 from mgaki.engine import risk, workup
-from mgaki.engine.repletion import KidneyState, PlanRequest, plan_repletion
+from mgaki.engine.repletion import KidneyState, PlanRequest, plan_repletion, therapeutic_range
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
 from mgaki.model import PatientRecord
@@ -36,6 +36,7 @@ class AssessOptions:
     baseline_creatinine_mg_dl: float | None = None
     jurisdiction: str = "us"
     now: datetime | None = None  # "as of" time; default: latest observation
+    operation_hours: float | None = None  # intraoperative infusions run this long (default in regimens.yaml)
 
 
 @dataclass
@@ -60,9 +61,12 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     out = _Out(warnings=list(rec.warnings))
     contexts = frozenset(opts.contexts) | rec.contexts
     now = opts.now or rec.as_of()
+    age = rec.age_years(now) if now else None
+    pediatric = age is not None and age < kb.value("kdigo_pediatric_age_below")
+    ther = therapeutic_range(kb, contexts, opts.jurisdiction)
 
     # --- kidney (C5) -------------------------------------------------------
-    kidney, kstate = _kidney(kb, rec, opts, now, out)
+    kidney, kstate = _kidney(kb, rec, opts, now, out, pediatric)
 
     # --- magnesium status (C2) --------------------------------------------------
     mg_m = rec.latest("magnesium")
@@ -101,6 +105,12 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             msg = (f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL): high, CTCAE "
                    f"grade {grade.grade}")
             srcs = [rr, ctcae]
+            if ther is not None and mg_m.value <= ther[1]:
+                rng = ther[2].therapeutic_range
+                sev = "info"
+                msg += (f"; within the therapeutic range of {ther[2].name} ({ther[0]:.2f}-{ther[1]:.2f} "
+                        "mg/dL): intended, not held")
+                srcs += [rng.source] if rng else []
             if tox:
                 worst = kb.threshold(tox[-1])
                 msg += f"; above the level where {worst.meaning.lower()}"
@@ -160,8 +170,12 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                     "(loss of the NMDA-receptor Mg block); check Chvostek/Trousseau, ECG", [sym.source])
         elif status == "high" and mgs.toxicity_levels(kb, mg_val):
             t = kb.threshold(mgs.toxicity_levels(kb, mg_val)[-1])
-            out.add("neuromuscular_risk", "critical",
-                    f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration",
+            # Toxicity thresholds still apply inside a therapeutic range (eclampsia), where
+            # reduced reflexes are the sign to watch rather than an emergency.
+            expected = ther is not None and mg_val <= ther[1]
+            out.add("neuromuscular_risk", "warning" if expected else "critical",
+                    f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration"
+                    + (" before each dose (expected at therapeutic levels)" if expected else ""),
                     [t.source])
         qtc = rec.latest("qtc")
         qt = kb.threshold("qtc_prolonged_above")
@@ -183,7 +197,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     ion = rec.latest("ionized_magnesium")
     if ion is not None:
         values["ionized_magnesium"] = ion.value
-    matches, skipped = risk.match_evidence(kb, contexts, values, kidney.aki_stage >= 1)
+    matches, skipped = risk.match_evidence(kb, contexts, values, kidney.aki_stage >= 1, age)
     for m in matches:
         s = m.study
         marker_only = s.timing == "stay_median"  # includes values after AKI: severity, not prediction
@@ -192,8 +206,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                 + (f"; {m.region.effect}" if m.region.effect else "")
                 + f" ({s.design}, n={s.n}; outcome: {s.outcome}). Association, not a probability.",
                 [s.source], study=s.id)
-    for s in skipped:
-        out.warnings.append(f"Evidence for {s.population} ({s.id}) not applied: {s.not_applied_reason}")
+    for s, reason in skipped:
+        out.warnings.append(f"Evidence for {s.population} ({s.id}) not applied: {reason}")
 
     # --- monitoring gap (C7) -------------------------------------------------------
     nephrotoxic = [d for d in (kb.drug(m.ingredient) for m in rec.medications if m.ingredient and m.active)
@@ -210,7 +224,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     weight = rec.latest("weight")
     po = plan_repletion(kb, PlanRequest(mg_mg_dl=mg_val, contexts=contexts, nomogram_id=opts.nomogram,
                                         kidney=kstate, weight_kg=weight.value if weight else None,
-                                        jurisdiction=opts.jurisdiction), status)
+                                        jurisdiction=opts.jurisdiction, pediatric=pediatric,
+                                        operation_hours=opts.operation_hours), status)
     if po.adjusted:
         out.add("renal_dose_adjustment", "warning", "; ".join(po.adjusted),
                 po.adjusted_sources, egfr=kidney.egfr, crcl=kidney.crcl)
@@ -224,10 +239,13 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
 
 
 def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: datetime | None,
-            out: _Out) -> tuple[KidneyResult, KidneyState]:
+            out: _Out, pediatric: bool) -> tuple[KidneyResult, KidneyState]:
     cr = rec.series("creatinine")
+    height = rec.latest("height")
+    peds_height = height.value if (pediatric and height) else None
     stages = kd.stage_creatinine(kb, [(m.time, m.value) for m in cr],
-                                 baseline=opts.baseline_creatinine_mg_dl, rrt_times=rec.rrt_times)
+                                 baseline=opts.baseline_creatinine_mg_dl, rrt_times=rec.rrt_times,
+                                 pediatric_height_cm=peds_height)
     weight = rec.latest("weight")
     uo = rec.series("urine_output")
     ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value)
@@ -255,7 +273,20 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     female = rec.sex == "female"
     egfr = crcl = kgfr = None
     egfr_note = crcl_note = None
-    if last is not None and age is not None and rec.sex in ("female", "male"):
+    if pediatric and age is not None:
+        _pediatric_kidney_finding(kb, out, age, peds_height, last is not None)
+        egfr_note = "CKD-EPI 2021 not used: an adult equation (age <18)"
+        crcl_note = "Cockcroft-Gault not used: an adult equation (age <18)"
+        if last is not None and peds_height is not None:
+            egfr = round(kd.schwartz_bedside(kb, last.value, peds_height), 1)
+            egfr_note = "bedside Schwartz 2009 (0.413 x height/SCr), age <18; CKD-EPI 2021 not used" + (
+                "; not valid when creatinine is changing (AKI)" if stage else "")
+            if len(cr) >= 2 and ref:
+                hours = (cr[-1].time - cr[-2].time).total_seconds() / 3600
+                k = kd.kinetic_egfr(kb, ref, kd.schwartz_bedside(kb, ref, peds_height),
+                                    cr[-2].value, cr[-1].value, hours)
+                kgfr = round(k, 1) if k is not None else None
+    elif last is not None and age is not None and rec.sex in ("female", "male"):
         egfr = round(kd.ckd_epi_2021(kb, last.value, age, female), 1)
         egfr_note = "CKD-EPI 2021 (race-free); not valid when creatinine is changing (AKI)" \
             if stage else "CKD-EPI 2021 (race-free)"
@@ -283,6 +314,24 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     return result, KidneyState(egfr=dosing_gfr, crcl=crcl, aki_stage=stage,
                                creatinine_mg_dl=last.value if last else None,
                                rrt=bool(rec.rrt_times), anuric=anuric)
+
+
+def _pediatric_kidney_finding(kb: KnowledgeBase, out: _Out, age: float, height_cm: float | None,
+                              has_creatinine: bool) -> None:
+    """Say which adult rules were set aside for a child, and what replaced them."""
+    t = kb.threshold("kdigo_pediatric_egfr_stage3")
+    schwartz = next(c.source for c in kb.kidney.schwartz_bedside if c.id == "schwartz_k_cm")
+    if height_cm is not None:
+        kidney_text = (f"eGFR by bedside Schwartz 2009 (0.413 x {height_cm:.0f} cm / SCr) and KDIGO's paediatric "
+                       f"criterion (eGFR <{t.value:g} mL/min/1.73 m2 during AKI: stage 3)")
+    else:
+        kidney_text = ("no height recorded, so no paediatric eGFR (bedside Schwartz needs height) and KDIGO's "
+                       f"eGFR <{t.value:g} criterion cannot be checked; creatinine-ratio and UO criteria still apply")
+    out.add("pediatric_adjustment", "warning",
+            f"Age {age:.0f} y (<18): CKD-EPI 2021 and Cockcroft-Gault are not used (adult equations); "
+            f"{kidney_text if has_creatinine else 'no creatinine'}. Adult nomograms, adult regimens and "
+            "evidence from adult populations are not applied to a child",
+            [t.source, schwartz], age=age, height_cm=height_cm)
 
 
 def _caveats(kb: KnowledgeBase, rec: PatientRecord, status: str) -> list[tuple[str, Source]]:

@@ -24,6 +24,7 @@ __all__ = [
     "ckd_epi_2021",
     "cockcroft_gault",
     "kinetic_egfr",
+    "schwartz_bedside",
     "stage_creatinine",
     "stage_urine_output",
 ]
@@ -54,14 +55,21 @@ def stage_creatinine(
     series: Sequence[tuple[datetime, float]],
     baseline: float | None = None,
     rrt_times: Sequence[datetime] = (),
+    pediatric_height_cm: float | None = None,
 ) -> list[CreatinineStage]:
-    """KDIGO creatinine (and RRT) stage at each creatinine value, mg/dL, any input order."""
+    """KDIGO creatinine (and RRT) stage at each creatinine value, mg/dL, any input order.
+
+    ``pediatric_height_cm`` (patients <18 y only) adds KDIGO's paediatric stage-3 criterion,
+    eGFR <35 mL/min/1.73 m2, with eGFR by bedside Schwartz; like the 4.0 mg/dL rule it
+    applies only within an AKI that another criterion has met ("decrease in eGFR to").
+    """
     pts = sorted(series)
     abs_rise = kb.value("kdigo_abs_rise")
     abs_win = timedelta(hours=kb.value("kdigo_abs_window"))
     ratio_win = timedelta(hours=kb.value("kdigo_ratio_window"))
     r1, r2, r3 = (kb.value(f"kdigo_ratio_stage{i}") for i in (1, 2, 3))
     scr3 = kb.value("kdigo_scr_stage3")
+    peds_egfr = kb.value("kdigo_pediatric_egfr_stage3")
     first_rrt = min(rrt_times) if rrt_times else None
     out: list[CreatinineStage] = []
     for i, (t, v) in enumerate(pts):
@@ -80,6 +88,9 @@ def stage_creatinine(
                     break
         if stage >= 1 and v >= scr3 and stage < 3:
             stage, crit = 3, "creatinine >=4.0 mg/dL during AKI"
+        if (pediatric_height_cm is not None and 1 <= stage < 3
+                and (egfr := schwartz_bedside(kb, v, pediatric_height_cm)) < peds_egfr):
+            stage, crit = 3, f"eGFR {egfr:.0f} <{peds_egfr:g} mL/min/1.73 m2 (bedside Schwartz) during AKI, age <18"
         if first_rrt is not None and t >= first_rrt:
             stage, crit = 3, "renal replacement therapy started"
         out.append(CreatinineStage(t, v, stage, crit, ref, method))
@@ -172,6 +183,11 @@ def ckd_epi_2021(kb: KnowledgeBase, scr_mg_dl: float, age: float, female: bool) 
     egfr = (c("ckdepi_const") * min(ratio, 1.0) ** alpha
             * max(ratio, 1.0) ** c("ckdepi_exp_high") * c("ckdepi_age_base") ** age)
     return float(egfr * (c("ckdepi_female") if female else 1.0))
+
+
+def schwartz_bedside(kb: KnowledgeBase, scr_mg_dl: float, height_cm: float) -> float:
+    """Children: eGFR, mL/min/1.73 m2 = k x height (cm) / SCr (mg/dL) (Schwartz 2009)."""
+    return kb.coefficient("schwartz_k_cm") * height_cm / scr_mg_dl
 
 
 def cockcroft_gault(kb: KnowledgeBase, scr_mg_dl: float, age: float, weight_kg: float,

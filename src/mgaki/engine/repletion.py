@@ -14,7 +14,7 @@ from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, T
 from mgaki.result import Dose, Evidence, Plan
 from mgaki.units import convert, salt_amounts
 
-__all__ = ["KidneyState", "PlanRequest", "plan_repletion"]
+__all__ = ["KidneyState", "PlanRequest", "plan_repletion", "therapeutic_range"]
 
 
 
@@ -36,6 +36,8 @@ class PlanRequest:
     kidney: KidneyState = field(default_factory=KidneyState)
     weight_kg: float | None = None
     jurisdiction: str = "us"
+    pediatric: bool = False  # <18 y: adult nomograms and regimens are never used
+    operation_hours: float | None = None  # replaces the default duration of intraoperative infusions
 
 
 @dataclass
@@ -47,8 +49,19 @@ class PlanOutcome:
     warnings: list[str]
 
 
-def _dose(step: Step, factor: float, weight: float | None) -> Dose:
-    rate = step.amount_unit in ("g/h", "mg/kg/h")
+def _is_rate(step: Step) -> bool:
+    return step.amount_unit in ("g/h", "mg/kg/h")
+
+
+def _duration(step: Step, operation_hours: float | None) -> float | None:
+    if step.duration_from == "operation" and operation_hours is not None:
+        return operation_hours
+    return step.duration_h
+
+
+def _dose(step: Step, factor: float, weight: float | None, operation_hours: float | None = None) -> Dose:
+    rate = _is_rate(step)
+    duration = _duration(step, operation_hours)
     unit = {"g/h": "g", "mg/kg/h": "mg/kg"}.get(step.amount_unit, step.amount_unit)
     amt = salt_amounts(step.amount * factor, unit, step.salt, weight)
     amt_max = (salt_amounts(step.amount_max * factor, unit, step.salt, weight)
@@ -64,9 +77,8 @@ def _dose(step: Step, factor: float, weight: float | None) -> Dose:
         label=label, route=step.route, g_mgso4=round(g, 3), mmol=round(amt["mmol"], 2),
         meq=round(amt["meq"], 2),
         g_mgso4_max=round(amt_max["g_mgso4"], 3) if amt_max else None,
-        duration_h=step.duration_h, duration_max_h=step.duration_max_h,
-        rate_g_per_h=round(g, 3) if rate else (round(g / step.duration_h, 3)
-                                                if step.duration_h else None),
+        duration_h=duration, duration_max_h=step.duration_max_h,
+        rate_g_per_h=round(g, 3) if rate else (round(g / duration, 3) if duration else None),
         repeats=step.repeats, interval_h=step.interval_h, note=step.note,
     )
 
@@ -88,17 +100,33 @@ def _tier(nomogram: Nomogram, mg_mg_dl: float) -> Tier | None:
     return None
 
 
-def _total_24h(doses: list[Dose]) -> float:
+def _total_24h(steps: tuple[Step, ...], doses: list[Dose]) -> float:
+    """g MgSO4 planned in the first 24 h: a rate runs for its duration (all day if none)."""
     total = 0.0
-    for d in doses:
+    for step, d in zip(steps, doses, strict=True):
         if d.g_mgso4 is None:
             continue
-        if d.duration_h is None and d.rate_g_per_h is not None and d.rate_g_per_h == d.g_mgso4:
-            total += d.g_mgso4 * 24.0  # a maintenance rate running all day
+        if _is_rate(step):
+            total += d.g_mgso4 * min(d.duration_h if d.duration_h is not None else 24.0, 24.0)
             continue
         n = min(d.repeats, math.ceil(24.0 / d.interval_h)) if d.interval_h else d.repeats
         total += d.g_mgso4 * n
     return total
+
+
+def therapeutic_range(kb: KnowledgeBase, contexts: frozenset[str], jurisdiction: str,
+                      ) -> tuple[float, float, Regimen] | None:
+    """(low, high) serum Mg in mg/dL that a regimen of these contexts aims for (eclampsia)."""
+    for r in kb.regimens.regimens:
+        rng = r.therapeutic_range
+        if rng and set(r.contexts) & contexts and r.jurisdiction in ("all", jurisdiction):
+            return (convert(rng.low, "magnesium", rng.unit, "mg/dL"),
+                    convert(rng.high, "magnesium", rng.unit, "mg/dL"), r)
+    return None
+
+
+def _population_ok(population: str, pediatric: bool) -> bool:
+    return population in ("any", "pediatric" if pediatric else "adult")
 
 
 def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen | None:
@@ -108,7 +136,7 @@ def _pick_regimen(kb: KnowledgeBase, req: PlanRequest, status: str) -> Regimen |
     low: a low Mg is treated by the nomogram and the preload listed beside it.
     """
     fits = [r for r in kb.regimens.regimens if set(r.contexts) & req.contexts
-            and r.jurisdiction in ("all", req.jurisdiction)]
+            and r.jurisdiction in ("all", req.jurisdiction) and _population_ok(r.population, req.pediatric)]
     for r in sorted(fits, key=lambda r: r.purpose != "emergency"):
         if r.purpose != "emergency":
             if r.requires_status == "low" and status != "low":
@@ -140,11 +168,21 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
                                 recheck_in_h=None, recheck=None, evidence_strength=None,
                                 evidence=ev), adjusted, adjusted_sources, holds, warnings)
 
-    if status == "high" and not (regimen and regimen.target_mg_dl and mg and mg < regimen.target_mg_dl):
+    rng = regimen.therapeutic_range if regimen else None
+    high = convert(rng.high, "magnesium", rng.unit, "mg/dL") if rng else None
+    if rng is not None and regimen is not None and mg is not None and high is not None:
+        low = convert(rng.low, "magnesium", rng.unit, "mg/dL")
+        where = "below" if mg < low else "above" if mg > high else "within"
+        warnings.append(f"Serum Mg {mg:.2f} mg/dL is {where} the therapeutic range of {regimen.name} "
+                        f"({low:.2f}-{high:.2f} mg/dL = {rng.low:g}-{rng.high:g} {rng.unit}) [{rng.source.citation}]")
+    in_target = bool(regimen and mg is not None and (
+        (regimen.target_mg_dl is not None and mg < regimen.target_mg_dl) or (high is not None and mg <= high)))
+    if status == "high" and not in_target:
         rule = kb.renal_rule("hold_hypermagnesemia")
         holds.append(rule)
-        return empty("hold", "Hold magnesium: serum Mg above the reference range",
-                     [Evidence.of(rule.source)])
+        why = ("Hold magnesium: serum Mg above the therapeutic range" if rng is not None
+               else "Hold magnesium: serum Mg above the reference range")
+        return empty("hold", why, [Evidence.of(rule.source)])
     if req.kidney.rrt or req.kidney.anuric:
         rule = kb.renal_rule("hold_rrt")
         if regimen is None or regimen.purpose != "emergency":
@@ -163,6 +201,14 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
         if mg is None:
             return empty("none", "No serum magnesium: measure before planning", [])
         nomogram = kb.nomogram(req.nomogram_id)
+        if not _population_ok(nomogram.population, req.pediatric):
+            peds = [n for n in kb.regimens.nomograms if _population_ok(n.population, req.pediatric)]
+            if not peds:
+                warnings.append("Patient <18 y: adult nomograms are not used for children and no paediatric "
+                                "nomogram is encoded in mgaki; dose by a paediatric protocol (weight-based)")
+                return empty("none", "No paediatric nomogram is encoded in mgaki: adult doses are not given "
+                                     "for a child", [])
+            nomogram = peds[0]
         tier = _tier(nomogram, mg)
         if tier is None:
             return empty("none", f"No repletion indicated by {nomogram.name}", [Evidence.of(nomogram.source)])
@@ -185,8 +231,8 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     elif low_clearance or k.aki_stage >= 2:
         warnings.append("Emergency dose not reduced for kidney function: monitor Mg and reflexes closely")
 
-    doses = [_dose(s, factor, req.weight_kg) for s in steps]
-    total = _total_24h(doses)
+    doses = [_dose(s, factor, req.weight_kg, req.operation_hours) for s in steps]
+    total = _total_24h(steps, doses)
     # Labelled maxima.
     rate_limit = kb.limit("iv_rate_max_repletion")
     if action == "replete":

@@ -43,18 +43,34 @@ def applicable(study: Study, contexts: frozenset[str], has_aki: bool) -> bool:
 
 
 def match_evidence(kb: KnowledgeBase, contexts: frozenset[str], values: dict[str, float],
-                   has_aki: bool) -> tuple[list[EvidenceMatch], list[Study]]:
-    """(matches, studies of the patient's populations that could not be applied)."""
+                   has_aki: bool, age_years: float | None = None,
+                   ) -> tuple[list[EvidenceMatch], list[tuple[Study, str]]]:
+    """(matches, (study, why not applied) for studies of the patient's populations).
+
+    The general-inpatient study applies when none of the given contexts has a study of its
+    own (no context, or e.g. cisplatin, sepsis): a hospitalised adult is then its population.
+    A study is not applied outside its age range or in contexts it lists as
+    ``not_in_contexts`` (Mg given as a drug: eclampsia, torsades).
+    """
     ctx = frozenset(c for c in contexts if any(c in s.contexts for s in kb.evidence.studies))
     if not ctx:
         ctx = frozenset({GENERAL})
     matches: list[EvidenceMatch] = []
-    skipped: list[Study] = []
+    skipped: list[tuple[Study, str]] = []
     for study in kb.evidence.studies:
         if not (ctx & set(study.contexts)):
             continue
         if not study.applied:
-            skipped.append(study)
+            skipped.append((study, study.not_applied_reason or "not verified"))
+            continue
+        if study.min_age_years is not None and age_years is not None and age_years < study.min_age_years:
+            skipped.append((study, f"studied patients aged >={study.min_age_years:g} y; this patient is "
+                                   f"{age_years:g} y"))
+            continue
+        excluded = sorted(contexts & set(study.not_in_contexts))
+        if excluded:
+            skipped.append((study, f"its association does not hold in context {', '.join(excluded)} "
+                                   "(Mg given as a drug)"))
             continue
         if not applicable(study, ctx, has_aki):
             continue

@@ -202,6 +202,8 @@ class Study(Cited):
     analyte: str = "magnesium"
     timing: str = "admission"
     requires_aki: bool = False
+    min_age_years: float | None = None  # the study's population was this old or older
+    not_in_contexts: tuple[str, ...] = ()  # contexts in which its association does not hold
     in_review_table1: bool = True
     applied: bool = True
     not_applied_reason: str | None = None
@@ -250,7 +252,12 @@ class Step(Strict):
     duration_max_h: float | None = None
     repeats: int = 1
     interval_h: float | None = None
+    duration_from: Literal["operation"] | None = None  # duration_h is a default the caller may override
     note: str | None = None
+
+
+Population = Literal["adult", "pediatric", "any"]
+"""Who a dosing protocol was written for; adult protocols are never used for a child."""
 
 
 class Tier(Strict):
@@ -273,6 +280,7 @@ class Nomogram(Cited):
     exclusions: tuple[str, ...] = ()
     tiers: tuple[Tier, ...]
     renal_rule: str
+    population: Population = "adult"
 
 
 class Regimen(Cited):
@@ -283,6 +291,8 @@ class Regimen(Cited):
     steps: tuple[Step, ...]
     evidence_strength: Literal["guideline", "label", "rct", "pilot_rct", "observational", "expert"]
     target_mg_dl: float | None = None
+    therapeutic_range: Range | None = None  # serum Mg the regimen aims for: no hypermagnesaemia hold inside it
+    population: Population = "adult"
     requires_status: Literal["any", "low", "not_low"] = "any"
     exclude_mg_at_or_below_mg_dl: float | None = None
     exclude_creatinine_at_or_above_mg_dl: float | None = None
@@ -325,6 +335,7 @@ class KidneyFile(Strict):
     ckd_epi_2021: tuple[Coefficient, ...]
     cockcroft_gault: tuple[Coefficient, ...]
     kinetic_gfr: tuple[Coefficient, ...]
+    schwartz_bedside: tuple[Coefficient, ...]
 
 
 class AlertRule(Cited):
