@@ -157,7 +157,7 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         WHEN unit_reason IS NOT NULL THEN unit_reason
         WHEN v * factor < lo OR v * factor > hi THEN
             analyte || ' ' || value || ' ' || coalesce(unit, '') || ' (= ' || round(v * factor, 4)
-            || ' ' || canonical || ') is outside the possible range ' || lo || '-' || hi || ' ' || canonical
+            || ' ' || canonical || ') is outside the possible range ' || lo || ' to ' || hi || ' ' || canonical
         END"""
     con.execute(f"CREATE TEMP TABLE ev2 AS SELECT *, {ev_reason} AS why FROM ev")
     quarantine.append(_quarantine_sql("events", ["time", "code", "value", "unit"], "why", "ev2"))

@@ -28,7 +28,7 @@ class IngestSummary:
     received: dict[str, int] = field(default_factory=dict)  # canonical rows handed in
     added: dict[str, int] = field(default_factory=dict)  # rows new to the store
     quarantined: int = 0
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)  # by kind of reason
     affected_subjects: frozenset[str] = frozenset()
 
     @property
@@ -90,7 +90,11 @@ class EventStore:
                 if name == "quarantine":
                     summary.quarantined += new.num_rows
                     con.register("q", new)
-                    for reason, n in con.execute("SELECT reason, count(*) FROM q GROUP BY 1").fetchall():
+                    # counted by kind: values and quoted text masked ("urine_output # mL ... is outside ...")
+                    kinds = ("SELECT regexp_replace(regexp_replace(regexp_replace(reason, ' [(]known: .*$', ''), "
+                             "'''[^'']*''', '''...''', 'g'), '[0-9]+([.][0-9]+)?', '#', 'g'), count(*) "
+                             "FROM q GROUP BY 1")
+                    for reason, n in con.execute(kinds).fetchall():
                         summary.quarantine_reasons[reason] = int(n)
                     con.unregister("q")
                 else:

@@ -1,0 +1,89 @@
+"""`mgaki ingest`, `mgaki surveil`, `mgaki demo` end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mgaki.adapters import registry
+from mgaki.cli import app
+from mgaki.cli_cohort import truth_agreement
+from mgaki.events import EventStore, normalize
+from mgaki.surveillance import surveil
+from mgaki.synth import generate, to_raw
+
+MIMIC = Path(__file__).parents[1] / "data" / "mimic-iv-demo-subset"
+runner = CliRunner()
+
+
+def _value(output: str, label: str) -> str:
+    m = re.search(rf"{re.escape(label)}\s*│\s*(\S+)", output)
+    assert m, f"{label!r} not in output:\n{output}"
+    return m.group(1)
+
+
+def test_ingest_and_surveil_the_mimic_subset_twice(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = runner.invoke(app, ["ingest", str(MIMIC), "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    assert "quarantined: 23 rows" in first.output and "ends before it starts" in first.output
+    again = runner.invoke(app, ["ingest", str(MIMIC), "--store", str(store)])
+    assert again.exit_code == 0 and "quarantined: 0 rows" in again.output
+    assert "subjects with new data: 0" in again.output
+
+    out = tmp_path / "out"
+    s1 = runner.invoke(app, ["surveil", "--store", str(store), "--out", str(out), "--format", "json"])
+    assert s1.exit_code == 0, s1.output
+    emitted = int(_value(s1.output, "alerts emitted now"))
+    alerts = json.loads((out / "alerts.json").read_text())
+    assert emitted == len(alerts) > 0
+    episodes = json.loads((out / "aki_episodes.json").read_text())
+    assert int(_value(s1.output, "AKI episodes")) == len(episodes) > 0
+    s2 = runner.invoke(app, ["surveil", "--store", str(store)])
+    assert s2.exit_code == 0 and _value(s2.output, "alerts emitted now") == "0"
+    assert _value(s2.output, "subjects recomputed") == "0"
+
+
+def test_bad_cohort_input_exits_2_with_the_reason(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["ingest", str(MIMIC), "--format", "hl7", "--store", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown format 'hl7'" in " ".join(r.output.split())
+    r = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--store", str(tmp_path)])
+    assert r.exit_code == 2 and "no such file" in " ".join(r.output.split())
+    r = runner.invoke(app, ["surveil", "--store", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "no event store" in " ".join(r.output.split())
+    r = runner.invoke(app, ["surveil", "--store", str(tmp_path), "--as-of", "tomorrow"])
+    assert r.exit_code == 2
+
+
+def test_surveillance_finds_exactly_the_planted_aki(tmp_path: Path) -> None:
+    """Synthetic cohort in raw form (mixed units, dirty rows) -> CSV layout -> ingest -> SQL == planted truth."""
+    cohort = generate(400, seed=21)
+    registry.write("csv", cohort.tables, tmp_path / "src")
+    store = EventStore(tmp_path / "store")
+    store.append(normalize(registry.read("csv", tmp_path / "src")))
+    raw_store = EventStore(tmp_path / "raw")
+    raw_store.append(normalize(to_raw(cohort)))
+    for st in (store, raw_store):
+        agree = truth_agreement(cohort.truth, surveil(st).tables)
+        aki = agree["AKI (any stage)"]
+        assert aki["tp"] > 40 and aki["fn"] == 0 and aki["fp"] == 0
+        assert agree["AKI peak stage equal"]["fn"] == 0
+        hypo = agree["hypomagnesemia"]
+        assert hypo["tp"] > 20 and hypo["fn"] == 0 and hypo["fp"] == 0
+        assert agree["Mg monitoring gap alert"]["fn"] == 0
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "-n", "150", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "planted truth vs what surveillance found" in r.output
+    assert (out / "results" / "aki_episodes.csv").exists()
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert "cohort-mg-aki.png" in pngs and any(p.startswith("timeline-") for p in pngs)
+    r2 = runner.invoke(app, ["demo", "-n", "60", "--format", "omop", "--out", str(out), "--no-plots"])
+    assert r2.exit_code == 0, r2.output
+    assert not (out / "plots").exists()  # the folder is rebuilt each run
