@@ -32,6 +32,8 @@ def connect() -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone = 'UTC'")
     # Row order is never relied on (every query orders what it needs): lets DuckDB stream and spill.
     con.execute("SET preserve_insertion_order = false")
+    # Intermediate tables live for one run: compressing them at automatic checkpoints cost seconds.
+    con.execute("SET checkpoint_threshold = '1TB'")
     return con
 
 

@@ -64,22 +64,29 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         SELECT subject_id, encounter_id, parent_id, {ep('start')} AS t0,
                COALESCE({ep('"end"')}, {OPEN_END}) AS t1
         FROM enc WHERE kind = 'icu'""")
-    # Each timed row belongs to the latest-starting hospital encounter that contains it.
-    add("ev", f"""
-        SELECT subject_id, time, {ep('time')} AS t, analyte, numeric_value AS value, source
-        FROM events""")
+    # A row belongs to the hospital encounter its source names (an ICU stay: that stay's admission);
+    # a row naming none, or one mgaki does not know, to the latest-starting one containing its time.
+    add("ev_named", f"""
+        SELECT e.subject_id, e.time, {ep('e.time')} AS t, e.analyte, e.numeric_value AS value,
+               COALESCE(h.encounter_id, i.parent_id) AS encounter_id, e.encounter_id AS named
+        FROM events e LEFT JOIN hosp h ON h.subject_id = e.subject_id AND h.encounter_id = e.encounter_id
+        LEFT JOIN icu i ON i.subject_id = e.subject_id AND i.encounter_id = e.encounter_id""")
     add("ev_enc", """
-        SELECT subject_id, time, t, analyte, value, source, encounter_id FROM (
-          SELECT e.subject_id, e.time, e.t, e.analyte, e.value, e.source, h.encounter_id,
-                 ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.t, e.analyte, e.value, e.source
+        SELECT subject_id, time, t, analyte, value, encounter_id FROM ev_named WHERE encounter_id IS NOT NULL
+        UNION ALL
+        SELECT subject_id, time, t, analyte, value, encounter_id FROM (
+          SELECT e.subject_id, e.time, e.t, e.analyte, e.value, h.encounter_id,
+                 ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.t, e.analyte, e.value, e.named, e.rid
                                     ORDER BY h.t0 DESC, h.encounter_id) AS rn
-          FROM ev e LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.t0 AND h.t1
+          FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t) AS rid
+                FROM ev_named WHERE encounter_id IS NULL) e
+          LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.t0 AND h.t1
         ) x WHERE rn = 1""")
     # Pre-admission baseline: median creatinine 7-365 days before admission (Siew 2015).
     add("baseline", f"""
         SELECT h.subject_id, h.encounter_id, h.t0, h.t1,
                {d.median('e.value')} AS preadmission_baseline, COUNT(e.value) AS n_baseline_values
-        FROM hosp h LEFT JOIN ev e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
+        FROM hosp h LEFT JOIN ev_named e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
              AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
         GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
     add("rrt_first", """
@@ -201,16 +208,22 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # Recovery (ADQI 16): creatinine back below 1.5 x baseline, urine output no longer staged, no
     # RRT since the episode began. Baseline for recovery: the pre-admission median, else the lowest
     # creatinine of the encounter so far (never a later value: alerts must not depend on the future).
+    # Only encounters with some staged value need the episode machinery (most have none).
+    add("pos_enc", """
+        SELECT DISTINCT subject_id, encounter_id FROM kdigo_creatinine WHERE stage >= 1 AND encounter_id IS NOT NULL
+        UNION
+        SELECT DISTINCT subject_id, encounter_id FROM kdigo_urine WHERE stage >= 1""")
     add("asmt", f"""
-        SELECT subject_id, encounter_id, time, t, 0 AS src, stage AS cr_stage,
-               CAST(NULL AS INTEGER) AS uo_stage, criterion, value,
-               CASE WHEN stage = 0 AND value < {ratio1} * recovery_baseline THEN 1 ELSE 0 END AS cr_resolved,
-               recovery_baseline AS rb, recovery_baseline_method AS rb_method
-        FROM kdigo_creatinine WHERE encounter_id IS NOT NULL
+        SELECT c.subject_id, c.encounter_id, c.time, c.t, 0 AS src, c.stage AS cr_stage,
+               CAST(NULL AS INTEGER) AS uo_stage, c.criterion, c.value,
+               CASE WHEN c.stage = 0 AND c.value < {ratio1} * c.recovery_baseline THEN 1 ELSE 0 END AS cr_resolved,
+               c.recovery_baseline AS rb, c.recovery_baseline_method AS rb_method
+        FROM kdigo_creatinine c JOIN pos_enc p ON p.subject_id = c.subject_id AND p.encounter_id = c.encounter_id
         UNION ALL
-        SELECT subject_id, encounter_id, time, t, 1 AS src, CAST(NULL AS INTEGER), stage, criterion,
+        SELECT u.subject_id, u.encounter_id, u.time, u.t, 1 AS src, CAST(NULL AS INTEGER), u.stage, u.criterion,
                CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR)
-        FROM kdigo_urine WHERE stage IS NOT NULL""")
+        FROM kdigo_urine u JOIN pos_enc p ON p.subject_id = u.subject_id AND p.encounter_id = u.encounter_id
+        WHERE u.stage IS NOT NULL""")
     order = "PARTITION BY subject_id, encounter_id ORDER BY t, src"
     add("asmt_ff", f"""
         SELECT *, GREATEST(COALESCE(cr_ff, 0), COALESCE(uo_ff, 0)) AS stage_now,
@@ -225,17 +238,18 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                                       RANGE BETWEEN {int(uo_h1 * H)} PRECEDING AND CURRENT ROW) AS uo_ff
           FROM asmt) x""")
     add("asmt_ep", f"""
-        SELECT *, SUM(is_start) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS episode
+        SELECT *, CAST(SUM(is_start) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS INTEGER)
+                  AS episode
         FROM (SELECT *,
           CASE WHEN state = 1 AND COALESCE(
             {d.ffill('state')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) = 0
             THEN 1 ELSE 0 END AS is_start FROM asmt_ff) x""")
     add("asmt_raw", """
-        SELECT a.*, e.end_t FROM asmt_ep a JOIN (
-          SELECT subject_id, encounter_id, episode, MIN(CASE WHEN state = 0 THEN t END) AS end_t
-          FROM asmt_ep WHERE episode > 0 GROUP BY subject_id, encounter_id, episode) e
-          ON e.subject_id = a.subject_id AND e.encounter_id = a.encounter_id AND e.episode = a.episode
-        WHERE e.end_t IS NULL OR a.t < e.end_t""")
+        SELECT * FROM (
+          SELECT *, MIN(CASE WHEN state = 0 THEN t END) OVER (PARTITION BY subject_id, encounter_id, episode)
+                    AS end_t
+          FROM asmt_ep WHERE episode > 0) x
+        WHERE end_t IS NULL OR t < end_t""")
     # A relapse within `aki_relapse_merge_hours` of recovery continues the episode (no new onset
     # alert); decided at the relapse itself, so it never depends on later data.
     merge = int(v("aki_relapse_merge_hours") * H)
@@ -366,7 +380,7 @@ def _evidence_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
             FROM enc_pop p JOIN ev_enc e ON e.subject_id = p.subject_id AND e.encounter_id = p.encounter_id
               AND e.analyte IN ('magnesium', 'ionized_magnesium')
             JOIN (SELECT subject_id, encounter_id, analyte, MIN(t) AS first_t FROM ev_enc
-                  GROUP BY subject_id, encounter_id, analyte) f
+                  WHERE analyte IN ('magnesium', 'ionized_magnesium') GROUP BY subject_id, encounter_id, analyte) f
               ON f.subject_id = e.subject_id AND f.encounter_id = e.encounter_id AND f.analyte = e.analyte
             GROUP BY p.subject_id, p.encounter_id, p.context, e.analyte"""),
         Stage("enc_mg_post", """
@@ -449,7 +463,8 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                                CASE WHEN (analyte = 'potassium' AND value < {k_lo})
                                       OR (analyte = 'calcium' AND value < {ca_lo}) THEN 1 ELSE 0 END AS is_low,
                                CAST(NULL AS DOUBLE) AS mg_value, CAST(NULL AS BIGINT) AS mg_time
-                        FROM ev_enc WHERE analyte IN ('potassium', 'calcium') AND encounter_id IS NOT NULL
+                        FROM ev_enc WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
+                                                                     OR (analyte = 'calcium' AND value < {ca_lo}))
                         UNION ALL
                         SELECT subject_id, encounter_id, time, t, 'magnesium', 'magnesium', value, 0, 0, value, t
                         FROM mg) u) w"""),
