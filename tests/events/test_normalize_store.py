@@ -75,3 +75,31 @@ def test_store_append_is_idempotent_and_names_affected_subjects(tmp_path: Path) 
     assert s3.added["events"] == 1 and s3.affected_subjects == {"3"}
     assert store.counts()["events"] == 2
     assert store.read("events").schema == first["events"].schema
+
+
+def test_an_interrupted_append_loses_nothing_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash after the pending list and the first table: re-running the append completes it exactly."""
+    import mgaki.events.store as store_mod
+
+    tables = normalize({"events": _raw_events([("1", "2024-01-01", "magnesium", "1.8", "mg/dL")]),
+                        "medications": pa.table({"subject_id": ["1"], "start": ["2024-01-01"],
+                                                 "name": ["furosemide"], "source": ["m"]})})
+    store = EventStore(tmp_path)
+    real = store_mod._write_atomic
+    calls: list[str] = []
+
+    def crash_on_second_table(tab: pa.Table, folder: Path) -> Path:
+        calls.append(folder.name)
+        if len(calls) == 3:  # pending, events, then the crash
+            raise OSError("disk gone")
+        return real(tab, folder)
+
+    monkeypatch.setattr(store_mod, "_write_atomic", crash_on_second_table)
+    with pytest.raises(OSError):
+        store.append(tables)
+    monkeypatch.setattr(store_mod, "_write_atomic", real)
+    assert calls[0] == "pending" and store.pending()[0] == {"1"}
+    assert not list(tmp_path.rglob("*.tmp"))
+    retry = store.append(tables)
+    assert retry.added["events"] == 0 and retry.added["medications"] == 1
+    assert store.counts()["events"] == 1 and store.counts()["medications"] == 1

@@ -8,6 +8,7 @@ incremental surveillance recomputes.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,9 +71,16 @@ class EventStore:
             con.close()
 
     def append(self, tables: Mapping[str, pa.Table]) -> IngestSummary:
-        """Write the rows not already stored; report what was new and whose data changed."""
+        """Write the rows not already stored; report what was new and whose data changed.
+
+        Crash safety: the changed subjects are recorded before any data file, and every
+        file appears by an atomic rename, so an interrupted append leaves either nothing
+        or whole files, and the next surveillance run still recomputes whoever may
+        have changed. Re-running the same append after a crash writes only what is missing.
+        """
         summary = IngestSummary()
         subjects: set[str] = set()
+        fresh: dict[str, pa.Table] = {}
         con = connect()
         try:
             for name, given in tables.items():
@@ -82,33 +90,25 @@ class EventStore:
                 summary.received[name] = tab.num_rows
                 con.register("incoming", tab)
                 new = con.sql(f'SELECT * FROM incoming EXCEPT SELECT * FROM {self.scan_sql(name)}'
-                                  ).to_arrow_table().cast(TABLES[name])
+                              ).to_arrow_table().cast(TABLES[name])
                 con.unregister("incoming")
                 summary.added[name] = new.num_rows
                 if new.num_rows == 0:
                     continue
+                fresh[name] = new
                 if name == "quarantine":
                     summary.quarantined += new.num_rows
-                    con.register("q", new)
-                    # counted by kind: values and quoted text masked ("urine_output # mL ... is outside ...")
-                    kinds = ("SELECT regexp_replace(regexp_replace(regexp_replace(reason, ' [(]known: .*$', ''), "
-                             "'''[^'']*''', '''...''', 'g'), '[0-9]+([.][0-9]+)?', '#', 'g'), count(*) "
-                             "FROM q GROUP BY 1")
-                    for reason, n in con.execute(kinds).fetchall():
-                        summary.quarantine_reasons[reason] = int(n)
-                    con.unregister("q")
+                    summary.quarantine_reasons.update(_reason_kinds(con, new))
                 else:
                     subjects.update(s for s in new.column("subject_id").unique().to_pylist() if s)
-                (self.root / name).mkdir(parents=True, exist_ok=True)
-                pq.write_table(new, self.root / name / f"part-{uuid.uuid4().hex}.parquet")
         finally:
             con.close()
         summary.affected_subjects = frozenset(subjects)
         if subjects:
             # Recorded for the next incremental surveillance run; cleared only after it wrote results.
-            (self.root / "pending").mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.table({"subject_id": pa.array(sorted(subjects), pa.string())}),
-                           self.root / "pending" / f"part-{uuid.uuid4().hex}.parquet")
+            _write_atomic(pa.table({"subject_id": pa.array(sorted(subjects), pa.string())}), self.root / "pending")
+        for name, new in fresh.items():
+            _write_atomic(new, self.root / name)
         return summary
 
     def pending(self) -> tuple[frozenset[str], list[Path]]:
@@ -130,6 +130,28 @@ class EventStore:
                     for t in TABLES}
         finally:
             con.close()
+
+
+def _write_atomic(tab: pa.Table, folder: Path) -> Path:
+    """A new Parquet part in `folder`, visible only once complete (readers glob *.parquet)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"part-{uuid.uuid4().hex}"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(tab, tmp)
+    final = folder / f"{name}.parquet"
+    os.replace(tmp, final)
+    return final
+
+
+def _reason_kinds(con: duckdb.DuckDBPyConnection, quarantined: pa.Table) -> dict[str, int]:
+    """Quarantine reasons counted by kind: values and quoted text masked ("urine_output -# mL ...")."""
+    con.register("q", quarantined)
+    try:
+        sql = ("SELECT regexp_replace(regexp_replace(regexp_replace(reason, ' [(]known: .*$', ''), "
+               "'''[^'']*''', '''...''', 'g'), '[0-9]+([.][0-9]+)?', '#', 'g'), count(*) FROM q GROUP BY 1")
+        return {str(r): int(n) for r, n in con.execute(sql).fetchall()}
+    finally:
+        con.unregister("q")
 
 
 def _duck_type(t: pa.DataType) -> str:
