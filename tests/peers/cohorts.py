@@ -4,9 +4,11 @@ All tables use the peers' interchange layout (pyaki's CLI layout, see ``run_peer
 creatinine (stay_id, charttime, creat mg/dL), urineoutput (stay_id, charttime, urineoutput mL),
 demographics (stay_id, weight kg), rrt (stay_id, charttime, rrt_status). Times are naive and read as UTC.
 
-``mgaki_stages`` is the only place that computes mgaki's stages; it calls the single-patient reference
-rules (``mgaki.engine.kidney``) stay by stay and can be switched to the batch SQL pipeline
-(``mgaki.surveillance``) without touching the tests.
+mgaki's stages always come from the batch SQL pipeline (``mgaki.surveillance.run`` over a temporary
+``EventStore``): ``mgaki_stages`` for peer-layout cohorts (built into canonical tables column-wise),
+``pipeline_comparison`` for cohorts that went the real way (``mgaki.synth``, the MIMIC-IV adapter), where
+the peers are given the rows the pipeline staged. ``engine_stages`` (the single-patient reference rules,
+stay by stay) only cross-checks the SQL on the small test cohorts.
 
 The synthetic cohort is built from scenarios. Each scenario either belongs to no deviation class (every
 peer must agree with mgaki there) or is one documented deviation class (docs/peers.md); the
