@@ -2,8 +2,12 @@
 
 The peers run in their own Python 3.12 environment (benchmarks/peers_env.py, tests/peers/run_peers.py).
 Per stay we compare the maximum creatinine(+RRT) stage (both peers) and the maximum urine-output stage
-(pyaki) with ``mgaki_stages``. On stays of no documented deviation class every peer must agree exactly;
-each class has a test showing the peer's answer, the KDIGO 2012 answer and mgaki's (docs/peers.md).
+(pyaki) with mgaki's, which always comes from the batch SQL pipeline (``mgaki.surveillance.run`` over an
+``EventStore``): for the scenario cohorts through ``mgaki_stages`` (checked equal to the single-patient
+engine on the way), for ``mgaki.synth`` and the MIMIC-IV subset through the real path (generator or
+read_mimic -> normalize -> store -> run), the peers getting the rows the pipeline staged. On stays of no
+documented deviation class every peer must agree exactly; each class has a test showing the peer's answer,
+the KDIGO 2012 answer and mgaki's (docs/peers.md).
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import pytest
 
 from peers.cohorts import (
     CREAT_CLASSES,
+    T0,
     UO_CLASSES,
     Cohort,
+    canonical_tables,
+    engine_stages,
     mgaki_stages,
-    mimic_subset,
+    mimic_comparison,
     random_cohort,
+    run_pipeline,
+    synthetic_comparison,
     vignettes,
     write_peer_dir,
 )
@@ -31,15 +40,22 @@ from peers_env import run_in_peer_env
 
 pytestmark = pytest.mark.peers
 
-RANDOM_STAYS = 60  # pyaki runs ~40 stays/s; the slow test below runs 400
+RANDOM_STAYS = 60  # pyaki runs ~30 stays/s; the slow test below runs 400
+SYNTH_PATIENTS, SYNTH_SEED = 200, 2  # mgaki.synth cohort of the default run; the slow test runs 1,000
 
 
-def compare(kb, cohort: Cohort, tmp: Path) -> pd.DataFrame:
-    """One row per stay: scenario labels, mgaki's max stages, each peer's max stages."""
+def compare(kb, cohort: Cohort, tmp: Path, mg: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per stay: labels, mgaki's max stages (``mg``, else ``mgaki_stages``), each peer's max stages.
+
+    Without ``mg`` the SQL pipeline's answer is also checked against the single-patient engine's.
+    """
     write_peer_dir(cohort, tmp / "in")
     run_in_peer_env(["stages", str(tmp / "in"), str(tmp / "out")])
     peer = pd.read_csv(tmp / "out" / "summary.csv")
-    mg = mgaki_stages(kb, cohort.creatinine, cohort.urineoutput, cohort.demographics, cohort.rrt)
+    if mg is None:
+        args = (kb, cohort.creatinine, cohort.urineoutput, cohort.demographics, cohort.rrt)
+        mg = mgaki_stages(*args)
+        pd.testing.assert_frame_equal(mg, engine_stages(*args), check_dtype=False)  # SQL == engine
     t = cohort.labels.merge(mg, on="stay_id", how="left").merge(peer, on="stay_id", how="left")
     t["pyaki_creat_rrt_max"] = t[["pyaki_creat_max", "pyaki_rrt_max"]].max(axis=1)
     return t.set_index("stay_id")
@@ -161,6 +177,28 @@ def test_pyaki_counts_near_anuria_as_anuria(synthetic):
     assert len(g) >= 1 and (g["mgaki_uo_max"] == 2).all() and (g["pyaki_uo_max"] == 3).all()
 
 
+def test_mgaki_evaluates_urine_windows_only_at_chartings(kb, synthetic):
+    """KDIGO 2.1.1: 'Urine volume <0.5 ml/kg/h for 6 hours'. Vignette 12 is charted every 5 h; with each volume
+    spread evenly over its interval (mgaki's own proration) the 6 h (20 h, 26 h] average 0.32 mL/kg/h, stage 1.
+    mgaki closes a window only at a charting (25 h: 0.67, 30 h: 0.78), so it stages 0; pyaki, which spreads
+    each volume over the hours before it and slides hour by hour, finds the window."""
+    r = _vig(synthetic, 12)
+    assert (r.mgaki_uo_max, r.pyaki_uo_max) == (0, 1)
+    c = vignettes()
+    u = c.urineoutput[c.urineoutput["stay_id"] == 12]
+    h = ((u["charttime"] - T0) / pd.Timedelta(hours=1)).to_numpy()
+    cum = np.concatenate([[0.0], np.cumsum(u["urineoutput"].to_numpy()[1:])])  # mL since the first charting
+    ends = np.arange(h[0] + 6, h[-1] + 1e-9, 1 / 60)  # every 6-h window, minute by minute
+    rate = (np.interp(ends, h, cum) - np.interp(ends - 6, h, cum)) / 70.0 / 6
+    assert rate.min() == pytest.approx(1.9 / 6) and ends[rate.argmin()] == pytest.approx(26)
+    assert (rate < 0.5).sum() > 0 and not np.isin(np.round(ends[rate < 0.5], 6), h).any()
+    # the SQL's own rows: one per charting after the first, the 6-h rate never below 0.5
+    res = run_pipeline(canonical_tables(c.creatinine[c.creatinine["stay_id"] == 12], u, c.demographics), kb)
+    ku = res.tables["kdigo_urine"].to_pandas().sort_values("time")
+    assert ku["rate_6h"].dropna().round(3).tolist() == [1.0, 1.0, 2.667, 0.667, 0.783, 0.983, 1.0]
+    assert set(ku["stage"]) == {0}
+
+
 def test_pyaki_urine_preprocessing_crosses_stays(kb, peer_env, tmp_path):
     """Stay A ends anuric; pyaki's back-fill copies stay B's first volume into A, so A's stage depends on
     which stay follows it. mgaki's answer for A does not."""
@@ -195,57 +233,162 @@ def agreement_table(t: pd.DataFrame, peer_col: str, mg_col: str, cls_col: str) -
     return pd.DataFrame(rows, columns=["class", "stays", "agree", "mgaki_vs_peer_when_not"])
 
 
-def test_agreement_table_synthetic(synthetic, capsys):
-    t = synthetic
-    tables = {
-        "akiflagger creatinine": agreement_table(t, "akiflagger_creat_max", "mgaki_creat_max", "creat_class"),
-        "pyaki creatinine+RRT": agreement_table(t, "pyaki_creat_rrt_max", "mgaki_creat_max", "creat_class"),
-        "pyaki urine output": agreement_table(t, "pyaki_uo_max", "mgaki_uo_max", "uo_class"),
+def _tables(t_creat: pd.DataFrame, t_uo: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {
+        "akiflagger creatinine": agreement_table(t_creat, "akiflagger_creat_max", "mgaki_creat_max", "creat_class"),
+        "pyaki creatinine+RRT": agreement_table(t_creat, "pyaki_creat_rrt_max", "mgaki_creat_max", "creat_class"),
+        "pyaki urine output": agreement_table(t_uo, "pyaki_uo_max", "mgaki_uo_max", "uo_class"),
     }
+
+
+def _as_records(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, tuple[int, int, list[tuple[int, int]]]]]:
+    return {name: {r["class"]: (int(r["stays"]), int(r["agree"]), r["mgaki_vs_peer_when_not"])
+                   for r in tab.to_dict("records")} for name, tab in tables.items()}
+
+
+def _show(title: str, tables: dict[str, pd.DataFrame], capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         for name, tab in tables.items():
-            print(f"\n{name} (synthetic, {len(t)} stays)\n{tab.to_string(index=False)}")
+            print(f"\n{name} ({title})\n{tab.to_string(index=False)}")
+
+
+def _pipeline_run(kb, comparison, tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return (compare(kb, comparison.creat, tmp / "creat", comparison.mgaki),
+            compare(kb, comparison.urine, tmp / "uo", comparison.mgaki))
+
+
+def test_agreement_table_scenarios(synthetic, capsys):
+    """Vignettes + 60 random scenario stays (seed 20240601): recorded per-class agreement (docs/peers.md)."""
+    t = synthetic
+    tables = _tables(t, t)
+    _show(f"scenario cohort, {len(t)} stays", tables, capsys)
     for tab in tables.values():
         assert tab["stays"].sum() == len(t)
-    aki = tables["akiflagger creatinine"].set_index("class")
-    assert aki.loc["stable", "agree"] == aki.loc["stable", "stays"] > 0
+    assert _as_records(tables) == SCENARIO_AGREEMENT
 
 
+Records = dict[str, dict[str, tuple[int, int, list[tuple[int, int]]]]]
+SCENARIO_AGREEMENT: Records = {
+    "akiflagger creatinine": {
+        "aki": (20, 20, []), "aki_to_ge4": (4, 0, [(3, 2)]), "ckd_ge4_stable": (3, 3, []),
+        "no_urine_rows": (7, 7, []), "ratio_at_170h": (2, 0, [(0, 1)]), "rise_at_50h": (5, 0, [(0, 1)]),
+        "rise_at_60h": (5, 5, []), "rise_at_80h": (3, 3, []), "rrt": (5, 1, [(3, 1), (3, 2)]),
+        "stable": (12, 12, []), "two_in_one_hour": (6, 6, [])},
+    "pyaki creatinine+RRT": {
+        "aki": (20, 20, []), "aki_to_ge4": (4, 4, []), "ckd_ge4_stable": (3, 0, [(0, 3)]),
+        "no_urine_rows": (7, 0, [(1, -1), (2, -1)]), "ratio_at_170h": (2, 0, [(0, 1)]),
+        "rise_at_50h": (5, 0, [(0, 1)]), "rise_at_60h": (5, 0, [(0, 1)]), "rise_at_80h": (3, 0, [(0, 1)]),
+        "rrt": (5, 5, []), "stable": (12, 12, []), "two_in_one_hour": (6, 0, [(1, 0)])},
+    "pyaki urine output": {
+        "uo_anuria": (12, 0, [(3, 1), (3, 2)]), "uo_low": (19, 19, []), "uo_near_anuria": (10, 0, [(2, 3)]),
+        "uo_none": (7, 7, []), "uo_normal": (23, 23, []), "uo_sparse_charting": (1, 0, [(0, 1)])},
+}
+
+
+# ------------------------------------------------------------------ mgaki.synth through the pipeline
 @pytest.fixture(scope="module")
-def mimic(kb, peer_env, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    creat, uo, counts = mimic_subset()
-    tmp = tmp_path_factory.mktemp("mimic")
-    return compare(kb, creat, tmp / "creat"), compare(kb, uo, tmp / "uo"), counts
+def synth(kb, peer_env, tmp_path_factory):
+    sc = synthetic_comparison(kb, SYNTH_PATIENTS, SYNTH_SEED)
+    return (sc, *_pipeline_run(kb, sc, tmp_path_factory.mktemp("synth")))
+
+
+# (stays, agree, [(mgaki, peer) when not]) per planted class; docs/peers.md explains every disagreement
+SYNTH_AGREEMENT: Records = {
+    "akiflagger creatinine": {
+        "ckd_advanced": (5, 5, []), "creatinine_stage1": (23, 23, []), "creatinine_stage2": (8, 8, []),
+        "creatinine_stage3": (11, 10, [(3, 2)]),  # class 6: no >= 4.0 mg/dL rule
+        "no_aki": (139, 139, []), "oliguria_only": (11, 11, []),
+        "rrt": (3, 1, [(3, 1), (3, 2)])},  # class 7: no RRT
+    "pyaki creatinine+RRT": {
+        "ckd_advanced": (5, 0, [(0, 3)]),  # class 4: stable >= 4.0 mg/dL is stage 3
+        "creatinine_stage1": (23, 23, []), "creatinine_stage2": (8, 8, []), "creatinine_stage3": (11, 11, []),
+        "no_aki": (139, 139, []), "oliguria_only": (11, 11, []), "rrt": (3, 3, [])},
+    "pyaki urine output": {
+        "anuria": (1, 0, [(3, 1)]),  # class 9: 0 mL is missing
+        "no_oliguria": (42, 42, []), "oliguria_stage1": (8, 8, []), "oliguria_stage2": (2, 2, [])},
+}
+
+
+def test_synth_cohort_agreement(synth, capsys):
+    """mgaki.synth.generate(200, seed=2) -> store -> run; the peers get the rows the pipeline staged."""
+    sc, t_creat, t_uo = synth
+    tables = _tables(t_creat, t_uo)
+    _show(f"mgaki.synth {SYNTH_PATIENTS} patients, seed {SYNTH_SEED}", tables, capsys)
+    with capsys.disabled():
+        print(f"counts: {sc.counts}")
+    assert sc.counts == SYNTH_COUNTS
+    assert _as_records(tables) == SYNTH_AGREEMENT
+
+
+SYNTH_COUNTS = {"creatinine_events": 3311, "creatinine_values_staged_in_an_encounter": 3311,
+                "encounters_with_creatinine": 200, "urine_chartings": 3320, "urine_chartings_outside_their_icu_stay": 0,
+                "urine_rows_placed_differently": 0, "urine_stays": 53, "urine_stays_not_staged": 0}
+
+
+# ------------------------------------------------------------------ MIMIC-IV subset through the adapter
+@pytest.fixture(scope="module")
+def mimic(kb, peer_env, tmp_path_factory):
+    mc, quarantine = mimic_comparison(kb)
+    return (mc, quarantine, *_pipeline_run(kb, mc, tmp_path_factory.mktemp("mimic")))
+
+
+MIMIC_COUNTS = {"creatinine_events": 645, "creatinine_values_staged_in_an_encounter": 466,
+                "encounters_with_creatinine": 46, "urine_chartings": 1360, "urine_chartings_outside_their_icu_stay": 2,
+                "urine_rows_placed_differently": 0, "urine_stays": 22, "urine_stays_not_staged": 1}
+MIMIC_QUARANTINE = {"ends before it starts": 23}
+MIMIC_AGREEMENT: Records = {
+    "akiflagger creatinine": {"admission_only": (2, 2, []), "history": (44, 41, [(1, 0), (2, 0), (2, 1)])},
+    "pyaki creatinine+RRT": {"admission_only": (2, 2, []), "history": (44, 41, [(1, 0), (2, 0), (2, 1)])},
+    "pyaki urine output": {"icu": (20, 18, [(0, 1), (2, 1)]),  # class 12 (charting discretisation)
+                           "low_window_between_chartings": (1, 0, [(0, 1)])},  # class 14: stay 34600477
+}
+MIMIC_STAGES = {"creatinine": {0.0: 31, 1.0: 6, 2.0: 8, 3.0: 1}, "urine": {0.0: 7, 1.0: 3, 2.0: 9, 3.0: 2}}
 
 
 def test_mimic_subset_agreement(mimic, capsys):
-    """MIMIC-IV demo subset: creatinine per admission (itemid 50912), urine output per ICU stay."""
-    creat, uo, counts = mimic
-    n_adm, n_uo = counts["creatinine_admissions"], counts["urine_stays_compared"]
-    assert len(creat) == n_adm == 47 and len(uo) == n_uo == 22
-    ak = agreement_table(creat, "akiflagger_creat_max", "mgaki_creat_max", "creat_class")
-    py = agreement_table(creat, "pyaki_creat_rrt_max", "mgaki_creat_max", "creat_class")
-    pu = agreement_table(uo, "pyaki_uo_max", "mgaki_uo_max", "uo_class")
+    """MIMIC-IV demo subset: read_mimic -> normalize -> store -> run; creatinine per admission, urine per ICU
+    stay; the peers get exactly the values the pipeline staged."""
+    mc, quarantine, t_creat, t_uo = mimic
+    tables = _tables(t_creat, t_uo)
+    _show("MIMIC-IV demo subset", tables, capsys)
+    ids = mc.ids.set_index("stay_id")["encounter_id"]
+    diff_c = t_creat[(t_creat["akiflagger_creat_max"] != t_creat["mgaki_creat_max"])
+                     | (t_creat["pyaki_creat_rrt_max"] != t_creat["mgaki_creat_max"])]
+    diff_u = t_uo[t_uo["pyaki_uo_max"].fillna(-1) != t_uo["mgaki_uo_max"].fillna(-1)]
     with capsys.disabled():
-        print(f"\nMIMIC-IV subset counts: {counts}")
-        for name, tab in (("akiflagger creatinine", ak), ("pyaki creatinine", py), ("pyaki urine output", pu)):
-            print(f"{name}\n{tab.to_string(index=False)}")
-        print("creatinine stays where a peer differs:\n",
-              creat[(creat["akiflagger_creat_max"] != creat["mgaki_creat_max"])
-                    | (creat["pyaki_creat_rrt_max"] != creat["mgaki_creat_max"])]
-              [["mgaki_creat_max", "akiflagger_creat_max", "pyaki_creat_rrt_max"]].to_string())
-        print("urine stays where pyaki differs:\n",
-              uo[uo["pyaki_uo_max"].fillna(-1) != uo["mgaki_uo_max"].fillna(-1)][["mgaki_uo_max", "pyaki_uo_max"]]
-              .to_string())
-        print("mgaki creatinine stage counts:", creat["mgaki_creat_max"].value_counts().sort_index().to_dict(),
-              "urine:", uo["mgaki_uo_max"].value_counts(dropna=False).sort_index().to_dict())
-    # recorded numbers (docs/peers.md); a change means a peer, the subset or mgaki changed
-    assert creat["mgaki_creat_max"].value_counts().sort_index().to_dict() == MIMIC_CREAT_STAGES
-    assert (int(ak["agree"].sum()), int(py["agree"].sum()), int(pu["agree"].sum())) == MIMIC_AGREE
+        print(f"counts: {mc.counts}\nquarantine: {quarantine}")
+        print("creatinine differences:\n", diff_c.assign(hadm=ids)[
+            ["hadm", "creat_class", "mgaki_creat_max", "akiflagger_creat_max", "pyaki_creat_rrt_max"]].to_string())
+        print("urine differences:\n", diff_u.assign(icu=ids)[["icu", "mgaki_uo_max", "pyaki_uo_max"]].to_string())
+    stages = {"creatinine": t_creat["mgaki_creat_max"].value_counts(dropna=False).sort_index().to_dict(),
+              "urine": t_uo["mgaki_uo_max"].value_counts(dropna=False).sort_index().to_dict()}
+    with capsys.disabled():
+        print("mgaki stages:", stages)
+    # recorded numbers (docs/peers.md); a change means a peer, the subset, the adapter or mgaki changed
+    assert mc.counts == MIMIC_COUNTS
+    assert quarantine == MIMIC_QUARANTINE
+    assert _as_records(tables) == MIMIC_AGREEMENT
+    assert {k: {(-1.0 if np.isnan(s) else s): n for s, n in v.items()} for k, v in stages.items()} == MIMIC_STAGES
 
 
-MIMIC_CREAT_STAGES = {0.0: 35, 1.0: 5, 2.0: 6, 3.0: 1}
-MIMIC_AGREE = (47, 47, 19)  # of 47, 47, 22 (docs/peers.md explains the 3 urine-output differences)
+def test_history_before_admission(mimic):
+    """KDIGO 2.1.1: 'Increase in SCr to >=1.5 times baseline'. mgaki's baseline can be the median creatinine of
+    7-365 days before admission (docs/surveillance.md), and its 48-h / 7-day windows reach across the admission
+    boundary; a peer given one admission's values sees neither. MIMIC-IV subset, the only 3 creatinine
+    disagreements: hadm 25742920 opens at 0.6 mg/dL against a pre-admission median of 0.4 (1.5x, stage 1);
+    27487226 at 1.9 against 0.9 (2.1x, stage 2; the peers find stage 1 later, 1.2 -> 2.0 within 48 h);
+    29279905 at 2.5 against 0.95 (2.6x, stage 2; the peers see 2.5 falling to 0.8: no AKI)."""
+    mc, _, t_creat, _ = mimic
+    kc = mc.result.tables["kdigo_creatinine"].to_pandas().sort_values("time")
+    num = mc.ids.set_index("encounter_id")["stay_id"]
+    expect = {"25742920": (1, 0, 0, 0.6, 0.4), "27487226": (2, 1, 1, 1.9, 0.9), "29279905": (2, 0, 0, 2.5, 0.95)}
+    for hadm, (mg, ak, py, value, ref) in expect.items():
+        r = t_creat.loc[num[hadm]]
+        assert (r.mgaki_creat_max, r.akiflagger_creat_max, r.pyaki_creat_rrt_max) == (mg, ak, py), hadm
+        first = kc[(kc["encounter_id"] == hadm) & (kc["stage"] == mg)].iloc[0]
+        assert first["criterion"] == "ratio_preadmission_median", hadm
+        assert (first["value"], first["reference"]) == pytest.approx((value, ref)), hadm
+    assert set(t_creat[t_creat["creat_class"] == "history"].index) >= set(num[list(expect)])
 
 
 @pytest.mark.slow
@@ -258,3 +401,28 @@ def test_large_random_cohort_agrees_outside_classes(kb, peer_env, tmp_path):
         g = t[t["creat_class"] == cls]
         if "pyaki" in peers and cls != "rrt":
             assert (g["pyaki_creat_rrt_max"].fillna(-1) != g["mgaki_creat_max"]).all(), cls
+
+
+@pytest.mark.slow
+def test_large_synth_cohort_agreement(kb, peer_env, tmp_path, capsys):
+    """1,000 synthetic patients (seed 3): the same classes of disagreement as the default run, and no others."""
+    sc = synthetic_comparison(kb, 1000, 3)
+    t_creat, t_uo = _pipeline_run(kb, sc, tmp_path)
+    tables = _tables(t_creat, t_uo)
+    _show("mgaki.synth 1000 patients, seed 3", tables, capsys)
+    assert _as_records(tables) == SYNTH_LARGE_AGREEMENT
+
+
+SYNTH_LARGE_AGREEMENT: Records = {
+    "akiflagger creatinine": {
+        "ckd_advanced": (20, 20, []), "creatinine_stage1": (89, 89, []), "creatinine_stage2": (42, 42, []),
+        "creatinine_stage3": (26, 19, [(3, 1), (3, 2)]), "no_aki": (778, 778, []), "oliguria_only": (28, 28, []),
+        "rrt": (17, 15, [(3, 1), (3, 2)])},
+    "pyaki creatinine+RRT": {
+        "ckd_advanced": (20, 0, [(0, 3)]), "creatinine_stage1": (89, 89, []), "creatinine_stage2": (42, 42, []),
+        "creatinine_stage3": (26, 26, []), "no_aki": (778, 778, []), "oliguria_only": (28, 28, []),
+        "rrt": (17, 17, [])},
+    "pyaki urine output": {
+        "anuria": (2, 0, [(3, 1)]), "no_oliguria": (223, 223, []), "oliguria_stage1": (19, 19, []),
+        "oliguria_stage2": (4, 4, []), "oliguria_stage3": (3, 3, [])},
+}
