@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mgaki.engine import kidney as kd
+from mgaki.knowledge import KnowledgeBase
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -105,3 +106,13 @@ def test_kinetic_egfr(kb):
     # rising half as fast: falls below the steady-state value
     k = kd.kinetic_egfr(kb, 1.0, 100.0, 1.0, 1.75, 24)
     assert k is not None and 0 < k < 100 / 1.375
+
+
+def test_urine_window_between_chartings_is_seen_at_the_next_charting(kb: KnowledgeBase) -> None:
+    """KDIGO: < 0.5 mL/kg/h for 6 h, any 6 h. Charted every 5 h (70 kg): no window ending at a charting is
+    below 0.5, but (20 h, 26 h] holds 70 + 350/5 = 140 mL = 0.33 mL/kg/h; it is knowable at the 30-h charting."""
+    vols = {5: 350.0, 10: 350.0, 15: 350.0, 20: 700.0, 25: 70.0, 30: 350.0}
+    ev = [(T0, 0.0)] + [(T0 + timedelta(hours=h), v) for h, v in vols.items()]
+    st = {round((s.time - T0).total_seconds() / 3600): s for s in kd.stage_urine_output(kb, ev, 70.0)}
+    assert st[25].stage == 0 and st[25].rate_6h == pytest.approx(210 / 70 / 6)  # exactly 0.5: not below
+    assert st[30].stage == 1 and st[30].rate_6h == pytest.approx(364 / 70 / 6)  # the rate shown ends at 30 h

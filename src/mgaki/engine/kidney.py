@@ -11,12 +11,14 @@ criterion met), as KDIGO words it ("increase to"). RRT start is stage 3.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mgaki.knowledge import KnowledgeBase
+
+_ZERO_ML = 1e-6  # a window volume below this is zero (differences of cumulative sums are not exact)
 
 __all__ = [
     "CreatinineStage",
@@ -113,9 +115,9 @@ def stage_urine_output(
     """KDIGO urine-output stage at each charting time.
 
     Volumes charted at the same time are summed. Each charted volume (mL) is taken to have accrued since the previous
-    charting; the rate over the last 6/12/24 h is computed only once charting
-    covers the whole window (partial intervals prorated). Zero volume is real
-    anuria, not missing data.
+    charting, evenly (partial intervals prorated); a window counts only once charting covers all of it. The stage at
+    a charting is that of the worst window it reveals: every window ending between the previous charting and this
+    one. The rates reported are those of the windows ending at this charting. Zero volume is real anuria.
     """
     summed: dict[datetime, float] = {}
     for t, v in events:  # two drains charted at one time: both volumes count
@@ -148,29 +150,44 @@ def stage_urine_output(
         before = cum_end[i] - vol
         return before + vol * (x - a).total_seconds() / (b - a).total_seconds()
 
+    points = [start, *ends]  # charting times; cumulative volume 0 at the first
+    cum_points = [0.0, *cum_end]
+
+    def lowest_volume(k: int, hours: float) -> float | None:
+        """Least volume over any `hours`-long window ending in interval k, i.e. knowable at its end.
+
+        Volume is piecewise linear in the window's position (proration), so the least one
+        ends at the charting itself or starts at an earlier charting (KDIGO: any 6 hours,
+        not only those that end at a charting)."""
+        a, b, _ = intervals[k]
+        span = timedelta(hours=hours)
+        lo = b - span
+        best = None if start > lo else (cum(b) - cum(lo) if lo > start else cum(b))
+        for i in range(bisect_right(points, a - span), bisect_left(points, lo)):
+            v = cum(points[i] + span) - cum_points[i]
+            best = v if best is None or v < best else best
+        return best
+
     out: list[UrineStage] = []
-    for _, t, _v in intervals:
-        def volume(hours: float, t: datetime = t) -> float | None:
+    for k, (_, t, _v) in enumerate(intervals):
+        def rate(hours: float, t: datetime = t) -> float | None:
             lo = t - timedelta(hours=hours)
             if start > lo:
                 return None
-            return cum(t) - cum(lo) if lo > start else cum(t)
+            return (cum(t) - cum(lo) if lo > start else cum(t)) / weight_kg / hours
 
-        rates: dict[float, float | None] = {}
-        for h in (h1, h2, h3):
-            vol = volume(h)
-            rates[h] = None if vol is None else vol / weight_kg / h
-        anuria_vol = volume(h_anuria)
+        low = {h: lowest_volume(k, h) for h in {h1, h2, h3, h_anuria}}
+        worst = {h: None if v is None else v / weight_kg / h for h, v in low.items()}
         stage, crit = 0, None
-        if (r := rates[h1]) is not None and r < rate1:
+        if (r := worst[h1]) is not None and r < rate1:
             stage, crit = 1, f"urine output <{rate1:g} mL/kg/h for {h1:g} h"
-        if (r := rates[h2]) is not None and r < rate1:
+        if (r := worst[h2]) is not None and r < rate1:
             stage, crit = 2, f"urine output <{rate1:g} mL/kg/h for {h2:g} h"
-        if (r := rates[h3]) is not None and r < rate3:
+        if (r := worst[h3]) is not None and r < rate3:
             stage, crit = 3, f"urine output <{rate3:g} mL/kg/h for {h3:g} h"
-        if anuria_vol is not None and anuria_vol == 0.0:
+        if (z := low[h_anuria]) is not None and z < _ZERO_ML:
             stage, crit = 3, f"anuria for {h_anuria:g} h"
-        out.append(UrineStage(t, stage, crit, rates[h1], rates[h2], rates[h3]))
+        out.append(UrineStage(t, stage, crit, rate(h1), rate(h2), rate(h3)))
     return out
 
 

@@ -18,6 +18,7 @@ class Dialect:
     epoch_tpl: str  # timestamp -> integer epoch seconds
     from_epoch_tpl: str  # integer epoch seconds -> timestamp
     ffill_tpl: str  # last non-null value in the window frame
+    bfill_tpl: str  # first non-null value in the window frame
     median_tpl: str
 
     def epoch(self, col: str) -> str:
@@ -29,6 +30,9 @@ class Dialect:
     def ffill(self, col: str) -> str:
         return self.ffill_tpl.format(col)
 
+    def bfill(self, col: str) -> str:
+        return self.bfill_tpl.format(col)
+
     def median(self, col: str) -> str:
         return self.median_tpl.format(col)
 
@@ -38,6 +42,7 @@ DUCKDB = Dialect(
     epoch_tpl="CAST(epoch({}) AS BIGINT)",
     from_epoch_tpl="make_timestamp(CAST({} AS BIGINT) * 1000000)",
     ffill_tpl="last_value({} IGNORE NULLS)",
+    bfill_tpl="first_value({} IGNORE NULLS)",
     median_tpl="median({})",
 )
 
@@ -46,5 +51,6 @@ SPARK = Dialect(
     epoch_tpl="CAST(unix_timestamp({}) AS BIGINT)",
     from_epoch_tpl="timestamp_seconds(CAST({} AS BIGINT))",
     ffill_tpl="last({}, true)",
+    bfill_tpl="first({}, true)",
     median_tpl="percentile({}, 0.5)",
 )

@@ -21,6 +21,7 @@ __all__ = ["OPEN_END", "Stage", "stages"]
 
 OPEN_END = 253402300799  # 9999-12-31T23:59:59: an encounter with no end is still open
 _EPS = 1e-9  # float tolerance of the KDIGO comparisons, as in engine/kidney.py
+_VOL_EPS = 1e-6  # mL: a window volume below this is zero (differences of cumulative sums are not exact)
 H = 3600
 DAY = 86400
 
@@ -183,6 +184,36 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                         f" END AS vol{k}")
     add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
     add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
+    # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
+    # linear in the window's position, so the least window ending between two chartings starts at
+    # an earlier charting: for each charting and window length, the window starting there is
+    # evaluated at the first charting that closes it (the moment it is knowable).
+    add("uo_cum", """
+        SELECT stay_id, t, pt, vol, SUM(CASE WHEN pt IS NULL THEN 0 ELSE vol END)
+               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum
+        FROM uo_iv""")
+    starts = " UNION ALL ".join(
+        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, 0 AS kind, CAST(NULL AS BIGINT) AS ct,"
+        " CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol, CAST(NULL AS DOUBLE) AS ccum FROM uo_cum"
+        for h in hours)
+    follow = "OVER (PARTITION BY stay_id ORDER BY e, kind ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)"
+    add("uo_cand", f"""
+        SELECT stay_id, nt AS t, k,
+               MIN(ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i) AS low_vol
+        FROM (SELECT stay_id, e, k, cum_i, kind,
+                {d.bfill('ct')} {follow} AS nt, {d.bfill('cpt')} {follow} AS npt,
+                {d.bfill('cvol')} {follow} AS nvol, {d.bfill('ccum')} {follow} AS ncum
+              FROM ({starts} UNION ALL
+                    SELECT stay_id, t, NULL, NULL, 1, t, pt, vol, cum FROM uo_cum WHERE pt IS NOT NULL) u) x
+        WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
+        GROUP BY stay_id, nt, k""")
+    low = ", ".join(f"MIN(CASE WHEN k = '{_k(h)}' THEN low_vol END) AS c{_k(h)}" for h in hours)
+    add("uo_cand_min", f"SELECT stay_id, t, {low} FROM uo_cand GROUP BY stay_id, t")
+    worst = ", ".join(f"CASE WHEN c.c{_k(h)} IS NULL THEN u.vol{_k(h)} WHEN u.vol{_k(h)} IS NULL THEN c.c{_k(h)} "
+                      f"WHEN c.c{_k(h)} < u.vol{_k(h)} THEN c.c{_k(h)} ELSE u.vol{_k(h)} END AS w{_k(h)}"
+                      for h in hours)
+    add("uo_worst", f"""
+        SELECT u.*, {worst} FROM uo_vol u LEFT JOIN uo_cand_min c ON c.stay_id = u.stay_id AND c.t = u.t""")
     r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
     k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
     add("kdigo_urine", f"""
@@ -190,16 +221,16 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
                vol{k3} / weight_kg / {uo_h3} AS rate_{k3}h,
           CASE WHEN weight_kg IS NULL THEN NULL
-               WHEN vol{ka} = 0 THEN 3
-               WHEN vol{k3} / weight_kg / {uo_h3} < {r3} THEN 3
-               WHEN vol{k2} / weight_kg / {uo_h2} < {r1} THEN 2
-               WHEN vol{k1} / weight_kg / {uo_h1} < {r1} THEN 1 ELSE 0 END AS stage,
+               WHEN w{ka} < {_VOL_EPS} THEN 3
+               WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 3
+               WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 2
+               WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 1 ELSE 0 END AS stage,
           CASE WHEN weight_kg IS NULL THEN 'no_weight'
-               WHEN vol{ka} = 0 THEN 'anuria_{ka}h'
-               WHEN vol{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
-               WHEN vol{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
-               WHEN vol{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
-        FROM uo_vol""", output=True)
+               WHEN w{ka} < {_VOL_EPS} THEN 'anuria_{ka}h'
+               WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
+               WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
+               WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
+        FROM uo_worst""", output=True)
 
     # --- AKI episodes ------------------------------------------------------------------------
     # A creatinine stage holds until the next creatinine; a urine-output stage until the next
