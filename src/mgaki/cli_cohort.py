@@ -7,15 +7,17 @@ import sys
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mgaki.errors import MgakiError
+
+if TYPE_CHECKING:  # pyarrow is imported by the commands that run, not at CLI start-up
+    import pyarrow as pa
 
 __all__ = ["FORMATS", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
