@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time as _time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
-from mgaki.surveillance.stages import OPEN_END, stages
+from mgaki.surveillance.stages import OPEN_END, Stage, stages
 from mgaki.units import factor
 
 __all__ = ["OUTPUTS", "SurveillanceResult", "run", "studies_table", "surveil"]
@@ -105,10 +106,13 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
                         "WHERE subject_id IN (SELECT subject_id FROM affected)")
     con.register("studies", studies_table(kb))
     plan = stages(kb, DUCKDB, as_of_epoch)
+    done_after = last_use(plan)
     seconds: dict[str, float] = {}
     for i, st in enumerate(plan):
         t0 = _time.perf_counter()
         con.execute(f'CREATE OR REPLACE TEMP TABLE "{st.name}" AS {st.sql}')
+        for name in done_after.get(st.name, ()):  # intermediate tables no later stage reads: free them
+            con.execute(f'DROP TABLE "{name}"')
         seconds[st.name] = _time.perf_counter() - t0
         if progress:
             progress(st.name, i + 1, len(plan))
@@ -116,6 +120,21 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
               for n in OUTPUTS}
     return SurveillanceResult(tables, tables["alerts"], len(subjects) if subjects is not None else -1,
                               as_of, seconds)
+
+
+def last_use(plan: list[Stage]) -> dict[str, list[str]]:
+    """For each stage, the intermediate tables whose last reader it is (outputs are kept)."""
+    keep = set(OUTPUTS)
+    last: dict[str, str] = {}
+    for st in plan:
+        for other in plan:
+            if other.name != st.name and re.search(rf'(?<![\w"]){re.escape(other.name)}(?![\w"])', st.sql):
+                last[other.name] = st.name
+    out: dict[str, list[str]] = {}
+    for name, reader in last.items():
+        if name not in keep:
+            out.setdefault(reader, []).append(name)
+    return out
 
 
 def _drop_internal(tab: pa.Table) -> pa.Table:
