@@ -159,12 +159,15 @@ def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, 
     total_g = np.array([sum(c[2].g_mgso4()) for c in cands])
     ok = np.array([all(lc.ok for lc in check_limits(c[2], ids[1:], kb)) for c in cands])
     peak = curves.max(axis=1)
-    order = np.lexsort((peak, total_g, -np.round(score, 6), ~ok))
+    above = peak > target_high_mg_dl + 1e-9  # a course that overshoots the range ranks after one that does not
+    order = np.lexsort((peak, total_g, -np.round(score, 6), above, ~ok))
     best = int(order[0])
     kind, label, reg, _ = cands[best]
     notes: list[str] = []
     if not ok[best]:
         notes.append("No candidate respects every labelled limit: shown is the best, and it exceeds one")
+    if above[best]:
+        notes.append("Every candidate's typical course rises above the target range at some time")
     if score[best] == 0.0:
         notes.append("No candidate keeps the typical patient in the target range within the horizon")
     tox_id, tox = toxicity_level_mg_dl(target_high_mg_dl, kb)
