@@ -112,6 +112,9 @@ def knowledge(
 from mgaki import cli_cohort  # noqa: E402 - cohort commands live in their own module
 
 cli_cohort.register(app)
+from mgaki import cli_pk  # noqa: E402 - `mgaki pk` lives in its own module
+
+cli_pk.register(app)
 
 
 def main() -> None:

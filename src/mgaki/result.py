@@ -29,6 +29,7 @@ FINDING_CODES: dict[str, str] = {
     "hold_magnesium": "Magnesium should be held",
     "urine_index_not_interpretable": "Urine Mg indices cannot be read (low GFR, AKI or recent IV Mg)",
     "pediatric_adjustment": "Patient <18 y: adult equations, nomograms and evidence set aside; bedside Schwartz used",
+    "pk_overshoot_risk": "Population PK predicts the planned doses may raise serum Mg above a toxicity level",
 }
 
 
@@ -106,6 +107,26 @@ class Dose(Out):
     repeats: int = 1
     interval_h: float | None = None
     note: str | None = None
+    per_hour: bool = False  # g_mgso4/mmol/meq are per hour (a continuous infusion)
+
+
+class PkPrediction(Out):
+    """Predicted serum Mg under the plan's IV doses (population PK, mgaki.pk): typical course and risk."""
+
+    model: str
+    model_source: str
+    baseline_mg_dl: float
+    peak_mg_dl: float
+    peak_time_h: float
+    peak_interval_mg_dl: tuple[float, float] | None
+    level: float | None
+    trough_mg_dl: float  # lowest level after the first dose ends, within the horizon
+    at_recheck_mg_dl: float | None
+    horizon_h: float
+    toxicity_mg_dl: float
+    p_peak_above_toxicity: float | None
+    overshoot: bool
+    notes: list[str] = []
 
 
 class Plan(Out):
@@ -120,6 +141,7 @@ class Plan(Out):
     evidence_strength: str | None
     evidence: list[Evidence]
     alternatives: list[str] = []
+    prediction: PkPrediction | None = None
 
 
 class Assessment(Out):

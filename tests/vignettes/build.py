@@ -321,6 +321,16 @@ def vignettes() -> list[dict[str, Any]]:
           mg={"status": "normal", "grade": 0}, plan={"action": "emergency", "regimen_id": "eclampsia-uk-smpc"},
           numeric={"plan.doses.0.g_mgso4": 4.0, "plan.total_g_mgso4_24h": 28.0}))
 
+    # Eclampsia with failing kidneys (50 kg, SCr 4.0: Cockcroft-Gault about 16 mL/min): the emergency
+    # regimen is not reduced, and population PK (pk.yaml default, CL scaled to CrCl) predicts a peak
+    # above 8 mEq/L (the toxicity level above the therapeutic range) in more than 5% of patients.
+    add(V("eclampsia_renal_failure_pk_overshoot",
+          "Eclampsia, CrCl ~16 mL/min: 4 g + 1 g/h predicted to overshoot (population PK)",
+          B(birth="1994-01-01").obs("weight", 50, "kg").obs("creatinine", 4.0, "mg/dL").obs("magnesium", 2.0, "mg/dL"),
+          contexts=("eclampsia",), present=("renal_dose_adjustment", "pk_overshoot_risk"),
+          mg={"status": "normal", "grade": 0}, plan={"action": "emergency", "regimen_id": "eclampsia-us-label"},
+          numeric={"plan.doses.0.g_mgso4": 4.0}))
+
     # ------------------------------------------------------------------ AKI-prevention regimens
     # Perioperative, Mg 2.0 (normal), 70 kg: Oh 2019 50 mg/kg = 3.5 g (14.20 mmol) over 15 min,
     # then 15 mg/kg/h = 1.05 g/h during the operation only (default 4 h): 24-h total 3.5 + 4.2 = 7.7 g.

@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 from mgaki.engine import kidney as kd
 from mgaki.engine import magnesium as mgs
 from mgaki.engine import risk, workup
-from mgaki.engine.repletion import KidneyState, PlanRequest, plan_repletion, therapeutic_range
+from mgaki.engine.repletion import KidneyState, PlanRequest, plan_repletion, predict_plan, therapeutic_range
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
 from mgaki.model import PatientRecord
+from mgaki.pk import toxicity_level_mg_dl
 from mgaki.result import (
     Assessment,
     Baseline,
@@ -233,8 +234,23 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         out.add("hold_magnesium", "critical" if status == "high" else "warning",
                 "; ".join(r.meaning for r in po.holds), [r.source for r in po.holds])
     out.warnings.extend(po.warnings)
+    plan = po.plan
+    if not pediatric:  # the encoded PK models are adult (pregnant women): no prediction for a child
+        pk = predict_plan(kb, plan, mg_val, weight.value if weight else None, kstate.crcl or kstate.egfr,
+                          ther[1] if ther else None)
+        if pk is not None:
+            plan = plan.model_copy(update={"prediction": pk})
+            tox_t = kb.threshold(toxicity_level_mg_dl(ther[1] if ther else 0.0, kb)[0])
+            if pk.overshoot and pk.p_peak_above_toxicity is not None:
+                out.add("pk_overshoot_risk", "warning",
+                        f"Population PK ({pk.model}) predicts a {pk.p_peak_above_toxicity:.0%} chance that the "
+                        f"planned doses raise serum Mg above {pk.toxicity_mg_dl:.2f} mg/dL ({tox_t.meaning.lower()}); "
+                        f"typical peak {pk.peak_mg_dl:.2f} mg/dL at {pk.peak_time_h:g} h. Models from pregnant "
+                        "women with a renal scaling that is an assumption: check levels early",
+                        [kb.pk_model(pk.model).source, tox_t.source], peak_mg_dl=pk.peak_mg_dl,
+                        p_peak_above_toxicity=pk.p_peak_above_toxicity)
     return Assessment(patient_id=rec.patient_id, as_of=_iso(now), contexts=sorted(contexts),
-                      magnesium=mg_res, kidney=kidney, findings=out.findings, plan=po.plan,
+                      magnesium=mg_res, kidney=kidney, findings=out.findings, plan=plan,
                       warnings=out.warnings, disclaimer=DISCLAIMER, knowledge_version=kb.version)
 
 

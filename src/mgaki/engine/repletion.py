@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, Tier
-from mgaki.result import Dose, Evidence, Plan
+from mgaki.result import Dose, Evidence, PkPrediction, Plan
 from mgaki.units import convert, salt_amounts
 
-__all__ = ["KidneyState", "PlanRequest", "plan_repletion", "therapeutic_range"]
+__all__ = ["KidneyState", "PlanRequest", "plan_repletion", "predict_plan", "therapeutic_range"]
 
 
 
@@ -79,7 +81,7 @@ def _dose(step: Step, factor: float, weight: float | None, operation_hours: floa
         g_mgso4_max=round(amt_max["g_mgso4"], 3) if amt_max else None,
         duration_h=duration, duration_max_h=step.duration_max_h,
         rate_g_per_h=round(g, 3) if rate else (round(g / duration, 3) if duration else None),
-        repeats=step.repeats, interval_h=step.interval_h, note=step.note,
+        repeats=step.repeats, interval_h=step.interval_h, note=step.note, per_hour=rate,
     )
 
 
@@ -269,3 +271,56 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
                 recheck=recheck, evidence_strength=strength, evidence=evidence,
                 alternatives=alternatives)
     return PlanOutcome(plan, adjusted, adjusted_sources, holds, warnings)
+
+
+def predict_plan(kb: KnowledgeBase, plan: Plan, mg_mg_dl: float | None, weight_kg: float | None,
+                 crcl_ml_min: float | None, target_high_mg_dl: float | None = None,
+                 seed: int = 0) -> PkPrediction | None:
+    """Predicted serum Mg under the plan's IV doses (default pk.yaml model), or None if nothing to predict.
+
+    Steps run one after another (a loading dose, then its maintenance infusion); repeats at their
+    interval; a rate without a duration runs 24 h (as the daily total assumes). The lower end of a
+    dose range is used. Oral doses are not modelled. The toxicity level is the first one above
+    ``target_high_mg_dl`` (a therapeutic range that is meant to be high, eclampsia).
+    """
+    from mgaki.pk import Covariates, Regimen, population, simulate, time_grid, toxicity_level_mg_dl
+
+    iv = [d for d in plan.doses if d.route == "iv" and d.g_mgso4]
+    if mg_mg_dl is None or not iv or plan.action in ("hold", "none"):
+        return None
+    notes = ["oral doses not modelled"] if len(iv) < len(plan.doses) else []
+    reg, t = Regimen(), 0.0
+    for d in iv:
+        g = d.g_mgso4 or 0.0
+        if d.per_hour:
+            run = d.duration_h if d.duration_h is not None else 24.0
+            reg, t = reg + Regimen.rate(g, "g", t, run), t + run
+            continue
+        over = d.duration_h or 0.0
+        for k in range(d.repeats if d.interval_h else 1):
+            reg = reg + Regimen.dose(g, "g", t + k * (d.interval_h or 0.0), over)
+        t += over
+    if any(d.g_mgso4_max for d in iv):
+        notes.append("lower end of each dose range predicted")
+    pop = population(None, Covariates(weight_kg=weight_kg, crcl_ml_min=crcl_ml_min), baseline_mg_dl=mg_mg_dl, kb=kb)
+    notes += list(pop.notes)
+    horizon = max(24.0, reg.end_h + (plan.recheck_in_h or 0.0))
+    times = time_grid(reg, horizon, kb=kb)
+    pred = simulate(pop, reg, times, seed=seed, kb=kb)
+    _, tox = toxicity_level_mg_dl(target_high_mg_dl or 0.0, kb)  # above a therapeutic range (eclampsia)
+    first_end = reg.start_h[0] + reg.duration_h[0]
+    after = pred.times_h >= first_end
+    p_tox = pred.p_peak_above(tox)
+    q = (1.0 - (pred.level or 0.0)) / 2.0
+    interval = None
+    if pred.peak_samples_mg_dl is not None:
+        lo, hi = np.quantile(pred.peak_samples_mg_dl, [q, 1.0 - q])
+        interval = (round(float(lo), 2), round(float(hi), 2))
+    return PkPrediction(
+        model=pop.spec.id, model_source=pop.spec.source.citation, baseline_mg_dl=round(mg_mg_dl, 3),
+        peak_mg_dl=round(pred.peak_mg_dl, 2), peak_time_h=round(pred.peak_time_h, 2),
+        peak_interval_mg_dl=interval, level=pred.level,
+        trough_mg_dl=round(float(pred.typical_mg_dl[after].min()), 2),
+        at_recheck_mg_dl=round(pred.at(plan.recheck_in_h), 2) if plan.recheck_in_h is not None else None,
+        horizon_h=round(horizon, 2), toxicity_mg_dl=round(tox, 3), p_peak_above_toxicity=p_tox,
+        overshoot=p_tox is not None and p_tox > kb.value("pk_overshoot_probability_max"), notes=notes)

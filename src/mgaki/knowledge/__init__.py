@@ -30,6 +30,8 @@ from mgaki.knowledge.schema import (
     Limit,
     MagnesiumFile,
     Nomogram,
+    PkFile,
+    PkModel,
     Regimen,
     RegimensFile,
     RenalRule,
@@ -88,6 +90,7 @@ class KnowledgeBase:
     regimens: RegimensFile
     kidney: KidneyFile
     surveillance: SurveillanceFile
+    pk: PkFile
     _by_id: dict[str, dict[str, Any]] = field(repr=False, compare=False)
 
     def files(self) -> dict[str, Strict]:
@@ -102,6 +105,7 @@ class KnowledgeBase:
             "regimens.yaml": self.regimens,
             "kidney.yaml": self.kidney,
             "surveillance.yaml": self.surveillance,
+            "pk.yaml": self.pk,
         }
 
     @property
@@ -144,6 +148,10 @@ class KnowledgeBase:
     def renal_rule(self, rule_id: str) -> RenalRule:
         return self._get("renal_rule", rule_id)  # type: ignore[no-any-return]
 
+    def pk_model(self, model_id: str | None = None) -> PkModel:
+        """A population PK model by id (pk.yaml); the default model if none is named."""
+        return self._get("pk_model", model_id or self.pk.default_model)  # type: ignore[no-any-return]
+
     def drug(self, name_or_rxcui: str) -> Drug | None:
         """Drug by ingredient, synonym (case-insensitive) or ``rxcui:NNN``."""
         return self._by_id["drug_name"].get(name_or_rxcui.lower())
@@ -174,10 +182,11 @@ def load() -> KnowledgeBase:
     drugs: DrugsFile = p["drugs.yaml"]  # type: ignore[assignment]
     ev: EvidenceFile = p["evidence.yaml"]  # type: ignore[assignment]
     sv: SurveillanceFile = p["surveillance.yaml"]  # type: ignore[assignment]
+    pk: PkFile = p["pk.yaml"]  # type: ignore[assignment]
     by_id = {
         "analyte": _index(units.analytes, "analyte"),
         "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo,
-                             *sv.parameters),
+                             *sv.parameters, *pk.settings),
                             "threshold"),
         "coefficient": _index((*kid.ckd_epi_2021, *kid.cockcroft_gault, *kid.kinetic_gfr,
                                 *kid.schwartz_bedside),
@@ -190,11 +199,12 @@ def load() -> KnowledgeBase:
         "study": _index(ev.studies, "study"),
         "drug_name": _drug_names(drugs.drugs),
         "alert": _index(sv.alerts, "alert"),
+        "pk_model": _index(pk.models, "pk_model"),
     }
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
         magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,
-        regimens=reg, kidney=kid, surveillance=sv, _by_id=by_id,
+        regimens=reg, kidney=kid, surveillance=sv, pk=pk, _by_id=by_id,
     )
 
 

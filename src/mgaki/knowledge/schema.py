@@ -354,6 +354,103 @@ class SurveillanceFile(Strict):
     alerts: tuple[AlertRule, ...]
 
 
+# --- pharmacokinetics (pk.yaml) ------------------------------------------------
+
+PkParameterId = Literal["cl", "v1", "q", "v2"]
+_STRUCTURE_PARAMS: dict[str, frozenset[str]] = {
+    "one_compartment": frozenset({"cl", "v1"}),
+    "two_compartment": frozenset({"cl", "v1", "q", "v2"}),
+}
+
+
+class PkParameter(Cited):
+    """A typical value: CL and Q in L/h, volumes in L."""
+
+    id: PkParameterId
+    value: float
+    unit: Literal["L/h", "L"]
+
+
+class PkVariability(Cited):
+    """Between-patient variability of a parameter (log-normal), as the CV% the study reports."""
+
+    parameter: PkParameterId
+    cv_percent: float
+
+
+class PkResidual(Cited):
+    proportional_cv_percent: float
+    additive_mmol_l: float
+
+
+class PkBaseline(Cited):
+    """Endogenous serum Mg added to the exogenous part; the prior when no pre-dose level is known."""
+
+    value: float
+    unit: str
+    cv_percent: float
+
+
+class PkCovariate(Cited):
+    """renal: CL x (1 - f + f x CrCl/reference); weight: P x (WT/reference)^exponent."""
+
+    parameter: PkParameterId
+    kind: Literal["renal", "weight"]
+    reference: float
+    unit: str
+    exponent: float | None = None
+    renal_fraction: float | None = None
+
+
+class PkModel(Cited):
+    id: str
+    name: str
+    structure: Literal["one_compartment", "two_compartment"]
+    population: str
+    n: int
+    parameters: tuple[PkParameter, ...]
+    iiv: tuple[PkVariability, ...]
+    residual: PkResidual
+    baseline: PkBaseline
+    covariates: tuple[PkCovariate, ...] = ()
+    applied: bool = True
+    not_applied_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _complete_and_checked(self) -> PkModel:
+        need = _STRUCTURE_PARAMS[self.structure]
+        have = {p.id for p in self.parameters}
+        if have != need:
+            raise ValueError(f"pk model {self.id}: {self.structure} needs parameters {sorted(need)}, "
+                             f"has {sorted(have)}")
+        if self.applied and any(p.source.verification not in ("V", "S") for p in self.parameters):
+            raise ValueError(f"pk model {self.id}: a typical value that was not verified must not be applied")
+        if not self.applied and not self.not_applied_reason:
+            raise ValueError(f"pk model {self.id}: say why it is not applied")
+        for c in self.covariates:
+            if c.kind == "renal" and c.renal_fraction is None:
+                raise ValueError(f"pk model {self.id}: a renal covariate needs renal_fraction")
+            if c.kind == "weight" and c.exponent is None:
+                raise ValueError(f"pk model {self.id}: a weight covariate needs exponent")
+        return self
+
+
+class PkFile(Strict):
+    version: str
+    default_model: str
+    toxicity_threshold_id: str
+    models: tuple[PkModel, ...]
+    settings: tuple[Threshold, ...]
+
+    @model_validator(mode="after")
+    def _default_is_applied(self) -> PkFile:
+        model = next((m for m in self.models if m.id == self.default_model), None)
+        if model is None or not model.applied:
+            raise ValueError(f"default pk model {self.default_model!r} is missing or not applied")
+        return self
+
+
+
 MagnesiumFile.model_rebuild()
 
 FILES: dict[str, type[Strict]] = {
@@ -367,4 +464,6 @@ FILES: dict[str, type[Strict]] = {
     "regimens.yaml": RegimensFile,
     "kidney.yaml": KidneyFile,
     "surveillance.yaml": SurveillanceFile,
+    "pk.yaml": PkFile,
 }
+
