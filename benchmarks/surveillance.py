@@ -5,6 +5,7 @@ Run from the repository root with the project venv active::
     python benchmarks/surveillance.py                        # 1k, 10k, 100k patients, with peers
     python benchmarks/surveillance.py --sizes 1000,10000     # chosen sizes
     python benchmarks/surveillance.py --quick                # 1k only
+    python benchmarks/surveillance.py --repeat 3             # fastest of 3 mgaki runs per size (shared machine)
     python benchmarks/surveillance.py --sizes 200 --no-peers # smoke run (what the test does)
 
 Per size, three processes so that each peak memory is its own (``resource.getrusage`` in the child):
@@ -271,6 +272,21 @@ def child_mgaki(data: Path, out: Path, progress: str | None) -> None:
     }, out)
 
 
+def _best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of repeated mgaki runs (least disturbed by other jobs), with every run's numbers kept.
+
+    Peak memory is the largest of all runs: memory does not get smaller by repeating.
+    """
+    if "error" in runs[-1]:
+        return runs[-1] | {"runs_before_error": len(runs) - 1}
+    best = dict(min(runs, key=lambda r: r["surveil_s"]))
+    best["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
+    best["surveil_peak_rss_gb"] = max((r["surveil_peak_rss_gb"] or 0.0) for r in runs) or None
+    best["runs"] = [{k: r[k] for k in ("ingest_s", "surveil_s", "creatinine_staging_s", "creat_uo_s",
+                                       "peak_rss_gb")} for r in runs]
+    return best
+
+
 def _duckdb_threads() -> int | None:
     from mgaki.events.normalize import connect
 
@@ -389,6 +405,11 @@ def print_report(res: dict[str, Any]) -> None:
               f"{_fmt(mg.get('creat_uo_s'), '.2f'):>7} {_fmt(a.get('seconds'), '.1f'):>9} "
               f"{_fmt(r.get('akiflagger'), '.1f'):>6} {_fmt(p.get('seconds'), '.1f'):>7}{ptag} "
               f"{_fmt(r.get('pyaki'), '.1f'):>6}")
+    for s in res["sizes"]:
+        runs = s.get("mgaki", {}).get("runs", [])
+        if len(runs) > 1:
+            print(f"  {s['patients']:,}: fastest of {len(runs)} mgaki runs; surveil s of each: "
+                  + ", ".join(f"{r['surveil_s']:.1f}" for r in runs))
     print("\nevents/s = events rows / surveillance wall time; peak GB = mgaki child (ingest + surveillance), "
           "surv GB = surveillance phase alone;\nCr s = stages up to kdigo_creatinine, Cr+UO s = up to kdigo_urine; "
           "ratio = peer seconds / that mgaki time; * = pyaki extrapolated from a subsample")
@@ -458,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds a peer may take at one size; bigger sizes are skipped (default 300)")
     ap.add_argument("--pyaki-sample", type=int, default=1000,
                     help="above this many patients, pyaki runs on a random subsample of it and is extrapolated")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="mgaki runs per size; the fastest is reported, all are kept in the JSON (default 1)")
     ap.add_argument("--child-timeout", type=float, default=3600.0, help="seconds per generation/mgaki child")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/surveillance-<date>.json)")
     ap.add_argument("--child", choices=["generate", "mgaki"], help=argparse.SUPPRESS)
@@ -502,7 +525,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{datetime.now().astimezone():%H:%M:%S}] {n:,} patients: {gen['events']:,} events generated "
                   f"in {gen['seconds']:.1f} s; mgaki ingest + surveillance ...", file=sys.stderr, flush=True)
-            mg = entry["mgaki"] = _child(["--child", "mgaki", *common], args.child_timeout)
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(_child(["--child", "mgaki", *common], args.child_timeout))
+                if "error" in runs[-1]:
+                    break
+            mg = entry["mgaki"] = _best_run(runs)
             if "error" in mg:
                 failed = True
             else:
