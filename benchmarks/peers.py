@@ -28,14 +28,14 @@ from peers_env import ensure_peer_env, run_in_peer_env
 __all__ = ["time_akiflagger", "time_pyaki"]
 
 
-def time_akiflagger(creat_df_path: str | Path) -> float:
+def time_akiflagger(creat_df_path: str | Path, timeout: float = 1800) -> float:
     """Seconds akiflagger takes to flag every row of a creatinine table (stay_id, charttime, creat)."""
-    return float(run_in_peer_env(["time-akiflagger", str(creat_df_path)])["seconds"])
+    return float(run_in_peer_env(["time-akiflagger", str(creat_df_path)], timeout=timeout)["seconds"])
 
 
-def time_pyaki(dir: str | Path) -> float:
+def time_pyaki(dir: str | Path, timeout: float = 1800) -> float:
     """Seconds pyaki takes on a directory in its CLI layout (creatinine/urineoutput/demographics[/rrt])."""
-    return float(run_in_peer_env(["time-pyaki", str(dir)])["seconds"])
+    return float(run_in_peer_env(["time-pyaki", str(dir)], timeout=timeout)["seconds"])
 
 
 def main() -> None:
