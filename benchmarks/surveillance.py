@@ -454,8 +454,8 @@ def print_report(res: dict[str, Any]) -> None:
             print(f"  {s['patients']:,}: fastest of {len(runs)} mgaki runs; surveil s of each: "
                   + ", ".join(f"{r['surveil_s']:.1f}" for r in runs))
     print("\nevents/s = events rows / surveillance wall time; peak GB = mgaki child (ingest + surveillance), "
-          "surv GB = surveillance phase alone;\nCr s / Cr+UO s = mgaki's whole pipeline (store read + all stages) on exactly the rows "
-          "akiflagger / pyaki get (creatinine; creatinine + urine + weights);\n"
+          "surv GB = surveillance phase alone;\nCr s / Cr+UO s = mgaki's whole pipeline (store read + all stages) "
+          "on exactly the rows akiflagger / pyaki get (creatinine; creatinine + urine + weights);\n"
           "ratio = peer seconds / that mgaki time; * = pyaki extrapolated from a subsample")
     for s in res["sizes"]:
         for key in ("mgaki", "generate"):
