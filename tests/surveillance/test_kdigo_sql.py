@@ -78,3 +78,18 @@ def test_urine_output_without_weight_is_not_staged(tmp_path: Path) -> None:
     res = run(store)
     rows = [r for r in res.tables["kdigo_urine"].to_pylist() if r["subject_id"] in no_weight]
     assert all(r["stage"] is None and r["criterion"] == "no_weight" for r in rows)
+
+
+def test_only_the_stages_an_output_needs_run(tmp_path: Path) -> None:
+    tables = random_cohort(40, seed=9)
+    store = EventStore(tmp_path)
+    store.append(tables)
+    full = run(store)
+    only = run(store, outputs=("kdigo_creatinine",))
+    assert set(only.tables) == {"kdigo_creatinine"}
+    assert "uo_win" not in only.seconds and "alerts" not in only.seconds and "cr_win" in only.seconds
+    key = ["subject_id", "time", "value"]
+    assert only.tables["kdigo_creatinine"].sort_by([(k, "ascending") for k in key]).equals(
+        full.tables["kdigo_creatinine"].sort_by([(k, "ascending") for k in key]))
+    with pytest.raises(ValueError, match="unknown surveillance output"):
+        run(store, outputs=("kdigo",))

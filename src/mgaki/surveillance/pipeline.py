@@ -29,7 +29,7 @@ from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "SurveillanceResult", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "SurveillanceResult", "last_use", "needed", "run", "studies_table", "surveil"]
 
 OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes", "mg_trajectory",
            "evidence_flags", "alerts")
@@ -84,18 +84,25 @@ def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
 
 
 def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetime | None = None,
-        kb: KnowledgeBase | None = None, progress: Progress | None = None) -> SurveillanceResult:
-    """Compute every output table for `subjects` (default: everyone) from the store's events."""
+        kb: KnowledgeBase | None = None, progress: Progress | None = None,
+        outputs: Iterable[str] = OUTPUTS) -> SurveillanceResult:
+    """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
+
+    Only the stages the requested outputs depend on run: `outputs=("kdigo_creatinine",)` stages
+    creatinine and nothing else.
+    """
     kb = kb or load()
     con = store.connect()
     try:
-        return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress)
+        return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress,
+                    tuple(outputs))
     finally:
         con.close()
 
 
 def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
-         as_of: datetime | None, progress: Progress | None) -> SurveillanceResult:
+         as_of: datetime | None, progress: Progress | None,
+         outputs: tuple[str, ...] = OUTPUTS) -> SurveillanceResult:
     as_of = as_of or _as_of(con)
     as_of_epoch = int(as_of.replace(tzinfo=UTC).timestamp()) if as_of else OPEN_END
     if subjects is not None:
@@ -105,8 +112,11 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
             con.execute(f'CREATE VIEW "{t}" AS SELECT * FROM "all_{t}" '
                         "WHERE subject_id IN (SELECT subject_id FROM affected)")
     con.register("studies", studies_table(kb))
-    plan = stages(kb, DUCKDB, as_of_epoch)
-    done_after = last_use(plan)
+    unknown = set(outputs) - set(OUTPUTS)
+    if unknown:
+        raise ValueError(f"unknown surveillance output(s) {sorted(unknown)}; known: {', '.join(OUTPUTS)}")
+    plan = needed(stages(kb, DUCKDB, as_of_epoch), outputs)
+    done_after = last_use(plan, outputs)
     seconds: dict[str, float] = {}
     for i, st in enumerate(plan):
         t0 = _time.perf_counter()
@@ -117,18 +127,31 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
         if progress:
             progress(st.name, i + 1, len(plan))
     tables = {RESULT_NAMES.get(n, n): _drop_internal(con.sql(f'SELECT * FROM "{n}"').to_arrow_table())
-              for n in OUTPUTS}
-    return SurveillanceResult(tables, tables["alerts"], len(subjects) if subjects is not None else -1,
-                              as_of, seconds)
+              for n in outputs}
+    alerts = tables["alerts"] if "alerts" in tables else pa.table({})
+    return SurveillanceResult(tables, alerts, len(subjects) if subjects is not None else -1, as_of, seconds)
 
 
-def last_use(plan: list[Stage]) -> dict[str, list[str]]:
+def _reads(st: Stage, other: Stage) -> bool:
+    return other.name != st.name and re.search(rf'(?<![\w"]){re.escape(other.name)}(?![\w"])', st.sql) is not None
+
+
+def needed(plan: list[Stage], outputs: Iterable[str]) -> list[Stage]:
+    """The stages the outputs depend on, in plan order."""
+    want = set(outputs)
+    for st in reversed(plan):
+        if st.name in want:
+            want.update(o.name for o in plan if _reads(st, o))
+    return [st for st in plan if st.name in want]
+
+
+def last_use(plan: list[Stage], outputs: Iterable[str] = OUTPUTS) -> dict[str, list[str]]:
     """For each stage, the intermediate tables whose last reader it is (outputs are kept)."""
-    keep = set(OUTPUTS)
+    keep = set(outputs)
     last: dict[str, str] = {}
     for st in plan:
         for other in plan:
-            if other.name != st.name and re.search(rf'(?<![\w"]){re.escape(other.name)}(?![\w"])', st.sql):
+            if _reads(st, other):
                 last[other.name] = st.name
     out: dict[str, list[str]] = {}
     for name, reader in last.items():
