@@ -113,6 +113,10 @@ from mgaki import cli_cohort  # noqa: E402 - cohort commands live in their own m
 
 cli_cohort.register(app)
 
+from mgaki import cli_research  # noqa: E402 - research commands live in their own module
+
+cli_research.register(app)
+
 
 def main() -> None:
     app()
