@@ -116,6 +116,10 @@ from mgaki import cli_pk  # noqa: E402 - `mgaki pk` lives in its own module
 
 cli_pk.register(app)
 
+from mgaki import cli_research  # noqa: E402 - research commands live in their own module
+
+cli_research.register(app)
+
 
 def main() -> None:
     app()

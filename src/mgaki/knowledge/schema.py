@@ -205,6 +205,9 @@ class Study(Cited):
     min_age_years: float | None = None  # the study's population was this old or older
     not_in_contexts: tuple[str, ...] = ()  # contexts in which its association does not hold
     in_review_table1: bool = True
+    # the study's full exposure categories (research analytics, mgaki.research), and its reference category
+    exposure_bands: tuple[RiskRegion, ...] = ()
+    reference_band: str | None = None
     applied: bool = True
     not_applied_reason: str | None = None
 
@@ -214,6 +217,8 @@ class Study(Cited):
             raise ValueError(f"study {self.id}: an unverified cut-off must not be applied")
         if not self.applied and not self.not_applied_reason:
             raise ValueError(f"study {self.id}: say why it is not applied")
+        if self.reference_band is not None and self.reference_band not in {b.label for b in self.exposure_bands}:
+            raise ValueError(f"study {self.id}: reference_band {self.reference_band!r} is not an exposure band")
         return self
 
 

@@ -89,8 +89,12 @@ def _uniform_noise(rng: np.random.Generator, half: F | float, n: int) -> F:
 
 
 def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1, 1, tzinfo=UTC), *,
-             events_per_patient: float | None = None, params: SynthParams | None = None) -> Cohort:
+             events_per_patient: float | None = None, params: SynthParams | None = None,
+             plant_mg_aki: bool = False) -> Cohort:
     """A deterministic synthetic cohort of ``n_patients`` admissions (one per patient).
+
+    ``plant_mg_aki`` makes the AKI odds depend on the admission-Mg band with the
+    known ORs of ``planted_mg_aki`` in the parameter file (docs/synthetic.md).
 
     ``start`` is the earliest admission (naive values are taken as UTC); admissions
     spread over ``admission_spread_days``. ``events_per_patient`` (default from the
@@ -100,12 +104,16 @@ def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1,
         raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
     if start.tzinfo is not None:
         start = start.astimezone(UTC).replace(tzinfo=None)
-    return _Generator(n_patients, seed, start, params or load_params(), events_per_patient).run()
+    p = params or load_params()
+    if plant_mg_aki and p.planted_mg_aki is None:
+        raise ValueError("plant_mg_aki needs a planted_mg_aki section in the synth parameters")
+    return _Generator(n_patients, seed, start, p, events_per_patient, plant_mg_aki).run()
 
 
 class _Generator:
-    def __init__(self, n: int, seed: int, start: datetime, p: SynthParams, target: float | None) -> None:
-        self.n, self.seed, self.p = n, seed, p
+    def __init__(self, n: int, seed: int, start: datetime, p: SynthParams, target: float | None,
+                 plant: bool = False) -> None:
+        self.n, self.seed, self.p, self.plant = n, seed, p, plant
         self.rng = np.random.default_rng(seed)
         self.kb = load()
         self.start_s = int((start - datetime(1970, 1, 1)).total_seconds())  # noqa: DTZ001 (naive UTC epoch)
@@ -206,6 +214,8 @@ class _Generator:
         self.mg0 = p.draw(rng, "mg_baseline", n)
         self.fall_start = p.draw(rng, "mg_fall_start_h", n)
         self.fall_end = self.fall_start + p.draw(rng, "mg_fall_h", n)
+        if self.plant:
+            self._plant_admission_mg()
         self.coupled = self.hypo & (rng.random(n) < p.value("coupled_share"))
         self.k0 = p.draw(rng, "potassium_baseline", n)
         self.ca0 = p.draw(rng, "calcium_baseline", n)
@@ -236,12 +246,33 @@ class _Generator:
             cover = self.gap & self.drug_on[name]
             self.drug_end[name] = np.where(cover, np.maximum(self.drug_end[name], self.gap_end), self.drug_end[name])
 
+    def _plant_admission_mg(self) -> None:
+        """Latent admission Mg drawn band by band (planted mode); low values are admission hypomagnesemia."""
+        pm = self.p.planted_mg_aki
+        assert pm is not None
+        shares = np.array([b.share for b in pm.bands])
+        self.band = self.rng.choice(len(pm.bands), size=self.n, p=shares)
+        lo = np.array([b.draw[0] for b in pm.bands])[self.band]
+        hi = np.array([b.draw[1] for b in pm.bands])[self.band]
+        self.mg_adm = lo + self.rng.random(self.n) * (hi - lo)
+        self.band_or = np.array([b.odds_ratio for b in pm.bands])[self.band]
+        self.hypo = self.hypo_adm = self.mg_adm < self.kb.magnesium.reference_range.low
+        self.hypo_fall = np.zeros(self.n, bool)  # no falling pattern: the admission value is the exposure
+        self.mg0 = self.mg_adm
+        self.mg_nadir = np.where(self.hypo, self.mg_adm, self.mg_nadir)
+
     def _aki_plan(self) -> None:
         p, rng, n = self.p, self.rng, self.n
         prob = self._by("aki_prob")
-        prob = np.where(self.hypo_adm, prob * p.value("aki_rr_hypomagnesemia"), prob)
-        prob = np.where(self.nephrotoxic, prob * p.value("aki_rr_nephrotoxic"), prob)
-        self.aki = ~self.ckd_high & (rng.random(n) < np.minimum(prob, p.value("aki_prob_max")))
+        if self.plant:  # logistic: context logit + ln OR(band) + ln RR(nephrotoxic) as a log-odds term
+            logit = np.log(prob / (1 - prob)) + np.log(self.band_or)
+            logit += np.where(self.nephrotoxic, np.log(p.value("aki_rr_nephrotoxic")), 0.0)
+            prob = 1.0 / (1.0 + np.exp(-logit))
+        else:
+            prob = np.where(self.hypo_adm, prob * p.value("aki_rr_hypomagnesemia"), prob)
+            prob = np.where(self.nephrotoxic, prob * p.value("aki_rr_nephrotoxic"), prob)
+            prob = np.minimum(prob, p.value("aki_prob_max"))
+        self.aki = ~self.ckd_high & (rng.random(n) < prob)
         labels, idx = p.categorical(rng, "aki_stage", n)
         stage = np.where(self.aki, np.array([int(x) for x in labels])[idx], 0)
         self.olig = self.aki & self.icu & (rng.random(n) < p.value("oliguric_share_icu"))
@@ -374,6 +405,8 @@ class _Generator:
         keep = ~(self.gap[e] & (t > self.gap_start[e]) & (t < self.gap_end[e]))
         e, t = e[keep], t[keep]
         mg_noise = _uniform_noise(rng, p.value("mg_noise_abs"), e.size)
+        if self.plant:  # the admission value carries no lab noise, so its band is the planted one
+            mg_noise[np.r_[True, e[1:] != e[:-1]] if e.size else np.zeros(0, bool)] = 0.0
         self._plan_repletion(e, t, self._mg(e, t, repletion=False) + mg_noise)
         mg = self._mg(e, t, repletion=True)
         streams.append(_Stream(e, t, "magnesium", mg + mg_noise))
@@ -681,7 +714,17 @@ class _Generator:
             "k_ca_coupled": pa.array(self.coupled),
             "mg_monitoring_gap": pa.array(self.gap), "mg_gap_start": ts(self.gap_start, self.gap),
             "mg_gap_end": ts(self.gap_end, self.gap),
+            **self._planted_truth(),
         }).slice(0, n)
+
+    def _planted_truth(self) -> dict[str, pa.Array]:
+        if not self.plant:
+            return {}
+        pm = self.p.planted_mg_aki
+        assert pm is not None
+        return {"mg_admission_planted": pa.array(self.mg_adm),
+                "mg_band_planted": pa.array([b.label for b in pm.bands]).take(pa.array(self.band)),
+                "planted_odds_ratio": pa.array(self.band_or)}
 
 
 def _source(table: str, n: int) -> pa.Array:

@@ -19,7 +19,7 @@ from mgaki.knowledge import load
 from mgaki.knowledge.schema import Cited, Strict
 from mgaki.units import normalize_unit
 
-__all__ = ["DrugSpec", "Param", "Site", "SiteUnit", "SynthParams", "load_params"]
+__all__ = ["DrugSpec", "Param", "PlantedBand", "PlantedMgAki", "Site", "SiteUnit", "SynthParams", "load_params"]
 
 Kind = Literal["value", "uniform", "normal", "lognormal", "categorical", "by", "by_range", "range"]
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -89,12 +89,44 @@ class RrtCode(Cited):
     code: str
 
 
+class PlantedBand(Strict):
+    """One admission-Mg band of the planted Mg-AKI association: where its values are drawn, its OR."""
+
+    label: str
+    draw: tuple[float, float]  # latent admission Mg (mg/dL), uniform; kept off the band edges (see docs)
+    share: float
+    odds_ratio: float
+
+
+class PlantedMgAki(Cited):
+    """Opt-in (generate(..., plant_mg_aki=True)): AKI odds depend on the admission-Mg band with known ORs."""
+
+    study: str  # evidence.yaml study whose exposure_bands these are
+    bands: tuple[PlantedBand, ...]
+
+    @model_validator(mode="after")
+    def _valid(self) -> PlantedMgAki:
+        if abs(sum(b.share for b in self.bands) - 1.0) > 1e-9:
+            raise ValueError("planted_mg_aki: band shares must sum to 1")
+        study = next((s for s in load().evidence.studies if s.id == self.study), None)
+        if study is None or [b.label for b in study.exposure_bands] != [b.label for b in self.bands]:
+            raise ValueError(f"planted_mg_aki: bands must be the exposure_bands of evidence study {self.study!r}")
+        for b, r in zip(self.bands, study.exposure_bands, strict=True):
+            lo, hi = b.draw
+            if not lo < hi or (r.lower is not None and lo <= r.lower) or (r.upper is not None and hi >= r.upper):
+                raise ValueError(f"planted_mg_aki: band {b.label!r} draws {b.draw} outside its bounds")
+            if b.odds_ratio <= 0:
+                raise ValueError(f"planted_mg_aki: band {b.label!r} needs a positive odds ratio")
+        return self
+
+
 class SynthParams(Strict):
     version: str
     sites: tuple[Site, ...]
     rrt_code: RrtCode
     drugs: tuple[DrugSpec, ...]
     params: tuple[Param, ...]
+    planted_mg_aki: PlantedMgAki | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SynthParams:

@@ -1,0 +1,170 @@
+"""Study configuration: inclusion/exclusion, exposures, outcomes and methods, with cited defaults.
+
+Every default is read from ``study.yaml`` (cited) or from the knowledge base by id,
+so a study's config file only names what it changes; an unknown key, covariate or
+outcome fails with its name rather than being ignored.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from itertools import pairwise
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from mgaki.errors import KnowledgeError
+from mgaki.knowledge import load
+from mgaki.knowledge.schema import Cited, RiskRegion, Source, Strict
+
+__all__ = ["COVARIATES", "OUTCOMES", "Band", "StudyConfig", "StudyDefaults", "bands", "load_config",
+           "study_defaults"]
+
+# covariates the cohort table provides (docs/research.md#covariates)
+COVARIATES = ("age", "sex", "egfr", "admission_creatinine", "icu", "context", "nephrotoxic")
+# binary outcomes the cohort table provides; death is not among them: the canonical model has no death field
+OUTCOMES = ("aki", "aki_stage2plus", "aki_over_48h", "akd_7d", "non_recovery")
+
+
+class Param(Cited):
+    id: str
+    value: float
+    unit: str
+    meaning: str
+
+
+class StudyDefaults(Strict):
+    version: str
+    params: tuple[Param, ...]
+    knot_quantiles: dict[str, tuple[float, ...]]
+    knot_source: Source
+
+    def value(self, param_id: str) -> float:
+        for p in self.params:
+            if p.id == param_id:
+                return p.value
+        raise KnowledgeError(f"research/study.yaml has no parameter {param_id!r}")
+
+
+@cache
+def study_defaults() -> StudyDefaults:
+    """The validated ``study.yaml`` (cached); KnowledgeError naming the problem if invalid."""
+    text = resources.files("mgaki.research").joinpath("study.yaml").read_text("utf-8")
+    try:
+        return StudyDefaults.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise KnowledgeError(f"research/study.yaml is invalid: {exc}") from exc
+
+
+def _d(param_id: str) -> Any:
+    return Field(default_factory=lambda: study_defaults().value(param_id))
+
+
+class StudyConfig(Strict):
+    """What `mgaki study` does; defaults reproduce Cheungpasitporn 2015's design on the canonical model."""
+
+    min_age_years: float | None = Field(default_factory=lambda: load().value("kdigo_pediatric_age_below"))
+    admission_window_hours: float = _d("admission_window_hours")
+    require_creatinine: bool = True
+    exclude_rrt_at_entry: bool = True
+    rrt_entry_hours: float = _d("rrt_entry_hours")
+    rrt_prior_days: float = _d("rrt_prior_days")
+    exclude_egfr_below: float | None = _d("eskd_egfr_below")
+    exclude_aki_at_entry: bool = True
+    band_study: str = "cheungpasitporn_2015"
+    outcomes: tuple[str, ...] = OUTCOMES
+    primary_outcome: str = "aki"
+    covariates: tuple[str, ...] = ("age", "sex", "egfr", "icu", "context", "nephrotoxic")
+    persistent_aki_hours: float = _d("persistent_aki_hours")
+    akd_days: float = _d("akd_days")
+    spline_knots: int = Field(default_factory=lambda: int(study_defaults().value("spline_knots")))
+    bootstrap_reps: int = Field(default_factory=lambda: int(study_defaults().value("bootstrap_reps")))
+    ci_level: float = _d("ci_level")
+    seed: int = 0
+    missing: Literal["complete_case"] = "complete_case"
+    time_varying_cox: bool = True
+
+    @field_validator("covariates")
+    @classmethod
+    def _known_covariates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in v if c not in COVARIATES]
+        if bad:
+            raise ValueError(f"unknown covariate(s) {bad}; choose from {list(COVARIATES)}")
+        return v
+
+    @field_validator("outcomes")
+    @classmethod
+    def _known_outcomes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in v if c not in OUTCOMES]
+        if bad:
+            hint = " (the canonical event model has no death field)" if "death" in bad else ""
+            raise ValueError(f"unknown outcome(s) {bad}{hint}; choose from {list(OUTCOMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        if self.primary_outcome not in self.outcomes:
+            raise ValueError(f"primary_outcome {self.primary_outcome!r} is not among outcomes {list(self.outcomes)}")
+        if str(self.spline_knots) not in study_defaults().knot_quantiles:
+            raise ValueError(f"spline_knots must be one of {sorted(study_defaults().knot_quantiles)}")
+        if not 0.5 < self.ci_level < 1.0:
+            raise ValueError(f"ci_level must lie between 0.5 and 1, got {self.ci_level}")
+        bands(self.band_study)  # the study must exist and carry exposure bands
+        return self
+
+    def knot_quantiles(self) -> tuple[float, ...]:
+        return study_defaults().knot_quantiles[str(self.spline_knots)]
+
+
+def load_config(path: Path | None) -> StudyConfig:
+    """Defaults, overridden by a YAML file's keys; errors name the file and the key."""
+    if path is None:
+        return StudyConfig()
+    try:
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise KnowledgeError(f"{path}: cannot read the study config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise KnowledgeError(f"{path}: a study config is a mapping of option: value")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise KnowledgeError(f"{path}: invalid study config: {exc}") from exc
+
+
+class Band(Strict):
+    """One exposure category in mg/dL with explicit bounds (None = open)."""
+
+    label: str
+    order: int
+    lower: float | None
+    upper: float | None
+    lower_inclusive: bool
+    upper_inclusive: bool
+    reference: bool
+
+
+def _band(i: int, r: RiskRegion, ref: str | None) -> Band:
+    if r.unit != "mg/dL":
+        raise KnowledgeError(f"exposure band {r.label!r}: unit {r.unit!r}, expected mg/dL")
+    return Band(label=r.label, order=i, lower=r.lower, upper=r.upper, lower_inclusive=not r.lower_exclusive,
+                upper_inclusive=r.upper_inclusive, reference=r.label == ref)
+
+
+def bands(study_id: str) -> tuple[Band, ...]:
+    """The study's exposure bands, checked to tile the Mg axis without gap or overlap."""
+    study = next((s for s in load().evidence.studies if s.id == study_id), None)
+    if study is None:
+        raise KnowledgeError(f"band_study {study_id!r} is not a study of evidence.yaml")
+    if not study.exposure_bands or study.reference_band is None:
+        raise KnowledgeError(f"study {study_id!r} has no exposure_bands/reference_band in evidence.yaml")
+    out = tuple(_band(i, r, study.reference_band) for i, r in enumerate(study.exposure_bands))
+    if out[0].lower is not None or out[-1].upper is not None:
+        raise KnowledgeError(f"{study_id}: exposure bands must start and end open")
+    for a, b in pairwise(out):
+        if a.upper != b.lower or a.upper_inclusive == b.lower_inclusive:
+            raise KnowledgeError(f"{study_id}: bands {a.label!r} and {b.label!r} leave a gap or overlap")
+    return out

@@ -1,0 +1,184 @@
+"""`mgaki study` as a function: surveillance outputs -> cohort -> statistics -> result (and report files).
+
+Every stage is timed and reported to an optional progress callback, so the CLI
+can draw a bar and the benchmark can print a per-stage table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mgaki.events import EventStore
+from mgaki.knowledge import KnowledgeBase, load
+from mgaki.research import stats
+from mgaki.research._config import StudyConfig
+from mgaki.research.cohort import StudyCohort, build_cohort, connect_tables
+from mgaki.units import convert
+
+__all__ = ["STAGES", "StudyResult", "run_study", "study_store", "versions", "write_outputs"]
+
+STAGES = ("surveillance", "cohort", "table1", "logistic", "spline", "roc", "cox")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class StudyResult:
+    config: StudyConfig
+    cohort: StudyCohort
+    table1_html: str
+    crude: dict[str, stats.BandFit]  # by outcome
+    adjusted: dict[str, stats.BandFit]
+    spline: stats.SplineResult
+    rocs: list[stats.RocResult]
+    cox: pd.DataFrame
+    cox_notes: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready digest: n, events, band ORs of the primary outcome, spline test, AUCs."""
+        o = self.config.primary_outcome
+        f = self.cohort.frame
+        return {
+            "n": len(f), "admissions": self.cohort.all_admissions,
+            "events": {k: int(f[k].astype("Float64").fillna(0).sum()) for k in self.config.outcomes},
+            "flow": [s.__dict__ for s in self.cohort.flow],
+            "primary_outcome": o,
+            "crude": _records(self.crude[o].table), "adjusted": _records(self.adjusted[o].table),
+            "adjusted_for": self.adjusted[o].adjusted_for,
+            "spline": {"knots": self.spline.knots, "lr_stat": self.spline.lr_stat, "df": self.spline.lr_df,
+                       "p_nonlinear": self.spline.p_nonlinear},
+            "roc": [{"predictor": r.name, "auc": r.auc, "auc_ci": r.auc_ci, "cutoff": r.cutoff,
+                     "sensitivity": r.sensitivity, "specificity": r.specificity} for r in self.rocs],
+            "cox": _records(self.cox), "seconds": self.seconds, "notes": self.notes,
+        }
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in df.to_dict("records")]
+
+
+def versions() -> dict[str, str]:
+    """Versions of mgaki, its knowledge and the statistical libraries: the report's reproducibility line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"mgaki": version("mgaki"), "knowledge": load().version}
+    for pkg in ("statsmodels", "lifelines", "scikit-learn", "tableone", "pandas", "numpy", "scipy", "duckdb",
+                "pyarrow", "altair", "vl-convert-python"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def study_store(store: EventStore, config: StudyConfig | None = None, progress: Progress | None = None,
+                kb: KnowledgeBase | None = None) -> StudyResult:
+    """The whole study over an event store: surveillance is computed fresh (full run) from its events."""
+    from mgaki.surveillance import run
+
+    t0 = time.perf_counter()
+    res = run(store, kb=kb)
+    took = time.perf_counter() - t0
+    if progress:
+        progress("surveillance", 1, len(STAGES))
+    con = store.connect()
+    try:
+        out = run_study(con, res.tables, config, progress, kb)
+    finally:
+        con.close()
+    out.seconds = {"surveillance": took, **out.seconds}
+    return out
+
+
+def run_study(con: duckdb.DuckDBPyConnection | dict[str, pa.Table], results: dict[str, pa.Table],
+              config: StudyConfig | None = None, progress: Progress | None = None,
+              kb: KnowledgeBase | None = None) -> StudyResult:
+    """Cohort and statistics from canonical tables (a DuckDB connection or Arrow tables) and surveillance outputs."""
+    config = config or StudyConfig()
+    kb = kb or load()
+    if isinstance(con, dict):
+        con = connect_tables(con)
+    seconds: dict[str, float] = {}
+    step = [1]
+
+    def tick(name: str, t0: float) -> None:
+        seconds[name] = time.perf_counter() - t0
+        step[0] += 1
+        if progress:
+            progress(name, step[0], len(STAGES))
+
+    t0 = time.perf_counter()
+    cohort = build_cohort(con, results, config, kb)
+    tick("cohort", t0)
+    f = cohort.frame
+    o = config.primary_outcome
+    notes = [
+        "Missing data: complete-case analysis; each model's n and the number of admissions it left out are shown.",
+        "Death is not analysed: the canonical event model (mgaki.events.schema) has no death field.",
+        "Time-weighted mean Mg covers the whole admission, including time after AKI onset: it is descriptive, "
+        "not a pre-outcome exposure.",
+    ]
+    if len(f) == 0:
+        raise ValueError("the study cohort is empty after inclusion/exclusion: see the cohort flow")
+    t0 = time.perf_counter()
+    table1_html, _ = stats.table_one(f, o)
+    tick("table1", t0)
+    t0 = time.perf_counter()
+    crude = {k: stats.band_odds_ratios(f, k, cohort.bands, (), config.ci_level) for k in config.outcomes}
+    adjusted = {k: stats.band_odds_ratios(f, k, cohort.bands, config.covariates, config.ci_level)
+                for k in config.outcomes}
+    tick("logistic", t0)
+    t0 = time.perf_counter()
+    ref = next(b for b in cohort.bands if b.reference)
+    ref_mg = ((ref.lower or 0.0) + (ref.upper or 0.0)) / 2 if ref.lower is not None and ref.upper is not None \
+        else float(np.median(f["admission_mg"]))
+    spline = stats.spline_curve(f, o, config.knot_quantiles(), ref_mg, config.covariates, config.ci_level)
+    tick("spline", t0)
+    t0 = time.perf_counter()
+    rocs = []
+    y = f[o].astype("Float64")
+    ok = y.notna().to_numpy()
+    for name, direction in (("admission Mg (lower = positive)", "low"), ("admission Mg (higher = positive)", "high")):
+        try:
+            rocs.append(stats.roc_youden(name, y[ok].to_numpy(int), f.loc[ok, "admission_mg"].to_numpy(float),
+                                         direction, config.bootstrap_reps, config.seed, config.ci_level))
+        except ValueError as exc:
+            notes.append(str(exc))
+    tick("roc", t0)
+    t0 = time.perf_counter()
+    rr = kb.magnesium.reference_range
+    lo, hi = (convert(x, "magnesium", rr.unit, "mg/dL") for x in (rr.low, rr.high))
+    if config.time_varying_cox:
+        cox, cox_notes = stats.cox_time_varying(cohort.time_varying, f, lo, hi, config.covariates, config.ci_level)
+    else:
+        cox, cox_notes = pd.DataFrame(columns=["term", "hr", "lo", "hi", "p"]), ["time-varying Cox not requested"]
+    tick("cox", t0)
+    return StudyResult(config, cohort, table1_html, crude, adjusted, spline, rocs, cox, cox_notes, seconds, notes)
+
+
+def write_outputs(result: StudyResult, out: Path) -> dict[str, Path]:
+    """cohort.parquet, summary.json, figures/*.png and report.html under ``out``."""
+    import json
+
+    from mgaki.research.report import render_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"cohort": out / "cohort.parquet", "summary": out / "summary.json"}
+    frame = result.cohort.frame.copy()
+    frame["mg_band"] = frame["mg_band"].astype("string")
+    frame.to_parquet(paths["cohort"], index=False)
+    paths["summary"].write_text(json.dumps(result.summary(), indent=1, default=str) + "\n", encoding="utf-8")
+    paths.update(render_report(result, out))
+    return paths
+

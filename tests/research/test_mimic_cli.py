@@ -1,0 +1,51 @@
+"""`mgaki study` end to end on the MIMIC-IV demo subset (tiny: it runs and reports its n) and on bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mgaki.cli import app
+
+MIMIC = Path(__file__).parents[1] / "data" / "mimic-iv-demo-subset"
+runner = CliRunner()
+
+
+def test_study_runs_end_to_end_on_the_mimic_subset(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["ingest", str(MIMIC), "--store", str(store)]).exit_code == 0
+    out = tmp_path / "study"
+    r = runner.invoke(app, ["study", "--store", str(store), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    flow = summary["flow"]
+    assert flow[0]["label"] == "hospital admissions" and flow[0]["remaining"] == summary["admissions"] > 0
+    assert summary["n"] == flow[-1]["remaining"] and 0 < summary["n"] < summary["admissions"]
+    assert sum(s["excluded"] for s in flow) == summary["admissions"] - summary["n"]
+    assert summary["events"]["aki"] <= summary["n"]
+    assert len(summary["crude"]) == 6 and [b["band"] for b in summary["crude"]][3] == "1.9-2.1"
+    assert sum(b["n"] for b in summary["crude"]) == summary["n"]
+    html = (out / "report.html").read_text()
+    assert "Cohort flow" in html and "no death field" in html and "statsmodels" in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html  # self-contained
+    assert (out / "figures" / "forest.png").stat().st_size > 1000 and (out / "cohort.parquet").exists()
+    # the human-readable form prints the band table and the report path
+    r2 = runner.invoke(app, ["study", "--store", str(store), "--out", str(tmp_path / "s2")])
+    assert r2.exit_code == 0 and "1 (ref)" in r2.output
+    assert re.search(r"n = \d+", r2.output)
+
+
+def test_study_bad_input_exits_2_naming_the_problem(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["study", "--store", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "no event store" in " ".join(r.output.split())
+    (tmp_path / "store" / "events").mkdir(parents=True)
+    bad = tmp_path / "c.yaml"
+    bad.write_text("outcomes: [aki, death]\n")
+    r = runner.invoke(app, ["study", "--store", str(tmp_path / "store"), "--config", str(bad)])
+    assert r.exit_code == 2 and "no death field" in " ".join(r.output.split())
+    bad.write_text("covariates: [age, bmi]\n")
+    r = runner.invoke(app, ["study", "--store", str(tmp_path / "store"), "--config", str(bad)])
+    assert r.exit_code == 2 and "bmi" in r.output
