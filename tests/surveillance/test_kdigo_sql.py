@@ -87,7 +87,7 @@ def test_only_the_stages_an_output_needs_run(tmp_path: Path) -> None:
     full = run(store)
     only = run(store, outputs=("kdigo_creatinine",))
     assert set(only.tables) == {"kdigo_creatinine"}
-    assert "uo_win" not in only.seconds and "alerts" not in only.seconds and "cr_win" in only.seconds
+    assert "uo_win" not in only.seconds and "alerts" not in only.seconds and "baseline" in only.seconds
     key = ["subject_id", "time", "value"]
     assert only.tables["kdigo_creatinine"].sort_by([(k, "ascending") for k in key]).equals(
         full.tables["kdigo_creatinine"].sort_by([(k, "ascending") for k in key]))

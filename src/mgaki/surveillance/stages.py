@@ -96,33 +96,34 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
 
     # --- KDIGO creatinine ------------------------------------------------------------------
     # Identical results count once; the windows hold strictly earlier values (1 PRECEDING).
-    add("cr", """
+    cr = """
         SELECT DISTINCT c.subject_id, c.encounter_id, c.time, c.t, c.value,
                b.preadmission_baseline AS baseline, r.first_rrt_t
         FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc WHERE analyte = 'creatinine') c
         LEFT JOIN baseline b ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
-        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id""")
-    add("cr_win", f"""
+        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id"""
+    # One statement from the windows to the stage (nested selects, no intermediate tables).
+    win = f"""
         SELECT *,
           MIN(value) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN {w48} PRECEDING AND 1 PRECEDING)
             AS min48,
           MIN(value) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN {w7d} PRECEDING AND 1 PRECEDING)
-            AS min7d
-        FROM cr""")
-    add("cr_ref", """
+            AS min7d,
+          MIN(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
+                           RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run_min
+        FROM ({cr}) c"""
+    ref = f"""
         SELECT *,
           CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN min7d
                ELSE baseline END AS reference,
           CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d'
                WHEN baseline IS NOT NULL THEN 'preadmission_median'
                ELSE 'none' END AS reference_method,
-          COALESCE(baseline, MIN(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
-                                              RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
-            AS recovery_baseline,
+          COALESCE(baseline, run_min) AS recovery_baseline,
           CASE WHEN baseline IS NOT NULL THEN 'preadmission_median' ELSE 'lowest_in_encounter_so_far' END
             AS recovery_baseline_method
-        FROM cr_win""")
-    add("cr_stage0", f"""
+        FROM ({win}) w"""
+    stage0 = f"""
         SELECT *,
           CASE WHEN min48 IS NOT NULL AND value - min48 >= {v('kdigo_abs_rise')} - {_EPS} THEN 1 ELSE 0 END
             AS abs_stage,
@@ -130,7 +131,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                WHEN value / reference >= {ratio3} - {_EPS} THEN 3
                WHEN value / reference >= {ratio2} - {_EPS} THEN 2
                WHEN value / reference >= {ratio1} - {_EPS} THEN 1 ELSE 0 END AS ratio_stage
-        FROM cr_ref""")
+        FROM ({ref}) r"""
     add("kdigo_creatinine", f"""
         SELECT subject_id, encounter_id, time, t, value, reference, reference_method,
                value / reference AS ratio, value - min48 AS rise_48h, recovery_baseline, recovery_baseline_method,
@@ -142,7 +143,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                     AND GREATEST(abs_stage, ratio_stage) < 3 THEN 'scr_ge_4_during_aki'
                WHEN ratio_stage > abs_stage THEN 'ratio_' || reference_method
                WHEN abs_stage = 1 THEN 'rise_0.3_48h' END AS criterion
-        FROM cr_stage0""", output=True)
+        FROM ({stage0}) s""", output=True)
 
     # --- KDIGO urine output ----------------------------------------------------------------
     # Volumes charted at the same time are summed (two drains, one hour); each charted volume
