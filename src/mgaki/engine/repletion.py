@@ -305,8 +305,8 @@ def predict_plan(kb: KnowledgeBase, plan: Plan, mg_mg_dl: float | None, weight_k
     pop = population(None, Covariates(weight_kg=weight_kg, crcl_ml_min=crcl_ml_min), baseline_mg_dl=mg_mg_dl, kb=kb)
     notes += list(pop.notes)
     horizon = max(24.0, reg.end_h + (plan.recheck_in_h or 0.0))
-    times = time_grid(reg, horizon, kb=kb)
-    pred = simulate(pop, reg, times, seed=seed, kb=kb)
+    times = time_grid(reg, horizon, kb=kb, step_h=kb.value("pk_grid_step_hours_bedside"))
+    pred = simulate(pop, reg, times, n=int(kb.value("pk_mc_samples_bedside")), seed=seed, kb=kb)
     _, tox = toxicity_level_mg_dl(target_high_mg_dl or 0.0, kb)  # above a therapeutic range (eclampsia)
     first_end = reg.start_h[0] + reg.duration_h[0]
     after = pred.times_h >= first_end

@@ -31,10 +31,11 @@ def concentrations(pop: PopModel, regimen: Regimen, times_h: Array, eta: Array) 
     return np.asarray(p["baseline"][..., None] + exo, dtype=np.float64)
 
 
-def time_grid(regimen: Regimen, horizon_h: float | None = None, kb: KnowledgeBase | None = None) -> Array:
+def time_grid(regimen: Regimen, horizon_h: float | None = None, kb: KnowledgeBase | None = None,
+              step_h: float | None = None) -> Array:
     """Even grid (pk_grid_step_hours) from 0 to the horizon, plus every dose start and end (peaks sit there)."""
     kb = kb or load()
-    step = kb.value("pk_grid_step_hours")
+    step = kb.value("pk_grid_step_hours") if step_h is None else step_h
     end = horizon_h if horizon_h is not None else max(24.0, regimen.end_h + 12.0)
     s, _, d = regimen.arrays()
     pts = np.concatenate([np.arange(0.0, end + step / 2, step), s, s + d])
