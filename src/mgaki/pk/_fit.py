@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import minimize
 
 from mgaki.errors import InputError
 from mgaki.knowledge import KnowledgeBase, load
@@ -96,6 +95,8 @@ def fit_map(pop: PopModel, regimen: Regimen, times_h: Array, levels_mg_dl: Array
     y = y_mg * factor("magnesium", "mg/dL", "mmol/L")
     obj = _Objective(pop, regimen, t, y)
     bounds = [(-_BOUND_SD * w, _BOUND_SD * w) if w > 0 else (0.0, 0.0) for w in pop.omega]
+    from scipy.optimize import minimize  # imported here: scipy.optimize costs ~0.5 s at start-up
+
     res = minimize(obj.value_and_grad, np.zeros(pop.n_eta), jac=True, method="L-BFGS-B", bounds=bounds)
     eta = np.asarray(res.x, dtype=np.float64)
     free = ~obj.fixed
