@@ -120,6 +120,10 @@ from mgaki import cli_research  # noqa: E402 - research commands live in their o
 
 cli_research.register(app)
 
+from mgaki import cli_service  # noqa: E402 - `mgaki serve` lives in its own module
+
+cli_service.register(app)
+
 
 def main() -> None:
     app()

@@ -1,0 +1,97 @@
+"""Service configuration: a YAML file, then ``MGAKI_*`` environment variables on top.
+
+Why both: the file carries structured settings (tokens, CDS issuers), the environment
+lets a deployment override the database URL or data folder without editing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mgaki.errors import InputError
+
+__all__ = ["ROLES", "IssuerConfig", "Role", "ServiceConfig", "TokenConfig", "load_config"]
+
+Role = Literal["reader", "writer", "admin"]
+ROLES: tuple[Role, ...] = ("reader", "writer", "admin")
+
+
+class TokenConfig(BaseModel):
+    """A bearer token for the non-CDS endpoints and what its holder may do."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    token: str = Field(min_length=16)
+    roles: list[Role]
+
+
+class IssuerConfig(BaseModel):
+    """A CDS client allowed to call the hooks: its ``iss`` and how to get its keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    iss: str
+    jwks_url: str | None = None  # fetched (and cached) by PyJWKClient when a kid is not among `keys`
+    keys: list[dict[str, Any]] = []  # JWKs (public)
+    algorithms: list[str] = ["RS384", "ES384", "RS256", "ES256"]
+
+
+class ServiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data_dir: Path = Path("mgaki-data")
+    database_url: str | None = None  # default: sqlite file in data_dir
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tokens: list[TokenConfig] = []
+    cds_issuers: list[IssuerConfig] = []
+    cds_require_jwt: bool = True  # False only for local development
+    public_base_url: str | None = None  # the URL the EHR calls us by (JWT `aud`); default: the request's
+    jwt_max_lifetime_s: int = 3600  # exp - iat ceiling: refuses long-lived tokens
+    jwt_leeway_s: int = 30
+    surveil_on_ingest: bool = True
+    warm_up: bool = True
+
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mgaki.db').as_posix()}"
+
+
+_ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGAKI_HOST": "host",
+        "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
+        "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers"}
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
+                **overrides: Any) -> ServiceConfig:
+    """File (``path`` or ``$MGAKI_CONFIG``), then environment, then explicit overrides."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get("MGAKI_CONFIG")
+    if path:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(str(p), f"cannot read service config: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InputError(str(p), "service config must be a mapping")
+        data.update(loaded)
+    for var, key in _ENV.items():
+        if var in env:
+            val: Any = env[var]
+            if key in ("tokens", "cds_issuers"):
+                try:
+                    val = json.loads(val)
+                except json.JSONDecodeError as exc:
+                    raise InputError(var, f"not JSON: {exc.msg}") from exc
+            data[key] = val
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(str(path or "environment"), f"invalid service config: {exc}") from exc

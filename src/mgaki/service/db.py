@@ -1,0 +1,91 @@
+"""The service's own database (SQLite by default, PostgreSQL by URL): audit, alerts, CDS state.
+
+Events stay in the Parquet event store (mgaki.events); this database holds what the
+service must answer quickly or keep for accountability. Schema changes go through
+Alembic (``migrations/``); ``upgrade`` runs them at start-up.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+__all__ = ["METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "make_engine", "upgrade", "utcnow"]
+
+METADATA = sa.MetaData()
+
+audit = sa.Table(
+    "audit", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(20), nullable=False),  # read | write
+    sa.Column("endpoint", sa.String(200), nullable=False),
+    sa.Column("patient_id", sa.String(200)),
+    sa.Column("detail", sa.String(500)),
+)
+
+alerts = sa.Table(
+    "alerts", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("subject_id", sa.String(200), nullable=False, index=True),
+    sa.Column("encounter_id", sa.String(200)),
+    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column("time", sa.DateTime, nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("detail", sa.String(500)),
+    sa.Column("value", sa.Float),
+    sa.Column("emitted_at", sa.DateTime, nullable=False),
+)
+
+cds_jti = sa.Table(
+    "cds_jti", METADATA,
+    sa.Column("iss", sa.String(500), primary_key=True),
+    sa.Column("jti", sa.String(500), primary_key=True),
+    sa.Column("exp", sa.DateTime, nullable=False),
+)
+
+cds_feedback = sa.Table(
+    "cds_feedback", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("service", sa.String(100), nullable=False),
+    sa.Column("card", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("accepted", sa.String(2000)),
+    sa.Column("override_code", sa.String(200)),
+    sa.Column("outcome_at", sa.String(40), nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    """Naive UTC: stored the same way by SQLite and PostgreSQL ``timestamp`` columns."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine; SQLite files get their folder created and WAL mode for concurrent readers."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    eng = sa.create_engine(url, pool_pre_ping=True)
+    if eng.dialect.name == "sqlite":
+        @sa.event.listens_for(eng, "connect")
+        def _pragmas(dbapi_con: object, _rec: object) -> None:
+            cur = dbapi_con.cursor()  # type: ignore[attr-defined]
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+    return eng
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Run the Alembic migrations on ``engine`` (idempotent)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as con:
+        cfg.attributes["connection"] = con
+        command.upgrade(cfg, revision)

@@ -1,0 +1,106 @@
+"""Who may call: bearer tokens with roles for the API, signed JWTs for CDS Hooks.
+
+CDS Hooks 2.0 (Trusting CDS Clients): the client signs a JWT with ``iss``, ``aud``
+(the service URL it calls), ``exp``, ``iat`` and ``jti``; the service trusts only
+allow-listed issuers, verifies the signature with their published keys and refuses
+a ``jti`` it has seen before (replay).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+from jwt import PyJWKClient
+
+from mgaki.service.config import IssuerConfig, Role, ServiceConfig
+from mgaki.service.db import cds_jti, utcnow
+
+__all__ = ["AuthError", "Principal", "check_bearer", "verify_cds_jwt"]
+
+
+class AuthError(Exception):
+    """Refused credentials: answered 401 (``status`` 403 when the caller lacks the role)."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    roles: frozenset[str]
+
+
+def check_bearer(cfg: ServiceConfig, header: str | None, role: Role) -> Principal:
+    """The caller of a bearer-token endpoint, if its token is configured and holds ``role`` (or admin)."""
+    if not header or not header.lower().startswith("bearer "):
+        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    given = header[7:].strip().encode()
+    for t in cfg.tokens:
+        if hmac.compare_digest(given, t.token.encode()):
+            if role in t.roles or "admin" in t.roles:
+                return Principal(t.name, frozenset(t.roles))
+            raise AuthError(f"token {t.name!r} lacks the {role!r} role", 403)
+    raise AuthError("unknown bearer token")
+
+
+_JWKS: dict[str, PyJWKClient] = {}
+
+
+def _key(issuer: IssuerConfig, header: dict[str, Any]) -> Any:
+    kid = header.get("kid")
+    for k in issuer.keys:
+        if kid is None or k.get("kid") == kid:
+            return jwt.PyJWK.from_json(json.dumps(k)).key
+    if issuer.jwks_url:
+        client = _JWKS.setdefault(issuer.jwks_url, PyJWKClient(issuer.jwks_url, cache_keys=True))
+        try:
+            return client.get_signing_key(str(kid)).key if kid else client.get_signing_keys()[0].key
+        except jwt.PyJWKClientError as exc:
+            raise AuthError(f"no signing key for kid {kid!r} at the issuer's JWKS: {exc}") from exc
+    raise AuthError(f"no configured key for kid {kid!r}")
+
+
+def verify_cds_jwt(cfg: ServiceConfig, engine: sa.Engine, header: str | None, audience: str) -> str:
+    """The verified ``iss`` of a CDS Hooks call, or ``AuthError``; records the ``jti`` against replay."""
+    if not header or not header.lower().startswith("bearer "):
+        raise AuthError("missing CDS Hooks JWT (Authorization: Bearer <jwt>)")
+    token = header[7:].strip()
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        head = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"malformed JWT: {exc}") from exc
+    iss = unverified.get("iss")
+    issuer = next((i for i in cfg.cds_issuers if i.iss == iss), None)
+    if issuer is None:
+        raise AuthError(f"issuer {iss!r} is not allowed")
+    alg = head.get("alg")
+    if alg not in issuer.algorithms:
+        raise AuthError(f"JWT algorithm {alg!r} not accepted for this issuer")
+    key = _key(issuer, head)
+    try:
+        claims = jwt.decode(token, key, algorithms=issuer.algorithms, audience=audience, issuer=issuer.iss,
+                            leeway=cfg.jwt_leeway_s, options={"require": ["iss", "aud", "exp", "iat", "jti"]})
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"JWT rejected: {exc}") from exc
+    if int(claims["exp"]) - int(claims["iat"]) > cfg.jwt_max_lifetime_s:
+        raise AuthError(f"JWT lifetime exceeds {cfg.jwt_max_lifetime_s} s")
+    exp = datetime.fromtimestamp(int(claims["exp"]), UTC).replace(tzinfo=None)
+    with engine.begin() as con:
+        con.execute(sa.delete(cds_jti).where(
+            cds_jti.c.exp < utcnow() - timedelta(seconds=cfg.jwt_leeway_s)))
+        try:
+            with con.begin_nested():
+                con.execute(sa.insert(cds_jti).values(iss=issuer.iss, jti=str(claims["jti"]), exp=exp))
+        except sa.exc.IntegrityError as exc:
+            raise AuthError("JWT jti already used (replay)") from exc
+    return issuer.iss

@@ -1,0 +1,71 @@
+"""Service fixtures: an app on a temporary SQLite database, tokens, prefetch built from vignette bundles."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mgaki.service import ServiceConfig, create_app
+
+BUNDLES = Path(__file__).resolve().parents[1] / "vignettes" / "bundles"
+READER = "reader-token-0123456789"
+WRITER = "writer-token-0123456789"
+
+
+def bundle(name: str) -> dict[str, Any]:
+    return json.loads((BUNDLES / f"{name}.json").read_text())
+
+
+def hook_request(name: str, hook: str = "patient-view", draft: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A CDS Hooks request whose prefetch holds the resources of a vignette bundle."""
+    res = [e["resource"] for e in bundle(name)["entry"]]
+    patient = next(r for r in res if r["resourceType"] == "Patient")
+    searchset = {t: {"resourceType": "Bundle", "type": "searchset",
+                     "entry": [{"resource": r} for r in res if r["resourceType"] == t]}
+                 for t in ("Observation", "MedicationRequest", "MedicationAdministration")}
+    context: dict[str, Any] = {"userId": "Practitioner/u1", "patientId": patient["id"]}
+    if draft is not None:
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": r} for r in draft]}
+    return {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "context": context,
+            "prefetch": {"patient": patient, "observations": searchset["Observation"],
+                         "medicationRequests": searchset["MedicationRequest"],
+                         "medicationAdministrations": searchset["MedicationAdministration"]}}
+
+
+def mgso4_order(grams: float, oid: str = "draft-mg") -> dict[str, Any]:
+    return {"resourceType": "MedicationRequest", "id": oid, "status": "draft", "intent": "order",
+            "subject": {"reference": "Patient/p1"},
+            "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                      "code": "6585", "display": "magnesium sulfate"}]},
+            "dosageInstruction": [{"route": {"text": "IV"}, "doseAndRate": [
+                {"doseQuantity": {"value": grams, "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}}]}]}
+
+
+def make_config(tmp: Path, **kw: Any) -> ServiceConfig:
+    base: dict[str, Any] = {
+        "data_dir": tmp / "data", "warm_up": False, "cds_require_jwt": False,
+        "tokens": [{"name": "nurse-station", "token": READER, "roles": ["reader"]},
+                   {"name": "lab-feed", "token": WRITER, "roles": ["writer"]}]}
+    base.update(kw)
+    return ServiceConfig.model_validate(base)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> ServiceConfig:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def client(cfg: ServiceConfig) -> Iterator[TestClient]:
+    with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
+        yield c
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,63 @@
+"""The same API on a real PostgreSQL (local server, trust auth): a schema of its own per run, dropped after."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from conftest import READER, WRITER, auth, bundle, hook_request, make_config
+from mgaki.service import create_app
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url():
+    admin = sa.create_engine(PG, connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as con:
+            con.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG} ({type(exc.orig).__name__}); start it to run these tests")
+    schema = f"mgaki_test_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as con:
+        con.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG}?options=-csearch_path%3D{schema}", schema
+    finally:
+        with admin.begin() as con:
+            con.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_postgres_ingest_alerts_cds_audit(tmp_path, pg_url):
+    url, schema = pg_url
+    cfg = make_config(tmp_path, database_url=url)
+    with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
+        engine = c.app.state.engine
+        assert engine.dialect.name == "postgresql"
+        with engine.connect() as con:
+            tables = set(con.execute(sa.text(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"), {"s": schema}).scalars())
+        assert {"audit", "alerts", "cds_jti", "cds_feedback", "alembic_version"} <= tables
+        b = bundle("general_low_cheungpasitporn")
+        b["type"] = "batch"
+        b["entry"].append({"resource": {"resourceType": "Encounter", "id": "e1", "status": "in-progress",
+                                        "subject": {"reference": "Patient/p1"},
+                                        "period": {"start": "2024-02-29T08:00:00+00:00"}}})
+        first = c.post("/fhir", json=b, headers=auth(WRITER)).json()
+        assert first["added"]["events"] == 2 and first["new_alerts"] >= 1
+        assert c.post("/fhir", json=b, headers=auth(WRITER)).json()["new_alerts"] == 0
+        alerts = c.get("/patients/p1/alerts", headers=auth(READER)).json()["alerts"]
+        assert len(alerts) == first["new_alerts"] and alerts[0]["subject_id"] == "p1"
+        assert c.post("/cds-services/mgaki-patient-view",
+                      json=hook_request("general_low_cheungpasitporn")).status_code == 200
+        with engine.connect() as con:
+            n = con.execute(sa.text("SELECT count(*) FROM audit WHERE patient_id = 'p1'")).scalar_one()
+        assert n == 3  # the write, the read of p1's alerts, the CDS call
+    # migrations are idempotent: a second start on the same database changes nothing
+    with TestClient(create_app(cfg)) as c2:
+        assert len(c2.get("/alerts", headers=auth(READER)).json()["alerts"]) == len(alerts)
