@@ -80,3 +80,24 @@ def test_quarantined_rows_are_counted_not_stored_as_events(client):
     b["entry"][1]["resource"]["valueQuantity"].update({"unit": "furlongs", "code": "furlongs"})
     r = client.post("/fhir", json=b, headers=auth(WRITER)).json()
     assert r["quarantined"] == 1 and r["added"]["events"] == 1
+
+
+def test_alerts_logged_before_a_crash_reach_the_database_on_the_next_run(client, monkeypatch):
+    """Surveillance writes its alert log, then the process dies before the database insert: the next
+    ingest copies every logged alert the database lacks (the log is the source of truth)."""
+    import mgaki.service.ingest as ingest_mod
+
+    def crash(self, log):  # the insert never happens (the database went away mid-request)
+        raise OSError("database connection lost")
+
+    monkeypatch.setattr(ingest_mod.Ingestor, "sync_alerts", crash)
+    failed = client.post("/fhir", json=_batch("general_low_cheungpasitporn"), headers=auth(WRITER))
+    assert failed.status_code == 500 and "database connection lost" not in failed.text
+    monkeypatch.undo()
+    assert client.get("/alerts", headers=auth(READER)).json()["alerts"] == []
+    res = [e["resource"] for e in bundle("crcl_lt30_halved")["entry"]]
+    body = "".join(json.dumps(r) + "\n" for r in res)
+    r = client.post("/fhir/$import-ndjson", content=body.encode(), headers=auth(WRITER))
+    assert r.status_code == 200, r.text
+    kinds = {(a["subject_id"], a["kind"]) for a in client.get("/alerts", headers=auth(READER)).json()["alerts"]}
+    assert ("p1", "mg_out_of_range") in kinds

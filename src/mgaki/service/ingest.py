@@ -100,12 +100,23 @@ class Ingestor:
                             subjects=sorted(summary.affected_subjects), new_alerts=new)
 
     def _surveil(self) -> int:
+        """Run surveillance, then copy into the database every logged alert it does not hold yet.
+
+        The surveillance alert log is the source of truth: if the process died after the log
+        was written and before the database insert, the next run copies what was missed.
+        """
         res = surveil(self.store)
-        tab = res.new_alerts
-        if tab.num_rows == 0:
+        return self.sync_alerts(res.tables["alerts"])
+
+    def sync_alerts(self, log: pa.Table) -> int:
+        if log.num_rows == 0:
             return 0
-        now = utcnow()
-        cols = tab.select(["subject_id", "encounter_id", "kind", "time", "severity", "detail", "value"]).to_pylist()
+        key = ("subject_id", "encounter_id", "kind", "time")
         with self.engine.begin() as con:
-            con.execute(sa.insert(alerts), [{**r, "emitted_at": now} for r in cols])
-        return int(tab.num_rows)
+            held = {tuple(r) for r in con.execute(sa.select(*(alerts.c[k] for k in key))).all()}
+            rows = [r for r in log.select([*key, "severity", "detail", "value"]).to_pylist()
+                    if tuple(r[k] for k in key) not in held]
+            if rows:
+                now = utcnow()
+                con.execute(sa.insert(alerts), [{**r, "emitted_at": now} for r in rows])
+        return len(rows)
