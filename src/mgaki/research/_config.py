@@ -86,6 +86,16 @@ class StudyConfig(Strict):
     seed: int = 0
     missing: Literal["complete_case"] = "complete_case"
     time_varying_cox: bool = True
+    prediction: bool = True  # combined-biomarker AKI-in-48-h models (docs/research.md#prediction)
+    prediction_learners: tuple[Literal["logistic", "gbm"], ...] = ("logistic", "gbm")
+    prediction_threads: int | None = 1  # BLAS/OpenMP threads while fitting; None = the libraries' default
+    prediction_horizon_hours: float = _d("prediction_horizon_hours")
+    landmark_step_hours: float = _d("landmark_step_hours")
+    landmark_max_days: float = _d("landmark_max_days")
+    trend_window_hours: float = _d("trend_window_hours")
+    test_share: float = _d("test_share")
+    gbm_max_iter: int = Field(default_factory=lambda: int(study_defaults().value("gbm_max_iter")))
+    calibration_bins: int = Field(default_factory=lambda: int(study_defaults().value("calibration_bins")))
 
     @field_validator("covariates")
     @classmethod
@@ -112,6 +122,10 @@ class StudyConfig(Strict):
             raise ValueError(f"spline_knots must be one of {sorted(study_defaults().knot_quantiles)}")
         if not 0.5 < self.ci_level < 1.0:
             raise ValueError(f"ci_level must lie between 0.5 and 1, got {self.ci_level}")
+        if not 0.05 <= self.test_share <= 0.95:
+            raise ValueError(f"test_share must lie between 0.05 and 0.95, got {self.test_share}")
+        if self.landmark_step_hours <= 0 or self.prediction_horizon_hours <= 0 or self.trend_window_hours <= 0:
+            raise ValueError("landmark_step_hours, prediction_horizon_hours and trend_window_hours must be positive")
         bands(self.band_study)  # the study must exist and carry exposure bands
         return self
 

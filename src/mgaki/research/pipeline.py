@@ -22,11 +22,12 @@ from mgaki.knowledge import KnowledgeBase, load
 from mgaki.research import stats
 from mgaki.research._config import StudyConfig
 from mgaki.research.cohort import StudyCohort, build_cohort, connect_tables
+from mgaki.research.predict import PredictionResult, run_prediction, save_models
 from mgaki.units import convert
 
 __all__ = ["STAGES", "StudyResult", "run_study", "study_store", "versions", "write_outputs"]
 
-STAGES = ("surveillance", "cohort", "table1", "logistic", "spline", "roc", "cox")
+STAGES = ("surveillance", "cohort", "table1", "logistic", "spline", "roc", "cox", "prediction")
 Progress = Callable[[str, int, int], None]
 
 
@@ -43,6 +44,7 @@ class StudyResult:
     cox_notes: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    prediction: PredictionResult | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready digest: n, events, band ORs of the primary outcome, spline test, AUCs."""
@@ -60,6 +62,7 @@ class StudyResult:
             "roc": [{"predictor": r.name, "auc": r.auc, "auc_ci": r.auc_ci, "cutoff": r.cutoff,
                      "sensitivity": r.sensitivity, "specificity": r.specificity} for r in self.rocs],
             "cox": _records(self.cox), "seconds": self.seconds, "notes": self.notes,
+            "prediction": self.prediction.summary() if self.prediction else None,
         }
 
 
@@ -164,7 +167,11 @@ def run_study(con: duckdb.DuckDBPyConnection | dict[str, pa.Table], results: dic
     else:
         cox, cox_notes = pd.DataFrame(columns=["term", "hr", "lo", "hi", "p"]), ["time-varying Cox not requested"]
     tick("cox", t0)
-    return StudyResult(config, cohort, table1_html, crude, adjusted, spline, rocs, cox, cox_notes, seconds, notes)
+    t0 = time.perf_counter()
+    pred = run_prediction(con, f, config) if config.prediction else None
+    tick("prediction", t0)
+    return StudyResult(config, cohort, table1_html, crude, adjusted, spline, rocs, cox, cox_notes, seconds, notes,
+                       pred)
 
 
 def write_outputs(result: StudyResult, out: Path) -> dict[str, Path]:
@@ -179,6 +186,8 @@ def write_outputs(result: StudyResult, out: Path) -> dict[str, Path]:
     frame["mg_band"] = frame["mg_band"].astype("string")
     frame.to_parquet(paths["cohort"], index=False)
     paths["summary"].write_text(json.dumps(result.summary(), indent=1, default=str) + "\n", encoding="utf-8")
+    if result.prediction is not None and result.prediction.fits:
+        paths.update(save_models(result.prediction, out / "models"))
     paths.update(render_report(result, out))
     return paths
 

@@ -18,7 +18,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from mgaki.research.pipeline import StudyResult
 
-__all__ = ["forest_chart", "render_report", "roc_chart", "spline_chart"]
+__all__ = ["calibration_chart", "forest_chart", "prediction_roc_chart", "render_report", "roc_chart",
+           "spline_chart"]
 
 _W = 560
 
@@ -70,6 +71,52 @@ def roc_chart(rocs: list[object]) -> alt.LayerChart:
     return out
 
 
+def prediction_roc_chart(fits: list[object], horizon: float) -> alt.LayerChart:
+    """Test-set ROC of every prediction model, coloured by feature set, dashed for gradient boosting."""
+    d = pd.concat([f.roc.assign(model=f"{f.model_set} / {f.learner}: AUROC {f.auroc:.3f}",  # type: ignore[attr-defined]
+                                learner=f.learner) for f in fits])  # type: ignore[attr-defined]
+    diag = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 3], color="#999").encode(
+        x="x:Q", y="y:Q")
+    line = alt.Chart(d).mark_line().encode(
+        x=alt.X("fpr:Q", title="1 - specificity"), y=alt.Y("tpr:Q", title="sensitivity"),
+        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", direction="vertical")),
+        strokeDash=alt.StrokeDash("learner:N", legend=None))
+    out: alt.LayerChart = (diag + line).properties(width=360, height=360,
+                                                   title=f"ROC, AKI in the next {horizon:g} h (test patients)")
+    return out
+
+
+def calibration_chart(fits: list[object]) -> alt.LayerChart:
+    """Reliability curves (equal-count bins of predicted risk) against the diagonal."""
+    d = pd.concat([f.calibration.assign(model=f"{f.model_set} / {f.learner}",  # type: ignore[attr-defined]
+                                        learner=f.learner) for f in fits])  # type: ignore[attr-defined]
+    top = float(max(d["predicted"].max(), d["observed"].max(), 0.05))
+    diag = alt.Chart(pd.DataFrame({"x": [0, top], "y": [0, top]})).mark_line(strokeDash=[4, 3], color="#999").encode(
+        x="x:Q", y="y:Q")
+    line = alt.Chart(d).mark_line(point=True).encode(
+        x=alt.X("predicted:Q", title="predicted risk (bin mean)"), y=alt.Y("observed:Q", title="observed share"),
+        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", direction="vertical")),
+        strokeDash=alt.StrokeDash("learner:N", legend=None))
+    out: alt.LayerChart = (diag + line).properties(width=360, height=360, title="Calibration (test patients)")
+    return out
+
+
+def _prediction_html(result: StudyResult, img: object) -> str:
+    pr = result.prediction
+    if pr is None:
+        return "<p class='note'>not requested (prediction: false)</p>"
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in pr.notes)
+    if not pr.fits:
+        return f"<ul>{notes}</ul>"
+    show = img  # a callable name -> <img>
+    return (f"<p>{pr.n_landmarks} landmarks of {pr.n_admissions} admissions ({pr.n_patients} patients); "
+            f"train {pr.train_rows} rows / {pr.train_patients} patients ({pr.events_train} with AKI in the horizon), "
+            f"test {pr.test_rows} rows / {pr.test_patients} patients ({pr.events_test}).</p>"
+            f"{_table(pr.table())}{show('pred_roc')}{show('calibration')}"  # type: ignore[operator]
+            f"<p class='note'>Models, feature lists and the model card: models/ beside this report.</p>"
+            f"<ul class='note'>{notes}</ul>")
+
+
 def _png(chart: alt.TopLevelMixin, path: Path) -> str:
     import vl_convert as vlc
 
@@ -111,6 +158,10 @@ def render_report(result: StudyResult, out: Path) -> dict[str, Path]:
                                f"{o}: restricted cubic spline ({len(result.spline.knots)} knots)"),
         "roc": roc_chart(list(result.rocs)),
     }
+    if result.prediction is not None and result.prediction.fits:
+        fits: list[object] = list(result.prediction.fits)
+        charts["pred_roc"] = prediction_roc_chart(fits, cfg.prediction_horizon_hours)
+        charts["calibration"] = calibration_chart(fits)
     imgs, paths = {}, {}
     for name, ch in charts.items():
         if name == "spline" and result.spline.curve.empty:
@@ -167,6 +218,8 @@ chi2 = {_fmt(sp.lr_stat)} on {sp.lr_df} df, p = {_fmt(sp.p_nonlinear, 4)} (n = {
 again in every resample.</p>
 <h2>Time-varying Cox: current Mg below/above the reference range</h2>
 {_table(result.cox) if len(result.cox) else '<p class="note">not estimable (see notes)</p>'}
+<h2>Combined-biomarker prediction: AKI in the next {cfg.prediction_horizon_hours:g} h</h2>
+{_prediction_html(result, img)}
 <h2>Other outcomes</h2>{''.join(other)}
 <h2>Notes</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
 <h2>Configuration</h2><pre>{html.escape(json.dumps(cfg.model_dump(mode='json'), indent=1))}</pre>

@@ -90,11 +90,15 @@ def _uniform_noise(rng: np.random.Generator, half: F | float, n: int) -> F:
 
 def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1, 1, tzinfo=UTC), *,
              events_per_patient: float | None = None, params: SynthParams | None = None,
-             plant_mg_aki: bool = False) -> Cohort:
+             plant_mg_aki: bool = False, plant_mg_predictive: bool | None = None) -> Cohort:
     """A deterministic synthetic cohort of ``n_patients`` admissions (one per patient).
 
     ``plant_mg_aki`` makes the AKI odds depend on the admission-Mg band with the
     known ORs of ``planted_mg_aki`` in the parameter file (docs/synthetic.md).
+    ``plant_mg_predictive=True`` plants a Mg fall before AKI onset (Mg adds predictive value beyond
+    creatinine); ``False`` plants the null (falls at random times, Mg independent of AKI); ``None``
+    (default) leaves the generator as it is. Both planted modes switch off every other Mg-AKI link
+    (``planted_mg_predictive`` in the parameter file, docs/research.md#prediction).
 
     ``start`` is the earliest admission (naive values are taken as UTC); admissions
     spread over ``admission_spread_days``. ``events_per_patient`` (default from the
@@ -107,13 +111,18 @@ def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1,
     p = params or load_params()
     if plant_mg_aki and p.planted_mg_aki is None:
         raise ValueError("plant_mg_aki needs a planted_mg_aki section in the synth parameters")
-    return _Generator(n_patients, seed, start, p, events_per_patient, plant_mg_aki).run()
+    if plant_mg_predictive is not None:
+        if p.planted_mg_predictive is None:
+            raise ValueError("plant_mg_predictive needs a planted_mg_predictive section in the synth parameters")
+        if plant_mg_aki:
+            raise ValueError("plant_mg_aki and plant_mg_predictive cannot be combined (each plants its own Mg)")
+    return _Generator(n_patients, seed, start, p, events_per_patient, plant_mg_aki, plant_mg_predictive).run()
 
 
 class _Generator:
     def __init__(self, n: int, seed: int, start: datetime, p: SynthParams, target: float | None,
-                 plant: bool = False) -> None:
-        self.n, self.seed, self.p, self.plant = n, seed, p, plant
+                 plant: bool = False, predictive: bool | None = None) -> None:
+        self.n, self.seed, self.p, self.plant, self.pred = n, seed, p, plant, predictive
         self.rng = np.random.default_rng(seed)
         self.kb = load()
         self.start_s = int((start - datetime(1970, 1, 1)).total_seconds())  # noqa: DTZ001 (naive UTC epoch)
@@ -128,6 +137,8 @@ class _Generator:
         self._drugs()
         self._magnesium_plan()
         self._aki_plan()
+        if self.pred is not None:
+            self._plant_predictive()
         self._finalise_los()
         streams = self._labs()
         streams += self._urine()
@@ -216,6 +227,8 @@ class _Generator:
         self.fall_end = self.fall_start + p.draw(rng, "mg_fall_h", n)
         if self.plant:
             self._plant_admission_mg()
+        if self.pred is not None:  # Mg independent of AKI except the planted falls (see _plant_predictive)
+            self.hypo = self.hypo_adm = self.hypo_fall = np.zeros(n, bool)
         self.coupled = self.hypo & (rng.random(n) < p.value("coupled_share"))
         self.k0 = p.draw(rng, "potassium_baseline", n)
         self.ca0 = p.draw(rng, "calcium_baseline", n)
@@ -228,6 +241,8 @@ class _Generator:
         # prophylactic MgSO4 at ICU admission after cardiac surgery (not to planted hypo: see docs)
         self.prophylaxis = (self._is("cardiac-surgery") & self.icu & ~self.hypo
                             & (rng.random(n) < p.value("mgso4_cardiac_prophylaxis_prob")))
+        if self.pred is not None:  # prophylaxis would tie Mg to the cardiac-surgery context (an AKI risk)
+            self.prophylaxis = np.zeros(n, bool)
         self.proph_infusion = p.draw(rng, "mgso4_infusion_h", n)
         labels, idx = p.categorical(rng, "mgso4_dose_g", n)
         self.repl_g = np.array([float(x) for x in labels])[idx]
@@ -240,6 +255,8 @@ class _Generator:
             neph_start = np.where(self.drug_on[name], np.minimum(neph_start, self.drug_start[name]), neph_start)
         self.gap = (self.high_risk & self.nephrotoxic & ~self.hypo
                     & (rng.random(n) < p.value("mg_gap_prob")))
+        if self.pred is not None:  # a gap would tie Mg measurement to nephrotoxic exposure (an AKI risk)
+            self.gap = np.zeros(n, bool)
         self.gap_start = np.where(self.gap, neph_start, np.nan) + rng.uniform(0.0, 12.0, n)
         self.gap_end = self.gap_start + p.draw(rng, "mg_gap_h", n)
         for name in neph_names:  # the exposure covers the gap
@@ -260,6 +277,23 @@ class _Generator:
         self.hypo_fall = np.zeros(self.n, bool)  # no falling pattern: the admission value is the exposure
         self.mg0 = self.mg_adm
         self.mg_nadir = np.where(self.hypo, self.mg_adm, self.mg_nadir)
+
+    def _plant_predictive(self) -> None:
+        """Planted Mg falls: before AKI onset (signal) or at random times for anyone (null)."""
+        pp = self.p.planted_mg_predictive
+        assert pp is not None
+        rng, n = self.rng, self.n
+        u = rng.random(n)
+        self.pf_drop = rng.uniform(*pp.drop, n)
+        lead = rng.uniform(*pp.lead_h, n)
+        at_random = rng.uniform(0.0, 1.0, n) * self.los_h
+        if self.pred:
+            self.pf_on = np.where(self.aki, u < pp.fall_share_aki, u < pp.fall_share_other)
+            self.pf_start = np.where(self.aki & self.pf_on, self.onset_h - lead, at_random)
+        else:
+            self.pf_on = u < pp.fall_share_null
+            self.pf_start = at_random
+        self.pf_end = self.pf_start + lead
 
     def _aki_plan(self) -> None:
         p, rng, n = self.p, self.rng, self.n
@@ -355,7 +389,11 @@ class _Generator:
         fall = self.mg0[e] + (self.mg_nadir[e] - self.mg0[e]) * np.clip(
             (t - self.fall_start[e]) / (self.fall_end[e] - self.fall_start[e]), 0.0, 1.0)
         mg = np.where(self.hypo_adm[e], self.mg_nadir[e], np.where(self.hypo_fall[e], fall, self.mg0[e]))
-        mg += np.minimum(p.value("mg_aki_per_ratio") * (self._ratio(e, t) - 1.0), p.value("mg_aki_max"))
+        if self.pred is None:
+            mg += np.minimum(p.value("mg_aki_per_ratio") * (self._ratio(e, t) - 1.0), p.value("mg_aki_max"))
+        else:
+            frac = np.clip((t - self.pf_start[e]) / (self.pf_end[e] - self.pf_start[e]), 0.0, 1.0)
+            mg -= np.where(self.pf_on[e], self.pf_drop[e] * frac, 0.0)
         doses = [(self.prophylaxis, self.icu_start_h + self.proph_infusion, np.full(self.n, 2.0))]
         if repletion:
             doses.append((self.repl_on, self.repl_t + self.repl_infusion, self.repl_g))
@@ -395,10 +433,11 @@ class _Generator:
         streams.append(_Stream(e, t, "creatinine", cr + _uniform_noise(rng, half, e.size)))
         chem = (e, t)
         # Mg panel: magnesium, phosphate; schedules by risk, planted gaps removed
-        e1, t1 = _schedule(rng, np.flatnonzero(~self.high_risk), zero[~self.high_risk],
-                           self.los_h[~self.high_risk], *p.bounds("mg_interval_h"), 2.0)
-        e2, t2 = _schedule(rng, np.flatnonzero(self.high_risk), zero[self.high_risk],
-                           self.los_h[self.high_risk], *p.bounds("mg_interval_high_risk_h"), 2.0)
+        # planted predictive mode: one schedule for all, so how often Mg is measured says nothing about risk
+        hr = self.high_risk if self.pred is None else np.ones(n, bool)
+        e1, t1 = _schedule(rng, np.flatnonzero(~hr), zero[~hr], self.los_h[~hr], *p.bounds("mg_interval_h"), 2.0)
+        e2, t2 = _schedule(rng, np.flatnonzero(hr), zero[hr], self.los_h[hr], *p.bounds("mg_interval_high_risk_h"),
+                           2.0)
         e, t = np.concatenate([e1, e2]), np.concatenate([t1, t2])
         order = _order(e, np.floor(t * _H).astype(np.int64))
         e, t = e[order], t[order]
@@ -714,8 +753,14 @@ class _Generator:
             "k_ca_coupled": pa.array(self.coupled),
             "mg_monitoring_gap": pa.array(self.gap), "mg_gap_start": ts(self.gap_start, self.gap),
             "mg_gap_end": ts(self.gap_end, self.gap),
-            **self._planted_truth(),
+            **self._planted_truth(), **self._predictive_truth(ts),
         }).slice(0, n)
+
+    def _predictive_truth(self, ts: Any) -> dict[str, pa.Array]:
+        if self.pred is None:
+            return {}
+        return {"mg_fall_planted": pa.array(self.pf_on), "mg_fall_planted_start": ts(self.pf_start, self.pf_on),
+                "mg_fall_planted_drop": pa.array(self.pf_drop, mask=~self.pf_on)}
 
     def _planted_truth(self) -> dict[str, pa.Array]:
         if not self.plant:

@@ -120,6 +120,27 @@ class PlantedMgAki(Cited):
         return self
 
 
+class PlantedMgPredictive(Cited):
+    """Opt-in (generate(..., plant_mg_predictive=True/False)): Mg falls before AKI, or the null (random falls)."""
+
+    fall_share_aki: float
+    fall_share_other: float
+    fall_share_null: float
+    drop: tuple[float, float]  # mg/dL, uniform
+    lead_h: tuple[float, float]  # fall starts this many hours before AKI onset, uniform
+
+    @model_validator(mode="after")
+    def _valid(self) -> PlantedMgPredictive:
+        for name in ("fall_share_aki", "fall_share_other", "fall_share_null"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"planted_mg_predictive: {name} must lie in [0, 1]")
+        for name in ("drop", "lead_h"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"planted_mg_predictive: {name} must be a positive range low <= high")
+        return self
+
+
 class SynthParams(Strict):
     version: str
     sites: tuple[Site, ...]
@@ -127,6 +148,7 @@ class SynthParams(Strict):
     drugs: tuple[DrugSpec, ...]
     params: tuple[Param, ...]
     planted_mg_aki: PlantedMgAki | None = None
+    planted_mg_predictive: PlantedMgPredictive | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SynthParams:
