@@ -197,13 +197,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, 0 AS kind, CAST(NULL AS BIGINT) AS ct,"
         " CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol, CAST(NULL AS DOUBLE) AS ccum FROM uo_cum"
         for h in hours)
-    follow = "OVER (PARTITION BY stay_id ORDER BY e, kind ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)"
+    def nxt(col: str) -> str:  # the next charting's value (ties in (e, kind) only among starts: nulls)
+        return d.bfill_over(col, "stay_id", ("e", "kind"))
     add("uo_cand", f"""
         SELECT stay_id, nt AS t, k,
                MIN(ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i) AS low_vol
         FROM (SELECT stay_id, e, k, cum_i, kind,
-                {d.bfill('ct')} {follow} AS nt, {d.bfill('cpt')} {follow} AS npt,
-                {d.bfill('cvol')} {follow} AS nvol, {d.bfill('ccum')} {follow} AS ncum
+                {nxt('ct')} AS nt, {nxt('cpt')} AS npt,
+                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum
               FROM ({starts} UNION ALL
                     SELECT stay_id, t, NULL, NULL, 1, t, pt, vol, cum FROM uo_cum WHERE pt IS NOT NULL) u) x
         WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
