@@ -19,10 +19,15 @@ from mgaki.errors import MgakiError
 if TYPE_CHECKING:  # pyarrow is imported by the commands that run, not at CLI start-up
     import pyarrow as pa
 
-__all__ = ["FORMATS", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
+__all__ = ["FORMATS", "Engine", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
 err = Console(stderr=True)
 FORMATS = ("auto", "fhir", "mimic", "omop", "meds", "csv")
+
+
+class Engine(StrEnum):
+    duckdb = "duckdb"
+    spark = "spark"
 
 
 class OutFmt(StrEnum):
@@ -120,6 +125,9 @@ def surveil_cmd(
     full: Annotated[bool, typer.Option("--full", help="Recompute everyone, not only changed subjects")] = False,
     as_of: Annotated[str | None, typer.Option(help="ISO time closing open monitoring gaps (default: latest "
                                                    "time in the data)")] = None,
+    engine: Annotated[Engine, typer.Option(help="duckdb (incremental) | spark (recomputes everyone; "
+                                                "needs mgaki[spark] and Java)")] = Engine.duckdb,
+    spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
 ) -> None:
     """KDIGO episodes, Mg trajectories, evidence flags and alerts for every encounter in the store."""
     from mgaki.events import EventStore
@@ -139,7 +147,11 @@ def surveil_cmd(
         def tick(stage: str, i: int, n: int) -> None:
             bar.update(task, total=n, completed=i, description=f"stage {stage}")
 
-        res = surveil(EventStore(store), full=full, as_of=when, progress=tick)
+        runner = None
+        if engine is Engine.spark:
+            from mgaki.surveillance.spark import store_runner
+            runner = store_runner(EventStore(store), spark_master)
+        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
     if out:
         for p in export_tables(res.tables, out, fmt):

@@ -20,6 +20,10 @@ class Dialect:
     ffill_tpl: str  # last non-null value in the window frame
     bfill_tpl: str  # first non-null value in the window frame
     median_tpl: str
+    string_type: str  # the type name CAST(... AS <string_type>) takes
+    double_tpl: str  # a DOUBLE literal (Spark reads 3600.0 as DECIMAL)
+    reverse_bfill: bool  # bfill_over as a reversed forward fill
+    slope_tpl: str  # least-squares slope of {0} on {1}; NaN when every x is equal (DuckDB's answer)
 
     def epoch(self, col: str) -> str:
         return self.epoch_tpl.format(col)
@@ -33,8 +37,24 @@ class Dialect:
     def bfill(self, col: str) -> str:
         return self.bfill_tpl.format(col)
 
+    def bfill_over(self, col: str, partition: str, order: tuple[str, ...]) -> str:
+        """Next non-null value at or after this row. Spark evaluates an UNBOUNDED FOLLOWING frame anew
+        for every row (quadratic in the partition), so it runs as a forward fill in reverse order."""
+        if self.reverse_bfill:
+            desc = ", ".join(f"{c} DESC" for c in order)
+            return (f"{self.ffill(col)} OVER (PARTITION BY {partition} ORDER BY {desc} "
+                    "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+        return (f"{self.bfill(col)} OVER (PARTITION BY {partition} ORDER BY {', '.join(order)} "
+                "ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)")
+
     def median(self, col: str) -> str:
         return self.median_tpl.format(col)
+
+    def slope(self, y: str, x: str) -> str:
+        return self.slope_tpl.format(y, x)
+
+    def double(self, x: float) -> str:
+        return self.double_tpl.format(float(x))
 
 
 DUCKDB = Dialect(
@@ -44,13 +64,23 @@ DUCKDB = Dialect(
     ffill_tpl="last_value({} IGNORE NULLS)",
     bfill_tpl="first_value({} IGNORE NULLS)",
     median_tpl="median({})",
+    string_type="VARCHAR",
+    double_tpl="{}",
+    reverse_bfill=False,
+    slope_tpl="regr_slope({0}, {1})",
 )
 
 SPARK = Dialect(
     name="spark",
     epoch_tpl="CAST(unix_timestamp({}) AS BIGINT)",
-    from_epoch_tpl="timestamp_seconds(CAST({} AS BIGINT))",
+    from_epoch_tpl="CAST(timestamp_seconds(CAST({} AS BIGINT)) AS TIMESTAMP_NTZ)",  # naive, like the inputs
     ffill_tpl="last({}, true)",
     bfill_tpl="first({}, true)",
     median_tpl="percentile({}, 0.5)",
+    string_type="STRING",  # Spark's VARCHAR needs a length
+    double_tpl="{}D",
+    reverse_bfill=True,
+    # Spark answers NULL where DuckDB answers NaN (zero variance of x); the outputs follow DuckDB
+    slope_tpl="CASE WHEN regr_count({0}, {1}) > 0 AND regr_slope({0}, {1}) IS NULL THEN CAST('NaN' AS DOUBLE) "
+              "ELSE regr_slope({0}, {1}) END",
 )

@@ -29,7 +29,7 @@ from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "SurveillanceResult", "last_use", "needed", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "last_use", "needed", "run", "studies_table", "surveil"]
 
 OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes", "mg_trajectory",
            "evidence_flags", "alerts")
@@ -47,6 +47,9 @@ class SurveillanceResult:
     subjects_recomputed: int
     as_of: datetime | None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+FullRun = Callable[[datetime | None, KnowledgeBase, Progress | None], SurveillanceResult]  # everyone, as of
 
 
 def studies_table(kb: KnowledgeBase) -> pa.Table:
@@ -180,8 +183,13 @@ def _atomic_write(tab: pa.Table, path: Path) -> None:
 
 
 def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None,
-            kb: KnowledgeBase | None = None, progress: Progress | None = None) -> SurveillanceResult:
-    """Bring the stored results up to date; return them and the alerts emitted by this call."""
+            kb: KnowledgeBase | None = None, progress: Progress | None = None,
+            engine: FullRun | None = None) -> SurveillanceResult:
+    """Bring the stored results up to date; return them and the alerts emitted by this call.
+
+    `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`) recomputes everyone in place of
+    DuckDB; the results and the alert log are kept exactly as for DuckDB.
+    """
     kb = kb or load()
     out = _results_dir(store)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,13 +199,13 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     try:
         as_of = as_of or _as_of(con)
         pending, pending_files = store.pending()
-        first = full or not state
+        first = full or not state or engine is not None
         subjects: list[str] | None = None
         if not first:
             prev = datetime.fromisoformat(state["as_of"]) if state.get("as_of") else None
             open_now = _open_subjects(con, prev)
             subjects = sorted(pending | open_now)
-        res = _run(con, kb, subjects, as_of, progress)
+        res = engine(as_of, kb, progress) if engine else _run(con, kb, subjects, as_of, progress)
     finally:
         con.close()
     merged: dict[str, pa.Table] = {}

@@ -197,13 +197,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, 0 AS kind, CAST(NULL AS BIGINT) AS ct,"
         " CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol, CAST(NULL AS DOUBLE) AS ccum FROM uo_cum"
         for h in hours)
-    follow = "OVER (PARTITION BY stay_id ORDER BY e, kind ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)"
+    def nxt(col: str) -> str:  # the next charting's value (ties in (e, kind) only among starts: nulls)
+        return d.bfill_over(col, "stay_id", ("e", "kind"))
     add("uo_cand", f"""
         SELECT stay_id, nt AS t, k,
                MIN(ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i) AS low_vol
         FROM (SELECT stay_id, e, k, cum_i, kind,
-                {d.bfill('ct')} {follow} AS nt, {d.bfill('cpt')} {follow} AS npt,
-                {d.bfill('cvol')} {follow} AS nvol, {d.bfill('ccum')} {follow} AS ncum
+                {nxt('ct')} AS nt, {nxt('cpt')} AS npt,
+                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum
               FROM ({starts} UNION ALL
                     SELECT stay_id, t, NULL, NULL, 1, t, pt, vol, cum FROM uo_cum WHERE pt IS NOT NULL) u) x
         WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
@@ -253,7 +254,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         FROM kdigo_creatinine c JOIN pos_enc p ON p.subject_id = c.subject_id AND p.encounter_id = c.encounter_id
         UNION ALL
         SELECT u.subject_id, u.encounter_id, u.time, u.t, 1 AS src, CAST(NULL AS INTEGER), u.stage, u.criterion,
-               CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR)
+               CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE), CAST(NULL AS {d.string_type})
         FROM kdigo_urine u JOIN pos_enc p ON p.subject_id = u.subject_id AND p.encounter_id = u.encounter_id
         WHERE u.stage IS NOT NULL""")
     order = "PARTITION BY subject_id, encounter_id ORDER BY t, src"
@@ -356,14 +357,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           CASE WHEN MAX(t) > MIN(t)
                THEN SUM(value * COALESCE(next_t - t, 0)) / CAST(MAX(t) - MIN(t) AS DOUBLE)
                ELSE AVG(value) END AS time_weighted_mean,
-          SUM(CASE WHEN value < {mg_lo} THEN COALESCE(next_t - t, 0) ELSE 0 END) / {float(H)} AS hours_below,
-          SUM(CASE WHEN value > {mg_hi} THEN COALESCE(next_t - t, 0) ELSE 0 END) / {float(H)} AS hours_above,
+          SUM(CASE WHEN value < {mg_lo} THEN COALESCE(next_t - t, 0) ELSE 0 END) / {d.double(H)} AS hours_below,
+          SUM(CASE WHEN value > {mg_hi} THEN COALESCE(next_t - t, 0) ELSE 0 END) / {d.double(H)} AS hours_above,
           CASE WHEN MAX(t) > MIN(t) THEN SUM(CASE WHEN value < {mg_lo} THEN COALESCE(next_t - t, 0) ELSE 0 END)
                / CAST(MAX(t) - MIN(t) AS DOUBLE) END AS share_below,
           CASE WHEN MAX(t) > MIN(t) THEN SUM(CASE WHEN value > {mg_hi} THEN COALESCE(next_t - t, 0) ELSE 0 END)
                / CAST(MAX(t) - MIN(t) AS DOUBLE) END AS share_above,
           MAX(GREATEST(ABS(value - min_prior), ABS(max_prior - value))) AS max_change_24h,
-          regr_slope(value, CAST(t AS DOUBLE) / {DAY}) AS slope_per_day
+          {d.slope('value', f'CAST(t AS DOUBLE) / {DAY}')} AS slope_per_day
         FROM mg GROUP BY subject_id, encounter_id""", output=True)
     out += _evidence_stages(kb, d)
     out += _alert_stages(kb, d, as_of_epoch, mg_lo, mg_hi)
@@ -460,6 +461,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     sev = {a.id: a.severity for a in kb.surveillance.alerts}
     enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
     lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
+    vc = d.string_type
     return [
         Stage("mg_status", f"""
             SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
@@ -541,39 +543,39 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
                    CASE WHEN grade >= 3 THEN 'critical' ELSE '{sev['mg_out_of_range']}' END AS severity,
-                   'Mg ' || CAST(ROUND(value, 2) AS VARCHAR) || ' mg/dL ' || status
-                     || ' (CTCAE grade ' || CAST(grade AS VARCHAR) || ')' AS detail, value
+                   'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL ' || status
+                     || ' (CTCAE grade ' || CAST(grade AS {vc}) || ')' AS detail, value
             FROM mg_status_run WHERE status <> 'normal' AND COALESCE(prev_status, '') <> status
             UNION ALL
             SELECT subject_id, encounter_id, 'mg_grade_worsened', time, '{sev['mg_grade_worsened']}',
-                   'Mg ' || CAST(ROUND(value, 2) AS VARCHAR) || ' mg/dL: CTCAE grade ' || CAST(grade AS VARCHAR)
-                     || ' (was ' || CAST(prior_run_grade AS VARCHAR) || ')', value
+                   'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL: CTCAE grade ' || CAST(grade AS {vc})
+                     || ' (was ' || CAST(prior_run_grade AS {vc}) || ')', value
             FROM mg_status_run WHERE status <> 'normal' AND prior_run_grade IS NOT NULL
               AND grade > prior_run_grade
             UNION ALL
             SELECT subject_id, encounter_id, 'mg_falling', time, '{sev['mg_falling']}',
-                   'Mg fell to ' || CAST(ROUND(value, 2) AS VARCHAR) || ' mg/dL from '
-                     || CAST(ROUND(max_prior_fall, 2) AS VARCHAR) || ' within {v('mg_fall_window_hours'):g} h',
+                   'Mg fell to ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL from '
+                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h',
                    value
             FROM mg_fall_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_fall}
             UNION ALL
             SELECT subject_id, encounter_id, 'aki_onset', onset, '{sev['aki_onset']}',
-                   'KDIGO AKI episode ' || CAST(episode AS VARCHAR) || ' began (' || onset_criterion || ')',
+                   'KDIGO AKI episode ' || CAST(episode AS {vc}) || ' began (' || onset_criterion || ')',
                    CAST(NULL AS DOUBLE)
             FROM aki_episodes
             UNION ALL
             SELECT subject_id, encounter_id, 'aki_worsening', time, '{sev['aki_worsening']}',
-                   'KDIGO stage ' || CAST(stage_now AS VARCHAR) || ' (' || criterion || ')',
+                   'KDIGO stage ' || CAST(stage_now AS {vc}) || ' (' || criterion || ')',
                    CAST(stage_now AS DOUBLE)
             FROM (SELECT *, MAX(stage_now) OVER (PARTITION BY subject_id, encounter_id, episode ORDER BY t, src
                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max FROM asmt_in) w
             WHERE is_start = 0 AND stage_now > prior_max
             UNION ALL
             SELECT subject_id, encounter_id, 'refractory_k_ca', time, '{sev['refractory_k_ca']}',
-                   analyte || ' ' || CAST(ROUND(value, 2) AS VARCHAR) || ' low again; Mg '
+                   analyte || ' ' || CAST(ROUND(value, 2) AS {vc}) || ' low again; Mg '
                      || CASE WHEN mg_t IS NULL OR t - mg_t > {gap}
                              THEN 'not measured in {v('mg_monitoring_gap_hours'):g} h'
-                             ELSE CAST(ROUND(mg_v, 2) AS VARCHAR) || ' mg/dL (low)' END, value
+                             ELSE CAST(ROUND(mg_v, 2) AS {vc}) || ' mg/dL (low)' END, value
             FROM kca_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_ref}
             UNION ALL
             SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, '{sev['no_mg_48h']}',
