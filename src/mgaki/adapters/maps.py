@@ -11,11 +11,9 @@ from functools import cache
 from importlib.resources import files
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from mgaki.errors import KnowledgeError
-from mgaki.knowledge import load
+from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Source
 
 __all__ = ["CodeMapEntry", "CodeMapFile", "load_map"]
@@ -69,8 +67,5 @@ class CodeMapFile(BaseModel):
 @cache
 def load_map(name: str) -> CodeMapFile:
     """Validated map ``adapters/maps/<name>.yaml``; KnowledgeError naming the file if invalid."""
-    path = files("mgaki.adapters") / "maps" / f"{name}.yaml"
-    try:
-        return CodeMapFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise KnowledgeError(f"adapters/maps/{name}.yaml: {exc}") from exc
+    return load_validated(CodeMapFile, files("mgaki.adapters") / "maps" / f"{name}.yaml",
+                          f"adapters/maps/{name}.yaml")

@@ -18,13 +18,13 @@ from typing import Literal
 
 import duckdb
 import pyarrow as pa
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from mgaki.adapters._cohort import canonical, conform, register, sql_str
 from mgaki.adapters.maps import load_map
-from mgaki.errors import InputError, KnowledgeError
+from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
+from mgaki.knowledge import load_validated
 from mgaki.knowledge.schema import Source
 
 __all__ = ["COLUMNS", "OmopVocab", "load_vocab", "read_omop", "write_omop"]
@@ -87,11 +87,8 @@ class OmopVocab(BaseModel):
 
 @cache
 def load_vocab() -> OmopVocab:
-    path = files("mgaki.adapters") / "maps" / "omop_vocab.yaml"
-    try:
-        return OmopVocab.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as exc:
-        raise KnowledgeError(f"adapters/maps/omop_vocab.yaml: {exc}") from exc
+    return load_validated(OmopVocab, files("mgaki.adapters") / "maps" / "omop_vocab.yaml",
+                          "adapters/maps/omop_vocab.yaml")
 
 
 def _register_maps(con: duckdb.DuckDBPyConnection) -> None:

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from importlib.resources.abc import Traversable
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -44,7 +45,7 @@ from mgaki.knowledge.schema import (
     UrineFile,
 )
 
-__all__ = ["KnowledgeBase", "iter_cited", "load", "load_file"]
+__all__ = ["KnowledgeBase", "iter_cited", "load", "load_file", "load_validated"]
 
 
 # libyaml's safe loader parses the knowledge files ~15x faster than the pure-Python one
@@ -52,14 +53,24 @@ __all__ = ["KnowledgeBase", "iter_cited", "load", "load_file"]
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_file(name: str) -> Strict:
-    model = FILES[name]
-    text = resources.files("mgaki.knowledge").joinpath("data", name).read_text("utf-8")
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_validated(model: type[M], resource: Traversable, label: str) -> M:
+    """A packaged YAML data file validated by its pydantic model; KnowledgeError naming `label` if not.
+
+    The one loader of every cited data file (knowledge, adapter maps, synthetic and study parameters).
+    """
     try:
-        raw: Any = yaml.load(text, Loader=_LOADER)  # a safe loader (C or Python)
+        raw: Any = yaml.load(resource.read_text("utf-8"), Loader=_LOADER)  # a safe loader (C or Python)
         return model.model_validate(raw)
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise KnowledgeError(f"knowledge file {name} is invalid: {exc}") from exc
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise KnowledgeError(f"{label} is invalid: {exc}") from exc
+
+
+def load_file(name: str) -> Strict:
+    return load_validated(FILES[name], resources.files("mgaki.knowledge").joinpath("data", name),
+                          f"knowledge file {name}")
 
 
 def _index(items: tuple[Any, ...], what: str) -> dict[str, Any]:

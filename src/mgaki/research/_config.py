@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mgaki.errors import KnowledgeError
-from mgaki.knowledge import load
+from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Cited, RiskRegion, Source, Strict
 
 __all__ = ["COVARIATES", "OUTCOMES", "Band", "StudyConfig", "StudyDefaults", "bands", "load_config",
@@ -52,11 +52,8 @@ class StudyDefaults(Strict):
 @cache
 def study_defaults() -> StudyDefaults:
     """The validated ``study.yaml`` (cached); KnowledgeError naming the problem if invalid."""
-    text = resources.files("mgaki.research").joinpath("study.yaml").read_text("utf-8")
-    try:
-        return StudyDefaults.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise KnowledgeError(f"research/study.yaml is invalid: {exc}") from exc
+    return load_validated(StudyDefaults, resources.files("mgaki.research").joinpath("study.yaml"),
+                          "research/study.yaml")
 
 
 def _d(param_id: str) -> Any:

@@ -11,11 +11,10 @@ from importlib import resources
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import model_validator
 
 from mgaki.errors import KnowledgeError
-from mgaki.knowledge import load
+from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Cited, Strict
 from mgaki.units import normalize_unit
 
@@ -225,8 +224,4 @@ class SynthParams(Strict):
 @cache
 def load_params() -> SynthParams:
     """The validated ``synth_params.yaml`` (cached); KnowledgeError naming the problem if invalid."""
-    text = resources.files("mgaki").joinpath("synth_params.yaml").read_text("utf-8")
-    try:
-        return SynthParams.model_validate(yaml.safe_load(text))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise KnowledgeError(f"synth_params.yaml is invalid: {exc}") from exc
+    return load_validated(SynthParams, resources.files("mgaki").joinpath("synth_params.yaml"), "synth_params.yaml")
