@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from mgaki.events.normalize import connect
 from mgaki.events.schema import TABLES
 
-__all__ = ["EventStore", "IngestSummary"]
+__all__ = ["EventStore", "IngestSummary", "write_parquet_atomic"]
 
 
 @dataclass
@@ -132,15 +132,18 @@ class EventStore:
             con.close()
 
 
+def write_parquet_atomic(tab: pa.Table, path: Path) -> Path:
+    """Write `path` so that readers see the old file or the whole new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(tab, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def _write_atomic(tab: pa.Table, folder: Path) -> Path:
     """A new Parquet part in `folder`, visible only once complete (readers glob *.parquet)."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{uuid.uuid4().hex}"
-    tmp = folder / f".{name}.tmp"
-    pq.write_table(tab, tmp)
-    final = folder / f"{name}.parquet"
-    os.replace(tmp, final)
-    return final
+    return write_parquet_atomic(tab, folder / f"part-{uuid.uuid4().hex}.parquet")
 
 
 def _reason_kinds(con: duckdb.DuckDBPyConnection, quarantined: pa.Table) -> dict[str, int]:

@@ -10,7 +10,6 @@ already in the log is never emitted again, so re-running changes nothing.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time as _time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events import EventStore
+from mgaki.events.store import write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, Stage, stages
@@ -176,12 +176,6 @@ def _results_dir(store: EventStore) -> Path:
     return store.root / "results"
 
 
-def _atomic_write(tab: pa.Table, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(tab, tmp)
-    os.replace(tmp, path)
-
-
 def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None,
             kb: KnowledgeBase | None = None, progress: Progress | None = None,
             engine: FullRun | None = None) -> SurveillanceResult:
@@ -218,7 +212,7 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
             old = pq.read_table(path)
             keep = pc.invert(pc.is_in(old.column("subject_id"), pa.array(subjects, pa.string())))
             tab = pa.concat_tables([old.filter(keep), fresh.cast(old.schema)])
-        _atomic_write(tab, path)
+        write_parquet_atomic(tab, path)
         merged[name] = tab
     new_alerts, log = _log_alerts(out / "alerts.parquet", res.tables["alerts"])
     merged["alerts"] = log
@@ -259,7 +253,7 @@ def _log_alerts(path: Path, candidates: pa.Table) -> tuple[pa.Table, pa.Table]:
             return log.slice(0, 0), log
         con.register("new_rows", new)
         log = con.sql("SELECT * FROM log UNION ALL SELECT * FROM new_rows").to_arrow_table()
-        _atomic_write(log, path)
+        write_parquet_atomic(log, path)
         return new, log
     finally:
         con.close()
