@@ -15,12 +15,12 @@ from rich.table import Table
 
 from mgaki import assess as assess_api
 from mgaki.adapters.fhir import record_from_bundle
-from mgaki.errors import InputError, MgakiError
+from mgaki.cli_common import err, run_or_exit
 from mgaki.knowledge import iter_cited, load
+from mgaki.result import Assessment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mgaki: magnesium disorders and AKI — decision support and analytics.")
-err = Console(stderr=True)
 
 
 class Fmt(StrEnum):
@@ -64,16 +64,12 @@ def assess(
             err.print(f"[red]error:[/red] {bundle}: no such file")
             raise typer.Exit(2)
         data = bundle.read_bytes()
-    try:
+    def go() -> Assessment:
         source = record_from_bundle(data, strict=True) if strict_fhir else data
-        result = assess_api(source, tuple(context or ()), nomogram=nomogram,
-                            baseline_creatinine_mg_dl=baseline_creatinine, operation_hours=operation_hours)
-    except InputError as exc:
-        err.print(f"[red]invalid input:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except MgakiError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(3) from None
+        return assess_api(source, tuple(context or ()), nomogram=nomogram,
+                          baseline_creatinine_mg_dl=baseline_creatinine, operation_hours=operation_hours)
+
+    result = run_or_exit(go)
     if fmt is Fmt.json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:

@@ -19,11 +19,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mgaki.errors import InputError, MgakiError
+from mgaki.cli_common import err, run_or_exit
+from mgaki.errors import InputError
 
 __all__ = ["parse_amount", "parse_hours", "parse_levels", "parse_rate", "register"]
 
-err = Console(stderr=True)
 pk_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                      help="Magnesium sulfate pharmacokinetics: simulate, fit from levels, find a dose.")
 
@@ -150,17 +150,6 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     Console().print(t)
 
 
-def _run(fn: Any) -> Any:
-    try:
-        return fn()
-    except InputError as exc:
-        err.print(f"[red]invalid input:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except MgakiError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(3) from None
-
-
 Dose = Annotated[list[str] | None, typer.Option("--dose", help="Dose, repeatable: 4g, 16mEq, 8mmol, 50mg/kg")]
 Over = Annotated[list[str] | None, typer.Option("--over", help="Duration of each --dose: 20min, 1h (0 = push)")]
 Then = Annotated[str | None, typer.Option("--then", help="Maintenance rate after the doses: 1g/h, 3mmol/h")]
@@ -196,7 +185,7 @@ def simulate(dose: Dose = None, over: Over = None, then: Then = None, for_: For 
         pop = _pop(model, weight, crcl, baseline)
         return reg, pop, sim(pop, reg, _times(reg, horizon), seed=seed, baseline_known=baseline is not None)
 
-    reg, pop, pred = _run(go)
+    reg, pop, pred = run_or_exit(go)
     _emit("simulate", reg, pop, pred, fmt, plot, extra={})
 
 
@@ -254,7 +243,7 @@ def fit(level: Annotated[list[str], typer.Option("--level", help="Measured level
         f = fit_map(pop, reg, t, y)
         return reg, pop, f, (t, y), posterior_predict(f, reg, _times(reg, horizon), seed=seed)
 
-    reg, pop, f, levels, pred = _run(go)
+    reg, pop, f, levels, pred = run_or_exit(go)
     est = {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in f.estimates().items()}
     extra = {"estimates_95": est, "converged": f.converged,
              "fitted": ", ".join(f"{k} {v['map']:.3g} ({v['lower']:.3g}-{v['upper']:.3g})" for k, v in est.items())}
@@ -283,7 +272,7 @@ def find(target: Annotated[str, typer.Option("--target", help="Target serum Mg r
         return pop, find_dose(pop, lo, hi, parse_hours(horizon, "--horizon"), jurisdiction=jurisdiction,
                               severe_renal=renal, emergency=emergency, seed=seed), (lo, hi)
 
-    pop, d, tgt = _run(go)
+    pop, d, tgt = run_or_exit(go)
     info = d.to_dict()
     extra = {"regimen": d.description, "time_in_range": round(d.time_in_range, 3),
              "overshoot": d.overshoot, "overshoot_threshold": d.overshoot_threshold,
