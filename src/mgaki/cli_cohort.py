@@ -16,8 +16,10 @@ from rich.table import Table
 
 from mgaki.errors import MgakiError
 
-if TYPE_CHECKING:  # pyarrow is imported by the commands that run, not at CLI start-up
+if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that run, not at CLI start-up
     import pyarrow as pa
+
+    from mgaki.events import EventStore, IngestSummary
 
 __all__ = ["FORMATS", "Engine", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
@@ -46,7 +48,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def ingest_path(source: Path, fmt: str, store_dir: Path) -> object:
+def ingest_path(source: Path, fmt: str, store_dir: Path) -> IngestSummary:
     """Read `source` with its adapter, normalise, append to the store; the IngestSummary."""
     from mgaki.adapters import registry
     from mgaki.events import EventStore, normalize
@@ -76,10 +78,7 @@ def ingest(
     print_ingest(summary, store)
 
 
-def print_ingest(summary: object, store: Path) -> None:
-    from mgaki.events import IngestSummary
-
-    assert isinstance(summary, IngestSummary)
+def print_ingest(summary: IngestSummary, store: Path) -> None:
     t = Table(title=f"ingested into {store}")
     for col in ("table", "rows read", "new", "already stored"):
         t.add_column(col, justify="right" if col != "table" else "left")
@@ -290,14 +289,12 @@ def print_truth(truth: pa.Table, results: dict[str, pa.Table]) -> None:
                     "[/dim]")
 
 
-def demo_plots(store: object, results: dict[str, pa.Table], truth: pa.Table, out: Path) -> list[Path]:
+def demo_plots(store: EventStore, results: dict[str, pa.Table], truth: pa.Table, out: Path) -> list[Path]:
     """Cohort chart plus the timelines of three instructive admissions."""
     import duckdb
 
     from mgaki import plots
-    from mgaki.events import EventStore
 
-    assert isinstance(store, EventStore)
     paths = [plots.save(plots.cohort_mg_aki(results), out / "cohort-mg-aki.png")]
     tables = {t: store.read(t) for t in ("events", "medications", "encounters")}
     con = duckdb.connect()
