@@ -18,9 +18,13 @@ from datetime import datetime, timedelta
 
 from mgaki.knowledge import KnowledgeBase
 
-_ZERO_ML = 1e-6  # a window volume below this is zero (differences of cumulative sums are not exact)
+# Float tolerances, shared with the SQL stages (surveillance/stages.py) so both decide alike.
+THRESHOLD_EPS = 1e-9  # a KDIGO comparison at exactly its threshold counts as met
+ZERO_ML = 1e-6  # a window volume below this is zero (differences of cumulative sums are not exact)
 
 __all__ = [
+    "THRESHOLD_EPS",
+    "ZERO_ML",
     "CreatinineStage",
     "UrineStage",
     "ckd_epi_2021",
@@ -80,12 +84,12 @@ def stage_creatinine(
         in7d = [pv for pt, pv in prior if t - pt <= ratio_win]
         ref, method = _reference(in7d, baseline)
         stage, crit = 0, None
-        if in48 and v - min(in48) >= abs_rise - 1e-9:
+        if in48 and v - min(in48) >= abs_rise - THRESHOLD_EPS:
             stage, crit = 1, "creatinine rise >=0.3 mg/dL within 48 h"
         if ref:
             ratio = v / ref
             for thr, s in ((r3, 3), (r2, 2), (r1, 1)):
-                if ratio >= thr - 1e-9 and s > stage:
+                if ratio >= thr - THRESHOLD_EPS and s > stage:
                     stage, crit = s, f"creatinine {ratio:.2f} x baseline ({method})"
                     break
         if stage >= 1 and v >= scr3 and stage < 3:
@@ -185,7 +189,7 @@ def stage_urine_output(
             stage, crit = 2, f"urine output <{rate1:g} mL/kg/h for {h2:g} h"
         if (r := worst[h3]) is not None and r < rate3:
             stage, crit = 3, f"urine output <{rate3:g} mL/kg/h for {h3:g} h"
-        if (z := low[h_anuria]) is not None and z < _ZERO_ML:
+        if (z := low[h_anuria]) is not None and z < ZERO_ML:
             stage, crit = 3, f"anuria for {h_anuria:g} h"
         out.append(UrineStage(t, stage, crit, rate(h1), rate(h2), rate(h3)))
     return out

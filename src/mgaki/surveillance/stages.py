@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mgaki.engine.kidney import THRESHOLD_EPS, ZERO_ML
 from mgaki.knowledge import KnowledgeBase
 from mgaki.surveillance.dialect import Dialect
 from mgaki.units import convert
@@ -20,8 +21,8 @@ from mgaki.units import convert
 __all__ = ["OPEN_END", "Stage", "stages"]
 
 OPEN_END = 253402300799  # 9999-12-31T23:59:59: an encounter with no end is still open
-_EPS = 1e-9  # float tolerance of the KDIGO comparisons, as in engine/kidney.py
-_VOL_EPS = 1e-6  # mL: a window volume below this is zero (differences of cumulative sums are not exact)
+_EPS = THRESHOLD_EPS  # the engine's float tolerances: the SQL decides exactly as engine/kidney.py
+_VOL_EPS = ZERO_ML
 H = 3600
 DAY = 86400
 
