@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mgaki.errors import MgakiError
+from mgaki.cli_common import err, run_or_exit
 
 if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that run, not at CLI start-up
     import pyarrow as pa
@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that r
 
 __all__ = ["FORMATS", "Engine", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
-err = Console(stderr=True)
 FORMATS = ("auto", "fhir", "mimic", "omop", "meds", "csv")
 
 
@@ -71,10 +70,7 @@ def ingest(
     if not source.exists():
         raise _fail(f"{source}: no such file or folder")
     with err.status(f"reading {source} ({fmt})"):
-        try:
-            summary = ingest_path(source, fmt, store)
-        except MgakiError as exc:
-            raise _fail(str(exc)) from None
+        summary = run_or_exit(lambda: ingest_path(source, fmt, store))
     print_ingest(summary, store)
 
 

@@ -6,11 +6,14 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from mgaki import cli_cohort
 from mgaki.adapters import registry
 from mgaki.cli import app
 from mgaki.cli_cohort import truth_agreement
+from mgaki.errors import MgakiError
 from mgaki.events import EventStore, normalize
 from mgaki.surveillance import surveil
 from mgaki.synth import generate, to_raw
@@ -87,3 +90,18 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     r2 = runner.invoke(app, ["demo", "-n", "60", "--format", "omop", "--out", str(out), "--no-plots"])
     assert r2.exit_code == 0, r2.output
     assert not (out / "plots").exists()  # the folder is rebuilt each run
+
+
+def test_ingest_exit_status_separates_bad_input_from_other_failures(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad input exits 2, any other mgaki failure 3 (one mapping for every command: cli_common)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = runner.invoke(app, ["ingest", str(bad), "--format", "fhir", "--store", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "invalid input" in r.output
+
+    def broken(*_a: object) -> None:
+        raise MgakiError("event store is damaged")
+    monkeypatch.setattr(cli_cohort, "ingest_path", broken)
+    r = runner.invoke(app, ["ingest", str(MIMIC), "--store", str(tmp_path / "s")])
+    assert r.exit_code == 3 and "event store is damaged" in r.output
