@@ -253,24 +253,33 @@ def fit(level: Annotated[list[str], typer.Option("--level", help="Measured level
 @pk_app.command()
 def find(target: Annotated[str, typer.Option("--target", help="Target serum Mg range, mg/dL: 2.0-2.5")],
          weight: Weight = None, crcl: Crcl = None, baseline: Baseline = None, model: Model = None,
+         egfr: Annotated[float | None, typer.Option("--egfr", help="eGFR, mL/min/1.73m2 (renal cap rule)")] = None,
+         aki_stage: Annotated[int, typer.Option("--aki-stage", help="KDIGO AKI stage 0-3 (renal cap rule)")] = 0,
          horizon: Annotated[str, typer.Option("--horizon", help="Plan length")] = "24h",
          jurisdiction: Annotated[str, typer.Option(help="us | uk (daily maximum)")] = "us",
          emergency: Annotated[bool, typer.Option(help="Label rate limit (150 mg/min) instead of 2 g/h")] = False,
-         severe_renal: Annotated[bool | None, typer.Option(
-             help="Apply the 20 g/48 h cap (default: when CrCl < 30)")] = None,
+         severe_renal: Annotated[bool, typer.Option(
+             "--severe-renal", help="Apply the severe-renal cap (20 g/48 h) even when eGFR/CrCl/AKI stage do not "
+                                    "meet its rule (regimens.yaml cap_severe_renal); it always applies when they do")
+         ] = False,
          seed: int = 0, plot: Plot = None, fmt: FmtOpt = Fmt.text) -> None:
     """Find a regimen that keeps serum Mg in the target range within the labelled limits."""
+    from mgaki.engine.repletion import KidneyState
     from mgaki.pk import find_dose
 
     def go() -> tuple[Any, Any, tuple[float, float]]:
         m = re.fullmatch(r"\s*" + _NUM + r"\s*-\s*" + _NUM + r"\s*", target)
         if not m:
             raise InputError("--target", f"cannot read {target!r}; write e.g. 2.0-2.5 (mg/dL)")
+        if not 0 <= aki_stage <= 3:
+            raise InputError("--aki-stage", f"KDIGO AKI stage is 0-3, got {aki_stage}")
+        if egfr is not None and egfr < 0:
+            raise InputError("--egfr", f"eGFR must not be negative, got {egfr:g}")
         lo, hi = float(m.group(1)), float(m.group(2))
         pop = _pop(model, weight, crcl, baseline)
-        renal = severe_renal if severe_renal is not None else (crcl is not None and crcl < 30)
+        kidney = KidneyState(egfr=egfr, crcl=crcl, aki_stage=aki_stage)
         return pop, find_dose(pop, lo, hi, parse_hours(horizon, "--horizon"), jurisdiction=jurisdiction,
-                              severe_renal=renal, emergency=emergency, seed=seed), (lo, hi)
+                              severe_renal=severe_renal, emergency=emergency, seed=seed, kidney=kidney), (lo, hi)
 
     pop, d, tgt = run_or_exit(go)
     info = d.to_dict()
@@ -278,7 +287,10 @@ def find(target: Annotated[str, typer.Option("--target", help="Target serum Mg r
              "overshoot": d.overshoot, "overshoot_threshold": d.overshoot_threshold,
              "limits": info["limits"], "candidates": d.candidates,
              "limits_checked": "; ".join(
-                 f"{c.limit_id} {c.value:.3g}/{c.limit:g} {c.unit} {'ok' if c.ok else 'EXCEEDED'}" for c in d.limits)}
+                 f"{c.limit_id} {c.value:.3g}/{c.limit:g} {c.unit} {'ok' if c.ok else 'EXCEEDED'}" for c in d.limits),
+             "renal_cap": info["renal_cap"]}
+    if d.renal_cap is not None:
+        extra["renal_cap_applied"] = d.renal_cap.text()
     if d.notes:
         extra["finder_notes"] = "; ".join(d.notes)
     _emit("find", d.regimen, pop, d.prediction, fmt, plot, extra, target=tgt)

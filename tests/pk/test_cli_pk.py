@@ -59,3 +59,17 @@ def test_bad_input_exits_2_with_nothing_on_stdout(args: list[str]):
     r = runner.invoke(app, args)
     assert r.exit_code == 2
     assert r.stdout == ""
+
+
+def test_find_applies_the_renal_cap_from_kidney_function():
+    args = ["pk", "find", "--target", "4.0-5.0", "--weight", "70", "--baseline", "1.6mg/dL", "-f", "json"]
+    r = runner.invoke(app, [*args, "--aki-stage", "2"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["renal_cap"]["rule"] == "cap_severe_renal" and out["renal_cap"]["ok"]
+    assert out["renal_cap"]["plan_total_g"] <= 20.0
+    assert "AKI stage 2" in out["renal_cap_applied"]
+    normal = json.loads(runner.invoke(app, [*args, "--egfr", "95"]).stdout)
+    assert normal["renal_cap"] is None
+    assert sum(d["g_mgso4"] for d in normal["doses"]) > sum(d["g_mgso4"] for d in out["doses"])
+    assert runner.invoke(app, [*args, "--aki-stage", "5"]).exit_code == 2

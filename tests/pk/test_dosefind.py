@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mgaki.engine.repletion import KidneyState
 from mgaki.errors import InputError
 from mgaki.knowledge import load
-from mgaki.pk import Covariates, Regimen, check_limits, find_dose, loading_maintenance, population
+from mgaki.pk import Covariates, Regimen, check_limits, find_dose, loading_maintenance, population, renal_cap_rule
 
 
 def _limits_ok(d: object) -> dict[str, tuple[float, float, bool]]:
@@ -70,3 +71,57 @@ def test_check_limits_catches_a_fast_infusion_and_a_large_daily_total() -> None:
 def test_bad_target_is_rejected() -> None:
     with pytest.raises(InputError):
         find_dose(population(), 2.5, 2.0)
+
+
+CAP = "severe_renal_max_48h"
+
+
+@pytest.mark.parametrize(("kidney", "why"), [(KidneyState(crcl=20.0), "CrCl 20 < 30"),
+                                             (KidneyState(egfr=25.0, crcl=60.0), "eGFR 25 < 30"),
+                                             (KidneyState(egfr=80.0, aki_stage=2), "AKI stage 2 >= 2")])
+@pytest.mark.parametrize(("target", "horizon"), [((2.8, 3.2), 24.0), ((4.0, 5.0), 24.0), ((2.0, 2.5), 12.0),
+                                                 ((4.0, 5.0), 48.0)])
+def test_kidney_function_meeting_the_cap_rule_never_gets_a_plan_above_20g_in_48h(
+        kidney: KidneyState, why: str, target: tuple[float, float], horizon: float) -> None:
+    kb = load()
+    cap = kb.limit(CAP).value
+    # CL is not scaled here (no CrCl covariate), so the search wants a lot of drug: only the cap stops it
+    pop = population(covariates=Covariates(weight_kg=70), baseline_mg_dl=1.6)
+    d = find_dose(pop, *target, horizon_h=horizon, kidney=kidney)
+    assert d.renal_cap is not None and d.renal_cap.rule_id == "cap_severe_renal" and why in d.renal_cap.reason
+    assert d.renal_cap.ok and d.renal_cap.limit_g == cap and d.renal_cap.window_h == 48.0
+    # the plan as given, and the plan continued unchanged to 48 h, both stay within the cap
+    assert _limits_ok(d)[CAP][0] <= cap + 1e-9 and _limits_ok(d)[CAP][2]
+    given_48 = d.regimen.given_by(np.arange(0.0, 48.25, 0.25))
+    assert given_48[-1] <= cap + 1e-9
+    assert d.renal_cap.total_g >= given_48[-1] - 1e-9
+    assert any("renal cap 20 g per 48 h" in n for n in d.notes)
+    assert d.to_dict()["renal_cap"]["rule"] == "cap_severe_renal"  # type: ignore[index]
+
+
+def test_the_cap_binds_the_dose_a_normal_kidney_would_get() -> None:
+    # same PK (no CrCl covariate), different kidney state: the cap alone changes the plan
+    pop = population(covariates=Covariates(weight_kg=70), baseline_mg_dl=1.6)
+    free = find_dose(pop, 4.0, 5.0, kidney=KidneyState(egfr=95.0, crcl=100.0))
+    capped = find_dose(pop, 4.0, 5.0, kidney=KidneyState(crcl=20.0))
+    assert sum(free.regimen.g_mgso4()) > 20.0  # a normal kidney gets more in 24 h than the cap allows in 48 h
+    assert sum(capped.regimen.g_mgso4()) < sum(free.regimen.g_mgso4())
+    assert capped.time_in_range < free.time_in_range
+
+
+@pytest.mark.parametrize("kidney", [None, KidneyState(egfr=95.0, crcl=100.0, aki_stage=0),
+                                    KidneyState(egfr=30.0, crcl=30.0, aki_stage=1)])
+def test_normal_or_moderate_kidney_function_is_unchanged(kidney: KidneyState | None) -> None:
+    pop = population(covariates=Covariates(weight_kg=70, crcl_ml_min=90), baseline_mg_dl=1.4)
+    d = find_dose(pop, 2.0, 2.5, kidney=kidney)
+    ref = find_dose(pop, 2.0, 2.5)
+    assert d.renal_cap is None and CAP not in _limits_ok(d)
+    assert d.description == ref.description and d.regimen == ref.regimen
+
+
+def test_cap_rule_is_read_from_the_knowledge_base() -> None:
+    rule = load().renal_rule("cap_severe_renal")
+    assert rule.limit_id == CAP and rule.clearance_below_ml_min == 30.0 and rule.aki_stage_at_least == 2
+    assert renal_cap_rule(KidneyState(crcl=29.9)) is not None
+    assert renal_cap_rule(KidneyState(crcl=30.0, egfr=30.0, aki_stage=1)) is None
+    assert renal_cap_rule(None) is None

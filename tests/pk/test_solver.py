@@ -86,10 +86,15 @@ def test_renal_and_weight_scaling_follow_pk_yaml() -> None:
     ref = population("salinger_2013_1cpt", Covariates(weight_kg=70, crcl_ml_min=100))
     half = population("salinger_2013_1cpt", Covariates(weight_kg=70, crcl_ml_min=50))
     capped = population("salinger_2013_1cpt", Covariates(weight_kg=70, crcl_ml_min=400))
-    heavy = population("salinger_2013_1cpt", Covariates(weight_kg=140, crcl_ml_min=100))
+    heavy = population("salinger_2013_1cpt", Covariates(weight_kg=110, crcl_ml_min=100))
     assert ref.typical[0] == pytest.approx(4.81)
     assert half.typical[0] == pytest.approx(4.81 / 2)
     assert capped.typical[0] == pytest.approx(4.81 * 1.5)  # CrCl capped at 150 mL/min
-    assert heavy.typical[1] == pytest.approx(15.6 * 2)
-    assert heavy.typical[0] == pytest.approx(4.81 * 2 ** 0.75)
+    # Salinger 2013 Table 2: V x (WT/55)^0.692, no weight effect on CL
+    assert heavy.typical[1] == pytest.approx(15.6 * 2 ** 0.692)
+    assert heavy.typical[0] == pytest.approx(4.81)
+    assert population("salinger_2013_1cpt", Covariates(weight_kg=55)).typical[1] == pytest.approx(15.6)
+    # the design allometry of the UCSF model (no published weight covariate): CL, Q ^0.75, volumes ^1
+    ucsf = population("ucsf_2002_2cpt", Covariates(weight_kg=140, crcl_ml_min=100))
+    np.testing.assert_allclose(ucsf.typical, [5.0 * 2 ** 0.75, 24.0 * 2, 5.6 * 2 ** 0.75, 25.0 * 2])
     assert "no CrCl" in " ".join(population("salinger_2013_1cpt").notes)

@@ -221,16 +221,17 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     factor = 1.0
     evidence = [Evidence.of(source)]
     k = req.kidney
-    low_clearance = any(x is not None and x < 30 for x in (k.egfr, k.crcl))
+    low_clearance = kb.renal_rule("reduce_low_clearance").met_by(k.egfr, k.crcl)
+    severe_aki = kb.renal_rule("reduce_aki").met_by(aki_stage=k.aki_stage)
     if action != "emergency":
-        for rule_id, hit in (("reduce_low_clearance", low_clearance), ("reduce_aki", k.aki_stage >= 2)):
+        for rule_id, hit in (("reduce_low_clearance", low_clearance), ("reduce_aki", severe_aki)):
             rule = kb.renal_rule(rule_id)
             if hit and rule.factor is not None and factor > rule.factor:
                 factor = rule.factor
                 adjusted.append(f"{rule.meaning} ({rule.when})")
                 adjusted_sources.append(rule.source)
                 evidence.append(Evidence.of(rule.source))
-    elif low_clearance or k.aki_stage >= 2:
+    elif low_clearance or severe_aki:
         warnings.append("Emergency dose not reduced for kidney function: monitor Mg and reflexes closely")
 
     doses = [_dose(s, factor, req.weight_kg, req.operation_hours) for s in steps]
@@ -245,8 +246,9 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     daily = kb.limit("daily_max_uk" if req.jurisdiction == "uk" else "daily_max_label")
     if total > daily.value:
         warnings.append(f"Planned {total:.1f} g in 24 h exceeds the labelled maximum {daily.value:g} g/24 h")
-    if low_clearance or k.aki_stage >= 2:
-        cap = kb.limit("severe_renal_max_48h")
+    cap_rule = kb.renal_rule("cap_severe_renal")
+    if cap_rule.limit_id is not None and cap_rule.met_by(k.egfr, k.crcl, k.aki_stage):
+        cap = kb.limit(cap_rule.limit_id)
         if 2 * total > cap.value:
             adjusted.append(f"Capped by {cap.meaning.lower()}: plan about {total:.1f} g/24 h, "
                             f"do not exceed {cap.value:g} g in 48 h")

@@ -309,11 +309,23 @@ class Regimen(Cited):
 
 
 class RenalRule(Cited):
+    """A kidney-function rule; ``when`` is the text, the two criteria fields make it computable."""
+
     id: str
     when: str
     action: Literal["reduce", "hold", "cap"]
     factor: float | None = None
     meaning: str
+    clearance_below_ml_min: float | None = None  # met when eGFR or CrCl is below this
+    aki_stage_at_least: int | None = None  # met when the KDIGO AKI stage is at least this
+    limit_id: str | None = None  # action cap: the regimens.yaml limit that caps the dose
+
+    def met_by(self, egfr: float | None = None, crcl: float | None = None, aki_stage: int = 0) -> bool:
+        """Whether a patient's kidney function meets the rule's computable criteria (either suffices)."""
+        low = self.clearance_below_ml_min
+        by_clearance = low is not None and any(x is not None and x < low for x in (egfr, crcl))
+        by_aki = self.aki_stage_at_least is not None and aki_stage >= self.aki_stage_at_least
+        return by_clearance or by_aki
 
 
 class RegimensFile(Strict):

@@ -8,7 +8,7 @@ women and carry a renal scaling that is an assumption (docs/pk.md).
 
 from __future__ import annotations
 
-from mgaki.pk._dosefind import DoseFinding, find_dose, limit_ids, toxicity_level_mg_dl
+from mgaki.pk._dosefind import DoseFinding, RenalCap, find_dose, limit_ids, renal_cap_rule, toxicity_level_mg_dl
 from mgaki.pk._fit import Fit, fit_map, posterior_predict
 from mgaki.pk._model import Covariates, PopModel, population
 from mgaki.pk._regimen import LimitCheck, Regimen, check_limits, dose_mmol, loading_maintenance, repeated
@@ -23,6 +23,7 @@ __all__ = [
     "PopModel",
     "Prediction",
     "Regimen",
+    "RenalCap",
     "check_limits",
     "concentrations",
     "dose_mmol",
@@ -34,6 +35,7 @@ __all__ = [
     "loading_maintenance",
     "population",
     "posterior_predict",
+    "renal_cap_rule",
     "repeated",
     "simulate",
     "time_grid",

@@ -2,7 +2,9 @@
 
 Candidates are loading dose + maintenance infusion, or repeated doses, on grids from pk.yaml;
 every infusion runs at or below the labelled rate (regimens.yaml), totals respect the daily
-maximum and, in severe renal impairment, the 20 g/48 h cap. Because the models are linear in
+maximum and, when the patient's kidney function meets a regimens.yaml cap rule (severe renal
+impairment: 20 g/48 h), that cap. Windowed totals are checked on the plan as if continued
+unchanged for the whole window, so that repeating a 24-h plan cannot break a 48-h cap. Because the models are linear in
 dose, a whole grid is scored from a few unit responses at once. The chosen regimen's risk of
 a peak above the toxicity level comes from Monte Carlo over the between-patient (or the
 patient's posterior) variability and is flagged above pk_overshoot_probability_max.
@@ -17,18 +19,42 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from mgaki.engine.repletion import KidneyState
 from mgaki.errors import InputError
 from mgaki.knowledge import KnowledgeBase, load
+from mgaki.knowledge.schema import RenalRule
 from mgaki.pk._fit import Fit, posterior_predict
 from mgaki.pk._model import PopModel
-from mgaki.pk._regimen import LimitCheck, Regimen, check_limits, loading_maintenance, repeated
+from mgaki.pk._regimen import LimitCheck, Regimen, check_limits, limit_window_h, loading_maintenance, repeated
 from mgaki.pk._simulate import Prediction, concentrations, simulate
 from mgaki.units import convert
 
-__all__ = ["DoseFinding", "find_dose", "limit_ids", "toxicity_level_mg_dl"]
+__all__ = ["DoseFinding", "RenalCap", "find_dose", "limit_ids", "renal_cap_rule", "toxicity_level_mg_dl"]
 
 Array = npt.NDArray[np.float64]
 Kind = Literal["loading_maintenance", "repeated"]
+_CAP_RULE = "cap_severe_renal"  # regimens.yaml rule used when a caller asks for the renal cap explicitly
+
+
+@dataclass(frozen=True)
+class RenalCap:
+    """The renal cap that bound the search: which rule, why, and the chosen plan's total over its window."""
+
+    rule_id: str
+    limit_id: str
+    limit_g: float
+    window_h: float
+    reason: str  # which criterion the patient met (or "requested")
+    total_g: float  # chosen plan, continued unchanged for the window
+    ok: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rule": self.rule_id, "limit": self.limit_id, "limit_g": self.limit_g, "window_h": self.window_h,
+                "reason": self.reason, "plan_total_g": round(self.total_g, 3), "ok": self.ok}
+
+    def text(self) -> str:
+        return (f"renal cap {self.limit_g:g} g per {self.window_h:g} h applied ({self.rule_id}: {self.reason}); "
+                f"the plan continued for {self.window_h:g} h gives {self.total_g:.1f} g")
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,7 @@ class DoseFinding:
     limits: list[LimitCheck]
     candidates: int
     notes: list[str] = field(default_factory=list)
+    renal_cap: RenalCap | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -64,6 +91,7 @@ class DoseFinding:
             "limits": [{"id": c.limit_id, "limit": c.limit, "value": round(c.value, 3), "unit": c.unit,
                         "ok": c.ok} for c in self.limits],
             "candidates": self.candidates, "notes": self.notes,
+            "renal_cap": self.renal_cap.to_dict() if self.renal_cap is not None else None,
         }
 
 
@@ -89,12 +117,34 @@ def toxicity_level_mg_dl(target_high_mg_dl: float, kb: KnowledgeBase | None = No
     return tid, value
 
 
-def limit_ids(jurisdiction: str, emergency: bool, severe_renal: bool) -> tuple[str, ...]:
+def renal_cap_rule(kidney: KidneyState | None, kb: KnowledgeBase | None = None) -> tuple[RenalRule, str] | None:
+    """The regimens.yaml cap rule this kidney function meets, with the criterion that was met."""
+    if kidney is None:
+        return None
+    kb = kb or load()
+    for rule in kb.regimens.renal_rules:
+        if rule.action != "cap" or rule.limit_id is None:
+            continue
+        if rule.met_by(kidney.egfr, kidney.crcl, kidney.aki_stage):
+            low = rule.clearance_below_ml_min
+            why = [f"{name} {x:g} < {low:g} mL/min" for name, x in (("eGFR", kidney.egfr), ("CrCl", kidney.crcl))
+                   if low is not None and x is not None and x < low]
+            if rule.aki_stage_at_least is not None and kidney.aki_stage >= rule.aki_stage_at_least:
+                why.append(f"AKI stage {kidney.aki_stage} >= {rule.aki_stage_at_least}")
+            return rule, ", ".join(why)
+    return None
+
+
+def limit_ids(jurisdiction: str, emergency: bool, severe_renal: bool,
+              kb: KnowledgeBase | None = None) -> tuple[str, ...]:
     """Which regimens.yaml limits bind: rate (label for emergencies, repletion otherwise), daily, renal cap."""
     ids = ["iv_rate_max_label" if emergency else "iv_rate_max_repletion",
            "daily_max_uk" if jurisdiction == "uk" else "daily_max_label"]
     if severe_renal:
-        ids.append("severe_renal_max_48h")
+        cap = (kb or load()).renal_rule(_CAP_RULE).limit_id
+        if cap is None:
+            raise InputError("renal", f"renal rule {_CAP_RULE} names no limit")
+        ids.append(cap)
     return tuple(ids)
 
 
@@ -106,15 +156,22 @@ def _grid(kb: KnowledgeBase, step_id: str, max_id: str) -> Array:
 def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, horizon_h: float = 24.0,
               fit: Fit | None = None, jurisdiction: str = "us", severe_renal: bool = False,
               emergency: bool = False, kinds: tuple[Kind, ...] = ("loading_maintenance", "repeated"),
-              seed: int = 0, kb: KnowledgeBase | None = None) -> DoseFinding:
-    """Best regimen for the target range (mg/dL) over ``horizon_h``; uses the posterior if ``fit`` is given."""
+              seed: int = 0, kb: KnowledgeBase | None = None, kidney: KidneyState | None = None) -> DoseFinding:
+    """Best regimen for the target range (mg/dL) over ``horizon_h``; uses the posterior if ``fit`` is given.
+
+    ``kidney``: the patient's eGFR/CrCl/AKI stage; when it meets a regimens.yaml cap rule the cap binds
+    (``severe_renal=True`` forces it; it can never switch a met rule off).
+    """
     kb = kb or load()
     if not (0 < target_low_mg_dl < target_high_mg_dl):
         raise InputError("target", f"target range must be low < high, got {target_low_mg_dl}-{target_high_mg_dl}")
     if horizon_h <= 0:
         raise InputError("horizon", "the horizon must be positive")
-    ids = limit_ids(jurisdiction, emergency, severe_renal)
+    met = renal_cap_rule(kidney, kb)
+    ids = limit_ids(jurisdiction, emergency, severe_renal or met is not None, kb)
     rate_max = next(c.limit for c in check_limits(Regimen(), ids[:1], kb))
+    windows = {lid: w for lid in ids[1:] if (w := limit_window_h(lid, kb)) is not None}
+    span = max(windows.values(), default=0.0)
     eta0 = fit.eta if fit is not None else np.zeros(pop.n_eta)
     step = kb.value("pk_grid_step_hours")
     times = np.arange(0.0, horizon_h + step / 2, step)
@@ -126,7 +183,8 @@ def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, 
     def exo(reg: Regimen) -> Array:
         return (concentrations(pop, reg, times, eta0) - base) * unit_c
 
-    cands: list[tuple[Kind, str, Regimen, Array]] = []  # (kind, label, regimen, typical mg/dL)
+    # (kind, label, regimen, typical mg/dL, the regimen continued unchanged over the longest limit window)
+    cands: list[tuple[Kind, str, Regimen, Array, Regimen]] = []
     if "loading_maintenance" in kinds:
         loads = _grid(kb, "pk_dose_step_g", "pk_load_max_g")
         rates = _grid(kb, "pk_rate_step_g_per_h", "pk_rate_max_g_per_h")
@@ -142,27 +200,31 @@ def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, 
                     continue
                 label = (f"{load_g:g} g MgSO4 over {over * 60:.0f} min, then " if load_g > 0 else "") + \
                     (f"{r:g} g/h to {horizon_h:g} h" if r > 0 else "no maintenance")
-                cands.append(("loading_maintenance", label, loading_maintenance(load_g, over, r, run), c))
+                cands.append(("loading_maintenance", label, loading_maintenance(load_g, over, r, run), c,
+                              loading_maintenance(load_g, over, r, max(run, span - over))))
     if "repeated" in kinds:
         for every in _grid(kb, "pk_interval_step_h", "pk_interval_max_h")[1:]:
             n = max(1, math.ceil(horizon_h / every - 1e-9))
+            n_span = max(n, math.ceil(span / every - 1e-9))
             for dose in _grid(kb, "pk_dose_step_g", "pk_load_max_g")[1:]:
-                reg = repeated(float(dose), "g", float(every), n, over_h=float(dose) / rate_max)
+                over = float(dose) / rate_max
+                reg = repeated(float(dose), "g", float(every), n, over_h=over)
                 c = base * unit_c + exo(reg)
-                cands.append(("repeated", f"{dose:g} g MgSO4 over {dose / rate_max * 60:.0f} min every "
-                              f"{every:g} h (x{n})", reg, c))
+                cands.append(("repeated", f"{dose:g} g MgSO4 over {over * 60:.0f} min every "
+                              f"{every:g} h (x{n})", reg, c, repeated(float(dose), "g", float(every), n_span,
+                                                                       over_h=over)))
     if not cands:
         raise InputError("kinds", "no candidate regimens: choose loading_maintenance and/or repeated")
     curves = np.stack([c[3] for c in cands])
     inside = (curves >= target_low_mg_dl) & (curves <= target_high_mg_dl)
     score = inside[:, window].mean(axis=1)
     total_g = np.array([sum(c[2].g_mgso4()) for c in cands])
-    ok = np.array([all(lc.ok for lc in check_limits(c[2], ids[1:], kb)) for c in cands])
+    ok = np.array([all(lc.ok for lc in check_limits(c[4], tuple(windows), kb)) for c in cands])
     peak = curves.max(axis=1)
     above = peak > target_high_mg_dl + 1e-9  # a course that overshoots the range ranks after one that does not
     order = np.lexsort((peak, total_g, -np.round(score, 6), above, ~ok))
     best = int(order[0])
-    kind, label, reg, _ = cands[best]
+    kind, label, reg, _, continued = cands[best]
     notes: list[str] = []
     if not ok[best]:
         notes.append("No candidate respects every labelled limit: shown is the best, and it exceeds one")
@@ -170,10 +232,26 @@ def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, 
         notes.append("Every candidate's typical course rises above the target range at some time")
     if score[best] == 0.0:
         notes.append("No candidate keeps the typical patient in the target range within the horizon")
+    limits = check_limits(reg, ids[:1], kb) + check_limits(continued, tuple(windows), kb)
+    cap = _renal_cap(met, ids, limits, kb)
+    if cap is not None:
+        notes.append(cap.text())
     tox_id, tox = toxicity_level_mg_dl(target_high_mg_dl, kb)
     pred = (posterior_predict(fit, reg, times, seed=seed, kb=kb) if fit is not None
             else simulate(pop, reg, times, seed=seed, kb=kb))
     p_tox = pred.p_peak_above(tox) or 0.0
     thr = kb.value("pk_overshoot_probability_max")
     return DoseFinding(kind, label, reg, (target_low_mg_dl, target_high_mg_dl), float(score[best]), pred, tox,
-                       tox_id, p_tox, thr, p_tox > thr, check_limits(reg, ids, kb), len(cands), notes)
+                       tox_id, p_tox, thr, p_tox > thr, limits, len(cands), notes, cap)
+
+
+def _renal_cap(met: tuple[RenalRule, str] | None, ids: tuple[str, ...], limits: list[LimitCheck],
+               kb: KnowledgeBase) -> RenalCap | None:
+    """The flag for the output: the cap rule in force and the chosen plan's total over its window."""
+    rule = met[0] if met is not None else kb.renal_rule(_CAP_RULE)
+    if rule.limit_id is None or rule.limit_id not in ids:
+        return None
+    check = next(c for c in limits if c.limit_id == rule.limit_id)
+    window = limit_window_h(rule.limit_id, kb) or 0.0
+    return RenalCap(rule.id, rule.limit_id, check.limit, window, met[1] if met is not None else "requested",
+                    check.value, check.ok)

@@ -16,7 +16,7 @@ from mgaki.errors import InputError, KnowledgeError
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.units import salt_amounts
 
-__all__ = ["LimitCheck", "Regimen", "check_limits", "dose_mmol", "loading_maintenance", "repeated"]
+__all__ = ["LimitCheck", "Regimen", "check_limits", "dose_mmol", "limit_window_h", "loading_maintenance", "repeated"]
 
 Array = npt.NDArray[np.float64]
 SULFATE = "magnesium_sulfate_heptahydrate"
@@ -140,6 +140,12 @@ def _limit_value(kb: KnowledgeBase, limit_id: str) -> tuple[str, float, float]:
     if lim.unit in _WINDOW_UNITS:
         return "window", lim.value, _WINDOW_UNITS[lim.unit]
     raise KnowledgeError(f"limit {limit_id}: unit {lim.unit!r} is not a rate or a windowed total")
+
+
+def limit_window_h(limit_id: str, kb: KnowledgeBase | None = None) -> float | None:
+    """Window (h) of a windowed-total limit; None for a rate limit."""
+    kind, _, window = _limit_value(kb or load(), limit_id)
+    return window if kind == "window" else None
 
 
 def check_limits(regimen: Regimen, limit_ids: tuple[str, ...], kb: KnowledgeBase | None = None,
