@@ -22,12 +22,12 @@ from fastapi.responses import JSONResponse, Response
 
 import mgaki
 from mgaki.errors import InputError, MgakiError
-from mgaki.service.cds import SERVICES, CdsInputError, discovery, order_sign, patient_view
+from mgaki.service.cds import SERVICES, CdsInputError, call_service, discovery
 from mgaki.service.cds_models import CdsRequest, CdsResponse, FeedbackRequest
 from mgaki.service.config import Role, ServiceConfig
 from mgaki.service.db import alerts, audit, cds_feedback, make_engine, upgrade, utcnow
 from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
-from mgaki.service.security import AuthError, Principal, check_bearer, verify_cds_jwt
+from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient, verify_cds_jwt
 
 __all__ = ["create_app", "log"]
 
@@ -78,7 +78,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return response
 
     @app.exception_handler(AuthError)
-    async def _auth(_r: Request, exc: AuthError) -> JSONResponse:
+    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        if exc.patient_id is not None:  # a refused patient (check_patient): audited as a denied attempt
+            route = getattr(request.scope.get("route"), "path", "<unmatched>")
+            _audit(exc.actor or "unknown", "denied", f"{request.method} {route}", exc.patient_id, exc.message)
         resp = _error(exc.status, exc.message)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
@@ -86,7 +89,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(CdsInputError)
     async def _cds_bad(_r: Request, exc: CdsInputError) -> JSONResponse:
-        return _error(400, exc.message)
+        return _error(exc.status, exc.message)
 
     @app.exception_handler(InputError)
     async def _bad(_r: Request, exc: InputError) -> JSONResponse:
@@ -128,7 +131,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     @app.post("/cds-services/{service_id}", tags=["cds-hooks"], response_model=CdsResponse,
               response_model_exclude_none=True)
     def cds_call(service_id: str, body: CdsRequest, caller: Annotated[str, Depends(cds_caller)]) -> CdsResponse:
-        """Call a CDS service (patient-view or order-sign)."""
+        """Call a CDS service (patient-view, order-select or order-sign)."""
         hook = SERVICES.get(service_id)
         if hook is None:
             raise CdsInputError(f"unknown CDS service {service_id!r}; known: {', '.join(SERVICES)}")
@@ -138,7 +141,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         user = body.context.get("userId")
         _audit(f"{caller} {user}" if isinstance(user, str) else caller, "read", f"cds:{service_id}",
                pid if isinstance(pid, str) else None, f"hookInstance {body.hookInstance}")
-        return patient_view(body) if hook == "patient-view" else order_sign(body)
+        return call_service(service_id, body, cfg)
 
     @app.post("/cds-services/{service_id}/feedback", tags=["cds-hooks"])
     def cds_feedback_post(service_id: str, body: FeedbackRequest,
@@ -211,6 +214,9 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             where.append(alerts.c.severity == severity)
         if kind:
             where.append(alerts.c.kind == kind)
+        allowed = allowed_patients(who)
+        if allowed is not None:
+            where.append(alerts.c.subject_id.in_(sorted(allowed)))
         rows = _alerts(where, limit, offset)
         _audit(who.name, "read", "GET /alerts", None, f"{len(rows)} alerts")
         return {"alerts": rows}
@@ -220,6 +226,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
                        limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
                        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
         """One patient's alerts, newest first."""
+        check_patient(who, patient_id)
         rows = _alerts([alerts.c.subject_id == patient_id], limit, offset)
         _audit(who.name, "read", "GET /patients/{patient_id}/alerts", patient_id, f"{len(rows)} alerts")
         return {"patient_id": patient_id, "alerts": rows}
