@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 import mgaki
@@ -33,6 +33,15 @@ __all__ = ["create_app", "log"]
 
 log = logging.getLogger("mgaki.service")
 _MAX_LIMIT = 1000
+
+
+def _width(col: sa.ColumnElement[Any]) -> int:
+    t = col.type
+    assert isinstance(t, sa.String) and t.length is not None
+    return t.length
+
+
+_ID_MAX = _width(audit.c.patient_id)  # longer ids cannot be audited (PostgreSQL enforces VARCHAR lengths)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -105,6 +114,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return _error(500, "internal error")
 
     def _audit(actor: str, action: str, endpoint: str, patient_id: str | None, detail: str | None = None) -> None:
+        # free text is cut to its column (a caller's long userId or hookInstance must not fail the call)
+        actor, detail = actor[:_width(audit.c.actor)], detail and detail[:_width(audit.c.detail)]
         with engine.begin() as con:
             con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action=action, endpoint=endpoint,
                                                 patient_id=patient_id, detail=detail))
@@ -138,6 +149,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         if body.hook != hook:
             raise CdsInputError(f"service {service_id!r} answers the {hook!r} hook, not {body.hook!r}")
         pid = body.context.get("patientId")
+        if isinstance(pid, str) and len(pid) > _ID_MAX:
+            raise CdsInputError(f"context.patientId is longer than {_ID_MAX} characters")
         user = body.context.get("userId")
         _audit(f"{caller} {user}" if isinstance(user, str) else caller, "read", f"cds:{service_id}",
                pid if isinstance(pid, str) else None, f"hookInstance {body.hookInstance}")
@@ -222,7 +235,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return {"alerts": rows}
 
     @app.get("/patients/{patient_id}/alerts", tags=["alerts"])
-    def patient_alerts(patient_id: str, who: Annotated[Principal, Depends(need("reader"))],
+    def patient_alerts(patient_id: Annotated[str, Path(max_length=_ID_MAX)],
+                       who: Annotated[Principal, Depends(need("reader"))],
                        limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
                        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
         """One patient's alerts, newest first."""
