@@ -110,6 +110,22 @@ def test_cisplatin_with_normal_mg_suggests_the_preload_order(client):
     assert again == []
 
 
+def test_cisplatin_preload_follows_the_engines_renal_adjustment(client):
+    req = hook_request("crcl_lt30_halved", "order-sign", draft=[drug_order("c1", "cisplatin", "2555")])
+    for e in req["prefetch"]["observations"]["entry"]:
+        if e["resource"]["code"]["coding"][0]["code"] == "19123-9":
+            e["resource"]["valueQuantity"]["value"] = 2.0  # normal Mg, CrCl < 30
+    b = {"resourceType": "Bundle", "type": "collection",
+         "entry": [{"resource": r} for k in ("observations", "medicationRequests") for r in
+                   [x["resource"] for x in req["prefetch"][k]["entry"]]] + [{"resource": req["prefetch"]["patient"]}]}
+    planned = mgaki.assess(b, ["cisplatin"]).plan
+    assert planned.adjustments  # the engine halves the preload for CrCl < 30
+    card = CdsResponse.model_validate(client.post("/cds-services/mgaki-order-sign", json=req).json()).cards[0]
+    dose = card.suggestions[0].actions[0].resource["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+    assert dose["value"] == planned.doses[0].meq == load().regimen("cisplatin-pragmatic-2022").steps[0].amount / 2
+    assert "Adjusted: " + planned.adjustments[0] in card.detail
+
+
 def test_cisplatin_with_low_mg_warns_and_does_not_preload(client):
     cards = call(client, "general_low_cheungpasitporn", [drug_order("c1", "cisplatin 70 mg/m2", "2555")]).cards
     assert [c.summary.split(" (")[0] for c in cards] == ["cisplatin"]

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from conftest import bundle, hook_request, make_config
 from mgaki.service import create_app
 from mgaki.service.cds_models import CdsResponse
+from mgaki.service.config import load_config
 
 TOKEN = "fhir-access-token-42"
 VIGNETTE = "general_low_cheungpasitporn"
@@ -67,6 +68,10 @@ def _stub(seen: list[tuple[str, str | None]]) -> FastAPI:
     def endless(request: Request, rest: str) -> Any:
         return searchset([], f"{request.base_url}endless/Observation?again=1")
 
+    @app.get("/offsite/{rest:path}")
+    def offsite(rest: str) -> Any:
+        return searchset([], "http://elsewhere.example/fhir/Observation?page=2")
+
     @app.get("/slow/{rest:path}")
     def slow(rest: str) -> Any:
         time.sleep(1.5)
@@ -106,7 +111,7 @@ def fhir() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
 @pytest.fixture
 def fclient(tmp_path, fhir):
     base = fhir[0]
-    cfg = make_config(tmp_path, fhir_servers=[f"{base}/{p}" for p in ("fhir", "broken", "endless", "slow", "garbage")]
+    cfg = make_config(tmp_path, fhir_servers=[f"{base}/{p}" for p in ("fhir", "broken", "endless", "offsite", "slow", "garbage")]
                       + ["http://127.0.0.1:9/fhir"], fhir_timeout_s=0.5, fhir_max_pages=5)
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         yield c
@@ -151,6 +156,7 @@ def test_only_missing_keys_are_fetched(fclient, fhir):
     ("/other", TOKEN, 412, "allow-list"),
     ("/broken", TOKEN, 502, "HTTP 503"),
     ("/endless", TOKEN, 412, "more than 5 pages"),
+    ("/offsite", TOKEN, 502, "next link leaves"),
     ("/slow", TOKEN, 502, "timed out"),
     ("/garbage", TOKEN, 502, "no FHIR resource"),
 ])
@@ -166,3 +172,8 @@ def test_unreachable_server_and_no_server(fclient):
     req["prefetch"]["observations"] = None
     r = fclient.post("/cds-services/mgaki-patient-view", json=req)
     assert r.status_code == 412 and "'observations' missing" in r.json()["error"]
+
+
+def test_allow_list_from_the_environment():
+    cfg = load_config(env={"MGAKI_FHIR_SERVERS": '["https://ehr.example.org/fhir"]'})
+    assert cfg.fhir_servers == ["https://ehr.example.org/fhir"]

@@ -404,8 +404,8 @@ def _low_mg_card(a: Assessment, drug: Drug | None, cls: DrugClass, label: str) -
     m = a.magnesium
     assert m is not None
     hypo = next((f for f in a.findings if f.code == "hypomagnesemia"), None)
-    evidence = [Evidence.of(cls.source)] + ([Evidence.of(drug.source)] if drug else []) \
-        + (list(hypo.evidence) if hypo else [])
+    evidence = list(dict.fromkeys([Evidence.of(cls.source)] + ([Evidence.of(drug.source)] if drug else [])
+                                  + (list(hypo.evidence) if hypo else [])))
     what = f"**{label}** ({drug.drug_class}): {drug.mechanism}" if drug else f"**{label}** ({cls.label})"
     detail = (f"{cls.reason}\n\n{what}\n\nSerum Mg {m.reported} ({m.value_mg_dl:.2f} mg/dL, {m.value_mmol_l:.2f} "
               f"mmol/L) at {m.time}: low" + (f", CTCAE grade {m.grade}" if m.grade else "")
@@ -474,7 +474,7 @@ def _preload_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, drug: Drug)
     if regimen is None or drug.context not in regimen.contexts or regimen.purpose != "aki_prevention" or not plan.doses:
         return None  # e.g. low Mg: repletion by nomogram, said on the class card
     unit = regimen.steps[0].amount_unit
-    reason = f"{regimen.name} before {drug.ingredient}"
+    reason = f"AKI prevention with {drug.ingredient}: {regimen.name}"
     creates = [Action(type="create", description=_short(f"Order {d.label} ({regimen.name})", 200),
                       resource=_mg_dose_request(kb, req, d, unit, reason, regimen.source.citation))
                for d in plan.doses]
