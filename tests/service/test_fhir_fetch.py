@@ -111,8 +111,9 @@ def fhir() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
 @pytest.fixture
 def fclient(tmp_path, fhir):
     base = fhir[0]
-    cfg = make_config(tmp_path, fhir_servers=[f"{base}/{p}" for p in ("fhir", "broken", "endless", "offsite", "slow", "garbage")]
-                      + ["http://127.0.0.1:9/fhir"], fhir_timeout_s=0.5, fhir_max_pages=5)
+    paths = ("fhir", "broken", "endless", "offsite", "slow", "garbage")
+    cfg = make_config(tmp_path, fhir_servers=[f"{base}/{p}" for p in paths] + ["http://127.0.0.1:9/fhir"],
+                      fhir_timeout_s=0.5, fhir_max_pages=5)
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         yield c
 
