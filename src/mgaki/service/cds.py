@@ -429,6 +429,7 @@ def _no_mg_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, hits: list[tu
               "code": {"coding": [{"system": code.system, "code": code.code, "display": code.display}],
                        "text": code.display},
               **_patient_refs(req), "reasonCode": [{"text": f"Mg-lowering drug ordered: {names}"}]}
+        sr = _checked(sr)
         suggestions.append(Suggestion(label=_short(f"Order {code.display}", 100), uuid=str(uuid.uuid4()),
                                       isRecommended=True,
                                       actions=[Action(type="create", description=f"Order {code.display}",
@@ -436,6 +437,14 @@ def _no_mg_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, hits: list[tu
     return Card(uuid=str(uuid.uuid4()), summary=_short(f"No serum Mg on record: {names} can lower Mg"),
                 detail=detail, indicator="info", source=_source(evidence), links=_links(evidence) or None,
                 suggestions=suggestions or None, selectionBehavior="at-most-one" if suggestions else None)
+
+
+def _checked(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource a card creates, validated as FHIR R4 (R4B models) before it leaves: a bad one is our bug."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    return resource
 
 
 def _mg_dose_request(kb: KnowledgeBase, req: CdsRequest, dose: Dose, unit: str, reason: str,
@@ -451,13 +460,14 @@ def _mg_dose_request(kb: KnowledgeBase, req: CdsRequest, dose: Dose, unit: str, 
     if dose.interval_h:
         timing.update(period=dose.interval_h, periodUnit="h")
     coding = {"system": RXNORM, "code": mg.rxcui, "display": mg.ingredient} if mg.rxcui else None
-    return {"resourceType": "MedicationRequest", "id": str(uuid.uuid4()), "status": "draft", "intent": "order",
-            "medicationCodeableConcept": {**({"coding": [coding]} if coding else {}), "text": mg.ingredient},
-            **_patient_refs(req), "reasonCode": [{"text": reason}], "note": [{"text": note}],
-            "dosageInstruction": [{"text": f"{dose.label}" + (f" ({dose.note})" if dose.note else ""),
-                                   "route": {"text": dose.route}, "timing": {"repeat": timing},
-                                   "doseAndRate": [{"doseQuantity": {"value": round(value, 2), "unit": shown,
-                                                                     "system": UCUM, "code": ucum}}]}]}
+    quantity = {"value": round(value, 2), "unit": shown, "system": UCUM, "code": ucum}
+    dosage = {"text": dose.label + (f" ({dose.note})" if dose.note else ""), "route": {"text": dose.route},
+              "timing": {"repeat": timing}, "doseAndRate": [{"doseQuantity": quantity}]}
+    return _checked({
+        "resourceType": "MedicationRequest", "id": str(uuid.uuid4()), "status": "draft", "intent": "order",
+        "medicationCodeableConcept": {**({"coding": [coding]} if coding else {}), "text": mg.ingredient},
+        **_patient_refs(req), "reasonCode": [{"text": reason}], "note": [{"text": note}],
+        "dosageInstruction": [dosage]})
 
 
 def _preload_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, drug: Drug) -> Card | None:
