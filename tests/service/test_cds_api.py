@@ -13,7 +13,7 @@ def test_discovery_lists_services_with_prefetch(client):
     r = client.get("/cds-services")
     assert r.status_code == 200
     services = {s["id"]: s for s in r.json()["services"]}
-    assert set(services) == {"mgaki-patient-view", "mgaki-order-sign"}
+    assert set(services) == {"mgaki-patient-view", "mgaki-order-select", "mgaki-order-sign"}
     assert services["mgaki-order-sign"]["hook"] == "order-sign"
     pf = services["mgaki-patient-view"]["prefetch"]
     assert pf["patient"] == "Patient/{{context.patientId}}"
@@ -88,7 +88,7 @@ def test_malformed_cds_input_is_4xx_with_a_message(client):
     req = hook_request("general_low_cheungpasitporn")
     del req["prefetch"]["patient"]
     r = client.post(url, json=req)
-    assert r.status_code == 400 and "prefetch 'patient' is missing" in r.json()["error"]
+    assert r.status_code == 412 and "prefetch 'patient' missing" in r.json()["error"]  # no fhirServer to ask
     req = hook_request("general_low_cheungpasitporn")
     req["prefetch"]["observations"]["entry"][0]["resource"]["valueQuantity"]["unit"] = "furlongs"
     req["prefetch"]["observations"]["entry"][0]["resource"]["valueQuantity"]["code"] = "furlongs"

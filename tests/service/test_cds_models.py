@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mgaki.service.cds_models import Action, Card, CdsResponse, FeedbackRequest
+from mgaki.service.cds_models import Action, Card, CdsResponse, FeedbackRequest, Suggestion
 
 # CDS Hooks 2.0, "Example response" (https://cds-hooks.hl7.org/2.0/#example), verbatim.
 SPEC_RESPONSE = {
@@ -36,6 +36,14 @@ SPEC_ACTIONS = [
      "resourceId": "ServiceRequest/procedure-request-1"},
 ]
 
+# CDS Hooks 2.0, Suggestion example (a create action carrying a new resource), verbatim.
+SPEC_SUGGESTION = {
+    "label": "Human-readable suggestion label",
+    "uuid": "e56e1945-20b3-4393-8503-a1a20fd73152",
+    "actions": [{"type": "create", "description": "Create a prescription for Acetaminophen 250 MG",
+                 "resource": {"resourceType": "MedicationRequest", "id": "medrx001", "...": "<snipped for brevity>"}}],
+}
+
 # CDS Hooks 2.0, feedback examples.
 SPEC_FEEDBACK = [
     {"feedback": [{"card": "4e0a3a1e-3283-4575-ab82-028d55fe2719", "outcome": "accepted",
@@ -60,6 +68,20 @@ def test_spec_example_response_round_trips():
 @pytest.mark.parametrize("action", SPEC_ACTIONS, ids=lambda a: a["type"])
 def test_spec_example_actions(action):
     assert Action.model_validate(action).model_dump(exclude_none=True) == action
+
+
+def test_spec_example_suggestion_with_create_in_a_card():
+    assert Suggestion.model_validate(SPEC_SUGGESTION).model_dump(exclude_none=True) == SPEC_SUGGESTION
+    card = {"summary": "s", "indicator": "info", "source": {"label": "l"}, "suggestions": [SPEC_SUGGESTION],
+            "selectionBehavior": "at-most-one"}
+    assert Card.model_validate(card).model_dump(exclude_none=True) == card
+
+
+def test_create_action_needs_resource_and_delete_a_resource_id():
+    with pytest.raises(ValidationError, match="needs a resource"):
+        Action.model_validate({"type": "create", "description": "d", "resourceId": "MedicationRequest/x"})
+    with pytest.raises(ValidationError, match="needs a resourceId"):
+        Action.model_validate({"type": "delete", "description": "d"})
 
 
 @pytest.mark.parametrize("fb", SPEC_FEEDBACK, ids=["accepted", "overridden", "override-reason"])

@@ -61,3 +61,19 @@ def test_postgres_ingest_alerts_cds_audit(tmp_path, pg_url):
     # migrations are idempotent: a second start on the same database changes nothing
     with TestClient(create_app(cfg)) as c2:
         assert len(c2.get("/alerts", headers=auth(READER)).json()["alerts"]) == len(alerts)
+
+
+def test_postgres_over_long_ids_are_4xx_not_500(tmp_path, pg_url):
+    """PostgreSQL enforces VARCHAR lengths (SQLite does not): ids longer than the audit columns must be refused."""
+    url, _ = pg_url
+    with TestClient(create_app(make_config(tmp_path, database_url=url)), raise_server_exceptions=False) as c:
+        r = c.get("/patients/" + "p" * 300 + "/alerts", headers=auth(READER))
+        assert r.status_code == 422 and "patient_id" in r.text
+        req = hook_request("general_low_cheungpasitporn")
+        req["context"]["patientId"] = req["prefetch"]["patient"]["id"] = "p" * 300
+        r = c.post("/cds-services/mgaki-patient-view", json=req)
+        assert r.status_code == 400 and "context.patientId" in r.json()["error"]
+        req = hook_request("general_low_cheungpasitporn")
+        req["context"]["userId"] = "Practitioner/" + "u" * 300
+        req["hookInstance"] = "h" * 600
+        assert c.post("/cds-services/mgaki-patient-view", json=req).status_code == 200  # actor/detail truncated

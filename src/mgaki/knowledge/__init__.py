@@ -24,6 +24,7 @@ from mgaki.knowledge.schema import (
     Analyte,
     CodesFile,
     Drug,
+    DrugClass,
     DrugsFile,
     ElectrolytesFile,
     EvidenceFile,
@@ -167,6 +168,10 @@ class KnowledgeBase:
         """Drug by ingredient, synonym (case-insensitive) or ``rxcui:NNN``."""
         return self._by_id["drug_name"].get(name_or_rxcui.lower())
 
+    def drug_class(self, drug_class: str) -> DrugClass | None:
+        """The order-check class (drugs.yaml ``classes``) a drug's ``drug_class`` belongs to, if any."""
+        return self._by_id["drug_class"].get(drug_class)
+
 
 def _drug_names(drugs: tuple[Drug, ...]) -> dict[str, Drug]:
     out: dict[str, Drug] = {}
@@ -209,6 +214,7 @@ def load() -> KnowledgeBase:
         "renal_rule": _index(reg.renal_rules, "renal_rule"),
         "study": _index(ev.studies, "study"),
         "drug_name": _drug_names(drugs.drugs),
+        "drug_class": {name: c for c in drugs.classes for name in c.drug_classes},
         "alert": _index(sv.alerts, "alert"),
         "pk_model": _index(pk.models, "pk_model"),
     }

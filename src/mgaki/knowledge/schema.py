@@ -82,6 +82,7 @@ class CodesFile(Strict):
     version: str
     observations: tuple[CodeMap, ...]
     rrt_procedures: tuple[CodeMap, ...]
+    orderables: tuple[CodeMap, ...] = ()  # lab tests a CDS card may suggest ordering (ServiceRequest.code)
 
 
 # --- magnesium status --------------------------------------------------------
@@ -159,11 +160,47 @@ class Drug(Cited):
     synonyms: tuple[str, ...] = ()
     nephrotoxic: bool = False
     salt: str | None = None  # regimens.yaml salt id: turns a recorded dose into mmol of Mg
+    context: str | None = None  # regimen context a new order of it opens (cisplatin -> the preload regimen)
+
+
+MgState = Literal["low", "unknown"]
+
+
+class DrugClass(Cited):
+    """A class of Mg-lowering drugs whose new orders the CDS order hooks check against serum Mg."""
+
+    id: str
+    label: str
+    drug_classes: tuple[str, ...]  # Drug.drug_class values that belong to the class
+    name_pattern: str | None = None  # regex for members not listed as ingredients (whole word, lower case)
+    reason: str  # why an order of the class matters in a low-Mg patient: the card's text
+    card_when: tuple[MgState, ...] = ("low", "unknown")  # "unknown": info card suggesting a Mg level
 
 
 class DrugsFile(Strict):
     version: str
     drugs: tuple[Drug, ...]
+    classes: tuple[DrugClass, ...] = ()
+
+    @model_validator(mode="after")
+    def _classes_name_known_drugs(self) -> DrugsFile:
+        import re
+
+        known = {d.drug_class for d in self.drugs}
+        claimed = [name for c in self.classes for name in c.drug_classes]
+        twice = sorted({n for n in claimed if claimed.count(n) > 1})
+        if twice:
+            raise ValueError(f"drug_class values in more than one class: {twice}")
+        for c in self.classes:
+            missing = sorted(set(c.drug_classes) - known)
+            if missing:
+                raise ValueError(f"drug class {c.id!r} names drug_class values no drug has: {missing}")
+            if c.name_pattern:
+                try:
+                    re.compile(c.name_pattern)
+                except re.error as exc:
+                    raise ValueError(f"drug class {c.id!r}: name_pattern is not a regex: {exc}") from exc
+        return self
 
 
 # --- evidence ----------------------------------------------------------------

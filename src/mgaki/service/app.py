@@ -17,22 +17,31 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 import mgaki
 from mgaki.errors import InputError, MgakiError
-from mgaki.service.cds import SERVICES, CdsInputError, discovery, order_sign, patient_view
+from mgaki.service.cds import SERVICES, CdsInputError, call_service, discovery
 from mgaki.service.cds_models import CdsRequest, CdsResponse, FeedbackRequest
 from mgaki.service.config import Role, ServiceConfig
 from mgaki.service.db import alerts, audit, cds_feedback, make_engine, upgrade, utcnow
 from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
-from mgaki.service.security import AuthError, Principal, check_bearer, verify_cds_jwt
+from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient, verify_cds_jwt
 
 __all__ = ["create_app", "log"]
 
 log = logging.getLogger("mgaki.service")
 _MAX_LIMIT = 1000
+
+
+def _width(col: sa.ColumnElement[Any]) -> int:
+    t = col.type
+    assert isinstance(t, sa.String) and t.length is not None
+    return t.length
+
+
+_ID_MAX = _width(audit.c.patient_id)  # longer ids cannot be audited (PostgreSQL enforces VARCHAR lengths)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -78,7 +87,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return response
 
     @app.exception_handler(AuthError)
-    async def _auth(_r: Request, exc: AuthError) -> JSONResponse:
+    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        if exc.patient_id is not None:  # a refused patient (check_patient): audited as a denied attempt
+            route = getattr(request.scope.get("route"), "path", "<unmatched>")
+            _audit(exc.actor or "unknown", "denied", f"{request.method} {route}", exc.patient_id, exc.message)
         resp = _error(exc.status, exc.message)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
@@ -86,7 +98,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(CdsInputError)
     async def _cds_bad(_r: Request, exc: CdsInputError) -> JSONResponse:
-        return _error(400, exc.message)
+        return _error(exc.status, exc.message)
 
     @app.exception_handler(InputError)
     async def _bad(_r: Request, exc: InputError) -> JSONResponse:
@@ -102,6 +114,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return _error(500, "internal error")
 
     def _audit(actor: str, action: str, endpoint: str, patient_id: str | None, detail: str | None = None) -> None:
+        # free text is cut to its column (a caller's long userId or hookInstance must not fail the call)
+        actor, detail = actor[:_width(audit.c.actor)], detail and detail[:_width(audit.c.detail)]
         with engine.begin() as con:
             con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action=action, endpoint=endpoint,
                                                 patient_id=patient_id, detail=detail))
@@ -128,17 +142,19 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     @app.post("/cds-services/{service_id}", tags=["cds-hooks"], response_model=CdsResponse,
               response_model_exclude_none=True)
     def cds_call(service_id: str, body: CdsRequest, caller: Annotated[str, Depends(cds_caller)]) -> CdsResponse:
-        """Call a CDS service (patient-view or order-sign)."""
+        """Call a CDS service (patient-view, order-select or order-sign)."""
         hook = SERVICES.get(service_id)
         if hook is None:
             raise CdsInputError(f"unknown CDS service {service_id!r}; known: {', '.join(SERVICES)}")
         if body.hook != hook:
             raise CdsInputError(f"service {service_id!r} answers the {hook!r} hook, not {body.hook!r}")
         pid = body.context.get("patientId")
+        if isinstance(pid, str) and len(pid) > _ID_MAX:
+            raise CdsInputError(f"context.patientId is longer than {_ID_MAX} characters")
         user = body.context.get("userId")
         _audit(f"{caller} {user}" if isinstance(user, str) else caller, "read", f"cds:{service_id}",
                pid if isinstance(pid, str) else None, f"hookInstance {body.hookInstance}")
-        return patient_view(body) if hook == "patient-view" else order_sign(body)
+        return call_service(service_id, body, cfg)
 
     @app.post("/cds-services/{service_id}/feedback", tags=["cds-hooks"])
     def cds_feedback_post(service_id: str, body: FeedbackRequest,
@@ -211,15 +227,20 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             where.append(alerts.c.severity == severity)
         if kind:
             where.append(alerts.c.kind == kind)
+        allowed = allowed_patients(who)
+        if allowed is not None:
+            where.append(alerts.c.subject_id.in_(sorted(allowed)))
         rows = _alerts(where, limit, offset)
         _audit(who.name, "read", "GET /alerts", None, f"{len(rows)} alerts")
         return {"alerts": rows}
 
     @app.get("/patients/{patient_id}/alerts", tags=["alerts"])
-    def patient_alerts(patient_id: str, who: Annotated[Principal, Depends(need("reader"))],
+    def patient_alerts(patient_id: Annotated[str, Path(max_length=_ID_MAX)],
+                       who: Annotated[Principal, Depends(need("reader"))],
                        limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
                        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
         """One patient's alerts, newest first."""
+        check_patient(who, patient_id)
         rows = _alerts([alerts.c.subject_id == patient_id], limit, offset)
         _audit(who.name, "read", "GET /patients/{patient_id}/alerts", patient_id, f"{len(rows)} alerts")
         return {"patient_id": patient_id, "alerts": rows}

@@ -1,12 +1,17 @@
-"""CDS Hooks services: discovery, patient-view and order-sign, built on ``mgaki.assess``.
+"""CDS Hooks services: discovery, patient-view, order-select and order-sign, built on ``mgaki.assess``.
 
 The cards carry what the engine found, each with its sources (citation and DOI),
-so the EHR shows why, not only what. order-sign checks a draft MgSO4 order against
-the engine's hold and renal-adjustment rules and suggests editing that order.
+so the EHR shows why, not only what. The order hooks share one check of the draft
+MedicationRequests: a MgSO4 order against the engine's hold and renal-adjustment rules
+(suggestions editing that order); an order of a Mg-lowering class (drugs.yaml ``classes``)
+against the serum Mg; a drug that opens a regimen context (cisplatin) against its
+preload regimen (a suggestion creating the MgSO4 order). Missing prefetch is fetched
+from the client's ``fhirServer`` (``fhir_fetch``).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
 from functools import cache
@@ -16,7 +21,8 @@ import mgaki
 from mgaki.errors import InputError, MgakiError
 from mgaki.events.normalize import drug_regex
 from mgaki.knowledge import KnowledgeBase, load
-from mgaki.result import Assessment, Evidence, Finding
+from mgaki.knowledge.schema import Drug, DrugClass
+from mgaki.result import Assessment, Dose, Evidence, Finding
 from mgaki.service.cds_models import (
     SUMMARY_MAX,
     Action,
@@ -28,26 +34,31 @@ from mgaki.service.cds_models import (
     Source,
     Suggestion,
 )
+from mgaki.service.config import ServiceConfig
+from mgaki.service.fhir_fetch import FetchSettings, FhirFetchError, fetch_prefetch, render
 from mgaki.units import salt_amounts
 
-__all__ = ["MGSO4", "PATIENT_VIEW", "RXNORM", "SERVICES", "CdsInputError", "bundle_from_prefetch", "discovery",
-           "order_sign", "patient_view"]
+__all__ = ["MGSO4", "ORDER_SELECT", "ORDER_SIGN", "PATIENT_VIEW", "RXNORM", "SERVICES", "CdsInputError",
+           "bundle_from_prefetch", "call_service", "discovery", "order_hook", "patient_view", "resolve_prefetch"]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 MGSO4 = "magnesium sulfate"  # drugs.yaml ingredient whose orders order-sign checks
 PATIENT_VIEW = "mgaki-patient-view"
 ORDER_SIGN = "mgaki-order-sign"
+ORDER_SELECT = "mgaki-order-select"
 SOURCE_LABEL = "mgaki"
 LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
 _DOSE_UNITS = {"g": ("g", 1.0), "mg": ("g", 1e-3), "mmol": ("mmol", 1.0), "meq": ("meq", 1.0)}
 
 
 class CdsInputError(Exception):
-    """A hook request the service cannot use: answered 400 with ``message``."""
+    """A hook request the service cannot use: answered ``status`` (400; 412 data unavailable; 502 bad FHIR server)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
+        self.status = status
 
 
 @cache
@@ -66,19 +77,25 @@ def _prefetch() -> dict[str, str]:
     }
 
 
+_ORDER_CHECKS = ("a draft IV magnesium sulfate order against the serum Mg level and kidney function (hold or "
+                 "dose-adjustment suggestions); Mg-lowering drugs (PPI, diuretics, aminoglycosides, platinum and "
+                 "others) against a low or unknown serum Mg; cisplatin against the Mg preload regimen")
+
+
 def discovery() -> list[ServiceDefinition]:
     pf = _prefetch()
     return [
         ServiceDefinition(hook="patient-view", id=PATIENT_VIEW, title="mgaki magnesium and kidney summary",
                           description="Magnesium status, KDIGO AKI stage, causes and repletion plan, with sources.",
                           prefetch=pf),
-        ServiceDefinition(hook="order-sign", id=ORDER_SIGN, title="mgaki magnesium sulfate order check",
-                          description="Checks a draft IV magnesium sulfate order against the serum Mg level and "
-                                      "kidney function: hold or dose-adjustment suggestions.", prefetch=pf),
+        ServiceDefinition(hook="order-select", id=ORDER_SELECT, title="mgaki magnesium order check (selection)",
+                          description=f"Checks the selected draft orders: {_ORDER_CHECKS}.", prefetch=pf),
+        ServiceDefinition(hook="order-sign", id=ORDER_SIGN, title="mgaki magnesium order check (signing)",
+                          description=f"Checks every draft order: {_ORDER_CHECKS}.", prefetch=pf),
     ]
 
 
-SERVICES = {PATIENT_VIEW: "patient-view", ORDER_SIGN: "order-sign"}
+SERVICES = {PATIENT_VIEW: "patient-view", ORDER_SELECT: "order-select", ORDER_SIGN: "order-sign"}
 
 
 def _resources(value: Any, key: str) -> list[dict[str, Any]]:
@@ -102,16 +119,36 @@ def _resources(value: Any, key: str) -> list[dict[str, Any]]:
     return out
 
 
-def bundle_from_prefetch(req: CdsRequest) -> dict[str, Any]:
-    """One collection Bundle from the prefetched patient, observations and medications."""
+def resolve_prefetch(req: CdsRequest, cfg: ServiceConfig | None = None) -> dict[str, Any]:
+    """The advertised prefetch: what the client sent, the missing (absent or null) keys fetched from fhirServer."""
+    templates = _prefetch()
+    pf = {k: v for k, v in (req.prefetch or {}).items() if v is not None}
+    missing = sorted(k for k in templates if k not in pf)
+    if not missing:
+        return pf
+    if not req.fhirServer:
+        raise CdsInputError(f"prefetch {', '.join(repr(k) for k in missing)} missing and the request has no "
+                            "fhirServer to fetch it from", 412)
+    if req.fhirAuthorization is not None and req.fhirAuthorization.token_type.lower() != "bearer":
+        raise CdsInputError(f"fhirAuthorization.token_type {req.fhirAuthorization.token_type!r} is not Bearer")
+    cfg = cfg or ServiceConfig()
+    settings = FetchSettings(tuple(cfg.fhir_servers), cfg.fhir_timeout_s, cfg.fhir_max_pages)
+    token = req.fhirAuthorization.access_token if req.fhirAuthorization else None
+    try:
+        queries = {k: render(templates[k], req.context) for k in missing}
+        pf.update(fetch_prefetch(req.fhirServer, token, queries, settings))
+    except FhirFetchError as exc:
+        raise CdsInputError(exc.message, exc.status) from exc
+    return pf
+
+
+def bundle_from_prefetch(req: CdsRequest, cfg: ServiceConfig | None = None) -> dict[str, Any]:
+    """One collection Bundle from the prefetched (or fetched) patient, observations and medications."""
     pid = req.context.get("patientId")
     if not isinstance(pid, str) or not pid:
         raise CdsInputError("context.patientId is required")
-    pf = req.prefetch or {}
+    pf = resolve_prefetch(req, cfg)
     patient = pf.get("patient")
-    if patient is None:
-        raise CdsInputError("prefetch 'patient' is missing (this service needs the prefetch templates it "
-                            "advertises; fetching from fhirServer is not supported yet)")
     if not isinstance(patient, dict) or patient.get("resourceType") != "Patient":
         raise CdsInputError("prefetch 'patient' is not a Patient resource")
     if patient.get("id") != pid:
@@ -122,10 +159,10 @@ def bundle_from_prefetch(req: CdsRequest) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
-def _assess(req: CdsRequest) -> Assessment:
-    bundle = bundle_from_prefetch(req)
+def _assess(req: CdsRequest, cfg: ServiceConfig | None, contexts: frozenset[str] = frozenset()) -> Assessment:
+    bundle = bundle_from_prefetch(req, cfg)
     try:
-        return mgaki.assess(bundle)
+        return mgaki.assess(bundle, contexts)
     except InputError as exc:
         raise CdsInputError(f"prefetch data not usable: {exc}") from exc
     except MgakiError as exc:
@@ -200,14 +237,14 @@ def _summary_card(a: Assessment) -> Card:
                 links=_links(evidence) or None)
 
 
-def patient_view(req: CdsRequest) -> CdsResponse:
+def patient_view(req: CdsRequest, cfg: ServiceConfig | None = None) -> CdsResponse:
     """A summary card plus one card per warning or critical finding."""
-    a = _assess(req)
+    a = _assess(req, cfg)
     cards = [_summary_card(a)] + [_finding_card(f, a) for f in a.findings if f.severity != "info"]
     return CdsResponse(cards=cards)
 
 
-# --- order-sign ---------------------------------------------------------------------------------
+# --- order-select / order-sign ------------------------------------------------------------------
 
 
 @cache
@@ -215,25 +252,60 @@ def _drug_re(kb: KnowledgeBase) -> re.Pattern[str]:
     return re.compile(drug_regex(kb))
 
 
-def _is_mgso4(kb: KnowledgeBase, res: dict[str, Any]) -> bool:
-    concept = res.get("medicationCodeableConcept") or {}
+@cache
+def _class_patterns(kb: KnowledgeBase) -> tuple[tuple[re.Pattern[str], DrugClass], ...]:
+    return tuple((re.compile(f"(?:^|[^a-z])(?:{c.name_pattern})(?:[^a-z]|$)"), c)
+                 for c in kb.drugs.classes if c.name_pattern)
+
+
+def _order_texts(res: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(RxNorm codes, lower-case names) of a MedicationRequest's medicationCodeableConcept."""
+    concept = res.get("medicationCodeableConcept")
     if not isinstance(concept, dict):
-        return False
-    texts = [concept.get("text") or ""]
-    for c in concept.get("coding") or []:
+        return [], []
+    codes, texts = [], [str(concept.get("text") or "")]
+    codings = concept.get("coding")
+    for c in codings if isinstance(codings, list) else []:
         if not isinstance(c, dict):
             continue
         if c.get("system") == RXNORM and c.get("code"):
-            d = kb.drug(f"rxcui:{c['code']}")
-            if d is not None:
-                return d.ingredient == MGSO4
-        texts.append(c.get("display") or "")
-    for t in texts:
-        m = _drug_re(kb).search(str(t).lower())
-        if m:
-            d = kb.drug(m.group(1))
-            return d is not None and d.ingredient == MGSO4
-    return False
+            codes.append(str(c["code"]))
+        texts.append(str(c.get("display") or ""))
+    return codes, [t.lower() for t in texts if t]
+
+
+def _order_drug(kb: KnowledgeBase, res: dict[str, Any]) -> tuple[Drug | None, DrugClass | None, str]:
+    """The knowledge-base drug an order names (RxCUI first, then name), its order-check class, and a label."""
+    codes, texts = _order_texts(res)
+    drug = next((d for d in (kb.drug(f"rxcui:{c}") for c in codes) if d is not None), None)
+    if drug is None:
+        for t in texts:
+            m = _drug_re(kb).search(t)
+            if m:
+                drug = kb.drug(m.group(1))
+                break
+    if drug is not None:
+        return drug, kb.drug_class(drug.drug_class), drug.ingredient
+    for pattern, cls in _class_patterns(kb):
+        for t in texts:
+            m = pattern.search(t)
+            if m:
+                return None, cls, m.group(0).strip(" -/,.;()")
+    return None, None, texts[0] if texts else "order"
+
+
+def _draft_orders(req: CdsRequest, hook: str) -> list[dict[str, Any]]:
+    """The MedicationRequests to check: all drafts (order-sign) or the selected ones (order-select)."""
+    draft = req.context.get("draftOrders")
+    if not isinstance(draft, dict) or draft.get("resourceType") != "Bundle":
+        raise CdsInputError("context.draftOrders must be a FHIR Bundle")
+    meds = [r for r in _resources(draft, "draftOrders") if r.get("resourceType") == "MedicationRequest"]
+    if hook == "order-select":
+        sel = req.context.get("selections")
+        if not isinstance(sel, list) or not all(isinstance(x, str) for x in sel):
+            raise CdsInputError("context.selections must be a list of 'ResourceType/id' strings (order-select)")
+        meds = [r for r in meds if f"MedicationRequest/{r.get('id')}" in set(sel)]
+    return meds
 
 
 def _dose_quantity(res: dict[str, Any]) -> dict[str, Any] | None:
@@ -261,38 +333,26 @@ def _draft_dose_g(res: dict[str, Any], where: str) -> float | None:
 
 def _with_dose(res: dict[str, Any], g: float) -> dict[str, Any]:
     """A copy of the draft order with its first dose set to ``g`` grams of MgSO4 heptahydrate."""
-    import copy
-
     out = copy.deepcopy(res)
-    di = out.setdefault("dosageInstruction", [{}])
-    if not di:
-        di.append({})
-    dr = di[0].setdefault("doseAndRate", [{}])
-    if not dr:
-        dr.append({})
-    dr[0]["doseQuantity"] = {"value": round(g, 2), "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}
+    di = out.get("dosageInstruction")
+    if not isinstance(di, list) or not di or not isinstance(di[0], dict):
+        di = out["dosageInstruction"] = [{}]
+    dr = di[0].get("doseAndRate")
+    if not isinstance(dr, list) or not dr or not isinstance(dr[0], dict):
+        dr = di[0]["doseAndRate"] = [{}]
+    dr[0]["doseQuantity"] = {"value": round(g, 2), "unit": "g", "system": UCUM, "code": "g"}
     return out
 
 
-def order_sign(req: CdsRequest) -> CdsResponse:
-    """Cards for each draft MgSO4 MedicationRequest the engine says to hold or to reduce."""
-    kb = load()
-    draft = req.context.get("draftOrders")
-    if not isinstance(draft, dict) or draft.get("resourceType") != "Bundle":
-        raise CdsInputError("context.draftOrders must be a FHIR Bundle")
-    orders = [r for r in _resources(draft, "draftOrders")
-              if r.get("resourceType") == "MedicationRequest" and _is_mgso4(kb, r)]
-    if not orders:
-        return CdsResponse(cards=[])
-    a = _assess(req)
+def _mgso4_cards(a: Assessment, orders: list[dict[str, Any]]) -> list[Card]:
+    """Hold (suggest deleting the draft) or renal dose reduction (suggest updating it)."""
     by_code = {f.code: f for f in a.findings}
+    hold, adj = by_code.get("hold_magnesium"), by_code.get("renal_dose_adjustment")
     cards: list[Card] = []
     for res in orders:
         rid = f"MedicationRequest/{res.get('id', '')}"
         if not res.get("id"):
             raise CdsInputError("draft MedicationRequest without id: cannot suggest an edit to it")
-        hold = by_code.get("hold_magnesium")
-        adj = by_code.get("renal_dose_adjustment")
         if hold is not None:
             sug = Suggestion(label="Remove the draft magnesium sulfate order", uuid=str(uuid.uuid4()),
                              isRecommended=True,
@@ -318,4 +378,160 @@ def order_sign(req: CdsRequest) -> CdsResponse:
                           summary=_short(f"Reduce magnesium sulfate to {cap:g} g for kidney function"),
                           detail=_detail(adj, a.disclaimer), indicator=adj.severity, source=_source(adj.evidence),
                           suggestions=[sug], selectionBehavior="at-most-one", links=_links(adj.evidence) or None))
+    return cards
+
+
+def _refs(evidence: list[Evidence]) -> str:
+    return "\n".join(f"- {ev.source}" + (f" (doi:{ev.doi})" if ev.doi else "") for ev in evidence)
+
+
+def _plan_line(a: Assessment) -> str:
+    if not a.plan.regimen:
+        return ""
+    return f"\n\n**mgaki plan**: {a.plan.regimen}" + (f"; recheck: {a.plan.recheck}" if a.plan.recheck else "")
+
+
+def _patient_refs(req: CdsRequest) -> dict[str, Any]:
+    pid = req.context.get("patientId")
+    out: dict[str, Any] = {"subject": {"reference": f"Patient/{pid}"}}
+    enc = req.context.get("encounterId")
+    if isinstance(enc, str) and enc:
+        out["encounter"] = {"reference": f"Encounter/{enc}"}
+    return out
+
+
+def _low_mg_card(a: Assessment, drug: Drug | None, cls: DrugClass, label: str) -> Card:
+    m = a.magnesium
+    assert m is not None
+    hypo = next((f for f in a.findings if f.code == "hypomagnesemia"), None)
+    evidence = list(dict.fromkeys([Evidence.of(cls.source)] + ([Evidence.of(drug.source)] if drug else [])
+                                  + (list(hypo.evidence) if hypo else [])))
+    what = f"**{label}** ({drug.drug_class}): {drug.mechanism}" if drug else f"**{label}** ({cls.label})"
+    detail = (f"{cls.reason}\n\n{what}\n\nSerum Mg {m.reported} ({m.value_mg_dl:.2f} mg/dL, {m.value_mmol_l:.2f} "
+              f"mmol/L) at {m.time}: low" + (f", CTCAE grade {m.grade}" if m.grade else "")
+              + _plan_line(a) + f"\n\n**Sources**\n{_refs(evidence)}\n\n_{a.disclaimer}_")
+    return Card(uuid=str(uuid.uuid4()),
+                summary=_short(f"{label} ({cls.label}) ordered with low serum Mg {m.value_mg_dl:.2f} mg/dL"),
+                detail=detail, indicator=hypo.severity if hypo else "warning", source=_source(evidence),
+                links=_links(evidence) or None)
+
+
+def _no_mg_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, hits: list[tuple[DrugClass, str]]) -> Card:
+    """One info card for all Mg-lowering orders in a patient with no serum Mg: suggests ordering one."""
+    names = ", ".join(dict.fromkeys(label for _, label in hits))
+    evidence = list(dict.fromkeys(Evidence.of(c.source) for c, _ in hits))
+    detail = (f"No serum magnesium in the record, and {names} can lower it "
+              f"({', '.join(dict.fromkeys(c.label for c, _ in hits))}). Measure Mg before or soon after starting."
+              f"\n\n**Sources**\n{_refs(evidence)}\n\n_{a.disclaimer}_")
+    suggestions = []
+    for code in kb.codes.orderables[:1]:
+        sr = {"resourceType": "ServiceRequest", "id": str(uuid.uuid4()), "status": "draft", "intent": "order",
+              "code": {"coding": [{"system": code.system, "code": code.code, "display": code.display}],
+                       "text": code.display},
+              **_patient_refs(req), "reasonCode": [{"text": f"Mg-lowering drug ordered: {names}"}]}
+        sr = _checked(sr)
+        suggestions.append(Suggestion(label=_short(f"Order {code.display}", 100), uuid=str(uuid.uuid4()),
+                                      isRecommended=True,
+                                      actions=[Action(type="create", description=f"Order {code.display}",
+                                                      resource=sr)]))
+    return Card(uuid=str(uuid.uuid4()), summary=_short(f"No serum Mg on record: {names} can lower Mg"),
+                detail=detail, indicator="info", source=_source(evidence), links=_links(evidence) or None,
+                suggestions=suggestions or None, selectionBehavior="at-most-one" if suggestions else None)
+
+
+def _checked(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource a card creates, validated as FHIR R4 (R4B models) before it leaves: a bad one is our bug."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    return resource
+
+
+def _mg_dose_request(kb: KnowledgeBase, req: CdsRequest, dose: Dose, unit: str, reason: str,
+                     note: str) -> dict[str, Any]:
+    """A draft FHIR R4 MedicationRequest for one planned MgSO4 dose (amount in the regimen's own unit)."""
+    mg = kb.drug(MGSO4)
+    assert mg is not None
+    value, ucum, shown = {"meq": (dose.meq, "meq", "mEq"), "mmol": (dose.mmol, "mmol", "mmol")}.get(
+        unit, (dose.g_mgso4 or 0.0, "g", "g"))
+    timing: dict[str, Any] = {"count": dose.repeats}
+    if dose.duration_h:
+        timing.update(duration=dose.duration_h, durationUnit="h")
+    if dose.interval_h:
+        timing.update(period=dose.interval_h, periodUnit="h")
+    coding = {"system": RXNORM, "code": mg.rxcui, "display": mg.ingredient} if mg.rxcui else None
+    quantity = {"value": round(value, 2), "unit": shown, "system": UCUM, "code": ucum}
+    dosage = {"text": dose.label + (f" ({dose.note})" if dose.note else ""), "route": {"text": dose.route},
+              "timing": {"repeat": timing}, "doseAndRate": [{"doseQuantity": quantity}]}
+    return _checked({
+        "resourceType": "MedicationRequest", "id": str(uuid.uuid4()), "status": "draft", "intent": "order",
+        "medicationCodeableConcept": {**({"coding": [coding]} if coding else {}), "text": mg.ingredient},
+        **_patient_refs(req), "reasonCode": [{"text": reason}], "note": [{"text": note}],
+        "dosageInstruction": [dosage]})
+
+
+def _preload_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, drug: Drug) -> Card | None:
+    """The drug's context regimen (cisplatin -> PRAGMATIC Mg preload) as a suggestion creating the MgSO4 order."""
+    plan = a.plan
+    if plan.action == "hold":
+        hold = next((f for f in a.findings if f.code == "hold_magnesium"), None)
+        why = hold.message if hold else (plan.regimen or "magnesium on hold")
+        ev = list(hold.evidence) if hold else list(plan.evidence)
+        return Card(uuid=str(uuid.uuid4()), summary=_short(f"No Mg preload before {drug.ingredient}: hold magnesium"),
+                    detail=f"{why}\n\n**Sources**\n{_refs(ev)}\n\n_{a.disclaimer}_", indicator="info",
+                    source=_source(ev), links=_links(ev) or None)
+    regimen = next((r for r in kb.regimens.regimens if r.id == plan.regimen_id), None)  # or a nomogram id
+    if regimen is None or drug.context not in regimen.contexts or regimen.purpose != "aki_prevention" or not plan.doses:
+        return None  # e.g. low Mg: repletion by nomogram, said on the class card
+    unit = regimen.steps[0].amount_unit
+    reason = f"AKI prevention with {drug.ingredient}: {regimen.name}"
+    creates = [Action(type="create", description=_short(f"Order {d.label} ({regimen.name})", 200),
+                      resource=_mg_dose_request(kb, req, d, unit, reason, regimen.source.citation))
+               for d in plan.doses]
+    first = plan.doses[0]
+    amount = (f"{first.meq:g} mEq Mg ({first.mmol:g} mmol; {first.g_mgso4:.2f} g MgSO4·7H2O)"
+              if first.g_mgso4 is not None else first.label)
+    lines = [f"**{regimen.name}**: {amount} IV" + (f" over {first.duration_h:g} h" if first.duration_h else "")
+             + (f" ({first.note})" if first.note else ""), f"Evidence: {regimen.evidence_strength}."]
+    lines += [x for x in (regimen.note, regimen.correction) if x]
+    lines += [f"Adjusted: {x}" for x in plan.adjustments]
+    ev = [Evidence.of(regimen.source)] + [e for e in plan.evidence if e.doi != regimen.source.doi]
+    sug = Suggestion(label=_short(f"Order Mg preload: {amount}", 100), uuid=str(uuid.uuid4()), isRecommended=True,
+                     actions=creates)
+    return Card(uuid=str(uuid.uuid4()), summary=_short(f"Mg preload before {drug.ingredient}: {amount}"),
+                detail="\n\n".join(lines) + f"\n\n**Sources**\n{_refs(ev)}\n\n_{a.disclaimer}_",
+                indicator="info", source=_source(ev), links=_links(ev) or None, suggestions=[sug],
+                selectionBehavior="at-most-one")
+
+
+def order_hook(req: CdsRequest, hook: str, cfg: ServiceConfig | None = None) -> CdsResponse:
+    """Cards for the draft MedicationRequests of order-select (the selected ones) or order-sign (all)."""
+    kb = load()
+    typed = [(res, *_order_drug(kb, res)) for res in _draft_orders(req, hook)]
+    mg_orders = [res for res, drug, _, _ in typed if drug is not None and drug.ingredient == MGSO4]
+    classed = [(drug, cls, label) for _, drug, cls, label in typed if cls is not None]
+    openers = list({drug.ingredient: drug for _, drug, _, _ in typed if drug is not None and drug.context}.values())
+    if not (mg_orders or classed or openers):
+        return CdsResponse(cards=[])
+    a = _assess(req, cfg, frozenset(d.context for d in openers if d.context))
+    cards = _mgso4_cards(a, mg_orders)
+    status = a.magnesium.status if a.magnesium is not None else None
+    if status == "low":
+        cards += [_low_mg_card(a, drug, cls, label) for drug, cls, label in classed if "low" in cls.card_when]
+    elif status is None:
+        unknown = [(cls, label) for _, cls, label in classed if "unknown" in cls.card_when]
+        if unknown:
+            cards.append(_no_mg_card(kb, a, req, unknown))
+    if not mg_orders:  # a MgSO4 order already drafted is the preload, checked above
+        cards += [c for c in (_preload_card(kb, a, req, d) for d in openers) if c is not None]
     return CdsResponse(cards=cards)
+
+
+def call_service(service_id: str, req: CdsRequest, cfg: ServiceConfig | None = None) -> CdsResponse:
+    """Run the CDS service ``service_id`` on a hook request (checked against the hook it answers)."""
+    hook = SERVICES.get(service_id)
+    if hook is None:
+        raise CdsInputError(f"unknown CDS service {service_id!r}; known: {', '.join(SERVICES)}")
+    if req.hook != hook:
+        raise CdsInputError(f"service {service_id!r} answers the {hook!r} hook, not {req.hook!r}")
+    return patient_view(req, cfg) if hook == "patient-view" else order_hook(req, hook, cfg)

@@ -43,6 +43,8 @@ class Action(_Wire):
     def _resource_for_type(self) -> Action:
         if self.type in ("create", "update") and self.resource is None:
             raise ValueError(f"a {self.type} action needs a resource")
+        if self.type == "delete" and not self.resourceId:
+            raise ValueError("a delete action needs a resourceId")
         return self
 
 

@@ -30,6 +30,8 @@ class TokenConfig(BaseModel):
     name: str
     token: str = Field(min_length=16)
     roles: list[Role]
+    # Patients this token may read (ids as in the alerts/subject_id); None = all. Admin tokens ignore it.
+    patients: list[str] | None = None
 
 
 class IssuerConfig(BaseModel):
@@ -54,6 +56,9 @@ class ServiceConfig(BaseModel):
     public_base_url: str | None = None  # the URL the EHR calls us by (JWT `aud`); default: the request's
     jwt_max_lifetime_s: int = 3600  # exp - iat ceiling: refuses long-lived tokens
     jwt_leeway_s: int = 30
+    fhir_servers: list[str] = []  # FHIR base URLs the CDS services may fetch missing prefetch from
+    fhir_timeout_s: float = Field(default=5.0, gt=0)
+    fhir_max_pages: int = Field(default=10, ge=1)  # Bundle.link next pages followed per prefetch query
     surveil_on_ingest: bool = True
     warm_up: bool = True
 
@@ -63,7 +68,8 @@ class ServiceConfig(BaseModel):
 
 _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGAKI_HOST": "host",
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
-        "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers"}
+        "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
+        "MGAKI_FHIR_SERVERS": "fhir_servers"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
@@ -84,7 +90,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     for var, key in _ENV.items():
         if var in env:
             val: Any = env[var]
-            if key in ("tokens", "cds_issuers"):
+            if key in ("tokens", "cds_issuers", "fhir_servers"):
                 try:
                     val = json.loads(val)
                 except json.JSONDecodeError as exc:

@@ -21,22 +21,41 @@ from jwt import PyJWKClient
 from mgaki.service.config import IssuerConfig, Role, ServiceConfig
 from mgaki.service.db import cds_jti, utcnow
 
-__all__ = ["AuthError", "Principal", "check_bearer", "verify_cds_jwt"]
+__all__ = ["AuthError", "Principal", "allowed_patients", "check_bearer", "check_patient", "verify_cds_jwt"]
 
 
 class AuthError(Exception):
-    """Refused credentials: answered 401 (``status`` 403 when the caller lacks the role)."""
+    """Refused credentials: answered 401 (``status`` 403 when the caller lacks the role or the patient).
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    ``actor``/``patient_id`` are set for a refused patient: the app audits that as a denied attempt.
+    """
+
+    def __init__(self, message: str, status: int = 401, *, actor: str | None = None,
+                 patient_id: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.actor = actor
+        self.patient_id = patient_id
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     roles: frozenset[str]
+    patients: frozenset[str] | None = None  # None: every patient (admin, or a token without a limit)
+
+
+def check_patient(principal: Principal, patient_id: str) -> None:
+    """Raise ``AuthError`` 403 unless ``principal`` may see ``patient_id``; call it in every patient endpoint."""
+    if principal.patients is not None and patient_id not in principal.patients:
+        raise AuthError(f"token {principal.name!r} is not allowed this patient", 403,
+                        actor=principal.name, patient_id=patient_id)
+
+
+def allowed_patients(principal: Principal) -> frozenset[str] | None:
+    """The patients a list endpoint may return to ``principal`` (None: no filter)."""
+    return principal.patients
 
 
 def check_bearer(cfg: ServiceConfig, header: str | None, role: Role) -> Principal:
@@ -47,7 +66,8 @@ def check_bearer(cfg: ServiceConfig, header: str | None, role: Role) -> Principa
     for t in cfg.tokens:
         if hmac.compare_digest(given, t.token.encode()):
             if role in t.roles or "admin" in t.roles:
-                return Principal(t.name, frozenset(t.roles))
+                limit = None if "admin" in t.roles or t.patients is None else frozenset(t.patients)
+                return Principal(t.name, frozenset(t.roles), limit)
             raise AuthError(f"token {t.name!r} lacks the {role!r} role", 403)
     raise AuthError("unknown bearer token")
 
