@@ -623,7 +623,8 @@ def closed_loop(server: Server, bodies: list[bytes], headers: list[dict[str, str
 
     async def go() -> tuple[list[float], dict[str, int]]:
         pool = Http1Pool(u.hostname or "127.0.0.1", u.port or 80)
-        lat, errors = [], {}
+        lat: list[float] = []
+        errors: dict[str, int] = {}
         try:
             for i in range(n):
                 t = time.perf_counter()
@@ -856,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: {exc}", file=sys.stderr)
                     results["ingest_bundle"] = {"failed": str(exc).splitlines()[0]}
                     failed = True
+    failed = failed or any(isinstance(v, dict) and "failed" in v for v in results.values())
     report(args, results, started, load_start)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
@@ -962,8 +964,9 @@ def report(args: argparse.Namespace, results: dict[str, Any], started: datetime,
            ("NDJSON POST /fhir/$import-ndjson", results.get("ingest_ndjson"))]
     hdr2 = (f"{'ingest (one writer)':<34} {'posts':>6} {'res':>7} {'res/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'first ms':>8} {'last ms':>8} {'errors':>6}")
-    print(hdr2)
-    print("-" * len(hdr2))
+    if any(r is not None for _, r in ing):
+        print(hdr2)
+        print("-" * len(hdr2))
     for label, r in ing:
         if r is None:
             continue

@@ -71,7 +71,8 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
     header = next(line for line in text.splitlines() if line.startswith("phase"))
     assert header.split() == ["phase", "n", "rate/s", "p50", "ms", "p90", "ms", "p99", "ms", "max", "ms", "errors"]
     for label in ("in-process patient_view (ref)", "GET /health (ref)", "patient-view, JWT verified",
-                  "patient-view, JWT off", "closed loop 1 conn, JWT verified", "FHIR Bundle POST /fhir", "NDJSON POST /fhir/$import-ndjson"):
+                  "patient-view, JWT off", "closed loop 1 conn, JWT verified", "FHIR Bundle POST /fhir",
+                  "NDJSON POST /fhir/$import-ndjson"):
         assert any(line.startswith(label) for line in text.splitlines()), label
     assert "target  : patient-view (JWT verified) zero errors -> PASS (0 of 20)" in text
     assert "p99 < 50 ms at 100 req/s ->" in text and "not the target load" in text
