@@ -55,6 +55,8 @@ class ServiceConfig(BaseModel):
     jwt_max_lifetime_s: int = 3600  # exp - iat ceiling: refuses long-lived tokens
     jwt_leeway_s: int = 30
     surveil_on_ingest: bool = True
+    mllp_port: int | None = Field(default=None, ge=0, le=65535)  # HL7 v2 MLLP listener; None: off, 0: any free port
+    mllp_host: str | None = None  # default: host
     warm_up: bool = True
 
     def db_url(self) -> str:
@@ -63,7 +65,8 @@ class ServiceConfig(BaseModel):
 
 _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGAKI_HOST": "host",
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
-        "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers"}
+        "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
+        "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
