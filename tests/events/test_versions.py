@@ -125,3 +125,45 @@ def test_a_crash_before_the_ledger_hides_the_rows_and_a_retry_commits_them_once(
     assert retry.added["events"] == 0 and retry.superseded == 1  # rows already there: not written twice
     assert _values(store) == {"Observation/a": [1.2]}
     assert len(store.files("events")) == 2 and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_visible_files_hold_what_the_views_show(tmp_path: Path) -> None:
+    """What file-reading engines (Spark) get: the parts, or a snapshot once a version was replaced."""
+    import pyarrow.parquet as pq
+
+    store = EventStore(tmp_path / "store")
+    store.append(_obs([("a", "1", "1.8"), ("b", "1", "2.0")]))
+    store.append(_obs([("a", "2", "1.2")]))
+    files = store.visible_files(["events"], tmp_path)
+    assert files["events"] == [tmp_path / "events.parquet"]
+    assert sorted(pq.read_table(files["events"]).column("numeric_value").to_pylist()) == [1.2, 2.0]
+    plain = EventStore(tmp_path / "plain")
+    plain.append(normalize({"events": pa.table({"subject_id": ["2"], "time": ["2024-01-01"],
+                                                "analyte": ["magnesium"], "value": ["1.7"], "unit": ["mg/dL"]})}))
+    assert plain.visible_files(["events"], tmp_path)["events"] == plain.files("events")
+
+
+def test_cohort_fhir_ingest_keeps_one_version_per_resource(tmp_path: Path) -> None:
+    """`mgaki ingest --format fhir` goes through the same adapter and store: an update replaces."""
+    import json
+
+    from mgaki.cli_cohort import ingest_path
+
+    def export(version: str, value: float, status: str = "final") -> Path:
+        folder = tmp_path / f"export-{version}"
+        folder.mkdir(exist_ok=True)
+        obs = {"resourceType": "Observation", "id": "mg-1", "meta": {"versionId": version}, "status": status,
+               "code": {"coding": [{"system": "http://loinc.org", "code": "19123-9"}]},
+               "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-03-01T08:00:00Z",
+               "valueQuantity": {"value": value, "unit": "mg/dL", "code": "mg/dL"}}
+        (folder / "Observation.ndjson").write_text(json.dumps(obs) + "\n")
+        return folder
+
+    store = tmp_path / "store"
+    assert ingest_path(export("1", 1.0), "fhir", store).added["events"] == 1
+    assert ingest_path(export("1", 1.0), "fhir", store).added["events"] == 0
+    s = ingest_path(export("2", 1.6), "fhir", store)
+    assert s.superseded == 1 and s.affected_subjects == {"p1"}
+    assert _values(EventStore(store)) == {"Observation/mg-1": [1.6]}
+    ingest_path(export("3", 1.6, "entered-in-error"), "fhir", store)
+    assert _values(EventStore(store)) == {}

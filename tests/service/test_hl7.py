@@ -33,7 +33,8 @@ def test_oru_maps_pid_pv1_obr_obx_to_event_rows() -> None:
                     "OBX|2|SN|2160-0^^LN||<^0.5|mg/dL|||||F\r"
                     "OBX|3|NM|12345-6^^LN||7|mg/dL|||||F\r"
                     "OBX|4|NM|2160-0^^LN||2.5|mg/dL|||||X")
-           .replace("|20240301080000+0000||ORU", "|20240301080000+0200||ORU"))  # MSH-7 offset +02:00
+           .replace("|20240301080000+0000||ORU", "|20240301080000+0200||ORU")  # MSH-7 offset +02:00
+           .replace("OBR|1||ord-1|", "OBR|1||ord-1^LAB|"))  # filler order number with its namespace
     parsed = parse_oru(msg)
     assert parsed.msh["control_id"] and parsed.observations == 4
     out = normalize(parsed.tables)
@@ -45,7 +46,7 @@ def test_oru_maps_pid_pv1_obr_obx_to_event_rows() -> None:
     assert mg["numeric_value"] == pytest.approx(1.0) and mg["unit"] == "mg/dL"
     # OBX-14 10:00 at MSH-7's +02:00 is 08:00 UTC
     assert mg["time"] == T0.replace(tzinfo=None)
-    assert mg["source"].startswith("HL7/ord-1/LN/19123-9/_history/h")
+    assert mg["source"].startswith("HL7/ord-1@LAB/LN/19123-9/_history/h")
     reasons = sorted(q["reason"] for q in out["quarantine"].to_pylist())
     assert reasons[0] == "OBX-11 result status 'X' (cannot be obtained) is not used; only F and C are"
     assert "code LOINC/12345-6 is not mapped to an analyte" in reasons

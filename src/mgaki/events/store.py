@@ -96,6 +96,25 @@ class EventStore:
             con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
         return con
 
+    def visible_files(self, tables: Iterable[str], scratch: Path) -> dict[str, list[Path]]:
+        """Parquet files holding exactly what ``connect`` shows, for engines that read files (Spark).
+
+        The parts themselves while no record version was replaced; else a snapshot of the
+        current versions written under ``scratch`` (the caller's temporary folder).
+        """
+        if self._current_sql() is None:
+            return {t: self.files(t) for t in tables}
+        con = self.connect(tables)
+        try:
+            out: dict[str, list[Path]] = {}
+            for t in tables:
+                path = scratch / f"{t}.parquet"
+                pq.write_table(con.sql(f'SELECT * FROM "{t}"').to_arrow_table().cast(TABLES[t]), path)
+                out[t] = [path]
+            return out
+        finally:
+            con.close()
+
     def _ledger_sql(self) -> str:
         files = sorted((self.root / _VERSIONS).glob("*.parquet"))
         if not files:

@@ -114,6 +114,12 @@ def _hl7_time(value: str, default_offset: str | None) -> str | None:
     return out
 
 
+def _order_id(seg: Any, fld: int) -> str:
+    """An EI order number: entity id, with the issuing namespace (``12345@LAB``) when given."""
+    eid, ns = _text(seg, fld, 1, 1), _text(seg, fld, 1, 2)
+    return f"{eid}@{ns}" if eid and ns else eid
+
+
 def _digest(*parts: str | None) -> str:
     return "h" + hashlib.sha256("\x1f".join(p or "" for p in parts).encode()).hexdigest()[:16]
 
@@ -188,7 +194,7 @@ def parse_oru(text: str) -> Parsed:
     for seg in msg:
         sid = str(seg[0])
         if sid == "OBR":
-            order = _text(seg, 3) or _text(seg, 2) or msh_f["control_id"]
+            order = _order_id(seg, 3) or _order_id(seg, 2) or msh_f["control_id"]
             obr_time = _text(seg, 7)
         elif sid == "OBX":
             n_obx += 1
