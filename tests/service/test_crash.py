@@ -198,3 +198,13 @@ def test_kill_9_mid_stream_loses_no_acknowledged_result_and_duplicates_none(serv
     assert sum(k.startswith("HL7/") for k in after) == max(hl7_acked) + 2
     r = httpx.get(f"{server.url}/alerts", headers={"Authorization": f"Bearer {READER}"}, timeout=30)
     assert r.status_code == 200 and isinstance(r.json()["alerts"], list)
+
+    # a clean stop (SIGTERM) with an MLLP connection still open: the lifespan closes the listener
+    with MLLPClient("127.0.0.1", server.mllp) as idle:
+        assert read_ack(idle.send_message(_oru(0))).code == "AA"
+        assert server.proc is not None
+        server.proc.terminate()
+        # uvicorn re-raises the signal after a graceful shutdown: the exit status is -SIGTERM
+        assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = server.log.read_text()
+    assert "Application shutdown complete" in log[log.rindex("Started server process"):], log[-2000:]
