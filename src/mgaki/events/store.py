@@ -13,8 +13,11 @@ version adds nothing and a new version (a corrected value, or a status such as
 entered-in-error that leaves only a quarantine row) replaces the earlier rows instead of
 adding a second value. Versions that compare as integers or as times are ordered by
 value (a late-arriving older version is kept out); others by arrival. The ledger part is
-the commit point of an append: rows written before a crash but not yet in the ledger
-stay invisible, and re-running the append commits them without writing them twice.
+the commit point of an append: an append lists its new versions in ``versions-intent``
+before writing their rows, so rows written before a crash but not yet in the ledger stay
+invisible, and re-running the append commits them without writing them twice. The views
+filter out the (usually few) non-current sources only, so a store where nothing was ever
+replaced reads at full speed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events.normalize import connect
@@ -36,6 +40,7 @@ __all__ = ["HISTORY", "EventStore", "IngestSummary", "versioned_source", "write_
 
 HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
 _VERSIONS = "versions"  # the ledger folder (not a canonical table)
+_INTENT = "versions-intent"  # versions an append is writing, until the ledger commits them
 _LEDGER = pa.schema([("identity", pa.string()), ("version", pa.string()), ("source", pa.string()),
                      ("seq", pa.int64()), ("stale", pa.bool_())])
 # SQL: identity and version of a versioned source (NULL when the source carries no version)
@@ -87,14 +92,32 @@ class EventStore:
     def connect(self, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
         """DuckDB connection with one view per stored table: current record versions only."""
         con = connect()
-        current = self._current_sql()
-        if current:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW _mgaki_current AS {current}")
+        where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
+            if self._hidden(con) else ""
         for t in tables:
-            where = (f" WHERE source IS NULL OR NOT contains(source, '{HISTORY}') "
-                     "OR source IN (SELECT source FROM _mgaki_current)") if current else ""
             con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
         return con
+
+    def _hidden(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Temp table ``_mgaki_hidden``: sources of versions that are not current; how many.
+
+        Replaced and stale versions, and versions an interrupted append wrote but did not
+        commit (listed in ``versions-intent`` and not in the ledger). Usually few, so the
+        views' filter is cheap, and absent (no filter at all) when nothing was ever replaced.
+        """
+        intents = sorted((self.root / _INTENT).glob("*.parquet"))
+        if not any((self.root / _VERSIONS).glob("*.parquet")) and not intents:
+            return 0
+        ledger = self._ledger_sql()
+        parts = [f"SELECT source FROM {ledger} WHERE stale",
+                 f"""SELECT source FROM (SELECT source FROM {ledger} WHERE NOT stale
+                     QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) > 1)"""]
+        if intents:
+            listed = ", ".join(repr(f.as_posix()) for f in intents)
+            parts.append(f"SELECT source FROM read_parquet([{listed}]) "
+                         f"WHERE source NOT IN (SELECT source FROM {ledger})")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _mgaki_hidden AS {' UNION ALL '.join(parts)}")
+        return int(con.sql("SELECT count(*) FROM _mgaki_hidden").fetchall()[0][0])
 
     def visible_files(self, tables: Iterable[str], scratch: Path) -> dict[str, list[Path]]:
         """Parquet files holding exactly what ``connect`` shows, for engines that read files (Spark).
@@ -102,10 +125,11 @@ class EventStore:
         The parts themselves while no record version was replaced; else a snapshot of the
         current versions written under ``scratch`` (the caller's temporary folder).
         """
-        if self._current_sql() is None:
-            return {t: self.files(t) for t in tables}
         con = self.connect(tables)
         try:
+            if not con.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_mgaki_hidden'").fetchall()[0][0] \
+                    or not con.sql("SELECT count(*) FROM _mgaki_hidden").fetchall()[0][0]:
+                return {t: self.files(t) for t in tables}
             out: dict[str, list[Path]] = {}
             for t in tables:
                 path = scratch / f"{t}.parquet"
@@ -181,10 +205,17 @@ class EventStore:
         if subjects:
             # Recorded for the next incremental surveillance run; cleared only after it wrote results.
             _write_atomic(pa.table({"subject_id": pa.array(sorted(subjects), pa.string())}), self.root / "pending")
+        intent = None
+        accepted = ledger.filter(pc.invert(ledger.column("stale"))).select(["source"])
+        if accepted.num_rows and fresh:
+            # rows of these versions stay hidden until the ledger commits them (see _hidden)
+            intent = _write_atomic(accepted, self.root / _INTENT)
         for name, new in fresh.items():
             _write_atomic(new, self.root / name)
         if ledger.num_rows:
             _write_atomic(ledger, self.root / _VERSIONS)  # the commit point for versioned rows
+        if intent is not None:
+            intent.unlink()
         return summary
 
     def _versions(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
