@@ -92,6 +92,9 @@ def print_ingest(summary: IngestSummary, store: Path) -> None:
         Console().print(q)
     else:
         Console().print("quarantined: 0 rows")
+    if summary.superseded or summary.stale:
+        Console().print(f"record versions: {summary.superseded} replaced by a newer version, "
+                        f"{summary.stale} older than the stored one (kept out)")
     Console().print(f"subjects with new data: {len(summary.affected_subjects)}")
 
 

@@ -21,6 +21,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (config: port)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="data folder: SQLite file and event store")] = None,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL, e.g. postgresql+psycopg://...")] = None,
+    mllp_port: Annotated[int | None, typer.Option(help="HL7 v2 MLLP listener port (config: mllp_port; off unless set)")]
+    = None,
 ) -> None:
     """Run the CDS Hooks / FHIR ingest service (OpenAPI docs at /docs)."""
     try:
@@ -31,7 +33,8 @@ def serve(
         err.print(f"[red]error:[/red] the service needs its extra: pip install 'mgaki[service]' ({exc.name})")
         raise typer.Exit(2) from exc
     try:
-        cfg = load_config(config, host=host, port=port, data_dir=data_dir, database_url=database_url)
+        cfg = load_config(config, host=host, port=port, data_dir=data_dir, database_url=database_url,
+                          mllp_port=mllp_port)
         app = create_app(cfg)
     except MgakiError as exc:
         err.print(f"[red]error:[/red] {exc}")

@@ -19,8 +19,23 @@ def export() -> dict:
     return normalize(read_fhir(EXPORT))
 
 
+def _ident(source: str) -> str:
+    """A row's resource identity: its source without the ``/_history/<version>`` suffix."""
+    ident, sep, version = source.partition("/_history/")
+    assert sep and version, source
+    return ident
+
+
+def test_sources_are_versioned_references(export: dict) -> None:
+    subj = {r["subject_id"]: r["source"] for r in export["subjects"].to_pylist()}
+    assert subj["pat-7"] == "Patient/pat-7/_history/2024-06-01T00:00:00Z"  # meta.lastUpdated
+    assert subj["pat-8"].startswith("Patient/pat-8/_history/h")  # no meta: a hash of the content
+    again = normalize(read_fhir(EXPORT))["subjects"]
+    assert sorted(again.column("source").to_pylist()) == sorted(subj.values())  # the hash is stable
+
+
 def test_export_measurements_converted_and_unknown_codes_not_read(export: dict) -> None:
-    ev = {r["source"]: r for r in export["events"].to_pylist()}
+    ev = {_ident(r["source"]): r for r in export["events"].to_pylist()}
     # glucose (LOINC 2345-7) and the cardiac catheterisation are not mgaki codes: not read, not quarantined
     assert set(ev) == {"Observation/mg-1", "Observation/cr-1", "Observation/uo-1", "Procedure/crrt-1"}
     mg = ev["Observation/mg-1"]
@@ -40,7 +55,7 @@ def test_export_encounters_patients_and_medications(export: dict) -> None:
     assert enc["enc-1"]["start"].isoformat() == "2024-04-02T07:15:00"
     subj = {r["subject_id"]: (r["sex"], r["birth_year"]) for r in export["subjects"].to_pylist()}
     assert subj == {"pat-7": ("female", 1948), "pat-8": ("male", 1990)}
-    meds = {r["source"]: r for r in export["medications"].to_pylist()}
+    meds = {_ident(r["source"]): r for r in export["medications"].to_pylist()}
     mg = meds["MedicationAdministration/ma-1"]
     assert mg["drug"] == "magnesium sulfate" and mg["mg_mmol"] == pytest.approx(2000 / 246.47, rel=1e-4)
     ppi = meds["MedicationRequest/mr-1"]  # medicationReference resolved to the Medication resource
@@ -48,7 +63,7 @@ def test_export_encounters_patients_and_medications(export: dict) -> None:
 
 
 def test_export_bad_rows_quarantined_with_reason(export: dict) -> None:
-    q = {r["source"]: r["reason"] for r in export["quarantine"].to_pylist()}
+    q = {_ident(r["source"]): r["reason"] for r in export["quarantine"].to_pylist()}
     assert q["Observation/mg-bad-unit"].startswith("unknown unit 'mg'")
     assert q["Observation/mg-lt"] == "non-numeric value '<0.5'"
     assert q["Observation/cr-bad-time"] == "unparseable time '2024-13-45'"

@@ -2,7 +2,10 @@
 
 One resource per row, unpacked with DuckDB's JSON functions: Observation
 codings are unnested and joined to codes.yaml, valueQuantity gives value and
-UCUM unit as written; normalize does the rest. The bedside single-patient path
+UCUM unit as written; normalize does the rest. A resource with an id is traced
+as its versioned reference ``Type/id/_history/v`` (v: ``meta.versionId``, else
+``meta.lastUpdated``, else ``h`` + a hash of its content), so the event store
+keeps one version per resource (a new version replaces the old rows). The bedside single-patient path
 (``mgaki.adapters.fhir``) is separate and unchanged. See docs/adapters/fhir.md.
 """
 
@@ -70,7 +73,10 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         con.execute(f"""CREATE TEMP TABLE res AS
             SELECT row_number() OVER () AS rid, res->>'resourceType' AS rtype,
                    coalesce(res->>'id', regexp_extract(full_url, '([^/:]+)$')) AS id, res, full_url,
-                   coalesce(res->>'resourceType' || '/' || (res->>'id'), filename || '#' || row_number() OVER ())
+                   coalesce(res->>'resourceType' || '/' || (res->>'id') || '/_history/' || replace(coalesce(
+                                res->>'$.meta.versionId', res->>'$.meta.lastUpdated',
+                                'h' || left(md5(CAST(json(res) AS VARCHAR)), 16)), '/', '_'),
+                            filename || '#' || row_number() OVER ())
                        AS src
             FROM ({' UNION ALL '.join(parts)}) WHERE res IS NOT NULL""")
     except duckdb.Error as exc:

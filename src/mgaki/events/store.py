@@ -4,6 +4,20 @@ Appending is idempotent: rows already in the store (every column equal) are
 not written again, so re-ingesting the same export changes nothing, and the
 returned summary names the subjects whose data changed, which is what the
 incremental surveillance recomputes.
+
+Record identity and version: a row whose ``source`` reads ``<identity>/_history/<version>``
+(FHIR's versioned reference, ``Observation/7/_history/2``; the HL7 adapter writes the same
+form) belongs to one version of one record. The ``versions`` ledger lists every version
+seen; only the rows of each identity's current version are visible, so re-sending a
+version adds nothing and a new version (a corrected value, or a status such as
+entered-in-error that leaves only a quarantine row) replaces the earlier rows instead of
+adding a second value. Versions that compare as integers or as times are ordered by
+value (a late-arriving older version is kept out); others by arrival. The ledger part is
+the commit point of an append: an append lists its new versions in ``versions-intent``
+before writing their rows, so rows written before a crash but not yet in the ledger stay
+invisible, and re-running the append commits them without writing them twice. The views
+filter out the (usually few) non-current sources only, so a store where nothing was ever
+replaced reads at full speed.
 """
 
 from __future__ import annotations
@@ -16,12 +30,29 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events.normalize import connect
 from mgaki.events.schema import TABLES
 
-__all__ = ["EventStore", "IngestSummary", "write_parquet_atomic"]
+__all__ = ["HISTORY", "EventStore", "IngestSummary", "versioned_source", "write_parquet_atomic"]
+
+HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
+_VERSIONS = "versions"  # the ledger folder (not a canonical table)
+_INTENT = "versions-intent"  # versions an append is writing, until the ledger commits them
+_LEDGER = pa.schema([("identity", pa.string()), ("version", pa.string()), ("source", pa.string()),
+                     ("seq", pa.int64()), ("stale", pa.bool_())])
+# SQL: identity and version of a versioned source (NULL when the source carries no version)
+_IDENTITY = "regexp_extract({c}, '^(.+)/_history/([^/]+)$', 1)"
+_VERSION = "regexp_extract({c}, '^(.+)/_history/([^/]+)$', 2)"
+
+
+def versioned_source(identity: str, version: str) -> str:
+    """The ``source`` of a row of one version of a record: ``<identity>/_history/<version>``."""
+    if not identity or not version or "/" in version:
+        raise ValueError(f"cannot version {identity!r} with {version!r}")
+    return f"{identity}{HISTORY}{version}"
 
 
 @dataclass
@@ -29,6 +60,8 @@ class IngestSummary:
     received: dict[str, int] = field(default_factory=dict)  # canonical rows handed in
     added: dict[str, int] = field(default_factory=dict)  # rows new to the store
     quarantined: int = 0
+    superseded: int = 0  # record versions replaced by a newer one in this append
+    stale: int = 0  # record versions older than the stored one: kept out
     quarantine_reasons: dict[str, int] = field(default_factory=dict)  # by kind of reason
     affected_subjects: frozenset[str] = frozenset()
 
@@ -57,11 +90,68 @@ class EventStore:
         return f"(SELECT {cols} WHERE false)"
 
     def connect(self, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
-        """DuckDB connection with one view per stored table."""
+        """DuckDB connection with one view per stored table: current record versions only."""
         con = connect()
+        where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
+            if self._hidden(con) else ""
         for t in tables:
-            con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}')
+            con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
         return con
+
+    def _hidden(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Temp table ``_mgaki_hidden``: sources of versions that are not current; how many.
+
+        Replaced and stale versions, and versions an interrupted append wrote but did not
+        commit (listed in ``versions-intent`` and not in the ledger). Usually few, so the
+        views' filter is cheap, and absent (no filter at all) when nothing was ever replaced.
+        """
+        intents = sorted((self.root / _INTENT).glob("*.parquet"))
+        if not any((self.root / _VERSIONS).glob("*.parquet")) and not intents:
+            return 0
+        ledger = self._ledger_sql()
+        parts = [f"SELECT source FROM {ledger} WHERE stale",
+                 f"""SELECT source FROM (SELECT source FROM {ledger} WHERE NOT stale
+                     QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) > 1)"""]
+        if intents:
+            listed = ", ".join(repr(f.as_posix()) for f in intents)
+            parts.append(f"SELECT source FROM read_parquet([{listed}]) "
+                         f"WHERE source NOT IN (SELECT source FROM {ledger})")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _mgaki_hidden AS {' UNION ALL '.join(parts)}")
+        return int(con.sql("SELECT count(*) FROM _mgaki_hidden").fetchall()[0][0])
+
+    def visible_files(self, tables: Iterable[str], scratch: Path) -> dict[str, list[Path]]:
+        """Parquet files holding exactly what ``connect`` shows, for engines that read files (Spark).
+
+        The parts themselves while no record version was replaced; else a snapshot of the
+        current versions written under ``scratch`` (the caller's temporary folder).
+        """
+        con = self.connect(tables)
+        try:
+            if not con.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = '_mgaki_hidden'").fetchall()[0][0] \
+                    or not con.sql("SELECT count(*) FROM _mgaki_hidden").fetchall()[0][0]:
+                return {t: self.files(t) for t in tables}
+            out: dict[str, list[Path]] = {}
+            for t in tables:
+                path = scratch / f"{t}.parquet"
+                pq.write_table(con.sql(f'SELECT * FROM "{t}"').to_arrow_table().cast(TABLES[t]), path)
+                out[t] = [path]
+            return out
+        finally:
+            con.close()
+
+    def _ledger_sql(self) -> str:
+        files = sorted((self.root / _VERSIONS).glob("*.parquet"))
+        if not files:
+            return "(SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
+                   "NULL::BIGINT AS seq, NULL::BOOLEAN AS stale WHERE false)"
+        return f"read_parquet([{', '.join(repr(f.as_posix()) for f in files)}])"
+
+    def _current_sql(self) -> str | None:
+        """SQL: the source of each identity's current version (None: no versioned record stored)."""
+        if not any((self.root / _VERSIONS).glob("*.parquet")):
+            return None
+        return (f"SELECT identity, version, source, seq FROM {self._ledger_sql()} WHERE NOT stale "
+                "QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) = 1")
 
     def read(self, table: str) -> pa.Table:
         con = self.connect([table])
@@ -73,23 +163,31 @@ class EventStore:
     def append(self, tables: Mapping[str, pa.Table]) -> IngestSummary:
         """Write the rows not already stored; report what was new and whose data changed.
 
-        Crash safety: the changed subjects are recorded before any data file, and every
-        file appears by an atomic rename, so an interrupted append leaves either nothing
-        or whole files, and the next surveillance run still recomputes whoever may
-        have changed. Re-running the same append after a crash writes only what is missing.
+        Crash safety: the changed subjects are recorded before any data file, every
+        file appears by an atomic, fsync'd rename, and the versions ledger is written
+        last, so an interrupted append leaves either nothing or whole files whose versioned
+        rows are not yet visible, and the next surveillance run still recomputes whoever
+        may have changed. Re-running the same append after a crash writes only what is
+        missing. When this returns, what it added is on disk.
         """
         summary = IngestSummary()
         subjects: set[str] = set()
         fresh: dict[str, pa.Table] = {}
         con = connect()
         try:
+            incoming: dict[str, pa.Table] = {}
             for name, given in tables.items():
                 if name not in TABLES:
                     raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
-                tab = given.cast(TABLES[name])
+                incoming[name] = given.cast(TABLES[name])
+            ledger = self._versions(con, incoming, summary, subjects)
+            for name, tab in incoming.items():
                 summary.received[name] = tab.num_rows
                 con.register("incoming", tab)
-                new = con.sql(f'SELECT * FROM incoming EXCEPT SELECT * FROM {self.scan_sql(name)}'
+                # versioned rows: only those of versions this append accepts (see _versions)
+                keep = (f"WHERE source IS NULL OR NOT contains(source, '{HISTORY}') "
+                        "OR source IN (SELECT source FROM accepted)")
+                new = con.sql(f'SELECT * FROM incoming {keep} EXCEPT SELECT * FROM {self.scan_sql(name)}'
                               ).to_arrow_table().cast(TABLES[name])
                 con.unregister("incoming")
                 summary.added[name] = new.num_rows
@@ -107,9 +205,69 @@ class EventStore:
         if subjects:
             # Recorded for the next incremental surveillance run; cleared only after it wrote results.
             _write_atomic(pa.table({"subject_id": pa.array(sorted(subjects), pa.string())}), self.root / "pending")
+        intent = None
+        accepted = ledger.filter(pc.invert(ledger.column("stale"))).select(["source"])
+        if accepted.num_rows and fresh:
+            # rows of these versions stay hidden until the ledger commits them (see _hidden)
+            intent = _write_atomic(accepted, self.root / _INTENT)
         for name, new in fresh.items():
             _write_atomic(new, self.root / name)
+        if ledger.num_rows:
+            _write_atomic(ledger, self.root / _VERSIONS)  # the commit point for versioned rows
+        if intent is not None:
+            intent.unlink()
         return summary
+
+    def _versions(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
+                  summary: IngestSummary, subjects: set[str]) -> pa.Table:
+        """Decide the versions an append brings; table ``accepted`` and the new ledger rows.
+
+        A version already in the ledger adds nothing. Of the new versions of one identity the
+        newest wins (by integer or time value when both sides have one, else this append's);
+        it is stale, and kept out, when the stored current version is newer by value.
+        The subjects of the rows a winner replaces join ``subjects`` (their results change).
+        """
+        parts = [f"SELECT DISTINCT source FROM incoming_{n} WHERE contains(source, '{HISTORY}')" for n in incoming]
+        for n, t in incoming.items():
+            con.register(f"incoming_{n}", t.select(["source"]))
+        union = " UNION ".join(parts) if parts else "SELECT NULL::VARCHAR AS source WHERE false"
+        ledger_sql = self._ledger_sql()
+        cur = self._current_sql() or "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, " \
+                                     "NULL::VARCHAR AS source, NULL::BIGINT AS seq WHERE false"
+        seq = con.sql(f"SELECT coalesce(max(seq), 0) + 1 FROM {ledger_sql}").fetchall()[0][0]
+        ident, ver = _IDENTITY.format(c="source"), _VERSION.format(c="source")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE batch AS
+            SELECT {ident} AS identity, {ver} AS version, source FROM ({union}) b
+            WHERE {ident} <> '' AND source NOT IN (SELECT source FROM {ledger_sql})""")
+        # newer(a, b): a is newer than b by value; NULL when the two do not compare
+        newer = """CASE WHEN TRY_CAST({a} AS BIGINT) IS NOT NULL AND TRY_CAST({b} AS BIGINT) IS NOT NULL
+                        THEN TRY_CAST({a} AS BIGINT) > TRY_CAST({b} AS BIGINT)
+                        WHEN TRY_CAST({a} AS TIMESTAMPTZ) IS NOT NULL AND TRY_CAST({b} AS TIMESTAMPTZ) IS NOT NULL
+                        THEN TRY_CAST({a} AS TIMESTAMPTZ) > TRY_CAST({b} AS TIMESTAMPTZ) END"""
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE ranked AS
+            SELECT b.*, c.source AS replaces, c.version AS cur_version,
+                   row_number() OVER (PARTITION BY b.identity ORDER BY TRY_CAST(b.version AS BIGINT) DESC NULLS LAST,
+                       TRY_CAST(b.version AS TIMESTAMPTZ) DESC NULLS LAST, b.version DESC) AS rk
+            FROM batch b LEFT JOIN ({cur}) c ON c.identity = b.identity""")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE decided AS
+            SELECT identity, version, source, replaces,
+                   rk > 1 OR coalesce(NOT ({newer.format(a='version', b='cur_version')}), false) AS stale
+            FROM ranked""")
+        con.execute("CREATE OR REPLACE TEMP TABLE accepted AS SELECT source FROM decided WHERE NOT stale")
+        replaced = con.execute("SELECT DISTINCT replaces FROM decided WHERE NOT stale AND replaces IS NOT NULL"
+                               ).fetchall()
+        summary.superseded = len(replaced)
+        summary.stale = int(con.sql("SELECT count(*) FROM decided WHERE stale").fetchall()[0][0])
+        if replaced:
+            con.register("replaced", pa.table({"source": pa.array([r[0] for r in replaced], pa.string())}))
+            for t in TABLES:
+                if t == "quarantine" or not self.files(t):
+                    continue
+                rows = con.sql(f"SELECT DISTINCT subject_id FROM {self.scan_sql(t)} "
+                               "WHERE source IN (SELECT source FROM replaced)").fetchall()
+                subjects.update(r[0] for r in rows if r[0])
+        return con.sql(f"SELECT identity, version, source, CAST({int(seq)} AS BIGINT) AS seq, stale FROM decided"
+                       ).to_arrow_table().cast(_LEDGER)
 
     def pending(self) -> tuple[frozenset[str], list[Path]]:
         """Subjects changed since the last surveillance run, and the files that say so."""
@@ -136,8 +294,18 @@ def write_parquet_atomic(tab: pa.Table, path: Path) -> Path:
     """Write `path` so that readers see the old file or the whole new one, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(tab, tmp)
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)  # the rename itself survives a power loss only once the folder is synced
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(tab: pa.Table, folder: Path) -> Path:

@@ -63,11 +63,20 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     ingestor = Ingestor(cfg.data_dir, engine, cfg.surveil_on_ingest)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
         if cfg.warm_up:
             mgaki.warm_up()
+        listener = None
+        if cfg.mllp_port is not None:  # HL7 v2 over MLLP, same process and store (service/mllp.py)
+            from mgaki.service.mllp import MllpListener
+
+            listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port)
+            await listener.start()
+        app_.state.mllp = listener
         log.info("mgaki service ready (database %s)", engine.dialect.name)
         yield
+        if listener is not None:
+            await listener.stop()
         engine.dispose()
 
     app = FastAPI(title="mgaki service", version=mgaki.__version__, lifespan=lifespan,
@@ -180,7 +189,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
                      "patient_id": s, "detail": None} for s in res.subjects]
             if rows:
                 con.execute(sa.insert(audit), rows)
-        return {"received": res.received, "added": res.added, "quarantined": res.quarantined,
+        return {"received": res.received, "added": res.added, "superseded": res.superseded,
+                "quarantined": res.quarantined,
                 "quarantine_reasons": res.quarantine_reasons, "subjects": len(res.subjects),
                 "new_alerts": res.new_alerts}
 

@@ -60,6 +60,8 @@ class ServiceConfig(BaseModel):
     fhir_timeout_s: float = Field(default=5.0, gt=0)
     fhir_max_pages: int = Field(default=10, ge=1)  # Bundle.link next pages followed per prefetch query
     surveil_on_ingest: bool = True
+    mllp_port: int | None = Field(default=None, ge=0, le=65535)  # HL7 v2 MLLP listener; None: off, 0: any free port
+    mllp_host: str | None = None  # default: host
     warm_up: bool = True
 
     def db_url(self) -> str:
@@ -69,7 +71,7 @@ class ServiceConfig(BaseModel):
 _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGAKI_HOST": "host",
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
         "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
-        "MGAKI_FHIR_SERVERS": "fhir_servers"}
+        "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,

@@ -36,6 +36,7 @@ class IngestResult:
     quarantine_reasons: dict[str, int]
     subjects: list[str]
     new_alerts: int
+    superseded: int = 0
 
 
 def check_bundle(body: Any) -> None:
@@ -87,17 +88,21 @@ class Ingestor:
                 path = Path(d) / f"request{suffix}"
                 path.write_bytes(payload)
                 raw = read_fhir(path)
-            quarantine = raw.pop("quarantine")
-            tables = normalize(raw)
-            q_schema = tables["quarantine"].schema
-            tables["quarantine"] = pa.concat_tables([tables["quarantine"], quarantine.cast(q_schema)])
-            summary = self.store.append(tables)
-            new = 0
-            if self.run_surveillance:
-                new = self._surveil()
+            return self._store(raw)
+
+    def ingest_raw(self, raw: dict[str, pa.Table]) -> IngestResult:
+        """Store raw adapter tables (schema.RAW, plus an adapter's own ``quarantine``), e.g. from HL7."""
+        with self._lock:
+            return self._store(raw)
+
+    def _store(self, raw: dict[str, pa.Table]) -> IngestResult:
+        """normalize (which keeps the adapter's quarantine rows), append (durable on return), surveil."""
+        summary = self.store.append(normalize(raw))
+        new = self._surveil() if self.run_surveillance else 0
         return IngestResult(received=summary.received, added=summary.added, quarantined=summary.quarantined,
                             quarantine_reasons=summary.quarantine_reasons,
-                            subjects=sorted(summary.affected_subjects), new_alerts=new)
+                            subjects=sorted(summary.affected_subjects), new_alerts=new,
+                            superseded=summary.superseded)
 
     def _surveil(self) -> int:
         """Run surveillance, then copy into the database every logged alert it does not hold yet.

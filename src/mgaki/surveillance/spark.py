@@ -10,6 +10,7 @@ running it on a cluster.
 
 from __future__ import annotations
 
+import tempfile
 import time as _time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -153,8 +154,11 @@ def _nullable(tab: pa.Table) -> pa.Table:
 
 
 def store_runner(store: EventStore, master: str = "local[*]") -> FullRun:
-    """`pipeline.surveil(engine=...)` on Spark: every canonical table read from the store's Parquet files."""
+    """`pipeline.surveil(engine=...)` on Spark: every canonical table read from the store's Parquet files
+    (current record versions only: `EventStore.visible_files`)."""
     def run(as_of: datetime | None, kb: KnowledgeBase, progress: Progress | None) -> SurveillanceResult:
         spark = session(master)
-        return run_spark({t: store.files(t) for t in CANONICAL}, spark, as_of=as_of, kb=kb, progress=progress)
+        with tempfile.TemporaryDirectory() as scratch:
+            return run_spark(store.visible_files(CANONICAL, Path(scratch)), spark, as_of=as_of, kb=kb,
+                             progress=progress)
     return run

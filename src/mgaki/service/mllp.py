@@ -1,0 +1,124 @@
+"""The MLLP listener: HL7 v2 ORU^R01 over TCP, stored through the same Ingestor as FHIR, then an ACK.
+
+Runs on the service's event loop (started and stopped by the FastAPI lifespan), one
+task per connection, messages of a connection answered in order. The store work runs
+in a thread under the Ingestor's lock; the ACK is written only after the append has
+returned, i.e. after its files are fsync'd and renamed into place, so an AA is never
+sent for a message a crash could lose. Logs carry ACK codes and error codes, never
+message content or identifiers (no PHI in logs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import hl7.mllp
+import sqlalchemy as sa
+
+from mgaki.service.db import audit, utcnow
+from mgaki.service.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
+from mgaki.service.ingest import Ingestor
+
+__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message"]
+
+log = logging.getLogger("mgaki.service.mllp")
+MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
+
+
+def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
+    """Store one message and return its ACK (AA stored; AE bad content; AR refused type or store failure)."""
+    msh = msh_fields(text)
+    try:
+        parsed = parse_oru(text)
+    except Hl7Error as exc:
+        log.info("MLLP message refused: %s %s", exc.ack_code, exc.error_code)
+        return ack(msh, exc.ack_code, [AckError(exc.error_code, exc.where, exc.problem)])
+    try:
+        res = ingestor.ingest_raw(parsed.tables)
+    except Exception as exc:  # the sender keeps the message and retries; the append is idempotent
+        log.error("MLLP store failure %s", type(exc).__name__)
+        return ack(msh, "AR", [AckError("207", "MSH-10", "the message could not be stored; send it again")])
+    try:
+        with ingestor.engine.begin() as con:
+            rows = [{"at": utcnow(), "actor": f"hl7:{msh.get('sending_app') or peer}"[:200], "action": "write",
+                     "endpoint": "MLLP ORU^R01", "patient_id": s, "detail": None} for s in res.subjects]
+            if rows:
+                con.execute(sa.insert(audit), rows)
+    except sa.exc.SQLAlchemyError as exc:  # stored already: the ACK must say so
+        log.error("MLLP audit write failed %s", type(exc).__name__)
+    warnings = [AckError("0", "OBX", f"{n} result(s) not used: {reason}", "W")
+                for reason, n in sorted(res.quarantine_reasons.items())]
+    log.info("MLLP message stored: AA (%d observations, %d quarantined)", parsed.observations, res.quarantined)
+    return ack(msh, "AA", warnings)
+
+
+@dataclass
+class MllpListener:
+    """An asyncio MLLP server bound to ``host:port`` (port 0: any free port, see ``port`` after start)."""
+
+    ingestor: Ingestor
+    host: str
+    port: int
+    encoding: str = "utf-8"
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        self._server = await hl7.mllp.start_hl7_server(self._client, self.host, self.port,
+                                                       limit=MAX_MESSAGE_BYTES, encoding=self.encoding)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("MLLP listener on port %d", self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, end open connections; a message being stored finishes its append first."""
+        if self._server is None:
+            return
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self._server.wait_closed()
+        self._server = None
+        log.info("MLLP listener stopped")
+
+    async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        peer = "mllp"
+        try:
+            while True:
+                try:
+                    block = await reader.readblock()
+                except asyncio.IncompleteReadError:
+                    break  # the sender closed the connection
+                except hl7.mllp.InvalidBlockError:
+                    reply = ack({}, "AE", [AckError("100", "MLLP", "the block does not start with <VT> (0x0B)")])
+                else:
+                    try:
+                        text = block.decode(self.encoding)
+                    except UnicodeDecodeError:
+                        reply = ack({}, "AE", [AckError("102", "MSH-18", f"the message is not {self.encoding} text")])
+                    else:
+                        # shielded: a stop() while storing still lets the append (and its ACK) complete
+                        reply = await asyncio.shield(asyncio.to_thread(handle_message, self.ingestor, text, peer))
+                writer.writeblock(reply.encode(self.encoding))
+                await writer.drain()
+        except ValueError:  # a block over MAX_MESSAGE_BYTES: the stream cannot be resynchronised
+            with contextlib.suppress(ConnectionError):
+                writer.writeblock(ack({}, "AR", [AckError("100", "MLLP",
+                                                          f"message larger than {MAX_MESSAGE_BYTES} bytes")]).encode())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._tasks.discard(task)

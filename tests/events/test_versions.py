@@ -1,0 +1,169 @@
+"""Record identity and version in the event store: one visible version per record, crash-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from mgaki.events import EventStore, normalize
+from mgaki.events.store import versioned_source
+
+
+def _obs(rows: list[tuple[str, str, str]], subject: str = "1") -> dict[str, pa.Table]:
+    """Raw magnesium results: (record id, version, value in mg/dL); value 'void' = a quarantined version."""
+    events = [r for r in rows if r[2] != "void"]
+    void = [r for r in rows if r[2] == "void"]
+    raw = {"events": pa.table({
+        "subject_id": [subject] * len(events), "time": ["2024-01-01 08:00"] * len(events),
+        "code": ["LOINC/19123-9"] * len(events), "analyte": ["magnesium"] * len(events),
+        "value": [r[2] for r in events], "unit": ["mg/dL"] * len(events),
+        "source": [versioned_source(f"Observation/{r[0]}", r[1]) for r in events]}, schema=pa.schema([
+            ("subject_id", pa.string()), ("time", pa.string()), ("code", pa.string()), ("analyte", pa.string()),
+            ("value", pa.string()), ("unit", pa.string()), ("source", pa.string())]))}
+    if void:
+        raw["quarantine"] = pa.table({
+            "table": ["events"] * len(void), "subject_id": [subject] * len(void),
+            "source": [versioned_source(f"Observation/{r[0]}", r[1]) for r in void],
+            "raw": ["{}"] * len(void), "reason": ["Observation status 'entered-in-error'"] * len(void)})
+    return normalize(raw)
+
+
+def _values(store: EventStore) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in store.read("events").to_pylist():
+        out.setdefault(r["source"].split("/_history/")[0], []).append(r["numeric_value"])
+    return out
+
+
+def test_same_version_twice_adds_nothing(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    first = store.append(_obs([("a", "1", "1.8")]))
+    assert first.added["events"] == 1 and first.affected_subjects == {"1"}
+    again = store.append(_obs([("a", "1", "1.8")]))
+    assert again.added["events"] == 0 and again.affected_subjects == frozenset() and again.superseded == 0
+    # a version already seen adds nothing even if its rows differ (the sender re-serialised it)
+    odd = store.append(_obs([("a", "1", "1.9")]))
+    assert odd.added["events"] == 0
+    assert _values(store) == {"Observation/a": [1.8]}
+
+
+def test_new_version_supersedes_and_names_the_subject(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    store.append(_obs([("a", "1", "1.8"), ("b", "1", "2.0")]))
+    store.clear_pending(store.pending()[1])
+    s = store.append(_obs([("a", "2", "1.2")]))
+    assert s.added["events"] == 1 and s.superseded == 1 and s.affected_subjects == {"1"}
+    assert store.pending()[0] == {"1"}  # surveillance recomputes the patient whose value changed
+    assert _values(store) == {"Observation/a": [1.2], "Observation/b": [2.0]}
+    assert store.counts()["events"] == 2
+
+
+def test_entered_in_error_removes_the_value(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    store.append(_obs([("a", "1", "1.8"), ("b", "1", "2.0")]))
+    store.clear_pending(store.pending()[1])
+    s = store.append(_obs([("a", "2", "void")]))
+    assert s.superseded == 1 and s.quarantined == 1 and s.added["events"] == 0
+    assert s.affected_subjects == {"1"}  # taken from the rows it replaced
+    assert _values(store) == {"Observation/b": [2.0]}
+    assert [q["reason"] for q in store.read("quarantine").to_pylist()] == ["Observation status 'entered-in-error'"]
+
+
+def test_versions_survive_a_restart_and_an_older_version_is_kept_out(tmp_path: Path) -> None:
+    EventStore(tmp_path).append(_obs([("a", "3", "1.8")]))
+    store = EventStore(tmp_path)  # a new process: the ledger is on disk
+    assert store.append(_obs([("a", "3", "1.8")])).added["events"] == 0
+    late = store.append(_obs([("a", "2", "0.9")]))  # an older version arriving late
+    assert late.added["events"] == 0 and late.stale == 1 and late.superseded == 0
+    newer = EventStore(tmp_path).append(_obs([("a", "4", "1.1")]))
+    assert newer.superseded == 1
+    assert _values(EventStore(tmp_path)) == {"Observation/a": [1.1]}
+
+
+def test_two_versions_in_one_append_keep_the_newest(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    s = store.append(_obs([("a", "1", "1.8"), ("a", "2", "1.5")]))
+    assert s.added["events"] == 1 and s.stale == 1
+    assert _values(store) == {"Observation/a": [1.5]}
+    # time-valued versions (meta.lastUpdated) compare as times, whatever their offsets
+    store.append(_obs([("c", "2024-01-01T10:00:00+02:00", "1.0"), ("c", "2024-01-01T09:00:00Z", "2.2")]))
+    assert _values(store)["Observation/c"] == [2.2]
+
+
+def test_unversioned_rows_keep_identical_row_dedup(tmp_path: Path) -> None:
+    store = EventStore(tmp_path)
+    store.append(_obs([("a", "1", "1.8")]))
+    plain = normalize({"events": pa.table({"subject_id": ["2", "2"], "time": ["2024-01-01"] * 2,
+                                           "analyte": ["magnesium"] * 2, "value": ["1.7", "1.9"],
+                                           "unit": ["mg/dL"] * 2, "source": ["row0", "row0"]})})
+    assert store.append(plain).added["events"] == 2  # same source, different rows: both kept (no version)
+    assert store.append(plain).added["events"] == 0
+    assert store.counts()["events"] == 3
+
+
+def test_a_crash_before_the_ledger_hides_the_rows_and_a_retry_commits_them_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mgaki.events.store as store_mod
+
+    store = EventStore(tmp_path)
+    store.append(_obs([("a", "1", "1.8")]))
+    real = store_mod._write_atomic
+
+    def crash_at_ledger(tab: pa.Table, folder: Path) -> Path:
+        if folder.name == "versions":
+            raise OSError("killed")
+        return real(tab, folder)
+
+    monkeypatch.setattr(store_mod, "_write_atomic", crash_at_ledger)
+    with pytest.raises(OSError):
+        store.append(_obs([("a", "2", "1.2")]))
+    monkeypatch.setattr(store_mod, "_write_atomic", real)
+    assert _values(store) == {"Observation/a": [1.8]}  # version 2's rows are on disk but not committed
+    retry = store.append(_obs([("a", "2", "1.2")]))
+    assert retry.added["events"] == 0 and retry.superseded == 1  # rows already there: not written twice
+    assert _values(store) == {"Observation/a": [1.2]}
+    assert len(store.files("events")) == 2 and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_visible_files_hold_what_the_views_show(tmp_path: Path) -> None:
+    """What file-reading engines (Spark) get: the parts, or a snapshot once a version was replaced."""
+    import pyarrow.parquet as pq
+
+    store = EventStore(tmp_path / "store")
+    store.append(_obs([("a", "1", "1.8"), ("b", "1", "2.0")]))
+    store.append(_obs([("a", "2", "1.2")]))
+    files = store.visible_files(["events"], tmp_path)
+    assert files["events"] == [tmp_path / "events.parquet"]
+    assert sorted(pq.read_table(files["events"]).column("numeric_value").to_pylist()) == [1.2, 2.0]
+    plain = EventStore(tmp_path / "plain")
+    plain.append(normalize({"events": pa.table({"subject_id": ["2"], "time": ["2024-01-01"],
+                                                "analyte": ["magnesium"], "value": ["1.7"], "unit": ["mg/dL"]})}))
+    assert plain.visible_files(["events"], tmp_path)["events"] == plain.files("events")
+
+
+def test_cohort_fhir_ingest_keeps_one_version_per_resource(tmp_path: Path) -> None:
+    """`mgaki ingest --format fhir` goes through the same adapter and store: an update replaces."""
+    import json
+
+    from mgaki.cli_cohort import ingest_path
+
+    def export(version: str, value: float, status: str = "final") -> Path:
+        folder = tmp_path / f"export-{version}"
+        folder.mkdir(exist_ok=True)
+        obs = {"resourceType": "Observation", "id": "mg-1", "meta": {"versionId": version}, "status": status,
+               "code": {"coding": [{"system": "http://loinc.org", "code": "19123-9"}]},
+               "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-03-01T08:00:00Z",
+               "valueQuantity": {"value": value, "unit": "mg/dL", "code": "mg/dL"}}
+        (folder / "Observation.ndjson").write_text(json.dumps(obs) + "\n")
+        return folder
+
+    store = tmp_path / "store"
+    assert ingest_path(export("1", 1.0), "fhir", store).added["events"] == 1
+    assert ingest_path(export("1", 1.0), "fhir", store).added["events"] == 0
+    s = ingest_path(export("2", 1.6), "fhir", store)
+    assert s.superseded == 1 and s.affected_subjects == {"p1"}
+    assert _values(EventStore(store)) == {"Observation/mg-1": [1.6]}
+    ingest_path(export("3", 1.6, "entered-in-error"), "fhir", store)
+    assert _values(EventStore(store)) == {}
