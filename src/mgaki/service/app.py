@@ -25,6 +25,7 @@ from mgaki.errors import InputError, MgakiError
 from mgaki.service.cds import SERVICES, CdsInputError, discovery, order_sign, patient_view
 from mgaki.service.cds_models import CdsRequest, CdsResponse, FeedbackRequest
 from mgaki.service.config import Role, ServiceConfig
+from mgaki.service.dashboard import install_dashboard
 from mgaki.service.db import alerts, audit, cds_feedback, make_engine, upgrade, utcnow
 from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
 from mgaki.service.security import AuthError, Principal, check_bearer, verify_cds_jwt
@@ -230,4 +231,5 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             con.execute(sa.text("SELECT 1"))
         return {"status": "ok", "version": mgaki.__version__}
 
+    install_dashboard(app)  # /dashboard/* API and /ui/ pages (service/dashboard.py)
     return app
