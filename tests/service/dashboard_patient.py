@@ -18,10 +18,10 @@ MGSO4_DOSES = [(1.0, 2.0, 2.0), (13.0, 15.0, 2.0)]  # (start h, end h, g MgSO4·
 
 
 def _mgso4(pid: str, i: int, start: float, end: float, grams: float) -> dict[str, Any]:
+    coding = [{"system": RXNORM, "code": "6585", "display": "magnesium sulfate"}]
     return {"resourceType": "MedicationAdministration", "id": f"{pid}-mg{i}", "status": "completed",
             "subject": {"reference": f"Patient/{pid}"},
-            "medicationCodeableConcept": {"text": "magnesium sulfate",
-                                          "coding": [{"system": RXNORM, "code": "6585", "display": "magnesium sulfate"}]},
+            "medicationCodeableConcept": {"text": "magnesium sulfate", "coding": coding},
             "effectivePeriod": {"start": at(start), "end": at(end)},
             "dosage": {"route": {"text": "IV"}, "dose": {"value": grams, "unit": "g", "system": UCUM, "code": "g"}}}
 

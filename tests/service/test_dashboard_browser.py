@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from dashboard_patient import calm_bundle, dashboard_bundle, discharged_bundle
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from conftest import READER, WRITER, auth
-from dashboard_patient import calm_bundle, dashboard_bundle, discharged_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -171,6 +171,8 @@ def test_list_sign_in_severity_filters_and_sort(server: str, laptop: tuple[Page,
     expect(rows.nth(0)).to_have_attribute("data-patient", "dash1")
     expect(rows.nth(0).locator(".badge")).to_have_text("critical")
     expect(page.locator('tr[data-patient="gone"] .badge')).to_have_text("none")  # its encounter has ended
+    expect(page.locator('tr[data-patient="dash1"] td.low')).to_contain_text("1.30")  # below the KB range
+    expect(page.locator('tr[data-patient="calm"] td.low')).to_have_count(0)
     page.select_option("#f-scope", "all")
     expect(page.locator('tr[data-patient="gone"] .badge')).to_have_text("warning")
     page.select_option("#f-severity", "critical")

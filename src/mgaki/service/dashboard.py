@@ -40,6 +40,7 @@ from mgaki.service.patient_data import (
     patient_exists,
     patient_list,
     record_from_store,
+    reference_ranges,
     timeline,
 )
 from mgaki.service.security import AuthError, Principal, check_bearer
@@ -112,6 +113,7 @@ def list_patients(request: Request, who: Reader,
                                  descending=order == "desc", limit=limit, offset=offset))
     _audit(request, who, "GET /dashboard/patients", None, f"{len(res['patients'])} patients")
     res["severities"] = list(SEVERITIES)
+    res["reference_ranges"] = reference_ranges(_kb(), ("magnesium", "creatinine"))
     return res
 
 

@@ -143,6 +143,7 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
                           jurisdiction=req.jurisdiction, severe_renal=severe_renal, emergency=req.emergency,
                           seed=seed, kb=kb)
         planned = found.regimen
+        description = found.description
         finder = {"regimen": found.description, "time_in_range": round(found.time_in_range, 3),
                   "candidates": found.candidates, "notes": found.notes}
         if past.mmol:
@@ -151,6 +152,10 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
     else:
         run = req.maintenance_h if req.rate_g_per_h > 0 else 0.0
         planned = loading_maintenance(req.loading_g, req.loading_over_min / 60.0, req.rate_g_per_h, run)
+        parts = ([f"{req.loading_g:g} g over {req.loading_over_min:g} min" if req.loading_over_min
+                  else f"{req.loading_g:g} g push"] if req.loading_g else []) + \
+            ([f"{req.rate_g_per_h:g} g/h for {run:g} h"] if run else [])
+        description = ", then ".join(parts) + " (MgSO4·7H2O)"
     whole = past + planned.shifted(now_h)
 
     future = time_grid(planned, req.horizon_h, kb=kb) + now_h
@@ -179,8 +184,10 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
     if overshoot:
         warnings.append(f"Overshoot risk: {p_tox:.0%} of predicted courses peak above {tox:.2f} mg/dL "
                         f"({kb.threshold(tox_id).meaning}); the planner flags above {thr:.0%}")
-    warnings += [f"Exceeds {c.limit_id}: {'a push (no infusion time)' if not math.isfinite(c.value) else f'{c.value:.3g}'}"
-                 f" > {c.limit:g} {c.unit} ({c.meaning})" for c in limits if not c.ok]
+    for c in limits:
+        if not c.ok:
+            value = f"{c.value:.3g}" if math.isfinite(c.value) else "a push (no infusion time)"
+            warnings.append(f"Exceeds {c.limit_id}: {value} > {c.limit:g} {c.unit} ({c.meaning})")
     level = pred.level
     q = (1.0 - (level or 0.0)) / 2.0
     peak_interval = None
@@ -188,7 +195,8 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
         a, b = np.quantile(pred.peak_samples_mg_dl, [q, 1.0 - q])
         peak_interval = [round(float(a), 3), round(float(b), 3)]
     measured = [] if hist is None else [
-        {"time_h": round(t - now_h, 3), "mg_dl": round(v, 3)} for t, v in zip(hist.level_h, hist.level_mg_dl, strict=True)]
+        {"time_h": round(t - now_h, 3), "mg_dl": round(v, 3)}
+        for t, v in zip(hist.level_h, hist.level_mg_dl, strict=True)]
     return {
         "mode": req.mode, "model": pop.spec.id, "model_name": pop.spec.name, "model_source": pop.spec.source.citation,
         "model_doi": pop.spec.source.doi, "individualised": fit is not None,
@@ -198,7 +206,7 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
             "weight_kg": weight, "crcl_ml_min": crcl, "baseline_mg_dl": baseline, "severe_renal": severe_renal,
             "jurisdiction": req.jurisdiction, "emergency": req.emergency},
         "planned_doses": _doses(planned.shifted(now_h), now_h), "past_doses": _doses(past, now_h),
-        "finder": finder, "target_mg_dl": list(target) if target else None,
+        "regimen": description, "finder": finder, "target_mg_dl": list(target) if target else None,
         "level": level, "curve": _curve(pred, now_h), "past_curve": past_curve, "measured": measured,
         "peak_mg_dl": round(pred.peak_mg_dl, 3), "peak_time_h": round(pred.peak_time_h - now_h, 3),
         "peak_interval_mg_dl": peak_interval,

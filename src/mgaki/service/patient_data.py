@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import duckdb
 import pyarrow as pa
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
 from mgaki.model import Measurement, Medication, PatientRecord
+from mgaki.result import Severity
 from mgaki.service.db import alerts
 from mgaki.units import convert, salt_amounts
 
@@ -29,7 +30,7 @@ __all__ = ["MGSO4", "SERIES", "SEVERITIES", "DoseHistory", "ListQuery", "dose_hi
 
 # The analytes the timeline plots, in panel order (ids of units.yaml / codes.yaml).
 SERIES: tuple[str, ...] = ("magnesium", "creatinine", "potassium", "calcium", "urine_output")
-SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")  # result.Severity, least to most severe
+SEVERITIES: tuple[str, ...] = get_args(Severity)  # least to most severe, as result.Severity lists them
 MGSO4 = "magnesium sulfate"  # drugs.yaml ingredient whose doses the PK model knows
 _NOT_IV = ("oral", "po", "enteral", "im", "intramuscular", "by mouth")  # routes the PK model does not cover
 
@@ -40,9 +41,13 @@ def _rank_sql(col: str) -> str:
     return "CASE " + " ".join(f"WHEN {col} = '{s}' THEN {i + 1}" for i, s in enumerate(SEVERITIES)) + " END"
 
 
-def _utc(t: datetime | None) -> datetime | None:
+def _utc(t: datetime) -> datetime:
     """Store times are naive UTC; the engine wants them aware."""
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def _utc_or_none(t: datetime | None) -> datetime | None:
+    return None if t is None else _utc(t)
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -199,7 +204,8 @@ def reference_ranges(kb: KnowledgeBase, analytes: tuple[str, ...] = SERIES) -> d
         if rng is None:
             continue
         unit = kb.analyte(a).canonical_unit
-        out[a] = {"low": round(convert(rng.low, a, rng.unit, unit), 6), "high": round(convert(rng.high, a, rng.unit, unit), 6),
+        out[a] = {"low": round(convert(rng.low, a, rng.unit, unit), 6),
+                  "high": round(convert(rng.high, a, rng.unit, unit), 6),
                   "unit": unit, "source": rng.source.citation, "doi": rng.source.doi, "document": rng.source.document}
     return out
 
@@ -231,7 +237,7 @@ def timeline(store: EventStore, kb: KnowledgeBase, patient_id: str) -> dict[str,
             FROM encounters WHERE subject_id = $pid AND parent_id IS NULL GROUP BY encounter_id
             ORDER BY start""", {"pid": patient_id})
         last_data = con.execute("SELECT max(time) FROM events WHERE subject_id = $pid",
-                                {"pid": patient_id}).fetchall()[0][0]  # type: ignore[arg-type]
+                                {"pid": patient_id}).fetchall()[0][0]
         bands = _aki_bands(con, store, patient_id, last_data)
         urine = _urine_rate(con, store, kb, patient_id)
     finally:
@@ -312,7 +318,7 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
     try:
         p = {"pid": patient_id}
         subj = con.execute("SELECT any_value(sex), any_value(birth_year) FROM subjects WHERE subject_id = $pid",
-                           p).fetchall()[0]  # type: ignore[arg-type]
+                           p).fetchall()[0]
         ev = con.execute("""SELECT DISTINCT analyte, numeric_value, unit, time, source FROM events
                             WHERE subject_id = $pid ORDER BY time""", p).fetchall()
         wt = con.execute("SELECT DISTINCT weight_kg, time, source FROM weights WHERE subject_id = $pid ORDER BY time",
@@ -321,7 +327,7 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
                               WHERE subject_id = $pid ORDER BY start""", p).fetchall()
         ctx = con.execute("SELECT DISTINCT context FROM contexts WHERE subject_id = $pid", p).fetchall()
         icu = con.execute("SELECT count(*) FROM encounters WHERE subject_id = $pid AND kind = 'icu'",
-                          p).fetchall()[0][0]  # type: ignore[arg-type]
+                          p).fetchall()[0][0]
     finally:
         con.close()
     meas: list[Measurement] = []
@@ -330,7 +336,7 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
         if analyte == "rrt":
             rrt.append(_utc(t))
         elif value is not None:
-            meas.append(Measurement(analyte, float(value), unit, _utc(t), source or "event store",  # type: ignore[arg-type]
+            meas.append(Measurement(analyte, float(value), unit, _utc(t), source or "event store",
                                     float(value), unit))
     w_unit = kb.analyte("weight").canonical_unit
     meas += [Measurement("weight", float(w), w_unit, _utc(t), s or "event store", float(w), w_unit)
@@ -338,7 +344,7 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
     medications = tuple(
         Medication(text=name or drug or "medication", ingredient=drug, rxcui=rxcui,
                    kind="administration" if mg is not None else "request", source_id=source or "event store",
-                   start=_utc(start), end=_utc(end),
+                   start=_utc_or_none(start), end=_utc_or_none(end),
                    dose_g=round(salt_amounts(mg, "mmol")["g_mgso4"], 6) if drug == MGSO4 and mg is not None else None,
                    route=route)
         for name, drug, rxcui, start, end, route, mg, source in meds)
@@ -381,7 +387,6 @@ def dose_history(record: PatientRecord, store: EventStore, patient_id: str) -> D
     if not iv:
         return None
     t0 = _utc(iv[0][0])
-    assert t0 is not None
 
     def hours(t: datetime) -> float:
         return (t - t0).total_seconds() / 3600.0
@@ -390,9 +395,9 @@ def dose_history(record: PatientRecord, store: EventStore, patient_id: str) -> D
     before = [m for m in mg if m.time < t0]
     after = [m for m in mg if m.time >= t0]
     return DoseHistory(
-        t0=t0, start_h=tuple(hours(_utc(s)) for s, _, _ in iv),  # type: ignore[arg-type]
+        t0=t0, start_h=tuple(hours(_utc(s)) for s, _, _ in iv),
         mmol=tuple(float(m) for _, _, m in iv),
-        duration_h=tuple(max(0.0, hours(_utc(e)) - hours(_utc(s))) if e else 0.0 for s, e, _ in iv),  # type: ignore[arg-type]
+        duration_h=tuple(max(0.0, hours(_utc(e)) - hours(_utc(s))) if e else 0.0 for s, e, _ in iv),
         level_h=tuple(hours(m.time) for m in after), level_mg_dl=tuple(m.value for m in after),
         baseline_mg_dl=before[-1].value if before else None, skipped=len(rows) - len(iv))
 

@@ -18,9 +18,16 @@
     return p;
   }
 
+  let ranges = {};
+
+  /** Latest Mg, marked low or high against the knowledge base's reference range the API sends. */
   function mgCell(r) {
-    if (r.latest_mg_mg_dl === null || r.latest_mg_mg_dl === undefined) return el("td", { class: "num" });
-    return el("td", { class: "num", title: fmtTime(r.latest_mg_time) }, fmtNum(r.latest_mg_mg_dl));
+    const v = r.latest_mg_mg_dl;
+    if (v === null || v === undefined) return el("td", { class: "num" });
+    const rr = ranges.magnesium;
+    const flag = rr ? (v < rr.low ? "low" : (v > rr.high ? "high" : "")) : "";
+    return el("td", { class: "num " + flag, title: fmtTime(r.latest_mg_time) + (flag ? " · " + flag : "") },
+      fmtNum(v), flag ? el("small", { text: flag === "low" ? " L" : " H" }) : null);
   }
 
   function row(r) {
@@ -44,6 +51,7 @@
     });
     try {
       const data = await api("/dashboard/patients?" + params().toString());
+      ranges = data.reference_ranges || {};
       const body = document.querySelector("#patients tbody");
       body.replaceChildren(...data.patients.map(row));
       document.getElementById("empty").hidden = data.patients.length > 0;

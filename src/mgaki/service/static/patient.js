@@ -122,7 +122,7 @@
       el("div", { class: "warn-box", role: "alert", text: "⚠ " + w })));
     const band = p.peak_interval_mg_dl ? " (" + Math.round(p.level * 100) + "% " + p.peak_interval_mg_dl.map((v) => fmtNum(v)).join("–") + ")" : "";
     const items = [
-      ["Regimen", p.finder ? p.finder.regimen : p.planned_doses.map((d) => fmtNum(d.g_mgso4, 1) + " g over " + fmtNum(d.duration_h * 60, 0) + " min").join(" + ")],
+      ["Regimen", p.regimen],
       ["Predicted peak", fmtNum(p.peak_mg_dl) + " mg/dL at " + fmtNum(p.peak_time_h, 1) + " h" + band],
       ["P(peak > toxicity)", (p.p_peak_above_toxicity * 100).toFixed(1) + "% (level " + fmtNum(p.toxicity_mg_dl) + " mg/dL)"],
       ["Model", (p.individualised ? "individualised (MAP) · " : "population · ") + p.model],
