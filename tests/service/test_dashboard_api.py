@@ -246,3 +246,26 @@ def test_authorize_patient_is_the_gate(loaded: TestClient, monkeypatch: pytest.M
     r = loaded.post("/dashboard/patients/dash1/dose-plan", json={"loading_g": 2}, headers=auth(READER))
     assert r.status_code == 403
     assert np.isfinite(_plan(loaded, "calm", {"loading_g": 2, "loading_over_min": 60})["peak_mg_dl"])
+
+
+def test_static_files_are_package_data() -> None:
+    """The installed package must carry every page, script and vendored file (and their licences)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    from mgaki.service.dashboard import STATIC, VENDOR
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mgaki"]
+    pkg = root / "src" / "mgaki"
+    files = [p.relative_to(pkg).as_posix() for p in STATIC.rglob("*") if p.is_file()]
+    assert {f"service/static/{v}" for v in VENDOR} <= set(files)
+    assert len([f for f in files if f.endswith(".LICENSE")]) >= 3
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/")
+                                           for pat in patterns)]
+    assert missing == []
+    for page in ("list.html", "patient.html"):  # every script a page loads is shipped
+        html = (STATIC / page).read_text()
+        for src in [s.split('"')[0] for s in html.split('src="/ui/static/')[1:]]:
+            assert (STATIC / src).is_file(), src

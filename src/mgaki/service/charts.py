@@ -92,7 +92,8 @@ def _panel(tl: dict[str, Any], analyte: str, x: alt.X, zoom: Any, data: _Data) -
     pad = (max(span) - min(span)) * 0.08 or abs(max(span)) * 0.1 or 1.0
     title = f"{LABELS[analyte]}{' rate (6 h)' if rate else ''}, {unit}"
     # an explicit domain with room around it: zooming clips marks at the edge, a point must not sit on it
-    y = alt.Y("value:Q", title=title, scale=alt.Scale(domain=[min(span) - pad, max(span) + pad], nice=False))
+    scale = alt.Scale(domain=[min(span) - pad, max(span) + pad], nice=False, zero=False)
+    y = alt.Y("value:Q", title=title, scale=scale)
     tips = [alt.Tooltip("time:T", title="time (UTC)", format="%d %b %Y %H:%M"), alt.Tooltip("value:Q", title=unit)]
     if analyte == "creatinine":
         tips += [alt.Tooltip("aki_stage:Q", title="KDIGO stage"), alt.Tooltip("kdigo_reference:Q", title="reference"),
@@ -106,11 +107,12 @@ def _panel(tl: dict[str, Any], analyte: str, x: alt.X, zoom: Any, data: _Data) -
     if ref:
         label = {**ref, "label": f"reference {ref['low']:g}–{ref['high']:g} {ref['unit']}"}
         layers.append(data(f"range_{analyte}", [label]).mark_rect(opacity=0.13, color="#54a24b").encode(
-            y="low:Q", y2="high:Q", tooltip=[alt.Tooltip("label:N", title="range"),
+            y=alt.Y("low:Q", scale=scale), y2="high:Q", tooltip=[alt.Tooltip("label:N", title="range"),
                                              alt.Tooltip("source:N", title="source")]))
     if th:
         layers.append(data("urine_threshold", [th]).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(
-            y="value:Q", tooltip=[alt.Tooltip("meaning:N", title="KDIGO"), alt.Tooltip("source:N", title="source")]))
+            y=alt.Y("value:Q", scale=scale),
+            tooltip=[alt.Tooltip("meaning:N", title="KDIGO"), alt.Tooltip("source:N", title="source")]))
     layers.append(data(f"series_{analyte}", rows).mark_line(
         point=alt.OverlayMarkDef(size=45, filled=True), color="#2f5f98").encode(x=x, y=y, tooltip=tips))
     # the zoom on every layer: a wheel or drag over a shaded band must zoom too
@@ -150,7 +152,8 @@ def dose_chart(plan: dict[str, Any]) -> dict[str, Any]:
     level = f"{plan['level']:.0%} band" if plan.get("level") else "band"
     rows = [{**q, "part": "so far"} for q in plan["past_curve"]] + [{**q, "part": "planned"} for q in plan["curve"]]
     x = alt.X("time_h:Q", title="hours from now (latest data)")
-    y = alt.Y("typical_mg_dl:Q", title="predicted serum Mg, mg/dL", scale=alt.Scale(zero=False))
+    scale = alt.Scale(zero=False)
+    y = alt.Y("typical_mg_dl:Q", title="predicted serum Mg, mg/dL", scale=scale)
     tips = [alt.Tooltip("time_h:Q", title="h from now", format=".2f"),
             alt.Tooltip("typical_mg_dl:Q", title="typical, mg/dL", format=".2f"),
             alt.Tooltip("lower_mg_dl:Q", title=f"{level} low", format=".2f"),
@@ -165,7 +168,8 @@ def dose_chart(plan: dict[str, Any]) -> dict[str, Any]:
     tox = {"tox": plan["toxicity_mg_dl"],
            "label": f"toxicity {plan['toxicity_mg_dl']:.2f} mg/dL: {plan['toxicity_meaning']}"}
     layers += [
-        base.mark_area(opacity=0.25, color="#4c78a8").encode(x=x, y="lower_mg_dl:Q", y2="upper_mg_dl:Q",
+        base.mark_area(opacity=0.25, color="#4c78a8").encode(x=x, y=alt.Y("lower_mg_dl:Q", scale=scale),
+                                                             y2="upper_mg_dl:Q",
                                                              detail="part:N"),
         base.mark_line(strokeWidth=2.5).encode(
             x=x, y=y, tooltip=tips,
