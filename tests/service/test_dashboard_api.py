@@ -240,6 +240,9 @@ def test_authorize_patient_is_the_gate(loaded: TestClient, monkeypatch: pytest.M
             raise AuthError(f"{principal.name} may not read this patient", 403)
 
     monkeypatch.setattr(dashboard, "authorize_patient", only_calm)
+    monkeypatch.setattr(dashboard, "visible_patients", lambda principal: frozenset({"calm"}))
+    listed = _get(loaded, "/dashboard/patients?scope=all")
+    assert _ids(listed) == ["calm"] and listed["total"] == 1
     for path in ("timeline", "assessment"):
         assert loaded.get(f"/dashboard/patients/dash1/{path}", headers=auth(READER)).status_code == 403
         assert loaded.get(f"/dashboard/patients/calm/{path}", headers=auth(READER)).status_code == 200

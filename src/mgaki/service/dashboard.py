@@ -11,8 +11,8 @@ Pages: ``/ui/`` (list) and ``/ui/patients/{id}``: static HTML and JS (vendored V
 data in the page itself; the page asks once for a bearer token, keeps it in ``sessionStorage``
 (this tab only, gone when it closes) and sends it on every API call (docs/service.md).
 
-Every access to one patient's data goes through ``authorize_patient``: today the reader role is
-all it checks; per-patient limits plug in there.
+Every access to one patient's data goes through ``authorize_patient``, and the list through
+``visible_patients``: today the reader role is all they check; per-patient limits plug in there.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from mgaki.service.patient_data import (
 )
 from mgaki.service.security import AuthError, Principal, check_bearer
 
-__all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router"]
+__all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router", "visible_patients"]
 
 STATIC = Path(__file__).parent / "static"
 VENDOR = ("vendor/vega-6.4.0.min.js", "vendor/vega-lite-6.4.1.min.js", "vendor/vega-embed-7.3.0.min.js")
@@ -71,6 +71,14 @@ def authorize_patient(principal: Principal, patient_id: str) -> None:
     """
     if "reader" not in principal.roles and "admin" not in principal.roles:
         raise AuthError(f"token {principal.name!r} may not read patient data", 403)
+
+
+def visible_patients(principal: Principal) -> frozenset[str] | None:
+    """The patients the list may show this caller (None: every patient). Today: all, for any reader.
+
+    The list's counterpart of ``authorize_patient``: per-patient limits restrict it here.
+    """
+    return None
 
 
 def _audit(request: Request, who: Principal, endpoint: str, patient_id: str | None, detail: str | None) -> None:
@@ -110,7 +118,8 @@ def list_patients(request: Request, who: Reader,
     """Patients with their counted alerts, highest severity, latest Mg and creatinine; sortable, filterable."""
     res = patient_list(data_dir_store(request.app.state.cfg.data_dir), request.app.state.engine,
                        ListQuery(scope=scope, severity=severity, kind=kind, q=q, with_alerts=with_alerts, sort=sort,
-                                 descending=order == "desc", limit=limit, offset=offset))
+                                 descending=order == "desc", limit=limit, offset=offset,
+                                 only=visible_patients(who)))
     _audit(request, who, "GET /dashboard/patients", None, f"{len(res['patients'])} patients")
     res["severities"] = list(SEVERITIES)
     res["reference_ranges"] = reference_ranges(_kb(), ("magnesium", "creatinine"))

@@ -94,6 +94,7 @@ class ListQuery:
     descending: bool = True
     limit: int = 100
     offset: int = 0
+    only: frozenset[str] | None = None  # the patients the caller may see (None: all)
 
 
 def _alert_groups(engine: sa.Engine) -> pa.Table:
@@ -135,6 +136,9 @@ def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict
             params["q"] = query.q
         if query.with_alerts or query.severity or query.kind:
             where.append("alerts > 0")
+        if query.only is not None:
+            con.register("visible", pa.table({"subject_id": pa.array(sorted(query.only), pa.string())}))
+            where.append("patient_id IN (SELECT subject_id FROM visible)")
         counted = "TRUE" if query.scope == "all" else "a.encounter_open"
         order = _SORT_SQL[query.sort].format(d="DESC" if query.descending else "ASC")
         sql = f"""
