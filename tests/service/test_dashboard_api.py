@@ -272,3 +272,11 @@ def test_static_files_are_package_data() -> None:
         html = (STATIC / page).read_text()
         for src in [s.split('"')[0] for s in html.split('src="/ui/static/')[1:]]:
             assert (STATIC / src).is_file(), src
+
+
+def test_empty_service(client: TestClient) -> None:
+    """Nothing ingested yet: an empty list, and 404 for any patient (no surveillance results either)."""
+    assert _get(client, "/dashboard/patients") | {"reference_ranges": None} == {
+        "total": 0, "scope": "active", "patients": [], "severities": ["info", "warning", "critical"],
+        "reference_ranges": None}
+    assert client.get("/dashboard/patients/p1/timeline", headers=auth(READER)).status_code == 404

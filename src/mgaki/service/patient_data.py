@@ -98,20 +98,16 @@ class ListQuery:
 
 
 def _alert_groups(engine: sa.Engine) -> pa.Table:
-    """Alerts grouped in the database (subject, encounter, kind, severity): few rows, whatever the log size."""
+    """Alerts grouped in the database by (subject, encounter, kind, severity), as an Arrow table for DuckDB."""
     q = sa.select(alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind, alerts.c.severity,
                   sa.func.count().label("n"), sa.func.max(alerts.c.time).label("last_time")
                   ).group_by(alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind, alerts.c.severity)
     with engine.connect() as con:
         rows = con.execute(q).all()
-    return pa.table({
-        "subject_id": pa.array([r[0] for r in rows], pa.string()),
-        "encounter_id": pa.array([r[1] for r in rows], pa.string()),
-        "kind": pa.array([r[2] for r in rows], pa.string()),
-        "severity": pa.array([r[3] for r in rows], pa.string()),
-        "n": pa.array([int(r[4]) for r in rows], pa.int64()),
-        "last_time": pa.array([r[5] for r in rows], pa.timestamp("us")),
-    })
+    types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.timestamp("us"))
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in types]
+    names = ("subject_id", "encounter_id", "kind", "severity", "n", "last_time")
+    return pa.table({n: pa.array(c, t) for n, c, t in zip(names, cols, types, strict=True)})
 
 
 _SORT_SQL = {"severity": "sev_rank {d} NULLS LAST, last_alert {d} NULLS LAST",
