@@ -26,15 +26,16 @@ def at(hours: float) -> str:
 class B:
     """Fluent bundle builder: B(sex, birth).obs(...).med(...).build()."""
 
-    def __init__(self, sex: str = "female", birth: str = "1960-05-01", pid: str = "p1") -> None:
+    def __init__(self, sex: str = "female", birth: str = "1960-05-01", pid: str = "p1", id_prefix: str = "") -> None:
         self.pid = pid
+        self.id_prefix = id_prefix  # FHIR ids are server-wide: bundles of several patients posted to one store need one
         self.entries: list[dict[str, Any]] = [{"resource": {
             "resourceType": "Patient", "id": pid, "gender": sex, "birthDate": birth}}]
         self.n = 0
 
     def _id(self, prefix: str) -> str:
         self.n += 1
-        return f"{prefix}{self.n}"
+        return f"{self.id_prefix}{prefix}{self.n}"
 
     def obs(self, analyte: str, value: float, unit: str | None, hours: float = 0.0,
             code: str | None = None, time: str | None = None, **extra: Any) -> B:

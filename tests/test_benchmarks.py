@@ -49,3 +49,15 @@ def test_surveillance_benchmark_smoke(tmp_path: Path) -> None:
     row = lines[header + 1].split()
     assert row[0] == "200" and row[1] == f"{gen['events']:,}"
     assert "targets (issue 3):" in r.stdout and "10 slowest stages at 200 patients" in r.stdout
+
+
+def test_dashboard_benchmark_smoke() -> None:
+    """benchmarks/dashboard.py runs on a small cohort and reports every endpoint it promises."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dashboard.py"), "--patients", "40", "--repeat", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["patients"] == 40 and res["alerts"] > 0
+    assert set(res["timings_ms"]) == {"list (sort severity, scope all)", "list (filter critical, sort latest_mg)",
+                                      "timeline + chart", "assessment", "dose plan (regimen)", "dose plan (target)"}
+    assert all(0 < t["median"] <= t["max"] for t in res["timings_ms"].values())

@@ -25,7 +25,8 @@ from mgaki.errors import InputError, MgakiError
 from mgaki.service.cds import SERVICES, CdsInputError, call_service, discovery
 from mgaki.service.cds_models import CdsRequest, CdsResponse, FeedbackRequest
 from mgaki.service.config import Role, ServiceConfig
-from mgaki.service.db import alerts, audit, cds_feedback, make_engine, upgrade, utcnow
+from mgaki.service.dashboard import install_dashboard
+from mgaki.service.db import alerts, audit, cds_feedback, column_width, make_engine, upgrade, utcnow, write_audit
 from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient, verify_cds_jwt
 
@@ -35,13 +36,7 @@ log = logging.getLogger("mgaki.service")
 _MAX_LIMIT = 1000
 
 
-def _width(col: sa.ColumnElement[Any]) -> int:
-    t = col.type
-    assert isinstance(t, sa.String) and t.length is not None
-    return t.length
-
-
-_ID_MAX = _width(audit.c.patient_id)  # longer ids cannot be audited (PostgreSQL enforces VARCHAR lengths)
+_ID_MAX = column_width(audit.c.patient_id)  # longer ids cannot be audited (PostgreSQL enforces VARCHAR lengths)
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -123,11 +118,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return _error(500, "internal error")
 
     def _audit(actor: str, action: str, endpoint: str, patient_id: str | None, detail: str | None = None) -> None:
-        # free text is cut to its column (a caller's long userId or hookInstance must not fail the call)
-        actor, detail = actor[:_width(audit.c.actor)], detail and detail[:_width(audit.c.detail)]
-        with engine.begin() as con:
-            con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action=action, endpoint=endpoint,
-                                                patient_id=patient_id, detail=detail))
+        write_audit(engine, actor, action, endpoint, patient_id, detail)
 
     def need(role: Role) -> Callable[[Request], Principal]:
         def dep(request: Request) -> Principal:
@@ -261,4 +252,5 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             con.execute(sa.text("SELECT 1"))
         return {"status": "ok", "version": mgaki.__version__}
 
+    install_dashboard(app)  # /dashboard/* API and /ui/ pages (service/dashboard.py)
     return app

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-__all__ = ["METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "make_engine", "upgrade", "utcnow"]
+__all__ = ["METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "column_width", "make_engine", "upgrade", "utcnow",
+           "write_audit"]
 
 METADATA = sa.MetaData()
 
@@ -65,6 +67,23 @@ cds_feedback = sa.Table(
 def utcnow() -> datetime:
     """Naive UTC: stored the same way by SQLite and PostgreSQL ``timestamp`` columns."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def column_width(col: sa.ColumnElement[Any]) -> int:
+    """The declared length of a string column (PostgreSQL enforces it; SQLite does not)."""
+    t = col.type
+    assert isinstance(t, sa.String) and t.length is not None
+    return t.length
+
+
+def write_audit(engine: sa.Engine, actor: str, action: str, endpoint: str, patient_id: str | None,
+                detail: str | None = None) -> None:
+    """One audit row, committed before the caller answers; free text is cut to its column
+    (a caller's long userId or hookInstance must not fail the call)."""
+    actor, detail = actor[:column_width(audit.c.actor)], detail and detail[:column_width(audit.c.detail)]
+    with engine.begin() as con:
+        con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action=action, endpoint=endpoint,
+                                            patient_id=patient_id, detail=detail))
 
 
 def make_engine(url: str) -> sa.Engine:
