@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mgaki.errors import MgakiError
@@ -17,6 +19,41 @@ from mgaki.errors import MgakiError
 __all__ = ["register", "study"]
 
 err = Console(stderr=True)
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory since the last reset (Linux VmHWM; else the lifetime peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _reset_peak() -> None:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM); a no-op elsewhere."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+class _StageClock:
+    """Prints each finished stage with its wall time and the peak memory reached during it (stderr)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        _reset_peak()
+        self.t = time.perf_counter()
+
+    def finished(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.console.print(f"[green]done[/green] {stage:<13}{now - self.t:>8.1f} s"
+                           f"   peak memory {_peak_rss_bytes() / 1e9:.2f} GB")
+        _reset_peak()
+        self.t = time.perf_counter()
 
 
 def study(
@@ -41,17 +78,25 @@ def study(
     except MgakiError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
-        task = bar.add_task("surveillance", total=len(STAGES))
+    clock = _StageClock(err)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(f"running: {STAGES[0]}", total=len(STAGES) + 1)
+
+        def done(stage: str, i: int, n: int) -> None:
+            clock.finished(stage)
+            nxt = STAGES[i] if i < n else "report"
+            bar.update(task, completed=i, description=f"running: {nxt}")
+
         try:
-            res = study_store(EventStore(store), cfg,
-                              progress=lambda st, i, n: bar.update(task, completed=i, description=f"done: {st}"))
+            res = study_store(EventStore(store), cfg, progress=done)
         except (MgakiError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
-        bar.update(task, description="report")
         paths = write_outputs(res, out)
+        clock.finished("report")
+        bar.update(task, completed=len(STAGES) + 1)
     summary = res.summary()
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")

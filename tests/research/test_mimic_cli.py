@@ -6,9 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mgaki.cli import app
+from mgaki.events import EventStore
+from mgaki.research import StudyConfig
+from mgaki.research.pipeline import STAGES, study_store
 
 MIMIC = Path(__file__).parents[1] / "data" / "mimic-iv-demo-subset"
 runner = CliRunner()
@@ -36,6 +40,23 @@ def test_study_runs_end_to_end_on_the_mimic_subset(tmp_path: Path) -> None:
     r2 = runner.invoke(app, ["study", "--store", str(store), "--out", str(tmp_path / "s2")])
     assert r2.exit_code == 0 and "1 (ref)" in r2.output
     assert re.search(r"n = \d+", r2.output)
+    # each stage is printed as it finishes, with its wall time and peak memory, in order
+    done = re.findall(r"done (\w+)\s+(\d+\.\d) s\s+peak memory (\d+\.\d\d) GB", r2.stderr)
+    assert [d[0] for d in done] == [*STAGES, "report"]
+    assert all(float(gb) > 0.01 for _, _, gb in done)
+
+
+def test_the_python_api_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["ingest", str(MIMIC), "--store", str(store)]).exit_code == 0
+    capfd.readouterr()
+    seen: list[str] = []
+    res = study_store(EventStore(store), StudyConfig(bootstrap_reps=20, prediction=False))
+    out, err = capfd.readouterr()
+    assert out == "" and err == "" and len(res.cohort.frame) > 0
+    study_store(EventStore(store), StudyConfig(bootstrap_reps=20, prediction=False),
+                progress=lambda st, i, n: seen.append(st))
+    assert seen == list(STAGES)
 
 
 def test_study_bad_input_exits_2_naming_the_problem(tmp_path: Path) -> None:

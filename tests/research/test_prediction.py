@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+import mgaki.research
 from mgaki.errors import InputError
 from mgaki.events import EventStore
 from mgaki.research import StudyConfig, build_cohort, connect_tables
 from mgaki.research.predict import (
     FEATURES,
+    MODEL_FORMAT,
     build_landmarks,
     load_model,
     run_prediction,
@@ -121,10 +123,38 @@ def test_saved_models_reload_with_features_versions_and_card(signal: Built, tmp_
         assert np.array_equal(m.predict_proba(lm), expect)
     with pytest.raises(InputError, match="mg_slope"):
         load_model(paths["combined/gbm"]).predict_proba(lm.drop(columns=["mg_slope"]))
+    # the public entry point, from a path string; the file carries its feature documentation
+    m = mgaki.research.load_model(str(paths["creatinine+mg/logistic"]))
+    assert m.feature_doc["mg_slope"].startswith("Mg slope") and set(m.feature_doc) == set(m.features)
     card = json.loads(paths["card_json"].read_text())
     assert set(card["features"]["combined"]) == set(FEATURES)
     assert {m["model_set"] for m in card["metrics"]} == {"creatinine", "creatinine+mg", "combined"}
     assert card["versions"]["scikit-learn"] == "1.9.1" and "Limits" in paths["card_md"].read_text()
+
+
+def test_load_model_refuses_other_format_versions_other_sklearn_and_foreign_files(signal: Built,
+                                                                                 tmp_path: Path) -> None:
+    import joblib  # type: ignore[import-untyped]
+
+    cfg = FAST.model_copy(update={"bootstrap_reps": 10})
+    path = save_models(run_prediction(signal.con, signal.frame, cfg), tmp_path)["creatinine/logistic"]
+    good = joblib.load(path)
+    assert good["format_version"] == MODEL_FORMAT
+    cases = [({**good, "format_version": MODEL_FORMAT + 1}, f"format version {MODEL_FORMAT + 1}.*re-fit"),
+             ({k: v for k, v in good.items() if k != "format_version"}, "format version None"),
+             ({**good, "versions": {**good["versions"], "scikit-learn": "0.24.2"}}, "scikit-learn 0.24.2"),
+             ({"estimator": good["estimator"]}, "not an mgaki AKI model file"),
+             ([1, 2, 3], "not an mgaki AKI model file")]
+    for i, (bundle, why) in enumerate(cases):
+        bad = tmp_path / f"bad{i}.joblib"
+        joblib.dump(bundle, bad)
+        with pytest.raises(InputError, match=why):
+            mgaki.research.load_model(bad)
+    (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match="cannot load"):
+        mgaki.research.load_model(tmp_path / "junk.joblib")
+    with pytest.raises(InputError, match="cannot load"):
+        mgaki.research.load_model(tmp_path / "absent.joblib")
 
 
 def test_default_generator_unchanged_by_the_predictive_option() -> None:

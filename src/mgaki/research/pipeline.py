@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase, load
+from mgaki.research import cox as coxmod
 from mgaki.research import stats
 from mgaki.research._config import StudyConfig
 from mgaki.research.cohort import StudyCohort, build_cohort, connect_tables
@@ -76,7 +77,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"mgaki": version("mgaki"), "knowledge": load().version}
-    for pkg in ("statsmodels", "lifelines", "scikit-learn", "tableone", "pandas", "numpy", "scipy", "duckdb",
+    for pkg in ("statsmodels", "scikit-learn", "tableone", "pandas", "numpy", "scipy", "duckdb",
                 "pyarrow", "altair", "vl-convert-python"):
         try:
             out[pkg] = version(pkg)
@@ -163,7 +164,7 @@ def run_study(con: duckdb.DuckDBPyConnection | dict[str, pa.Table], results: dic
     rr = kb.magnesium.reference_range
     lo, hi = (convert(x, "magnesium", rr.unit, "mg/dL") for x in (rr.low, rr.high))
     if config.time_varying_cox:
-        cox, cox_notes = stats.cox_time_varying(cohort.time_varying, f, lo, hi, config.covariates, config.ci_level)
+        cox, cox_notes = coxmod.cox_time_varying(cohort.time_varying, f, lo, hi, config.covariates, config.ci_level)
     else:
         cox, cox_notes = pd.DataFrame(columns=["term", "hr", "lo", "hi", "p"]), ["time-varying Cox not requested"]
     tick("cox", t0)

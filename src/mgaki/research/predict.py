@@ -25,8 +25,8 @@ from numpy.typing import NDArray
 from mgaki.errors import InputError
 from mgaki.research._config import StudyConfig
 
-__all__ = ["FEATURES", "FEATURE_DOC", "MODEL_SETS", "LoadedModel", "ModelFit", "PredictionResult", "build_landmarks",
-           "load_model", "model_card", "run_prediction", "save_models", "weighted_auc"]
+__all__ = ["FEATURES", "FEATURE_DOC", "MODEL_FORMAT", "MODEL_SETS", "LoadedModel", "ModelFit", "PredictionResult",
+           "build_landmarks", "load_model", "model_card", "run_prediction", "save_models", "weighted_auc"]
 
 F = NDArray[np.float64]
 _H = 3600.0
@@ -54,6 +54,8 @@ MODEL_SETS: dict[str, tuple[str, ...]] = {
     "combined": _BASE + _MG + _OTHER,
 }
 FEATURES = MODEL_SETS["combined"]
+# layout of a saved model file; bump it when the dict save_models writes changes, so load_model refuses old files
+MODEL_FORMAT = 1
 LEARNERS = ("logistic", "gbm")
 BASELINE = "creatinine"
 
@@ -183,13 +185,20 @@ def weighted_auc(score: F, y: NDArray[Any], weights: F | None = None) -> float:
 
 
 def _auc_groups(inv: NDArray[Any], g: int, y: F, w: F) -> float:
-    pos = np.bincount(inv, weights=w * y, minlength=g)
-    neg = np.bincount(inv, weights=w * (1.0 - y), minlength=g)
+    return _auc_split(inv, g, w * y, w * (1.0 - y))
+
+
+def _auc_split(inv: NDArray[Any], g: int, w_pos: F, w_neg: F) -> float:
+    """AUROC from the case weights of positives and negatives, grouped by distinct score (index ``inv``)."""
+    pos = np.bincount(inv, weights=w_pos, minlength=g)
+    neg = np.bincount(inv, weights=w_neg, minlength=g)
     p, n = pos.sum(), neg.sum()
     if p == 0 or n == 0:
         return float("nan")
     below = np.cumsum(neg) - neg
-    return float(pos @ (below + 0.5 * neg) / (p * n))
+    # elementwise product and sum, not `pos @ ...`: a 1-D dot goes through the multi-threaded BLAS, whose
+    # spin-waiting made each call ~13x slower on a busy 2-core machine (the bootstrap makes thousands)
+    return float(np.sum(pos * (below + 0.5 * neg)) / (p * n))
 
 
 def _bootstrap(scores: dict[tuple[str, str], F], y: F, groups: NDArray[Any], reps: int, seed: int
@@ -205,8 +214,9 @@ def _bootstrap(scores: dict[tuple[str, str], F], y: F, groups: NDArray[Any], rep
     out = {key: np.empty(reps) for key in scores}
     for r in range(reps):  # a loop over resamples; each is vectorised over all rows
         w = np.bincount(rng.integers(0, n_p, n_p), minlength=n_p)[pid].astype(float)
+        w_pos, w_neg = w * y, w * (1.0 - y)  # shared by every model of this resample
         for key, (inv, g) in prepared.items():
-            out[key][r] = _auc_groups(inv, g, y, w)
+            out[key][r] = _auc_split(inv, g, w_pos, w_neg)
     return out
 
 
@@ -288,7 +298,7 @@ def run_prediction(con: duckdb.DuckDBPyConnection, cohort: pd.DataFrame, config:
     scores: dict[tuple[str, str], F] = {}
     with threadpool_limits(limits=config.prediction_threads):  # OpenMP/BLAS spin-waits on a busy machine
         _fit_all(lm, tr, te, ytr, yte, config, res, scores)
-    boot = _bootstrap(scores, yte.astype(float), groups[te], config.bootstrap_reps, config.seed)
+        boot = _bootstrap(scores, yte.astype(float), groups[te], config.bootstrap_reps, config.seed)
     for f in res.fits:
         key = (f.model_set, f.learner)
         f.auroc_ci = _ci(boot[key], config.ci_level)
@@ -323,9 +333,10 @@ def save_models(res: PredictionResult, out: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for f in res.fits:
         path = out / f"{f.model_set.replace('+', '_')}-{f.learner}.joblib"
-        joblib.dump({"estimator": f.estimator, "features": list(f.features), "model_set": f.model_set,
-                     "learner": f.learner, "horizon_hours": res.config["prediction_horizon_hours"],
-                     "versions": vers}, path)
+        joblib.dump({"format": "mgaki-aki-model", "format_version": MODEL_FORMAT, "estimator": f.estimator,
+                     "features": list(f.features), "feature_doc": {k: FEATURE_DOC[k] for k in f.features},
+                     "model_set": f.model_set, "learner": f.learner,
+                     "horizon_hours": res.config["prediction_horizon_hours"], "versions": vers}, path)
         paths[f"{f.model_set}/{f.learner}"] = path
     card = model_card(res, vers)
     paths["card_json"] = out / "model_card.json"
@@ -385,39 +396,52 @@ def _card_markdown(card: dict[str, Any]) -> str:
 
 @dataclass
 class LoadedModel:
+    """A saved C10 model: score rows of landmark features (build_landmarks' columns, canonical units)."""
+
     estimator: Any
     features: list[str]
+    feature_doc: dict[str, str]
     model_set: str
     learner: str
     horizon_hours: float
     versions: dict[str, str]
 
     def predict_proba(self, frame: pd.DataFrame) -> F:
-        """Risk of AKI within the horizon for rows of landmark features (build_landmarks' columns)."""
+        """Risk of AKI within the horizon for each row; missing values are allowed (NaN), missing columns are not."""
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
             raise InputError("model", f"feature column(s) {missing} missing from the input")
-        out: F = self.estimator.predict_proba(frame[self.features].to_numpy(float))[:, 1]
+        try:
+            x = frame[self.features].to_numpy(float)
+        except (TypeError, ValueError) as exc:
+            raise InputError("model", f"feature columns must be numeric: {exc}") from None
+        out: F = self.estimator.predict_proba(x)[:, 1]
         return out
 
 
-def load_model(path: Path) -> LoadedModel:
-    """A model saved by save_models. joblib unpickles: load only files you produced or trust.
+def load_model(path: Path | str) -> LoadedModel:
+    """A model file written by save_models (`mgaki study` writes them to <out>/models/).
 
-    A scikit-learn version other than the one that trained it is refused (pickled estimators
-    are not portable across versions).
+    Refused with an InputError naming the reason: not an mgaki model file, another
+    model-file format version (MODEL_FORMAT), or another scikit-learn version than
+    the one that trained it (pickled estimators are not portable across versions).
+    joblib unpickles: load only files you produced or trust.
     """
     import joblib
     import sklearn
 
+    path = Path(path)
     try:
         b = joblib.load(path)
-    except (OSError, EOFError, ValueError) as exc:
-        raise InputError(str(path), f"cannot load the model: {exc}") from exc
-    if not isinstance(b, dict) or not {"estimator", "features", "versions"} <= set(b):
-        raise InputError(str(path), "not an mgaki model file (estimator, features, versions)")
+    except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
+        raise InputError(str(path), f"cannot load the model: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(b, dict) or b.get("format") != "mgaki-aki-model":
+        raise InputError(str(path), "not an mgaki AKI model file (save_models / mgaki study writes them)")
+    if b.get("format_version") != MODEL_FORMAT:
+        raise InputError(str(path), f"model file format version {b.get('format_version')!r}, this mgaki reads "
+                                    f"version {MODEL_FORMAT}: re-fit the model with this mgaki (mgaki study)")
     trained = b["versions"].get("scikit-learn")
     if trained != sklearn.__version__:
         raise InputError(str(path), f"trained with scikit-learn {trained}, this is {sklearn.__version__}: re-fit")
-    return LoadedModel(b["estimator"], list(b["features"]), b["model_set"], b["learner"], float(b["horizon_hours"]),
-                       dict(b["versions"]))
+    return LoadedModel(b["estimator"], list(b["features"]), dict(b["feature_doc"]), b["model_set"], b["learner"],
+                       float(b["horizon_hours"]), dict(b["versions"]))

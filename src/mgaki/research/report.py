@@ -22,6 +22,8 @@ __all__ = ["calibration_chart", "forest_chart", "prediction_roc_chart", "render_
            "spline_chart"]
 
 _W = 560
+# prediction figures: logistic solid, gradient boosting dashed (explicit, not alphabetical order)
+_DASH = alt.Scale(domain=["logistic", "gbm"], range=[[1, 0], [6, 3]])
 
 
 def forest_chart(crude: pd.DataFrame, adjusted: pd.DataFrame, title: str) -> alt.LayerChart:
@@ -79,8 +81,8 @@ def prediction_roc_chart(fits: list[object], horizon: float) -> alt.LayerChart:
         x="x:Q", y="y:Q")
     line = alt.Chart(d).mark_line().encode(
         x=alt.X("fpr:Q", title="1 - specificity"), y=alt.Y("tpr:Q", title="sensitivity"),
-        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", direction="vertical")),
-        strokeDash=alt.StrokeDash("learner:N", legend=None))
+        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=0)),
+        strokeDash=alt.StrokeDash("learner:N", scale=_DASH, legend=None))
     out: alt.LayerChart = (diag + line).properties(width=360, height=360,
                                                    title=f"ROC, AKI in the next {horizon:g} h (test patients)")
     return out
@@ -95,8 +97,8 @@ def calibration_chart(fits: list[object]) -> alt.LayerChart:
         x="x:Q", y="y:Q")
     line = alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("predicted:Q", title="predicted risk (bin mean)"), y=alt.Y("observed:Q", title="observed share"),
-        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", direction="vertical")),
-        strokeDash=alt.StrokeDash("learner:N", legend=None))
+        color=alt.Color("model:N", legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=0)),
+        strokeDash=alt.StrokeDash("learner:N", scale=_DASH, legend=None))
     out: alt.LayerChart = (diag + line).properties(width=360, height=360, title="Calibration (test patients)")
     return out
 

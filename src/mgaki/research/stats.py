@@ -1,8 +1,8 @@
-"""Statistics of the study: band odds ratios, restricted cubic spline, ROC/Youden, Table 1, time-varying Cox.
+"""Statistics of the study: band odds ratios, restricted cubic spline, ROC/Youden, Table 1.
 
-Well-kept libraries do the fitting (statsmodels, scikit-learn, tableone,
-lifelines); this module builds their design matrices from the cohort frame,
-applies complete-case analysis (rows missing the outcome or a covariate are
+Well-kept libraries do the fitting (statsmodels, scikit-learn, tableone; the
+time-varying Cox model is mgaki.research.cox); this module builds their design
+matrices from the cohort frame, applies complete-case analysis (rows missing the outcome or a covariate are
 left out, and counted), and turns a fit that cannot be estimated (empty band,
 separation, singular design) into a row that says so instead of a crash or a
 silent NaN.
@@ -22,7 +22,7 @@ from scipy import stats as sps
 
 from mgaki.research._config import Band
 
-__all__ = ["BandFit", "RocResult", "SplineResult", "band_odds_ratios", "cox_time_varying", "design",
+__all__ = ["BandFit", "RocResult", "SplineResult", "band_odds_ratios", "design",
            "rcs_basis", "roc_youden", "spline_curve", "table_one"]
 
 F = NDArray[np.float64]
@@ -289,38 +289,3 @@ def table_one(df: pd.DataFrame, groupby: str) -> tuple[str, pd.DataFrame]:
                      order={"mg_band": [x for x in df["mg_band"].cat.categories]})
         html, frame = t.to_html(), t.tableone
     return html, frame
-
-
-def cox_time_varying(tv: pd.DataFrame, cohort: pd.DataFrame, low: float, high: float,
-                     covariates: tuple[str, ...] = (), ci: float = 0.95) -> tuple[pd.DataFrame, list[str]]:
-    """Time to AKI with the current Mg below/above the reference range as time-dependent covariates (lifelines)."""
-    from lifelines import CoxTimeVaryingFitter
-
-    if tv.empty or not tv["event"].any():
-        return pd.DataFrame(columns=["term", "hr", "lo", "hi", "p"]), ["no AKI events in the time-varying table"]
-    cov, dropped = design(cohort, covariates)
-    cov = cov.reset_index(drop=True)
-    cov["id"] = np.arange(len(cov))
-    d = tv.assign(mg_low=(tv["mg"] < low).astype(float), mg_high=(tv["mg"] > high).astype(float))
-    # consecutive intervals in the same Mg state are one interval: the likelihood is the same, the fit far faster
-    state = d["mg_low"] * 2 + d["mg_high"]
-    run = ((d["id"] != d["id"].shift()) | (state != state.shift())).cumsum()
-    d = d.groupby(run).agg(id=("id", "first"), start=("start", "min"), stop=("stop", "max"),
-                           event=("event", "max"), mg_low=("mg_low", "first"), mg_high=("mg_high", "first"))
-    d = d.merge(cov, on="id", how="left").dropna()
-    d = d.loc[:, [c for c in d.columns if c in ("id", "start", "stop", "event") or d[c].nunique() > 1]]
-    notes = [f"covariate {c} is constant in this cohort: left out" for c in dropped]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            f = CoxTimeVaryingFitter(penalizer=0.0, alpha=1 - ci).fit(
-                d, id_col="id", event_col="event", start_col="start", stop_col="stop")
-        except Exception as exc:
-            return pd.DataFrame(columns=["term", "hr", "lo", "hi", "p"]), [*notes, f"Cox not estimable: {exc}"]
-    notes += [f"{type(w.message).__name__}: {w.message}" for w in caught]
-    s = f.summary
-    lo_col = next(c for c in s.columns if c.startswith("exp(coef) lower"))
-    hi_col = next(c for c in s.columns if c.startswith("exp(coef) upper"))
-    out = pd.DataFrame({"term": s.index, "hr": s["exp(coef)"].to_numpy(), "lo": s[lo_col].to_numpy(),
-                        "hi": s[hi_col].to_numpy(), "p": s["p"].to_numpy()})
-    return out, notes
