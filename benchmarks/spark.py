@@ -343,6 +343,70 @@ def plot_curve(report: dict[str, Any], path: Path) -> None:
     chart.save(str(path), scale_factor=1.5)
 
 
+# ------------------------------------------------------------------------------------------ estimate
+def estimate(report: dict[str, Any], events: float, cores: int, efficiency: tuple[float, float],
+             read_mb_s: tuple[float, float], shuffle_mb_s: tuple[float, float],
+             fixed_s: tuple[float, float]) -> dict[str, Any]:
+    """A cluster run of ``events`` events from the measured per-stage Spark costs (docs/spark.md#estimate).
+
+    Per stage: executor CPU seconds and shuffle bytes per event, as the slope between the two largest
+    measured sizes (fixed costs cancel), else the ratio at the largest. Compute = CPU work / (cores x
+    efficiency); reading the input and moving the shuffle are added in full (no overlap assumed: an upper
+    bound) at per-core rates, and a fixed driver cost (planning and scheduling ~45 stages, an assumption:
+    this machine's fixed cost says little about a cluster's). Low/high come from the (optimistic,
+    pessimistic) ends of each assumption; the low end also assumes I/O fully overlapped with compute.
+    """
+    runs = [s for s in report["sizes"] if s.get("spark", {}).get("stage_io")]
+    if not runs:
+        raise SystemExit("--estimate: no Spark run with per-stage I/O in that JSON")
+    runs.sort(key=lambda s: s["generate"]["events"])
+    big = runs[-1]
+    prev = runs[-2] if len(runs) > 1 else None
+
+    def per_event(key: str, stage: str) -> float:
+        b = big["spark"]["stage_io"].get(stage, {}).get(key, 0.0)
+        if prev is None:
+            return float(b) / big["generate"]["events"]
+        a = prev["spark"]["stage_io"].get(stage, {}).get(key, 0.0)
+        slope = (b - a) / (big["generate"]["events"] - prev["generate"]["events"])
+        return max(float(slope), 0.0)
+
+    stages = {st: {"cpu_us_per_event": per_event("executor_cpu_s", st) * 1e6,
+                   "shuffle_bytes_per_event": per_event("shuffle_write_bytes", st)}
+              for st in big["spark"]["stage_io"]}
+    cpu_s = sum(v["cpu_us_per_event"] for v in stages.values()) * 1e-6 * events
+    shuffle_b = sum(v["shuffle_bytes_per_event"] for v in stages.values()) * events
+    input_b = big["generate"]["store_bytes"] / big["generate"]["events"] * events
+    out: dict[str, Any] = {"events": events, "cores": cores, "measured_at_events": big["generate"]["events"],
+                           "slope_from_events": prev["generate"]["events"] if prev else None,
+                           "cpu_core_hours": cpu_s / 3600, "shuffle_tb": shuffle_b / 1e12, "input_tb": input_b / 1e12,
+                           "stages": stages}
+    for end, i in (("low", 0), ("high", 1)):
+        eff, read, shuf = efficiency[1 - i], read_mb_s[1 - i], shuffle_mb_s[1 - i]
+        compute = cpu_s / (cores * eff)
+        io = input_b / (cores * read * 1e6) + 2 * shuffle_b / (cores * shuf * 1e6)  # shuffle: written, then read
+        out[f"{end}_minutes"] = (compute + io * i + fixed_s[i]) / 60
+        out[f"{end}_parts_minutes"] = {"compute": compute / 60, "io": io / 60 * i}
+    return out
+
+
+def print_estimate(e: dict[str, Any]) -> None:
+    print(f"\n{e['events']:.3g} events on {e['cores']} cores, from Spark's measured per-stage costs at "
+          f"{e['measured_at_events']:,} events" + (f" (slope from {e['slope_from_events']:,})"
+                                                   if e["slope_from_events"] else ""))
+    print(f"  CPU work {e['cpu_core_hours']:,.0f} core-hours; input {e['input_tb']:.2f} TB (Parquet); "
+          f"shuffle {e['shuffle_tb']:.2f} TB written")
+    print(f"  wall time: {e['low_minutes']:.0f} (low) to {e['high_minutes']:.0f} (high) minutes")
+    top = sorted(e["stages"].items(), key=lambda kv: -kv[1]["cpu_us_per_event"])[:10]
+    print("  costliest stages (executor CPU us per event, shuffle bytes per event): "
+          + ", ".join(f"{k} {v['cpu_us_per_event']:.2f}/{v['shuffle_bytes_per_event']:.0f}" for k, v in top))
+
+
+def _pair(text: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in text.split(","))
+    return lo, hi
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,6 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=7200.0, help="seconds per child")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the curve (default with --curve: results/)")
+    ap.add_argument("--estimate", type=Path, default=None,
+                    help="no run: estimate a cluster run from this result JSON's per-stage Spark costs")
+    ap.add_argument("--events", type=float, default=1e10, help="--estimate: events of the cluster run")
+    ap.add_argument("--cores", type=int, default=400, help="--estimate: executor cores of the cluster")
+    ap.add_argument("--efficiency", type=_pair, default=(0.5, 0.8),
+                    help="--estimate: fraction of the cores doing useful work, pessimistic,optimistic")
+    ap.add_argument("--read-mb-s", type=_pair, default=(25.0, 100.0),
+                    help="--estimate: object-storage read MB/s per core, pessimistic,optimistic")
+    ap.add_argument("--shuffle-mb-s", type=_pair, default=(25.0, 100.0),
+                    help="--estimate: shuffle write/read MB/s per core, pessimistic,optimistic")
+    ap.add_argument("--fixed-s", type=_pair, default=(60.0, 300.0),
+                    help="--estimate: driver planning/scheduling seconds for the whole run, optimistic,pessimistic")
     ap.add_argument("--child", choices=["generate", "duckdb", "spark"], help=argparse.SUPPRESS)
     ap.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-store", type=Path, help=argparse.SUPPRESS)
@@ -381,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         _write_json(res, args.child_out)
         return 0
 
+    if args.estimate:
+        est = estimate(json.loads(args.estimate.read_text()), args.events, args.cores, args.efficiency,
+                       args.read_mb_s, args.shuffle_mb_s, args.fixed_s)
+        print_estimate(est)
+        return 0
     sizes = [int(x) for x in (args.sizes or (CURVE_SIZES if args.curve else "10000,100000")).split(",")]
     engines = [e for e in args.engines.split(",") if e]
     if not sizes or min(sizes) < 1 or set(engines) - {"duckdb", "spark"}:

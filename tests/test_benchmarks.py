@@ -87,3 +87,24 @@ def test_spark_benchmark_smoke(tmp_path: Path) -> None:
     assert row[1] == f"{gen['events']:,}" and row[-1] == "True"
     assert float(row[-3]) == round(size["ratio"], 1) and float(row[-2]) == round(size["cpu_ratio"], 1)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the cluster estimate from that JSON: per-stage CPU and shuffle per event, scaled; low < high
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spark_bench", ROOT / "benchmarks" / "spark.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    est = bench.estimate(res, 1e9, 100, (0.5, 0.8), (25.0, 100.0), (25.0, 100.0), (60.0, 300.0))
+    io = spark["stage_io"]
+    assert set(est["stages"]) == set(io)
+    cpu = sum(v["executor_cpu_s"] for v in io.values()) / gen["events"] * 1e9
+    assert abs(est["cpu_core_hours"] - cpu / 3600) < 1e-9 * cpu
+    assert abs(est["shuffle_tb"] - sum(v["shuffle_write_bytes"] for v in io.values()) / gen["events"] * 1e9 / 1e12) \
+        < 1e-12
+    assert est["low_parts_minutes"]["compute"] == cpu / (100 * 0.8) / 60
+    assert 1 < est["low_minutes"] < est["high_minutes"]
+    e = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spark.py"), "--estimate", str(out), "--events",
+                        "1e9", "--cores", "100"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert e.returncode == 0, e.stderr
+    assert f"wall time: {est['low_minutes']:.0f} (low) to {est['high_minutes']:.0f} (high) minutes" in e.stdout
