@@ -349,12 +349,13 @@ def estimate(report: dict[str, Any], events: float, cores: int, efficiency: tupl
              fixed_s: tuple[float, float]) -> dict[str, Any]:
     """A cluster run of ``events`` events from the measured per-stage Spark costs (docs/spark.md#estimate).
 
-    Per stage: executor CPU seconds and shuffle bytes per event, as the slope between the two largest
-    measured sizes (fixed costs cancel), else the ratio at the largest. Compute = CPU work / (cores x
-    efficiency); reading the input and moving the shuffle are added in full (no overlap assumed: an upper
-    bound) at per-core rates, and a fixed driver cost (planning and scheduling ~45 stages, an assumption:
-    this machine's fixed cost says little about a cluster's). Low/high come from the (optimistic,
-    pessimistic) ends of each assumption; the low end also assumes I/O fully overlapped with compute.
+    Per stage: executor (task) CPU seconds and shuffle bytes per event, as the slope between the two
+    largest measured sizes (fixed costs cancel), else the ratio at the largest. Compute = CPU work /
+    (cores x efficiency), CPU work being the task CPU (low end) or all CPU of the Spark processes, GC and
+    JIT included (high end). Reading the input and moving the shuffle are added in full at per-core rates
+    (no overlap: an upper bound; the low end assumes full overlap), and a fixed driver cost for planning
+    and scheduling ~45 stages (an assumption: this machine's fixed cost says little about a cluster's).
+    Low/high take the optimistic/pessimistic end of each assumption.
     """
     runs = [s for s in report["sizes"] if s.get("spark", {}).get("stage_io")]
     if not runs:
@@ -375,15 +376,21 @@ def estimate(report: dict[str, Any], events: float, cores: int, efficiency: tupl
                    "shuffle_bytes_per_event": per_event("shuffle_write_bytes", st)}
               for st in big["spark"]["stage_io"]}
     cpu_s = sum(v["cpu_us_per_event"] for v in stages.values()) * 1e-6 * events
+    # All CPU of the Spark processes (task threads plus GC, JIT, driver): the pessimistic end.
+    big_cpu, n_big = big["spark"]["cpu_s"], big["generate"]["events"]
+    proc_per_event = (big_cpu - prev["spark"]["cpu_s"]) / (n_big - prev["generate"]["events"]) if prev \
+        else big_cpu / n_big
+    cpu_hi_s = max(proc_per_event * events, cpu_s)
     shuffle_b = sum(v["shuffle_bytes_per_event"] for v in stages.values()) * events
     input_b = big["generate"]["store_bytes"] / big["generate"]["events"] * events
     out: dict[str, Any] = {"events": events, "cores": cores, "measured_at_events": big["generate"]["events"],
                            "slope_from_events": prev["generate"]["events"] if prev else None,
-                           "cpu_core_hours": cpu_s / 3600, "shuffle_tb": shuffle_b / 1e12, "input_tb": input_b / 1e12,
+                           "cpu_core_hours": cpu_s / 3600, "cpu_core_hours_process": cpu_hi_s / 3600,
+                           "shuffle_tb": shuffle_b / 1e12, "input_tb": input_b / 1e12,
                            "stages": stages}
     for end, i in (("low", 0), ("high", 1)):
         eff, read, shuf = efficiency[1 - i], read_mb_s[1 - i], shuffle_mb_s[1 - i]
-        compute = cpu_s / (cores * eff)
+        compute = (cpu_s, cpu_hi_s)[i] / (cores * eff)
         io = input_b / (cores * read * 1e6) + 2 * shuffle_b / (cores * shuf * 1e6)  # shuffle: written, then read
         out[f"{end}_minutes"] = (compute + io * i + fixed_s[i]) / 60
         out[f"{end}_parts_minutes"] = {"compute": compute / 60, "io": io / 60 * i}
@@ -394,7 +401,8 @@ def print_estimate(e: dict[str, Any]) -> None:
     print(f"\n{e['events']:.3g} events on {e['cores']} cores, from Spark's measured per-stage costs at "
           f"{e['measured_at_events']:,} events" + (f" (slope from {e['slope_from_events']:,})"
                                                    if e["slope_from_events"] else ""))
-    print(f"  CPU work {e['cpu_core_hours']:,.0f} core-hours; input {e['input_tb']:.2f} TB (Parquet); "
+    print(f"  CPU work {e['cpu_core_hours']:,.0f} (task CPU) to {e['cpu_core_hours_process']:,.0f} (all process "
+          f"CPU) core-hours; input {e['input_tb']:.2f} TB (Parquet); "
           f"shuffle {e['shuffle_tb']:.2f} TB written")
     print(f"  wall time: {e['low_minutes']:.0f} (low) to {e['high_minutes']:.0f} (high) minutes")
     top = sorted(e["stages"].items(), key=lambda kv: -kv[1]["cpu_us_per_event"])[:10]

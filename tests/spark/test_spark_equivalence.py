@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from tests.surveillance.build import Patient, tables
 from tests.surveillance.cohort import random_cohort
@@ -180,8 +181,6 @@ def test_cli_surveil_engine_spark_writes_what_duckdb_writes(spark: SparkSession,
     r = CliRunner().invoke(app, ["surveil", "--store", str(tmp_path / "b"), "--engine", "spark",
                                  "--spark-master", "local[2]"])
     assert r.exit_code == 0, r.output
-    import pyarrow.parquet as pq
-
     for name in ("kdigo_creatinine", "aki_episodes", "mg_trajectory"):
         assert_same({name: pq.read_table(a.root / "results" / f"{name}.parquet")},
                     {name: pq.read_table(b.root / "results" / f"{name}.parquet")})
@@ -222,6 +221,15 @@ def test_checkpointed_run_resumes_after_a_failure(spark: SparkSession, tmp_path:
     after = _complete(ckpt)
     assert {k: after[k] for k in written} == written  # complete stages were read, not recomputed
     assert {"alerts", "mg_trajectory", "kdigo_urine"} <= set(after)
+
+    # collect=False: nothing to the driver, the outputs stay as Parquet (internal epoch columns included)
+    kept = run_spark(files, spark, as_of=duck.as_of, checkpoint_dir=ckpt, collect=False)
+    assert kept.tables == {} and _complete(ckpt) == after
+    on_disk = pq.read_table(ckpt / "alerts")
+    on_disk = on_disk.drop_columns([c for c in ("t", "src") if c in on_disk.column_names])
+    assert_same({"alerts": duck.tables["alerts"]}, {"alerts": on_disk.cast(duck.tables["alerts"].schema)})
+    with pytest.raises(ValueError, match="needs a checkpoint_dir"):
+        run_spark(files, spark, collect=False)
 
     # the folder belongs to that run: another as_of is refused, not mixed in
     with pytest.raises(ValueError, match="holds stages of another run"):

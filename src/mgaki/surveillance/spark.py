@@ -95,7 +95,7 @@ def _as_of(spark: SparkSession) -> datetime | None:
 def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterable[str] = OUTPUTS,
               as_of: datetime | None = None, kb: KnowledgeBase | None = None,
               progress: Progress | None = None, eager: bool = False,
-              checkpoint_dir: str | Path | None = None) -> SurveillanceResult:
+              checkpoint_dir: str | Path | None = None, collect: bool = True) -> SurveillanceResult:
     """Compute the surveillance outputs on Spark from canonical tables (Arrow tables or Parquet paths).
 
     A stage read by more than one later stage (or an output read again) is materialised as an eager
@@ -108,7 +108,11 @@ def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterab
     Spark's ``_SUCCESS`` marker is there) instead of held by the executors, and a rerun with the same
     folder reads the complete stages instead of computing them. The folder is tied to one run's inputs,
     `as_of` and stage SQL (a manifest is checked): a mismatch is an error, never a silent mix.
+    `collect=False` (with `checkpoint_dir`) leaves the outputs there as Parquet instead of bringing them
+    to the driver: the way to run cohorts whose outputs do not fit the driver's memory.
     """
+    if not collect and checkpoint_dir is None:
+        raise ValueError("collect=False needs a checkpoint_dir: the outputs would be computed and lost")
     kb = kb or load()
     outputs = tuple(outputs)
     unknown = set(outputs) - set(OUTPUTS)
@@ -152,7 +156,7 @@ def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterab
             if progress:
                 progress(st.name, i + 1, len(plan))
         result: dict[str, pa.Table] = {}
-        for n in outputs:
+        for n in outputs if collect else ():
             t0 = _time.perf_counter()
             sc.setJobDescription(f"mgaki {n}")
             result[RESULT_NAMES.get(n, n)] = _nullable(_drop_internal(held[n].toArrow()))
