@@ -338,9 +338,10 @@ def plot_curve(report: dict[str, Any], path: Path) -> None:
         y=alt.Y("seconds:Q", scale=alt.Scale(type="log"), title="seconds"),
         color=alt.Color("engine:N", title=None),
     ).properties(width=300, height=220).facet(column=alt.Column("measure:N", title=None)).properties(
-        title=f"mgaki surveillance on {report['machine']['cores']} cores ({report['started'][:10]})")
+        title=f"mgaki surveillance on {report['machine']['cores']} cores ({report['started'][:10]}; "
+              f"load average {report['machine']['load_avg_start'][0]:g} at start: wall time includes waiting)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    chart.save(str(path), scale_factor=1.5)
+    chart.save(str(path), scale_factor=1.0)
 
 
 # ------------------------------------------------------------------------------------------ estimate
