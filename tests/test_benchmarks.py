@@ -1,4 +1,4 @@
-"""The surveillance benchmark's smallest path runs and reports its structure, so the script cannot rot.
+"""The benchmarks' smallest paths run and report their structure, so the scripts cannot rot.
 
 No timing assertions: only that every number the report promises is there and consistent.
 """
@@ -6,9 +6,12 @@ No timing assertions: only that every number the report promises is there and co
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "surveillance.py"
@@ -61,3 +64,59 @@ def test_dashboard_benchmark_smoke() -> None:
     assert set(res["timings_ms"]) == {"list (sort severity, scope all)", "list (filter critical, sort latest_mg)",
                                       "timeline + chart", "assessment", "dose plan (regimen)", "dose plan (target)"}
     assert all(0 < t["median"] <= t["max"] for t in res["timings_ms"].values())
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime (java not on PATH)")
+def test_spark_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/spark.py end to end on 100 patients in 3 chunks: both engines, per-stage I/O, table, PNG."""
+    out, png, work = tmp_path / "spark.json", tmp_path / "curve.png", tmp_path / "work"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spark.py"), "--sizes", "100", "--chunk", "40",
+                        "--no-warmup", "--workdir", str(work), "--out", str(out), "--plot", str(png),
+                        "--duckdb-memory", "1GB", "--driver-memory", "1g"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    [size] = res["sizes"]
+    gen, duck, spark = size["generate"], size["duckdb"], size["spark"]
+    # three chunks, ids prefixed per chunk: 100 distinct subjects, every table written
+    assert gen["rows"]["subjects"] == 100 and gen["events"] == gen["rows"]["events"] > 100 * 50
+    assert sorted(p.name for p in work.iterdir()) == []  # data and spill deleted after the size
+    assert duck["settings"]["memory_limit"] == "1GB"
+    assert duck["output_rows"] == spark["output_rows"] and size["same_row_counts"] is True
+    assert duck["output_rows"]["mg_trajectory"] == 100  # one admission per patient: chunks did not collide
+    assert size["ratio"] == spark["wall_s"] / duck["wall_s"]
+    for eng in (duck, spark):
+        assert {"kdigo_creatinine", "kdigo_urine", "alerts"} <= set(eng["stage_s"])
+        assert 0 < sum(eng["stage_s"].values()) <= eng["wall_s"] and eng["peak_rss_gb"] > 0
+        assert set(eng["stage_cpu_s"]) == set(eng["stage_s"]) and 0 < sum(eng["stage_cpu_s"].values()) <= eng["cpu_s"]
+    # the Spark UI attributes jobs to mgaki stages: the events are read and shuffled by the creatinine stage
+    assert set(spark["stage_io"]) <= set(spark["stage_s"])
+    assert spark["stage_io"]["ev_named"]["input_bytes"] > 0
+    assert spark["stage_io"]["kdigo_creatinine"]["shuffle_write_bytes"] > 0
+    assert spark["jvm_peak_rss_gb"] > 0 and spark["shuffle_partitions"] == 8
+
+    row = next(line.split() for line in r.stdout.splitlines() if line.split()[:1] == ["100"])
+    assert row[1] == f"{gen['events']:,}" and row[-1] == "True"
+    assert float(row[-3]) == round(size["ratio"], 1) and float(row[-2]) == round(size["cpu_ratio"], 1)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the cluster estimate from that JSON: per-stage CPU and shuffle per event, scaled; low < high
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spark_bench", ROOT / "benchmarks" / "spark.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    est = bench.estimate(res, 1e9, 100, (0.5, 0.8), (25.0, 100.0), (25.0, 100.0), (60.0, 300.0))
+    io = spark["stage_io"]
+    assert set(est["stages"]) == set(io)
+    cpu = sum(v["executor_cpu_s"] for v in io.values()) / gen["events"] * 1e9
+    assert abs(est["cpu_core_hours"] - cpu / 3600) < 1e-9 * cpu
+    assert abs(est["shuffle_tb"] - sum(v["shuffle_write_bytes"] for v in io.values()) / gen["events"] * 1e9 / 1e12) \
+        < 1e-12
+    assert abs(est["low_parts_minutes"]["compute"] - cpu / (100 * 0.8) / 60) < 1e-9 * cpu
+    assert 1 < est["low_minutes"] < est["high_minutes"]
+    e = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spark.py"), "--estimate", str(out), "--events",
+                        "1e9", "--cores", "100"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert e.returncode == 0, e.stderr
+    assert f"wall time: {est['low_minutes']:.0f} (low) to {est['high_minutes']:.0f} (high) minutes" in e.stdout

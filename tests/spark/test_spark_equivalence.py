@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from tests.surveillance.build import Patient, tables
 from tests.surveillance.cohort import random_cohort
@@ -179,11 +181,56 @@ def test_cli_surveil_engine_spark_writes_what_duckdb_writes(spark: SparkSession,
     r = CliRunner().invoke(app, ["surveil", "--store", str(tmp_path / "b"), "--engine", "spark",
                                  "--spark-master", "local[2]"])
     assert r.exit_code == 0, r.output
-    import pyarrow.parquet as pq
-
     for name in ("kdigo_creatinine", "aki_episodes", "mg_trajectory"):
         assert_same({name: pq.read_table(a.root / "results" / f"{name}.parquet")},
                     {name: pq.read_table(b.root / "results" / f"{name}.parquet")})
     log_a, log_b = (pq.read_table(s.root / "results" / "alerts.parquet").drop(["emitted_at"]) for s in (a, b))
     assert log_b.num_rows > 0
     assert_same({"alerts": log_a}, {"alerts": log_b})
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _complete(ckpt: Path) -> dict[str, int]:
+    """Stages whose Parquet is complete (Spark's _SUCCESS marker), with the marker's write time."""
+    return {p.parent.name: p.stat().st_mtime_ns for p in ckpt.glob("*/_SUCCESS") if p.parent.name != "_mgaki_manifest"}
+
+
+def test_checkpointed_run_resumes_after_a_failure(spark: SparkSession, tmp_path: Path) -> None:
+    """A run that dies after some stages restarts from their Parquet and still gives DuckDB's outputs."""
+    store, duck = _duck(tmp_path / "store", random_cohort(20, seed=11))
+    files = {t: store.files(t) for t in CANONICAL}
+    ckpt = tmp_path / "ckpt"
+    done: list[str] = []
+
+    def crash_after_kdigo(stage: str, i: int, n: int) -> None:
+        done.append(stage)
+        if stage == "kdigo_creatinine":
+            raise _Crash(stage)
+
+    with pytest.raises(_Crash):
+        run_spark(files, spark, as_of=duck.as_of, checkpoint_dir=ckpt, progress=crash_after_kdigo)
+    written = _complete(ckpt)
+    assert "kdigo_creatinine" in written and "alerts" not in written  # stopped part-way
+    assert set(written) <= set(done)
+
+    got = run_spark(files, spark, as_of=duck.as_of, checkpoint_dir=ckpt)
+    assert_same(duck.tables, got.tables)
+    after = _complete(ckpt)
+    assert {k: after[k] for k in written} == written  # complete stages were read, not recomputed
+    assert {"alerts", "mg_trajectory", "kdigo_urine"} <= set(after)
+
+    # collect=False: nothing to the driver, the outputs stay as Parquet (internal epoch columns included)
+    kept = run_spark(files, spark, as_of=duck.as_of, checkpoint_dir=ckpt, collect=False)
+    assert kept.tables == {} and _complete(ckpt) == after
+    on_disk = pq.read_table(ckpt / "alerts")
+    on_disk = on_disk.drop_columns([c for c in ("t", "src") if c in on_disk.column_names])
+    assert_same({"alerts": duck.tables["alerts"]}, {"alerts": on_disk.cast(duck.tables["alerts"].schema)})
+    with pytest.raises(ValueError, match="needs a checkpoint_dir"):
+        run_spark(files, spark, collect=False)
+
+    # the folder belongs to that run: another as_of is refused, not mixed in
+    with pytest.raises(ValueError, match="holds stages of another run"):
+        run_spark(files, spark, as_of=datetime(2030, 1, 1), checkpoint_dir=ckpt)  # noqa: DTZ001 (naive UTC)

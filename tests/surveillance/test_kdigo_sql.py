@@ -6,6 +6,7 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import pytest
 from tests.surveillance.cohort import random_cohort
 
@@ -93,3 +94,19 @@ def test_only_the_stages_an_output_needs_run(tmp_path: Path) -> None:
         full.tables["kdigo_creatinine"].sort_by([(k, "ascending") for k in key]))
     with pytest.raises(ValueError, match="unknown surveillance output"):
         run(store, outputs=("kdigo",))
+
+
+def test_duckdb_settings_bound_memory_and_keep_the_outputs(tmp_path: Path) -> None:
+    """memory_limit/temp_directory (how a cohort larger than RAM runs) change where DuckDB works, not results."""
+    store = EventStore(tmp_path / "store")
+    store.append(random_cohort(25, seed=4))
+    free = run(store)
+    bounded = run(store, duckdb_settings={"memory_limit": "256MB", "temp_directory": str(tmp_path / "spill"),
+                                          "threads": "1"})
+    for name, tab in free.tables.items():
+        cols = [(c, "ascending") for c in tab.column_names]
+        assert bounded.tables[name].sort_by(cols).equals(tab.sort_by(cols)), name
+    with pytest.raises(ValueError, match="DuckDB setting name"):
+        run(store, duckdb_settings={"memory_limit; DROP TABLE x": "1GB"})
+    with pytest.raises(duckdb.Error):
+        run(store, duckdb_settings={"memory_limit": "a lot"})

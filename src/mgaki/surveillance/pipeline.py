@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time as _time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,15 +88,20 @@ def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
 
 def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetime | None = None,
         kb: KnowledgeBase | None = None, progress: Progress | None = None,
-        outputs: Iterable[str] = OUTPUTS) -> SurveillanceResult:
+        outputs: Iterable[str] = OUTPUTS, duckdb_settings: Mapping[str, str] | None = None) -> SurveillanceResult:
     """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
 
     Only the stages the requested outputs depend on run: `outputs=("kdigo_creatinine",)` stages
-    creatinine and nothing else.
+    creatinine and nothing else. `duckdb_settings` (e.g. ``{"memory_limit": "8GB", "temp_directory":
+    "/scratch"}``) bound DuckDB's memory so a cohort larger than RAM spills to disk instead.
     """
     kb = kb or load()
     con = store.connect()
     try:
+        for key, value in (duckdb_settings or {}).items():
+            if not re.fullmatch(r"[a-z_]+", key):
+                raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
+            con.execute(f"SET {key} = ?", [value])
         return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress,
                     tuple(outputs))
     finally:

@@ -10,6 +10,8 @@ running it on a cluster.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time as _time
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +37,7 @@ from mgaki.surveillance.pipeline import (
     needed,
     studies_table,
 )
-from mgaki.surveillance.stages import OPEN_END, stages
+from mgaki.surveillance.stages import OPEN_END, Stage, stages
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -93,14 +95,25 @@ def _as_of(spark: SparkSession) -> datetime | None:
 
 def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterable[str] = OUTPUTS,
               as_of: datetime | None = None, kb: KnowledgeBase | None = None,
-              progress: Progress | None = None, eager: bool = False) -> SurveillanceResult:
+              progress: Progress | None = None, eager: bool = False,
+              checkpoint_dir: str | Path | None = None, collect: bool = True) -> SurveillanceResult:
     """Compute the surveillance outputs on Spark from canonical tables (Arrow tables or Parquet paths).
 
     A stage read by more than one later stage (or an output read again) is materialised as an eager
     local checkpoint; the others stay views that Spark plans into their reader. `eager=True`
     materialises every stage, so `seconds` holds each stage's own cost (benchmarks). A stage's data
     is released (view dropped) after its last reader. Tables not given are empty.
+
+    `checkpoint_dir` (a local path or a URL such as ``s3a://...``) makes the run restartable: every
+    materialised stage and every output is written there as Parquet (``<dir>/<stage>/``, complete when
+    Spark's ``_SUCCESS`` marker is there) instead of held by the executors, and a rerun with the same
+    folder reads the complete stages instead of computing them. The folder is tied to one run's inputs,
+    `as_of` and stage SQL (a manifest is checked): a mismatch is an error, never a silent mix.
+    `collect=False` (with `checkpoint_dir`) leaves the outputs there as Parquet instead of bringing them
+    to the driver: the way to run cohorts whose outputs do not fit the driver's memory.
     """
+    if not collect and checkpoint_dir is None:
+        raise ValueError("collect=False needs a checkpoint_dir: the outputs would be computed and lost")
     kb = kb or load()
     outputs = tuple(outputs)
     unknown = set(outputs) - set(OUTPUTS)
@@ -121,13 +134,20 @@ def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterab
     readers = {st.name: sum(1 for o in plan if _reads(o, st)) for st in plan}
     held: dict[str, DataFrame] = {}
     seconds: dict[str, float] = {}
+    sc = spark.sparkContext
+    ckpt = _Checkpoints(spark, str(checkpoint_dir).rstrip("/"), _manifest(tables, as_of_epoch, plan)) \
+        if checkpoint_dir is not None else None
     try:
         for i, st in enumerate(plan):
             t0 = _time.perf_counter()
-            df = spark.sql(st.sql)
-            if eager or readers[st.name] > 1 or (st.output and readers[st.name]):
+            sc.setJobDescription(f"mgaki {st.name}")  # the Spark UI (and its REST API) names jobs by stage
+            if ckpt and (eager or readers[st.name] > 1 or st.output):
+                df = ckpt.stage(st.name, st.sql)
+            elif ckpt is None and (eager or readers[st.name] > 1 or (st.output and readers[st.name])):
                 # read again later: materialise once, and cut the lineage so later plans stay small
-                df = df.localCheckpoint(eager=True)
+                df = spark.sql(st.sql).localCheckpoint(eager=True)
+            else:
+                df = spark.sql(st.sql)
             df.createOrReplaceTempView(st.name)
             held[st.name] = df
             for name in done_after.get(st.name, ()):  # no later stage reads it: its data can be collected
@@ -137,15 +157,58 @@ def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterab
             if progress:
                 progress(st.name, i + 1, len(plan))
         result: dict[str, pa.Table] = {}
-        for n in outputs:
+        for n in outputs if collect else ():
             t0 = _time.perf_counter()
+            sc.setJobDescription(f"mgaki {n}")
             result[RESULT_NAMES.get(n, n)] = _nullable(_drop_internal(held[n].toArrow()))
             seconds[n] += _time.perf_counter() - t0
     finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]  # pyspark resets the property on None
         for name in held:
             spark.catalog.dropTempView(name)
     alerts = result["alerts"] if "alerts" in result else pa.table({})
     return SurveillanceResult(result, alerts, -1, as_of, seconds)
+
+
+def _manifest(tables: Mapping[str, Source], as_of_epoch: int, plan: Sequence[Stage]) -> str:
+    """What a checkpoint folder belongs to: the inputs (paths, or Arrow row counts), as_of, the stage SQL."""
+    def source(src: Source) -> object:
+        if isinstance(src, pa.Table):
+            return {"arrow_rows": src.num_rows, "schema": str(src.schema)}
+        return [str(src)] if isinstance(src, str | Path) else [str(p) for p in src]
+    body = {"inputs": {k: source(v) for k, v in sorted(tables.items())}, "as_of": as_of_epoch,
+            "stages": [[st.name, st.sql] for st in plan]}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class _Checkpoints:
+    """Stage outputs as Parquet in one folder (any Hadoop file system), reused by a rerun of the same run."""
+
+    def __init__(self, spark: SparkSession, root: str, manifest: str) -> None:
+        self.spark, self.root = spark, root
+        jvm = spark.sparkContext._jvm
+        if jvm is None:
+            raise ValueError("checkpoint_dir needs a classic Spark session (a JVM driver), not Spark Connect")
+        self._path = jvm.org.apache.hadoop.fs.Path
+        self._fs = self._path(root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        marker = f"{root}/_mgaki_manifest"
+        if self._exists(marker):
+            found = spark.read.text(marker).collect()[0][0]
+            if found != manifest:
+                raise ValueError(f"checkpoint folder {root} holds stages of another run (other inputs, as_of or "
+                                 "stage definitions): use a fresh folder, or delete this one")
+        else:
+            spark.createDataFrame([(manifest,)], "m STRING").coalesce(1).write.mode("overwrite").text(marker)
+
+    def _exists(self, path: str) -> bool:
+        return bool(self._fs.exists(self._path(path)))
+
+    def stage(self, name: str, sql: str) -> DataFrame:
+        """The stage read from its complete Parquet, else computed, written and read back."""
+        path = f"{self.root}/{name}"
+        if not self._exists(f"{path}/_SUCCESS"):
+            self.spark.sql(sql).write.mode("overwrite").parquet(path)
+        return self.spark.read.parquet(path)
 
 
 def _nullable(tab: pa.Table) -> pa.Table:
