@@ -26,7 +26,17 @@ from mgaki.service.cds import SERVICES, CdsInputError, call_service, discovery
 from mgaki.service.cds_models import CdsRequest, CdsResponse, FeedbackRequest
 from mgaki.service.config import Role, ServiceConfig
 from mgaki.service.dashboard import install_dashboard
-from mgaki.service.db import alerts, audit, cds_feedback, column_width, make_engine, upgrade, utcnow, write_audit
+from mgaki.service.db import (
+    MAX_OFFSET,
+    alerts,
+    audit,
+    cds_feedback,
+    column_width,
+    make_engine,
+    upgrade,
+    utcnow,
+    write_audit,
+)
 from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient, verify_cds_jwt
 
@@ -221,7 +231,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     def list_alerts(who: Annotated[Principal, Depends(need("reader"))],
                     severity: Annotated[str | None, Query(pattern="^(info|warning|critical)$")] = None,
                     kind: str | None = None, limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
         """Alerts raised by surveillance, newest first."""
         where = []
         if severity:
@@ -239,7 +249,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     def patient_alerts(patient_id: Annotated[str, Path(max_length=_ID_MAX)],
                        who: Annotated[Principal, Depends(need("reader"))],
                        limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                       offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
         """One patient's alerts, newest first."""
         check_patient(who, patient_id)
         rows = _alerts([alerts.c.subject_id == patient_id], limit, offset)

@@ -29,7 +29,7 @@ import mgaki
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.result import Assessment
 from mgaki.service.charts import dose_chart, timeline_chart
-from mgaki.service.db import alerts, write_audit
+from mgaki.service.db import MAX_OFFSET, alerts, write_audit
 from mgaki.service.dose_plan import PatientInputs, PlanRequest, plan_dose
 from mgaki.service.patient_data import (
     SEVERITIES,
@@ -108,7 +108,7 @@ def list_patients(request: Request, who: Reader,
                   sort: SortKey = "severity",
                   order: Literal["asc", "desc"] = "desc",
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+                  offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
     """Patients with their counted alerts, highest severity, latest Mg and creatinine; sortable, filterable."""
     res = patient_list(data_dir_store(request.app.state.cfg.data_dir), request.app.state.engine,
                        ListQuery(scope=scope, severity=severity, kind=kind, q=q, with_alerts=with_alerts, sort=sort,

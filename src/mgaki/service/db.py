@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-__all__ = ["METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "column_width", "make_engine", "upgrade", "utcnow",
-           "write_audit"]
+__all__ = ["MAX_OFFSET", "METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "column_width", "make_engine",
+           "upgrade", "utcnow", "write_audit"]
 
 METADATA = sa.MetaData()
+MAX_OFFSET = 2**31 - 1  # paging offsets beyond a 32-bit INTEGER are refused (422), not passed to the database
 
 audit = sa.Table(
     "audit", METADATA,
