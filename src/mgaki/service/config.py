@@ -61,6 +61,15 @@ class ServiceConfig(BaseModel):
     fhir_max_pages: int = Field(default=10, ge=1)  # Bundle.link next pages followed per prefetch query
     surveil_on_ingest: bool = True
     warm_up: bool = True
+    # Throughput and overload (docs/service.md#performance)
+    workers: int = Field(default=1, ge=1)  # uvicorn worker processes (one GIL each): about one per core
+    # CDS calls in progress per worker; one more -> 503 at once. At most the thread pool (40): none waits for a thread.
+    cds_max_in_flight: int = Field(default=8, ge=1, le=40)
+    retry_after_s: int = Field(default=1, ge=0)  # Retry-After of an overload 503
+    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)  # wait for SQLite's write lock, then 503
+    # SQLite durability of each commit (audit rows included): NORMAL (WAL) survives a crash of the process
+    # or the service, not a power loss of the machine; FULL survives both at one fsync per commit.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
 
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mgaki.db').as_posix()}"
@@ -69,7 +78,8 @@ class ServiceConfig(BaseModel):
 _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGAKI_HOST": "host",
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
         "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
-        "MGAKI_FHIR_SERVERS": "fhir_servers"}
+        "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_WORKERS": "workers",
+        "MGAKI_CDS_MAX_IN_FLIGHT": "cds_max_in_flight"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,
