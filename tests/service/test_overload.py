@@ -62,6 +62,13 @@ def test_in_flight_cap_sheds_with_503_and_retry_after(tmp_path: Path, monkeypatc
         assert con.execute(sa.text("SELECT count(*) FROM audit")).scalar_one() == 2
 
 
+def _scope() -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": URL, "raw_path": URL.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+
 @pytest.mark.parametrize("messages", [
     [{"type": "http.disconnect"}],  # gone while the body was being read
     [{"type": "http.request", "body": b"{}", "more_body": False}, {"type": "http.disconnect"}],  # gone after
@@ -82,11 +89,7 @@ def test_no_work_for_a_client_that_has_gone(tmp_path: Path, monkeypatch: pytest.
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": URL, "raw_path": URL.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"t"), (b"content-type", b"application/json")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(_scope(), receive, send))
     assert calls == []
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
     with app.state.engine.connect() as con:
@@ -148,3 +151,18 @@ def test_request_log_is_pure_asgi_and_names_templates(tmp_path: Path, caplog: py
     assert "POST /cds-services/{service_id} -> 422" in text
     assert "GET <unmatched> -> 404" in text
     assert "MRN-4711" not in text and "oops" not in text
+
+
+def test_cds_body_errors_name_the_problem_as_fastapi_did(client: TestClient) -> None:
+    """The CDS call decodes its own body (pydantic-core); the 422s keep FastAPI's shape and name the field."""
+    req = hook_request("general_low_cheungpasitporn")
+    del req["hookInstance"]
+    r = client.post(URL, json=req)
+    assert r.status_code == 422
+    err = r.json()["detail"][0]
+    assert (err["loc"], err["msg"], err["type"]) == (["body", "hookInstance"], "Field required", "missing")
+    r = client.post(URL, content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    assert r.json()["detail"][0]["input"] == {}  # the raw bytes are not echoed back
+    r = client.post(URL, json={**hook_request("general_low_cheungpasitporn"), "context": []})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "context"]
