@@ -275,3 +275,42 @@ def test_migrations_run_once_when_processes_start_together(tmp_path: Path, fresh
         heads = con.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one()
     eng.dispose()
     assert {"audit", "alerts", "cds_jti", "cds_feedback"} <= tables and heads == 1
+
+
+def test_ingest_waiting_for_the_writer_lock_leaves_the_event_loop_free(tmp_path: Path) -> None:
+    """An ingest queued behind another process's append runs in a thread: the worker keeps answering."""
+    import asyncio
+
+    from conftest import make_config
+    from mgaki.service import create_app
+
+    cfg = make_config(tmp_path, surveil_on_ingest=False)
+    app = create_app(cfg)
+    b = bundle("general_low_cheungpasitporn")
+    b["type"] = "batch"
+    other = _holder(cfg.data_dir / "ingest.lock")
+    done: list[str] = []
+    safety = threading.Timer(20.0, lambda: _step(other, "released"))  # never hang if the loop were blocked
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            async def ingest() -> None:
+                r = await c.post("/fhir", json=b, headers=auth(WRITER))
+                assert r.status_code == 200, r.text
+                done.append("ingest")
+
+            task = asyncio.create_task(ingest())
+            await asyncio.sleep(0.3)
+            r = await c.get("/health")
+            assert r.status_code == 200
+            done.append("health")
+            _step(other, "released")
+            await task
+
+    safety.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        safety.cancel()
+        other.communicate(timeout=30)
+    assert done == ["health", "ingest"]

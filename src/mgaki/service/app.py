@@ -195,12 +195,15 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         resp.headers["Retry-After"] = str(cfg.retry_after_s)
         return resp
 
+    def _busy() -> JSONResponse:
+        return _unavailable(f"database busy (write lock not obtained within {cfg.sqlite_busy_timeout_s:g} s); "
+                            f"retry after {cfg.retry_after_s} s")
+
     @app.exception_handler(sa.exc.OperationalError)
     @app.exception_handler(sa.exc.TimeoutError)
     async def _db(_r: Request, exc: Exception) -> JSONResponse:
         if _db_busy(exc):  # overload, not a fault: the client may retry
-            return _unavailable(f"database busy (write lock not obtained within {cfg.sqlite_busy_timeout_s:g} s); "
-                                f"retry after {cfg.retry_after_s} s")
+            return _busy()
         log.error("internal error %s", type(exc).__name__)
         return _error(500, "internal error")
 
@@ -208,7 +211,13 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
         if exc.patient_id is not None:  # a refused patient (check_patient): audited as a denied attempt
             route = getattr(request.scope.get("route"), "path", "<unmatched>")
-            _audit(exc.actor or "unknown", "denied", f"{request.method} {route}", exc.patient_id, exc.message)
+            try:  # in a thread: a wait for SQLite's write lock must not stop the event loop
+                await run_in_threadpool(_audit, exc.actor or "unknown", "denied", f"{request.method} {route}",
+                                        exc.patient_id, exc.message)
+            except (sa.exc.OperationalError, sa.exc.TimeoutError) as db_exc:
+                if not _db_busy(db_exc):
+                    raise
+                return _busy()
         resp = _error(exc.status, exc.message)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
@@ -349,7 +358,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError("body", f"not JSON: {exc}") from exc
         check_bundle(body)
-        return _ingest_response(who, "POST /fhir", payload, ".json")
+        return await run_in_threadpool(_ingest_response, who, "POST /fhir", payload, ".json")  # not on the loop
 
     @app.post("/fhir/$import-ndjson", tags=["ingest"], openapi_extra={"requestBody": {"required": True, "content": {
         "application/fhir+ndjson": {"schema": {"type": "string"}}}}})
@@ -361,7 +370,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         except UnicodeDecodeError as exc:
             raise InputError("body", "not UTF-8 text") from exc
         check_ndjson(text)
-        return _ingest_response(who, "POST /fhir/$import-ndjson", payload, ".ndjson")
+        return await run_in_threadpool(_ingest_response, who, "POST /fhir/$import-ndjson", payload, ".ndjson")
 
     # --- alerts --------------------------------------------------------------------------------
 
