@@ -32,8 +32,9 @@ What runs, all in one run on one machine so that the ratios mean something elsew
 * **Ingest**: one writer posting, back to back, per-patient FHIR ``batch`` Bundles to ``POST /fhir``
   (a week of data with Encounter and Conditions) and NDJSON chunks of several patients to
   ``POST /fhir/$import-ndjson``; resources/s includes the incremental surveillance run by each request.
-* **HL7 v2 (MLLP)**: the listener is being built elsewhere; ``hl7_listener(...)`` below is the hook to
-  wire. Until it returns an address the row reads "not measured"; no number is invented.
+* **HL7 v2 (MLLP)**: ORU^R01 messages (one result each, built by ``mgaki.service.hl7.oru_r01``) sent one
+  after another on one connection to the service's MLLP listener, each after the previous ACK: messages/s
+  and send-to-ACK latency, ACK codes counted (an AA means stored durably, then surveilled).
 
 Targets (SPEC, issue 4): patient-view p99 < 50 ms at 100 requests/s on 2 cores, and no errors; printed as
 PASS/FAIL. Exit status 0 either way (a measurement, not a gate); 1 if the server could not be started or
@@ -223,10 +224,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) from /proc, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process and its live descendants (uvicorn's workers), all threads, from /proc.
+
+    A worker that exits during a phase takes its CPU with it (reaped by the supervisor, counted in its
+    cutime only once waited for); workers live as long as the server here.
+    """
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(d.name))[1]), []).append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            f = _stat(p)
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])
+        todo += children.get(p, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -269,26 +293,21 @@ class Server:
 
 
 def hl7_listener(server: Server) -> tuple[str, int] | None:
-    """HOOK FOR THE LEAD: the (host, port) of the server's HL7 v2 MLLP listener, or None while it is not built.
-
-    Wire it when the listener lands: add its settings to the config written by ``start_server``
-    (``hl7_config`` below, e.g. a free port) and return where it listens. ``measure_hl7`` then sends
-    ORU^R01 messages (``oru_r01``) over MLLP and reports messages/s; nothing is reported before that.
-    """
-    del server
-    return None
+    """The (host, port) of the server's HL7 v2 MLLP listener (``hl7_config`` turns it on), or None."""
+    port = server.config.get("mllp_port")
+    return ("127.0.0.1", int(port)) if port else None
 
 
 def hl7_config(port: int) -> dict[str, Any]:
-    """HOOK FOR THE LEAD: the service-config keys that turn the MLLP listener on at ``port`` (none yet)."""
-    del port
-    return {}
+    """The service-config keys that turn the MLLP listener on at ``port`` (shared by the workers)."""
+    return {"mllp_port": port}
 
 
 @contextlib.contextmanager
 def start_server(tmp: Path, name: str, *, jwt_key: dict[str, Any] | None, database_url: str | None,
-                 cpus: set[int], startup_timeout: float = 120.0) -> Iterator[Server]:
-    """``python -m mgaki serve`` on a free port, pinned to ``cpus``; stopped (SIGTERM, then kill) on exit."""
+                 cpus: set[int], workers: int = 2, extra: dict[str, Any] | None = None,
+                 startup_timeout: float = 120.0) -> Iterator[Server]:
+    """``python -m mgaki serve --workers N`` on a free port, pinned to ``cpus``; stopped (SIGTERM, then kill)."""
     import httpx
     import yaml
 
@@ -299,14 +318,14 @@ def start_server(tmp: Path, name: str, *, jwt_key: dict[str, Any] | None, databa
         "cds_require_jwt": jwt_key is not None,
         "cds_issuers": [{"iss": ISSUER, "keys": [jwt_key], "algorithms": ["RS384"]}] if jwt_key else [],
         "tokens": [{"name": "bench-feed", "token": WRITER, "roles": ["writer"]}],
-        **hl7_config(free_port())}
+        **hl7_config(free_port()), **(extra or {})}
     if database_url:
         cfg["database_url"] = database_url
     cfg_path = tmp / f"service-{name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     log_path = tmp / f"server-{name}.log"
     cmd = ["taskset", "-c", ",".join(map(str, sorted(cpus))),
-           sys.executable, "-m", "mgaki", "serve", "--config", str(cfg_path)]
+           sys.executable, "-m", "mgaki", "serve", "--config", str(cfg_path), "--workers", str(workers)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(base, proc, log_path, cfg)
@@ -530,8 +549,8 @@ def run_load(spec: LoadSpec, server: Server, py_spy: Path | None = None) -> dict
     spy = None
     if py_spy is not None:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        spy = subprocess.Popen([exe, "record", "--pid", str(server.pid), "--format", "raw", "--output", str(py_spy),
-                                "--rate", "200", "--gil", "--nonblocking", "--duration",
+        spy = subprocess.Popen([exe, "record", "--pid", str(server.pid), "--subprocesses", "--format", "raw",
+                                "--output", str(py_spy), "--rate", "200", "--gil", "--nonblocking", "--duration",
                                 str(math.ceil(spec.warmup_s + spec.duration + 5))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ctx = mp.get_context("spawn")
@@ -681,13 +700,12 @@ def measure_ingest(server: Server, url_path: str, payloads: list[tuple[bytes, in
 
 
 def oru_r01(pid: str, control_id: str, analyte_loinc: str, value: float, unit: str, when: datetime) -> bytes:
-    """One HL7 v2.5.1 ORU^R01 with a single OBX, as a lab system sends it (segments separated by CR)."""
-    ts = when.strftime("%Y%m%d%H%M%S")
-    segs = [f"MSH|^~\\&|LAB|BENCH|MGAKI|BENCH|{ts}||ORU^R01^ORU_R01|{control_id}|P|2.5.1",
-            f"PID|1||{pid}^^^BENCH^MR||Bench^Patient||19600101|U",
-            f"OBR|1||{control_id}|{analyte_loinc}^^LN|||{ts}",
-            f"OBX|1|NM|{analyte_loinc}^^LN||{value}|{unit}^^UCUM|||||F|||{ts}"]
-    return "\r".join(segs).encode() + b"\r"
+    """One HL7 v2.5.1 ORU^R01 with a single OBX and a visit (mgaki.service.hl7's builder), as bytes."""
+    from mgaki.service.hl7 import Result
+    from mgaki.service.hl7 import oru_r01 as build
+
+    return build(pid, [Result(analyte_loinc, value, unit, when)], visit=f"{pid}-v", admitted=when,
+                 control_id=control_id, order=control_id).encode()
 
 
 def measure_hl7(address: tuple[str, int], messages: list[bytes], timeout_s: float = 30.0) -> dict[str, Any]:
@@ -717,17 +735,19 @@ def measure_hl7(address: tuple[str, int], messages: list[bytes], timeout_s: floa
 # Where a patient-view request's time goes, as named in py-spy's collapsed stacks ("function (file)")
 PROFILE_STAGES = [
     ("event loop (uvicorn, h11, starlette, middleware)", "BaseEventLoop.run_forever (base_events.py)"),
-    ("  JSON decode of the request body (event loop)", "Request.json (requests.py)"),
-    ("  logging middleware (BaseHTTPMiddleware)", "BaseHTTPMiddleware.__call__ (base.py)"),
-    ("worker threads (sync endpoint)", "WorkerThread.run (_asyncio.py)"),
-    ("  CDS JWT verification + jti insert", "create_app.<locals>.cds_caller (app.py)"),
-    ("  audit row insert", "create_app.<locals>._audit (app.py)"),
-    ("  patient_view (assess + cards)", "patient_view (cds.py)"),
-    ("    mgaki.assess", "assess (__init__.py)"),
-    ("      FHIR parse/validate (parse_bundle)", "parse_bundle (fhir.py)"),
-    ("      rules (assess_record)", "assess_record (assess.py)"),
-    ("  response validation + serialisation", "serialize_response (routing.py)"),
+    ("  request body read (event loop)", "Request.body (requests.py)"),
+    ("worker threads (CDS call and sync endpoints)", "WorkerThread.run (_asyncio.py)"),
+    ("  CDS call (cds_work)", "create_app.<locals>.cds_work (app.py)"),
+    ("    CDS Hooks JWT verification", "check_cds_jwt (security.py)"),
+    ("    body decode + validation (model_validate_json)", "BaseModel.model_validate_json (main.py)"),
+    ("    jti + audit row, one commit", "record_jti (security.py)"),
+    ("    patient_view (assess + cards)", "patient_view (cds.py)"),
+    ("      mgaki.assess", "assess (__init__.py)"),
+    ("        FHIR parse/validate (parse_bundle)", "parse_bundle (fhir.py)"),
+    ("        rules (assess_record)", "assess_record (assess.py)"),
+    ("    cards to JSON (model_dump_json)", "BaseModel.model_dump_json (main.py)"),
     ("SQLAlchemy execute (all threads)", "Connection.execute (base.py)"),
+    ("SQLAlchemy commit (all threads)", "Transaction.commit (base.py)"),
 ]
 
 
@@ -795,14 +815,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", nargs="?", const=PG_DEFAULT, default=None, metavar="URL",
                     help=f"PostgreSQL instead of SQLite (default URL {PG_DEFAULT}); a schema of its own, dropped")
     ap.add_argument("--cpus", default="0,1", help="CPUs the server is pinned to (taskset; default 0,1)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="server worker processes (mgaki serve --workers; default 2, one per core of --cpus)")
+    ap.add_argument("--max-in-flight", type=int, default=None,
+                    help="server cds_max_in_flight per worker (default: the service's default)")
+    ap.add_argument("--sqlite-synchronous", choices=["FULL", "NORMAL"], default=None,
+                    help="server sqlite_synchronous (default: the service's default)")
     ap.add_argument("--py-spy", type=Path, metavar="FILE",
                     help="sample the server with py-spy during the first patient-view phase: collapsed stacks "
                          "to FILE, busiest functions printed (needs py-spy, e.g. pip install py-spy)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON")
     args = ap.parse_args(argv)
-    if args.rate <= 0 or args.duration <= 0 or args.patients < 1 or args.ref_n < 1:
-        ap.error("--rate, --duration, --patients and --ref-n must be positive")
+    if args.rate <= 0 or args.duration <= 0 or args.patients < 1 or args.ref_n < 1 or args.workers < 1:
+        ap.error("--rate, --duration, --patients, --ref-n and --workers must be positive")
     cpus = {int(c) for c in args.cpus.split(",")}
+    server_extra = {k: v for k, v in (("cds_max_in_flight", args.max_in_flight),
+                                      ("sqlite_synchronous", args.sqlite_synchronous)) if v is not None}
     health_s = args.health_duration if args.health_duration is not None else args.duration
     load_start = os.getloadavg()
     started = datetime.now(UTC)
@@ -823,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
                 # a fresh server per patient-view phase: an overloaded phase leaves work queued in it
                 try:
                     with start_server(tmp, f"jwt-{mode}", jwt_key=jwk if mode == "on" else None,
-                                      database_url=db_url, cpus=cpus) as server:
+                                      database_url=db_url, cpus=cpus, workers=args.workers,
+                                      extra=server_extra) as server:
                         results.setdefault("server_cmd", shlex.join(server.proc.args))  # type: ignore[arg-type]
                         if mode == modes[0]:
                             results["health"] = run_load(LoadSpec(
@@ -851,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
                     failed = True
             if args.ingest_bundles or args.ndjson_patients:
                 try:  # production settings (JWT on), a fresh server
-                    with start_server(tmp, "ingest", jwt_key=jwk, database_url=db_url, cpus=cpus) as server:
+                    with start_server(tmp, "ingest", jwt_key=jwk, database_url=db_url, cpus=cpus,
+                                      workers=args.workers, extra=server_extra) as server:
                         results.update(run_ingest(server, args))
                 except RuntimeError as exc:
                     print(f"error: {exc}", file=sys.stderr)
@@ -907,7 +937,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], started: datetime,
 
     print("mgaki service benchmark")
     print(f"command : {shlex.join(sys.orig_argv)}")
-    print(f"server  : {results.get('server_cmd', '?')} ({'PostgreSQL' if args.postgres else 'SQLite'})")
+    print(f"server  : {results.get('server_cmd', '?')} ({'PostgreSQL' if args.postgres else 'SQLite'}; "
+          f"{args.workers} worker process(es))")
     m = machine()
     print(f"machine : {m['platform']}; os.cpu_count()={m['cpu_count']}; python {m['python']}; "
           f"niceness {m['niceness']}; mgaki {mgaki.__version__}")
@@ -955,8 +986,11 @@ def report(args: argparse.Namespace, results: dict[str, Any], started: datetime,
         if k in results:
             r = results[k]
             tag = "JWT on " if k.endswith("_on") else "JWT off"
+            par = min(args.workers, len({c for c in args.cpus.split(",") if c}))
             print(f"capacity: {tag}: server CPU {r['server_cpu_ms_per_req']:.1f} ms/request one at a time -> one "
-                  f"server process (one GIL) saturates near {r['cpu_bound_capacity_per_s']:.0f} req/s on this machine")
+                  f"worker process (one GIL) saturates near {r['cpu_bound_capacity_per_s']:.0f} req/s, "
+                  f"{args.workers} worker(s) on {par} CPU(s) near {par * r['cpu_bound_capacity_per_s']:.0f} req/s "
+                  "on this machine (if nothing else ran)")
             for line, count in r["server_log"].items():
                 print(f"server  : {tag} probe: {count} x {line}")
     print()

@@ -65,14 +65,15 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
     assert bundle["resources"] == sum(len(bench.patient_week(100_000 + i)) for i in range(2))
     assert ndjson["resources"] == sum(len(bench.patient_week(100_002 + i)) for i in range(3))
     assert bundle["events_added"] > 0 and ndjson["events_added"] > 0  # new patients: rows were stored
-    assert "not_measured" in res["ingest_hl7"]  # no number until the MLLP listener is wired
+    hl7 = res["ingest_hl7"]  # 10 ORU^R01 per ingest bundle, through the service's MLLP listener
+    assert hl7["messages"] == 20 and hl7["acks"] == {"AA": 20} and hl7["errors"] == 0 and hl7["messages_per_s"] > 0
 
     text = r.stdout
     header = next(line for line in text.splitlines() if line.startswith("phase"))
     assert header.split() == ["phase", "n", "rate/s", "p50", "ms", "p90", "ms", "p99", "ms", "max", "ms", "errors"]
     for label in ("in-process patient_view (ref)", "GET /health (ref)", "patient-view, JWT verified",
                   "patient-view, JWT off", "closed loop 1 conn, JWT verified", "FHIR Bundle POST /fhir",
-                  "NDJSON POST /fhir/$import-ndjson"):
+                  "NDJSON POST /fhir/$import-ndjson", "HL7 v2 ORU^R01 over MLLP"):
         assert any(line.startswith(label) for line in text.splitlines()), label
     assert "target  : patient-view (JWT verified) zero errors -> PASS (0 of 20)" in text
     assert "p99 < 50 ms at 100 req/s ->" in text and "not the target load" in text

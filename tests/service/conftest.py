@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from mgaki.service import ServiceConfig, create_app
@@ -69,3 +74,52 @@ def client(cfg: ServiceConfig) -> Iterator[TestClient]:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# --- a real PostgreSQL for the tests that need one -----------------------------------------------------------
+# The machine's server (MGAKI_TEST_PG overrides the URL); when it is down the tests start the local cluster
+# (Debian pg_ctlcluster) rather than assume it. Only MGAKI_SKIP_POSTGRES=1 turns a missing server into a skip.
+
+PG = os.environ.get("MGAKI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _reachable(engine: sa.Engine) -> str | None:
+    """None when the server answers, else why not."""
+    try:
+        with engine.connect() as con:
+            con.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        return type(exc.orig).__name__
+    return None
+
+
+def _start_local_cluster() -> str:
+    """Start the machine's PostgreSQL cluster(s) with Debian's pg_ctlcluster; what was done."""
+    ctl, etc = shutil.which("pg_ctlcluster"), Path("/etc/postgresql")
+    if ctl is None or not etc.is_dir():
+        return "no local cluster to start (pg_ctlcluster or /etc/postgresql missing)"
+    for version in sorted(p.name for p in etc.iterdir() if p.is_dir()):
+        subprocess.run([ctl, "--skip-systemctl-redirect", version, "main", "start"], capture_output=True,
+                       timeout=60, check=False)
+    return "started the local cluster with pg_ctlcluster"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    admin = sa.create_engine(PG, connect_args={"connect_timeout": 3})
+    try:
+        why = _reachable(admin)
+        if why is not None:
+            done = _start_local_cluster()
+            deadline = time.monotonic() + 30
+            while (why := _reachable(admin)) is not None and time.monotonic() < deadline:
+                time.sleep(1)
+            if why is not None:
+                msg = (f"PostgreSQL not reachable at {PG} ({why}; {done}). Start a server, point MGAKI_TEST_PG at "
+                       "one, or set MGAKI_SKIP_POSTGRES=1 to skip these tests")
+                if os.environ.get("MGAKI_SKIP_POSTGRES") == "1":
+                    pytest.skip(msg)
+                pytest.fail(msg)
+    finally:
+        admin.dispose()
+    return PG

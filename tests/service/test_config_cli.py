@@ -35,3 +35,51 @@ def test_bad_config_names_the_problem(tmp_path):
 def test_serve_command_registered():
     r = CliRunner().invoke(app, ["serve", "--help"])
     assert r.exit_code == 0 and "--database-url" in r.output
+
+
+def test_workers_and_overload_settings_from_env_and_cli(tmp_path):
+    cfg = load_config(None, env={"MGAKI_WORKERS": "3", "MGAKI_CDS_MAX_IN_FLIGHT": "4"})
+    assert (cfg.workers, cfg.cds_max_in_flight) == (3, 4)
+    assert load_config(None, env={"MGAKI_WORKERS": "3"}, workers=2).workers == 2
+    with pytest.raises(InputError, match="workers"):
+        load_config(None, env={"MGAKI_WORKERS": "0"})
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert "--workers" in r.output
+
+
+def test_worker_socket_is_tcp_so_asyncio_sets_nodelay(monkeypatch):
+    """uvicorn binds the workers' socket with proto 0 (asyncio then leaves Nagle on: ~40 ms per keep-alive
+    response); the socket handed to the workers must say IPPROTO_TCP."""
+    import socket
+
+    import uvicorn
+    import uvicorn.supervisors
+
+    from mgaki import cli_service
+
+    seen = []
+
+    class FakeSupervisor:
+        def __init__(self, config, sockets):
+            seen.extend((s.family, s.type, s.proto, s.getsockname()) for s in sockets)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", FakeSupervisor)
+    config = uvicorn.Config("mgaki.service.app:app_from_env", factory=True, workers=2, host="127.0.0.1", port=0)
+    cli_service._run_workers(config)
+    assert len(seen) == 1
+    family, kind, proto, (host, _port) = seen[0]
+    assert (family, kind, proto, host) == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "127.0.0.1")
+
+
+def test_several_workers_need_a_fixed_mllp_port(tmp_path) -> None:
+    """Workers share the MLLP port (SO_REUSEPORT); 'any free port' would give each worker its own."""
+    from pydantic import ValidationError
+
+    from mgaki.service.config import ServiceConfig
+    with pytest.raises(ValidationError, match="cannot be shared by several workers"):
+        ServiceConfig(data_dir=tmp_path, workers=2, mllp_port=0)
+    assert ServiceConfig(data_dir=tmp_path, workers=2, mllp_port=2575).mllp_port == 2575
+    assert ServiceConfig(data_dir=tmp_path, workers=1, mllp_port=0).mllp_port == 0

@@ -11,14 +11,21 @@ error details that may name a resource go to the caller, not to the log.
 
 import json
 import logging
+import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import mgaki
 from mgaki.errors import InputError, MgakiError
@@ -36,11 +43,21 @@ from mgaki.service.db import (
     upgrade,
     utcnow,
     write_audit,
+    writer,
 )
 from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
-from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient, verify_cds_jwt
+from mgaki.service.locks import FileLock
+from mgaki.service.security import (
+    AuthError,
+    Principal,
+    allowed_patients,
+    check_bearer,
+    check_cds_jwt,
+    check_patient,
+    record_jti,
+)
 
-__all__ = ["create_app", "log"]
+__all__ = ["CONFIG_ENV", "RequestLog", "app_from_env", "create_app", "log"]
 
 log = logging.getLogger("mgaki.service")
 _MAX_LIMIT = 1000
@@ -60,12 +77,96 @@ def _outcome(status: int, where: str, problem: str) -> JSONResponse:
         status_code=status)
 
 
-def create_app(cfg: ServiceConfig) -> FastAPI:
-    """An app bound to ``cfg``: migrations run now, ``mgaki.warm_up`` at start-up."""
+CONFIG_ENV = "MGAKI_SERVE_CONFIG_JSON"  # the resolved config handed by `mgaki serve` to its worker processes
+_CLIENT_GONE = 499  # logged (nginx's "client closed request") for a call whose client left before the work
+
+# The CDS call decodes its own body (below); the OpenAPI document still names the model, as FastAPI would.
+_CDS_BODY = {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/CdsRequest"}}},
+                             "required": True}}
+
+
+class RequestLog:
+    """Pure ASGI request logger: method, route template, status, milliseconds (no path, body or patient id).
+
+    Pure ASGI rather than ``@app.middleware("http")``: no second task and response stream per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500  # unless a response starts: an exception went up to the server-error handler
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            template = getattr(scope.get("route"), "path", "<unmatched>")
+            log.info("%s %s -> %d in %.1f ms", scope["method"], template, status, (time.perf_counter() - t0) * 1e3)
+
+
+def _body_error(err: Any) -> dict[str, Any]:
+    """A pydantic error of the CDS body as FastAPI reports one: located under "body", raw bytes not echoed."""
+    out = {**err, "loc": ("body", *err["loc"])}
+    if isinstance(out.get("input"), bytes):  # not JSON (or not UTF-8): the message names it, the bytes are noise
+        out["input"] = {}
+    return out
+
+
+def _db_busy(exc: BaseException) -> bool:
+    """SQLite's write lock not obtained within the busy timeout (or the connection pool exhausted)."""
+    if isinstance(exc, sa.exc.TimeoutError):
+        return True
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, sqlite3.OperationalError) and ("locked" in str(orig) or "busy" in str(orig))
+
+
+def _cds_request_schemas() -> dict[str, Any]:
+    """``CdsRequest`` and the models it names, exactly as FastAPI documents a body parameter of that type."""
+    probe = FastAPI()
+
+    @probe.post("/")
+    def _body(body: CdsRequest) -> None:  # documented, never called
+        del body
+
+    schemas: dict[str, Any] = probe.openapi()["components"]["schemas"]
+    return {k: v for k, v in schemas.items() if k not in ("HTTPValidationError", "ValidationError")}
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory for ``mgaki serve --workers N``: each worker builds the app from the resolved config."""
+    return create_app(ServiceConfig.model_validate_json(os.environ[CONFIG_ENV]))
+
+
+def prepare_database(cfg: ServiceConfig, engine: sa.Engine | None = None) -> None:
+    """Run the migrations once however many processes start: under a file lock in the data folder."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(cfg.db_url())
-    upgrade(engine)
-    ingestor = Ingestor(cfg.data_dir, engine, cfg.surveil_on_ingest)
+    own = engine is None
+    eng = engine or make_engine(cfg.db_url(), cfg.sqlite_busy_timeout_s, cfg.sqlite_synchronous)
+    try:
+        with FileLock(cfg.data_dir / "migrate.lock"):
+            upgrade(eng)
+    finally:
+        if own:
+            eng.dispose()
+
+
+def create_app(cfg: ServiceConfig) -> FastAPI:
+    """An app bound to ``cfg``: migrations run now (once across processes), ``mgaki.warm_up`` at start-up."""
+    engine = make_engine(cfg.db_url(), cfg.sqlite_busy_timeout_s, cfg.sqlite_synchronous)
+    prepare_database(cfg, engine)
+    wr = writer(engine)  # every write transaction: on SQLite it takes the write lock at BEGIN
+    ingestor = Ingestor(cfg.data_dir, wr, cfg.surveil_on_ingest)
+    in_flight = [0]  # CDS calls admitted in this worker (event-loop only: no lock needed)
 
     @asynccontextmanager
     async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
@@ -75,7 +176,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         if cfg.mllp_port is not None:  # HL7 v2 over MLLP, same process and store (service/mllp.py)
             from mgaki.service.mllp import MllpListener
 
-            listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port)
+            listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port, reuse_port=cfg.workers > 1)
             await listener.start()
         app_.state.mllp = listener
         log.info("mgaki service ready (database %s)", engine.dialect.name)
@@ -90,21 +191,48 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     app.state.engine = engine
     app.state.cfg = cfg
 
-    @app.middleware("http")
-    async def _log_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "<unmatched>")
-        log.info("%s %s -> %d in %.1f ms", request.method, template, response.status_code,
-                 (time.perf_counter() - t0) * 1e3)
-        return response
+    app.add_middleware(RequestLog)
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the CDS request model the CDS call decodes itself (``_CDS_BODY``)."""
+        if app.openapi_schema is None:
+            doc = base_openapi()
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(_cds_request_schemas())
+            doc["components"]["schemas"] = dict(sorted(doc["components"]["schemas"].items()))
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    def _unavailable(message: str) -> JSONResponse:
+        resp = _error(503, message)
+        resp.headers["Retry-After"] = str(cfg.retry_after_s)
+        return resp
+
+    def _busy() -> JSONResponse:
+        return _unavailable(f"database busy (write lock not obtained within {cfg.sqlite_busy_timeout_s:g} s); "
+                            f"retry after {cfg.retry_after_s} s")
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.TimeoutError)
+    async def _db(_r: Request, exc: Exception) -> JSONResponse:
+        if _db_busy(exc):  # overload, not a fault: the client may retry
+            return _busy()
+        log.error("internal error %s", type(exc).__name__)
+        return _error(500, "internal error")
 
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
         if exc.patient_id is not None:  # a refused patient (check_patient): audited as a denied attempt
             route = getattr(request.scope.get("route"), "path", "<unmatched>")
-            _audit(exc.actor or "unknown", "denied", f"{request.method} {route}", exc.patient_id, exc.message)
+            try:  # in a thread: a wait for SQLite's write lock must not stop the event loop
+                await run_in_threadpool(_audit, exc.actor or "unknown", "denied", f"{request.method} {route}",
+                                        exc.patient_id, exc.message)
+            except (sa.exc.OperationalError, sa.exc.TimeoutError) as db_exc:
+                if not _db_busy(db_exc):
+                    raise
+                return _busy()
         resp = _error(exc.status, exc.message)
         if exc.status == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
@@ -136,11 +264,18 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return dep
 
     def cds_caller(request: Request) -> str:
+        """The verified CDS client (feedback): JWT checked and its jti logged in a transaction of its own."""
         if not cfg.cds_require_jwt:
             return "unauthenticated-cds-client"
-        base = cfg.public_base_url.rstrip("/") + request.url.path if cfg.public_base_url \
-            else str(request.url).split("?")[0]
-        return verify_cds_jwt(cfg, engine, request.headers.get("authorization"), base)
+        caller = check_cds_jwt(cfg, request.headers.get("authorization"), _audience(request))
+        with wr.begin() as con:
+            record_jti(con, cfg, caller)
+        return caller.iss
+
+    def _audience(request: Request) -> str:
+        """The JWT ``aud`` this call must carry: the URL the EHR calls us by."""
+        return (cfg.public_base_url.rstrip("/") + request.url.path if cfg.public_base_url
+                else str(request.url).split("?")[0])
 
     # --- CDS Hooks -----------------------------------------------------------------------------
 
@@ -149,10 +284,13 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         """CDS Hooks discovery: the services and their prefetch templates."""
         return {"services": [s.model_dump(exclude_none=True) for s in discovery()]}
 
-    @app.post("/cds-services/{service_id}", tags=["cds-hooks"], response_model=CdsResponse,
-              response_model_exclude_none=True)
-    def cds_call(service_id: str, body: CdsRequest, caller: Annotated[str, Depends(cds_caller)]) -> CdsResponse:
-        """Call a CDS service (patient-view, order-select or order-sign)."""
+    def cds_work(service_id: str, raw: bytes, authorization: str | None, audience: str) -> Response:
+        """One CDS call, in a worker thread: JWT, decode, checks, jti + audit (one commit), cards."""
+        caller = check_cds_jwt(cfg, authorization, audience) if cfg.cds_require_jwt else None
+        try:
+            body = CdsRequest.model_validate_json(raw)  # pydantic-core parses and validates in one pass
+        except ValidationError as exc:
+            raise RequestValidationError([_body_error(e) for e in exc.errors(include_url=False)]) from None
         hook = SERVICES.get(service_id)
         if hook is None:
             raise CdsInputError(f"unknown CDS service {service_id!r}; known: {', '.join(SERVICES)}")
@@ -162,9 +300,36 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         if isinstance(pid, str) and len(pid) > _ID_MAX:
             raise CdsInputError(f"context.patientId is longer than {_ID_MAX} characters")
         user = body.context.get("userId")
-        _audit(f"{caller} {user}" if isinstance(user, str) else caller, "read", f"cds:{service_id}",
-               pid if isinstance(pid, str) else None, f"hookInstance {body.hookInstance}")
-        return call_service(service_id, body, cfg)
+        who = caller.iss if caller else "unauthenticated-cds-client"
+        actor = (f"{who} {user}" if isinstance(user, str) else who)[:column_width(audit.c.actor)]
+        detail = f"hookInstance {body.hookInstance}"[:column_width(audit.c.detail)]
+        with wr.begin() as con:  # the jti and the audit row commit together, before any data is read
+            if caller is not None:
+                record_jti(con, cfg, caller)
+            con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action="read", endpoint=f"cds:{service_id}",
+                                                patient_id=pid if isinstance(pid, str) else None, detail=detail))
+        cards = call_service(service_id, body, cfg)
+        return Response(cards.model_dump_json(exclude_none=True), media_type="application/json")
+
+    @app.post("/cds-services/{service_id}", tags=["cds-hooks"], response_model=CdsResponse,
+              response_model_exclude_none=True, openapi_extra=_CDS_BODY)
+    async def cds_call(service_id: str, request: Request) -> Response:
+        """Call a CDS service (patient-view, order-select or order-sign)."""
+        if in_flight[0] >= cfg.cds_max_in_flight:  # shed at once: a fast 503 leaves the admitted calls served
+            return _unavailable(f"service overloaded: {in_flight[0]} CDS calls in progress in this worker; "
+                                f"retry after {cfg.retry_after_s} s")
+        in_flight[0] += 1
+        try:
+            try:
+                raw = await request.body()
+            except ClientDisconnect:
+                return Response(status_code=_CLIENT_GONE)
+            if await request.is_disconnected():  # the client has gone: no card would be seen
+                return Response(status_code=_CLIENT_GONE)
+            return await run_in_threadpool(cds_work, service_id, raw, request.headers.get("authorization"),
+                                           _audience(request))
+        finally:
+            in_flight[0] -= 1
 
     @app.post("/cds-services/{service_id}/feedback", tags=["cds-hooks"])
     def cds_feedback_post(service_id: str, body: FeedbackRequest,
@@ -176,7 +341,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
                  "accepted": json.dumps([s.id for s in f.acceptedSuggestions or []]),
                  "override_code": f.overrideReason.reason.code if f.overrideReason and f.overrideReason.reason
                  else None, "outcome_at": f.outcomeTimestamp} for f in body.feedback]
-        with engine.begin() as con:
+        with wr.begin() as con:
             if rows:
                 con.execute(sa.insert(cds_feedback), rows)
         return {"stored": len(rows)}
@@ -185,7 +350,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     def _ingest_response(principal: Principal, endpoint: str, payload: bytes, suffix: str) -> dict[str, Any]:
         res = ingestor.ingest(payload, suffix)
-        with engine.begin() as con:
+        with wr.begin() as con:
             rows = [{"at": utcnow(), "actor": principal.name, "action": "write", "endpoint": endpoint,
                      "patient_id": s, "detail": None} for s in res.subjects]
             if rows:
@@ -205,7 +370,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError("body", f"not JSON: {exc}") from exc
         check_bundle(body)
-        return _ingest_response(who, "POST /fhir", payload, ".json")
+        return await run_in_threadpool(_ingest_response, who, "POST /fhir", payload, ".json")  # not on the loop
 
     @app.post("/fhir/$import-ndjson", tags=["ingest"], openapi_extra={"requestBody": {"required": True, "content": {
         "application/fhir+ndjson": {"schema": {"type": "string"}}}}})
@@ -217,7 +382,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         except UnicodeDecodeError as exc:
             raise InputError("body", "not UTF-8 text") from exc
         check_ndjson(text)
-        return _ingest_response(who, "POST /fhir/$import-ndjson", payload, ".ndjson")
+        return await run_in_threadpool(_ingest_response, who, "POST /fhir/$import-ndjson", payload, ".ndjson")
 
     # --- alerts --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mgaki.errors import InputError
 
@@ -63,6 +63,21 @@ class ServiceConfig(BaseModel):
     mllp_port: int | None = Field(default=None, ge=0, le=65535)  # HL7 v2 MLLP listener; None: off, 0: any free port
     mllp_host: str | None = None  # default: host
     warm_up: bool = True
+    # Throughput and overload (docs/service.md#performance)
+    workers: int = Field(default=1, ge=1)  # uvicorn worker processes (one GIL each): about one per core
+    # CDS calls in progress per worker; one more -> 503 at once. At most the thread pool (40): none waits for a thread.
+    cds_max_in_flight: int = Field(default=8, ge=1, le=40)
+    retry_after_s: int = Field(default=1, ge=0)  # Retry-After of an overload 503
+    sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)  # wait for SQLite's write lock, then 503
+    # SQLite durability of each commit (audit rows included): NORMAL (WAL) survives a crash of the process
+    # or the service, not a power loss of the machine; FULL survives both at one fsync per commit.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
+
+    @model_validator(mode="after")
+    def _mllp_port_fixed_with_workers(self) -> ServiceConfig:
+        if self.workers > 1 and self.mllp_port == 0:
+            raise ValueError("mllp_port 0 (any free port) cannot be shared by several workers: give a port number")
+        return self
 
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mgaki.db').as_posix()}"
@@ -71,7 +86,8 @@ class ServiceConfig(BaseModel):
 _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGAKI_HOST": "host",
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
         "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
-        "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host"}
+        "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host",
+        "MGAKI_WORKERS": "workers", "MGAKI_CDS_MAX_IN_FLIGHT": "cds_max_in_flight"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,

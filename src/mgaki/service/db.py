@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 
 __all__ = ["MAX_OFFSET", "METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "column_width", "make_engine",
-           "upgrade", "utcnow", "write_audit"]
+           "upgrade", "utcnow", "write_audit", "writer"]
 
 METADATA = sa.MetaData()
 MAX_OFFSET = 2**31 - 1  # paging offsets beyond a 32-bit INTEGER are refused (422), not passed to the database
@@ -82,24 +82,44 @@ def write_audit(engine: sa.Engine, actor: str, action: str, endpoint: str, patie
     """One audit row, committed before the caller answers; free text is cut to its column
     (a caller's long userId or hookInstance must not fail the call)."""
     actor, detail = actor[:column_width(audit.c.actor)], detail and detail[:column_width(audit.c.detail)]
-    with engine.begin() as con:
+    with writer(engine).begin() as con:
         con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action=action, endpoint=endpoint,
                                             patient_id=patient_id, detail=detail))
 
 
-def make_engine(url: str) -> sa.Engine:
-    """An engine; SQLite files get their folder created and WAL mode for concurrent readers."""
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+def make_engine(url: str, busy_timeout_s: float = 30.0, synchronous: str = "FULL") -> sa.Engine:
+    """An engine; SQLite files get their folder created, WAL mode, ``synchronous`` and a busy timeout.
+
+    SQLite transactions are begun explicitly (pysqlite's implicit BEGIN is off): ``BEGIN IMMEDIATE`` on
+    connections with the ``mgaki_write`` execution option (``writer(engine)``), so a transaction that reads
+    before it writes waits for the write lock up to ``busy_timeout_s`` instead of failing at once with
+    ``database is locked`` when another process committed in between (WAL snapshot upgrade); plain
+    ``BEGIN`` otherwise. PostgreSQL is untouched.
+    """
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+    sqlite = url.startswith("sqlite")
+    if sqlite and url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    eng = sa.create_engine(url, pool_pre_ping=True)
+    eng = sa.create_engine(url, pool_pre_ping=True, **({"connect_args": {"timeout": busy_timeout_s}} if sqlite else {}))
     if eng.dialect.name == "sqlite":
         @sa.event.listens_for(eng, "connect")
-        def _pragmas(dbapi_con: object, _rec: object) -> None:
-            cur = dbapi_con.cursor()  # type: ignore[attr-defined]
+        def _pragmas(dbapi_con: Any, _rec: object) -> None:
+            dbapi_con.isolation_level = None  # transactions are begun by _begin below
+            cur = dbapi_con.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.close()
+
+        @sa.event.listens_for(eng, "begin")
+        def _begin(con: sa.Connection) -> None:
+            con.exec_driver_sql("BEGIN IMMEDIATE" if con.get_execution_options().get("mgaki_write") else "BEGIN")
     return eng
+
+
+def writer(engine: sa.Engine) -> sa.Engine:
+    """``engine`` for transactions that write (same pool): on SQLite they begin IMMEDIATE."""
+    return engine.execution_options(mgaki_write=True)
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:

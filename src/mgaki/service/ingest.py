@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
 from mgaki.service.db import alerts, utcnow
+from mgaki.service.locks import FileLock
 from mgaki.surveillance import surveil
 
 __all__ = ["IngestResult", "Ingestor", "check_bundle", "check_ndjson"]
@@ -77,7 +77,7 @@ class Ingestor:
         self.store = EventStore(data_dir / "events")
         self.engine = engine
         self.run_surveillance = run_surveillance
-        self._lock = threading.Lock()
+        self._lock = FileLock(data_dir / "ingest.lock")  # across worker processes (mgaki serve --workers)
         self._tmp = data_dir / "incoming"
 
     def ingest(self, payload: bytes, suffix: str) -> IngestResult:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import hl7.mllp
 import sqlalchemy as sa
 
-from mgaki.service.db import audit, utcnow
+from mgaki.service.db import audit, column_width, utcnow, writer
 from mgaki.service.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
 from mgaki.service.ingest import Ingestor
 
@@ -42,9 +42,10 @@ def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
         log.error("MLLP store failure %s", type(exc).__name__)
         return ack(msh, "AR", [AckError("207", "MSH-10", "the message could not be stored; send it again")])
     try:
-        with ingestor.engine.begin() as con:
-            rows = [{"at": utcnow(), "actor": f"hl7:{msh.get('sending_app') or peer}"[:200], "action": "write",
-                     "endpoint": "MLLP ORU^R01", "patient_id": s, "detail": None} for s in res.subjects]
+        with writer(ingestor.engine).begin() as con:
+            rows = [{"at": utcnow(), "actor": f"hl7:{msh.get('sending_app') or peer}"[:column_width(audit.c.actor)],
+                     "action": "write", "endpoint": "MLLP ORU^R01", "patient_id": s, "detail": None}
+                    for s in res.subjects]
             if rows:
                 con.execute(sa.insert(audit), rows)
     except sa.exc.SQLAlchemyError as exc:  # stored already: the ACK must say so
@@ -63,12 +64,14 @@ class MllpListener:
     host: str
     port: int
     encoding: str = "utf-8"
+    reuse_port: bool = False  # several worker processes share the port (SO_REUSEPORT: the kernel spreads connections)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         self._server = await hl7.mllp.start_hl7_server(self._client, self.host, self.port,
-                                                       limit=MAX_MESSAGE_BYTES, encoding=self.encoding)
+                                                       limit=MAX_MESSAGE_BYTES, encoding=self.encoding,
+                                                       reuse_port=self.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listener on port %d", self.port)
 

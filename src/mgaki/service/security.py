@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,8 @@ from jwt import PyJWKClient
 from mgaki.service.config import IssuerConfig, Role, ServiceConfig
 from mgaki.service.db import cds_jti, utcnow
 
-__all__ = ["AuthError", "Principal", "allowed_patients", "check_bearer", "check_patient", "verify_cds_jwt"]
+__all__ = ["AuthError", "CdsCaller", "Principal", "allowed_patients", "check_bearer", "check_cds_jwt", "check_patient",
+           "record_jti"]
 
 
 class AuthError(Exception):
@@ -89,8 +91,17 @@ def _key(issuer: IssuerConfig, header: dict[str, Any]) -> Any:
     raise AuthError(f"no configured key for kid {kid!r}")
 
 
-def verify_cds_jwt(cfg: ServiceConfig, engine: sa.Engine, header: str | None, audience: str) -> str:
-    """The verified ``iss`` of a CDS Hooks call, or ``AuthError``; records the ``jti`` against replay."""
+@dataclass(frozen=True)
+class CdsCaller:
+    """A CDS client whose JWT passed every check but the replay log (``record_jti``)."""
+
+    iss: str
+    jti: str
+    exp: datetime  # naive UTC
+
+
+def check_cds_jwt(cfg: ServiceConfig, header: str | None, audience: str) -> CdsCaller:
+    """Verify a CDS Hooks JWT (issuer, key, signature, ``aud``, times, lifetime); no database access."""
     if not header or not header.lower().startswith("bearer "):
         raise AuthError("missing CDS Hooks JWT (Authorization: Bearer <jwt>)")
     token = header[7:].strip()
@@ -115,12 +126,24 @@ def verify_cds_jwt(cfg: ServiceConfig, engine: sa.Engine, header: str | None, au
     if int(claims["exp"]) - int(claims["iat"]) > cfg.jwt_max_lifetime_s:
         raise AuthError(f"JWT lifetime exceeds {cfg.jwt_max_lifetime_s} s")
     exp = datetime.fromtimestamp(int(claims["exp"]), UTC).replace(tzinfo=None)
-    with engine.begin() as con:
-        con.execute(sa.delete(cds_jti).where(
-            cds_jti.c.exp < utcnow() - timedelta(seconds=cfg.jwt_leeway_s)))
-        try:
-            with con.begin_nested():
-                con.execute(sa.insert(cds_jti).values(iss=issuer.iss, jti=str(claims["jti"]), exp=exp))
-        except sa.exc.IntegrityError as exc:
-            raise AuthError("JWT jti already used (replay)") from exc
-    return issuer.iss
+    return CdsCaller(issuer.iss, str(claims["jti"]), exp)
+
+
+_PURGE_EVERY_S = 60.0  # expired jti rows are deleted at most this often per process (a full-table delete)
+_last_purge = [-_PURGE_EVERY_S]
+
+
+def record_jti(con: sa.Connection, cfg: ServiceConfig, caller: CdsCaller) -> None:
+    """Log the ``jti`` in the caller's transaction; ``AuthError`` if it was seen (replay).
+
+    Race-free across processes: the (iss, jti) primary key lets exactly one insert succeed.
+    Rows are purged only after expiry plus leeway, when the token is refused anyway.
+    """
+    now = time.monotonic()
+    if now - _last_purge[0] >= _PURGE_EVERY_S:
+        _last_purge[0] = now
+        con.execute(sa.delete(cds_jti).where(cds_jti.c.exp < utcnow() - timedelta(seconds=cfg.jwt_leeway_s)))
+    try:  # a replay fails the insert, and the caller's transaction rolls back with the AuthError
+        con.execute(sa.insert(cds_jti).values(iss=caller.iss, jti=caller.jti, exp=caller.exp))
+    except sa.exc.IntegrityError as exc:
+        raise AuthError("JWT jti already used (replay)") from exc
