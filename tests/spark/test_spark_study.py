@@ -129,7 +129,9 @@ def test_spark_cohort_equals_duckdb_row_for_row(name: str, data: Data, spark: Sp
     if name == "default":
         assert flow["age >= 18 years (age and sex known)"] == 1 and flow["no RRT at entry"] == 1
     else:
-        assert f["admission_creatinine"].isna().any()  # admissions without creatinine kept, on both engines
+        # admissions without creatinine are kept, with no eGFR (not one computed from a missing value)
+        assert f["admission_creatinine"].isna().any()
+        assert (f["egfr"].isna() == (f["admission_creatinine"].isna() | ~f["sex"].isin(["female", "male"]))).all()
 
 
 def test_spark_cohort_refuses_a_duckdb_connection(data: Data) -> None:

@@ -106,16 +106,21 @@ def _lit(s: str) -> str:
 
 
 def _egfr_sql(kb: KnowledgeBase, d: Dialect) -> str:
-    """CKD-EPI 2021 (race-free) in SQL, coefficients from kidney.yaml by id, as engine.kidney.ckd_epi_2021."""
+    """CKD-EPI 2021 (race-free) in SQL, coefficients from kidney.yaml by id, as engine.kidney.ckd_epi_2021.
+
+    NULL without a creatinine or a known sex: least/greatest skip NULLs on both engines, so the bare
+    formula would give a creatinine-free 'eGFR' (142 x 0.9938^age) and the male one for unknown sex.
+    """
     def c(cid: str) -> str:
         return d.double(kb.coefficient(cid))
     k = f"CASE WHEN sex = 'female' THEN {c('ckdepi_kappa_female')} ELSE {c('ckdepi_kappa_male')} END"
     a = f"CASE WHEN sex = 'female' THEN {c('ckdepi_alpha_female')} ELSE {c('ckdepi_alpha_male')} END"
     one = d.double(1.0)
-    return (f"{c('ckdepi_const')} * pow(least(admission_creatinine / ({k}), {one}), {a})"
+    return (f"CASE WHEN admission_creatinine IS NOT NULL AND sex IN ('female', 'male') THEN "
+            f"{c('ckdepi_const')} * pow(least(admission_creatinine / ({k}), {one}), {a})"
             f" * pow(greatest(admission_creatinine / ({k}), {one}), {c('ckdepi_exp_high')})"
             f" * pow({c('ckdepi_age_base')}, age)"
-            f" * CASE WHEN sex = 'female' THEN {c('ckdepi_female')} ELSE {one} END")
+            f" * CASE WHEN sex = 'female' THEN {c('ckdepi_female')} ELSE {one} END END")
 
 
 def _flow_steps(cfg: StudyConfig, d: Dialect) -> list[tuple[str, str]]:
