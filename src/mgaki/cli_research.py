@@ -66,7 +66,7 @@ def study(
                                                                       "(docs/research.md)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout")] = False,
     engine: Annotated[Engine, typer.Option(help="duckdb | spark (surveillance and cohort extraction on Spark; "
-                                                "needs mgaki[spark] and Java)")] = Engine.duckdb,
+                                                "needs the mgaki spark extra and Java)")] = Engine.duckdb,
     spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
 ) -> None:
     """Admission Mg vs in-hospital AKI: cohort flow, Table 1, band ORs, spline, ROC, Cox and an HTML report."""
