@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mgaki.cli_cohort import Engine
 from mgaki.errors import MgakiError
 
 __all__ = ["register", "study"]
@@ -64,6 +65,9 @@ def study(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file overriding study defaults "
                                                                       "(docs/research.md)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout")] = False,
+    engine: Annotated[Engine, typer.Option(help="duckdb | spark (surveillance and cohort extraction on Spark; "
+                                                "needs the mgaki spark extra and Java)")] = Engine.duckdb,
+    spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
 ) -> None:
     """Admission Mg vs in-hospital AKI: cohort flow, Table 1, band ORs, spline, ROC, Cox and an HTML report."""
     from mgaki.events import EventStore
@@ -90,7 +94,8 @@ def study(
             bar.update(task, completed=i, description=f"running: {nxt}")
 
         try:
-            res = study_store(EventStore(store), cfg, progress=done)
+            res = study_store(EventStore(store), cfg, progress=done, engine=engine.value,
+                              spark_master=spark_master)
         except (MgakiError, ValueError) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None

@@ -1,4 +1,4 @@
-"""Study cohort from the canonical event tables and the surveillance outputs (one SQL pass in DuckDB).
+"""Study cohort from the canonical event tables and the surveillance outputs, as portable SQL stages.
 
 One row per hospital admission with the flags every inclusion/exclusion step
 needs, the exposures (admission Mg, its band, time-weighted mean Mg), the
@@ -6,26 +6,46 @@ covariates and the outcomes; the cohort flow is counted from those flags, so a
 changed criterion changes the flow and the analysis set together. The
 time-varying table for the Cox model (Mg as a step function until AKI or
 discharge) comes from the same admissions.
+
+The stages are written once (`cohort_stages`) in the SQL both DuckDB and Spark
+run, through the surveillance dialect layer; `build_cohort(engine=...)` runs
+them on either. Only the reduced results reach the driver: the analysis cohort
+(one row per admission), the flow counts (one row) and the time-varying table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from mgaki.errors import InputError
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.research._config import Band, StudyConfig, bands
+from mgaki.surveillance.dialect import DUCKDB, SPARK, Dialect
+from mgaki.surveillance.stages import Stage
 
-__all__ = ["FlowStep", "StudyCohort", "band_case_sql", "build_cohort", "connect_tables"]
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
+    from mgaki.surveillance.spark import Source
+
+__all__ = ["Engine", "FlowStep", "StudyCohort", "band_case_sql", "build_cohort", "cohort_stages", "connect_tables",
+           "spark_tables"]
+
+Engine = Literal["duckdb", "spark"]
 _H = 3600.0
 _RESULTS = ("mg_trajectory", "aki_episodes", "kdigo_creatinine")
 _TABLES = ("subjects", "encounters", "events", "medications", "contexts")
+# the analysis frame's columns, in order (the stages also carry the flow flags and a row id)
+_COLUMNS = ("subject_id", "encounter_id", "start", "end", "sex", "age", "admission_mg_any", "mg_time",
+            "admission_mg", "twa_mg", "min_mg", "mg_measurements", "admission_creatinine", "has_creatinine",
+            "aki_at_entry", "rrt_at_entry", "icu", "context", "nephrotoxic", "stay_hours", "aki_onset_hours",
+            "aki_peak_stage", "aki", "aki_stage2plus", "aki_over_48h", "akd_7d", "non_recovery", "egfr", "mg_band")
 
 
 @dataclass(frozen=True)
@@ -56,90 +76,148 @@ def connect_tables(tables: dict[str, pa.Table]) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def band_case_sql(col: str, bs: tuple[Band, ...]) -> str:
+def spark_tables(spark: SparkSession, tables: Mapping[str, Source]) -> None:
+    """The canonical tables the cohort reads as temp views of `spark` (Arrow tables or Parquet paths/URLs)."""
+    from mgaki.surveillance.spark import SESSION_CONF, _frame
+
+    for k, v in SESSION_CONF.items():
+        spark.conf.set(k, v)
+    for name in _TABLES:
+        if name not in tables:
+            raise InputError("study", f"the canonical table {name!r} is missing")
+        _frame(spark, name, tables[name]).createOrReplaceTempView(name)
+
+
+def band_case_sql(col: str, bs: tuple[Band, ...], d: Dialect = DUCKDB) -> str:
     """CASE expression mapping an Mg column (mg/dL) to its band label, with each band's own bounds."""
     whens = []
     for b in bs:
         conds = []
         if b.lower is not None:
-            conds.append(f"{col} {'>=' if b.lower_inclusive else '>'} {b.lower!r}")
+            conds.append(f"{col} {'>=' if b.lower_inclusive else '>'} {d.double(b.lower)}")
         if b.upper is not None:
-            conds.append(f"{col} {'<=' if b.upper_inclusive else '<'} {b.upper!r}")
-        whens.append(f"WHEN {' AND '.join(conds)} THEN '{b.label}'")
+            conds.append(f"{col} {'<=' if b.upper_inclusive else '<'} {d.double(b.upper)}")
+        whens.append(f"WHEN {' AND '.join(conds)} THEN {_lit(b.label)}")
     return f"CASE {' '.join(whens)} END"
 
 
-def _egfr_sql(kb: KnowledgeBase) -> str:
-    """CKD-EPI 2021 (race-free) in SQL, coefficients from kidney.yaml by id, as engine.kidney.ckd_epi_2021."""
-    c = kb.coefficient
-    k = f"CASE WHEN sex = 'female' THEN {c('ckdepi_kappa_female')!r} ELSE {c('ckdepi_kappa_male')!r} END"
-    a = f"CASE WHEN sex = 'female' THEN {c('ckdepi_alpha_female')!r} ELSE {c('ckdepi_alpha_male')!r} END"
-    return (f"{c('ckdepi_const')!r} * pow(least(admission_creatinine / ({k}), 1.0), {a})"
-            f" * pow(greatest(admission_creatinine / ({k}), 1.0), {c('ckdepi_exp_high')!r})"
-            f" * pow({c('ckdepi_age_base')!r}, age)"
-            f" * CASE WHEN sex = 'female' THEN {c('ckdepi_female')!r} ELSE 1.0 END")
+def _lit(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
 
 
-def build_cohort(con: duckdb.DuckDBPyConnection, results: dict[str, pa.Table], config: StudyConfig | None = None,
-                 kb: KnowledgeBase | None = None) -> StudyCohort:
-    """The analysis cohort, its flow and its time-varying Mg table (docs/research.md#cohort)."""
-    config = config or StudyConfig()
-    kb = kb or load()
-    for name in _RESULTS:
-        if name not in results:
-            raise InputError("study", f"surveillance output {name!r} is missing (run mgaki surveil)")
-        con.register(name, results[name])
+def _egfr_sql(kb: KnowledgeBase, d: Dialect) -> str:
+    """CKD-EPI 2021 (race-free) in SQL, coefficients from kidney.yaml by id, as engine.kidney.ckd_epi_2021.
+
+    NULL without a creatinine or a known sex: least/greatest skip NULLs on both engines, so the bare
+    formula would give a creatinine-free 'eGFR' (142 x 0.9938^age) and the male one for unknown sex.
+    """
+    def c(cid: str) -> str:
+        return d.double(kb.coefficient(cid))
+    k = f"CASE WHEN sex = 'female' THEN {c('ckdepi_kappa_female')} ELSE {c('ckdepi_kappa_male')} END"
+    a = f"CASE WHEN sex = 'female' THEN {c('ckdepi_alpha_female')} ELSE {c('ckdepi_alpha_male')} END"
+    one = d.double(1.0)
+    return (f"CASE WHEN admission_creatinine IS NOT NULL AND sex IN ('female', 'male') THEN "
+            f"{c('ckdepi_const')} * pow(least(admission_creatinine / ({k}), {one}), {a})"
+            f" * pow(greatest(admission_creatinine / ({k}), {one}), {c('ckdepi_exp_high')})"
+            f" * pow({c('ckdepi_age_base')}, age)"
+            f" * CASE WHEN sex = 'female' THEN {c('ckdepi_female')} ELSE {one} END END")
+
+
+def _flow_steps(cfg: StudyConfig, d: Dialect) -> list[tuple[str, str]]:
+    """The criteria in order, each (label, SQL condition over one admission row; NULL counts as not met)."""
+    steps: list[tuple[str, str]] = []
+    win = f"{cfg.admission_window_hours:g}"
+    if cfg.min_age_years is not None:
+        steps.append((f"age >= {cfg.min_age_years:g} years (age and sex known)",
+                      f"age >= {d.double(cfg.min_age_years)} AND sex IN ('female', 'male')"))
+    steps.append((f"admission Mg within {win} h", "admission_mg IS NOT NULL"))
+    if cfg.require_creatinine:
+        steps.append((f"admission creatinine within {win} h", "admission_creatinine IS NOT NULL"))
+    if cfg.exclude_rrt_at_entry:
+        steps.append(("no RRT at entry", "NOT rrt_at_entry"))
+    if cfg.exclude_egfr_below is not None:  # an unknown eGFR is not a reason to exclude here
+        steps.append((f"admission eGFR >= {cfg.exclude_egfr_below:g} (no kidney failure at entry)",
+                      f"NOT coalesce(egfr < {d.double(cfg.exclude_egfr_below)}, false)"))
+    if cfg.exclude_aki_at_entry:
+        steps.append(("no AKI at the first creatinine", "NOT aki_at_entry"))
+    return steps
+
+
+def cohort_stages(config: StudyConfig, kb: KnowledgeBase, d: Dialect) -> tuple[list[Stage], list[str]]:
+    """The cohort's SQL stages for one engine's dialect, and the flow step labels.
+
+    Reads the canonical tables (subjects, encounters, events, medications, contexts) and the
+    surveillance outputs (mg_trajectory, aki_episodes, kdigo_creatinine). Stages:
+    ``study_admissions`` (every admission, its exposures, outcomes, eGFR, band and cumulative
+    inclusion flags ``_in1..``), ``study_flow`` (one row of counts), ``study_cohort`` (the admissions
+    that pass every step, with a row id) and ``study_tv`` (Mg step intervals of the cohort).
+    """
+    ep = d.epoch_exact
+    f = d.double
     bs = bands(config.band_study)
-    nephro = sorted({d.ingredient for d in kb.drugs.drugs if d.nephrotoxic})
-    con.register("nephro", pa.table({"drug": pa.array(nephro, pa.string())}))
-    win = config.admission_window_hours * _H
-    persistent = config.persistent_aki_hours * _H
-    akd = config.akd_days * 24 * _H
-    rrt_after, rrt_before = config.rrt_entry_hours * _H, config.rrt_prior_days * 24 * _H
-    sql = f"""
+    nephro = sorted({x.ingredient for x in kb.drugs.drugs if x.nephrotoxic})
+    nephro_in = f"m.drug IN ({', '.join(_lit(n) for n in nephro)})" if nephro else "false"
+    win = f(config.admission_window_hours * _H)
+    persistent = f(config.persistent_aki_hours * _H)
+    akd = f(config.akd_days * 24 * _H)
+    rrt_after, rrt_before = f(config.rrt_entry_hours * _H), f(config.rrt_prior_days * 24 * _H)
+    h = f(_H)
+
+    def on(x: str) -> str:
+        return f"a.subject_id = {x}.subject_id AND a.encounter_id = {x}.encounter_id"
+
+    # first-by-time picks are row_number() = 1 with every column in the order (ties resolved the same way
+    # on both engines); the admission is an encounter's latest record version
+    base = f"""
     WITH adm AS (
-      SELECT subject_id, encounter_id, start, "end" FROM encounters
-      WHERE kind <> 'icu' AND parent_id IS NULL
-      QUALIFY row_number() OVER (PARTITION BY subject_id, encounter_id ORDER BY "end" IS NULL, "end" DESC) = 1),
+      SELECT subject_id, encounter_id, start, "end" FROM (
+        SELECT subject_id, encounter_id, start, "end", row_number() OVER (PARTITION BY subject_id, encounter_id
+          ORDER BY "end" IS NULL, "end" DESC, start) AS rn
+        FROM encounters WHERE kind <> 'icu' AND parent_id IS NULL) x
+      WHERE rn = 1),
     as_of_t AS (SELECT greatest(max(time), (SELECT max(coalesce("end", start)) FROM encounters)) AS t FROM events),
-    subj AS (SELECT subject_id, any_value(sex) AS sex, any_value(birth_year) AS birth_year
-             FROM subjects GROUP BY subject_id),
-    cr AS (SELECT subject_id, encounter_id, arg_min(value, time) AS cr_first, min(time) AS cr_time,
-                  arg_min(stage, time) AS cr_first_stage
-           FROM kdigo_creatinine GROUP BY subject_id, encounter_id),
+    subj AS (SELECT subject_id, min(sex) AS sex, min(birth_year) AS birth_year FROM subjects GROUP BY subject_id),
+    cr AS (
+      SELECT subject_id, encounter_id, value AS cr_first, time AS cr_time, stage AS cr_first_stage FROM (
+        SELECT subject_id, encounter_id, value, time, stage, row_number() OVER (
+          PARTITION BY subject_id, encounter_id ORDER BY time, value, stage) AS rn
+        FROM kdigo_creatinine) x
+      WHERE rn = 1),
     rrt AS (SELECT DISTINCT a.subject_id, a.encounter_id FROM adm a JOIN events e
             ON e.subject_id = a.subject_id AND e.analyte = 'rrt'
-            AND epoch(e.time) - epoch(a.start) BETWEEN -{rrt_before} AND {rrt_after}),
+            AND {ep('e.time')} - {ep('a.start')} BETWEEN -{rrt_before} AND {rrt_after}),
     icu AS (SELECT DISTINCT subject_id, parent_id AS encounter_id FROM encounters WHERE kind = 'icu'),
-    ctx AS (SELECT a.subject_id, a.encounter_id, arg_min(c.context, c.time) AS context
-            FROM adm a JOIN contexts c ON c.subject_id = a.subject_id AND c.context <> 'icu'
-              AND (c.encounter_id = a.encounter_id OR c.time BETWEEN a.start AND coalesce(a."end", c.time))
-            GROUP BY a.subject_id, a.encounter_id),
+    ctx AS (
+      SELECT subject_id, encounter_id, context FROM (
+        SELECT a.subject_id, a.encounter_id, c.context, row_number() OVER (
+          PARTITION BY a.subject_id, a.encounter_id ORDER BY c.time, c.context) AS rn
+        FROM adm a JOIN contexts c ON c.subject_id = a.subject_id AND c.context <> 'icu'
+          AND (c.encounter_id = a.encounter_id OR c.time BETWEEN a.start AND coalesce(a."end", c.time))) x
+      WHERE rn = 1),
     neph AS (SELECT DISTINCT a.subject_id, a.encounter_id FROM adm a JOIN medications m
-             ON m.subject_id = a.subject_id AND m.drug IN (SELECT drug FROM nephro)
+             ON m.subject_id = a.subject_id AND {nephro_in}
              AND (m.encounter_id = a.encounter_id OR m.start BETWEEN a.start AND coalesce(a."end", m.start))),
     eps AS (
       SELECT e.subject_id, e.encounter_id, min(e.onset) AS aki_onset, max(e.peak_stage) AS peak_stage,
         bool_or(NOT e.recovered) AS any_unrecovered,
-        max(epoch(coalesce(e.recovery, a."end", (SELECT t FROM as_of_t))) - epoch(e.onset)) AS longest_s,
-        bool_and(e.recovered) AS all_recovered,
-        max(CASE WHEN e.recovered THEN epoch(e.recovery) - epoch(e.onset) END) AS longest_recovered_s
-      FROM aki_episodes e JOIN adm a USING (subject_id, encounter_id)
+        max({ep('coalesce(e.recovery, a."end", o.t)')} - {ep('e.onset')}) AS longest_s,
+        bool_and(e.recovered) AS all_recovered
+      FROM aki_episodes e JOIN adm a ON {on('e')} CROSS JOIN as_of_t o
       GROUP BY e.subject_id, e.encounter_id)
     SELECT a.subject_id, a.encounter_id, a.start, a."end",
       s.sex, CAST(year(a.start) - s.birth_year AS DOUBLE) AS age,
       t.first_mg AS admission_mg_any, t.first_time AS mg_time,
-      CASE WHEN epoch(t.first_time) - epoch(a.start) <= {win} THEN t.first_mg END AS admission_mg,
+      CASE WHEN {ep('t.first_time')} - {ep('a.start')} <= {win} THEN t.first_mg END AS admission_mg,
       t.time_weighted_mean AS twa_mg, t.min_mg, t.n_measurements AS mg_measurements,
-      CASE WHEN epoch(cr.cr_time) - epoch(a.start) <= {win} THEN cr.cr_first END AS admission_creatinine,
+      CASE WHEN {ep('cr.cr_time')} - {ep('a.start')} <= {win} THEN cr.cr_first END AS admission_creatinine,
       cr.cr_time IS NOT NULL AS has_creatinine,
       coalesce(cr.cr_first_stage, 0) >= 1 AS aki_at_entry,
       rrt.subject_id IS NOT NULL AS rrt_at_entry,
       icu.subject_id IS NOT NULL AS icu,
       coalesce(ctx.context, 'none') AS context,
       neph.subject_id IS NOT NULL AS nephrotoxic,
-      (epoch(coalesce(a."end", (SELECT t FROM as_of_t))) - epoch(a.start)) / {_H} AS stay_hours,
-      (epoch(eps.aki_onset) - epoch(a.start)) / {_H} AS aki_onset_hours,
+      ({ep('coalesce(a."end", o.t)')} - {ep('a.start')}) / {h} AS stay_hours,
+      ({ep('eps.aki_onset')} - {ep('a.start')}) / {h} AS aki_onset_hours,
       coalesce(eps.peak_stage, 0) AS aki_peak_stage,
       eps.subject_id IS NOT NULL AS aki,
       coalesce(eps.peak_stage, 0) >= 2 AS aki_stage2plus,
@@ -150,77 +228,155 @@ def build_cohort(con: duckdb.DuckDBPyConnection, results: dict[str, pa.Table], c
            WHEN eps.longest_s >= {akd} THEN true
            WHEN eps.all_recovered THEN false END AS akd_7d,
       coalesce(eps.any_unrecovered, false) AS non_recovery
-    FROM adm a
-    LEFT JOIN subj s USING (subject_id)
-    LEFT JOIN mg_trajectory t USING (subject_id, encounter_id)
-    LEFT JOIN cr USING (subject_id, encounter_id)
-    LEFT JOIN rrt USING (subject_id, encounter_id)
-    LEFT JOIN icu USING (subject_id, encounter_id)
-    LEFT JOIN ctx USING (subject_id, encounter_id)
-    LEFT JOIN neph USING (subject_id, encounter_id)
-    LEFT JOIN eps USING (subject_id, encounter_id)
-    ORDER BY a.subject_id, a.start"""
-    df = con.sql(sql).df()
-    egfr = con.sql(f"SELECT {_egfr_sql(kb)} AS egfr FROM df").df()["egfr"].to_numpy()
-    df["egfr"] = egfr
-    df["mg_band"] = pd.Categorical(
-        con.sql(f"SELECT {band_case_sql('admission_mg', bs)} AS b FROM df").df()["b"],
-        categories=[b.label for b in bs], ordered=True)
-    cohort, flow = _apply_flow(df, config)
-    tv = _time_varying(con, cohort) if config.time_varying_cox and len(cohort) else _empty_tv()
-    return StudyCohort(cohort.reset_index(drop=True), flow, tv, bs, len(df))
+    FROM adm a CROSS JOIN as_of_t o
+    LEFT JOIN subj s ON s.subject_id = a.subject_id
+    LEFT JOIN mg_trajectory t ON {on('t')}
+    LEFT JOIN cr ON {on('cr')}
+    LEFT JOIN rrt ON {on('rrt')}
+    LEFT JOIN icu ON {on('icu')}
+    LEFT JOIN ctx ON {on('ctx')}
+    LEFT JOIN neph ON {on('neph')}
+    LEFT JOIN eps ON {on('eps')}"""
+    steps = _flow_steps(config, d)
+    scored = f"SELECT b.*, {_egfr_sql(kb, d)} AS egfr FROM ({base}) b"
+    flags = []
+    for i in range(1, len(steps) + 1):
+        conds = " AND ".join(f"coalesce({c}, false)" for _, c in steps[:i])
+        flags.append(f"{conds} AS _in{i}")
+    admissions = f"SELECT s.*, {band_case_sql('admission_mg', bs, d)} AS mg_band, {', '.join(flags)} FROM ({scored}) s"
+    counts = ", ".join(f"sum(CASE WHEN _in{i} THEN 1 ELSE 0 END) AS n{i}" for i in range(1, len(steps) + 1))
+    flow = f"SELECT count(*) AS n0, {counts} FROM study_admissions"
+    cols = ", ".join(f'"{c}"' for c in _COLUMNS)
+    cohort = (f"SELECT {cols}, CAST(row_number() OVER (ORDER BY subject_id, start, encounter_id) - 1 AS BIGINT) AS _id "
+              f"FROM study_admissions WHERE _in{len(steps)}")
+    tv = f"""
+    WITH mg AS (
+      SELECT k._id AS id, ({ep('e.time')} - {ep('k.start')}) / {h} AS h, e.numeric_value AS mg,
+             coalesce(k.aki_onset_hours, k.stay_hours) AS end_h, k.aki_onset_hours IS NOT NULL AS aki
+      FROM study_cohort k JOIN events e ON e.subject_id = k.subject_id AND e.analyte = 'magnesium'
+        AND e.numeric_value IS NOT NULL AND e.time >= k.start),
+    steps AS (SELECT id, h, avg(mg) AS mg, max(end_h) AS end_h, bool_or(aki) AS aki
+              FROM mg WHERE h < end_h GROUP BY id, h),
+    iv AS (SELECT id, h AS start, coalesce(lead(h) OVER (PARTITION BY id ORDER BY h), end_h) AS stop, mg,
+                  aki AND lead(h) OVER (PARTITION BY id ORDER BY h) IS NULL AS event
+           FROM steps)
+    SELECT id, start, stop, mg, event FROM iv WHERE stop > start"""
+    return ([Stage("study_admissions", admissions), Stage("study_flow", flow, output=True),
+             Stage("study_cohort", cohort, output=True), Stage("study_tv", tv, output=True)],
+            [label for label, _ in steps])
 
 
-def _apply_flow(df: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, list[FlowStep]]:
-    """Apply the criteria in order; each step's count of removed admissions is the flow diagram."""
-    steps: list[tuple[str, pd.Series]] = []
-    if cfg.min_age_years is not None:
-        steps.append((f"age >= {cfg.min_age_years:g} years (age and sex known)",
-                      (df["age"] >= cfg.min_age_years) & df["sex"].isin(["female", "male"])))
-    steps.append((f"admission Mg within {cfg.admission_window_hours:g} h", df["admission_mg"].notna()))
-    if cfg.require_creatinine:
-        steps.append((f"admission creatinine within {cfg.admission_window_hours:g} h",
-                      df["admission_creatinine"].notna()))
-    if cfg.exclude_rrt_at_entry:
-        steps.append(("no RRT at entry", ~df["rrt_at_entry"]))
-    if cfg.exclude_egfr_below is not None:
-        steps.append((f"admission eGFR >= {cfg.exclude_egfr_below:g} (no kidney failure at entry)",
-                      ~(df["egfr"] < cfg.exclude_egfr_below)))
-    if cfg.exclude_aki_at_entry:
-        steps.append(("no AKI at the first creatinine", ~df["aki_at_entry"]))
-    keep = np.ones(len(df), bool)
-    flow = [FlowStep("hospital admissions", len(df), 0)]
-    for label, ok in steps:
-        new = keep & ok.fillna(False).to_numpy(bool)
-        flow.append(FlowStep(label, int(new.sum()), int(keep.sum() - new.sum())))
-        keep = new
-    return df[keep].copy(), flow
+def build_cohort(con: duckdb.DuckDBPyConnection | SparkSession, results: Mapping[str, pa.Table],
+                 config: StudyConfig | None = None, kb: KnowledgeBase | None = None,
+                 engine: Engine = "duckdb") -> StudyCohort:
+    """The analysis cohort, its flow and its time-varying Mg table (docs/research.md#cohort).
+
+    `engine="duckdb"`: `con` is a DuckDB connection with the canonical tables as views
+    (`connect_tables`, `EventStore.connect`). `engine="spark"`: `con` is a SparkSession with them as
+    temp views (`spark_tables`); the same stages run there and only the reduced tables are collected.
+    """
+    config = config or StudyConfig()
+    kb = kb or load()
+    for name in _RESULTS:
+        if name not in results:
+            raise InputError("study", f"surveillance output {name!r} is missing (run mgaki surveil)")
+    if engine == "duckdb":
+        if not isinstance(con, duckdb.DuckDBPyConnection):
+            raise InputError("study", "engine 'duckdb' needs a DuckDB connection")
+        run: _Runner = _DuckRunner(con, results)
+    elif engine == "spark":
+        if isinstance(con, duckdb.DuckDBPyConnection):
+            raise InputError("study", "engine 'spark' needs a SparkSession (canonical tables: spark_tables)")
+        run = _SparkRunner(con, results)
+    else:
+        raise InputError("study", f"unknown engine {engine!r}: duckdb or spark")
+    plan, labels = cohort_stages(config, kb, DUCKDB if engine == "duckdb" else SPARK)
+    bs = bands(config.band_study)
+    try:
+        for st in plan if config.time_varying_cox else plan[:-1]:
+            run.stage(st)
+        counts = run.frame("SELECT * FROM study_flow").iloc[0]
+        cols = ", ".join(f'"{c}"' for c in _COLUMNS)
+        cohort = run.frame(f"SELECT {cols} FROM study_cohort ORDER BY _id")
+        tv = run.frame("SELECT * FROM study_tv ORDER BY id, start") \
+            if config.time_varying_cox and len(cohort) else _empty_tv()
+    finally:
+        run.close()
+    cohort["mg_band"] = pd.Categorical(cohort["mg_band"], categories=[b.label for b in bs], ordered=True)
+    n = [int(counts[f"n{i}"]) for i in range(len(labels) + 1)]
+    flow = [FlowStep("hospital admissions", n[0], 0)]
+    flow += [FlowStep(label, n[i], n[i - 1] - n[i]) for i, label in enumerate(labels, 1)]
+    tv["event"] = tv["event"].astype(bool)
+    return StudyCohort(cohort, flow, tv, bs, n[0])
+
+
+class _Runner:
+    def stage(self, st: Stage) -> None:
+        raise NotImplementedError
+
+    def frame(self, sql: str) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _DuckRunner(_Runner):
+    """Stages as temp tables of the caller's connection, dropped afterwards (the results stay registered)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, results: Mapping[str, pa.Table]) -> None:
+        self.con = con
+        self.made: list[str] = []
+        for name in _RESULTS:
+            con.register(name, results[name])
+
+    def stage(self, st: Stage) -> None:
+        self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{st.name}" AS {st.sql}')
+        self.made.append(st.name)
+
+    def frame(self, sql: str) -> pd.DataFrame:
+        return self.con.sql(sql).df()
+
+    def close(self) -> None:
+        for name in self.made:
+            self.con.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+
+class _SparkRunner(_Runner):
+    """Stages as locally checkpointed temp views; a collected result is turned into pandas by DuckDB,
+    so both engines' frames have the same dtypes."""
+
+    def __init__(self, spark: SparkSession, results: Mapping[str, pa.Table]) -> None:
+        from mgaki.surveillance.spark import SESSION_CONF
+
+        self.spark = spark
+        self.made: list[str] = []
+        for k, v in SESSION_CONF.items():
+            spark.conf.set(k, v)
+        for name in _RESULTS:
+            spark.createDataFrame(results[name]).createOrReplaceTempView(name)
+            self.made.append(name)
+
+    def stage(self, st: Stage) -> None:
+        self.spark.sparkContext.setJobDescription(f"mgaki {st.name}")
+        self.spark.sql(st.sql).localCheckpoint(eager=True).createOrReplaceTempView(st.name)
+        self.made.append(st.name)
+
+    def frame(self, sql: str) -> pd.DataFrame:
+        conv = duckdb.connect()
+        try:
+            conv.register("collected", self.spark.sql(sql).toArrow())
+            return conv.sql("SELECT * FROM collected").df()
+        finally:
+            conv.close()
+
+    def close(self) -> None:
+        self.spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]  # pyspark resets on None
+        for name in self.made:
+            self.spark.catalog.dropTempView(name)
 
 
 def _empty_tv() -> pd.DataFrame:
     return pd.DataFrame({"id": pd.Series(dtype=int), "start": pd.Series(dtype=float),
                          "stop": pd.Series(dtype=float), "mg": pd.Series(dtype=float),
                          "event": pd.Series(dtype=bool)})
-
-
-def _time_varying(con: duckdb.DuckDBPyConnection, cohort: pd.DataFrame) -> pd.DataFrame:
-    """Mg as a step function: each value holds until the next one, until AKI onset or discharge."""
-    keys = cohort[["subject_id", "encounter_id", "start", "stay_hours", "aki_onset_hours"]].copy()
-    keys["id"] = np.arange(len(keys))
-    con.register("tv_keys", keys)
-    tv = con.sql(f"""
-      WITH mg AS (
-        SELECT k.id, (epoch(e.time) - epoch(k.start)) / {_H} AS h, e.numeric_value AS mg,
-               coalesce(k.aki_onset_hours, k.stay_hours) AS end_h, k.aki_onset_hours IS NOT NULL AS aki
-        FROM tv_keys k JOIN events e ON e.subject_id = k.subject_id AND e.analyte = 'magnesium'
-          AND e.numeric_value IS NOT NULL AND e.time >= k.start),
-      steps AS (
-        SELECT id, h, avg(mg) AS mg, any_value(end_h) AS end_h, any_value(aki) AS aki
-        FROM mg WHERE h < end_h GROUP BY id, h)
-      SELECT id, h AS start, coalesce(lead(h) OVER (PARTITION BY id ORDER BY h), end_h) AS stop, mg,
-             aki AND lead(h) OVER (PARTITION BY id ORDER BY h) IS NULL AS event
-      FROM steps ORDER BY id, start""").df()
-    con.unregister("tv_keys")
-    tv = tv[tv["stop"] > tv["start"]].reset_index(drop=True)
-    tv["event"] = tv["event"].astype(bool)
-    return tv

@@ -22,7 +22,7 @@ from mgaki.knowledge import KnowledgeBase, load
 from mgaki.research import cox as coxmod
 from mgaki.research import stats
 from mgaki.research._config import StudyConfig
-from mgaki.research.cohort import StudyCohort, build_cohort, connect_tables
+from mgaki.research.cohort import Engine, StudyCohort, build_cohort, connect_tables
 from mgaki.research.predict import PredictionResult, run_prediction, save_models
 from mgaki.units import convert
 
@@ -87,10 +87,18 @@ def versions() -> dict[str, str]:
 
 
 def study_store(store: EventStore, config: StudyConfig | None = None, progress: Progress | None = None,
-                kb: KnowledgeBase | None = None) -> StudyResult:
-    """The whole study over an event store: surveillance is computed fresh (full run) from its events."""
+                kb: KnowledgeBase | None = None, engine: Engine = "duckdb",
+                spark_master: str = "local[*]") -> StudyResult:
+    """The whole study over an event store: surveillance is computed fresh (full run) from its events.
+
+    `engine="spark"` runs surveillance and the cohort stages on Spark (`spark_master`, local mode by
+    default) from the store's Parquet files; the statistics after the cohort run here, as for DuckDB.
+    """
     from mgaki.surveillance import run
 
+    kb = kb or load()
+    if engine == "spark":
+        return _study_spark(store, config, progress, kb, spark_master)
     t0 = time.perf_counter()
     res = run(store, kb=kb)
     took = time.perf_counter() - t0
@@ -105,10 +113,45 @@ def study_store(store: EventStore, config: StudyConfig | None = None, progress: 
     return out
 
 
+def _study_spark(store: EventStore, config: StudyConfig | None, progress: Progress | None, kb: KnowledgeBase,
+                 master: str) -> StudyResult:
+    """Surveillance and cohort extraction on Spark; only the reduced cohort tables come to the driver."""
+    import tempfile
+
+    from mgaki.research.cohort import spark_tables
+    from mgaki.surveillance.spark import CANONICAL, run_spark, session
+
+    config = config or StudyConfig()
+    spark = session(master, app="mgaki-study")
+    with tempfile.TemporaryDirectory() as scratch:
+        files = store.visible_files((*CANONICAL, "subjects"), Path(scratch))
+        t0 = time.perf_counter()
+        res = run_spark({k: files[k] for k in CANONICAL}, spark, kb=kb,
+                        outputs=("kdigo_creatinine", "aki_episodes_out", "mg_trajectory"))
+        took = time.perf_counter() - t0
+        if progress:
+            progress("surveillance", 1, len(STAGES))
+        t0 = time.perf_counter()
+        spark_tables(spark, files)
+        cohort = build_cohort(spark, res.tables, config, kb, engine="spark")
+    con = store.connect()
+    try:
+        out = run_study(con, res.tables, config, progress, kb, cohort=cohort, cohort_started=t0)
+    finally:
+        con.close()
+    out.seconds = {"surveillance": took, **out.seconds}
+    return out
+
+
 def run_study(con: duckdb.DuckDBPyConnection | dict[str, pa.Table], results: dict[str, pa.Table],
               config: StudyConfig | None = None, progress: Progress | None = None,
-              kb: KnowledgeBase | None = None) -> StudyResult:
-    """Cohort and statistics from canonical tables (a DuckDB connection or Arrow tables) and surveillance outputs."""
+              kb: KnowledgeBase | None = None, cohort: StudyCohort | None = None,
+              cohort_started: float | None = None) -> StudyResult:
+    """Cohort and statistics from canonical tables (a DuckDB connection or Arrow tables) and surveillance outputs.
+
+    A `cohort` already built (on Spark: `build_cohort(engine="spark")`, begun at `cohort_started`,
+    a perf_counter reading) is analysed as given; `con` then serves the prediction's landmark features.
+    """
     config = config or StudyConfig()
     kb = kb or load()
     if isinstance(con, dict):
@@ -122,8 +165,9 @@ def run_study(con: duckdb.DuckDBPyConnection | dict[str, pa.Table], results: dic
         if progress:
             progress(name, step[0], len(STAGES))
 
-    t0 = time.perf_counter()
-    cohort = build_cohort(con, results, config, kb)
+    t0 = time.perf_counter() if cohort_started is None else cohort_started
+    if cohort is None:
+        cohort = build_cohort(con, results, config, kb)
     tick("cohort", t0)
     f = cohort.frame
     o = config.primary_outcome

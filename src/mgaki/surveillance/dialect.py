@@ -16,6 +16,7 @@ __all__ = ["DUCKDB", "SPARK", "Dialect"]
 class Dialect:
     name: str
     epoch_tpl: str  # timestamp -> integer epoch seconds
+    epoch_exact_tpl: str  # timestamp -> DOUBLE epoch seconds, microseconds kept (the study cohort's hours)
     from_epoch_tpl: str  # integer epoch seconds -> timestamp
     ffill_tpl: str  # last non-null value in the window frame
     bfill_tpl: str  # first non-null value in the window frame
@@ -27,6 +28,9 @@ class Dialect:
 
     def epoch(self, col: str) -> str:
         return self.epoch_tpl.format(col)
+
+    def epoch_exact(self, col: str) -> str:
+        return self.epoch_exact_tpl.format(col)
 
     def from_epoch(self, col: str) -> str:
         return self.from_epoch_tpl.format(col)
@@ -60,6 +64,7 @@ class Dialect:
 DUCKDB = Dialect(
     name="duckdb",
     epoch_tpl="CAST(epoch({}) AS BIGINT)",
+    epoch_exact_tpl="epoch({})",
     from_epoch_tpl="make_timestamp(CAST({} AS BIGINT) * 1000000)",
     ffill_tpl="last_value({} IGNORE NULLS)",
     bfill_tpl="first_value({} IGNORE NULLS)",
@@ -73,6 +78,8 @@ DUCKDB = Dialect(
 SPARK = Dialect(
     name="spark",
     epoch_tpl="CAST(unix_timestamp({}) AS BIGINT)",
+    # DuckDB's epoch() is microseconds / 1e6 as DOUBLE; the same division here gives the same double
+    epoch_exact_tpl="(CAST(unix_micros(CAST({} AS TIMESTAMP_LTZ)) AS DOUBLE) / 1000000.0D)",
     from_epoch_tpl="CAST(timestamp_seconds(CAST({} AS BIGINT)) AS TIMESTAMP_NTZ)",  # naive, like the inputs
     ffill_tpl="last({}, true)",
     bfill_tpl="first({}, true)",
