@@ -103,6 +103,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+expect.set_options(timeout=15_000)  # default 5 s failed once at load average 13 on 2 cores
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     path = _chromium()
@@ -115,6 +118,7 @@ def browser() -> Iterator[Browser]:
 def _page(browser: Browser, viewport: dict[str, int]) -> tuple[Any, Page, list[str]]:
     ctx = browser.new_context(viewport=viewport)  # type: ignore[arg-type]
     page = ctx.new_page()
+    page.set_default_timeout(30_000)  # actions on a loaded CI machine; assertions: expect's timeout below
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
