@@ -106,7 +106,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 expect.set_options(timeout=15_000)  # default 5 s failed once at load average 13 on 2 cores
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # sync Playwright runs an event loop on this thread until closed: not past here
 def browser() -> Iterator[Browser]:
     path = _chromium()
     with sync_playwright() as p:
