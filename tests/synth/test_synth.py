@@ -88,16 +88,17 @@ def test_contexts_use_knowledge_ids(cohort: Cohort, kb: KnowledgeBase) -> None:
 
 def test_values_are_plausible_and_codes_map_to_their_analyte(cohort: Cohort, kb: KnowledgeBase) -> None:
     ev = cohort.tables["events"].to_pandas()
-    for analyte, grp in ev[ev.analyte != "rrt"].groupby("analyte"):
+    for analyte, grp in ev[~ev.analyte.isin(["rrt", "death"])].groupby("analyte"):
         a = kb.analyte(str(analyte))
         assert grp.numeric_value.between(a.plausible_min, a.plausible_max).all(), analyte
         assert set(grp.unit) == {a.canonical_unit}
     prefix = {"http://loinc.org": "LOINC", "http://snomed.info/sct": "SNOMED"}
     codes = {f"{prefix[c.system]}/{c.code}": c.analyte for c in (*kb.codes.observations, *kb.codes.rrt_procedures)
-             if c.system in prefix}
+             if c.system in prefix} | {"MEDS_DEATH": "death"}
     for code, analyte in ev[["code", "analyte"]].drop_duplicates().itertuples(index=False):
         assert codes[code] == analyte, code
-    assert ev[ev.analyte == "rrt"].numeric_value.isna().all()
+    assert ev[ev.analyte.isin(["rrt", "death"])].numeric_value.isna().all()
+    assert ev[ev.analyte == "death"].unit.isna().all()
 
 
 def test_drugs_and_magnesium_doses(cohort: Cohort) -> None:

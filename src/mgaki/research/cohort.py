@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mgaki.errors import InputError
+from mgaki.events.schema import DEATH
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.research._config import Band, StudyConfig, bands
 
@@ -125,7 +126,10 @@ def build_cohort(con: duckdb.DuckDBPyConnection, results: dict[str, pa.Table], c
         bool_and(e.recovered) AS all_recovered,
         max(CASE WHEN e.recovered THEN epoch(e.recovery) - epoch(e.onset) END) AS longest_recovered_s
       FROM aki_episodes e JOIN adm a USING (subject_id, encounter_id)
-      GROUP BY e.subject_id, e.encounter_id)
+      GROUP BY e.subject_id, e.encounter_id),
+    dth AS (SELECT DISTINCT a.subject_id, a.encounter_id FROM adm a JOIN events d
+            ON d.subject_id = a.subject_id AND d.analyte = '{DEATH}'
+            AND (d.encounter_id = a.encounter_id OR d.time BETWEEN a.start AND coalesce(a."end", d.time)))
     SELECT a.subject_id, a.encounter_id, a.start, a."end",
       s.sex, CAST(year(a.start) - s.birth_year AS DOUBLE) AS age,
       t.first_mg AS admission_mg_any, t.first_time AS mg_time,
@@ -149,7 +153,8 @@ def build_cohort(con: duckdb.DuckDBPyConnection, results: dict[str, pa.Table], c
       CASE WHEN eps.subject_id IS NULL THEN false
            WHEN eps.longest_s >= {akd} THEN true
            WHEN eps.all_recovered THEN false END AS akd_7d,
-      coalesce(eps.any_unrecovered, false) AS non_recovery
+      coalesce(eps.any_unrecovered, false) AS non_recovery,
+      dth.subject_id IS NOT NULL AS death
     FROM adm a
     LEFT JOIN subj s USING (subject_id)
     LEFT JOIN mg_trajectory t USING (subject_id, encounter_id)
@@ -159,6 +164,7 @@ def build_cohort(con: duckdb.DuckDBPyConnection, results: dict[str, pa.Table], c
     LEFT JOIN ctx USING (subject_id, encounter_id)
     LEFT JOIN neph USING (subject_id, encounter_id)
     LEFT JOIN eps USING (subject_id, encounter_id)
+    LEFT JOIN dth USING (subject_id, encounter_id)
     ORDER BY a.subject_id, a.start"""
     df = con.sql(sql).df()
     egfr = con.sql(f"SELECT {_egfr_sql(kb)} AS egfr FROM df").df()["egfr"].to_numpy()
