@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.compute as pc
 
 from mgaki.events import normalize
 
@@ -66,7 +66,7 @@ def raw_cohort() -> dict[str, pa.Table]:
 def canonical_cohort() -> dict[str, pa.Table]:
     out = normalize(raw_cohort())
     assert out["quarantine"].num_rows == 0, out["quarantine"].to_pylist()
-    assert deaths(out) == [("1", datetime(2024, 3, 9, 12), "MEDS_DEATH", None, None)]
+    assert deaths(out) == [("1", datetime(2024, 3, 9, 12, tzinfo=UTC).replace(tzinfo=None), "MEDS_DEATH", None, None)]
     return out
 
 
@@ -82,7 +82,7 @@ def rows(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[object, ...]]:
 
 def deaths(tables: dict[str, pa.Table]) -> list[tuple[object, ...]]:
     """(subject, time, code, value, unit) of the death rows."""
-    ev = tables["events"].filter(pa.compute.equal(tables["events"]["analyte"], "death"))
+    ev = tables["events"].filter(pc.equal(tables["events"]["analyte"], "death"))
     return rows(ev, ("subject_id", "time", "code", "numeric_value", "unit"))
 
 

@@ -240,7 +240,8 @@ def _assert_same(a: dict[str, pa.Table], b: dict[str, pa.Table], rel: float = 1e
 
 def test_in_hospital_death_of_the_subset(canon: dict[str, pa.Table]) -> None:
     # one of the 12 patients died in hospital (admissions.deathtime, hospital_expire_flag = 1), read
-    # independently with the csv module; patients.dod (set for 3 patients, two of them without an in-hospital death) is not read
+    # independently with the csv module; patients.dod (set for 3 patients, two of them without an
+    # in-hospital death) is not read
     expected = sorted((r["subject_id"], r["hadm_id"], r["deathtime"]) for r in _csv_rows("hosp/admissions")
                       if r["deathtime"])
     assert expected == [("10005817", "28661809", "2135-01-19 18:36:00")]
@@ -327,7 +328,7 @@ def test_death_found_by_time_when_the_row_names_no_admission(tmp_path: Path) -> 
     ("contexts", {"context": "cisplatin"}, "does not record"),
     ("encounters", {"kind": "ed"}, "cannot hold"),
     ("events", {"analyte": "death", "code": "MEDS_DEATH", "numeric_value": None, "unit": None,
-                "encounter_id": None, "time": datetime(2160, 1, 1)}, "outside every admission"),
+                "encounter_id": None, "time": _naive_utc(2160, 1, 1)}, "outside every admission"),
 ])
 def test_write_refuses_rows_mimic_cannot_hold(tmp_path: Path, table: str, change: dict[str, object],
                                               problem: str) -> None:
