@@ -23,7 +23,7 @@ from mgaki.units import factor, normalize_unit
 __all__ = ["NO_VALUE_ANALYTES", "connect", "drug_regex", "normalize"]
 
 # Analytes that are markers, not measurements: no value, no unit, no plausibility check
-# (RRT sessions; death, see mgaki.events.schema).
+# (RRT sessions; death, see mgaki.events.schema). A value or unit sent with one is dropped.
 NO_VALUE_ANALYTES = frozenset({"rrt", DEATH})
 
 
@@ -165,9 +165,10 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         END"""
     con.execute(f"CREATE TEMP TABLE ev2 AS SELECT *, {ev_reason} AS why FROM ev")
     quarantine.append(_quarantine_sql("events", ["time", "code", "value", "unit"], "why", "ev2"))
-    out["events"] = con.sql("""
+    out["events"] = con.sql(f"""
         SELECT subject_id, nullif(encounter_id, '') AS encounter_id, t AS time, code, analyte,
-               v * factor AS numeric_value, canonical AS unit, source
+               CASE WHEN analyte NOT IN ({no_value}) THEN v * factor END AS numeric_value, canonical AS unit,
+               source
         FROM ev2 WHERE why IS NULL AND analyte <> 'weight'
     """).to_arrow_table()
     out["weights"] = con.sql("""
