@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mgaki.events import normalize
 
@@ -33,6 +35,8 @@ def raw_cohort() -> dict[str, pa.Table]:
         ("2", "200", "2024-05-10T11:30:00Z", "LOINC/2160-0", "creatinine", "0.9", "mg/dL"),
         ("2", "200", "2024-05-11T11:30:00Z", "LOINC/2160-0", "creatinine", "1.6", "mg/dL"),
         ("2", "200", "2024-05-11T12:00:00Z", "LOINC/17861-6", "calcium", "8.1", "mg/dL"),
+        # in-hospital death at the end of admission 100, subject-level as in MEDS (no encounter)
+        ("1", None, "2024-03-09T12:00:00Z", "MEDS_DEATH", "death", None, None),
     ]
     cols = ("subject_id", "encounter_id", "time", "code", "analyte", "value", "unit")
     events = pa.table({c: [r[i] for r in ev] for i, c in enumerate(cols)}
@@ -62,6 +66,7 @@ def raw_cohort() -> dict[str, pa.Table]:
 def canonical_cohort() -> dict[str, pa.Table]:
     out = normalize(raw_cohort())
     assert out["quarantine"].num_rows == 0, out["quarantine"].to_pylist()
+    assert deaths(out) == [("1", datetime(2024, 3, 9, 12, tzinfo=UTC).replace(tzinfo=None), "MEDS_DEATH", None, None)]
     return out
 
 
@@ -75,7 +80,14 @@ def rows(table: pa.Table, keys: tuple[str, ...]) -> list[tuple[object, ...]]:
     return sorted((tuple(norm(r[k]) for k in keys) for r in data), key=repr)
 
 
+def deaths(tables: dict[str, pa.Table]) -> list[tuple[object, ...]]:
+    """(subject, time, code, value, unit) of the death rows."""
+    ev = tables["events"].filter(pc.equal(tables["events"]["analyte"], "death"))
+    return rows(ev, ("subject_id", "time", "code", "numeric_value", "unit"))
+
+
 def assert_same(original: dict[str, pa.Table], back: dict[str, pa.Table]) -> None:
     for name, keys in KEYS.items():
         assert rows(back[name], keys) == rows(original[name], keys), name
+    assert deaths(back) == deaths(original)  # death (code MEDS_DEATH, no value, no unit) survives the format
     assert back["quarantine"].num_rows == 0, back["quarantine"].to_pylist()

@@ -68,3 +68,13 @@ def test_round_trip_property(data: list[tuple[str, int, float]]) -> None:
         back = normalize(read_csv_layout(tmp))
     assert_same(original, back)
     assert back["events"].num_rows == n
+
+
+def test_death_row_analyte_from_its_code(tmp_path: Path) -> None:
+    (tmp_path / "events.csv").write_text("subject_id,time,code,value,unit\n"
+                                         "5,2024-01-01T10:00:00+02:00,MEDS_DEATH,,\n"
+                                         "5,not a time,MEDS_DEATH,,\n")
+    out = normalize(read_csv_layout(tmp_path))
+    assert [(r["analyte"], r["time"].isoformat(), r["numeric_value"], r["unit"])
+            for r in out["events"].to_pylist()] == [("death", "2024-01-01T08:00:00", None, None)]
+    assert out["quarantine"].column("reason").to_pylist() == ["unparseable time 'not a time'"]

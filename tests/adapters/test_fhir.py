@@ -99,6 +99,9 @@ def test_round_trip(tmp_path: Path) -> None:
     write_fhir(original, tmp_path)
     lines = (tmp_path / "Observation.ndjson").read_text().splitlines()
     assert all("null" not in x for x in lines) and len(lines) == 9  # 8 labs/urine + 1 weight
+    patients = {p["id"]: p for p in map(json.loads, (tmp_path / "Patient.ndjson").read_text().splitlines())}
+    assert patients["1"]["deceasedDateTime"] == "2024-03-09T12:00:00Z" and "deceasedDateTime" not in patients["2"]
+    assert len((tmp_path / "Procedure.ndjson").read_text().splitlines()) == 1  # the RRT session; death is not one
     assert_same(original, normalize(read_fhir(tmp_path)))
 
 

@@ -27,7 +27,18 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     codes = {r["code"]: r["description"] for r in pq.read_table(tmp_path / "metadata" / "codes.parquet").to_pylist()}
     assert codes["LOINC/2160-0"] == "Creatinine [Mass/volume] in Serum or Plasma"
     assert (tmp_path / "metadata" / "dataset.json").is_file()
+    death = [(r["subject_id"], r["time"], r["numeric_value"]) for r in data.to_pylist() if r["code"] == "MEDS_DEATH"]
+    assert death == [(1, datetime.fromisoformat("2024-03-09 12:00:00"), None)]  # MEDS's own death code, no value
     assert_same(original, normalize(read_meds(tmp_path)))
+
+
+def test_foreign_meds_death_row_is_read(tmp_path: Path) -> None:
+    _write(tmp_path, [(7, "2130-01-02 03:04:05", "MEDS_DEATH", None, None),
+                      (7, "2130-01-01 00:00:00", "LAB//50912//mg/dL", 1.0, None)])
+    ev = normalize(read_meds(tmp_path))["events"].to_pylist()
+    assert sorted((e["analyte"], e["time"], e["numeric_value"]) for e in ev) == [
+        ("creatinine", datetime.fromisoformat("2130-01-01"), 1.0),
+        ("death", datetime.fromisoformat("2130-01-02 03:04:05"), None)]
 
 
 def _write(tmp_path: Path, rows: list[tuple[int, str, str, float | None, str | None]]) -> None:

@@ -238,6 +238,19 @@ def _assert_same(a: dict[str, pa.Table], b: dict[str, pa.Table], rel: float = 1e
         assert not bad, (name, bad[:3])
 
 
+def test_in_hospital_death_of_the_subset(canon: dict[str, pa.Table]) -> None:
+    # one of the 12 patients died in hospital (admissions.deathtime, hospital_expire_flag = 1), read
+    # independently with the csv module; patients.dod (set for 3 patients, two of them without an
+    # in-hospital death) is not read
+    expected = sorted((r["subject_id"], r["hadm_id"], r["deathtime"]) for r in _csv_rows("hosp/admissions")
+                      if r["deathtime"])
+    assert expected == [("10005817", "28661809", "2135-01-19 18:36:00")]
+    assert all(r["hospital_expire_flag"] == ("1" if r["deathtime"] else "0") for r in _csv_rows("hosp/admissions"))
+    death = [r for r in canon["events"].to_pylist() if r["analyte"] == "death"]
+    assert [(r["subject_id"], r["encounter_id"], r["time"], r["code"], r["numeric_value"], r["unit"])
+            for r in death] == [("10005817", "28661809", _naive_utc(2135, 1, 19, 18, 36), "MEDS_DEATH", None, None)]
+
+
 def test_round_trip_of_the_real_subset(tmp_path: Path, canon: dict[str, pa.Table]) -> None:
     write_mimic(canon, tmp_path)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.csv.gz")) == sorted(
@@ -245,6 +258,7 @@ def test_round_trip_of_the_real_subset(tmp_path: Path, canon: dict[str, pa.Table
     back = normalize(read_mimic(tmp_path))
     assert back["quarantine"].num_rows == 0
     _assert_same(canon, back)
+    assert sum(r["analyte"] == "death" for r in back["events"].to_pylist()) == 1
 
 
 def _synthetic() -> dict[str, pa.Table]:
@@ -270,7 +284,9 @@ def _synthetic() -> dict[str, pa.Table]:
             {"subject_id": "s1", "encounter_id": "i1", "time": d, "code": "MIMIC-IV/procedureevents/225802",
              "analyte": "rrt", "numeric_value": None, "unit": None, "source": "gen"},
             {"subject_id": "s2", "encounter_id": None, "time": d, "code": "MIMIC-IV/labevents/50912",
-             "analyte": "creatinine", "numeric_value": 3.3, "unit": "mg/dL", "source": "gen"}]),
+             "analyte": "creatinine", "numeric_value": 3.3, "unit": "mg/dL", "source": "gen"},
+            {"subject_id": "s1", "encounter_id": "h1", "time": d, "code": "MEDS_DEATH",
+             "analyte": "death", "numeric_value": None, "unit": None, "source": "gen"}]),
         "weights": table("weights", [{"subject_id": "s1", "time": t, "weight_kg": 80.25, "source": "gen"},
                                      {"subject_id": "s1", "time": d, "weight_kg": 79.0, "source": "gen"}]),
         "medications": table("medications", [
@@ -292,12 +308,27 @@ def test_round_trip_of_a_synthetic_cohort(tmp_path: Path) -> None:
     assert back["quarantine"].num_rows == 0
     _assert_same(syn, back, rel=1e-12)
     assert back["subjects"].to_pylist()[0]["birth_year"] == 1970
+    adm = {r["hadm_id"]: r["deathtime"] for r in _csv_rows("hosp/admissions", tmp_path)}
+    assert adm == {"h1": "2150-03-04 00:00:00"}  # the death went to admissions.deathtime
+
+
+def test_death_found_by_time_when_the_row_names_no_admission(tmp_path: Path) -> None:
+    syn = _synthetic()
+    ev = syn["events"].to_pylist()
+    ev[-1] = {**ev[-1], "encounter_id": None, "time": _naive_utc(2150, 3, 2, 5, 30)}
+    syn["events"] = pa.Table.from_pylist(ev, schema=TABLES["events"])
+    write_mimic(syn, tmp_path)
+    death = [r for r in normalize(read_mimic(tmp_path))["events"].to_pylist() if r["analyte"] == "death"]
+    assert [(r["subject_id"], r["encounter_id"], r["time"]) for r in death] == [
+        ("s1", "h1", _naive_utc(2150, 3, 2, 5, 30))]
 
 
 @pytest.mark.parametrize(("table", "change", "problem"), [
     ("events", {"analyte": "qtc", "code": "x", "unit": "ms", "numeric_value": 450.0}, "no MIMIC-IV item"),
     ("contexts", {"context": "cisplatin"}, "does not record"),
     ("encounters", {"kind": "ed"}, "cannot hold"),
+    ("events", {"analyte": "death", "code": "MEDS_DEATH", "numeric_value": None, "unit": None,
+                "encounter_id": None, "time": _naive_utc(2160, 1, 1)}, "outside every admission"),
 ])
 def test_write_refuses_rows_mimic_cannot_hold(tmp_path: Path, table: str, change: dict[str, object],
                                               problem: str) -> None:

@@ -19,6 +19,10 @@ def test_round_trip(tmp_path: Path) -> None:
     header = (tmp_path / "measurement.csv").read_text().splitlines()[0]
     assert header.startswith("measurement_id,person_id,measurement_concept_id")
     assert "32037" in (tmp_path / "visit_detail.csv").read_text()  # the ICU stay as a visit_detail
+    death = (tmp_path / "death.csv").read_text().splitlines()
+    assert death[0] == "person_id,death_date,death_datetime,death_type_concept_id"
+    assert death[1:] == [f"1,2024-03-09,2024-03-09 12:00:00,{load_vocab().record_type.concept_id}"]
+    assert len((tmp_path / "procedure_occurrence.csv").read_text().splitlines()) == 2  # header + the RRT session
     assert_same(original, normalize(read_omop(tmp_path)))
 
 
@@ -42,6 +46,8 @@ def _cdm(root: Path, concept: bool = False) -> None:
     (root / "drug_exposure.csv").write_text(
         "drug_exposure_id,person_id,drug_concept_id,drug_exposure_start_datetime,quantity,dose_unit_source_value,"
         "drug_source_value\n1,11,19000001,2024-02-01 12:00:00,2,g,\n")
+    (root / "death.csv").write_text("person_id,death_date,death_datetime,death_type_concept_id,cause_concept_id\n"
+                                    "11,2024-02-06,,32817,0\n")  # date only: read as midnight UTC
     if concept:
         (root / "concept.csv").write_text(
             "concept_id,concept_name,domain_id,vocabulary_id,concept_code\n"
@@ -54,7 +60,10 @@ def test_hand_written_cdm(tmp_path: Path) -> None:
     out = normalize(read_omop(tmp_path))
     ev = {r["source"]: r for r in out["events"].to_pylist()}
     assert set(ev) == {"omop:measurement/1", "omop:measurement/2", "omop:measurement/6",
-                       "omop:procedure_occurrence/1"}
+                       "omop:procedure_occurrence/1", "omop:death/11"}
+    d = ev["omop:death/11"]
+    assert (d["analyte"], d["code"], d["time"].isoformat(), d["numeric_value"]) == (
+        "death", "MEDS_DEATH", "2024-02-06T00:00:00", None)
     assert ev["omop:measurement/1"]["numeric_value"] == pytest.approx(1.4997, rel=1e-3)
     assert ev["omop:measurement/2"]["time"].isoformat() == "2024-02-01T00:00:00"
     assert ev["omop:measurement/6"]["analyte"] == "magnesium"  # concept 40000001 -> LOINC 2601-3 -> codes.yaml
@@ -72,7 +81,7 @@ def test_without_vocabulary_local_concepts_are_not_read(tmp_path: Path) -> None:
     _cdm(tmp_path, concept=False)
     out = normalize(read_omop(tmp_path))
     assert "omop:measurement/6" not in out["events"].column("source").to_pylist()
-    assert out["events"].num_rows == 3
+    assert out["events"].num_rows == 4  # 2 measurements, the RRT procedure, the death
 
 
 def test_omop_map_agrees_with_codes_yaml(kb: KnowledgeBase) -> None:

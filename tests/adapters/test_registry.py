@@ -21,7 +21,7 @@ def test_write_detect_read(fmt: str, tmp_path: Path) -> None:
     registry.write(fmt, original, tmp_path)
     assert registry.detect_format(tmp_path) == fmt
     back = normalize(registry.read(fmt, tmp_path))
-    assert back["events"].num_rows == original["events"].num_rows == 9
+    assert back["events"].num_rows == original["events"].num_rows == 10  # 9 measurements + 1 death
 
 
 def test_detects_mimic_and_fhir_file(tmp_path: Path) -> None:

@@ -33,6 +33,18 @@ def test_units_converted_through_the_unit_layer() -> None:
     assert out["quarantine"].num_rows == 0
 
 
+def test_death_is_a_marker_row_without_value_or_unit() -> None:
+    out = normalize({"events": _raw_events([
+        ("1", "2024-01-01T10:00:00+01:00", "death", "", ""),
+        ("2", "2024-01-02 03:00", "death", "1", "furlong"),  # a stray value/unit is dropped, not checked
+        ("3", "never", "death", "", ""),
+    ])})
+    assert sorted((r["subject_id"], r["time"].isoformat(), r["analyte"], r["numeric_value"], r["unit"])
+                  for r in out["events"].to_pylist()) == [("1", "2024-01-01T09:00:00", "death", None, None),
+                                                   ("2", "2024-01-02T03:00:00", "death", None, None)]
+    assert [(r["source"], r["reason"]) for r in out["quarantine"].to_pylist()] == [("row2", "unparseable time 'never'")]
+
+
 @pytest.mark.parametrize(("row", "reason"), [
     (("1", "yesterday", "magnesium", "1.8", "mg/dL"), "unparseable time 'yesterday'"),
     (("1", "2024-01-01", "magnesium", "<0.5", "mg/dL"), "non-numeric value '<0.5'"),

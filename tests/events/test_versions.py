@@ -167,3 +167,26 @@ def test_cohort_fhir_ingest_keeps_one_version_per_resource(tmp_path: Path) -> No
     assert _values(EventStore(store)) == {"Observation/mg-1": [1.6]}
     ingest_path(export("3", 1.6, "entered-in-error"), "fhir", store)
     assert _values(EventStore(store)) == {}
+
+
+def test_a_death_corrected_in_a_new_patient_version_is_replaced(tmp_path: Path) -> None:
+    """Death travels with its record's version (FHIR Patient.deceasedDateTime): a correction replaces it."""
+    import json
+
+    from mgaki.adapters.fhir_bulk import read_fhir
+
+    def patient(version: str, deceased: str | None) -> dict[str, pa.Table]:
+        res = {"resourceType": "Patient", "id": "p1", "meta": {"versionId": version}, "gender": "female",
+               "birthDate": "1950-01-01"} | ({"deceasedDateTime": deceased} if deceased else {})
+        d = tmp_path / f"v{version}"
+        d.mkdir()
+        (d / "Patient.ndjson").write_text(json.dumps(res) + "\n")
+        return normalize(read_fhir(d))
+
+    store = EventStore(tmp_path / "store")
+    store.append(patient("1", "2024-03-09T13:00:00+01:00"))
+    deaths = [(r["analyte"], r["code"], r["time"].isoformat(), r["source"]) for r in store.read("events").to_pylist()]
+    assert deaths == [("death", "MEDS_DEATH", "2024-03-09T12:00:00", "Patient/p1/_history/1")]
+    s = store.append(patient("2", None))  # version 2: the death was recorded in error
+    assert s.superseded == 1 and s.affected_subjects == {"p1"}
+    assert store.read("events").num_rows == 0 and store.read("subjects").num_rows == 1

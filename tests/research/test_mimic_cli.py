@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -33,7 +34,12 @@ def test_study_runs_end_to_end_on_the_mimic_subset(tmp_path: Path) -> None:
     assert len(summary["crude"]) == 6 and [b["band"] for b in summary["crude"]][3] == "1.9-2.1"
     assert sum(b["n"] for b in summary["crude"]) == summary["n"]
     html = (out / "report.html").read_text()
-    assert "Cohort flow" in html and "no death field" in html and "statsmodels" in html
+    assert "Cohort flow" in html and "Death = in-hospital death" in html and "statsmodels" in html
+    # the subset's one in-hospital death (admissions.deathtime of hadm 28661809) is the only death counted
+    cohort = pq.read_table(out / "cohort.parquet", columns=["encounter_id", "death"]).to_pylist()
+    dead = {r["encounter_id"] for r in cohort if r["death"]}
+    assert dead == {"28661809"}  # (its admission is in the analysis cohort: AKI-free at entry)
+    assert summary["events"]["death"] == len(dead)
     assert "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html  # self-contained
     assert (out / "figures" / "forest.png").stat().st_size > 1000 and (out / "cohort.parquet").exists()
     # the human-readable form prints the band table and the report path
@@ -64,9 +70,9 @@ def test_study_bad_input_exits_2_naming_the_problem(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no event store" in " ".join(r.output.split())
     (tmp_path / "store" / "events").mkdir(parents=True)
     bad = tmp_path / "c.yaml"
-    bad.write_text("outcomes: [aki, death]\n")
+    bad.write_text("outcomes: [aki, death_90d]\n")
     r = runner.invoke(app, ["study", "--store", str(tmp_path / "store"), "--config", str(bad)])
-    assert r.exit_code == 2 and "no death field" in " ".join(r.output.split())
+    assert r.exit_code == 2 and "unknown outcome(s) ['death_90d']" in " ".join(r.output.split())
     bad.write_text("covariates: [age, bmi]\n")
     r = runner.invoke(app, ["study", "--store", str(tmp_path / "store"), "--config", str(bad)])
     assert r.exit_code == 2 and "bmi" in r.output

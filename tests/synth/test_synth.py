@@ -88,16 +88,17 @@ def test_contexts_use_knowledge_ids(cohort: Cohort, kb: KnowledgeBase) -> None:
 
 def test_values_are_plausible_and_codes_map_to_their_analyte(cohort: Cohort, kb: KnowledgeBase) -> None:
     ev = cohort.tables["events"].to_pandas()
-    for analyte, grp in ev[ev.analyte != "rrt"].groupby("analyte"):
+    for analyte, grp in ev[~ev.analyte.isin(["rrt", "death"])].groupby("analyte"):
         a = kb.analyte(str(analyte))
         assert grp.numeric_value.between(a.plausible_min, a.plausible_max).all(), analyte
         assert set(grp.unit) == {a.canonical_unit}
     prefix = {"http://loinc.org": "LOINC", "http://snomed.info/sct": "SNOMED"}
     codes = {f"{prefix[c.system]}/{c.code}": c.analyte for c in (*kb.codes.observations, *kb.codes.rrt_procedures)
-             if c.system in prefix}
+             if c.system in prefix} | {"MEDS_DEATH": "death"}
     for code, analyte in ev[["code", "analyte"]].drop_duplicates().itertuples(index=False):
         assert codes[code] == analyte, code
-    assert ev[ev.analyte == "rrt"].numeric_value.isna().all()
+    assert ev[ev.analyte.isin(["rrt", "death"])].numeric_value.isna().all()
+    assert ev[ev.analyte == "death"].unit.isna().all()
 
 
 def test_drugs_and_magnesium_doses(cohort: Cohort) -> None:
@@ -313,3 +314,27 @@ def test_bad_arguments_are_named() -> None:
         generate(0)
     with pytest.raises(ValueError, match="dirty_fraction"):
         to_raw(generate(5), dirty_fraction=2.0)
+
+
+def test_in_hospital_deaths_are_planted_at_discharge_with_the_aki_odds_ratio() -> None:
+    c = generate(20_000, seed=3)
+    truth = c.truth.to_pandas().set_index("encounter_id")
+    ev = c.tables["events"].filter(pc.equal(c.tables["events"]["analyte"], "death")).to_pandas()
+    assert set(ev.code) == {"MEDS_DEATH"} and ev.numeric_value.isna().all() and ev.unit.isna().all()
+    assert sorted(ev.encounter_id) == sorted(truth.index[truth.death])  # one death row per planted death
+    end = c.tables["encounters"].to_pandas().set_index("encounter_id")["end"]
+    assert (ev.set_index("encounter_id").time == end.loc[ev.encounter_id]).all()  # the admission ends in death
+    assert (truth.loc[truth.death, "death_time"] == end.loc[truth.index[truth.death]]).all()
+    p = load_params()
+    base, planted_or = p.value("death_prob"), p.value("death_or_aki")
+    # the empirical rate without AKI and the odds ratio agree with the parameters (~3 standard errors)
+    no_aki = truth[~truth.aki]
+    se = np.sqrt(base * (1 - base) / len(no_aki))
+    assert abs(no_aki.death.mean() - base) < 3 * se
+    a, b = truth[truth.aki].death.sum(), (~truth[truth.aki].death).sum()
+    cc, d = no_aki.death.sum(), (~no_aki.death).sum()
+    log_or, se_log = np.log(a * d / (b * cc)), np.sqrt(1 / a + 1 / b + 1 / cc + 1 / d)
+    assert abs(log_or - np.log(planted_or)) < 3 * se_log
+    # normalize keeps every death (no value, no unit, no plausibility check) through to_raw
+    back = normalize(to_raw(c, dirty_fraction=0.0))
+    assert pc.sum(pc.equal(back["events"]["analyte"], "death")).as_py() == len(ev)

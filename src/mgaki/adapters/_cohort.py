@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from mgaki.errors import InputError
-from mgaki.events.schema import RAW, TABLES
+from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
 from mgaki.knowledge import KnowledgeBase, load
 
 __all__ = [
@@ -44,7 +44,9 @@ def code_table(kb: KnowledgeBase | None = None) -> pa.Table:
     """Every mapped observation/procedure code: system, vocabulary, code, key (VOCAB/code), analyte.
 
     ``preferred`` marks, per analyte, the first code listed in codes.yaml: the one
-    writers use when a row's own code is not a standard code mgaki knows.
+    writers use when a row's own code is not a standard code mgaki knows. The last
+    row is death: key ``MEDS_DEATH`` (MEDS's own code, no vocabulary prefix, no
+    FHIR system: FHIR and OMOP carry death outside their observation tables).
     """
     kb = kb or load()
     rows: dict[str, list[object]] = {k: [] for k in ("system", "vocabulary", "code", "key", "analyte",
@@ -58,6 +60,8 @@ def code_table(kb: KnowledgeBase | None = None) -> pa.Table:
                                entry.display, entry.analyte not in seen), strict=True):
             rows[k].append(v)
         seen.add(entry.analyte)
+    for k, v in zip(rows, (None, "MEDS", DEATH_CODE, DEATH_CODE, DEATH, "Death", True), strict=True):
+        rows[k].append(v)
     return pa.table(rows, schema=pa.schema([
         ("system", pa.string()), ("vocabulary", pa.string()), ("code", pa.string()), ("key", pa.string()),
         ("analyte", pa.string()), ("display", pa.string()), ("preferred", pa.bool_()),

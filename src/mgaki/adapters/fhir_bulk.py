@@ -21,6 +21,7 @@ from mgaki.adapters._cohort import canonical, conform, iso_utc, register, sql_st
 from mgaki.adapters.maps import load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
+from mgaki.events.schema import DEATH, DEATH_CODE
 
 __all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "RXNORM", "UCUM", "read_fhir", "write_fhir"]
 
@@ -131,6 +132,12 @@ def read_fhir(path: str | Path) -> dict[str, pa.Table]:
             FROM coded k JOIN code_map m ON m.system = k.system AND m.code = k.code
               AND (k.rtype = 'Procedure') = (m.analyte = 'rrt')
             QUALIFY row_number() OVER (PARTITION BY rid ORDER BY m.preferred DESC, m.key) = 1""")
+        # Patient.deceasedDateTime is the death row (mgaki.events.schema); deceasedBoolean has no time
+        deaths = con.sql(f"""SELECT id AS subject_id, NULL::VARCHAR AS encounter_id, res->>'deceasedDateTime' AS time,
+                   '{DEATH_CODE}' AS code, '{DEATH}' AS analyte, NULL::VARCHAR AS value, NULL::VARCHAR AS unit,
+                   src AS source
+            FROM live WHERE rtype = 'Patient' AND (res->>'deceasedDateTime') IS NOT NULL""")
+        events = events.union(deaths)
         subjects = con.sql("""SELECT id AS subject_id, res->>'gender' AS sex,
                    TRY_CAST(left(res->>'birthDate', 4) AS INTEGER) AS birth_year, src AS source
             FROM live WHERE rtype = 'Patient'""")
@@ -198,8 +205,10 @@ def write_fhir(tables: Mapping[str, pa.Table | None], root: str | Path) -> None:
         con.register("class_map", pa.table({"kind": list(kinds), "code": list(kinds.values())}))
         subj = _ref("Patient", "subject_id")
         queries = {
-            "Patient": """SELECT json_object('resourceType', 'Patient', 'id', subject_id, 'gender', sex,
-                'birthDate', CAST(birth_year AS VARCHAR)) FROM subjects""",
+            "Patient": f"""SELECT json_object('resourceType', 'Patient', 'id', s.subject_id, 'gender', s.sex,
+                'birthDate', CAST(s.birth_year AS VARCHAR), 'deceasedDateTime', {iso_utc('d.time')})
+                FROM subjects s LEFT JOIN (SELECT subject_id, min(time) AS time FROM events
+                                           WHERE analyte = '{DEATH}' GROUP BY subject_id) d USING (subject_id)""",
             "Encounter": f"""SELECT json_object('resourceType', 'Encounter', 'id', encounter_id,
                 'status', CASE WHEN "end" IS NULL THEN 'in-progress' ELSE 'finished' END,
                 'class', json_object('system', '{ACT_CODE}', 'code', coalesce(c.code, 'IMP')),
@@ -233,7 +242,7 @@ def write_fhir(tables: Mapping[str, pa.Table | None], root: str | Path) -> None:
                      AND c.key = (SELECT coalesce(max(k.key) FILTER (WHERE k.key = e.code),
                                                   max(k.key) FILTER (WHERE k.preferred))
                                   FROM code_map k WHERE k.analyte = e.analyte)
-                WHERE e.analyte IN ({no_value})""",
+                WHERE e.analyte IN ({no_value}) AND e.analyte <> '{DEATH}'""",
             "MedicationAdministration": f"""SELECT json_object('resourceType', 'MedicationAdministration',
                     'id', 'mgaki-med-' || row_number() OVER (ORDER BY subject_id, start, name),
                     'status', 'completed',

@@ -23,7 +23,8 @@ class CodeMapEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     code: str  # the source system's code, as text
-    maps_to: Literal["analyte", "rrt", "context", "drug", "weight", "encounter_kind", "administration"]
+    maps_to: Literal["analyte", "rrt", "context", "drug", "weight", "encounter_kind", "administration",
+                     "death"]
     target: str  # analyte id / context id / drug ingredient / encounter kind
     unit: str | None = None  # unit to assume when the source row has none (documented, never guessed)
     # source unit strings that carry no unit for this code (MIMIC writes 'units' for pH): treated as none
@@ -56,6 +57,8 @@ class CodeMapFile(BaseModel):
                 raise ValueError(f"{self.system}: code {e.code} maps to unknown drug {e.target!r}")
             if e.placeholder_units and e.unit is None:
                 raise ValueError(f"{self.system}: code {e.code} has placeholder_units but no unit")
+            if e.maps_to == "death" and e.target != "death":
+                raise ValueError(f"{self.system}: code {e.code}: a death maps to target death")
             if e.maps_to == "administration" and e.target not in {"given", "not_given"}:
                 raise ValueError(f"{self.system}: code {e.code}: administration must be given or not_given")
         return self

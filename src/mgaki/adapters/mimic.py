@@ -12,6 +12,9 @@ data: ``docs/adapters/mimic-iv.md``.
 Encounters: an admission (``hadm_id``) is kind ``inpatient``; an ICU stay
 (``stay_id``) is kind ``icu`` with the admission as parent. Labs and drugs
 belong to the admission, ICU charting (urine output, RRT) to the ICU stay.
+In-hospital death is ``admissions.deathtime``, read as the death row of
+``mgaki.events.schema`` (code ``MEDS_DEATH``) on that admission; ``patients.dod``
+(date only, mostly deaths after discharge) is not read.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pyarrow as pa
 from mgaki.adapters.maps import CodeMapFile, load_map
 from mgaki.errors import InputError, UnitError
 from mgaki.events.normalize import connect
-from mgaki.events.schema import RAW, TABLES
+from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
 from mgaki.units import factor, normalize_unit
 
 __all__ = ["FILES", "read_mimic", "write_mimic"]
@@ -33,7 +36,7 @@ __all__ = ["FILES", "read_mimic", "write_mimic"]
 # The files (module/table) and the columns the adapter reads; write_mimic writes exactly these.
 FILES: dict[str, tuple[str, ...]] = {
     "hosp/patients": ("subject_id", "gender", "anchor_age", "anchor_year"),
-    "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime"),
+    "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime"),
     "hosp/labevents": ("labevent_id", "subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum",
                        "valueuom"),
     "hosp/omr": ("subject_id", "chartdate", "seq_num", "result_name", "result_value"),
@@ -146,6 +149,11 @@ FROM src_inputevents i JOIN codemap m ON m.tbl = 'inputevents' AND m.maps_to = '
 WHERE i.patientweight IS NOT NULL
 GROUP BY i.subject_id, i.stay_id, i.patientweight, m.target, m.unit,
          CASE WHEN i.stay_id IS NULL THEN i.orderid END  -- no stay to group by: each row is its own weight
+UNION ALL
+SELECT a.subject_id, a.hadm_id, a.deathtime, '{DEATH_CODE}', m.target, NULL, NULL,
+       'admissions:hadm_id=' || coalesce(a.hadm_id, '') || ',deathtime'
+FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'death' AND m.key = 'deathtime'
+WHERE a.deathtime IS NOT NULL
 """
 
 # eMAR administrations (dose summed over the product rows when they share one unit and are all
@@ -240,6 +248,9 @@ def _check_writable(con: duckdb.DuckDBPyConnection) -> None:
                      "WHERE maps_to = 'context')",
                      "context(s) MIMIC-IV does not record (the reader derives 'icu' from ICU stays); "
                      "drop them before writing: {}"),
+        "deaths": ("SELECT DISTINCT subject_id FROM death_route WHERE hadm_id IS NULL",
+                   "death(s) outside every admission (MIMIC-IV holds in-hospital deaths, admissions.deathtime) "
+                   "for subject(s): {}"),
         "medications": ("SELECT DISTINCT encounter_id FROM med_route GROUP BY encounter_id "
                         "HAVING count(DISTINCT tbl) > 1 AND encounter_id IS NOT NULL",
                         "admission(s) mix administrations (no end) with orders (with an end); the reader takes "
@@ -291,11 +302,23 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
             SELECT e.*, row_number() OVER () AS rid,
                    coalesce(x.tbl, d.tbl) AS tbl, coalesce(x.key, d.key) AS itemid,
                    coalesce(enc.parent_id, e.encounter_id) AS hadm_id
-            FROM w_events e
+            FROM (SELECT * FROM w_events WHERE analyte <> $death) e
             LEFT JOIN routes x ON e.code = 'MIMIC-IV/' || x.tbl || '/' || x.key AND x.target = e.analyte
             LEFT JOIN routes d ON d.target = e.analyte AND d.dflt
             LEFT JOIN w_encounters enc ON enc.encounter_id = e.encounter_id
-        """)
+        """, {"death": DEATH})
+        # a death belongs to the admission it names (directly or through its ICU stay) or that contains it
+        con.execute("""
+            CREATE TEMP TABLE death_route AS
+            SELECT d.subject_id, d.time, min(a.encounter_id) AS hadm_id
+            FROM (SELECT * FROM w_events WHERE analyte = $death) d
+            LEFT JOIN w_encounters icu ON icu.encounter_id = d.encounter_id AND icu.parent_id IS NOT NULL
+            LEFT JOIN w_encounters a ON a.subject_id = d.subject_id AND a.parent_id IS NULL
+                 AND a.kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND maps_to = 'encounter_kind')
+                 AND (a.encounter_id = coalesce(icu.parent_id, d.encounter_id)
+                      OR d.time BETWEEN a.start AND coalesce(a."end", d.time))
+            GROUP BY d.subject_id, d.time
+        """, {"death": DEATH})
         con.execute("""
             CREATE TEMP TABLE med_route AS
             SELECT *, row_number() OVER () AS rid,
@@ -312,9 +335,11 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                 FROM w_subjects s2 LEFT JOIN w_encounters e ON e.subject_id = s2.subject_id
                 GROUP BY s2.subject_id) y ON y.subject_id = s.subject_id AND s.birth_year IS NOT NULL""")
         _copy(con, root, "hosp/admissions", f"""
-            SELECT subject_id, encounter_id AS hadm_id, {ts.format('start')} AS admittime,
-                   {ts.format('"end"')} AS dischtime
-            FROM w_encounters WHERE kind = (SELECT target FROM codemap WHERE tbl = 'admissions'
+            SELECT e.subject_id, e.encounter_id AS hadm_id, {ts.format('e.start')} AS admittime,
+                   {ts.format('e."end"')} AS dischtime, {ts.format('d.time')} AS deathtime
+            FROM w_encounters e LEFT JOIN (SELECT hadm_id, min(time) AS time FROM death_route GROUP BY hadm_id) d
+              ON d.hadm_id = e.encounter_id
+            WHERE kind = (SELECT target FROM codemap WHERE tbl = 'admissions'
                                             AND maps_to = 'encounter_kind')""")
         _copy(con, root, "icu/icustays", f"""
             SELECT subject_id, parent_id AS hadm_id, encounter_id AS stay_id, {ts.format('start')} AS intime,

@@ -1,5 +1,5 @@
 """OMOP CDM v5.4 in and out: person, visit_occurrence, visit_detail, measurement, drug_exposure,
-procedure_occurrence, observation (contexts), from CSV or Parquet files.
+procedure_occurrence, observation (contexts), death, from CSV or Parquet files.
 
 Concepts map to analytes through ``maps/omop.yaml`` or, when the folder ships
 the vocabulary (``concept``), through the LOINC/SNOMED/CPT4 code in
@@ -24,6 +24,7 @@ from mgaki.adapters._cohort import canonical, conform, register, sql_str
 from mgaki.adapters.maps import load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
+from mgaki.events.schema import DEATH, DEATH_CODE
 from mgaki.knowledge import load_validated
 from mgaki.knowledge.schema import Source
 
@@ -49,6 +50,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                              "procedure_source_value"),
     "observation": ("observation_id", "person_id", "observation_concept_id", "observation_date",
                     "observation_datetime", "visit_occurrence_id", "visit_detail_id", "observation_source_value"),
+    "death": ("person_id", "death_date", "death_datetime", "death_type_concept_id"),
     "concept": ("concept_id", "concept_name", "vocabulary_id", "concept_code"),
 }
 CONTEXT_PREFIX = "mgaki-context:"  # observation_source_value of a clinical context (no standard concept)
@@ -179,7 +181,11 @@ def read_omop(root: str | Path) -> dict[str, pa.Table]:
                 FROM t_procedure_occurrence x
                 WHERE procedure_concept_id IN (SELECT concept_id FROM concept_map WHERE maps_to = 'rrt'
                                                UNION SELECT concept_id FROM concept_analyte WHERE analyte = 'rrt')
-                   OR procedure_source_value IN (SELECT key FROM code_map WHERE analyte = 'rrt')"""),
+                   OR procedure_source_value IN (SELECT key FROM code_map WHERE analyte = 'rrt')
+                UNION ALL
+                SELECT person_id, NULL, {ts.format('death')}, '{DEATH_CODE}', '{DEATH}', NULL, NULL,
+                       'omop:death/' || coalesce(person_id, '?')
+                FROM t_death"""),
             "medications": con.sql(f"""
                 SELECT person_id AS subject_id, {enc} AS encounter_id,
                        {ts.format('drug_exposure_start')} AS start, {ts.format('drug_exposure_end')} AS "end",
@@ -271,7 +277,13 @@ def write_omop(tables: Mapping[str, pa.Table | None], root: str | Path) -> None:
                 FROM events t JOIN pid p ON p.id = t.subject_id {vis}
                 LEFT JOIN code_map own ON own.key = t.code AND own.analyte = t.analyte
                 LEFT JOIN code_map k ON k.analyte = t.analyte AND k.preferred
-                WHERE t.analyte IN ({no_value})""",
+                WHERE t.analyte IN ({no_value}) AND t.analyte <> '{DEATH}'""",
+            # the CDM keeps one death per person: the earliest recorded
+            "death": f"""
+                SELECT p.num AS person_id, CAST(min(t.time) AS DATE) AS death_date, min(t.time) AS death_datetime,
+                       {ehr} AS death_type_concept_id
+                FROM events t JOIN pid p ON p.id = t.subject_id WHERE t.analyte = '{DEATH}'
+                GROUP BY p.num""",
             "drug_exposure": f"""
                 SELECT row_number() OVER (ORDER BY t.subject_id, t.start, t.name) AS drug_exposure_id,
                        p.num AS person_id, 0 AS drug_concept_id, CAST(t.start AS DATE) AS drug_exposure_start_date,

@@ -16,14 +16,15 @@ import duckdb
 import pyarrow as pa
 
 from mgaki.errors import MgakiError
-from mgaki.events.schema import RAW, TABLES
+from mgaki.events.schema import DEATH, RAW, TABLES
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.units import factor, normalize_unit
 
 __all__ = ["NO_VALUE_ANALYTES", "connect", "drug_regex", "normalize"]
 
-# Analytes that are markers, not measurements: no value, no unit (RRT sessions).
-NO_VALUE_ANALYTES = frozenset({"rrt"})
+# Analytes that are markers, not measurements: no value, no unit, no plausibility check
+# (RRT sessions; death, see mgaki.events.schema). A value or unit sent with one is dropped.
+NO_VALUE_ANALYTES = frozenset({"rrt", DEATH})
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -150,11 +151,12 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         FROM raw_events r LEFT JOIN unit_map u
           ON r.analyte = u.analyte AND r.unit IS NOT DISTINCT FROM u.unit
     """)
-    ev_reason = """CASE
+    no_value = ", ".join(f"'{a}'" for a in sorted(NO_VALUE_ANALYTES))
+    ev_reason = f"""CASE
         WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN analyte IS NULL THEN 'code ' || coalesce(code, '(none)') || ' is not mapped to an analyte'
         WHEN t IS NULL THEN 'unparseable time ' || coalesce('''' || time || '''', '(missing)')
-        WHEN analyte IN ('rrt') THEN NULL
+        WHEN analyte IN ({no_value}) THEN NULL
         WHEN v IS NULL THEN 'non-numeric value ' || coalesce('''' || value || '''', '(missing)')
         WHEN unit_reason IS NOT NULL THEN unit_reason
         WHEN v * factor < lo OR v * factor > hi THEN
@@ -163,9 +165,10 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         END"""
     con.execute(f"CREATE TEMP TABLE ev2 AS SELECT *, {ev_reason} AS why FROM ev")
     quarantine.append(_quarantine_sql("events", ["time", "code", "value", "unit"], "why", "ev2"))
-    out["events"] = con.sql("""
+    out["events"] = con.sql(f"""
         SELECT subject_id, nullif(encounter_id, '') AS encounter_id, t AS time, code, analyte,
-               v * factor AS numeric_value, canonical AS unit, source
+               CASE WHEN analyte NOT IN ({no_value}) THEN v * factor END AS numeric_value, canonical AS unit,
+               source
         FROM ev2 WHERE why IS NULL AND analyte <> 'weight'
     """).to_arrow_table()
     out["weights"] = con.sql("""

@@ -5,15 +5,23 @@ values are in the analyte's canonical unit (mgaki.units). ``code`` keeps the
 source code (``LOINC/2160-0``, ``MIMIC-IV/labevents/50912``, ``RxNorm/6585``)
 and ``analyte`` the mgaki id the rules use; ``source`` names the source row so
 every alert can be traced back to what the hospital system recorded.
+
+Death is an ``events`` row, the MEDS way (MEDS v0.3 reserves the code
+``MEDS_DEATH`` for it): code ``MEDS_DEATH``, analyte ``death``, the time of
+death, no value and no unit. Every adapter reads and writes it through these
+two names; stages that filter events by analyte never see it.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["RAW", "TABLES", "empty", "table_names"]
+__all__ = ["DEATH", "DEATH_CODE", "RAW", "TABLES", "empty", "table_names"]
 
 _TS = pa.timestamp("us")
+
+DEATH = "death"  # the analyte of a death row
+DEATH_CODE = "MEDS_DEATH"  # its code: the MEDS v0.3 reserved code for death
 
 TABLES: dict[str, pa.Schema] = {
     # one row per person

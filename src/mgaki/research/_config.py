@@ -25,8 +25,8 @@ __all__ = ["COVARIATES", "OUTCOMES", "Band", "StudyConfig", "StudyDefaults", "ba
 
 # covariates the cohort table provides (docs/research.md#covariates)
 COVARIATES = ("age", "sex", "egfr", "admission_creatinine", "icu", "context", "nephrotoxic")
-# binary outcomes the cohort table provides; death is not among them: the canonical model has no death field
-OUTCOMES = ("aki", "aki_stage2plus", "aki_over_48h", "akd_7d", "non_recovery")
+# binary outcomes the cohort table provides (death: in-hospital, from the MEDS_DEATH events row)
+OUTCOMES = ("aki", "aki_stage2plus", "aki_over_48h", "akd_7d", "non_recovery", "death")
 
 
 class Param(Cited):
@@ -107,8 +107,7 @@ class StudyConfig(Strict):
     def _known_outcomes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         bad = [c for c in v if c not in OUTCOMES]
         if bad:
-            hint = " (the canonical event model has no death field)" if "death" in bad else ""
-            raise ValueError(f"unknown outcome(s) {bad}{hint}; choose from {list(OUTCOMES)}")
+            raise ValueError(f"unknown outcome(s) {bad}; choose from {list(OUTCOMES)}")
         return v
 
     @model_validator(mode="after")

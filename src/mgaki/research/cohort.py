@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mgaki.errors import InputError
+from mgaki.events.schema import DEATH
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.research._config import Band, StudyConfig, bands
 from mgaki.surveillance.dialect import DUCKDB, SPARK, Dialect
@@ -45,7 +46,8 @@ _TABLES = ("subjects", "encounters", "events", "medications", "contexts")
 _COLUMNS = ("subject_id", "encounter_id", "start", "end", "sex", "age", "admission_mg_any", "mg_time",
             "admission_mg", "twa_mg", "min_mg", "mg_measurements", "admission_creatinine", "has_creatinine",
             "aki_at_entry", "rrt_at_entry", "icu", "context", "nephrotoxic", "stay_hours", "aki_onset_hours",
-            "aki_peak_stage", "aki", "aki_stage2plus", "aki_over_48h", "akd_7d", "non_recovery", "egfr", "mg_band")
+            "aki_peak_stage", "aki", "aki_stage2plus", "aki_over_48h", "akd_7d", "non_recovery", "death", "egfr",
+            "mg_band")
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,10 @@ def cohort_stages(config: StudyConfig, kb: KnowledgeBase, d: Dialect) -> tuple[l
         max({ep('coalesce(e.recovery, a."end", o.t)')} - {ep('e.onset')}) AS longest_s,
         bool_and(e.recovered) AS all_recovered
       FROM aki_episodes e JOIN adm a ON {on('e')} CROSS JOIN as_of_t o
-      GROUP BY e.subject_id, e.encounter_id)
+      GROUP BY e.subject_id, e.encounter_id),
+    dth AS (SELECT DISTINCT a.subject_id, a.encounter_id FROM adm a JOIN events d
+            ON d.subject_id = a.subject_id AND d.analyte = '{DEATH}'
+            AND (d.encounter_id = a.encounter_id OR d.time BETWEEN a.start AND coalesce(a."end", d.time)))
     SELECT a.subject_id, a.encounter_id, a.start, a."end",
       s.sex, CAST(year(a.start) - s.birth_year AS DOUBLE) AS age,
       t.first_mg AS admission_mg_any, t.first_time AS mg_time,
@@ -227,7 +232,8 @@ def cohort_stages(config: StudyConfig, kb: KnowledgeBase, d: Dialect) -> tuple[l
       CASE WHEN eps.subject_id IS NULL THEN false
            WHEN eps.longest_s >= {akd} THEN true
            WHEN eps.all_recovered THEN false END AS akd_7d,
-      coalesce(eps.any_unrecovered, false) AS non_recovery
+      coalesce(eps.any_unrecovered, false) AS non_recovery,
+      dth.subject_id IS NOT NULL AS death
     FROM adm a CROSS JOIN as_of_t o
     LEFT JOIN subj s ON s.subject_id = a.subject_id
     LEFT JOIN mg_trajectory t ON {on('t')}
@@ -236,7 +242,8 @@ def cohort_stages(config: StudyConfig, kb: KnowledgeBase, d: Dialect) -> tuple[l
     LEFT JOIN icu ON {on('icu')}
     LEFT JOIN ctx ON {on('ctx')}
     LEFT JOIN neph ON {on('neph')}
-    LEFT JOIN eps ON {on('eps')}"""
+    LEFT JOIN eps ON {on('eps')}
+    LEFT JOIN dth ON {on('dth')}"""
     steps = _flow_steps(config, d)
     scored = f"SELECT b.*, {_egfr_sql(kb, d)} AS egfr FROM ({base}) b"
     flags = []

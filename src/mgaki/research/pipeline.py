@@ -173,7 +173,8 @@ def run_study(con: duckdb.DuckDBPyConnection | dict[str, pa.Table], results: dic
     o = config.primary_outcome
     notes = [
         "Missing data: complete-case analysis; each model's n and the number of admissions it left out are shown.",
-        "Death is not analysed: the canonical event model (mgaki.events.schema) has no death field.",
+        "Death = in-hospital death: a MEDS_DEATH events row naming the admission or timed within it "
+        "(admission start to end, inclusive); deaths after discharge are not seen.",
         "Time-weighted mean Mg covers the whole admission, including time after AKI onset: it is descriptive, "
         "not a pre-outcome exposure.",
     ]

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from mgaki.events.schema import TABLES
+from mgaki.events.schema import DEATH, DEATH_CODE, TABLES
 from mgaki.knowledge import load
 from mgaki.synth._params import SynthParams, load_params
 from mgaki.units import factor, normalize_unit
@@ -140,6 +140,7 @@ class _Generator:
         if self.pred is not None:
             self._plant_predictive()
         self._finalise_los()
+        self._death()
         streams = self._labs()
         streams += self._urine()
         rrt = self._rrt()
@@ -371,6 +372,17 @@ class _Generator:
             self.drug_end[name] = np.minimum(self.drug_end[name], self.los_h)
 
     # --- trajectories (noise-free), evaluated at flat (admission, time) pairs ------------------
+    def _death(self) -> None:
+        """In-hospital death at discharge, logistic in AKI with the planted OR ``death_or_aki``.
+
+        Drawn from its own random stream so that adding death left every other draw of a seed unchanged.
+        """
+        p = self.p
+        base = p.value("death_prob")
+        logit = np.log(base / (1 - base)) + np.where(self.aki, np.log(p.value("death_or_aki")), 0.0)
+        rng = np.random.default_rng([self.seed, 0xDEAD])
+        self.died = rng.random(self.n) < 1.0 / (1.0 + np.exp(-logit))
+
     def _creatinine(self, e: Ix, t: F) -> F:
         base, peak = self.cr_base[e], self.peak[e]
         t_peak = self.onset_h[e] + self.rise_h[e]
@@ -567,16 +579,18 @@ class _Generator:
         self.icu_ids = pc.if_else(pa.array(self.icu), _ids("I", idx + 1), pa.nulls(n, pa.string()))
         enc_ids = pa.concat_arrays([self.adm_ids, pc.fill_null(self.icu_ids, "")])
 
-        analytes = [s.analyte for s in streams] + ["rrt"]
+        analytes = [s.analyte for s in streams] + ["rrt", DEATH]
         names = sorted(set(analytes))
+        dead = np.flatnonzero(self.died)
         a_idx = np.concatenate([np.full(s.enc.size, names.index(s.analyte)) for s in streams]
-                               + [np.full(rrt[0].size, names.index("rrt"))])
-        enc = np.concatenate([s.enc for s in streams] + [rrt[0]])
-        key = np.concatenate([s.enc + (n if s.icu else 0) for s in streams] + [rrt[0]])
-        t_s = self.adm_s[enc] + np.floor(np.concatenate([s.t_h for s in streams] + [rrt[1]]) * _H
-                                        + 1e-6).astype(np.int64)
+                               + [np.full(rrt[0].size, names.index("rrt")), np.full(dead.size, names.index(DEATH))])
+        enc = np.concatenate([s.enc for s in streams] + [rrt[0], dead])
+        key = np.concatenate([s.enc + (n if s.icu else 0) for s in streams] + [rrt[0], dead])
+        t_s = self.adm_s[enc] + np.concatenate([
+            np.floor(np.concatenate([s.t_h for s in streams] + [rrt[1]]) * _H + 1e-6).astype(np.int64),
+            self.los_s[dead]])  # death at the admission's end
         vals = np.concatenate([self._report(s.analyte, s.enc, s.value) for s in streams]
-                              + [np.full(rrt[0].size, np.nan)])
+                              + [np.full(rrt[0].size + dead.size, np.nan)])
         order = _order(enc, t_s, a_idx)
         enc, key, t_s, vals, a_idx = enc[order], key[order], t_s[order], vals[order], a_idx[order]
         # code and unit per (site, analyte)
@@ -588,6 +602,9 @@ class _Generator:
             for s in self.p.sites:
                 if name == "rrt":
                     code_tab.append(self.p.rrt_code.code)
+                    unit_tab.append(None)
+                elif name == DEATH:
+                    code_tab.append(DEATH_CODE)
                     unit_tab.append(None)
                 else:
                     code_tab.append(s.units[name].code)
@@ -743,6 +760,8 @@ class _Generator:
             "aki_mechanism": pa.array(mech, mask=~self.aki),
             "anuria": pa.array(self.anuria), "rrt": pa.array(self.rrt),
             "rrt_start": ts(self.rrt_start, self.rrt), "aki_recovered": pa.array(self.recovered),
+            "death": pa.array(self.died),
+            "death_time": pa.array((self.adm_s + self.los_s) * 1_000_000, pa.timestamp("us"), mask=~self.died),
             "peak_creatinine": pa.array(self.peak, mask=~cr_aki),
             "nephrotoxic": pa.array(self.nephrotoxic), "mg_wasting_drug": pa.array(self.mg_wasting),
             "mg_high_risk": pa.array(self.high_risk),

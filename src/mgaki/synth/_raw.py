@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
+from mgaki.events.normalize import NO_VALUE_ANALYTES
 from mgaki.events.schema import RAW
 from mgaki.knowledge import load
 from mgaki.synth._generate import Cohort
@@ -76,8 +77,8 @@ def _values(cohort: Cohort, analyte: pa.Array, value: pa.Array, site: NDArray[An
         canon = {x.id: x.canonical_unit for x in kb.units.analytes}
         return text, pa.array([canon.get(x) for x in names], pa.string()).take(pa.array(a))
     # one text piece per (site, analyte), assembled with a single take; units from a small table
-    rrt = names.index("rrt") if "rrt" in names else -1
-    rows_of: list[NDArray[Any]] = [np.flatnonzero(a == rrt)]
+    markers = [names.index(x) for x in NO_VALUE_ANALYTES if x in names]  # rrt, death: no value, no unit
+    rows_of: list[NDArray[Any]] = [np.flatnonzero(np.isin(a, markers))]
     pieces: list[pa.Array] = [pa.nulls(len(rows_of[0]), pa.string())]
     units: list[str | None] = [None]
     unit_idx = np.zeros(len(a), np.int64)
@@ -177,7 +178,8 @@ def _dirty(clean: pa.Table, frac: float, seed: int) -> pa.Table:
         return RAW["events"].empty_table()
     rng = np.random.default_rng(seed)
     analyte = clean.column("analyte")
-    valued = np.flatnonzero(pc.not_equal(analyte, "rrt").to_numpy(zero_copy_only=False))
+    markers = pa.array(sorted(NO_VALUE_ANALYTES), pa.string())
+    valued = np.flatnonzero(pc.invert(pc.is_in(analyte, markers)).to_numpy(zero_copy_only=False))
     urine = np.flatnonzero(pc.equal(analyte, "urine_output").to_numpy(zero_copy_only=False))
     kinds = list(DIRTY_KINDS)
     kind = rng.integers(0, len(kinds) if urine.size else len(kinds) - 1, n)
