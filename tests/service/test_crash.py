@@ -25,6 +25,7 @@ import pytest
 import yaml
 from hl7.client import MLLPClient
 
+from conftest import free_port
 from mgaki.events import EventStore
 from mgaki.service.hl7 import Result, oru_r01, read_ack
 
@@ -34,15 +35,9 @@ T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 KILL_AFTER = 4  # acknowledgements per channel before the kill
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
     def __init__(self, tmp: Path) -> None:
-        self.http, self.mllp = _free_port(), _free_port()
+        self.http, self.mllp = free_port(), free_port()
         self.data = tmp / "data"
         self.config = tmp / "service.yaml"
         self.config.write_text(yaml.safe_dump({

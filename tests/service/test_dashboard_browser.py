@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import yaml
 from dashboard_patient import calm_bundle, dashboard_bundle, discharged_bundle
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from conftest import READER, WRITER, auth
+from conftest import READER, WRITER, auth, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -58,17 +57,11 @@ def _chromium() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mgaki serve` in a subprocess on a free port, with a temp data dir and three ingested patients."""
     tmp = tmp_path_factory.mktemp("dashboard-server")
-    port = _free_port()
+    port = free_port()
     cfg = {"data_dir": str(tmp / "data"), "warm_up": False, "cds_require_jwt": False, "host": "127.0.0.1",
            "port": port, "tokens": [{"name": "nurse-station", "token": READER, "roles": ["reader"]},
                                     {"name": "lab-feed", "token": WRITER, "roles": ["writer"]}]}

@@ -3,7 +3,6 @@ checks the bearer token and pages its searches; its failures must become 412/502
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from conftest import bundle, hook_request, make_config
+from conftest import bundle, free_port, hook_request, make_config
 from mgaki.service import create_app
 from mgaki.service.cds_models import CdsResponse
 from mgaki.service.config import load_config
@@ -84,16 +83,10 @@ def _stub(seen: list[tuple[str, str | None]]) -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def fhir() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
     seen: list[tuple[str, str | None]] = []
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(_stub(seen), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off", ws="none", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

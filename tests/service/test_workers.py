@@ -7,7 +7,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hl7.client import MLLPClient
 
-from conftest import READER, WRITER, auth, bundle, hook_request
+from conftest import READER, WRITER, auth, bundle, free_port, hook_request
 from mgaki.events import EventStore
 from mgaki.service.db import make_engine, upgrade
 from mgaki.service.hl7 import Result, oru_r01, read_ack
@@ -35,12 +34,6 @@ from mgaki.service.locks import FileLock
 
 ISS = "https://ehr.workers.invalid"
 PV = "/cds-services/mgaki-patient-view"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -70,13 +63,13 @@ def key() -> rsa.RSAPrivateKey:
 
 @pytest.fixture
 def two_workers(tmp_path: Path, key: rsa.RSAPrivateKey) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": "k1", "alg": "RS384", "use": "sig"})
     data = tmp_path / "data"
     cfg = {"data_dir": str(data), "host": "127.0.0.1", "port": port, "public_base_url": base, "warm_up": False,
-           "mllp_port": _free_port(),
+           "mllp_port": free_port(),
            "cds_issuers": [{"iss": ISS, "keys": [jwk]}],
            "tokens": [{"name": "nurse", "token": READER, "roles": ["reader"]},
                       {"name": "feed", "token": WRITER, "roles": ["writer"]}]}
