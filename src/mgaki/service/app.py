@@ -37,6 +37,7 @@ from mgaki.service.db import (
     MAX_OFFSET,
     alerts,
     audit,
+    audit_row,
     cds_feedback,
     column_width,
     make_engine,
@@ -256,7 +257,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return _error(500, "internal error")
 
     def _audit(actor: str, action: str, endpoint: str, patient_id: str | None, detail: str | None = None) -> None:
-        write_audit(engine, actor, action, endpoint, patient_id, detail)
+        write_audit(engine, actor, action, endpoint, [patient_id], detail)
 
     def need(role: Role) -> Callable[[Request], Principal]:
         def dep(request: Request) -> Principal:
@@ -301,13 +302,12 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             raise CdsInputError(f"context.patientId is longer than {_ID_MAX} characters")
         user = body.context.get("userId")
         who = caller.iss if caller else "unauthenticated-cds-client"
-        actor = (f"{who} {user}" if isinstance(user, str) else who)[:column_width(audit.c.actor)]
-        detail = f"hookInstance {body.hookInstance}"[:column_width(audit.c.detail)]
+        row = audit_row(f"{who} {user}" if isinstance(user, str) else who, "read", f"cds:{service_id}",
+                        pid if isinstance(pid, str) else None, f"hookInstance {body.hookInstance}")
         with wr.begin() as con:  # the jti and the audit row commit together, before any data is read
             if caller is not None:
                 record_jti(con, cfg, caller)
-            con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action="read", endpoint=f"cds:{service_id}",
-                                                patient_id=pid if isinstance(pid, str) else None, detail=detail))
+            con.execute(sa.insert(audit).values(**row))
         cards = call_service(service_id, body, cfg)
         return Response(cards.model_dump_json(exclude_none=True), media_type="application/json")
 
@@ -350,11 +350,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     def _ingest_response(principal: Principal, endpoint: str, payload: bytes, suffix: str) -> dict[str, Any]:
         res = ingestor.ingest(payload, suffix)
-        with wr.begin() as con:
-            rows = [{"at": utcnow(), "actor": principal.name, "action": "write", "endpoint": endpoint,
-                     "patient_id": s, "detail": None} for s in res.subjects]
-            if rows:
-                con.execute(sa.insert(audit), rows)
+        write_audit(engine, principal.name, "write", endpoint, res.subjects)
         return {"received": res.received, "added": res.added, "superseded": res.superseded,
                 "quarantined": res.quarantined,
                 "quarantine_reasons": res.quarantine_reasons, "subjects": len(res.subjects),

@@ -78,7 +78,7 @@ def visible_patients(principal: Principal) -> frozenset[str] | None:
 
 
 def _audit(request: Request, who: Principal, endpoint: str, patient_id: str | None, detail: str | None) -> None:
-    write_audit(request.app.state.engine, who.name, "read", endpoint, patient_id, detail)
+    write_audit(request.app.state.engine, who.name, "read", endpoint, [patient_id], detail)
 
 
 def _kb() -> KnowledgeBase:

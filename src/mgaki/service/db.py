@@ -7,6 +7,7 @@ Alembic (``migrations/``); ``upgrade`` runs them at start-up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,21 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-__all__ = ["MAX_OFFSET", "METADATA", "alerts", "audit", "cds_feedback", "cds_jti", "column_width", "make_engine",
-           "upgrade", "utcnow", "write_audit", "writer"]
+__all__ = [
+    "MAX_OFFSET",
+    "METADATA",
+    "alerts",
+    "audit",
+    "audit_row",
+    "cds_feedback",
+    "cds_jti",
+    "column_width",
+    "make_engine",
+    "upgrade",
+    "utcnow",
+    "write_audit",
+    "writer",
+]
 
 METADATA = sa.MetaData()
 MAX_OFFSET = 2**31 - 1  # paging offsets beyond a 32-bit INTEGER are refused (422), not passed to the database
@@ -77,14 +91,21 @@ def column_width(col: sa.ColumnElement[Any]) -> int:
     return t.length
 
 
-def write_audit(engine: sa.Engine, actor: str, action: str, endpoint: str, patient_id: str | None,
-                detail: str | None = None) -> None:
-    """One audit row, committed before the caller answers; free text is cut to its column
-    (a caller's long userId or hookInstance must not fail the call)."""
-    actor, detail = actor[:column_width(audit.c.actor)], detail and detail[:column_width(audit.c.detail)]
+def audit_row(actor: str, action: str, endpoint: str, patient_id: str | None,
+              detail: str | None = None) -> dict[str, Any]:
+    """One audit row; free text is cut to its column (a caller's long userId or hookInstance must not
+    fail the call)."""
+    return {"at": utcnow(), "actor": actor[:column_width(audit.c.actor)], "action": action, "endpoint": endpoint,
+            "patient_id": patient_id, "detail": detail and detail[:column_width(audit.c.detail)]}
+
+
+def write_audit(engine: sa.Engine, actor: str, action: str, endpoint: str,
+                patient_ids: Sequence[str | None], detail: str | None = None) -> None:
+    """One audit row per patient (none for an empty list), committed before the caller answers."""
+    if not patient_ids:
+        return
     with writer(engine).begin() as con:
-        con.execute(sa.insert(audit).values(at=utcnow(), actor=actor, action=action, endpoint=endpoint,
-                                            patient_id=patient_id, detail=detail))
+        con.execute(sa.insert(audit), [audit_row(actor, action, endpoint, p, detail) for p in patient_ids])
 
 
 def make_engine(url: str, busy_timeout_s: float = 30.0, synchronous: str = "FULL") -> sa.Engine:

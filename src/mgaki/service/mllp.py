@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import hl7.mllp
 import sqlalchemy as sa
 
-from mgaki.service.db import audit, column_width, utcnow, writer
+from mgaki.service.db import write_audit
 from mgaki.service.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
 from mgaki.service.ingest import Ingestor
 
@@ -42,12 +42,8 @@ def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
         log.error("MLLP store failure %s", type(exc).__name__)
         return ack(msh, "AR", [AckError("207", "MSH-10", "the message could not be stored; send it again")])
     try:
-        with writer(ingestor.engine).begin() as con:
-            rows = [{"at": utcnow(), "actor": f"hl7:{msh.get('sending_app') or peer}"[:column_width(audit.c.actor)],
-                     "action": "write", "endpoint": "MLLP ORU^R01", "patient_id": s, "detail": None}
-                    for s in res.subjects]
-            if rows:
-                con.execute(sa.insert(audit), rows)
+        write_audit(ingestor.engine, f"hl7:{msh.get('sending_app') or peer}", "write", "MLLP ORU^R01",
+                    res.subjects)
     except sa.exc.SQLAlchemyError as exc:  # stored already: the ACK must say so
         log.error("MLLP audit write failed %s", type(exc).__name__)
     warnings = [AckError("0", "OBX", f"{n} result(s) not used: {reason}", "W")
