@@ -531,7 +531,8 @@ def _loadgen_child(spec: LoadSpec, conn: Any) -> None:
                 errors[why] = errors.get(why, 0) + 1
         ends = [d[0] for d in res["done"]]
         first_send, last_send = res["sched"][0] + res["lags"][0], res["sched"][-1] + res["lags"][-1]
-        conn.send({"latencies": lat, "errors": errors, "n": n, "window_s": max(ends) - first_send,
+        trace = [(res["sched"][i] - res["sched"][0], lat[i], d[1]) for i, d in enumerate(res["done"])]
+        conn.send({"latencies": lat, "trace": trace, "errors": errors, "n": n, "window_s": max(ends) - first_send,
                    "send_span_s": last_send - first_send,
                    "max_send_lag_ms": max(res["lags"]) * 1e3,
                    "client_cpu_s": (ru1.user - ru0.user) + (ru1.system - ru0.system)})
@@ -576,7 +577,8 @@ def run_load(spec: LoadSpec, server: Server, py_spy: Path | None = None) -> dict
     res["server_log"] = server.new_log_problems()
     total = res["n"] + int(spec.warmup_s * spec.rate)
     n_err = sum(res["errors"].values())
-    return {**lat_stats(res.pop("latencies")), "errors": n_err, "error_kinds": res["errors"],
+    return {**lat_stats(res.pop("latencies")), "trace": res.pop("trace"), "errors": n_err,
+            "error_kinds": res["errors"],
             "offered_rate": (res["n"] - 1) / res["send_span_s"] if res["send_span_s"] > 0 else math.nan,
             "completed_rate": (res["n"] - n_err) / res["window_s"],
             "max_send_lag_ms": res["max_send_lag_ms"], "client_cpu_ms_per_req": 1e3 * res["client_cpu_s"] / res["n"],
@@ -825,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="sample the server with py-spy during the first patient-view phase: collapsed stacks "
                          "to FILE, busiest functions printed (needs py-spy, e.g. pip install py-spy)")
     ap.add_argument("--out", type=Path, help="also write the results as JSON")
+    ap.add_argument("--trace", type=Path, metavar="PREFIX",
+                    help="write each patient-view request (scheduled send offset s, latency ms, HTTP status) to "
+                         "PREFIX-jwt-on.csv and a plot of latency over time to PREFIX-jwt-on.png: where the tail lies")
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.patients < 1 or args.ref_n < 1 or args.workers < 1:
         ap.error("--rate, --duration, --patients, --ref-n and --workers must be positive")
@@ -888,6 +893,11 @@ def main(argv: list[str] | None = None) -> int:
                     results["ingest_bundle"] = {"failed": str(exc).splitlines()[0]}
                     failed = True
     failed = failed or any(isinstance(v, dict) and "failed" in v for v in results.values())
+    traces = {k: v.pop("trace") for k, v in results.items() if isinstance(v, dict) and "trace" in v}
+    if args.trace:
+        for k, tr in traces.items():
+            if k.startswith("patient_view_"):
+                write_trace(tr, Path(f"{args.trace}-{k.removeprefix('patient_view_').replace('_', '-')}"))
     report(args, results, started, load_start)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
@@ -924,6 +934,28 @@ def run_ingest(server: Server, args: argparse.Namespace) -> dict[str, Any]:
                         T0 + timedelta(minutes=i)) for i in range(max(1, args.ingest_bundles * 10))]
         out["ingest_hl7"] = measure_hl7(addr, msgs)
     return out
+
+
+def write_trace(trace: list[tuple[float, float, int]], prefix: Path) -> None:
+    """Per-request CSV and a latency-over-time plot with the p99 and the target (altair, saved as PNG)."""
+    import csv
+
+    import altair as alt
+    import pandas as pd
+
+    with prefix.with_suffix(".csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sent_offset_s", "latency_ms", "status"])
+        w.writerows((f"{t:.4f}", f"{lat * 1e3:.2f}", st) for t, lat, st in trace)
+    df = pd.DataFrame({"sent_offset_s": [t for t, _, _ in trace], "latency_ms": [lat * 1e3 for _, lat, _ in trace]})
+    p99 = pct(sorted(lat for _, lat, _ in trace), 99)
+    rules = pd.DataFrame({"ms": [p99, TARGET_P99_MS], "line": [f"p99 {p99:.1f} ms", f"target {TARGET_P99_MS:.0f} ms"]})
+    points = alt.Chart(df).mark_circle(size=8, opacity=0.5).encode(
+        x=alt.X("sent_offset_s:Q", title="scheduled send time (s into the timed window)"),
+        y=alt.Y("latency_ms:Q", title="latency (ms)", scale=alt.Scale(type="log")))
+    lines = alt.Chart(rules).mark_rule(strokeDash=[4, 3]).encode(y="ms:Q", color=alt.Color("line:N", title=None))
+    (points + lines).properties(width=800, height=260, title="patient-view latency per request (open loop)") \
+        .save(str(prefix.with_suffix(".png")), scale_factor=1.5)
 
 
 def machine() -> dict[str, Any]:

@@ -34,7 +34,8 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "svc.json"
     cmd = [sys.executable, str(SCRIPT), "--rate", "10", "--duration", "2", "--warmup", "0.5", "--patients", "3",
            "--ref-n", "10", "--health-duration", "1", "--ingest-bundles", "2", "--ndjson-patients", "3",
-           "--ndjson-chunk", "2", "--jwt", "both", "--probe-n", "5", "--out", str(out)]
+           "--ndjson-chunk", "2", "--jwt", "both", "--probe-n", "5", "--out", str(out),
+           "--trace", str(tmp_path / "trace")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())["results"]
@@ -55,6 +56,12 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
         probe = res[key]
         assert probe["requests"] == 5 and probe["errors"] == 0, probe
         assert probe["server_cpu_ms_per_req"] > 0 and probe["cpu_bound_capacity_per_s"] > 0
+    for mode in ("jwt-on", "jwt-off"):  # --trace: every timed request, and the plot of them
+        rows = (tmp_path / f"trace-{mode}.csv").read_text().splitlines()
+        assert rows[0] == "sent_offset_s,latency_ms,status" and len(rows) == 1 + 20
+        offsets = [float(r.split(",")[0]) for r in rows[1:]]
+        assert offsets[0] == 0.0 and offsets == sorted(offsets) and {r.split(",")[2] for r in rows[1:]} == {"200"}
+        assert (tmp_path / f"trace-{mode}.png").read_bytes().startswith(b"\x89PNG")
     ref = res["reference_inprocess"]
     assert ref["n"] == 10 and 0 < ref["p50"] <= ref["p99"]
 

@@ -145,6 +145,48 @@ def test_fast_path_validates_what_mgaki_reads():
         mgaki.assess(b)
 
 
+def _meds() -> B:
+    return (base().med("magnesium sulfate", "6585", "MedicationAdministration", 1.0, dose_g=2.0)
+            .med("furosemide", "4603", "MedicationRequest", 2.0)
+            .med("omeprazole", "7646", "MedicationStatement", 3.0))
+
+
+def test_fast_path_reads_medications_like_full_validation():
+    b = _meds().build()
+    fast = record_from_bundle(b)
+    assert fast == record_from_bundle(b, strict=True)
+    assert [m.kind for m in fast.medications] == ["administration", "request", "statement"]
+    assert fast.medications[0].dose_g == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("entry", "element", "value", "message"), [
+    (3, "status", None, r"\(MedicationAdministration/med3\): status: Field required"),
+    (3, "status", " completed", r"\(MedicationAdministration/med3\): status: String should match"),
+    (3, "effectiveDateTime", "2024-03-01 09:00", r"\(MedicationAdministration/med3\): effectiveDateTime: "
+                                                  r"'2024-03-01 09:00' is not a FHIR dateTime"),
+    (3, "effectivePeriod", {"start": "2024-03-01T09:00:00Z"}, r"only one of effectiveDateTime, effectivePeriod"),
+    (3, "dosage", {"dose": {"value": "2 g", "unit": "g"}}, r"dosage.dose.value: '2 g' is not a FHIR decimal"),
+    (3, "dosage", {"dose": {"value": True, "unit": "g"}}, r"dosage.dose.value: Input should be a valid number"),
+    (4, "authoredOn", "March 1st", r"\(MedicationRequest/med4\): authoredOn: 'March 1st' is not a FHIR dateTime"),
+    (4, "medicationReference", {"reference": "Medication/m1"},
+     r"only one of medicationCodeableConcept, medicationReference"),
+    (5, "id", "has space", r"\(MedicationStatement/has space\): id: String should match"),
+    (0, "birthDate", "1960-02-30T00:00:00Z", r"\(Patient/p1\): birthDate: '1960-02-30T00:00:00Z' is not a FHIR date"),
+])
+def test_fast_path_validates_the_medication_and_patient_elements_mgaki_reads(entry, element, value, message):
+    """Each element read from a Patient or a medication is checked, and the error names resource and element."""
+    b = _meds().build()
+    res = b["entry"][entry]["resource"]
+    if value is None:
+        del res[element]
+    else:
+        res[element] = value
+    with pytest.raises(BundleError, match=message):
+        mgaki.assess(b)
+    with pytest.raises(BundleError):  # full validation refuses it too
+        record_from_bundle(b, strict=True)
+
+
 def test_partial_date_is_named():
     b = base().obs("magnesium", 1.2, "mg/dL", time="2024-03").build()
     with pytest.raises(TimeError, match=r"Observation/obs3: effectiveDateTime is a partial date"):

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from functools import cache
 from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, StringConstraints, ValidationError, model_validator
 
 from mgaki.errors import BundleError, InputError, TimeError, UnitError
 from mgaki.knowledge import KnowledgeBase, load
@@ -38,42 +38,44 @@ def _where(raw: dict[str, Any], i: int | None = None) -> str:
 
 # --- the fast validation layer ------------------------------------------------------------
 # fhir.resources validates every element of every resource in Python: ~0.13 ms per
-# Observation, ~20 ms for a week of labs. Observations are most of a bundle and mgaki
-# reads a handful of their elements, so those elements are validated here with slim
-# pydantic models (FHIR R4 primitive regexes, compiled once, checked in Rust); the other
-# resource types mgaki reads are few per bundle and keep their fhir.resources model;
-# resource types mgaki does not read are only checked to be FHIR resource types.
-# ``strict=True`` validates the whole Bundle with fhir.resources instead.
+# Observation (~20 ms for a week of labs), ~0.36 ms per MedicationAdministration. The
+# resources mgaki reads most (Patient, Observations, medications) are validated here with
+# slim pydantic models of the elements mgaki reads (FHIR R4 primitive regexes, compiled
+# once, checked in Rust; choice elements [x] given once); the rare ones (Condition,
+# Encounter, Procedure) keep their fhir.resources model; resource types mgaki does not
+# read are only checked to be FHIR resource types. ``strict=True`` validates the whole
+# Bundle with fhir.resources instead (tests check both build the same record).
 
 _FHIR_CODE = r"^[^\s]+( [^\s]+)*$"  # FHIR R4 code
 _FHIR_DECIMAL = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
-_FHIR_DATETIME = re.compile(  # FHIR R4 dateTime: year, year-month, date, or time with zone
-    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
-    r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?")
+_FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"  # FHIR R4 id
+_YEAR = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
+_FHIR_DATE = rf"^{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$"  # FHIR R4 date: no time
+_FHIR_DATETIME = (  # FHIR R4 dateTime: year, year-month, date, or a time with its zone
+    rf"^{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$")
+# what a failed pattern means, in the words of the error the caller sees (_raise_validation)
+_PATTERN_MEANING = {
+    _FHIR_DATETIME: "is not a FHIR dateTime (a time needs a timezone, e.g. 2024-03-01T10:00:00Z)",
+    _FHIR_DATE: "is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)",
+    _FHIR_DECIMAL: "is not a FHIR decimal",
+}
 _OBS_STATUS = Literal["registered", "preliminary", "final", "amended", "corrected", "cancelled",
                       "entered-in-error", "unknown"]
 
 
-def _fhir_datetime(value: Any) -> datetime | date | str:
-    """FHIR dateTime -> aware datetime, date (day only) or the string (year or year-month)."""
-    if not isinstance(value, str) or not _FHIR_DATETIME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a FHIR dateTime (a time needs a timezone, e.g. "
-                         "2024-03-01T10:00:00Z)")
+def _datetime_value(value: str) -> datetime | date | str:
+    """A FHIR dateTime (pattern checked) -> aware datetime, date (day only) or the string (year or year-month)."""
     if "T" in value:
         return datetime.fromisoformat(value)
     return date.fromisoformat(value) if len(value) == 10 else value
 
 
-def _fhir_decimal(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{value!r} is not a FHIR decimal")
-    if isinstance(value, str) and not re.fullmatch(_FHIR_DECIMAL, value):
-        raise ValueError(f"{value!r} is not a FHIR decimal")
-    return float(value)
-
-
-_DateTime = Annotated[datetime | date | str, BeforeValidator(_fhir_datetime)]
-_Decimal = Annotated[float, BeforeValidator(_fhir_decimal)]
+# Patterns are checked by pydantic-core (Rust); only the conversion of a valid string runs in Python.
+_DateTime = Annotated[str, StringConstraints(pattern=_FHIR_DATETIME), AfterValidator(_datetime_value)]
+_Date = Annotated[str, StringConstraints(pattern=_FHIR_DATE), AfterValidator(_datetime_value)]
+_Decimal = Annotated[float, Strict()] | Annotated[str, StringConstraints(pattern=_FHIR_DECIMAL), AfterValidator(float)]
+_Id = Annotated[str, StringConstraints(pattern=_FHIR_ID)]
 _Code = Annotated[str, StringConstraints(pattern=_FHIR_CODE)]
 _Uri = Annotated[str, StringConstraints(pattern=r"^\S*$")]
 
@@ -120,15 +122,77 @@ class _Observation(_Slim):
 
     @model_validator(mode="after")
     def _one_effective(self) -> _Observation:
-        given = [n for n in ("effectiveDateTime", "effectivePeriod", "effectiveInstant")
-                 if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise ValueError(f"effective[x] is a choice: only one of {', '.join(given)} may be given")
+        _one_of(self, "effective", ("effectiveDateTime", "effectivePeriod", "effectiveInstant"))
+        return self
+
+
+def _one_of(model: _Slim, choice: str, names: tuple[str, ...]) -> None:
+    given = [n for n in names if getattr(model, n) is not None]
+    if len(given) > 1:
+        raise ValueError(f"{choice}[x] is a choice: only one of {', '.join(given)} may be given")
+
+
+class _Patient(_Slim):
+    resourceType: Literal["Patient"]
+    id: _Id | None = None
+    gender: _Code | None = None  # required binding; any other code reads as unknown sex, as before
+    birthDate: _Date | None = None
+
+
+class _Reference(_Slim):
+    reference: str | None = None
+
+
+class _Dosage(_Slim):  # MedicationAdministration.dosage
+    dose: _Quantity | None = None
+
+
+class _Medication(_Slim):
+    """The elements of MedicationRequest / Administration / Statement that mgaki reads."""
+
+    id: _Id | None = None
+    status: _Code
+    medicationCodeableConcept: _CodeableConcept | None = None
+    medicationReference: _Reference | None = None
+
+    @model_validator(mode="after")
+    def _one_medication(self) -> _Medication:
+        _one_of(self, "medication", ("medicationCodeableConcept", "medicationReference"))
+        return self
+
+
+class _MedicationRequest(_Medication):
+    resourceType: Literal["MedicationRequest"]
+    authoredOn: _DateTime | None = None
+
+
+class _MedicationAdministration(_Medication):
+    resourceType: Literal["MedicationAdministration"]
+    effectiveDateTime: _DateTime | None = None
+    effectivePeriod: _Period | None = None
+    dosage: _Dosage | None = None
+
+    @model_validator(mode="after")
+    def _one_effective(self) -> _MedicationAdministration:
+        _one_of(self, "effective", ("effectiveDateTime", "effectivePeriod"))
+        return self
+
+
+class _MedicationStatement(_Medication):
+    resourceType: Literal["MedicationStatement"]
+    effectiveDateTime: _DateTime | None = None
+    effectivePeriod: _Period | None = None
+
+    @model_validator(mode="after")
+    def _one_effective(self) -> _MedicationStatement:
+        _one_of(self, "effective", ("effectiveDateTime", "effectivePeriod"))
         return self
 
 
 # Resource types mgaki reads, and how each is validated.
-SLIM_MODELS: dict[str, type[_Slim]] = {"Observation": _Observation}
+SLIM_MODELS: dict[str, type[_Slim]] = {
+    "Observation": _Observation, "Patient": _Patient, "MedicationRequest": _MedicationRequest,
+    "MedicationAdministration": _MedicationAdministration, "MedicationStatement": _MedicationStatement}
 USED_TYPES = frozenset({"Patient", "Observation", "MedicationRequest", "MedicationAdministration",
                         "MedicationStatement", "Procedure", "Condition", "Encounter"})
 
@@ -151,11 +215,24 @@ def _fhir_model(name: str) -> Any:
     return get_fhir_model_class(name)
 
 
+_UNION_TAGS = frozenset({"float", "int", "str", "constrained-str"})  # union branches pydantic adds to a loc
+
+
+def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The element path of a pydantic error, without the validator and union-branch tags pydantic inserts."""
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+
+
 def _raise_validation(exc: ValidationError, where: str, skip: int = 0) -> NoReturn:
-    err = exc.errors()[0]
-    loc = list(err["loc"])[skip:]
-    field = ".".join(str(p) for p in loc if not str(p).startswith("function"))
-    msg = err["msg"].removeprefix("Value error, ")
+    errs = exc.errors()
+    first = _field_loc(errs[0]["loc"])
+    same = [e for e in errs if _field_loc(e["loc"]) == first]
+    # a decimal given as a bad string fails both its forms: the string form's error says why
+    err = next((e for e in same if e["type"] == "string_pattern_mismatch"), same[0])
+    field = ".".join(str(p) for p in first[skip:])
+    meaning = _PATTERN_MEANING.get(err.get("ctx", {}).get("pattern", "")) \
+        if err["type"] == "string_pattern_mismatch" else None
+    msg = f"{err['input']!r} {meaning}" if meaning else err["msg"].removeprefix("Value error, ")
     raise BundleError(where, f"{field or 'resource'}: {msg}") from None
 
 
@@ -303,6 +380,7 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
     codes, rrt_codes = _code_index(kb), _rrt_index(kb)
     patient_id, sex, birth = None, None, None
     meas: dict[tuple[str, datetime, float], Measurement] = {}
+    at_time: dict[tuple[str, datetime], Measurement] = {}  # the first value of an analyte at a time
     meds: list[Medication] = []
     conds: list[Condition] = []
     rrt: list[datetime] = []
@@ -350,9 +428,9 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
                     warnings.append(f"{where} duplicates {meas[key].source_id} (same time and "
                                     "value): counted once")
                     continue
-                clash = [k for k in meas if k[0] == analyte and k[1] == t]
-                if clash:
-                    warnings.append(f"{where} and {meas[clash[0]].source_id}: two different "
+                first = at_time.setdefault((analyte, t), m)
+                if first is not m:
+                    warnings.append(f"{where} and {first.source_id}: two different "
                                     f"{analyte} values at the same time; both kept")
                 meas[key] = m
             elif rtype in ("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
