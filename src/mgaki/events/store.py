@@ -18,11 +18,24 @@ before writing their rows, so rows written before a crash but not yet in the led
 invisible, and re-running the append commits them without writing them twice. The views
 filter out the (usually few) non-current sources only, so a store where nothing was ever
 replaced reads at full speed.
+
+Compaction: message-at-a-time ingest (HL7, small FHIR posts) writes one small part per
+table per append, and every append and read lists and opens all parts. When a table (or
+the ledger) holds ``COMPACT_AT`` parts under ``SMALL_PART_BYTES``, the append that made it
+so merges them into one part. The switch is one rename: the merged part is written under a
+temporary name, then a record naming it and the parts it replaces is committed
+(``<table>/_compacted/<id>.json``), then the merged part is renamed into place. A reader
+lists the parts, then reads the records, and leaves out the parts of every record whose
+merged part it listed: before the rename it sees the old parts, after it the merged one,
+never both or neither. Replaced parts are deleted ``GRACE_S`` later (a reader that listed
+them earlier can still open them), and their record one grace period after that.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mgaki.events.normalize import connect
+from mgaki.events.normalize import connect, cursor
 from mgaki.events.schema import TABLES
 
 __all__ = ["HISTORY", "EventStore", "IngestSummary", "versioned_source", "write_parquet_atomic"]
@@ -43,6 +56,10 @@ _VERSIONS = "versions"  # the ledger folder (not a canonical table)
 _INTENT = "versions-intent"  # versions an append is writing, until the ledger commits them
 _LEDGER = pa.schema([("identity", pa.string()), ("version", pa.string()), ("source", pa.string()),
                      ("seq", pa.int64()), ("stale", pa.bool_())])
+_COMPACTED = "_compacted"  # per-table folder of compaction records
+COMPACT_AT = 32  # small parts of one table that trigger a merge
+SMALL_PART_BYTES = 1 << 20  # parts under this size are merged; bulk-ingest parts are left as written
+GRACE_S = 3600.0  # replaced parts stay on disk this long for readers that listed them before the merge
 # SQL: identity and version of a versioned source (NULL when the source carries no version)
 _IDENTITY = "regexp_extract({c}, '^(.+)/_history/([^/]+)$', 1)"
 _VERSION = "regexp_extract({c}, '^(.+)/_history/([^/]+)$', 2)"
@@ -77,7 +94,17 @@ class EventStore:
         self.root = Path(root)
 
     def files(self, table: str) -> list[Path]:
-        return sorted((self.root / table).glob("*.parquet"))
+        """The live parts of ``table`` (or of the ledger): replaced ones left out (see Compaction)."""
+        folder = self.root / table
+        parts = sorted(folder.glob("*.parquet"))  # listed first, records read after (the order matters)
+        if not parts or not (folder / _COMPACTED).is_dir():
+            return parts
+        listed = {p.name for p in parts}
+        gone: set[str] = set()
+        for rec in _records(folder):
+            if rec.merged in listed:
+                gone.update(rec.replaces)
+        return [p for p in parts if p.name not in gone] if gone else parts
 
     def scan_sql(self, table: str, schema: pa.Schema | None = None) -> str:
         """A FROM-clause source for ``table``: its Parquet files, or an empty typed relation."""
@@ -106,7 +133,7 @@ class EventStore:
         views' filter is cheap, and absent (no filter at all) when nothing was ever replaced.
         """
         intents = sorted((self.root / _INTENT).glob("*.parquet"))
-        if not any((self.root / _VERSIONS).glob("*.parquet")) and not intents:
+        if not self.files(_VERSIONS) and not intents:
             return 0
         ledger = self._ledger_sql()
         parts = [f"SELECT source FROM {ledger} WHERE stale",
@@ -140,7 +167,7 @@ class EventStore:
             con.close()
 
     def _ledger_sql(self) -> str:
-        files = sorted((self.root / _VERSIONS).glob("*.parquet"))
+        files = self.files(_VERSIONS)
         if not files:
             return "(SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
                    "NULL::BIGINT AS seq, NULL::BOOLEAN AS stale WHERE false)"
@@ -148,7 +175,7 @@ class EventStore:
 
     def _current_sql(self) -> str | None:
         """SQL: the source of each identity's current version (None: no versioned record stored)."""
-        if not any((self.root / _VERSIONS).glob("*.parquet")):
+        if not self.files(_VERSIONS):
             return None
         return (f"SELECT identity, version, source, seq FROM {self._ledger_sql()} WHERE NOT stale "
                 "QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) = 1")
@@ -173,12 +200,15 @@ class EventStore:
         summary = IngestSummary()
         subjects: set[str] = set()
         fresh: dict[str, pa.Table] = {}
-        con = connect()
+        con = cursor()  # registered and TEMP tables only
         try:
             incoming: dict[str, pa.Table] = {}
             for name, given in tables.items():
                 if name not in TABLES:
                     raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+                if given.num_rows == 0:  # nothing to compare: the table's parts are not scanned
+                    summary.received[name] = summary.added[name] = 0
+                    continue
                 incoming[name] = given.cast(TABLES[name])
             ledger = self._versions(con, incoming, summary, subjects)
             for name, tab in incoming.items():
@@ -216,7 +246,32 @@ class EventStore:
             _write_atomic(ledger, self.root / _VERSIONS)  # the commit point for versioned rows
         if intent is not None:
             intent.unlink()
+        for name in [*fresh, *([_VERSIONS] if ledger.num_rows else [])]:
+            self.compact(name)
         return summary
+
+    def compact(self, table: str, at: int = COMPACT_AT, now: float | None = None) -> Path | None:
+        """Merge ``table``'s small parts once there are ``at`` of them; delete what a grace period freed.
+
+        Callers hold the writers' lock (an append does). Returns the merged part, if one was made.
+        """
+        folder = self.root / table
+        now = time.time() if now is None else now
+        _collect(folder, now)
+        small = [p for p in self.files(table) if p.stat().st_size < SMALL_PART_BYTES]
+        if len(small) < at:
+            return None
+        schema = _LEDGER if table == _VERSIONS else TABLES[table]
+        merged = pa.concat_tables([pq.read_table(p).cast(schema) for p in small])
+        cid = uuid.uuid4().hex
+        final = folder / f"part-{cid}.parquet"
+        tmp = folder / f".{final.name}.tmp"
+        pq.write_table(merged, tmp)
+        _fsync(tmp)
+        _Record(folder / _COMPACTED / f"{cid}.json", final.name, tuple(p.name for p in small), now).write()
+        os.replace(tmp, final)  # the switch: readers listing from now on see the merged part only
+        _fsync(folder)
+        return final
 
     def _versions(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
                   summary: IngestSummary, subjects: set[str]) -> pa.Table:
@@ -312,6 +367,61 @@ def _write_atomic(tab: pa.Table, folder: Path) -> Path:
     """A new Parquet part in `folder`, visible only once complete (readers glob *.parquet)."""
     folder.mkdir(parents=True, exist_ok=True)
     return write_parquet_atomic(tab, folder / f"part-{uuid.uuid4().hex}.parquet")
+
+
+@dataclass(frozen=True)
+class _Record:
+    """A compaction: ``merged`` (a part name) replaces ``replaces``; ``deleted_at`` once they are deleted."""
+
+    path: Path
+    merged: str
+    replaces: tuple[str, ...]
+    at: float
+    deleted_at: float | None = None
+
+    def write(self) -> None:
+        body = {"merged": self.merged, "replaces": list(self.replaces), "at": self.at, "deleted_at": self.deleted_at}
+        self.path.parent.mkdir(exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(body))
+        _fsync(tmp)
+        os.replace(tmp, self.path)
+        _fsync(self.path.parent)
+
+
+def _records(folder: Path) -> list[_Record]:
+    out = []
+    for f in sorted((folder / _COMPACTED).glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):  # deleted meanwhile (records are written by atomic rename)
+            continue
+        out.append(_Record(f, str(rec["merged"]), tuple(rec["replaces"]), float(rec["at"]),
+                           None if rec.get("deleted_at") is None else float(rec["deleted_at"])))
+    return out
+
+
+def _collect(folder: Path, now: float) -> None:
+    """Delete replaced parts a grace period after their merge, then the record a grace period later.
+
+    A record whose merged part never appeared (a crash before the rename) goes with its
+    temporary file; the parts it names were never replaced and stay.
+    """
+    if not (folder / _COMPACTED).is_dir():
+        return
+    for rec in _records(folder):
+        merged = folder / rec.merged
+        if not merged.exists():
+            if now - rec.at > GRACE_S:
+                (folder / f".{rec.merged}.tmp").unlink(missing_ok=True)
+                rec.path.unlink(missing_ok=True)
+        elif rec.deleted_at is None and now - rec.at > GRACE_S:
+            for name in rec.replaces:
+                (folder / name).unlink(missing_ok=True)
+            _fsync(folder)
+            _Record(rec.path, rec.merged, rec.replaces, rec.at, now).write()
+        elif rec.deleted_at is not None and now - rec.deleted_at > GRACE_S:
+            rec.path.unlink(missing_ok=True)
 
 
 def _reason_kinds(con: duckdb.DuckDBPyConnection, quarantined: pa.Table) -> dict[str, int]:
