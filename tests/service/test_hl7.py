@@ -99,6 +99,9 @@ def test_mllp_round_trip_stores_alerts_corrects_and_survives_bad_input(served, t
         assert reply.control_id == parse_oru(first).msh["control_id"]
         ev = store.read("events").to_pylist()
         assert [(e["subject_id"], e["analyte"], e["numeric_value"]) for e in ev] == [("p1", "magnesium", 1.0)]
+        # surveillance follows the ACK in the background (the store says who is pending until it ran)
+        ingestor = client.app.state.ingestor  # type: ignore[attr-defined]
+        assert ingestor.wait_surveilled(60) and store.pending()[0] == frozenset()
         alerts = client.get("/alerts", headers=auth(READER)).json()["alerts"]
         low = [a for a in alerts if a["kind"] == "mg_out_of_range"]
         assert len(low) == 1 and low[0]["subject_id"] == "p1" and low[0]["value"] == 1.0

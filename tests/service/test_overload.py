@@ -166,3 +166,34 @@ def test_cds_body_errors_name_the_problem_as_fastapi_did(client: TestClient) -> 
     assert r.json()["detail"][0]["input"] == {}  # the raw bytes are not echoed back
     r = client.post(URL, json={**hook_request("general_low_cheungpasitporn"), "context": []})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "context"]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cds_calls_computed_at_most_cds_threads_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         threads: int) -> None:
+    """cds_threads 1 (default): admitted calls are computed one after another, never two sharing the GIL."""
+    lock = threading.Lock()
+    running, peak = [0], [0]
+    real = service_app.call_service
+
+    def tracked(*args: Any, **kw: Any) -> CdsResponse:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            threading.Event().wait(0.2)  # long enough for the other calls to arrive meanwhile
+            return real(*args, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(service_app, "call_service", tracked)
+    app = create_app(make_config(tmp_path, cds_threads=threads, cds_max_in_flight=8))
+    body = hook_request("general_low_cheungpasitporn")
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await asyncio.gather(*(c.post(URL, json=body) for _ in range(4)))
+
+    assert [r.status_code for r in asyncio.run(scenario())] == [200] * 4
+    assert peak[0] == (1 if threads == 1 else 3)

@@ -9,15 +9,19 @@ error details that may name a resource go to the caller, not to the log.
 """
 
 
+import asyncio
 import json
 import logging
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -166,8 +170,11 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     engine = make_engine(cfg.db_url(), cfg.sqlite_busy_timeout_s, cfg.sqlite_synchronous)
     prepare_database(cfg, engine)
     wr = writer(engine)  # every write transaction: on SQLite it takes the write lock at BEGIN
-    ingestor = Ingestor(cfg.data_dir, wr, cfg.surveil_on_ingest)
+    ingestor = Ingestor(cfg.data_dir, wr, cfg.surveil_on_ingest, cfg.hl7_surveillance_delay_s)
     in_flight = [0]  # CDS calls admitted in this worker (event-loop only: no lock needed)
+    # CDS calls computed at once in this worker (cds_threads), the others waiting in arrival order
+    cds_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = \
+        weakref.WeakKeyDictionary()
 
     @asynccontextmanager
     async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
@@ -180,10 +187,13 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port, reuse_port=cfg.workers > 1)
             await listener.start()
         app_.state.mllp = listener
+        app_.state.ingestor = ingestor
+        ingestor.catch_up()  # data an earlier process stored and did not surveil (killed in between)
         log.info("mgaki service ready (database %s)", engine.dialect.name)
         yield
         if listener is not None:
             await listener.stop()
+        await run_in_threadpool(ingestor.stop)  # a requested surveillance run finishes first
         engine.dispose()
 
     app = FastAPI(title="mgaki service", version=mgaki.__version__, lifespan=lifespan,
@@ -326,8 +336,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
                 return Response(status_code=_CLIENT_GONE)
             if await request.is_disconnected():  # the client has gone: no card would be seen
                 return Response(status_code=_CLIENT_GONE)
-            return await run_in_threadpool(cds_work, service_id, raw, request.headers.get("authorization"),
-                                           _audience(request))
+            loop = asyncio.get_running_loop()  # anyio makes a limiter on a loop; tests run the app on several
+            limiter = cds_limiters.get(loop) or cds_limiters.setdefault(loop, anyio.CapacityLimiter(cfg.cds_threads))
+            return await anyio.to_thread.run_sync(cds_work, service_id, raw, request.headers.get("authorization"),
+                                                  _audience(request), limiter=limiter)
         finally:
             in_flight[0] -= 1
 

@@ -60,6 +60,9 @@ class ServiceConfig(BaseModel):
     fhir_timeout_s: float = Field(default=5.0, gt=0)
     fhir_max_pages: int = Field(default=10, ge=1)  # Bundle.link next pages followed per prefetch query
     surveil_on_ingest: bool = True
+    # HL7 messages are acknowledged once stored; surveillance follows within this many seconds, one run for
+    # every message received meanwhile (a FHIR POST surveils before it answers). docs/service.md#hl7-v2
+    hl7_surveillance_delay_s: float = Field(default=1.0, ge=0, le=3600)
     mllp_port: int | None = Field(default=None, ge=0, le=65535)  # HL7 v2 MLLP listener; None: off, 0: any free port
     mllp_host: str | None = None  # default: host
     warm_up: bool = True
@@ -67,6 +70,10 @@ class ServiceConfig(BaseModel):
     workers: int = Field(default=1, ge=1)  # uvicorn worker processes (one GIL each): about one per core
     # CDS calls in progress per worker; one more -> 503 at once. At most the thread pool (40): none waits for a thread.
     cds_max_in_flight: int = Field(default=8, ge=1, le=40)
+    # CDS calls computed at once per worker, the others waiting in arrival order. 1: no two calls share the GIL
+    # (p99 at 100 req/s 18-26 ms against 30-40 ms with the 40-thread pool, docs/service.md#performance); raise it
+    # when many calls fetch their prefetch from the FHIR server (they wait on the network, not the CPU).
+    cds_threads: int = Field(default=1, ge=1, le=40)
     retry_after_s: int = Field(default=1, ge=0)  # Retry-After of an overload 503
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)  # wait for SQLite's write lock, then 503
     # SQLite durability of each commit (audit rows included): NORMAL (WAL) survives a crash of the process
@@ -87,7 +94,8 @@ _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGA
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
         "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
         "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host",
-        "MGAKI_WORKERS": "workers", "MGAKI_CDS_MAX_IN_FLIGHT": "cds_max_in_flight"}
+        "MGAKI_WORKERS": "workers", "MGAKI_CDS_MAX_IN_FLIGHT": "cds_max_in_flight",
+        "MGAKI_CDS_THREADS": "cds_threads"}
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None,

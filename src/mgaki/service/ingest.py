@@ -2,13 +2,23 @@
 
 The posted resources take the cohort path (``adapters.fhir_bulk`` -> ``events.normalize``
 -> ``EventStore.append``), so the service and ``mgaki ingest`` store exactly the same
-rows; the store's append is idempotent and crash-safe. One lock serialises writers.
+rows; the store's append is idempotent and crash-safe. One lock serialises writers;
+another serialises surveillance runs, which hold the writers' lock only while they list
+the store (``surveil(snapshot_lock=...)``), so appends go on while a run computes.
+
+A FHIR POST surveils before it answers (its response counts the new alerts). An HL7
+message is acknowledged once stored, and surveillance follows in the background
+(``Ingestor.surveil_soon``): messages arriving within ``delay_s`` are surveilled by one
+run. The store's pending file names the subjects until a run has written their results,
+so a crash in between loses no surveillance either: the next start runs it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +29,14 @@ import sqlalchemy as sa
 from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
+from mgaki.events.store import IngestSummary
 from mgaki.service.db import alerts, utcnow
 from mgaki.service.locks import FileLock
 from mgaki.surveillance import surveil
 
 __all__ = ["IngestResult", "Ingestor", "check_bundle", "check_ndjson"]
+
+log = logging.getLogger("mgaki.service.ingest")
 
 _BUNDLE_TYPES = ("batch", "transaction", "collection")
 
@@ -73,35 +86,46 @@ def check_ndjson(text: str) -> int:
 
 
 class Ingestor:
-    def __init__(self, data_dir: Path, engine: sa.Engine, run_surveillance: bool = True) -> None:
+    def __init__(self, data_dir: Path, engine: sa.Engine, run_surveillance: bool = True,
+                 delay_s: float = 1.0) -> None:
         self.store = EventStore(data_dir / "events")
         self.engine = engine
         self.run_surveillance = run_surveillance
-        self._lock = FileLock(data_dir / "ingest.lock")  # across worker processes (mgaki serve --workers)
+        self.delay_s = delay_s  # deferred surveillance: how long messages are gathered into one run
+        self._lock = FileLock(data_dir / "ingest.lock")  # writers, across worker processes (--workers)
+        self._surveil_lock = FileLock(data_dir / "surveil.lock")  # one surveillance run at a time
         self._tmp = data_dir / "incoming"
+        # deferred runs: requests are numbered; a run started after request n covers it
+        self._cond = threading.Condition()
+        self._requested = self._done = 0
+        self._stop = threading.Event()
+        self._runner: threading.Thread | None = None
 
     def ingest(self, payload: bytes, suffix: str) -> IngestResult:
-        """Store the resources of one request (``suffix`` '.json' Bundle or '.ndjson')."""
+        """Store the resources of one request (``suffix`` '.json' Bundle or '.ndjson'), then surveil."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         with self._lock:
             with tempfile.TemporaryDirectory(dir=self._tmp) as d:
                 path = Path(d) / f"request{suffix}"
                 path.write_bytes(payload)
                 raw = read_fhir(path)
-            return self._store(raw)
+            summary = self.store.append(normalize(raw))
+        return self._result(summary, self._surveil() if self.run_surveillance else 0)
 
-    def ingest_raw(self, raw: dict[str, pa.Table]) -> IngestResult:
-        """Store raw adapter tables (schema.RAW, plus an adapter's own ``quarantine``), e.g. from HL7."""
+    def ingest_raw(self, raw: dict[str, pa.Table], surveil: bool = True) -> IngestResult:
+        """Store raw adapter tables (schema.RAW, plus an adapter's own ``quarantine``), e.g. from HL7.
+
+        ``surveil=False``: return once stored (durable) and leave surveillance to ``surveil_soon``.
+        """
         with self._lock:
-            return self._store(raw)
+            summary = self.store.append(normalize(raw))  # normalize keeps the adapter's quarantine rows
+        return self._result(summary, self._surveil() if surveil and self.run_surveillance else 0)
 
-    def _store(self, raw: dict[str, pa.Table]) -> IngestResult:
-        """normalize (which keeps the adapter's quarantine rows), append (durable on return), surveil."""
-        summary = self.store.append(normalize(raw))
-        new = self._surveil() if self.run_surveillance else 0
+    @staticmethod
+    def _result(summary: IngestSummary, new_alerts: int) -> IngestResult:
         return IngestResult(received=summary.received, added=summary.added, quarantined=summary.quarantined,
                             quarantine_reasons=summary.quarantine_reasons,
-                            subjects=sorted(summary.affected_subjects), new_alerts=new,
+                            subjects=sorted(summary.affected_subjects), new_alerts=new_alerts,
                             superseded=summary.superseded)
 
     def _surveil(self) -> int:
@@ -110,8 +134,62 @@ class Ingestor:
         The surveillance alert log is the source of truth: if the process died after the log
         was written and before the database insert, the next run copies what was missed.
         """
-        res = surveil(self.store)
-        return self.sync_alerts(res.tables["alerts"])
+        with self._surveil_lock:
+            res = surveil(self.store, snapshot_lock=self._lock)
+            return self.sync_alerts(res.tables["alerts"])
+
+    # --- deferred surveillance (HL7) ---------------------------------------------------------
+
+    def surveil_soon(self) -> None:
+        """Ask for a surveillance run within ``delay_s`` (a background thread; requests meanwhile coalesce)."""
+        if not self.run_surveillance:
+            return
+        with self._cond:
+            self._requested += 1
+            self._cond.notify_all()
+            if self._runner is None or not self._runner.is_alive():
+                self._stop.clear()
+                self._runner = threading.Thread(target=self._run_deferred, name="mgaki-surveillance", daemon=True)
+                self._runner.start()
+
+    def catch_up(self) -> None:
+        """At start-up: surveil soon if an earlier process stored data it did not surveil."""
+        if self.run_surveillance and self.store.pending()[0]:
+            self.surveil_soon()
+
+    def wait_surveilled(self, timeout_s: float | None = None) -> bool:
+        """Block until every requested deferred run has completed (tests, shutdown); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= self._requested, timeout_s)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Finish a requested deferred run now, then end the thread (the pending file covers a kill)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._runner is not None:
+            self._runner.join(timeout_s)
+
+    def _run_deferred(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._requested > self._done or self._stop.is_set())
+                if self._requested <= self._done:
+                    return  # stopped with nothing to do
+            self._stop.wait(self.delay_s)  # gather what arrives meanwhile (cut short at shutdown)
+            with self._cond:
+                target = self._requested
+            try:
+                n = self._surveil()
+            except Exception as exc:  # the pending file keeps the subjects: the next run retries
+                log.error("deferred surveillance failed %s", type(exc).__name__)
+                if self._stop.wait(max(self.delay_s, 1.0)):
+                    return
+                continue
+            log.info("deferred surveillance: %d new alert(s)", n)
+            with self._cond:
+                self._done = max(self._done, target)
+                self._cond.notify_all()
 
     def sync_alerts(self, log: pa.Table) -> int:
         if log.num_rows == 0:

@@ -1,5 +1,8 @@
 """The MLLP listener: HL7 v2 ORU^R01 over TCP, stored through the same Ingestor as FHIR, then an ACK.
 
+Surveillance of the stored results runs in the background after the ACK (``Ingestor.surveil_soon``):
+a lab feed sends one message after another, and one run covers all that arrived meanwhile.
+
 Runs on the service's event loop (started and stopped by the FastAPI lifespan), one
 task per connection, messages of a connection answered in order. The store work runs
 in a thread under the Ingestor's lock; the ACK is written only after the append has
@@ -37,10 +40,12 @@ def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
         log.info("MLLP message refused: %s %s", exc.ack_code, exc.error_code)
         return ack(msh, exc.ack_code, [AckError(exc.error_code, exc.where, exc.problem)])
     try:
-        res = ingestor.ingest_raw(parsed.tables)
+        res = ingestor.ingest_raw(parsed.tables, surveil=False)  # durable when it returns
     except Exception as exc:  # the sender keeps the message and retries; the append is idempotent
         log.error("MLLP store failure %s", type(exc).__name__)
         return ack(msh, "AR", [AckError("207", "MSH-10", "the message could not be stored; send it again")])
+    if res.subjects:
+        ingestor.surveil_soon()  # after the ACK, with whatever else arrives meanwhile
     try:
         write_audit(ingestor.engine, f"hl7:{msh.get('sending_app') or peer}", "write", "MLLP ORU^R01",
                     res.subjects)

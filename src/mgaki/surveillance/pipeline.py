@@ -9,10 +9,12 @@ already in the log is never emitted again, so re-running changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time as _time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,21 +185,27 @@ def _results_dir(store: EventStore) -> Path:
 
 def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None,
             kb: KnowledgeBase | None = None, progress: Progress | None = None,
-            engine: FullRun | None = None) -> SurveillanceResult:
+            engine: FullRun | None = None,
+            snapshot_lock: AbstractContextManager[object] | None = None) -> SurveillanceResult:
     """Bring the stored results up to date; return them and the alerts emitted by this call.
 
     `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`) recomputes everyone in place of
     DuckDB; the results and the alert log are kept exactly as for DuckDB.
+    `snapshot_lock` (the writers' lock) is held only while the store's files and pending
+    subjects are listed: the run then reads that snapshot while appends go on, and an append
+    it did not see leaves its pending file for the next run. Runs themselves must not overlap
+    (the service holds a lock of its own around each).
     """
     kb = kb or load()
     out = _results_dir(store)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    con = store.connect()
+    with snapshot_lock or contextlib.nullcontext():
+        con = store.connect()  # the views list the files present now
+        pending, pending_files = store.pending()
     try:
         as_of = as_of or _as_of(con)
-        pending, pending_files = store.pending()
         first = full or not state or engine is not None
         subjects: list[str] | None = None
         if not first:
