@@ -955,7 +955,7 @@ def write_trace(trace: list[tuple[float, float, int]], prefix: Path) -> None:
         y=alt.Y("latency_ms:Q", title="latency (ms)", scale=alt.Scale(type="log")))
     lines = alt.Chart(rules).mark_rule(strokeDash=[4, 3]).encode(y="ms:Q", color=alt.Color("line:N", title=None))
     (points + lines).properties(width=800, height=260, title="patient-view latency per request (open loop)") \
-        .save(str(prefix.with_suffix(".png")), scale_factor=1.5)
+        .save(str(prefix.with_suffix(".png")))
 
 
 def machine() -> dict[str, Any]:
