@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import sqlalchemy as sa
 
 import mgaki
@@ -115,3 +118,20 @@ def test_openapi_documents_the_endpoints(client):
     assert {"/cds-services", "/cds-services/{service_id}", "/fhir", "/fhir/$import-ndjson", "/alerts",
             "/patients/{patient_id}/alerts"} <= set(paths)
     assert client.get("/docs").status_code == 200
+
+
+def test_patient_view_reads_medications_named_by_included_medication_resources(client) -> None:  # type: ignore[no-untyped-def]
+    """Prefetch asks `_include=...:medication`: drugs named by reference read like concepts (same cards)."""
+    plain = hook_request("renal_wasting_24h_diuretics")
+    by_ref = copy.deepcopy(plain)
+    for key in ("medicationRequests", "medicationAdministrations"):
+        entries = by_ref["prefetch"][key]["entry"]
+        for i, e in enumerate(list(entries)):
+            res = e["resource"]
+            med = {"resourceType": "Medication", "id": f"{key}-{i}", "code": res.pop("medicationCodeableConcept")}
+            res["medicationReference"] = {"reference": f"Medication/{med['id']}"}
+            entries.append({"resource": med, "search": {"mode": "include"}})
+    assert any(e["resource"]["resourceType"] == "Medication" for e in by_ref["prefetch"]["medicationRequests"]["entry"])
+    cards = [client.post("/cds-services/mgaki-patient-view", json=r).json()["cards"] for r in (plain, by_ref)]
+    strip = [[{k: v for k, v in c.items() if k != "uuid"} for c in cs] for cs in cards]
+    assert strip[0] == strip[1] and "diuretic" in json.dumps(strip[0]).lower()

@@ -166,3 +166,27 @@ def test_discovery_lists_order_select_with_prefetch(client):
     assert services["mgaki-order-select"]["hook"] == "order-select"
     assert services["mgaki-order-select"]["prefetch"] == services["mgaki-order-sign"]["prefetch"]
     assert services["mgaki-order-select"]["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+
+
+def _by_reference(order: dict[str, Any], contained: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The same order naming its drug through a Medication: contained ('#id') or a resource of the bundle."""
+    med = {"resourceType": "Medication", "id": f"med-{order['id']}", "code": order.pop("medicationCodeableConcept")}
+    if contained:
+        order.update(contained=[med], medicationReference={"reference": f"#{med['id']}"})
+        return order, None
+    order["medicationReference"] = {"reference": f"Medication/{med['id']}"}
+    return order, med
+
+
+@pytest.mark.parametrize("contained", [True, False])
+def test_orders_naming_their_drug_by_medication_reference_are_checked(client, contained):
+    """EHRs often send the drug as a (contained) Medication: the same cards as with a medicationCodeableConcept."""
+    order, med = _by_reference(drug_order("o1", "furosemide 40 mg IV", "4603"), contained)
+    cards = call(client, "general_low_cheungpasitporn", [order, *([med] if med else [])]).cards
+    assert len(cards) == 1 and cards[0].indicator == "warning" and "loop diuretic" in cards[0].summary.lower()
+    cis, cis_med = _by_reference(drug_order("c1", "cisplatin 40 mg/m2", "2555"), contained)
+    cards = call(client, "cisplatin_preload_normal_mg", [cis, *([cis_med] if cis_med else [])]).cards
+    assert [c.summary.startswith("Mg preload before cisplatin") for c in cards] == [True]
+    # a reference to a Medication the request does not carry names no drug: no card, no error
+    lost, _ = _by_reference(drug_order("o2", "furosemide 40 mg IV", "4603"), contained=False)
+    assert call(client, "general_low_cheungpasitporn", [lost]).cards == []

@@ -220,3 +220,43 @@ def test_cli_strict_fhir_rejects_what_the_fast_path_skips(tmp_path):
     r = subprocess.run([*cmd, "--strict-fhir"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert "Specimen/s1" in r.stderr
+
+
+def _mgso4_by_reference(contained: bool) -> dict:
+    """The MgSO4 administration of ``_meds`` naming its drug through a Medication resource."""
+    b = _meds().build()
+    adm = b["entry"][3]["resource"]
+    med = {"resourceType": "Medication", "id": "mgso4", "code": adm.pop("medicationCodeableConcept")}
+    if contained:
+        adm.update(contained=[med], medicationReference={"reference": "#mgso4"})
+    else:
+        adm["medicationReference"] = {"reference": "Medication/mgso4"}
+        b["entry"].append({"resource": med})
+    return b
+
+
+@pytest.mark.parametrize("contained", [True, False])
+def test_medication_reference_is_resolved_to_its_medication(contained):
+    b = _mgso4_by_reference(contained)
+    fast = record_from_bundle(b)
+    assert fast == record_from_bundle(b, strict=True)
+    adm = fast.medications[0]
+    assert (adm.ingredient, adm.rxcui, adm.dose_g) == ("magnesium sulfate", "6585", pytest.approx(2.0))
+    assert not [w for w in fast.warnings if "medicationReference" in w]
+
+
+def test_unresolved_medication_reference_is_a_warning_not_a_failure():
+    b = _mgso4_by_reference(contained=False)
+    b["entry"].pop()  # the Medication is not in the bundle
+    rec = record_from_bundle(b)
+    assert rec.medications[0].ingredient is None
+    assert any("MedicationAdministration/med3: medicationReference 'Medication/mgso4' names no Medication" in w
+               for w in rec.warnings)
+    assert mgaki.assess(b).magnesium is not None  # the rest of the assessment stands
+
+
+def test_a_referenced_medication_code_is_validated():
+    b = _mgso4_by_reference(contained=True)
+    b["entry"][3]["resource"]["contained"][0]["code"]["coding"][0]["code"] = "6585 "
+    with pytest.raises(BundleError, match=r"MedicationAdministration/med3 \(its Medication.code\): coding.0.code"):
+        record_from_bundle(b)

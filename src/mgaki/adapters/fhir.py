@@ -21,7 +21,7 @@ from mgaki.knowledge import KnowledgeBase, load
 from mgaki.model import Condition, Measurement, Medication, PatientRecord
 from mgaki.units import normalize_unit, salt_amounts, to_canonical
 
-__all__ = ["parse_bundle", "record_from_bundle"]
+__all__ = ["medication_concept", "medication_index", "parse_bundle", "record_from_bundle"]
 
 UCUM = "http://unitsofmeasure.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -34,6 +34,36 @@ ICU_WORDS = ("intensive care", "icu", "critical care")
 def _where(raw: dict[str, Any], i: int | None = None) -> str:
     rid = f"{raw.get('resourceType', '?')}/{raw.get('id', '?')}"
     return rid if i is None else f"Bundle.entry[{i}] ({rid})"
+
+
+def medication_index(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Medication resources among ``resources``, by id (what ``medicationReference`` names)."""
+    return {r["id"]: r for r in resources if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str)}
+
+
+def medication_concept(res: dict[str, Any], medications: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The CodeableConcept naming a medication resource's drug: ``medicationCodeableConcept``, else the
+    ``code`` of the Medication its ``medicationReference`` points to, contained (``#id``) or among
+    ``medications`` (Medication resources of the bundle, by id). None when it names none we can find.
+
+    EHRs often send the drug as a (contained) Medication rather than a concept; the cohort
+    adapter (fhir_bulk) resolves references to Medication resources of the export the same way.
+    """
+    concept = res.get("medicationCodeableConcept")
+    if isinstance(concept, dict):
+        return concept
+    ref = res.get("medicationReference")
+    target = ref.get("reference") if isinstance(ref, dict) else None
+    if not isinstance(target, str) or not target:
+        return None
+    med: Any = None
+    if target.startswith("#"):
+        med = next((c for c in res.get("contained") or [] if isinstance(c, dict)
+                    and c.get("resourceType") == "Medication" and c.get("id") == target[1:]), None)
+    elif "Medication/" in target:
+        med = medications.get(target.rsplit("Medication/", 1)[1].split("/_history/")[0])
+    code = med.get("code") if isinstance(med, dict) else None
+    return code if isinstance(code, dict) else None
 
 
 # --- the fast validation layer ------------------------------------------------------------
@@ -388,6 +418,7 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
     warnings: list[str] = []
     seen_ids: set[str] = set()
     ignored = 0
+    medications = medication_index(raws)
     for i, res in enumerate(parsed):
         raw = raws[i]
         rtype = raw["resourceType"]
@@ -434,7 +465,7 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
                                     f"{analyte} values at the same time; both kept")
                 meas[key] = m
             elif rtype in ("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
-                meds.append(_medication(kb, res, rtype, where))
+                meds.append(_medication(kb, res, rtype, where, raw, medications, warnings))
             elif rtype == "Procedure":
                 hit = any((c.system, c.code) in rrt_codes for c in (res.code.coding or [])) \
                     if res.code else False
@@ -468,11 +499,19 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
                          contexts=frozenset(contexts), warnings=tuple(warnings))
 
 
-def _medication(kb: KnowledgeBase, res: Any, rtype: str, where: str) -> Medication:
+def _medication(kb: KnowledgeBase, res: Any, rtype: str, where: str, raw: dict[str, Any],
+                medications: dict[str, dict[str, Any]], warnings: list[str]) -> Medication:
     concept = getattr(res, "medicationCodeableConcept", None)
-    if concept is None and getattr(res, "medicationReference", None) is not None:
-        raise BundleError(where, "medicationReference is not supported; use "
-                                 "medicationCodeableConcept (RxNorm or text)")
+    if concept is None and res.medicationReference is not None:
+        found = medication_concept(raw, medications)
+        if found is None:
+            warnings.append(f"{where}: medicationReference {res.medicationReference.reference!r} names no Medication "
+                            "in the bundle (contained or included): the drug is not identified")
+        else:
+            try:
+                concept = _CodeableConcept.model_validate(found)
+            except ValidationError as exc:
+                _raise_validation(exc, f"{where} (its Medication.code)")
     ingredient, rxcui, text = _med_ingredient(kb, concept)
     start = end = None
     dose = None

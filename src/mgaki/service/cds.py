@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any
 
 import mgaki
+from mgaki.adapters.fhir import medication_concept, medication_index
 from mgaki.errors import InputError, MgakiError
 from mgaki.events.normalize import drug_regex
 from mgaki.knowledge import KnowledgeBase, load
@@ -72,8 +73,10 @@ def _prefetch() -> dict[str, str]:
     return {
         "patient": "Patient/{{context.patientId}}",
         "observations": _observation_query(),
-        "medicationRequests": "MedicationRequest?subject={{context.patientId}}",
-        "medicationAdministrations": "MedicationAdministration?subject={{context.patientId}}",
+        # _include: the Medication resources the orders may name their drug by (medicationReference)
+        "medicationRequests": "MedicationRequest?subject={{context.patientId}}&_include=MedicationRequest:medication",
+        "medicationAdministrations": "MedicationAdministration?subject={{context.patientId}}"
+                                     "&_include=MedicationAdministration:medication",
     }
 
 
@@ -258,10 +261,10 @@ def _class_patterns(kb: KnowledgeBase) -> tuple[tuple[re.Pattern[str], DrugClass
                  for c in kb.drugs.classes if c.name_pattern)
 
 
-def _order_texts(res: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(RxNorm codes, lower-case names) of a MedicationRequest's medicationCodeableConcept."""
-    concept = res.get("medicationCodeableConcept")
-    if not isinstance(concept, dict):
+def _order_texts(res: dict[str, Any], medications: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(RxNorm codes, lower-case names) of a MedicationRequest's drug (concept, or its referenced Medication)."""
+    concept = medication_concept(res, medications)
+    if concept is None:
         return [], []
     codes, texts = [], [str(concept.get("text") or "")]
     codings = concept.get("coding")
@@ -274,9 +277,10 @@ def _order_texts(res: dict[str, Any]) -> tuple[list[str], list[str]]:
     return codes, [t.lower() for t in texts if t]
 
 
-def _order_drug(kb: KnowledgeBase, res: dict[str, Any]) -> tuple[Drug | None, DrugClass | None, str]:
+def _order_drug(kb: KnowledgeBase, res: dict[str, Any], medications: dict[str, dict[str, Any]],
+                ) -> tuple[Drug | None, DrugClass | None, str]:
     """The knowledge-base drug an order names (RxCUI first, then name), its order-check class, and a label."""
-    codes, texts = _order_texts(res)
+    codes, texts = _order_texts(res, medications)
     drug = next((d for d in (kb.drug(f"rxcui:{c}") for c in codes) if d is not None), None)
     if drug is None:
         for t in texts:
@@ -294,18 +298,21 @@ def _order_drug(kb: KnowledgeBase, res: dict[str, Any]) -> tuple[Drug | None, Dr
     return None, None, texts[0] if texts else "order"
 
 
-def _draft_orders(req: CdsRequest, hook: str) -> list[dict[str, Any]]:
-    """The MedicationRequests to check: all drafts (order-sign) or the selected ones (order-select)."""
+def _draft_orders(req: CdsRequest, hook: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The MedicationRequests to check: all drafts (order-sign) or the selected ones (order-select);
+    and the Medication resources the draft bundle carries, by id (orders may name their drug by reference)."""
     draft = req.context.get("draftOrders")
     if not isinstance(draft, dict) or draft.get("resourceType") != "Bundle":
         raise CdsInputError("context.draftOrders must be a FHIR Bundle")
-    meds = [r for r in _resources(draft, "draftOrders") if r.get("resourceType") == "MedicationRequest"]
+    resources = _resources(draft, "draftOrders")
+    medications = medication_index(resources)
+    meds = [r for r in resources if r.get("resourceType") == "MedicationRequest"]
     if hook == "order-select":
         sel = req.context.get("selections")
         if not isinstance(sel, list) or not all(isinstance(x, str) for x in sel):
             raise CdsInputError("context.selections must be a list of 'ResourceType/id' strings (order-select)")
         meds = [r for r in meds if f"MedicationRequest/{r.get('id')}" in set(sel)]
-    return meds
+    return meds, medications
 
 
 def _dose_quantity(res: dict[str, Any]) -> dict[str, Any] | None:
@@ -507,7 +514,8 @@ def _preload_card(kb: KnowledgeBase, a: Assessment, req: CdsRequest, drug: Drug)
 def order_hook(req: CdsRequest, hook: str, cfg: ServiceConfig | None = None) -> CdsResponse:
     """Cards for the draft MedicationRequests of order-select (the selected ones) or order-sign (all)."""
     kb = load()
-    typed = [(res, *_order_drug(kb, res)) for res in _draft_orders(req, hook)]
+    orders, medications = _draft_orders(req, hook)
+    typed = [(res, *_order_drug(kb, res, medications)) for res in orders]
     mg_orders = [res for res, drug, _, _ in typed if drug is not None and drug.ingredient == MGSO4]
     classed = [(drug, cls, label) for _, drug, cls, label in typed if cls is not None]
     openers = list({drug.ingredient: drug for _, drug, _, _ in typed if drug is not None and drug.context}.values())
