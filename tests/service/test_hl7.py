@@ -132,3 +132,26 @@ def test_mllp_round_trip_stores_alerts_corrects_and_survives_bad_input(served, t
 
         rows = con.execute(sa.text("SELECT actor, endpoint, patient_id FROM audit WHERE action = 'write'")).all()
     assert ("hl7:LAB", "MLLP ORU^R01", "p1") in rows
+
+
+def test_each_result_belongs_to_the_patient_of_its_group() -> None:
+    """An ORU^R01 with two PATIENT_RESULT groups: p2's result is p2's (it was once stored as the first PID's)."""
+    first = _msg(1.0)
+    second = oru_r01("p2", [Result(CREA, 2.4, "mg/dL", T0)], visit="v2", admitted=T0 - timedelta(hours=1),
+                     order="ord-2", sex="M", birth_date="19500101")
+    both = first.rstrip("\r") + "\r" + "\r".join(s for s in second.split("\r") if s and not s.startswith("MSH"))
+    out = normalize(parse_oru(both).tables)
+    ev = sorted((e["subject_id"], e["encounter_id"], e["analyte"], e["numeric_value"])
+                for e in out["events"].to_pylist())
+    assert ev == [("p1", "v1", "magnesium", pytest.approx(1.0)), ("p2", "v2", "creatinine", pytest.approx(2.4))]
+    subjects = sorted((s["subject_id"], s["sex"]) for s in out["subjects"].to_pylist())
+    assert subjects == [("p1", "female"), ("p2", "male")]
+    visits = sorted((e["subject_id"], e["encounter_id"]) for e in out["encounters"].to_pylist())
+    assert visits == [("p1", "v1"), ("p2", "v2")]
+    # the second group's PID-3 missing is refused naming that PID, not stored under the first patient
+    with pytest.raises(Hl7Error) as err:
+        parse_oru(both.replace("p2^^^HOSP^MR", ""))
+    assert (err.value.where, err.value.problem) == ("PID-3", "patient identifier missing (PID 2)")
+    # a result before any PID has no patient: refused
+    with pytest.raises(Hl7Error, match="before any PID"):
+        parse_oru(first.replace("\rPID|", "\rNTE|1||x\rOBX|1|NM|19123-9^^LN||1.0|mg/dL|||||F\rPID|", 1))

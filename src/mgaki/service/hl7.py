@@ -11,6 +11,9 @@ a deletion (``D``) or wrong-patient/in-error (``W``) result removes it, and a re
 message adds nothing. Only final (``F``) and corrected (``C``) results are used;
 every other status is quarantined with the reason (HL7 table 0085).
 
+A message may carry several patients (PATIENT_RESULT groups: PID, PV1, then OBR/OBX);
+each result belongs to the group it is in.
+
 Times without a UTC offset take the offset of MSH-7, else they are read as UTC
 (the event model's convention). One message is a handful of rows: plain Python here,
 the columnar work happens in ``normalize``.
@@ -165,39 +168,28 @@ def parse_oru(text: str) -> Parsed:
         raise Hl7Error("AE", "101", "MSH-10", "message control id is missing")
     m7 = _TS.match(msh_f["time"])
     offset = m7.group(7) if m7 else None
-    pids = _segments(msg, "PID")
-    if not pids:
+    if not _segments(msg, "PID"):
         raise Hl7Error("AE", "100", "PID", "the message has no PID segment")
-    pid = pids[0]
-    subject = _text(pid, 3)
-    if not subject:
-        raise Hl7Error("AE", "101", "PID-3", "patient identifier missing")
-    pv1 = (_segments(msg, "PV1") or [None])[0]
-    visit = _text(pv1, 19) if pv1 is not None else ""
     rows: dict[str, list[dict[str, Any]]] = {"events": [], "encounters": [], "subjects": [], "quarantine": []}
-    sex, birth = _text(pid, 8), _text(pid, 7)
-    rows["subjects"].append({
-        "subject_id": subject, "sex": {"F": "female", "M": "male"}.get(sex.upper()),
-        "birth_year": int(birth[:4]) if birth[:4].isdigit() else None,
-        "source": versioned_source(f"HL7/PID/{subject}", _digest(sex, birth))})
-    if pv1 is not None and visit:
-        start, end = _hl7_time(_text(pv1, 44), offset), _hl7_time(_text(pv1, 45), offset)
-        if start:
-            kinds = load_map("hl7v2").by("encounter_kind")
-            cls = _text(pv1, 2).upper()
-            kind = kinds[cls].target if cls in kinds else None
-            rows["encounters"].append({
-                "subject_id": subject, "encounter_id": visit, "kind": kind, "start": start, "end": end,
-                "source": versioned_source(f"HL7/PV1/{visit}", _digest(subject, kind, start, end))})
     codes = {(r["system"], r["code"]): (r["key"], r["analyte"]) for r in code_table().to_pylist()}
+    # ORU^R01 repeats PATIENT_RESULT groups (PID [PV1] then OBR/OBX): each result belongs to the
+    # patient and visit of the group it is in, never to the message's first patient
+    subject, visit, n_pid = "", "", 0
     order, obr_time, n_obx = msh_f["control_id"], None, 0
     for seg in msg:
         sid = str(seg[0])
-        if sid == "OBR":
+        if sid == "PID":
+            n_pid += 1
+            subject, visit, order, obr_time = _pid(seg, n_pid, rows), "", msh_f["control_id"], None
+        elif sid == "PV1" and subject:
+            visit = _pv1(seg, subject, offset, rows)
+        elif sid == "OBR":
             order = _order_id(seg, 3) or _order_id(seg, 2) or msh_f["control_id"]
             obr_time = _text(seg, 7)
         elif sid == "OBX":
             n_obx += 1
+            if not subject:
+                raise Hl7Error("AE", "100", "OBX", f"OBX {n_obx} comes before any PID: whose result it is is unknown")
             rows_for = _obx_rows(seg, n_obx, subject, visit, order, obr_time, offset, codes)
             rows[rows_for[0]].append(rows_for[1])
     if n_obx == 0:
@@ -205,6 +197,35 @@ def parse_oru(text: str) -> Parsed:
     tables = {name: conform(pa.Table.from_pylist(r) if r else pa.table({}), name)
               for name, r in rows.items()}
     return Parsed(tables, msh_f, n_obx)
+
+
+def _pid(seg: Any, n: int, rows: dict[str, list[dict[str, Any]]]) -> str:
+    """The subject of a PID segment (PID-3), its subjects row added; AE if PID-3 is empty."""
+    subject = _text(seg, 3)
+    if not subject:
+        raise Hl7Error("AE", "101", "PID-3", "patient identifier missing" + (f" (PID {n})" if n > 1 else ""))
+    sex, birth = _text(seg, 8), _text(seg, 7)
+    rows["subjects"].append({
+        "subject_id": subject, "sex": {"F": "female", "M": "male"}.get(sex.upper()),
+        "birth_year": int(birth[:4]) if birth[:4].isdigit() else None,
+        "source": versioned_source(f"HL7/PID/{subject}", _digest(sex, birth))})
+    return subject
+
+
+def _pv1(seg: Any, subject: str, offset: str | None, rows: dict[str, list[dict[str, Any]]]) -> str:
+    """The visit of a PV1 segment (PV1-19); an encounters row when PV1-44 gives its start."""
+    visit = _text(seg, 19)
+    if not visit:
+        return ""
+    start, end = _hl7_time(_text(seg, 44), offset), _hl7_time(_text(seg, 45), offset)
+    if start:
+        kinds = load_map("hl7v2").by("encounter_kind")
+        cls = _text(seg, 2).upper()
+        kind = kinds[cls].target if cls in kinds else None
+        rows["encounters"].append({
+            "subject_id": subject, "encounter_id": visit, "kind": kind, "start": start, "end": end,
+            "source": versioned_source(f"HL7/PV1/{visit}", _digest(subject, kind, start, end))})
+    return visit
 
 
 def _obx_rows(seg: Any, n: int, subject: str, visit: str, order: str, obr_time: str | None,
