@@ -182,9 +182,12 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             mgaki.warm_up()
         listener = None
         if cfg.mllp_port is not None:  # HL7 v2 over MLLP, same process and store (service/mllp.py)
-            from mgaki.service.mllp import MllpListener
+            from mgaki.service.mllp import MllpListener, tls_context
 
-            listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port, reuse_port=cfg.workers > 1)
+            tls = tls_context(cfg.mllp_tls_cert, cfg.mllp_tls_key, cfg.mllp_tls_client_ca) \
+                if cfg.mllp_tls_cert is not None and cfg.mllp_tls_key is not None else None
+            listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port, reuse_port=cfg.workers > 1,
+                                    tls=tls)
             await listener.start()
         app_.state.mllp = listener
         app_.state.ingestor = ingestor

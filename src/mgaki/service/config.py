@@ -65,6 +65,11 @@ class ServiceConfig(BaseModel):
     hl7_surveillance_delay_s: float = Field(default=1.0, ge=0, le=3600)
     mllp_port: int | None = Field(default=None, ge=0, le=65535)  # HL7 v2 MLLP listener; None: off, 0: any free port
     mllp_host: str | None = None  # default: host
+    # MLLP over TLS (results carry PHI): the listener's certificate chain and key (PEM); with a client CA,
+    # only senders presenting a certificate it signed are accepted (mutual TLS). docs/service.md#hl7-v2
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
     warm_up: bool = True
     # Throughput and overload (docs/service.md#performance)
     workers: int = Field(default=1, ge=1)  # uvicorn worker processes (one GIL each): about one per core
@@ -86,6 +91,19 @@ class ServiceConfig(BaseModel):
             raise ValueError("mllp_port 0 (any free port) cannot be shared by several workers: give a port number")
         return self
 
+    @model_validator(mode="after")
+    def _mllp_tls_files(self) -> ServiceConfig:
+        if (self.mllp_tls_cert is None) != (self.mllp_tls_key is None):
+            raise ValueError("mllp_tls_cert and mllp_tls_key go together (the certificate and its private key)")
+        if self.mllp_tls_client_ca is not None and self.mllp_tls_cert is None:
+            raise ValueError("mllp_tls_client_ca needs mllp_tls_cert and mllp_tls_key (client certificates are "
+                             "checked on a TLS listener)")
+        for name in ("mllp_tls_cert", "mllp_tls_key", "mllp_tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        return self
+
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'mgaki.db').as_posix()}"
 
@@ -94,6 +112,8 @@ _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGA
         "MGAKI_PORT": "port", "MGAKI_PUBLIC_BASE_URL": "public_base_url",
         "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
         "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host",
+        "MGAKI_MLLP_TLS_CERT": "mllp_tls_cert", "MGAKI_MLLP_TLS_KEY": "mllp_tls_key",
+        "MGAKI_MLLP_TLS_CLIENT_CA": "mllp_tls_client_ca",
         "MGAKI_WORKERS": "workers", "MGAKI_CDS_MAX_IN_FLIGHT": "cds_max_in_flight",
         "MGAKI_CDS_THREADS": "cds_threads"}
 

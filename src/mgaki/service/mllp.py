@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import hl7.mllp
 import sqlalchemy as sa
@@ -25,7 +27,7 @@ from mgaki.service.db import write_audit
 from mgaki.service.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
 from mgaki.service.ingest import Ingestor
 
-__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message"]
+__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "tls_context"]
 
 log = logging.getLogger("mgaki.service.mllp")
 MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
@@ -57,6 +59,17 @@ def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
     return ack(msh, "AA", warnings)
 
 
+def tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """Server TLS for MLLP: TLS 1.2 or later; with ``client_ca``, a client certificate it signed is required."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(client_ca)
+    return ctx
+
+
 @dataclass
 class MllpListener:
     """An asyncio MLLP server bound to ``host:port`` (port 0: any free port, see ``port`` after start)."""
@@ -66,15 +79,16 @@ class MllpListener:
     port: int
     encoding: str = "utf-8"
     reuse_port: bool = False  # several worker processes share the port (SO_REUSEPORT: the kernel spreads connections)
+    tls: ssl.SSLContext | None = None  # MLLP over TLS (tls_context)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         self._server = await hl7.mllp.start_hl7_server(self._client, self.host, self.port,
                                                        limit=MAX_MESSAGE_BYTES, encoding=self.encoding,
-                                                       reuse_port=self.reuse_port or None)
+                                                       reuse_port=self.reuse_port or None, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("MLLP listener on port %d", self.port)
+        log.info("MLLP listener on port %d%s", self.port, " (TLS)" if self.tls else "")
 
     async def stop(self) -> None:
         """Stop accepting, end open connections; a message being stored finishes its append first."""
