@@ -124,7 +124,7 @@ def surveil_cmd(
     as_of: Annotated[str | None, typer.Option(help="ISO time closing open monitoring gaps (default: latest "
                                                    "time in the data)")] = None,
     engine: Annotated[Engine, typer.Option(help="duckdb (incremental) | spark (recomputes everyone; "
-                                                "needs mgaki[spark] and Java)")] = Engine.duckdb,
+                                                "needs mgaki\\[spark] and Java)")] = Engine.duckdb,
     spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
 ) -> None:
     """KDIGO episodes, Mg trajectories, evidence flags and alerts for every encounter in the store."""

@@ -37,7 +37,7 @@ def serve(
         from mgaki.service import create_app, load_config
         from mgaki.service.app import CONFIG_ENV, prepare_database
     except ImportError as exc:
-        err.print(f"[red]error:[/red] the service needs its extra: pip install 'mgaki[service]' ({exc.name})")
+        err.print(f"[red]error:[/red] the service needs its extra: pip install 'mgaki\\[service]' ({exc.name})")
         raise typer.Exit(2) from exc
     try:
         cfg = load_config(config, host=host, port=port, data_dir=data_dir, database_url=database_url,

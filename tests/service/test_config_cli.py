@@ -45,6 +45,15 @@ def test_workers_and_overload_settings_from_env_and_cli(tmp_path):
         load_config(None, env={"MGAKI_WORKERS": "0"})
     r = CliRunner().invoke(app, ["serve", "--help"])
     assert "--workers" in r.output
+    assert load_config(None, env={"MGAKI_CDS_THREADS": "2"}).cds_threads == 2
+    with pytest.raises(InputError, match="cds_threads"):
+        load_config(None, env={"MGAKI_CDS_THREADS": "0"})
+
+
+def test_help_shows_extras_in_brackets():
+    """rich reads [spark] as markup and used to drop it from the help ('needs mgaki and Java')."""
+    r = CliRunner().invoke(app, ["surveil", "--help"], terminal_width=200)
+    assert r.exit_code == 0 and "mgaki[spark]" in r.output
 
 
 def test_worker_socket_is_tcp_so_asyncio_sets_nodelay(monkeypatch):
