@@ -164,8 +164,11 @@ def normalize(raw: Mapping[str, pa.Table | None], kb: KnowledgeBase | None = Non
 
 def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None],
                kb: KnowledgeBase) -> dict[str, pa.Table]:
-    out: dict[str, pa.Table] = {}
+    out: dict[str, pa.Table] = {name: TABLES[name].empty_table() for name in TABLES}
     quarantine: list[str] = []
+    # a section whose raw table is empty is skipped: its outputs stay empty (one HL7 message has no
+    # medications or contexts, and each statement on a tiny table still costs a millisecond or more)
+    present = {name for name, table in raw.items() if table is not None and table.num_rows}
     for name, schema in RAW.items():
         con.register(f"raw_{name}", _conform(raw.get(name), schema))
 
@@ -204,7 +207,28 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         FROM ev2 WHERE why IS NULL AND analyte = 'weight'
     """).to_arrow_table()
 
-    # --- medications --------------------------------------------------------------------------
+    if "medications" in present:
+        _medications(con, kb, out, quarantine)
+    if "encounters" in present:
+        _encounters(con, out, quarantine)
+    out["subjects"] = con.sql("""
+        SELECT subject_id, CASE lower(sex) WHEN 'f' THEN 'female' WHEN 'female' THEN 'female'
+                                          WHEN 'm' THEN 'male' WHEN 'male' THEN 'male' END AS sex,
+               birth_year, source FROM raw_subjects WHERE subject_id IS NOT NULL AND subject_id <> ''
+    """).to_arrow_table()
+    if "contexts" in present:
+        _contexts(con, out, quarantine)
+    out["quarantine"] = con.sql(" UNION ALL ".join(quarantine)).to_arrow_table()
+    # rows an adapter already set aside (e.g. a FHIR status 'entered-in-error'), with its reason
+    given = raw.get("quarantine")
+    if given is not None and given.num_rows:
+        out["quarantine"] = pa.concat_tables([
+            out["quarantine"].cast(TABLES["quarantine"]), _conform(given, TABLES["quarantine"])])
+    return {name: out[name].cast(TABLES[name]) for name in TABLES}
+
+
+def _medications(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, out: dict[str, pa.Table],
+                 quarantine: list[str]) -> None:
     con.register("drug_map", _drug_table(kb))
     con.execute(f"""
         CREATE TEMP TABLE med AS
@@ -238,7 +262,8 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         FROM med2 WHERE why IS NULL
     """, params={"valence": float(kb.analyte("magnesium").valence or 2)}).to_arrow_table()
 
-    # --- encounters, subjects, contexts -------------------------------------------------------
+
+def _encounters(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str]) -> None:
     enc_reason = """CASE
         WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN encounter_id IS NULL OR encounter_id = '' THEN 'no encounter id'
@@ -253,11 +278,9 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         SELECT subject_id, encounter_id, coalesce(kind, 'inpatient') AS kind, s AS start, e AS "end",
                nullif(parent_id, '') AS parent_id, source FROM enc WHERE why IS NULL
     """).to_arrow_table()
-    out["subjects"] = con.sql("""
-        SELECT subject_id, CASE lower(sex) WHEN 'f' THEN 'female' WHEN 'female' THEN 'female'
-                                          WHEN 'm' THEN 'male' WHEN 'male' THEN 'male' END AS sex,
-               birth_year, source FROM raw_subjects WHERE subject_id IS NOT NULL AND subject_id <> ''
-    """).to_arrow_table()
+
+
+def _contexts(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str]) -> None:
     ctx_reason = """CASE WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN context IS NULL OR context = '' THEN 'no context'
         WHEN time IS NOT NULL AND t IS NULL THEN 'unparseable time ''' || time || '''' END"""
@@ -267,10 +290,3 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
     out["contexts"] = con.sql("""
         SELECT subject_id, nullif(encounter_id, '') AS encounter_id, t AS time, context, source
         FROM ctx WHERE why IS NULL""").to_arrow_table()
-    out["quarantine"] = con.sql(" UNION ALL ".join(quarantine)).to_arrow_table()
-    # rows an adapter already set aside (e.g. a FHIR status 'entered-in-error'), with its reason
-    given = raw.get("quarantine")
-    if given is not None and given.num_rows:
-        out["quarantine"] = pa.concat_tables([
-            out["quarantine"].cast(TABLES["quarantine"]), _conform(given, TABLES["quarantine"])])
-    return {name: out[name].cast(TABLES[name]) for name in TABLES}
