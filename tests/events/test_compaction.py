@@ -106,3 +106,16 @@ def test_a_reader_that_listed_the_parts_before_a_merge_still_reads_them(tmp_path
     finally:
         con.close()
     assert store.counts()["events"] == COMPACT_AT
+
+
+def test_cursors_of_the_shared_database_carry_mgakis_settings() -> None:
+    """normalize and append run on cursors of one database per process: its settings must hold in each."""
+    from mgaki.events.normalize import cursor
+
+    for _ in range(2):
+        con = cursor()
+        try:
+            row = con.sql("SELECT current_setting('TimeZone'), current_setting('preserve_insertion_order')").fetchall()
+        finally:
+            con.close()
+        assert row == [("UTC", False)]

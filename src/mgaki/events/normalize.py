@@ -36,12 +36,12 @@ def connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _settings(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("SET TimeZone = 'UTC'")
+def _settings(con: duckdb.DuckDBPyConnection, scope: str = "") -> None:
+    con.execute(f"SET {scope} TimeZone = 'UTC'")
     # Row order is never relied on (every query orders what it needs): lets DuckDB stream and spill.
-    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET {scope} preserve_insertion_order = false")
     # Intermediate tables live for one run: compressing them at automatic checkpoints cost seconds.
-    con.execute("SET checkpoint_threshold = '1TB'")
+    con.execute(f"SET {scope} checkpoint_threshold = '1TB'")
 
 
 _SHARED: dict[int, duckdb.DuckDBPyConnection] = {}  # process id -> the process's database (a fork gets its own)
@@ -61,9 +61,8 @@ def cursor() -> duckdb.DuckDBPyConnection:
         if db is None:
             _SHARED.clear()
             db = _SHARED[os.getpid()] = duckdb.connect()
-    con = db.cursor()
-    _settings(con)
-    return con
+            _settings(db, "GLOBAL")  # every cursor inherits them
+    return db.cursor()
 
 
 def _conform(table: pa.Table | None, schema: pa.Schema) -> pa.Table:

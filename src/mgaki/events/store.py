@@ -96,15 +96,15 @@ class EventStore:
     def files(self, table: str) -> list[Path]:
         """The live parts of ``table`` (or of the ledger): replaced ones left out (see Compaction)."""
         folder = self.root / table
-        parts = sorted(folder.glob("*.parquet"))  # listed first, records read after (the order matters)
-        if not parts or not (folder / _COMPACTED).is_dir():
-            return parts
-        listed = {p.name for p in parts}
-        gone: set[str] = set()
-        for rec in _records(folder):
-            if rec.merged in listed:
-                gone.update(rec.replaces)
-        return [p for p in parts if p.name not in gone] if gone else parts
+        try:  # listed first, records read after (the order matters); names sorted as strings (cheap)
+            names = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".parquet"))
+        except FileNotFoundError:
+            return []
+        if names and (folder / _COMPACTED).is_dir():
+            listed = set(names)
+            gone = {n for merged, replaces in _merges(folder / _COMPACTED) if merged in listed for n in replaces}
+            names = [n for n in names if n not in gone]
+        return [folder / n for n in names]
 
     def scan_sql(self, table: str, schema: pa.Schema | None = None) -> str:
         """A FROM-clause source for ``table``: its Parquet files, or an empty typed relation."""
@@ -389,6 +389,30 @@ class _Record:
         _fsync(self.path.parent)
 
 
+_MERGES: dict[str, tuple[str, frozenset[str]]] = {}  # record path -> (merged, replaced): fixed once written
+
+
+def _merges(records: Path) -> list[tuple[str, frozenset[str]]]:
+    """(merged part, the parts it replaces) of every compaction record in ``records``, each file read once.
+
+    A record's merged and replaced names never change after it is written (only ``deleted_at`` is
+    added), so they are cached by path; ``files`` runs several times per append.
+    """
+    out = []
+    for e in os.scandir(records):
+        if not e.name.endswith(".json"):
+            continue
+        hit = _MERGES.get(e.path)
+        if hit is None:
+            try:
+                rec = json.loads(Path(e.path).read_text())
+            except (OSError, ValueError):  # deleted meanwhile (records are written by atomic rename)
+                continue
+            hit = _MERGES[e.path] = (str(rec["merged"]), frozenset(rec["replaces"]))
+        out.append(hit)
+    return out
+
+
 def _records(folder: Path) -> list[_Record]:
     out = []
     for f in sorted((folder / _COMPACTED).glob("*.json")):
@@ -415,6 +439,7 @@ def _collect(folder: Path, now: float) -> None:
             if now - rec.at > GRACE_S:
                 (folder / f".{rec.merged}.tmp").unlink(missing_ok=True)
                 rec.path.unlink(missing_ok=True)
+                _MERGES.pop(str(rec.path), None)
         elif rec.deleted_at is None and now - rec.at > GRACE_S:
             for name in rec.replaces:
                 (folder / name).unlink(missing_ok=True)
@@ -422,6 +447,7 @@ def _collect(folder: Path, now: float) -> None:
             _Record(rec.path, rec.merged, rec.replaces, rec.at, now).write()
         elif rec.deleted_at is not None and now - rec.deleted_at > GRACE_S:
             rec.path.unlink(missing_ok=True)
+            _MERGES.pop(str(rec.path), None)
 
 
 def _reason_kinds(con: duckdb.DuckDBPyConnection, quarantined: pa.Table) -> dict[str, int]:
