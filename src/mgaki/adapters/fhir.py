@@ -196,27 +196,25 @@ class _MedicationRequest(_Medication):
     authoredOn: _DateTime | None = None
 
 
-class _MedicationAdministration(_Medication):
-    resourceType: Literal["MedicationAdministration"]
+class _MedicationEvent(_Medication):
+    """Administration and Statement: a medication with an effective[x] time."""
+
     effectiveDateTime: _DateTime | None = None
     effectivePeriod: _Period | None = None
+
+    @model_validator(mode="after")
+    def _one_effective(self) -> _MedicationEvent:
+        _one_of(self, "effective", ("effectiveDateTime", "effectivePeriod"))
+        return self
+
+
+class _MedicationAdministration(_MedicationEvent):
+    resourceType: Literal["MedicationAdministration"]
     dosage: _Dosage | None = None
 
-    @model_validator(mode="after")
-    def _one_effective(self) -> _MedicationAdministration:
-        _one_of(self, "effective", ("effectiveDateTime", "effectivePeriod"))
-        return self
 
-
-class _MedicationStatement(_Medication):
+class _MedicationStatement(_MedicationEvent):
     resourceType: Literal["MedicationStatement"]
-    effectiveDateTime: _DateTime | None = None
-    effectivePeriod: _Period | None = None
-
-    @model_validator(mode="after")
-    def _one_effective(self) -> _MedicationStatement:
-        _one_of(self, "effective", ("effectiveDateTime", "effectivePeriod"))
-        return self
 
 
 # Resource types mgaki reads, and how each is validated.
