@@ -29,7 +29,6 @@ import sqlalchemy as sa
 from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
-from mgaki.events.store import IngestSummary
 from mgaki.service.db import alerts, utcnow
 from mgaki.service.locks import FileLock
 from mgaki.surveillance import surveil
@@ -104,25 +103,21 @@ class Ingestor:
     def ingest(self, payload: bytes, suffix: str) -> IngestResult:
         """Store the resources of one request (``suffix`` '.json' Bundle or '.ndjson'), then surveil."""
         self._tmp.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            with tempfile.TemporaryDirectory(dir=self._tmp) as d:
-                path = Path(d) / f"request{suffix}"
-                path.write_bytes(payload)
-                raw = read_fhir(path)
-            summary = self.store.append(normalize(raw))
-        return self._result(summary, self._surveil() if self.run_surveillance else 0)
+        with tempfile.TemporaryDirectory(dir=self._tmp) as d:  # a folder of its own: no lock needed to read
+            path = Path(d) / f"request{suffix}"
+            path.write_bytes(payload)
+            raw = read_fhir(path)
+        return self.ingest_raw(raw)
 
     def ingest_raw(self, raw: dict[str, pa.Table], surveil: bool = True) -> IngestResult:
         """Store raw adapter tables (schema.RAW, plus an adapter's own ``quarantine``), e.g. from HL7.
 
         ``surveil=False``: return once stored (durable) and leave surveillance to ``surveil_soon``.
         """
+        tables = normalize(raw)  # pure (keeps the adapter's quarantine rows): outside the writers' lock
         with self._lock:
-            summary = self.store.append(normalize(raw))  # normalize keeps the adapter's quarantine rows
-        return self._result(summary, self._surveil() if surveil and self.run_surveillance else 0)
-
-    @staticmethod
-    def _result(summary: IngestSummary, new_alerts: int) -> IngestResult:
+            summary = self.store.append(tables)
+        new_alerts = self._surveil() if surveil and self.run_surveillance else 0
         return IngestResult(received=summary.received, added=summary.added, quarantined=summary.quarantined,
                             quarantine_reasons=summary.quarantine_reasons,
                             subjects=sorted(summary.affected_subjects), new_alerts=new_alerts,
