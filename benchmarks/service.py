@@ -715,18 +715,14 @@ def measure_hl7(address: tuple[str, int], messages: list[bytes], timeout_s: floa
     acks: dict[str, int] = {}
     lat = []
     t0 = time.perf_counter()
+    from mgaki.service.mllp import mllp_exchange
+
     with socket.create_connection(address, timeout=timeout_s) as s:
         for m in messages:
             t = time.perf_counter()
-            s.sendall(b"\x0b" + m + b"\x1c\x0d")
-            buf = b""
-            while not buf.endswith(b"\x1c\x0d"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("MLLP peer closed the connection before an ACK")
-                buf += chunk
+            reply = mllp_exchange(s, m)
             lat.append(time.perf_counter() - t)
-            msa = next((seg for seg in buf.strip(b"\x0b\x1c\x0d").split(b"\r") if seg.startswith(b"MSA|")), b"")
+            msa = next((seg for seg in reply.split(b"\r") if seg.startswith(b"MSA|")), b"")
             code = msa.split(b"|")[1].decode() if msa.count(b"|") >= 1 else "no MSA"
             acks[code] = acks.get(code, 0) + 1
     wall = time.perf_counter() - t0

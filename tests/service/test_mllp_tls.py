@@ -21,6 +21,7 @@ from mgaki.events import EventStore
 from mgaki.service import create_app
 from mgaki.service.config import load_config
 from mgaki.service.hl7 import Result, oru_r01, read_ack
+from mgaki.service.mllp import mllp_exchange
 
 T0 = dt.datetime(2024, 3, 1, 8, 0, tzinfo=dt.UTC)
 
@@ -65,14 +66,7 @@ def _send(port: int, message: str, ca: Path, client: tuple[Path, Path] | None = 
         ctx.load_cert_chain(*client)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as s:
-        s.sendall(b"\x0b" + message.encode() + b"\x1c\r")
-        buf = b""
-        while not buf.endswith(b"\x1c\r"):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before an ACK")
-            buf += chunk
-    return buf.strip(b"\x0b\x1c\r").decode()
+        return mllp_exchange(s, message.encode()).decode()
 
 
 def _msg(pid: str) -> str:

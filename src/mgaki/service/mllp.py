@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from mgaki.service.db import write_audit
 from mgaki.service.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
 from mgaki.service.ingest import Ingestor
 
-__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "tls_context"]
+__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "mllp_exchange", "tls_context"]
 
 log = logging.getLogger("mgaki.service.mllp")
 MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
@@ -57,6 +58,18 @@ def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
                 for reason, n in sorted(res.quarantine_reasons.items())]
     log.info("MLLP message stored: AA (%d observations, %d quarantined)", parsed.observations, res.quarantined)
     return ack(msh, "AA", warnings)
+
+
+def mllp_exchange(sock: socket.socket, message: bytes) -> bytes:
+    """Client side (benchmarks, tests): send one MLLP block on ``sock`` (plain or TLS) and return the reply's."""
+    sock.sendall(b"\x0b" + message + b"\x1c\r")
+    buf = b""
+    while not buf.endswith(b"\x1c\r"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("MLLP peer closed the connection before an ACK")
+        buf += chunk
+    return buf.strip(b"\x0b\x1c\r")
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
