@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -60,119 +60,9 @@ from fhir.resources.R4B.bundle import Bundle
 
 import mgaki
 from mgaki.adapters.fhir import parse_bundle, record_from_bundle
+from mgaki.synth.fhir import week_bundle
 
 TARGET_P99_MS = 20.0
-
-# ---------------------------------------------------------------------------
-# A minimal FHIR R4 bundle builder (a trimmed copy of tests/fhirbuild.py, so the
-# benchmark does not depend on the test tree).
-# ---------------------------------------------------------------------------
-
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
-CODES = {
-    "magnesium": "19123-9", "creatinine": "2160-0", "potassium": "2823-3", "calcium": "17861-6",
-    "albumin": "1751-7", "weight": "29463-7", "urine_output": "9187-6",
-    "sodium": "2951-2",  # not used by mgaki: exercises the "ignored observation" path
-}
-
-
-def _at(hours: float) -> str:
-    return (T0 + timedelta(hours=hours)).isoformat()
-
-
-class _Builder:
-    def __init__(self, pid: str = "bench1", sex: str = "male", birth: str = "1954-09-17") -> None:
-        self.pid = pid
-        self.n = 0
-        self.entries: list[dict[str, Any]] = [{"resource": {
-            "resourceType": "Patient", "id": pid, "gender": sex, "birthDate": birth}}]
-
-    def _id(self, prefix: str) -> str:
-        self.n += 1
-        return f"{prefix}{self.n}"
-
-    def _add(self, res: dict[str, Any]) -> None:
-        self.entries.append({"fullUrl": f"urn:uuid:bench-{res['id']}", "resource": res})
-
-    def obs(self, analyte: str, value: float, unit: str, hours: float) -> None:
-        self._add({
-            "resourceType": "Observation", "id": self._id("obs"), "status": "final",
-            "category": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                "code": "vital-signs" if analyte in ("weight", "urine_output") else "laboratory"}]}],
-            "code": {"coding": [{"system": LOINC, "code": CODES[analyte]}]},
-            "subject": {"reference": f"Patient/{self.pid}"},
-            "effectiveDateTime": _at(hours),
-            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}})
-
-    def med(self, name: str, rxcui: str, hours: float, kind: str = "MedicationRequest",
-            dose_g: float | None = None) -> None:
-        res: dict[str, Any] = {
-            "resourceType": kind, "id": self._id("med"), "status": "active",
-            "subject": {"reference": f"Patient/{self.pid}"},
-            "medicationCodeableConcept": {
-                "text": name, "coding": [{"system": RXNORM, "code": rxcui, "display": name}]}}
-        if kind == "MedicationRequest":
-            res.update(intent="order", authoredOn=_at(hours))
-        else:  # MedicationAdministration
-            res.update(status="completed", effectiveDateTime=_at(hours))
-            if dose_g is not None:
-                res["dosage"] = {"dose": {"value": dose_g, "unit": "g", "system": UCUM, "code": "g"}}
-        self._add(res)
-
-    def condition(self, text: str, icd10: str) -> None:
-        self._add({"resourceType": "Condition", "id": self._id("cond"),
-                   "subject": {"reference": f"Patient/{self.pid}"},
-                   "code": {"text": text, "coding": [
-                       {"system": "http://hl7.org/fhir/sid/icd-10", "code": icd10, "display": text}]}})
-
-    def icu_encounter(self, hours: float) -> None:
-        self._add({"resourceType": "Encounter", "id": self._id("enc"), "status": "in-progress",
-                   "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                             "code": "ACUTE", "display": "inpatient acute"},
-                   "type": [{"text": "Intensive care unit stay"}],
-                   "subject": {"reference": f"Patient/{self.pid}"},
-                   "period": {"start": _at(hours)}})
-
-    def build(self) -> dict[str, Any]:
-        return {"resourceType": "Bundle", "type": "collection", "entry": self.entries}
-
-
-def week_bundle() -> dict[str, Any]:
-    """7 days in hospital: cisplatin + furosemide + vanco/pip-tazo, creatinine rising to AKI,
-    Mg falling, hourly urine output over the last 48 h."""
-    b = _Builder()
-    days = 7
-    b.icu_encounter(-2.0)
-    b.condition("Squamous cell carcinoma of the head and neck", "C76.0")
-    b.condition("Sepsis, unspecified organism", "A41.9")
-    b.condition("Essential hypertension", "I10")
-    for d in range(days + 1):
-        h = 24.0 * d
-        b.obs("weight", round(82.0 - 0.4 * d, 1), "kg", h)
-        b.obs("albumin", round(3.6 - 0.1 * d, 2), "g/dL", h + 0.5)
-    for k in range(2 * days + 1):  # every 12 h
-        h = 12.0 * k
-        cr = 0.9 if k < 6 else round(0.9 + 0.18 * (k - 5), 2)  # rises from day 3: KDIGO stage 2-3
-        b.obs("creatinine", cr, "mg/dL", h)
-        b.obs("magnesium", round(2.0 - 0.06 * k, 2), "mg/dL", h)
-        b.obs("calcium", round(8.9 - 0.05 * k, 2), "mg/dL", h)
-        b.obs("sodium", 138 - (k % 3), "mmol/L", h)
-    for k in range(4 * days + 1):  # every 6 h
-        b.obs("potassium", round(3.9 - 0.02 * k, 2), "mmol/L", 6.0 * k + 0.25)
-    end = 24.0 * days
-    for j in range(48):  # hourly urine output, last 48 h, falling to oliguria
-        b.obs("urine_output", max(15.0, 80.0 - 1.4 * j), "mL", end - 47 + j)
-    b.med("cisplatin 100 mg/m2 every 3 weeks", "2555", 2.0)
-    b.med("furosemide 40 mg IV twice daily", "4603", 30.0)
-    b.med("pantoprazole 40 mg daily", "40790", 0.0)
-    b.med("vancomycin 15 mg/kg IV every 12 h", "11124", 72.0)
-    b.med("magnesium sulfate 2 g IV", "6585", 100.0, kind="MedicationAdministration", dose_g=2.0)
-    return b.build()
-
 
 def example_bytes() -> bytes:
     return resources.files("mgaki").joinpath("examples", "hypomagnesemia-cisplatin.json").read_bytes()

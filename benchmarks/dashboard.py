@@ -33,7 +33,7 @@ def main() -> None:
 
     from mgaki.events import EventStore
     from mgaki.service import ServiceConfig, create_app
-    from mgaki.service.ingest import Ingestor
+    from mgaki.service.ingest.ingestor import Ingestor
     from mgaki.surveillance import surveil
     from mgaki.synth import generate
 

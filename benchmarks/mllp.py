@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from hl7.client import MLLPClient
 
 from mgaki.service import ServiceConfig, create_app
-from mgaki.service.hl7 import Result, oru_r01, read_ack
+from mgaki.service.ingest.hl7 import Result, oru_r01, read_ack
 
 T0 = datetime(2024, 3, 1, 8, tzinfo=UTC)
 

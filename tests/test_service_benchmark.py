@@ -6,28 +6,21 @@ the server answered every request with the engine's cards, and the report prints
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "service.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the benchmark's parts (benchmarks/servicebench)
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("service_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["service_bench"] = mod  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return mod
+from mgaki.synth.fhir import T0, patient_week  # noqa: E402
+from servicebench import load  # noqa: E402
 
 
 def test_service_benchmark_smoke(tmp_path: Path) -> None:
@@ -68,9 +61,8 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
     bundle, ndjson = res["ingest_bundle"], res["ingest_ndjson"]
     assert bundle["requests"] == 2 and bundle["errors"] == 0 and bundle["resources_per_s"] > 0
     assert ndjson["requests"] == 2 and ndjson["errors"] == 0  # 3 patients, 2 per POST
-    bench = _bench()
-    assert bundle["resources"] == sum(len(bench.patient_week(100_000 + i)) for i in range(2))
-    assert ndjson["resources"] == sum(len(bench.patient_week(100_002 + i)) for i in range(3))
+    assert bundle["resources"] == sum(len(patient_week(100_000 + i)) for i in range(2))
+    assert ndjson["resources"] == sum(len(patient_week(100_002 + i)) for i in range(3))
     assert bundle["events_added"] > 0 and ndjson["events_added"] > 0  # new patients: rows were stored
     hl7 = res["ingest_hl7"]  # 10 ORU^R01 per ingest bundle, through the service's MLLP listener
     assert hl7["messages"] == 20 and hl7["acks"] == {"AA": 20} and hl7["errors"] == 0 and hl7["messages_per_s"] > 0
@@ -88,16 +80,15 @@ def test_service_benchmark_smoke(tmp_path: Path) -> None:
 
 
 def test_invalid_cards_are_counted_as_errors() -> None:
-    bench = _bench()
     good = json.dumps({"cards": [{"uuid": "u", "summary": "Mg 1.20 mg/dL", "indicator": "warning",
                                   "source": {"label": "mgaki"}}]}).encode()
-    assert bench.check_cards(good, ("Mg 1.20 mg/dL", 1)) is None
-    assert bench.check_cards(good, ("Mg 1.30 mg/dL", 1)) == "summary card differs from the in-process result"
-    assert bench.check_cards(good, ("Mg 1.20 mg/dL", 2)) == "1 cards, 2 expected"
-    assert bench.check_cards(b'{"cards": []}', ("x", 1)) == "no cards"
-    assert bench.check_cards(b"<html>", ("x", 1)) == "body is not JSON"
+    assert load.check_cards(good, ("Mg 1.20 mg/dL", 1)) is None
+    assert load.check_cards(good, ("Mg 1.30 mg/dL", 1)) == "summary card differs from the in-process result"
+    assert load.check_cards(good, ("Mg 1.20 mg/dL", 2)) == "1 cards, 2 expected"
+    assert load.check_cards(b'{"cards": []}', ("x", 1)) == "no cards"
+    assert load.check_cards(b"<html>", ("x", 1)) == "body is not JSON"
     no_source = json.dumps({"cards": [{"uuid": "u", "summary": "s", "indicator": "info"}]}).encode()
-    assert bench.check_cards(no_source, ("s", 1)) == "a card lacks uuid, summary, indicator or source"
+    assert load.check_cards(no_source, ("s", 1)) == "a card lacks uuid, summary, indicator or source"
 
 
 @pytest.fixture
@@ -126,10 +117,9 @@ def mllp_ack_server():
 
 def test_hl7_client_counts_acks(mllp_ack_server) -> None:
     """The MLLP client the lead will point at the HL7 listener: framing, one ACK per message, AE counted."""
-    bench = _bench()
-    msgs = [bench.oru_r01("p1", f"C{i}", "19123-9", 1.6, "mg/dL", bench.T0) for i in range(4)]
-    msgs.append(bench.oru_r01("p1", "BAD", "19123-9", 1.6, "mg/dL", bench.T0))
+    msgs = [load.oru_r01("p1", f"C{i}", "19123-9", 1.6, "mg/dL", T0) for i in range(4)]
+    msgs.append(load.oru_r01("p1", "BAD", "19123-9", 1.6, "mg/dL", T0))
     assert msgs[0].startswith(b"MSH|^~\\&|LAB|") and b"\rOBX|1|NM|19123-9^^LN||1.6|mg/dL^^UCUM" in msgs[0]
-    res = bench.measure_hl7(mllp_ack_server, msgs)
+    res = load.measure_hl7(mllp_ack_server, msgs)
     assert res["messages"] == 5 and res["acks"] == {"AA": 4, "AE": 1} and res["errors"] == 1
     assert res["messages_per_s"] > 0 and res["n"] == 5

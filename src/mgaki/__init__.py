@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mgaki._version import __version__
 from mgaki.adapters.fhir import record_from_bundle as _record_from_bundle
 from mgaki.engine.assess import AssessOptions
 from mgaki.engine.assess import assess_record as _assess_record
@@ -20,10 +21,8 @@ from mgaki.errors import (
     TimeError,
     UnitError,
 )
-from mgaki.model import PatientRecord
+from mgaki.record import PatientRecord
 from mgaki.result import Assessment, Finding, Plan
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AssessOptions",

@@ -12,7 +12,7 @@ import pytest
 import mgaki.events.store as store_mod
 from mgaki.events import EventStore, normalize
 from mgaki.events.store import COMPACT_AT, GRACE_S
-from mgaki.service.hl7 import Result, oru_r01, parse_oru
+from mgaki.service.ingest.hl7 import Result, oru_r01, parse_oru
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 

@@ -147,7 +147,7 @@ def test_cohort_fhir_ingest_keeps_one_version_per_resource(tmp_path: Path) -> No
     """`mgaki ingest --format fhir` goes through the same adapter and store: an update replaces."""
     import json
 
-    from mgaki.cli_cohort import ingest_path
+    from mgaki.cli.cohort import ingest_path
 
     def export(version: str, value: float, status: str = "final") -> Path:
         folder = tmp_path / f"export-{version}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mgaki
-from fhirbuild import B
+from mgaki.synth.fhir import BundleBuilder as B
 
 
 def _eclampsia(scr: float):  # type: ignore[no-untyped-def]

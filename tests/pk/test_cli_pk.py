@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mgaki.cli import app
-from mgaki.cli_pk import parse_amount, parse_hours, parse_rate
+from mgaki.cli.pk import parse_amount, parse_hours, parse_rate
 
 runner = CliRunner()
 

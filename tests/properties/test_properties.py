@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mgaki
-from fhirbuild import B
 from mgaki.engine import kidney as kd
 from mgaki.knowledge import load
+from mgaki.synth.fhir import BundleBuilder as B
 from mgaki.units import convert
 
 KB = load()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirbuild import UCUM, B, at
+from mgaki.synth.fhir import UCUM, at
+from mgaki.synth.fhir import BundleBuilder as B
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 

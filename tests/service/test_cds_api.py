@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 import mgaki
 from conftest import bundle, hook_request, mgso4_order
-from mgaki.service.cds_models import CdsResponse
+from mgaki.service.cds.models import CdsResponse
 
 
 def test_discovery_lists_services_with_prefetch(client):

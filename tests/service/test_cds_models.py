@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from mgaki.service.cds_models import Action, Card, CdsResponse, FeedbackRequest, Suggestion
+from mgaki.service.cds.models import Action, Card, CdsResponse, FeedbackRequest, Suggestion
 
 # CDS Hooks 2.0, "Example response" (https://cds-hooks.hl7.org/2.0/#example), verbatim.
 SPEC_RESPONSE = {

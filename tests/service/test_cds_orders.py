@@ -11,7 +11,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 import mgaki
 from conftest import bundle, hook_request, mgso4_order
 from mgaki.knowledge import load
-from mgaki.service.cds_models import CdsResponse
+from mgaki.service.cds.models import CdsResponse
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 

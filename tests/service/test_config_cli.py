@@ -64,7 +64,7 @@ def test_worker_socket_is_tcp_so_asyncio_sets_nodelay(monkeypatch):
     import uvicorn
     import uvicorn.supervisors
 
-    from mgaki import cli_service
+    from mgaki.cli import service as cli_service
 
     seen = []
 

@@ -27,7 +27,7 @@ from hl7.client import MLLPClient
 
 from conftest import free_port
 from mgaki.events import EventStore
-from mgaki.service.hl7 import Result, oru_r01, read_ack
+from mgaki.service.ingest.hl7 import Result, oru_r01, read_ack
 
 WRITER = "writer-token-0123456789"
 READER = "reader-token-0123456789"

@@ -260,13 +260,13 @@ def test_static_files_are_package_data() -> None:
     import tomllib
     from pathlib import Path
 
-    from mgaki.service.dashboard import STATIC, VENDOR
+    from mgaki.service.dashboard.routes import STATIC, VENDOR
 
     root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mgaki"]
     pkg = root / "src" / "mgaki"
     files = [p.relative_to(pkg).as_posix() for p in STATIC.rglob("*") if p.is_file()]
-    assert {f"service/static/{v}" for v in VENDOR} <= set(files)
+    assert {f"service/dashboard/static/{v}" for v in VENDOR} <= set(files)
     assert len([f for f in files if f.endswith(".LICENSE")]) >= 3
     missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/")
                                            for pat in patterns)]

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import mgaki.service.ingest as ingest_mod
+import mgaki.service.ingest.ingestor as ingest_mod
 from mgaki.events import EventStore
-from mgaki.service.db import alerts, make_engine, upgrade
-from mgaki.service.hl7 import Result, oru_r01, parse_oru
-from mgaki.service.ingest import Ingestor
+from mgaki.service.ingest.hl7 import Result, oru_r01, parse_oru
+from mgaki.service.ingest.ingestor import Ingestor
+from mgaki.service.persistence.db import alerts, make_engine, upgrade
 from mgaki.surveillance import pipeline, surveil
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from conftest import bundle, free_port, hook_request, make_config
 from mgaki.service import create_app
-from mgaki.service.cds_models import CdsResponse
+from mgaki.service.cds.models import CdsResponse
 from mgaki.service.config import load_config
 
 TOKEN = "fhir-access-token-42"

@@ -12,7 +12,7 @@ from hl7.client import MLLPClient
 from conftest import READER, auth, make_config
 from mgaki.events import EventStore, normalize
 from mgaki.service import create_app
-from mgaki.service.hl7 import Hl7Error, Result, events_to_oru, oru_r01, parse_oru, read_ack
+from mgaki.service.ingest.hl7 import Hl7Error, Result, events_to_oru, oru_r01, parse_oru, read_ack
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 MG = "19123-9"  # Magnesium [Mass/volume] in Serum or Plasma

@@ -85,7 +85,7 @@ def test_quarantined_rows_are_counted_not_stored_as_events(client):
 def test_alerts_logged_before_a_crash_reach_the_database_on_the_next_run(client, monkeypatch):
     """Surveillance writes its alert log, then the process dies before the database insert: the next
     ingest copies every logged alert the database lacks (the log is the source of truth)."""
-    import mgaki.service.ingest as ingest_mod
+    import mgaki.service.ingest.ingestor as ingest_mod
 
     def crash(self, log):  # the insert never happens (the database went away mid-request)
         raise OSError("database connection lost")

@@ -20,8 +20,8 @@ from mgaki.errors import InputError
 from mgaki.events import EventStore
 from mgaki.service import create_app
 from mgaki.service.config import load_config
-from mgaki.service.hl7 import Result, oru_r01, read_ack
-from mgaki.service.mllp import mllp_exchange
+from mgaki.service.ingest.hl7 import Result, oru_r01, read_ack
+from mgaki.service.ingest.mllp import mllp_exchange
 
 T0 = dt.datetime(2024, 3, 1, 8, 0, tzinfo=dt.UTC)
 

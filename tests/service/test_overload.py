@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 import mgaki.service.app as service_app
 from conftest import READER, auth, hook_request, make_config
 from mgaki.service import create_app
-from mgaki.service.cds_models import CdsResponse
-from mgaki.service.db import make_engine, upgrade
+from mgaki.service.cds.models import CdsResponse
+from mgaki.service.persistence.db import make_engine, upgrade
 from mgaki.service.security import AuthError, CdsCaller, record_jti
 
 URL = "/cds-services/mgaki-patient-view"

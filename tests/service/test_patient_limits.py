@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from conftest import READER, auth, make_config
 from mgaki.service import create_app
 from mgaki.service.config import load_config
-from mgaki.service.db import alerts
+from mgaki.service.persistence.db import alerts
 from mgaki.service.security import AuthError, Principal, check_patient
 
 WARD = "ward-a-token-0123456789"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mgaki import cli_cohort
 from mgaki.adapters import registry
 from mgaki.cli import app
-from mgaki.cli_cohort import truth_agreement
+from mgaki.cli import cohort as cli_cohort
+from mgaki.cli.cohort import truth_agreement
 from mgaki.errors import MgakiError
 from mgaki.events import EventStore, normalize
 from mgaki.surveillance import surveil

@@ -7,10 +7,9 @@ from pathlib import Path
 import pandas as pd
 from tests.surveillance.build import Patient, tables
 
-from mgaki import plots
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
-from mgaki.surveillance import surveil
+from mgaki.surveillance import plots, surveil
 
 
 def _result(tmp_path: Path):  # type: ignore[no-untyped-def]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import mgaki
-from fhirbuild import B
 from mgaki.adapters.fhir import record_from_bundle
 from mgaki.errors import BundleError, ImplausibleValueError, TimeError, UnitError
+from mgaki.synth.fhir import BundleBuilder as B
 
 
 def base() -> B:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import mgaki
-from fhirbuild import B
 from mgaki.engine import kidney as kd
 from mgaki.engine.repletion import PlanRequest, plan_repletion
 from mgaki.engine.risk import match_evidence
+from mgaki.synth.fhir import BundleBuilder as B
 
 HEIGHT = "8302-2"
 T0 = datetime(2024, 3, 1, 8, tzinfo=UTC)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mgaki
-from fhirbuild import B
+from mgaki.synth.fhir import BundleBuilder as B
 
 
 def test_renal_dose_adjustment_cites_the_renal_rule_not_kdigo(kb):

@@ -136,7 +136,7 @@ def test_assess_does_not_import_pint():
     import subprocess
     import sys
 
-    code = ("import sys, mgaki, mgaki.cli; from mgaki.cli import example_path; "
+    code = ("import sys, mgaki, mgaki.cli; from mgaki.cli.bedside import example_path; "
             "mgaki.assess(example_path().read_bytes(), ['cisplatin']); print('pint' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"

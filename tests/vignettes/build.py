@@ -31,22 +31,20 @@ running the engine. Arithmetic is shown in comments. Conventions used:
       recheck 6 h after the (longest) infusion ends.
   NHS Highland (mmol/L): <0.5 20 mmol IV over 3 h x3 q12h; 0.5-0.7 (incl.) oral 10 mmol x1-2/day;
       >0.7 no action. Recheck 6 h / 24 h.
-  Default patient: female, born 1960-05-01, so 63 y on 2024-03-01 (T0 of fhirbuild).
+  Default patient: female, born 1960-05-01, so 63 y on 2024-03-01 (T0 of mgaki.synth.fhir).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/ for fhirbuild
+from mgaki.synth.fhir import BundleBuilder as B
 
-from fhirbuild import B  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 BUNDLES = HERE / "bundles"
 EXPECTED = HERE / "expected.yaml"

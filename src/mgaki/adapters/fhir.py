@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, StringConstr
 
 from mgaki.errors import BundleError, InputError, TimeError, UnitError
 from mgaki.knowledge import KnowledgeBase, load
-from mgaki.model import Condition, Measurement, Medication, PatientRecord
+from mgaki.record import Condition, Measurement, Medication, PatientRecord
 from mgaki.units import normalize_unit, salt_amounts, to_canonical
 
 __all__ = ["medication_concept", "medication_index", "parse_bundle", "record_from_bundle"]

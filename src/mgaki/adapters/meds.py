@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mgaki import __version__
+from mgaki._version import __version__
 from mgaki.adapters._cohort import canonical, conform, register, sql_str
 from mgaki.errors import InputError, KnowledgeError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 from mgaki.engine import kidney as kd
 from mgaki.engine import magnesium as mgs
 from mgaki.engine import risk, workup
-from mgaki.engine.repletion import KidneyState, PlanRequest, plan_repletion, predict_plan, therapeutic_range
+from mgaki.engine.repletion import PlanRequest, plan_repletion, predict_plan, therapeutic_range
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
-from mgaki.model import PatientRecord
 from mgaki.pk import toxicity_level_mg_dl
+from mgaki.record import KidneyState, PatientRecord
 from mgaki.result import (
     Assessment,
     Baseline,

@@ -13,21 +13,11 @@ import numpy as np
 
 from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, Tier
+from mgaki.record import KidneyState
 from mgaki.result import Dose, Evidence, PkPrediction, Plan
 from mgaki.units import convert, salt_amounts
 
-__all__ = ["KidneyState", "PlanRequest", "plan_repletion", "predict_plan", "therapeutic_range"]
-
-
-
-@dataclass(frozen=True)
-class KidneyState:
-    egfr: float | None = None
-    crcl: float | None = None
-    aki_stage: int = 0
-    creatinine_mg_dl: float | None = None
-    rrt: bool = False
-    anuric: bool = False
+__all__ = ["PlanRequest", "plan_repletion", "predict_plan", "therapeutic_range"]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import Drug
-from mgaki.model import Medication
+from mgaki.record import Medication
 from mgaki.units import convert
 
 __all__ = [

@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from mgaki.engine.repletion import KidneyState
 from mgaki.errors import InputError
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import RenalRule
@@ -27,6 +26,7 @@ from mgaki.pk._fit import Fit, posterior_predict
 from mgaki.pk._model import PopModel
 from mgaki.pk._regimen import LimitCheck, Regimen, check_limits, limit_window_h, loading_maintenance, repeated
 from mgaki.pk._simulate import Prediction, concentrations, simulate
+from mgaki.record import KidneyState
 from mgaki.units import convert
 
 __all__ = ["DoseFinding", "RenalCap", "find_dose", "limit_ids", "renal_cap_rule", "toxicity_level_mg_dl"]

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -23,67 +21,15 @@ from mgaki.research import cox as coxmod
 from mgaki.research import stats
 from mgaki.research._config import StudyConfig
 from mgaki.research.cohort import Engine, StudyCohort, build_cohort, connect_tables
-from mgaki.research.predict import PredictionResult, run_prediction, save_models
+from mgaki.research.predict import run_prediction, save_models
+from mgaki.research.provenance import versions
+from mgaki.research.results import StudyResult
 from mgaki.units import convert
 
 __all__ = ["STAGES", "StudyResult", "run_study", "study_store", "versions", "write_outputs"]
 
 STAGES = ("surveillance", "cohort", "table1", "logistic", "spline", "roc", "cox", "prediction")
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class StudyResult:
-    config: StudyConfig
-    cohort: StudyCohort
-    table1_html: str
-    crude: dict[str, stats.BandFit]  # by outcome
-    adjusted: dict[str, stats.BandFit]
-    spline: stats.SplineResult
-    rocs: list[stats.RocResult]
-    cox: pd.DataFrame
-    cox_notes: list[str]
-    seconds: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    prediction: PredictionResult | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready digest: n, events, band ORs of the primary outcome, spline test, AUCs."""
-        o = self.config.primary_outcome
-        f = self.cohort.frame
-        return {
-            "n": len(f), "admissions": self.cohort.all_admissions,
-            "events": {k: int(f[k].astype("Float64").fillna(0).sum()) for k in self.config.outcomes},
-            "flow": [s.__dict__ for s in self.cohort.flow],
-            "primary_outcome": o,
-            "crude": _records(self.crude[o].table), "adjusted": _records(self.adjusted[o].table),
-            "adjusted_for": self.adjusted[o].adjusted_for,
-            "spline": {"knots": self.spline.knots, "lr_stat": self.spline.lr_stat, "df": self.spline.lr_df,
-                       "p_nonlinear": self.spline.p_nonlinear},
-            "roc": [{"predictor": r.name, "auc": r.auc, "auc_ci": r.auc_ci, "cutoff": r.cutoff,
-                     "sensitivity": r.sensitivity, "specificity": r.specificity} for r in self.rocs],
-            "cox": _records(self.cox), "seconds": self.seconds, "notes": self.notes,
-            "prediction": self.prediction.summary() if self.prediction else None,
-        }
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
-            for r in df.to_dict("records")]
-
-
-def versions() -> dict[str, str]:
-    """Versions of mgaki, its knowledge and the statistical libraries: the report's reproducibility line."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"mgaki": version("mgaki"), "knowledge": load().version}
-    for pkg in ("statsmodels", "scikit-learn", "tableone", "pandas", "numpy", "scipy", "duckdb",
-                "pyarrow", "altair", "vl-convert-python"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def study_store(store: EventStore, config: StudyConfig | None = None, progress: Progress | None = None,

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from mgaki.errors import InputError
 from mgaki.research._config import StudyConfig
+from mgaki.research.provenance import versions
 
 __all__ = ["FEATURES", "FEATURE_DOC", "MODEL_FORMAT", "MODEL_SETS", "LoadedModel", "ModelFit", "PredictionResult",
            "build_landmarks", "load_model", "model_card", "run_prediction", "save_models", "weighted_auc"]
@@ -318,18 +319,12 @@ def run_prediction(con: duckdb.DuckDBPyConnection, cohort: pd.DataFrame, config:
 
 # --- persistence and the model card ----------------------------------------------------------------------
 
-def _versions() -> dict[str, str]:
-    from mgaki.research.pipeline import versions
-
-    return versions()
-
-
 def save_models(res: PredictionResult, out: Path) -> dict[str, Path]:
     """Each fitted model as joblib (estimator, feature list, versions, horizon) plus model_card.{json,md}."""
     import joblib  # type: ignore[import-untyped]
 
     out.mkdir(parents=True, exist_ok=True)
-    vers = _versions()
+    vers = versions()
     paths: dict[str, Path] = {}
     for f in res.fits:
         path = out / f"{f.model_set.replace('+', '_')}-{f.learner}.joblib"
@@ -371,7 +366,7 @@ def model_card(res: PredictionResult, vers: dict[str, str] | None = None) -> dic
             "Calibration is assessed on the test set of the same cohort; recalibrate before use elsewhere.",
             *res.notes,
         ],
-        "versions": vers or _versions(),
+        "versions": vers or versions(),
     }
 
 

@@ -10,13 +10,12 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import altair as alt
 import pandas as pd
 
-if TYPE_CHECKING:
-    from mgaki.research.pipeline import StudyResult
+from mgaki.research.provenance import versions
+from mgaki.research.results import StudyResult
 
 __all__ = ["calibration_chart", "forest_chart", "prediction_roc_chart", "render_report", "roc_chart",
            "spline_chart"]
@@ -148,8 +147,6 @@ pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}.note{color:#555
 
 def render_report(result: StudyResult, out: Path) -> dict[str, Path]:
     """Write report.html and figures/*.png under ``out``; returns their paths."""
-    from mgaki.research.pipeline import versions
-
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     cfg, co, o = result.config, result.cohort, result.config.primary_outcome

@@ -33,11 +33,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import mgaki
 from mgaki.errors import InputError, MgakiError
-from mgaki.service.cds import SERVICES, CdsInputError, call_service, discovery
-from mgaki.service.cds_models import CdsRequest, CdsResponse, FeedbackRequest
+from mgaki.service.cds.hooks import SERVICES, CdsInputError, call_service, discovery
+from mgaki.service.cds.models import CdsRequest, CdsResponse, FeedbackRequest
 from mgaki.service.config import Role, ServiceConfig
-from mgaki.service.dashboard import install_dashboard
-from mgaki.service.db import (
+from mgaki.service.dashboard.routes import install_dashboard
+from mgaki.service.ingest.ingestor import Ingestor, check_bundle, check_ndjson
+from mgaki.service.persistence.db import (
     MAX_OFFSET,
     alerts,
     audit,
@@ -50,8 +51,7 @@ from mgaki.service.db import (
     write_audit,
     writer,
 )
-from mgaki.service.ingest import Ingestor, check_bundle, check_ndjson
-from mgaki.service.locks import FileLock
+from mgaki.service.persistence.locks import FileLock
 from mgaki.service.security import (
     AuthError,
     Principal,
@@ -181,8 +181,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         if cfg.warm_up:
             mgaki.warm_up()
         listener = None
-        if cfg.mllp_port is not None:  # HL7 v2 over MLLP, same process and store (service/mllp.py)
-            from mgaki.service.mllp import MllpListener, tls_context
+        if cfg.mllp_port is not None:  # HL7 v2 over MLLP, same process and store (service/ingest/mllp.py)
+            from mgaki.service.ingest.mllp import MllpListener, tls_context
 
             tls = tls_context(cfg.mllp_tls_cert, cfg.mllp_tls_key, cfg.mllp_tls_client_ca) \
                 if cfg.mllp_tls_cert is not None and cfg.mllp_tls_key is not None else None
@@ -438,5 +438,5 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             con.execute(sa.text("SELECT 1"))
         return {"status": "ok", "version": mgaki.__version__}
 
-    install_dashboard(app)  # /dashboard/* API and /ui/ pages (service/dashboard.py)
+    install_dashboard(app)  # /dashboard/* API and /ui/ pages (service/dashboard/routes.py)
     return app

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from jwt import PyJWKClient
 
 from mgaki.service.config import IssuerConfig, Role, ServiceConfig
-from mgaki.service.db import cds_jti, utcnow
+from mgaki.service.persistence.db import cds_jti, utcnow
 
 __all__ = ["AuthError", "CdsCaller", "Principal", "allowed_patients", "check_bearer", "check_cds_jwt", "check_patient",
            "record_jti"]

@@ -34,7 +34,7 @@ from mgaki.pk import (
     time_grid,
     toxicity_level_mg_dl,
 )
-from mgaki.service.patient_data import DoseHistory
+from mgaki.service.dashboard.patient_data import DoseHistory
 
 __all__ = ["MAX_HORIZON_H", "PatientInputs", "PlanRequest", "plan_dose"]
 

@@ -1,4 +1,4 @@
-"""Command line: `mgaki assess`, `mgaki knowledge` (cohort commands: cli_cohort)."""
+"""Bedside commands: `mgaki assess` (one patient) and `mgaki knowledge` (the cited catalogue)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,9 @@ from rich.table import Table
 
 from mgaki import assess as assess_api
 from mgaki.adapters.fhir import record_from_bundle
-from mgaki.cli_common import err, run_or_exit
+from mgaki.cli.common import err, run_or_exit
 from mgaki.knowledge import iter_cited, load
 from mgaki.result import Assessment
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="mgaki: magnesium disorders and AKI — decision support and analytics.")
 
 
 class Fmt(StrEnum):
@@ -32,7 +29,6 @@ def example_path(name: str = "hypomagnesemia-cisplatin.json") -> Path:
     return Path(str(resources.files("mgaki").joinpath("examples", name)))
 
 
-@app.command()
 def assess(
     bundle: Annotated[Path | None, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for stdin; "
                                                        "omit to run the shipped example")] = None,
@@ -73,12 +69,11 @@ def assess(
     if fmt is Fmt.json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
-        from mgaki.report import render
+        from mgaki.cli.render import render
 
         render(result, Console())
 
 
-@app.command()
 def knowledge(
     section: Annotated[str | None, typer.Argument(help="File to show, e.g. evidence")] = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.text,
@@ -105,21 +100,7 @@ def knowledge(
     Console().print(t)
 
 
-from mgaki import cli_cohort  # noqa: E402 - cohort commands live in their own module
 
-cli_cohort.register(app)
-from mgaki import cli_pk  # noqa: E402 - `mgaki pk` lives in its own module
-
-cli_pk.register(app)
-
-from mgaki import cli_research  # noqa: E402 - research commands live in their own module
-
-cli_research.register(app)
-
-from mgaki import cli_service  # noqa: E402 - `mgaki serve` lives in its own module
-
-cli_service.register(app)
-
-
-def main() -> None:
-    app()
+def register(app: typer.Typer) -> None:
+    app.command()(assess)
+    app.command()(knowledge)

@@ -28,10 +28,9 @@ from fastapi.staticfiles import StaticFiles
 import mgaki
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.result import Assessment
-from mgaki.service.charts import dose_chart, timeline_chart
-from mgaki.service.db import MAX_OFFSET, alerts, write_audit
-from mgaki.service.dose_plan import PatientInputs, PlanRequest, plan_dose
-from mgaki.service.patient_data import (
+from mgaki.service.dashboard.charts import dose_chart, timeline_chart
+from mgaki.service.dashboard.dose_plan import PatientInputs, PlanRequest, plan_dose
+from mgaki.service.dashboard.patient_data import (
     SEVERITIES,
     ListQuery,
     SortKey,
@@ -43,6 +42,7 @@ from mgaki.service.patient_data import (
     reference_ranges,
     timeline,
 )
+from mgaki.service.persistence.db import MAX_OFFSET, alerts, write_audit
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient
 
 __all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router", "visible_patients"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import altair as alt
 
-from mgaki.plots import STAGE_COLORS
+from mgaki.surveillance.plots import STAGE_COLORS
 
 __all__ = ["LABELS", "dose_chart", "timeline_chart"]
 

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mgaki.cli_common import err, run_or_exit
+from mgaki.cli.common import err, run_or_exit
 from mgaki.errors import InputError
 
 __all__ = ["parse_amount", "parse_hours", "parse_levels", "parse_rate", "register"]
@@ -121,7 +121,7 @@ def _plot(pred: Any, path: Path, title: str, target: tuple[float, float] | None 
     import altair as alt
     import pandas as pd
 
-    from mgaki.plots import save
+    from mgaki.surveillance.plots import save
 
     df = pd.DataFrame({"time_h": pred.times_h, "typical": pred.typical_mg_dl,
                        "lower": pred.lower_mg_dl if pred.lower_mg_dl is not None else pred.typical_mg_dl,
@@ -264,8 +264,8 @@ def find(target: Annotated[str, typer.Option("--target", help="Target serum Mg r
          ] = False,
          seed: int = 0, plot: Plot = None, fmt: FmtOpt = Fmt.text) -> None:
     """Find a regimen that keeps serum Mg in the target range within the labelled limits."""
-    from mgaki.engine.repletion import KidneyState
     from mgaki.pk import find_dose
+    from mgaki.record import KidneyState
 
     def go() -> tuple[Any, Any, tuple[float, float]]:
         m = re.fullmatch(r"\s*" + _NUM + r"\s*-\s*" + _NUM + r"\s*", target)

@@ -24,7 +24,8 @@ from mgaki.events.normalize import drug_regex
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Drug, DrugClass
 from mgaki.result import Assessment, Dose, Evidence, Finding
-from mgaki.service.cds_models import (
+from mgaki.service.cds.fhir_fetch import FetchSettings, FhirFetchError, fetch_prefetch, render
+from mgaki.service.cds.models import (
     SUMMARY_MAX,
     Action,
     Card,
@@ -36,7 +37,6 @@ from mgaki.service.cds_models import (
     Suggestion,
 )
 from mgaki.service.config import ServiceConfig
-from mgaki.service.fhir_fetch import FetchSettings, FhirFetchError, fetch_prefetch, render
 from mgaki.units import salt_amounts
 
 __all__ = ["MGSO4", "ORDER_SELECT", "ORDER_SIGN", "PATIENT_VIEW", "RXNORM", "SERVICES", "CdsInputError",

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mgaki.cli_cohort import Engine
+from mgaki.cli.cohort import Engine
 from mgaki.errors import MgakiError
 
 __all__ = ["register", "study"]

@@ -29,13 +29,13 @@ import sqlalchemy as sa
 from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
-from mgaki.service.db import alerts, utcnow
-from mgaki.service.locks import FileLock
+from mgaki.service.persistence.db import alerts, utcnow
+from mgaki.service.persistence.locks import FileLock
 from mgaki.surveillance import surveil
 
 __all__ = ["IngestResult", "Ingestor", "check_bundle", "check_ndjson"]
 
-log = logging.getLogger("mgaki.service.ingest")
+log = logging.getLogger("mgaki.service.ingest.ingestor")
 
 _BUNDLE_TYPES = ("batch", "transaction", "collection")
 

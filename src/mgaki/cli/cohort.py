@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mgaki.cli_common import err, run_or_exit
+from mgaki.cli.common import err, run_or_exit
 
 if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that run, not at CLI start-up
     import pyarrow as pa
@@ -292,7 +292,7 @@ def demo_plots(store: EventStore, results: dict[str, pa.Table], truth: pa.Table,
     """Cohort chart plus the timelines of three instructive admissions."""
     import duckdb
 
-    from mgaki import plots
+    from mgaki.surveillance import plots
 
     paths = [plots.save(plots.cohort_mg_aki(results), out / "cohort-mg-aki.png")]
     tables = {t: store.read(t) for t in ("events", "medications", "encounters")}

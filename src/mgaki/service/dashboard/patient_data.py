@@ -20,9 +20,9 @@ import sqlalchemy as sa
 
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
-from mgaki.model import Measurement, Medication, PatientRecord
+from mgaki.record import Measurement, Medication, PatientRecord
 from mgaki.result import Severity
-from mgaki.service.db import alerts
+from mgaki.service.persistence.db import alerts
 from mgaki.units import convert, salt_amounts
 
 __all__ = ["MGSO4", "SERIES", "SEVERITIES", "DoseHistory", "ListQuery", "dose_history", "patient_exists",

@@ -24,13 +24,13 @@ from pathlib import Path
 import hl7.mllp
 import sqlalchemy as sa
 
-from mgaki.service.db import write_audit
-from mgaki.service.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
-from mgaki.service.ingest import Ingestor
+from mgaki.service.ingest.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
+from mgaki.service.ingest.ingestor import Ingestor
+from mgaki.service.persistence.db import write_audit
 
 __all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "mllp_exchange", "tls_context"]
 
-log = logging.getLogger("mgaki.service.mllp")
+log = logging.getLogger("mgaki.service.ingest.mllp")
 MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
 
 

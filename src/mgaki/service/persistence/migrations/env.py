@@ -1,10 +1,10 @@
-"""Alembic environment: runs on the connection handed in by ``mgaki.service.db.upgrade``."""
+"""Alembic environment: runs on the connection handed in by ``mgaki.service.persistence.db.upgrade``."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from mgaki.service.db import METADATA
+from mgaki.service.persistence.db import METADATA
 
 __all__: list[str] = []
 

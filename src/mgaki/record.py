@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-__all__ = ["Condition", "Measurement", "Medication", "PatientRecord"]
+__all__ = ["Condition", "KidneyState", "Measurement", "Medication", "PatientRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +83,15 @@ class PatientRecord:
         b = self.birth_date
         years = at.year - b.year - ((at.month, at.day) < (b.month, b.day))
         return float(years)
+
+
+@dataclass(frozen=True)
+class KidneyState:
+    """Kidney function as dosing sees it: what the repletion engine and the PK dose finder both read."""
+
+    egfr: float | None = None
+    crcl: float | None = None
+    aki_stage: int = 0
+    creatinine_mg_dl: float | None = None
+    rrt: bool = False
+    anuric: bool = False

@@ -1,0 +1,1 @@
+"""Parts of benchmarks/service.py, each readable alone: harness (the server), load (the client), report."""
