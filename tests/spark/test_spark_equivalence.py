@@ -234,3 +234,17 @@ def test_checkpointed_run_resumes_after_a_failure(spark: SparkSession, tmp_path:
     # the folder belongs to that run: another as_of is refused, not mixed in
     with pytest.raises(ValueError, match="holds stages of another run"):
         run_spark(files, spark, as_of=datetime(2030, 1, 1), checkpoint_dir=ckpt)  # noqa: DTZ001 (naive UTC)
+
+
+def test_cli_spark_run_is_quiet_and_free_of_codegen_errors(tmp_path: Path) -> None:
+    """`mgaki surveil --engine spark` used to print ~410 log lines, two of them Janino codegen ERROR traces
+    (Spark's runtime bloom filter); now errors only, and none (a fresh JVM: the log config applies at start)."""
+    import subprocess
+    import sys
+
+    EventStore(tmp_path / "s").append(random_cohort(6, seed=4))
+    r = subprocess.run([sys.executable, "-m", "mgaki", "surveil", "--store", str(tmp_path / "s"), "--engine", "spark",
+                        "--spark-master", "local[1]"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ERROR" not in r.stderr and "Exception" not in r.stderr, r.stderr[-3000:]
+    assert len(r.stderr.splitlines()) < 15, r.stderr[-3000:]

@@ -11,7 +11,9 @@ keeps one version per resource (a new version replaces the old rows). The bedsid
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -21,7 +23,7 @@ from mgaki.adapters._cohort import canonical, conform, iso_utc, register, sql_st
 from mgaki.adapters.maps import load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
-from mgaki.events.schema import DEATH, DEATH_CODE
+from mgaki.events.schema import DEATH, DEATH_CODE, TABLES
 
 __all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "RXNORM", "UCUM", "read_fhir", "write_fhir"]
 
@@ -56,9 +58,79 @@ def _files(path: Path) -> tuple[list[Path], list[Path]]:
     return nd, js
 
 
-def _load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Table ``res``: one row per resource (rid, rtype, id, res JSON, src), Bundles unwrapped."""
+_RAW_SHOWN = 2000  # characters of a broken line or file kept in its quarantine row
+
+
+_Row = dict[str, str | None]
+
+
+def _unreadable(nd: list[Path], js: list[Path], scratch: Path) -> tuple[list[Path], list[Path], list[_Row]]:
+    """Set aside what is not JSON, so one broken line or file does not stop a whole folder: each NDJSON line
+    that does not parse (its good lines are kept, copied to ``scratch``) and each JSON file that does not
+    parse, as quarantine rows naming the file and line. Only called after the fast read failed."""
+    import gzip
+    import json
+
+    def text(p: Path) -> str:
+        raw = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
+        return raw.decode("utf-8", errors="replace")
+
+    rows: list[_Row] = []
+    good_nd: list[Path] = []
+    for i, p in enumerate(nd):
+        keep, bad = [], 0
+        for n, line in enumerate(text(p).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    raise ValueError("a line must hold one JSON object (a FHIR resource)")
+                keep.append(line)
+            except ValueError as exc:
+                bad += 1
+                rows.append({"table": "events", "subject_id": None, "source": f"{p}#{n}",
+                             "raw": line[:_RAW_SHOWN], "reason": f"{p.name} line {n}: not valid JSON ({exc})"})
+        if not bad:
+            good_nd.append(p)
+        elif keep:
+            copy = scratch / f"{i}-{p.name.removesuffix('.gz')}"
+            copy.write_text("\n".join(keep) + "\n")
+            good_nd.append(copy)
+    good_js: list[Path] = []
+    for p in js:
+        try:
+            json.loads(text(p))
+            good_js.append(p)
+        except ValueError as exc:
+            rows.append({"table": "events", "subject_id": None, "source": str(p), "raw": text(p)[:_RAW_SHOWN],
+                         "reason": f"{p.name}: not valid JSON ({exc})"})
+    return good_nd, good_js, rows
+
+
+def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path) -> pa.Table:
+    """Table ``res``: one row per resource (rid, rtype, id, res JSON, src), Bundles unwrapped. Returns the
+    quarantine rows of lines or files that are not JSON (they are left out; the rest is read)."""
     nd, js = _files(path)
+    broken = TABLES["quarantine"].empty_table()
+    try:
+        _create_res(con, nd, js)
+    except duckdb.Error as exc:
+        nd, js, rows = _unreadable(nd, js, scratch)
+        if not rows:  # JSON everywhere, yet DuckDB refused it: say what it said
+            raise InputError(str(path), f"not valid FHIR JSON/NDJSON: {exc}") from exc
+        if not nd and not js:  # nothing readable at all: bad input, not a quarantine
+            raise InputError(str(path), "not valid FHIR JSON/NDJSON: " + "; ".join(str(r["reason"]) for r in rows[:3])
+                             + (f" and {len(rows) - 3} more" if len(rows) > 3 else "")) from exc
+        broken = conform(pa.Table.from_pylist(rows), "quarantine")
+        try:
+            _create_res(con, nd, js)
+        except duckdb.Error as exc2:
+            raise InputError(str(path), f"not valid FHIR JSON/NDJSON: {exc2}") from exc2
+    _refid_macro(con)
+    return broken
+
+
+def _create_res(con: duckdb.DuckDBPyConnection, nd: list[Path], js: list[Path]) -> None:
     parts = []
     if nd:
         parts.append(f"""SELECT json AS res, NULL::VARCHAR AS full_url, filename
@@ -70,8 +142,11 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
                          THEN coalesce(json_extract(json, '$.entry[*]'), []) ELSE [NULL::JSON] END) AS e
                   FROM read_json_objects([{', '.join(sql_str(p) for p in js)}], format = 'unstructured',
                                          filename = true))""")
-    try:
-        con.execute(f"""CREATE TEMP TABLE res AS
+    if not parts:  # every file was set aside
+        con.execute("CREATE TEMP TABLE res (rid BIGINT, rtype VARCHAR, id VARCHAR, res JSON, full_url VARCHAR, "
+                    "src VARCHAR)")
+        return
+    con.execute(f"""CREATE TEMP TABLE res AS
             SELECT row_number() OVER () AS rid, res->>'resourceType' AS rtype,
                    coalesce(res->>'id', regexp_extract(full_url, '([^/:]+)$')) AS id, res, full_url,
                    coalesce(res->>'resourceType' || '/' || (res->>'id') || '/_history/' || replace(coalesce(
@@ -80,8 +155,9 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path) -> None:
                             filename || '#' || row_number() OVER ())
                        AS src
             FROM ({' UNION ALL '.join(parts)}) WHERE res IS NOT NULL""")
-    except duckdb.Error as exc:
-        raise InputError(str(path), f"not valid FHIR JSON/NDJSON: {exc}") from exc
+
+
+def _refid_macro(con: duckdb.DuckDBPyConnection) -> None:
     # references: 'Patient/1', 'urn:uuid:..' (a Bundle fullUrl) or an absolute URL -> the target's id
     con.execute("CREATE TEMP TABLE urls AS SELECT full_url, id FROM res WHERE full_url IS NOT NULL")
     if con.execute("SELECT count(*) FROM urls").fetchall()[0][0]:
@@ -105,12 +181,13 @@ def _void(con: duckdb.DuckDBPyConnection) -> pa.Table:
 def read_fhir(path: str | Path) -> dict[str, pa.Table]:
     """RAW tables (+ ``quarantine``) from NDJSON files, a Bulk export folder or Bundle JSON files."""
     con = connect()
+    scratch = tempfile.TemporaryDirectory(prefix="mgaki-fhir-")
     try:
         register(con, {})
         con.register("kind_map", pa.table({
             "code": [e.code for e in load_map("fhir").by("encounter_kind").values()],
             "kind": [e.target for e in load_map("fhir").by("encounter_kind").values()]}))
-        _load(con, Path(path))
+        broken = _load(con, Path(path), Path(scratch.name))
         void = {f"'{t}'": ss for t, ss in _VOID.items()}
         live = " AND ".join(f"NOT (rtype = {t} AND coalesce(res->>'status', '') IN ({', '.join(repr(s) for s in ss)}))"
                             for t, ss in void.items())
@@ -181,10 +258,60 @@ def read_fhir(path: str | Path) -> dict[str, pa.Table]:
         out = {"events": events, "subjects": subjects, "encounters": encounters, "medications": meds,
                "contexts": contexts}
         tables = {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
-        tables["quarantine"] = _void(con)
+        zoneless = _set_aside_zoneless(tables)
+        tables["quarantine"] = pa.concat_tables([broken, _void(con), zoneless])
         return tables
     finally:
         con.close()
+        scratch.cleanup()
+
+
+# The one time rule of FHIR input, bedside and cohort alike (docs/adapters/fhir.md#times): FHIR R4 dateTime
+# "If hours and minutes are specified, a time zone SHALL be populated"; mgaki also needs the time itself to
+# order results, so a date alone is refused too. Never guessed as UTC or as the server's zone.
+_ZONED = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$"
+_TIMES = {"events": ("time",), "medications": ("start", "end"), "encounters": ("start", "end"),
+          "contexts": ("time",)}
+
+
+def _set_aside_zoneless(tables: dict[str, pa.Table]) -> pa.Table:
+    """Move rows whose time is not a dateTime with its zone out of ``tables`` (in place) into quarantine rows,
+    with the same words as the bedside reader (adapters.fhir)."""
+    import json
+
+    import pyarrow.compute as pc
+
+    out = []
+    for name, cols in _TIMES.items():
+        t = tables[name]
+        bad = pa.array([False] * t.num_rows, pa.bool_())
+        why: list[str | None] = [None] * t.num_rows
+        for col in cols:
+            v = t.column(col)
+            col_bad = pc.and_(pc.is_valid(v), pc.invert(pc.match_substring_regex(v, _ZONED)))
+            flags = pc.fill_null(col_bad, False).to_pylist()
+            for i in pc.indices_nonzero(col_bad).to_pylist():
+                s = v[i].as_py()
+                try:
+                    datetime.fromisoformat(s)
+                except ValueError:  # not a date at all: normalize says "unparseable time"
+                    flags[i] = False
+                    continue
+                if why[i] is None:
+                    why[i] = (f"{col} '{s}' has no timezone (FHIR R4 dateTime: a time SHALL carry its zone; "
+                              "mgaki does not guess one)" if "T" in s else
+                              f"{col} '{s}' is a date without a time; a time with a timezone is needed to order "
+                              "results")
+            bad = pc.or_(bad, pa.array(flags, pa.bool_()))
+        if not pc.any(bad).as_py():
+            continue
+        rows = t.filter(bad)
+        tables[name] = t.filter(pc.invert(bad))
+        out.append(pa.table({
+            "table": [name] * rows.num_rows, "subject_id": rows.column("subject_id"), "source": rows.column("source"),
+            "raw": [json.dumps(r, default=str) for r in rows.to_pylist()],
+            "reason": [w for w in why if w is not None]}))
+    return conform(pa.concat_tables(out), "quarantine") if out else TABLES["quarantine"].empty_table()
 
 
 def _ref(kind: str, col: str) -> str:

@@ -75,4 +75,9 @@ def detect_format(path: str | Path) -> str:
         return "csv"
     if any(n.endswith(".json") for n in names):
         return "fhir"
-    raise InputError(str(p), f"cannot tell the format from {sorted(names)[:10]}")
+    if not names:
+        raise InputError(str(p), "the folder is empty: nothing to ingest")
+    shown = ", ".join(sorted(names)[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    raise InputError(str(p), f"cannot tell the format from what the folder holds ({shown}); expected MIMIC-IV "
+                             "hosp/ + icu/, OMOP CDM tables, a MEDS dataset, FHIR .ndjson/.json or the CSV layout "
+                             "(events.csv, subjects.csv): name it with --format")

@@ -2,6 +2,7 @@
 
 - ``bedside``: ``assess``, ``knowledge``
 - ``cohort``: ``ingest``, ``surveil``, ``demo``
+- ``store``: ``quarantine``
 - ``pk``: ``pk simulate | fit | find``
 - ``research``: ``study``
 - ``service``: ``serve``
@@ -12,16 +13,34 @@ prints an assessment for a person.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from mgaki.cli import bedside, cohort, pk, research, service
+from mgaki._version import __version__
+from mgaki.cli import bedside, cohort, pk, research, service, store
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mgaki: magnesium disorders and AKI — decision support and analytics.")
-for _group in (bedside, cohort, pk, research, service):
+for _group in (bedside, cohort, store, pk, research, service):
     _group.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mgaki.knowledge import load
+
+        typer.echo(f"mgaki {__version__} (knowledge {load().version})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version of mgaki and its knowledge, then exit")]
+          = False) -> None:
+    """mgaki: magnesium disorders and AKI — decision support and analytics."""
 
 
 def main() -> None:

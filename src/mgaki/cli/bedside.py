@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mgaki import assess as assess_api
 from mgaki.adapters.fhir import record_from_bundle
-from mgaki.cli.common import err, run_or_exit
+from mgaki.cli.common import console, err, read_input_file, run_or_exit
 from mgaki.knowledge import iter_cited, load
 from mgaki.result import Assessment
 
@@ -56,10 +55,7 @@ def assess(
     elif str(bundle) == "-":
         data = sys.stdin.buffer.read()
     else:
-        if not bundle.exists():
-            err.print(f"[red]error:[/red] {bundle}: no such file")
-            raise typer.Exit(2)
-        data = bundle.read_bytes()
+        data = read_input_file(bundle, "a FHIR R4 Bundle (JSON)")
     def go() -> Assessment:
         source = record_from_bundle(data, strict=True) if strict_fhir else data
         return assess_api(source, tuple(context or ()), nomogram=nomogram,
@@ -71,7 +67,7 @@ def assess(
     else:
         from mgaki.cli.render import render
 
-        render(result, Console())
+        render(result, console())
 
 
 def knowledge(
@@ -80,8 +76,12 @@ def knowledge(
 ) -> None:
     """Print the knowledge catalogue: every entry with its source and verification."""
     kb = load()
+    files = kb.files()
+    if section and not any(name.startswith(section) for name in files):
+        err.print(f"[red]error:[/red] no knowledge file {section!r}; the files are: {', '.join(files)}")
+        raise typer.Exit(2)
     rows = []
-    for name, f in kb.files().items():
+    for name, f in files.items():
         if section and not name.startswith(section):
             continue
         for path, entry, src in iter_cited(f):
@@ -97,7 +97,7 @@ def knowledge(
         t.add_column(col, overflow="fold")
     for r in rows:
         t.add_row(*r.values())
-    Console().print(t)
+    console().print(t)
 
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from mgaki.cli.common import err, run_or_exit
+from mgaki.cli.common import console, err, require_extra, require_store, run_or_exit
 
 if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that run, not at CLI start-up
     import pyarrow as pa
@@ -82,20 +82,20 @@ def print_ingest(summary: IngestSummary, store: Path) -> None:
     for name, n in summary.received.items():
         if name != "quarantine":
             t.add_row(name, str(n), str(summary.added.get(name, 0)), str(dup.get(name, 0)))
-    Console().print(t)
+    console().print(t)
     if summary.quarantined:
         q = Table(title=f"quarantined: {summary.quarantined} rows (kept in {store}/quarantine, with the raw row)")
         q.add_column("rows", justify="right")
         q.add_column("reason", overflow="fold")
         for reason, n in sorted(summary.quarantine_reasons.items(), key=lambda x: -x[1])[:15]:
-            q.add_row(str(n), reason)
-        Console().print(q)
+            q.add_row(str(n), Text(reason))  # Text: a unit such as [pH] is not markup
+        console().print(q)
     else:
-        Console().print("quarantined: 0 rows")
+        console().print("quarantined: 0 rows")
     if summary.superseded or summary.stale:
-        Console().print(f"record versions: {summary.superseded} replaced by a newer version, "
+        console().print(f"record versions: {summary.superseded} replaced by a newer version, "
                         f"{summary.stale} older than the stored one (kept out)")
-    Console().print(f"subjects with new data: {len(summary.affected_subjects)}")
+    console().print(f"subjects with new data: {len(summary.affected_subjects)}")
 
 
 def export_tables(tables: dict[str, pa.Table], out: Path, fmt: OutFmt) -> list[Path]:
@@ -131,8 +131,7 @@ def surveil_cmd(
     from mgaki.events import EventStore
     from mgaki.surveillance import surveil
 
-    if not (store / "events").exists():
-        raise _fail(f"{store}: no event store here (run `mgaki ingest` first)")
+    require_store(store)
     when = None
     if as_of:
         try:
@@ -147,6 +146,7 @@ def surveil_cmd(
 
         runner = None
         if engine is Engine.spark:
+            require_extra("spark", "surveil --engine spark")
             from mgaki.surveillance.spark import store_runner
             runner = store_runner(EventStore(store), spark_master)
         res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner)
@@ -157,7 +157,7 @@ def surveil_cmd(
 
 
 def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
-    c = Console()
+    c = console()
     eps = tables["aki_episodes"].to_pylist()
     traj = tables["mg_trajectory"]
     t = Table(title="surveillance summary")
@@ -234,8 +234,8 @@ def demo(
         with err.status("rendering charts"):
             paths = demo_plots(EventStore(store_dir), res.tables, cohort.truth, out / "plots")
         for p in paths:
-            Console().print(f"chart: {p}")
-    Console().print(f"results (CSV): {out / 'results'}; event store: {store_dir}")
+            console().print(f"chart: {p}")
+    console().print(f"results (CSV): {out / 'results'}; event store: {store_dir}")
 
 
 def truth_agreement(truth: pa.Table, results: dict[str, pa.Table]) -> dict[str, dict[str, float]]:
@@ -282,8 +282,8 @@ def print_truth(truth: pa.Table, results: dict[str, pa.Table]) -> None:
         ppv = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else float("nan")
         t.add_row(name, *(str(int(c[k])) for k in ("tp", "fn", "fp", "tn")), f"{sens:.1%}",
                   "" if name == "AKI peak stage equal" else f"{ppv:.1%}")
-    Console().print(t)
-    Console().print("[dim]'not planted' monitoring-gap alerts are real 48-h gaps in the data: the generator plants "
+    console().print(t)
+    console().print("[dim]'not planted' monitoring-gap alerts are real 48-h gaps in the data: the generator plants "
                     "one long gap per chosen patient, but Mg drawn every 24-72 h leaves others (docs/synthetic.md)."
                     "[/dim]")
 

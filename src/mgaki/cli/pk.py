@@ -16,10 +16,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from mgaki.cli.common import err, run_or_exit
+from mgaki.cli.common import console, err, run_or_exit
 from mgaki.errors import InputError
 
 __all__ = ["parse_amount", "parse_hours", "parse_levels", "parse_rate", "register"]
@@ -147,7 +146,7 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
     t.add_column("")
     for k, v in rows:
         t.add_row(k, v)
-    Console().print(t)
+    console().print(t)
 
 
 Dose = Annotated[list[str] | None, typer.Option("--dose", help="Dose, repeatable: 4g, 16mEq, 8mmol, 50mg/kg")]

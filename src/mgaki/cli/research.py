@@ -15,12 +15,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from mgaki.cli.cohort import Engine
+from mgaki.cli.common import console, err, require_extra, require_store
 from mgaki.errors import MgakiError
 
 __all__ = ["register", "study"]
-
-err = Console(stderr=True)
-
 
 def _peak_rss_bytes() -> int:
     """This process's peak resident memory since the last reset (Linux VmHWM; else the lifetime peak)."""
@@ -70,13 +68,14 @@ def study(
     spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
 ) -> None:
     """Admission Mg vs in-hospital AKI: cohort flow, Table 1, band ORs, spline, ROC, Cox and an HTML report."""
+    require_extra("research", "study")
+    if engine is Engine.spark:
+        require_extra("spark", "study --engine spark")
     from mgaki.events import EventStore
     from mgaki.research import load_config
     from mgaki.research.pipeline import STAGES, study_store, write_outputs
 
-    if not (store / "events").exists():
-        err.print(f"[red]error:[/red] {store}: no event store here (run `mgaki ingest` first)")
-        raise typer.Exit(2)
+    require_store(store)
     try:
         cfg = load_config(config)
     except MgakiError as exc:
@@ -106,7 +105,7 @@ def study(
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")
         return
-    c = Console()
+    c = console()
     t = Table(title=f"study: {summary['primary_outcome']} by admission Mg band (n = {summary['n']})")
     for col in ("band", "n", "events", "crude OR (CI)", "adjusted OR (CI)"):
         t.add_column(col, justify="left" if col == "band" else "right")

@@ -7,17 +7,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from mgaki.cli.common import err, require_extra
 from mgaki.errors import MgakiError
 
 if TYPE_CHECKING:
     import uvicorn
 
 __all__ = ["register", "serve"]
-
-err = Console(stderr=True)
-
 
 def serve(
     config: Annotated[Path | None, typer.Option(help="YAML config file (else $MGAKI_CONFIG)")] = None,
@@ -31,14 +28,11 @@ def serve(
                                                      "$MGAKI_WORKERS; default 1)")] = None,
 ) -> None:
     """Run the CDS Hooks / FHIR ingest service (OpenAPI docs at /docs)."""
-    try:
-        import uvicorn
+    require_extra("service", "serve")
+    import uvicorn
 
-        from mgaki.service import create_app, load_config
-        from mgaki.service.app import CONFIG_ENV, prepare_database
-    except ImportError as exc:
-        err.print(f"[red]error:[/red] the service needs its extra: pip install 'mgaki\\[service]' ({exc.name})")
-        raise typer.Exit(2) from exc
+    from mgaki.service import create_app, load_config
+    from mgaki.service.app import CONFIG_ENV, prepare_database
     try:
         cfg = load_config(config, host=host, port=port, data_dir=data_dir, database_url=database_url,
                           mllp_port=mllp_port, workers=workers)

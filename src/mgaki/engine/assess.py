@@ -216,9 +216,10 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     gap = kb.threshold("mg_monitoring_gap_hours")
     high_risk = bool(contexts & set(kb.magnesium.high_risk_contexts)) or bool(nephrotoxic) or kidney.aki_stage >= 1
     if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=gap.value)):
-        last = "never" if mg_m is None else f"{(now - mg_m.time).total_seconds() / 3600:.0f} h ago"
+        last = ("no serum Mg on record" if mg_m is None
+                else f"last serum Mg {(now - mg_m.time).total_seconds() / 3600:.0f} h ago")
         out.add("monitoring_gap", "warning",
-                f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and last serum Mg {last}: "
+                f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and {last}: "
                 f"measure Mg (no value in {gap.value:g} h)", [kb.magnesium.high_risk_source, gap.source])
 
     # --- plan (C8) ------------------------------------------------------------------

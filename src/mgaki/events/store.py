@@ -79,7 +79,7 @@ class IngestSummary:
     quarantined: int = 0
     superseded: int = 0  # record versions replaced by a newer one in this append
     stale: int = 0  # record versions older than the stored one: kept out
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)  # by kind of reason
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)  # rows by kind, keyed by one example
     affected_subjects: frozenset[str] = frozenset()
 
     @property
@@ -451,11 +451,13 @@ def _collect(folder: Path, now: float) -> None:
 
 
 def _reason_kinds(con: duckdb.DuckDBPyConnection, quarantined: pa.Table) -> dict[str, int]:
-    """Quarantine reasons counted by kind: values and quoted text masked ("urine_output -# mL ...")."""
+    """Quarantine reasons counted by kind, each kind shown by one real reason of it, values and quoted text
+    intact ("magnesium 45 mg/dL ... outside the possible range 0.2 to 20 mg/dL"): reasons that differ only
+    in their values or quoted text are one kind."""
     con.register("q", quarantined)
     try:
-        sql = ("SELECT regexp_replace(regexp_replace(regexp_replace(reason, ' [(]known: .*$', ''), "
-               "'''[^'']*''', '''...''', 'g'), '[0-9]+([.][0-9]+)?', '#', 'g'), count(*) FROM q GROUP BY 1")
+        sql = ("SELECT min(reason), count(*) FROM q GROUP BY regexp_replace(regexp_replace(regexp_replace("
+               "reason, ' [(]known: .*$', ''), '''[^'']*''', '''...''', 'g'), '[0-9]+([.][0-9]+)?', '#', 'g')")
         return {str(r): int(n) for r, n in con.execute(sql).fetchall()}
     finally:
         con.unregister("q")

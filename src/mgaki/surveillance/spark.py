@@ -51,7 +51,13 @@ SESSION_CONF = {
     "spark.sql.timestampType": "TIMESTAMP_NTZ",  # CAST(... AS TIMESTAMP) is naive, like the inputs
     "spark.sql.ansi.enabled": "true",
     "spark.sql.ansi.doubleQuotedIdentifiers": "true",  # "end" is a column, as in DuckDB
+    # Spark 4.x's runtime bloom filters generate Java that its Janino compiler rejects on the evidence join
+    # ('Expression "java.lang.Long" is not an rvalue': two ERROR traces per run, then a fallback to
+    # interpreted code with the same rows). The filtered tables here are small: nothing is lost without it.
+    "spark.sql.optimizer.runtime.bloomFilter.enabled": "false",
 }
+# mgaki's Spark log: errors only unless MGAKI_SPARK_LOG says otherwise (the file's header)
+LOG_CONFIG = Path(__file__).with_name("spark_log4j2.properties")
 
 Source: TypeAlias = pa.Table | str | Path | Sequence[str | Path]  # Arrow, or Parquet file(s)/folder(s)/URL(s)
 
@@ -63,7 +69,9 @@ def session(master: str = "local[2]", shuffle_partitions: int = 4, app: str = "m
 
     b = SparkSession.builder.master(master).appName(app)
     conf = {**SESSION_CONF, "spark.sql.shuffle.partitions": str(shuffle_partitions),
-            "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", **(extra or {})}
+            "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+            "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}",
+            **(extra or {})}
     for k, v in conf.items():
         b = b.config(k, v)
     return b.getOrCreate()
