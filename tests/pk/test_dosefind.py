@@ -16,7 +16,7 @@ def _limits_ok(d: object) -> dict[str, tuple[float, float, bool]]:
 
 
 def test_reaches_target_within_rate_and_daily_limits() -> None:
-    pop = population(covariates=Covariates(weight_kg=70, crcl_ml_min=90), baseline_mg_dl=1.4)
+    pop = population(covariates=Covariates(weight_kg=70, creatinine_mg_dl=0.8), baseline_mg_dl=1.4)
     d = find_dose(pop, 2.0, 2.5)
     lim = _limits_ok(d)
     assert lim["iv_rate_max_repletion"][0] <= 2.0 and lim["daily_max_label"][0] <= 40.0
@@ -30,8 +30,10 @@ def test_reaches_target_within_rate_and_daily_limits() -> None:
 
 def test_severe_renal_impairment_respects_20g_in_48h_and_needs_less_drug() -> None:
     kb = load()
-    normal = find_dose(population(covariates=Covariates(70, 100), baseline_mg_dl=1.6), 2.8, 3.2, horizon_h=48)
-    renal = find_dose(population(covariates=Covariates(70, 15), baseline_mg_dl=1.6), 2.8, 3.2, horizon_h=48,
+    normal = find_dose(population(covariates=Covariates(70, creatinine_mg_dl=0.8), baseline_mg_dl=1.6), 2.8, 3.2,
+                       horizon_h=48)
+    renal = find_dose(population(covariates=Covariates(70, creatinine_mg_dl=4.0), baseline_mg_dl=1.6), 2.8, 3.2,
+                      horizon_h=48,
                       severe_renal=True)
     lim = _limits_ok(renal)
     assert lim["severe_renal_max_48h"][0] <= kb.limit("severe_renal_max_48h").value
@@ -39,7 +41,8 @@ def test_severe_renal_impairment_respects_20g_in_48h_and_needs_less_drug() -> No
 
 
 def test_uk_daily_maximum_is_used_for_uk() -> None:
-    d = find_dose(population(covariates=Covariates(70, 150), baseline_mg_dl=1.0), 5.0, 8.0, jurisdiction="uk",
+    d = find_dose(population(covariates=Covariates(70, creatinine_mg_dl=0.5), baseline_mg_dl=1.0), 5.0, 8.0,
+                  jurisdiction="uk",
                   emergency=True)
     lim = _limits_ok(d)
     assert "daily_max_uk" in lim and lim["daily_max_uk"][0] <= 28.0
@@ -47,12 +50,16 @@ def test_uk_daily_maximum_is_used_for_uk() -> None:
 
 def test_overshoot_flag_when_risk_of_toxic_peak_is_high() -> None:
     # eclampsia-like target in anuric-range kidneys: the next toxicity level above the target is used
-    pop = population(covariates=Covariates(55, 10), baseline_mg_dl=2.0)
+    pop = population(covariates=Covariates(60, creatinine_mg_dl=4.0, pregnant=True), baseline_mg_dl=2.0)
     d = find_dose(pop, 4.9, 8.5, emergency=True, severe_renal=True)
     assert d.toxicity_id == "mg_toxicity_cardiac_above"  # 8 mEq/L = 9.7 mg/dL, above the 8.5 target
     assert d.toxicity_mg_dl == pytest.approx(8.0 * 1.2153, rel=1e-3)
+    # with the eclampsia context the harm level is where toxicity begins (3.5 mmol/L), not a level above it
+    ecl = find_dose(pop, 4.9, 8.5, emergency=True, severe_renal=True, context="eclampsia")
+    assert ecl.toxicity_id == "pk_harm_eclampsia" and ecl.toxicity_mg_dl == pytest.approx(3.5 * 2.4305, rel=1e-3)
+    assert ecl.p_peak_above_toxicity >= d.p_peak_above_toxicity and ecl.p_target is not None
     # a target right under the toxicity level of the default model: overshoot risk > 5%
-    risky = find_dose(population(covariates=Covariates(70, 30), baseline_mg_dl=1.8), 4.4, 4.8)
+    risky = find_dose(population(covariates=Covariates(70, creatinine_mg_dl=2.0), baseline_mg_dl=1.8), 4.4, 4.8)
     assert risky.toxicity_id == "mg_toxicity_reflexes_decrease_above"
     assert risky.p_peak_above_toxicity > risky.overshoot_threshold
     assert risky.overshoot
@@ -85,7 +92,7 @@ def test_kidney_function_meeting_the_cap_rule_never_gets_a_plan_above_20g_in_48h
         kidney: KidneyState, why: str, target: tuple[float, float], horizon: float) -> None:
     kb = load()
     cap = kb.limit(CAP).value
-    # CL is not scaled here (no CrCl covariate), so the search wants a lot of drug: only the cap stops it
+    # CL is not scaled here (no creatinine given), so the search wants a lot of drug: only the cap stops it
     pop = population(covariates=Covariates(weight_kg=70), baseline_mg_dl=1.6)
     d = find_dose(pop, *target, horizon_h=horizon, kidney=kidney)
     assert d.renal_cap is not None and d.renal_cap.rule_id == "cap_severe_renal" and why in d.renal_cap.reason
@@ -100,7 +107,7 @@ def test_kidney_function_meeting_the_cap_rule_never_gets_a_plan_above_20g_in_48h
 
 
 def test_the_cap_binds_the_dose_a_normal_kidney_would_get() -> None:
-    # same PK (no CrCl covariate), different kidney state: the cap alone changes the plan
+    # same PK (no creatinine given), different kidney state: the cap alone changes the plan
     pop = population(covariates=Covariates(weight_kg=70), baseline_mg_dl=1.6)
     free = find_dose(pop, 4.0, 5.0, kidney=KidneyState(egfr=95.0, crcl=100.0))
     capped = find_dose(pop, 4.0, 5.0, kidney=KidneyState(crcl=20.0))
@@ -112,7 +119,7 @@ def test_the_cap_binds_the_dose_a_normal_kidney_would_get() -> None:
 @pytest.mark.parametrize("kidney", [None, KidneyState(egfr=95.0, crcl=100.0, aki_stage=0),
                                     KidneyState(egfr=30.0, crcl=30.0, aki_stage=1)])
 def test_normal_or_moderate_kidney_function_is_unchanged(kidney: KidneyState | None) -> None:
-    pop = population(covariates=Covariates(weight_kg=70, crcl_ml_min=90), baseline_mg_dl=1.4)
+    pop = population(covariates=Covariates(weight_kg=70, creatinine_mg_dl=0.8), baseline_mg_dl=1.4)
     d = find_dose(pop, 2.0, 2.5, kidney=kidney)
     ref = find_dose(pop, 2.0, 2.5)
     assert d.renal_cap is None and CAP not in _limits_ok(d)

@@ -22,6 +22,7 @@ Sources of part 2 (each read in its abstract; see pk.yaml for verification tags)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -38,28 +39,42 @@ PUBLISHED = yaml.safe_load((Path(__file__).parent / "published_values.yaml").rea
 MG_DL_PER_MMOL = convert(1.0, "magnesium", "mmol/L", "mg/dL")
 
 
+def _regimen(doses: list[dict[str, Any]]) -> Regimen:
+    reg = Regimen()
+    for d in doses:
+        reg = reg + Regimen.dose(d["g"], "g", d["start_h"], d["over_h"], route=d.get("route", "iv"))
+    return reg
+
+
+def _grid(check: dict[str, Any]) -> list[Covariates]:
+    """The typical patients of a check: each weight x creatinine (the model's reference if none given)."""
+    weights = check.get("weights_kg", [None])
+    creats = check.get("creatinine_mg_dl", [None])
+    return [Covariates(weight_kg=w, creatinine_mg_dl=c, pregnant=True) for w in weights for c in creats]
+
+
 def reproduce(check: dict[str, Any]) -> tuple[list[float], list[tuple[float, float]]]:
     """mgaki's value(s) for a published check, and the accepted interval around each published value."""
     baseline = check["baseline_mmol_l"] * MG_DL_PER_MMOL if "baseline_mmol_l" in check else None
     model = population(check["model"], allow_unapplied=True, baseline_mg_dl=baseline)
-    reg = Regimen()
-    for d in check["doses"]:
-        reg = reg + Regimen.dose(d["g"], "g", d["start_h"], d["over_h"])
+    reg = _regimen(check["doses"])
     eta = np.zeros(model.n_eta)
     q = check["quantity"]
+    t = np.linspace(0.0, check.get("until_h", 24.0), 20001)
+    got: list[float] = []
     if q in ("auc_total_mmol_min_l", "average_total_mmol_l"):
-        t = np.linspace(0.0, check["until_h"], 20001)
-        auc_h = _trapezoid(concentrations(model, reg, t, eta), t)
-        got = [auc_h * 60.0 if q == "auc_total_mmol_min_l" else auc_h / check["until_h"]]
-    elif q == "rate_for_average_g_per_h":
-        # the average is linear in the maintenance rate: solve average(rate) = target for each weight
-        t = np.linspace(0.0, check["until_h"], 20001)
-        got = []
-        for wt in check["weights_kg"]:
-            m = population(check["model"], Covariates(weight_kg=wt), allow_unapplied=True, baseline_mg_dl=baseline)
+        for cov in _grid(check):
+            m = population(check["model"], cov, allow_unapplied=True, baseline_mg_dl=baseline)
+            auc_h = _trapezoid(concentrations(m, reg, t, eta), t)
+            got.append(auc_h * 60.0 if q == "auc_total_mmol_min_l" else auc_h / check["until_h"])
+    elif q in ("rate_for_average_g_per_h", "im_dose_for_average_g"):
+        # the average is linear in the maintenance amount: solve average(x) = target for each patient
+        unit = (Regimen.rate(1.0, "g", check["rate_start_h"], check["rate_for_h"]) if q == "rate_for_average_g_per_h"
+                else _regimen([{"g": 1.0, "start_h": h, "over_h": 0.0, "route": "im"} for h in check["im_times_h"]]))
+        for cov in _grid(check):
+            m = population(check["model"], cov, allow_unapplied=True, baseline_mg_dl=baseline)
             a0 = _trapezoid(concentrations(m, reg, t, eta), t) / check["until_h"]
-            per_g = Regimen.rate(1.0, "g", check["rate_start_h"], check["rate_for_h"])
-            a1 = _trapezoid(concentrations(m, reg + per_g, t, eta), t) / check["until_h"]
+            a1 = _trapezoid(concentrations(m, reg + unit, t, eta), t) / check["until_h"]
             got.append((check["target_average_mmol_l"] - a0) / (a1 - a0))
     else:
         g = check.get("times_grid_h")
@@ -100,6 +115,30 @@ def _reproduced(check: dict[str, Any]) -> bool:
 def test_published_concentration_time_result(check: dict[str, Any]) -> None:
     assert check["doi"] and check["location"] and check["read"] and check["tolerance_why"]
     assert _reproduced(check) is (check["expect"] == "pass"), reproduce(check)
+
+
+def test_all_fifteen_zuspan_cells_and_the_crcl_scaling_that_got_eleven_wrong() -> None:
+    check = next(c for c in PUBLISHED if c["id"] == "du_2019_table4_zuspan_rate_by_weight")
+    got, ok = reproduce(check)
+    assert len(got) == 15 and all(lo <= g <= hi for g, (lo, hi) in zip(got, ok, strict=True))
+    # the design scaling Du replaced (CL x CrCl/100 with Cockcroft-Gault, age 30, female) misses most cells
+    from mgaki.engine.kidney import cockcroft_gault
+
+    kb = load()
+    wrong = 0
+    t = np.linspace(0.0, 24.0, 20001)
+    for (w, c), pub in zip([(w, c) for w in check["weights_kg"] for c in check["creatinine_mg_dl"]],
+                           check["published"], strict=True):
+        m = population("du_2019_2cpt", Covariates(weight_kg=w, creatinine_mg_dl=0.8), baseline_mg_dl=1.8)
+        m = dataclasses.replace(m, typical=m.typical * np.r_[cockcroft_gault(kb, c, 30, w, True) / 100.0
+                                                               / (m.typical[0] / 3.72 / (w / 85) ** 0.75),
+                                                               np.ones(m.typical.size - 1)])
+        reg = _regimen(check["doses"])
+        e = np.zeros(m.n_eta)
+        a0 = _trapezoid(concentrations(m, reg, t, e), t) / 24
+        a1 = _trapezoid(concentrations(m, reg + Regimen.rate(1.0, "g", 1 / 3, 24), t, e), t) / 24
+        wrong += math.ceil(((1.6 - a0) / (a1 - a0)) * 10 - 1e-9) / 10 != pub
+    assert wrong >= 8
 
 
 def test_every_encoded_model_has_a_published_check_or_says_none_was_found() -> None:

@@ -26,6 +26,7 @@ from mgaki.pk._fit import Fit, posterior_predict
 from mgaki.pk._model import PopModel
 from mgaki.pk._regimen import LimitCheck, Regimen, check_limits, limit_window_h, loading_maintenance, repeated
 from mgaki.pk._simulate import Prediction, concentrations, simulate
+from mgaki.pk._targets import targets
 from mgaki.record import KidneyState
 from mgaki.units import convert
 
@@ -74,6 +75,8 @@ class DoseFinding:
     candidates: int
     notes: list[str] = field(default_factory=list)
     renal_cap: RenalCap | None = None
+    p_target: float | None = None  # P(serum Mg inside the target range at the end of the horizon)
+    context: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -90,7 +93,9 @@ class DoseFinding:
             "overshoot_threshold": self.overshoot_threshold, "overshoot": self.overshoot,
             "limits": [{"id": c.limit_id, "limit": c.limit, "value": round(c.value, 3), "unit": c.unit,
                         "ok": c.ok} for c in self.limits],
-            "candidates": self.candidates, "notes": self.notes,
+            "candidates": self.candidates, "notes": self.notes, "context": self.context,
+            "p_target_at_horizon": None if self.p_target is None else round(self.p_target, 4),
+            "population": self.prediction.population,
             "renal_cap": self.renal_cap.to_dict() if self.renal_cap is not None else None,
         }
 
@@ -156,17 +161,20 @@ def _grid(kb: KnowledgeBase, step_id: str, max_id: str) -> Array:
 def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, horizon_h: float = 24.0,
               fit: Fit | None = None, jurisdiction: str = "us", severe_renal: bool = False,
               emergency: bool = False, kinds: tuple[Kind, ...] = ("loading_maintenance", "repeated"),
-              seed: int = 0, kb: KnowledgeBase | None = None, kidney: KidneyState | None = None) -> DoseFinding:
+              seed: int = 0, kb: KnowledgeBase | None = None, kidney: KidneyState | None = None,
+              context: str | None = None) -> DoseFinding:
     """Best regimen for the target range (mg/dL) over ``horizon_h``; uses the posterior if ``fit`` is given.
 
     ``kidney``: the patient's eGFR/CrCl/AKI stage; when it meets a regimens.yaml cap rule the cap binds
-    (``severe_renal=True`` forces it; it can never switch a met rule off).
+    (``severe_renal=True`` forces it; it can never switch a met rule off). ``context`` (pk.yaml contexts,
+    e.g. eclampsia) sets the harm level; without one the first toxicity level above the target is used.
     """
     kb = kb or load()
     if not (0 < target_low_mg_dl < target_high_mg_dl):
         raise InputError("target", f"target range must be low < high, got {target_low_mg_dl}-{target_high_mg_dl}")
-    if horizon_h <= 0:
-        raise InputError("horizon", "the horizon must be positive")
+    top = kb.value("pk_max_horizon_hours")
+    if not (0 < horizon_h <= top):
+        raise InputError("horizon", f"the horizon must be more than 0 and at most {top:g} h, got {horizon_h!r}")
     met = renal_cap_rule(kidney, kb)
     ids = limit_ids(jurisdiction, emergency, severe_renal or met is not None, kb)
     rate_max = next(c.limit for c in check_limits(Regimen(), ids[:1], kb))
@@ -174,9 +182,9 @@ def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, 
     span = max(windows.values(), default=0.0)
     eta0 = fit.eta if fit is not None else np.zeros(pop.n_eta)
     step = kb.value("pk_grid_step_hours")
-    times = np.arange(0.0, horizon_h + step / 2, step)
+    times = np.unique(np.append(np.arange(0.0, horizon_h + step / 2, step), horizon_h))
     t_from = min(kb.value("pk_target_reach_hours"), horizon_h)
-    window = times >= t_from
+    window = times >= min(t_from, float(times[-1]))
     base = float(pop.params(eta0)["baseline"])
     unit_c = convert(1.0, "magnesium", "mmol/L", "mg/dL")
 
@@ -236,13 +244,20 @@ def find_dose(pop: PopModel, target_low_mg_dl: float, target_high_mg_dl: float, 
     cap = _renal_cap(met, ids, limits, kb)
     if cap is not None:
         notes.append(cap.text())
-    tox_id, tox = toxicity_level_mg_dl(target_high_mg_dl, kb)
+    if context is not None:
+        tg = targets(context, kb)
+        tox_id, tox = tg.harm_id, tg.harm_mg_dl
+    else:
+        tox_id, tox = toxicity_level_mg_dl(target_high_mg_dl, kb)
     pred = (posterior_predict(fit, reg, times, seed=seed, kb=kb) if fit is not None
             else simulate(pop, reg, times, seed=seed, kb=kb))
-    p_tox = pred.p_peak_above(tox) or 0.0
+    p_tox = pred.p_peak_above(tox)
+    if p_tox is None:
+        raise InputError("samples", "the overshoot risk needs Monte Carlo samples (pk_mc_samples > 0)")
     thr = kb.value("pk_overshoot_probability_max")
+    p_target = pred.p_in_range(target_low_mg_dl, target_high_mg_dl, float(times[-1]))
     return DoseFinding(kind, label, reg, (target_low_mg_dl, target_high_mg_dl), float(score[best]), pred, tox,
-                       tox_id, p_tox, thr, p_tox > thr, limits, len(cands), notes, cap)
+                       tox_id, p_tox, thr, p_tox > thr, limits, len(cands), notes, cap, p_target, context)
 
 
 def _renal_cap(met: tuple[RenalRule, str] | None, ids: tuple[str, ...], limits: list[LimitCheck],

@@ -18,21 +18,25 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mgaki.engine.repletion import pk_kidney_course
 from mgaki.knowledge import KnowledgeBase
 from mgaki.pk import (
     Covariates,
+    Dialysis,
     Prediction,
     Regimen,
     check_limits,
+    context_for,
     find_dose,
     fit_map,
     limit_ids,
     loading_maintenance,
     population,
     posterior_predict,
+    risk,
     simulate,
+    targets,
     time_grid,
-    toxicity_level_mg_dl,
 )
 from mgaki.service.dashboard.patient_data import DoseHistory
 
@@ -54,7 +58,10 @@ class PlanRequest(BaseModel):
     target_high_mg_dl: float | None = Field(None, gt=0)
     horizon_h: float = Field(24.0, gt=0, le=MAX_HORIZON_H, description="predict this long after now")
     weight_kg: float | None = Field(None, gt=0, description="default: the latest charted weight")
-    crcl_ml_min: float | None = Field(None, gt=0, description="default: the assessment's CrCl (or eGFR)")
+    crcl_ml_min: float | None = Field(None, gt=0, description="default: the assessment's CrCl (or eGFR); renal cap")
+    creatinine_mg_dl: float | None = Field(None, gt=0, description="default: the chart (in AKI its kinetic course)")
+    context: Literal["repletion", "eclampsia"] | None = Field(None, description="target and harm (pk.yaml contexts); "
+                                                                                "default: from the patient's contexts")
     baseline_mg_dl: float | None = Field(None, gt=0, description="pre-dose serum Mg; default: from the chart")
     jurisdiction: Literal["us", "uk"] = "us"
     emergency: bool = False
@@ -89,6 +96,11 @@ class PatientInputs:
     crcl_note: str | None
     severe_renal: bool  # the assessment adjusted the dose for kidney function
     history: DoseHistory | None
+    creatinine: tuple[tuple[datetime, float], ...] = ()  # the chart's creatinine series
+    aki_stage: int = 0
+    rrt: bool = False
+    age_years: float | None = None
+    contexts: frozenset[str] = frozenset()
 
 
 def _curve(pred: Prediction, shift_h: float) -> list[dict[str, float]]:
@@ -122,17 +134,29 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
         if any(d == 0 for d in hist.duration_h):
             notes.append("Doses with no recorded end are modelled as pushes")
     baseline = req.baseline_mg_dl or (hist.baseline_mg_dl if hist is not None else pt.latest_mg_mg_dl)
-    pop = population(req.model, Covariates(weight_kg=weight, crcl_ml_min=crcl), baseline_mg_dl=baseline, kb=kb)
+    context = req.context or context_for(pt.contexts, kb)
+    tg = targets(context, kb)
+    t0 = hist.t0 if hist is not None else pt.now
+    course = None
+    if req.creatinine_mg_dl is None and pt.aki_stage >= 1 and not pt.rrt and t0 is not None and pt.creatinine:
+        course = pk_kidney_course(kb, pt.creatinine, t0)  # kinetic eGFR while creatinine moves (Chen 2013)
+    creat = req.creatinine_mg_dl or (pt.creatinine[-1][1] if pt.creatinine and course is None else None)
+    dialysis = Dialysis("hd") if pt.rrt else None
+    if pt.rrt:
+        notes.append("Renal replacement therapy: kind and session times not known to the PK model, so no dialytic "
+                     "Mg removal is assumed (an upper bound)")
+    cov = Covariates(weight_kg=weight, crcl_ml_min=crcl, creatinine_mg_dl=creat, age_years=pt.age_years,
+                     pregnant=True if context == "eclampsia" else None, aki=pt.aki_stage >= 1, kidney_course=course,
+                     dialysis=dialysis)
+    pop = population(req.model, cov, baseline_mg_dl=baseline, kb=kb)
     notes += list(pop.notes)
-    if baseline is None:
-        notes.append("No measured pre-dose Mg: the model's population baseline is used")
-
     fit = None
     if hist is not None and hist.level_h and req.individualise:
         fit = fit_map(pop, past, np.asarray(hist.level_h), np.asarray(hist.level_mg_dl))
         notes.append(f"Individualised: MAP fit to {fit.n_levels} Mg level(s) after {len(hist.mmol)} IV MgSO4 dose(s)")
         if not fit.converged:
-            notes.append("The MAP fit did not converge: treat the individual curve with caution")
+            notes.append(f"The MAP fit {fit.status()}: treat the individual curve with caution")
+        notes += list(fit.notes) + [i.text() for i in fit.inconsistent]
 
     severe_renal = pt.severe_renal if req.severe_renal is None else req.severe_renal
     ids = limit_ids(req.jurisdiction, req.emergency, severe_renal)
@@ -141,7 +165,7 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
         assert req.target_low_mg_dl is not None and req.target_high_mg_dl is not None
         found = find_dose(pop, req.target_low_mg_dl, req.target_high_mg_dl, req.horizon_h, fit=fit,
                           jurisdiction=req.jurisdiction, severe_renal=severe_renal, emergency=req.emergency,
-                          seed=seed, kb=kb)
+                          seed=seed, kb=kb, context=context)
         planned = found.regimen
         description = found.description
         finder = {"regimen": found.description, "time_in_range": round(found.time_in_range, 3),
@@ -175,15 +199,21 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
 
     target = (req.target_low_mg_dl, req.target_high_mg_dl) \
         if req.target_low_mg_dl is not None and req.target_high_mg_dl is not None else None
-    tox_id, tox = toxicity_level_mg_dl(target[1] if target else 0.0, kb)
-    p_tox = pred.p_peak_above(tox) or 0.0
-    thr = kb.value("pk_overshoot_probability_max")
-    overshoot = p_tox > thr
+    if target is not None:
+        from dataclasses import replace
+
+        tg = replace(tg, low_mg_dl=target[0], high_mg_dl=target[1])
+    rk = risk(pred, tg, now_h + planned.end_h, kb)
+    tox_id, tox = tg.harm_id, tg.harm_mg_dl
+    p_tox = rk.p_harm if rk.p_harm is not None else 1.0
+    thr = rk.threshold
+    overshoot = rk.overshoot
     limits = check_limits(planned, ids, kb)
     warnings: list[str] = []
     if overshoot:
         warnings.append(f"Overshoot risk: {p_tox:.0%} of predicted courses peak above {tox:.2f} mg/dL "
-                        f"({kb.threshold(tox_id).meaning}); the planner flags above {thr:.0%}")
+                        f"({tg.harm_meaning}); the planner flags above {thr:.0%}. Model built in "
+                        f"{pop.population_label}")
     for c in limits:
         if not c.ok:
             value = f"{c.value:.3g}" if math.isfinite(c.value) else "a push (no infusion time)"
@@ -203,18 +233,25 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
         "estimates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in fit.estimates().items()}
         if fit is not None else None,
         "now": pt.now.isoformat() if pt.now else None, "inputs": {
-            "weight_kg": weight, "crcl_ml_min": crcl, "baseline_mg_dl": baseline, "severe_renal": severe_renal,
+            "weight_kg": weight, "crcl_ml_min": crcl, "creatinine_mg_dl": creat, "age_years": pt.age_years,
+            "baseline_mg_dl": baseline,
+            "kidney_course": None if course is None else [{"from_h": round(t - now_h, 3), "creatinine_mg_dl": c}
+                                                         for t, c in zip(course.start_h, course.creatinine_mg_dl,
+                                                                         strict=True)],
+            "severe_renal": severe_renal,
             "jurisdiction": req.jurisdiction, "emergency": req.emergency},
         "planned_doses": _doses(planned.shifted(now_h), now_h), "past_doses": _doses(past, now_h),
         "regimen": description, "finder": finder, "target_mg_dl": list(target) if target else None,
         "level": level, "curve": _curve(pred, now_h), "past_curve": past_curve, "measured": measured,
         "peak_mg_dl": round(pred.peak_mg_dl, 3), "peak_time_h": round(pred.peak_time_h - now_h, 3),
         "peak_interval_mg_dl": peak_interval,
-        "toxicity_mg_dl": round(tox, 3), "toxicity_id": tox_id, "toxicity_meaning": kb.threshold(tox_id).meaning,
+        "toxicity_mg_dl": round(tox, 3), "toxicity_id": tox_id, "toxicity_meaning": tg.harm_meaning,
         "p_peak_above_toxicity": round(p_tox, 4), "overshoot_threshold": thr, "overshoot": overshoot,
+        "risk": rk.to_dict(), "context": context, "population": pop.population_label,
+        "outside_population": list(pop.outside),
         "limits": [{"id": c.limit_id, "limit": c.limit, "value": round(c.value, 3) if math.isfinite(c.value) else None,
                     "unit": c.unit, "ok": c.ok, "meaning": c.meaning} for c in limits],
         "warnings": warnings, "notes": notes,
-        "disclaimer": "Population model from pregnant women; renal and weight scaling are assumptions "
-                      "(docs/pk.md). Supports, does not replace, clinical judgement.",
+        "disclaimer": f"Population model built in {pop.population_label}; outside that population the uncertainty "
+                      "is widened, not removed (docs/pk.md). Supports, does not replace, clinical judgement.",
     }
