@@ -14,7 +14,7 @@ from lifelines import CoxTimeVaryingFitter
 
 from mgaki.events import EventStore
 from mgaki.research import StudyConfig, build_cohort, connect_tables
-from mgaki.research.cox import change_point_intervals, cox_time_varying, efron_cox, mg_state_columns
+from mgaki.research.cox import PER_UNIT, change_point_intervals, cox_time_varying, efron_cox, mg_state_columns
 from mgaki.research.stats import design
 from mgaki.surveillance import run
 from mgaki.synth import generate
@@ -80,9 +80,12 @@ def test_change_point_table_gives_the_same_estimates_as_the_per_measurement_tabl
     ref = _lifelines(full)
     t = fast.set_index("term")
     assert set(t.index) >= {"mg_low", "mg_high", "age", "egfr"}, notes
-    np.testing.assert_allclose(t["hr"], ref.loc[t.index, "exp(coef)"], rtol=1e-5)
-    lo_col = next(c for c in ref.columns if c.startswith("exp(coef) lower"))
-    np.testing.assert_allclose(t["lo"], ref.loc[t.index, lo_col], rtol=1e-5)
+    # HRs are reported per a meaningful unit (age per 10 years, eGFR per 10 mL/min): HR^(1/unit) is lifelines'
+    unit = np.array([PER_UNIT.get(k, (1.0, ""))[0] for k in t.index])
+    np.testing.assert_allclose(np.log(t["hr"]) / unit, ref.loc[t.index, "coef"], rtol=1e-5)
+    lo_col = next(c for c in ref.columns if c.startswith("coef lower"))
+    np.testing.assert_allclose(np.log(t["lo"]) / unit, ref.loc[t.index, lo_col], rtol=1e-5)
+    assert t.loc["age", "meaning"].endswith("per 10 years")
 
 
 def test_planted_mg_fall_before_aki_is_a_hazard_and_the_null_is_not() -> None:

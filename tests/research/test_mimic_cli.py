@@ -41,6 +41,23 @@ def test_study_runs_end_to_end_on_the_mimic_subset(tmp_path: Path) -> None:
     assert dead == {"28661809"}  # (its admission is in the analysis cohort: AKI-free at entry)
     assert summary["events"]["death"] == len(dead)
     assert "http://" not in html.replace("http://www.w3.org", "") and "<script" not in html  # self-contained
+    # issue 15: what a reviewer checks on real admissions
+    assert "Outcome ascertainment" in html and "Sensitivity analysis: creatinine only" in html
+    assert summary["outcome_definition"] == "creatinine+urine" and "aki" in summary["sensitivity"]
+    assert summary["sensitivity"]["aki"]["events"] <= summary["events"]["aki"]  # urine output only adds AKI
+    assert "higher = positive" not in html and "U-shaped: crude spline risk" in html
+    assert "adjusted for:" in html and "Included vs excluded admissions" in html
+    assert "Multiplicity: 6 outcomes x 5 non-reference bands = 30" in html
+    pred = summary["prediction"]
+    assert pred["test_patients"] < 50 and pred["interpretable"] is False  # a handful of test patients: no claim
+    assert "descriptive only, no significance claimed" in html and "not interpreted" in html
+    assert "Protocol (the seven components of the target trial)" in html
+    trial = summary["target_trial"][0]
+    assert trial["population"] == "hypomagnesaemia" and not trial["estimable"]
+    assert trial["notes"][-1].startswith("not estimable: ")
+    assert "0.00<" not in html.replace(" ", "")  # p-values print as '< 0.001', never 0.00
+    assert summary["competing"]["cause_specific"] and summary["cox_continuous"]
+    assert all(r["meaning"] for r in summary["cox"])
     assert (out / "figures" / "forest.png").stat().st_size > 1000 and (out / "cohort.parquet").exists()
     # the human-readable form prints the band table and the report path
     r2 = runner.invoke(app, ["study", "--store", str(store), "--out", str(tmp_path / "s2")])
@@ -50,6 +67,33 @@ def test_study_runs_end_to_end_on_the_mimic_subset(tmp_path: Path) -> None:
     done = re.findall(r"done (\w+)\s+(\d+\.\d) s\s+peak memory (\d+\.\d\d) GB", r2.stderr)
     assert [d[0] for d in done] == [*STAGES, "report"]
     assert all(float(gb) > 0.01 for _, _, gb in done)
+
+
+def test_covariates_are_measured_before_the_index_time(tmp_path: Path) -> None:
+    """On the real admissions: a baseline ICU stay or nephrotoxic drug began at or before time zero; one that
+    began later is a time-varying exposure (its start after the index time), never a baseline one."""
+    import pandas as pd
+
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["ingest", str(MIMIC), "--store", str(store)]).exit_code == 0
+    res = study_store(EventStore(store), StudyConfig(bootstrap_reps=20, prediction=False,
+                                                     target_trial={"enabled": False}))
+    f = res.cohort.frame
+    idx = f["start"] + pd.to_timedelta(f["index_hours"], unit="h")
+    assert (idx >= f["mg_time"] - pd.Timedelta(microseconds=1)).all()
+    enc = EventStore(store).read("encounters").to_pandas()
+    icu = enc[enc["kind"] == "icu"]
+    meds = EventStore(store).read("medications").to_pandas()
+    for i, row in f.iterrows():
+        stays = icu[icu["parent_id"] == row["encounter_id"]]
+        if row["icu"]:
+            assert (stays["start"] <= idx[i]).any()
+        if pd.notna(row["icu_later_hours"]):
+            assert row["icu_later_hours"] > row["index_hours"]
+        if row["nephrotoxic"]:
+            assert (meds[meds["subject_id"] == row["subject_id"]]["start"] <= idx[i]).any()
+    assert f["icu_later_hours"].notna().sum() >= 3 and (~f["icu"] & f["icu_any"]).sum() >= 3
+    assert f["nephrotoxic_later_hours"].notna().sum() >= 3
 
 
 def test_the_python_api_prints_nothing(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

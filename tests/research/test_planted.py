@@ -42,15 +42,32 @@ def test_adjusted_band_ors_recover_the_planted_u_shape(planted) -> None:  # type
         assert t.loc[band, "lo"] <= true_or <= t.loc[band, "hi"], (band, true_or, t.loc[band].to_dict())
     # U shape: both extremes significantly above the reference
     assert t.loc["<1.5", "lo"] > 1.0 and t.loc[">2.3", "lo"] > 1.0
-    # the same fit as statsmodels' formula API on the generator's truth columns (independent path)
-    tr = planted.truth.to_pandas()
-    tr = tr[tr["encounter_id"].isin(co.frame["encounter_id"])].assign(aki=lambda d: d["aki"].astype(int))
+    # the same fit as statsmodels' formula API on the generator's truth columns (independent path), with the
+    # covariates as measured before the index time (time zero): the cohort's, not the whole stay's
+    tr = planted.truth.to_pandas().drop(columns=["context", "nephrotoxic"])
+    tr = tr.merge(co.frame[["encounter_id", "context", "nephrotoxic"]], on="encounter_id")
+    tr = tr.assign(aki=lambda d: d["aki"].astype(int), nephrotoxic=lambda d: d["nephrotoxic"].astype(int))
     ref = smf.logit("aki ~ C(mg_band_planted, Treatment('1.9-2.1')) + C(context, Treatment('none'))"
                     " + nephrotoxic", tr).fit(disp=0)
     for band in PLANTED:
         if band != "1.9-2.1":
             key = f"C(mg_band_planted, Treatment('1.9-2.1'))[T.{band}]"
             assert t.loc[band, "or"] == pytest.approx(np.exp(ref.params[key]), rel=1e-6)
+
+
+def test_covariates_are_measured_before_the_index_time(planted) -> None:  # type: ignore[no-untyped-def]
+    """Drugs and contexts that start after time zero are not baseline covariates but time-varying ones."""
+    co = build_cohort(connect_tables(planted.tables), planted.results)
+    f = co.frame.set_index("encounter_id")
+    truth = planted.truth.to_pandas().set_index("encounter_id").loc[f.index]
+    neph, ever = f["nephrotoxic"].astype(bool), truth["nephrotoxic"].astype(bool)
+    assert not (neph & ~ever).any()  # baseline exposure only where the stay had one
+    later = ever & ~neph  # started after the index time: the time-varying start is after it
+    assert later.sum() > 500 and (f.loc[later, "nephrotoxic_later_hours"] > f.loc[later, "index_hours"]).all()
+    # the planted contexts (surgery, contrast, cisplatin) happen hours after admission, after the index time
+    ctx = truth["context"].isin(["cardiac-surgery", "contrast", "cisplatin"])
+    assert (f.loc[ctx, "context"] == "none").mean() > 0.9 and f.loc[ctx, "context_later_hours"].notna().mean() > 0.9
+    assert (f["index_hours"] >= f["mg_time"].sub(f["start"]).dt.total_seconds() / 3600 - 1e-9).all()
 
 
 def test_crude_ors_and_spline_see_the_u_shape(planted) -> None:  # type: ignore[no-untyped-def]

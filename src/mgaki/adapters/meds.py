@@ -1,11 +1,13 @@
-"""MEDS datasets (v0.3 layout) in and out: ``data/**/*.parquet`` + ``metadata/``.
+"""MEDS datasets (v0.4 layout) in and out: ``data/**/*.parquet`` + ``metadata/``.
 
 MEDS is one long table (subject_id int64, time, code, numeric_value float32,
-extra columns allowed). mgaki's measurements are its natural rows; the other
-canonical tables travel as coded rows (``GENDER//F``, ``MEDS_BIRTH``,
-``VISIT//<kind>``, ``MEDICATION//<name>`` / ``RxNorm/<rxcui>``,
+text_value large_string, extra columns allowed). mgaki's measurements are its
+natural rows; the other canonical tables travel as coded rows (``GENDER//F``,
+``MEDS_BIRTH``, ``VISIT//<kind>`` at the start and ``VISIT_END//<kind>`` at the
+end of an encounter, ``MEDICATION//<name>`` / ``RxNorm/<rxcui>``,
 ``MGAKI_CONTEXT//<context>``) with the extra columns ``encounter_id``,
-``unit``, ``text_value``, ``end`` and ``route``. See docs/adapters/meds.md.
+``unit``, ``end`` and ``route``. A writer may add derived rows (``extra``, e.g.
+the KDIGO stages `mgaki export meds` adds). See docs/adapters/meds.md.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from mgaki.adapters._cohort import canonical, conform, register, sql_str
 from mgaki.errors import InputError, KnowledgeError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
 
-__all__ = ["MEDS_VERSION", "read_meds", "write_meds"]
+__all__ = ["EXTRA_SCHEMA", "MEDS_VERSION", "SUBJECT_MAP", "read_meds", "write_meds"]
 
-MEDS_VERSION = "0.3.3"  # the layout written: data/<split>/*.parquet, metadata/{codes,subject_splits}.parquet
-_SUBJECT_MAP = "metadata/mgaki_subject_ids.parquet"  # only when the mgaki ids are not integers
+MEDS_VERSION = "0.4.1"  # layout: data/<split>/*.parquet, metadata/{codes,subject_splits}.parquet, dataset.json
+SUBJECT_MAP = "metadata/mgaki_subject_ids.parquet"  # only when the mgaki ids are not integers
 _OPTIONAL = {"unit": "VARCHAR", "text_value": "VARCHAR", "encounter_id": "VARCHAR", "end": "TIMESTAMP",
              "route": "VARCHAR"}
 
@@ -68,7 +70,7 @@ def read_meds(root: str | Path) -> dict[str, pa.Table]:
         extra = ", ".join(f'NULL::{t} AS "{c}"' for c, t in _OPTIONAL.items() if c not in cols)
         value = "numeric_value" if "numeric_value" in cols else "NULL::FLOAT"
         subject = "CAST(d.subject_id AS VARCHAR)"
-        idmap = root / _SUBJECT_MAP
+        idmap = root / SUBJECT_MAP
         join = ""
         if idmap.is_file():
             con.execute(f"CREATE TEMP VIEW idmap AS SELECT * FROM read_parquet({sql_str(idmap)})")
@@ -127,6 +129,9 @@ def _rows_sql() -> str:
         SELECT subject_id, start, 'VISIT//' || kind, NULL, NULL, parent_id, encounter_id, "end", NULL
         FROM encounters
         UNION ALL
+        SELECT subject_id, "end", 'VISIT_END//' || kind, NULL, NULL, NULL, encounter_id, NULL, NULL
+        FROM encounters WHERE "end" IS NOT NULL
+        UNION ALL
         SELECT e.subject_id, e.time,
                CASE WHEN e.analyte IN ({no_value}) AND own.key IS NOT NULL THEN own.key ELSE p.key END,
                e.numeric_value, e.unit, NULL, e.encounter_id, NULL, NULL
@@ -144,16 +149,32 @@ def _rows_sql() -> str:
         FROM contexts"""
 
 
+EXTRA_SCHEMA = pa.schema([("subject_id", pa.string()), ("time", pa.timestamp("us")), ("code", pa.string()),
+                          ("numeric_value", pa.float64()), ("encounter_id", pa.string())])
+
+
 def write_meds(tables: Mapping[str, pa.Table | None], root: str | Path,
-               splits: Mapping[str, str] | None = None, dataset_name: str = "mgaki") -> None:
-    """Canonical tables -> a MEDS dataset; every subject in split ``train`` unless ``splits`` says otherwise."""
+               splits: Mapping[str, str] | None = None, dataset_name: str = "mgaki",
+               extra: pa.Table | None = None, extra_codes: Mapping[str, str] | None = None) -> None:
+    """Canonical tables -> a MEDS dataset; every subject in split ``train`` unless ``splits`` says otherwise.
+
+    ``extra``: derived rows to add (``EXTRA_SCHEMA``: mgaki subject id, time, code, value, encounter);
+    ``extra_codes`` describes their codes in metadata/codes.parquet.
+    """
     root = Path(root)
     (root / "metadata").mkdir(parents=True, exist_ok=True)
     con = connect()
     try:
         tabs = canonical(tables)
         register(con, tabs)
-        con.execute(f"CREATE TEMP TABLE long AS {_rows_sql()}")
+        con.register("extra_rows", (extra if extra is not None else EXTRA_SCHEMA.empty_table()).select(
+            EXTRA_SCHEMA.names).cast(EXTRA_SCHEMA))
+        codes = dict(extra_codes or {})
+        con.register("extra_codes", pa.table({"code": pa.array(list(codes), pa.string()),
+                                              "description": pa.array(list(codes.values()), pa.string())}))
+        con.execute(f"""CREATE TEMP TABLE long AS {_rows_sql()}
+            UNION ALL SELECT subject_id, time, code, numeric_value, NULL, NULL, encounter_id, NULL, NULL
+            FROM extra_rows""")
         if con.execute("SELECT count(*) FROM long WHERE code IS NULL").fetchall()[0][0]:
             bad = con.sql("SELECT DISTINCT analyte FROM events e WHERE NOT EXISTS "
                           "(SELECT 1 FROM code_map p WHERE p.analyte = e.analyte)").fetchall()
@@ -165,7 +186,7 @@ def write_meds(tables: Mapping[str, pa.Table | None], root: str | Path,
                 CAST(row_number() OVER (ORDER BY subject_id) AS BIGINT) AS subject_id
                 FROM (SELECT DISTINCT subject_id FROM long)""")
             con.execute(f"COPY (SELECT subject_id, mgaki_subject_id FROM ids ORDER BY subject_id) "
-                        f"TO {sql_str(root / _SUBJECT_MAP)} (FORMAT parquet)")
+                        f"TO {sql_str(root / SUBJECT_MAP)} (FORMAT parquet)")
         else:
             con.execute("CREATE TEMP TABLE ids AS SELECT DISTINCT subject_id AS mgaki_subject_id, "
                         "CAST(subject_id AS BIGINT) AS subject_id FROM long")
@@ -178,23 +199,39 @@ def write_meds(tables: Mapping[str, pa.Table | None], root: str | Path,
         con.execute(f"COPY (SELECT subject_id, split FROM subject_splits ORDER BY subject_id) "
                     f"TO {sql_str(root / 'metadata' / 'subject_splits.parquet')} (FORMAT parquet)")
         _write_data(con, root)
-        con.execute(f"""COPY (SELECT l.code, any_value(c.display) AS description, []::VARCHAR[] AS parent_codes
+        con.execute(f"""COPY (SELECT l.code, coalesce(any_value(c.display), any_value(x.description),
+                               {_describe_sql('l.code')}) AS description, []::VARCHAR[] AS parent_codes
                         FROM (SELECT DISTINCT code FROM long) l LEFT JOIN code_map c ON c.key = l.code
+                        LEFT JOIN extra_codes x ON x.code = l.code
                         GROUP BY l.code ORDER BY l.code)
                         TO {sql_str(root / 'metadata' / 'codes.parquet')} (FORMAT parquet)""")
         (root / "metadata" / "dataset.json").write_text(json.dumps({
             "dataset_name": dataset_name, "dataset_version": "1", "etl_name": "mgaki.adapters.meds",
             "etl_version": __version__, "meds_version": MEDS_VERSION,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "raw_source_id_columns": ["encounter_id"], "code_modifier_columns": ["unit", "route"],
+            "other_extension_columns": ["end"],
         }, indent=2) + "\n", encoding="utf-8")
     finally:
         con.close()
 
 
+def _describe_sql(code: str) -> str:
+    """A description for the structural codes mgaki writes (codes.yaml describes the measurement codes)."""
+    return (f"CASE WHEN {code} LIKE 'VISIT//%' THEN 'start of an encounter of kind ' || substr({code}, 8) "
+            f"WHEN {code} LIKE 'VISIT_END//%' THEN 'end of an encounter of kind ' || substr({code}, 12) "
+            f"WHEN {code} LIKE 'GENDER//%' THEN 'administrative sex ' || substr({code}, 9) "
+            f"WHEN {code} = 'MEDS_BIRTH' THEN 'birth (mgaki keeps the year: 1 January)' "
+            f"WHEN {code} = 'MEDS_DEATH' THEN 'death' "
+            f"WHEN {code} LIKE 'MGAKI_CONTEXT//%' THEN 'clinical context ' || substr({code}, 16) "
+            f"WHEN {code} LIKE 'MEDICATION//%' THEN 'medication ' || substr({code}, 13) "
+            f"WHEN {code} LIKE 'RxNorm/%' THEN 'RxNorm concept ' || substr({code}, 8) END")
+
+
 def _write_data(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """One shard per split, rows contiguous per subject and sorted by time (static rows first)."""
     schema = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
-                        ("numeric_value", pa.float32()), ("unit", pa.string()), ("text_value", pa.string()),
+                        ("numeric_value", pa.float32()), ("unit", pa.string()), ("text_value", pa.large_string()),
                         ("encounter_id", pa.string()), ("end", pa.timestamp("us")), ("route", pa.string())])
     for (split,) in con.sql("SELECT DISTINCT split FROM subject_splits ORDER BY split").fetchall():
         table = con.sql("""SELECT s.subject_id, l.time, l.code, l.numeric_value, l.unit, l.text_value,

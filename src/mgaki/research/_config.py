@@ -19,9 +19,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from mgaki.errors import KnowledgeError
 from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Cited, RiskRegion, Source, Strict
+from mgaki.units import normalize_unit
 
-__all__ = ["COVARIATES", "OUTCOMES", "Band", "StudyConfig", "StudyDefaults", "bands", "load_config",
-           "study_defaults"]
+__all__ = ["COVARIATES", "OUTCOMES", "Band", "NegativeControl", "StudyConfig", "StudyDefaults", "TargetTrialConfig",
+           "bands", "load_config", "study_defaults"]
 
 # covariates the cohort table provides (docs/research.md#covariates)
 COVARIATES = ("age", "sex", "egfr", "admission_creatinine", "icu", "context", "nephrotoxic")
@@ -60,6 +61,39 @@ def _d(param_id: str) -> Any:
     return Field(default_factory=lambda: study_defaults().value(param_id))
 
 
+class NegativeControl(Strict):
+    """A negative-control outcome: a lab value below a threshold after time zero (treatment cannot cause it)."""
+
+    analyte: str = "albumin"
+    below: float = Field(default_factory=lambda: study_defaults().value("negative_control_albumin_below"))
+    unit: str = "g/dL"
+
+
+class TargetTrialConfig(Strict):
+    """The emulated target trial of IV MgSO4 for hypomagnesaemia (docs/research.md#target-trial)."""
+
+    enabled: bool = True
+    grace_hours: float = _d("trial_grace_hours")
+    follow_up_days: float = _d("trial_follow_up_days")
+    washout_hours: float = _d("trial_washout_hours")
+    treatment_drugs: tuple[str, ...] = ("magnesium sulfate",)
+    treatment_routes: tuple[str | None, ...] = ("iv", None)  # no route recorded: IV MgSO4 is the in-hospital form
+    weighting: Literal["ipw", "overlap"] = "ipw"
+    truncate_quantile: float = _d("trial_truncate_quantile")
+    covariates: tuple[str, ...] = ("age", "sex", "egfr", "mg_at_t0", "icu", "context", "nephrotoxic")
+    populations: tuple[Literal["cardiac-surgery", "cisplatin", "icu"], ...] = ("cardiac-surgery", "cisplatin", "icu")
+    bootstrap_reps: int = Field(default_factory=lambda: int(study_defaults().value("trial_bootstrap_reps")))
+    negative_control: NegativeControl = Field(default_factory=NegativeControl)
+
+    @field_validator("covariates")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in v if c not in (*COVARIATES, "mg_at_t0")]
+        if bad:
+            raise ValueError(f"unknown target-trial covariate(s) {bad}")
+        return v
+
+
 class StudyConfig(Strict):
     """What `mgaki study` does; defaults reproduce Cheungpasitporn 2015's design on the canonical model."""
 
@@ -74,7 +108,18 @@ class StudyConfig(Strict):
     band_study: str = "cheungpasitporn_2015"
     outcomes: tuple[str, ...] = OUTCOMES
     primary_outcome: str = "aki"
+    # AKI by KDIGO creatinine and urine output, or creatinine only; the other one is reported as a
+    # sensitivity analysis when sensitivity_outcome_definition is on (docs/research.md#outcomes)
+    outcome_definition: Literal["creatinine", "creatinine+urine"] = "creatinine+urine"
+    sensitivity_outcome_definition: bool = True
+    min_events: int = Field(default_factory=lambda: int(study_defaults().value("min_events")))
+    min_test_patients: int = Field(default_factory=lambda: int(study_defaults().value("min_test_patients")))
     covariates: tuple[str, ...] = ("age", "sex", "egfr", "icu", "context", "nephrotoxic")
+    # time zero: each covariate is read in a look-back window ending at the index time (docs/research.md#time-zero)
+    lookback_icu_hours: float = _d("lookback_icu_hours")
+    lookback_nephrotoxic_hours: float = _d("lookback_nephrotoxic_hours")
+    lookback_context_hours: float = _d("lookback_context_hours")
+    lookback_creatinine_hours: float = _d("lookback_creatinine_hours")
     persistent_aki_hours: float = _d("persistent_aki_hours")
     akd_days: float = _d("akd_days")
     spline_knots: int = Field(default_factory=lambda: int(study_defaults().value("spline_knots")))
@@ -93,6 +138,7 @@ class StudyConfig(Strict):
     test_share: float = _d("test_share")
     gbm_max_iter: int = Field(default_factory=lambda: int(study_defaults().value("gbm_max_iter")))
     calibration_bins: int = Field(default_factory=lambda: int(study_defaults().value("calibration_bins")))
+    target_trial: TargetTrialConfig = Field(default_factory=TargetTrialConfig)
 
     @field_validator("covariates")
     @classmethod
@@ -158,8 +204,9 @@ class Band(Strict):
 
 
 def _band(i: int, r: RiskRegion, ref: str | None) -> Band:
-    if r.unit != "mg/dL":
-        raise KnowledgeError(f"exposure band {r.label!r}: unit {r.unit!r}, expected mg/dL")
+    canonical = load().analyte("magnesium").canonical_unit  # the unit of the cohort's Mg values
+    if normalize_unit(r.unit) != canonical:
+        raise KnowledgeError(f"exposure band {r.label!r}: unit {r.unit!r}, expected {canonical}")
     return Band(label=r.label, order=i, lower=r.lower, upper=r.upper, lower_inclusive=not r.lower_exclusive,
                 upper_inclusive=r.upper_inclusive, reference=r.label == ref)
 

@@ -12,6 +12,7 @@ baseline of the same learner (ΔAUROC with a patient-level bootstrap CI).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,9 @@ class ModelFit:
     calibration: pd.DataFrame  # predicted, observed, n (reliability curve, equal-count bins)
     delta_auroc: float | None = None  # vs the creatinine-only baseline of the same learner
     delta_ci: tuple[float, float] | None = None
+    calibration_slope: float = float("nan")  # logistic recalibration: y ~ logit(p); 1 = ideal
+    calibration_intercept: float = float("nan")  # calibration-in-the-large: y ~ offset(logit(p)); 0 = ideal
+    decision: pd.DataFrame = field(default_factory=pd.DataFrame)  # threshold, net_benefit, treat_all
 
 
 @dataclass
@@ -91,14 +95,17 @@ class PredictionResult:
     events_test: int
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    interpretable: bool = True  # False: too few test patients/events, or a baseline that does not discriminate
 
     def table(self) -> pd.DataFrame:
         """The comparison table of the report: one row per model set and learner."""
         return pd.DataFrame([{
             "model": f.model_set, "learner": f.learner, "features": len(f.features), "AUROC": f.auroc,
             "AUROC CI": f"{f.auroc_ci[0]:.3f}-{f.auroc_ci[1]:.3f}", "AUPRC": f.auprc, "Brier": f.brier,
+            "calibration slope": f.calibration_slope, "calibration intercept": f.calibration_intercept,
             "dAUROC vs creatinine": f.delta_auroc if f.delta_auroc is not None else float("nan"),
-            "dAUROC CI": f"{f.delta_ci[0]:.3f}-{f.delta_ci[1]:.3f}" if f.delta_ci else ""} for f in self.fits])
+            "dAUROC CI": (f"{f.delta_ci[0]:.3f}-{f.delta_ci[1]:.3f}" if self.interpretable else "not interpreted")
+            if f.delta_ci else ""} for f in self.fits])
 
     def fit(self, model_set: str, learner: str) -> ModelFit:
         for f in self.fits:
@@ -108,10 +115,13 @@ class PredictionResult:
 
     def summary(self) -> dict[str, Any]:
         return {"n_landmarks": self.n_landmarks, "n_admissions": self.n_admissions, "n_patients": self.n_patients,
+                "train_patients": self.train_patients, "test_patients": self.test_patients,
                 "train_rows": self.train_rows, "test_rows": self.test_rows, "events_train": self.events_train,
-                "events_test": self.events_test, "notes": self.notes,
+                "events_test": self.events_test, "notes": self.notes, "interpretable": self.interpretable,
                 "models": [{"model_set": f.model_set, "learner": f.learner, "auroc": f.auroc,
                             "auroc_ci": list(f.auroc_ci), "auprc": f.auprc, "brier": f.brier,
+                            "calibration_slope": f.calibration_slope,
+                            "calibration_intercept": f.calibration_intercept,
                             "delta_auroc": f.delta_auroc, "delta_ci": list(f.delta_ci) if f.delta_ci else None}
                            for f in self.fits]}
 
@@ -262,10 +272,30 @@ def _fit_all(lm: pd.DataFrame, tr: NDArray[Any], te: NDArray[Any], ytr: NDArray[
             p = est.predict_proba(lm[list(feats)].to_numpy(float)[te])[:, 1]
             scores[(name, learner)] = p
             obs, pred = calibration_curve(yte, p, n_bins=config.calibration_bins, strategy="quantile")
+            slope, icpt = _recalibration(yte, p)
             res.fits.append(ModelFit(
                 name, learner, feats, est, float(roc_auc_score(yte, p)), (float("nan"), float("nan")),
                 float(average_precision_score(yte, p)), float(brier_score_loss(yte, p)), _thin_roc(yte, p),
-                pd.DataFrame({"predicted": pred, "observed": obs})))
+                pd.DataFrame({"predicted": pred, "observed": obs}), calibration_slope=slope,
+                calibration_intercept=icpt, decision=decision_curve(yte, p)))
+
+
+def _judge(res: PredictionResult, config: StudyConfig) -> None:
+    """No claim the data cannot carry: too few test patients or events, or a baseline at chance, make the
+    comparison descriptive only (the report says why)."""
+    why = []
+    if res.test_patients < config.min_test_patients:
+        why.append(f"{res.test_patients} test patients (minimum {config.min_test_patients})")
+    if min(res.events_test, res.test_rows - res.events_test) < config.min_events:
+        why.append(f"{res.events_test} test landmarks with AKI (minimum {config.min_events})")
+    for f in res.fits:
+        if f.model_set == BASELINE and (f.auroc < 0.5 or f.auroc_ci[0] <= 0.5):
+            why.append(f"the creatinine-only baseline ({f.learner}) does not discriminate (AUROC {f.auroc:.3f}, "
+                       f"CI {f.auroc_ci[0]:.3f}-{f.auroc_ci[1]:.3f}): a ΔAUROC over it is no gain over a working "
+                       "baseline")
+    if why:
+        res.interpretable = False
+        res.notes.append("descriptive only, no significance claimed: " + "; ".join(why))
 
 
 def run_prediction(con: duckdb.DuckDBPyConnection, cohort: pd.DataFrame, config: StudyConfig) -> PredictionResult:
@@ -307,6 +337,7 @@ def run_prediction(con: duckdb.DuckDBPyConnection, cohort: pd.DataFrame, config:
             ref = (BASELINE, f.learner)
             f.delta_auroc = f.auroc - res.fit(BASELINE, f.learner).auroc
             f.delta_ci = _ci(boot[key] - boot[ref], config.ci_level)
+    _judge(res, config)
     res.notes.append(
         f"Landmarks every {config.landmark_step_hours:g} h of an open, AKI-free admission (up to "
         f"{config.landmark_max_days:g} days); label = AKI onset within {config.prediction_horizon_hours:g} h; "
@@ -315,6 +346,35 @@ def run_prediction(con: duckdb.DuckDBPyConnection, cohort: pd.DataFrame, config:
         "resamples, the same resamples for every model). Logistic regression imputes medians with missingness "
         "indicators; gradient boosting handles missing values natively.")
     return res
+
+
+def _recalibration(y: NDArray[Any], p: F) -> tuple[float, float]:
+    """(calibration slope, calibration-in-the-large) of predicted risks on observed outcomes (Cox 1958)."""
+    import statsmodels.api as sm
+
+    lp = np.log(np.clip(p, 1e-9, 1 - 1e-9) / np.clip(1 - p, 1e-9, 1))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # a separated test set shows as a non-finite slope, not as a warning
+        try:
+            slope = sm.GLM(y.astype(float), sm.add_constant(lp), family=sm.families.Binomial()).fit().params[1]
+            icpt = sm.GLM(y.astype(float), np.ones((y.size, 1)), family=sm.families.Binomial(),
+                          offset=lp).fit().params[0]
+        except (ValueError, np.linalg.LinAlgError):
+            return float("nan"), float("nan")
+    return float(slope), float(icpt)
+
+
+def decision_curve(y: NDArray[Any], p: F, thresholds: F | None = None) -> pd.DataFrame:
+    """Net benefit of acting on the model at each risk threshold, beside treating everyone (Vickers 2006)."""
+    pt = np.linspace(0.01, 0.5, 50) if thresholds is None else thresholds
+    n = max(y.size, 1)
+    yy = y.astype(bool)
+    act = p[None, :] >= pt[:, None]
+    tp = (act & yy[None, :]).sum(axis=1) / n
+    fp = (act & ~yy[None, :]).sum(axis=1) / n
+    odds = pt / (1 - pt)
+    prev = yy.mean() if y.size else 0.0
+    return pd.DataFrame({"threshold": pt, "net_benefit": tp - fp * odds, "treat_all": prev - (1 - prev) * odds})
 
 
 # --- persistence and the model card ----------------------------------------------------------------------

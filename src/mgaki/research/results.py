@@ -30,6 +30,12 @@ class StudyResult:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     prediction: PredictionResult | None = None
+    included: pd.DataFrame | None = None  # included vs excluded admissions (stats.compare_included)
+    censoring: dict[str, Any] = field(default_factory=dict)  # IPCW notes and complete-case fits of akd/over-48h
+    sensitivity: dict[str, stats.BandFit] = field(default_factory=dict)  # the other outcome definition
+    cox_continuous: pd.DataFrame | None = None  # current Mg distance below/above the range, per 0.1 mg/dL
+    competing: dict[str, Any] = field(default_factory=dict)  # cause-specific HRs, cumulative incidence by band
+    trials: list[Any] = field(default_factory=list)  # target_trial.TrialResult: all, then each population
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready digest: n, events, band ORs of the primary outcome, spline test, AUCs."""
@@ -48,6 +54,15 @@ class StudyResult:
                      "sensitivity": r.sensitivity, "specificity": r.specificity} for r in self.rocs],
             "cox": _records(self.cox), "seconds": self.seconds, "notes": self.notes,
             "prediction": self.prediction.summary() if self.prediction else None,
+            "outcome_definition": self.config.outcome_definition,
+            "sensitivity": {k: {"events": int(f[f"sens_{k}"].astype("Float64").fillna(0).sum()),
+                                "adjusted": _records(v.table), "notes": v.notes}
+                            for k, v in self.sensitivity.items()},
+            "cox_continuous": _records(self.cox_continuous) if self.cox_continuous is not None else [],
+            "competing": {"cause_specific": _records(self.competing["cause_specific"]),
+                          "cif": _records(self.competing["cif"])} if self.competing else None,
+            "censoring": {k: v for k, v in self.censoring.items() if isinstance(v, str)},
+            "target_trial": [t.summary() for t in self.trials],
         }
 
 
