@@ -23,11 +23,13 @@ PROFILE_STAGES = [
     ("event loop (uvicorn, h11, starlette, middleware)", "BaseEventLoop.run_forever (base_events.py)"),
     ("  request body read (event loop)", "Request.body (requests.py)"),
     ("worker threads (CDS call and sync endpoints)", "WorkerThread.run (_asyncio.py)"),
-    ("  CDS call (cds_work)", "create_app.<locals>.cds_work (app.py)"),
+    ("  CDS admission (cds_admit: JWT, body, jti + audit commit)", "create_app.<locals>.cds_admit (app.py)"),
     ("    CDS Hooks JWT verification", "check_cds_jwt (security.py)"),
     ("    body decode + validation (model_validate_json)", "BaseModel.model_validate_json (main.py)"),
-    ("    jti + audit row, one commit", "record_jti (security.py)"),
-    ("    patient_view (assess + cards)", "patient_view (cds.py)"),
+    ("    jti insert (record_jti)", "record_jti (security.py)"),
+    ("    audit row on the hash chain (append_audit)", "append_audit (db.py)"),
+    ("  CDS cards (cds_cards, one at a time per worker)", "create_app.<locals>.cds_cards (app.py)"),
+    ("    patient_view (assess + cards)", "patient_view (hooks.py)"),
     ("      mgaki.assess", "assess (__init__.py)"),
     ("        FHIR parse/validate (parse_bundle)", "parse_bundle (fhir.py)"),
     ("        rules (assess_record)", "assess_record (assess.py)"),
@@ -38,8 +40,10 @@ PROFILE_STAGES = [
 
 
 def _frame(f: str) -> str:
-    """'name (path/file.py:123)' -> 'name (file.py)'."""
+    """'Class.name (path/file.py:123)' -> 'name (file.py)': py-spy 0.4.2 writes bare function names, earlier
+    versions the qualified ones, so both sides are compared by the function's own name."""
     name, _, where = f.partition(" (")
+    name = name.rsplit(".", 1)[-1]
     return f"{name} ({where.split(':')[0].rsplit('/', 1)[-1].rstrip(')')})" if where else f
 
 
@@ -62,7 +66,7 @@ def profile_summary(path: Path, top: int = 12) -> tuple[list[tuple[str, float]],
             own[frames[-1]] = own.get(frames[-1], 0) + n
     if not total:
         return [], []
-    stages = [(label, 100 * incl.get(f, 0) / total) for label, f in PROFILE_STAGES]
+    stages = [(label, 100 * incl.get(_frame(f), 0) / total) for label, f in PROFILE_STAGES]
     tops = [(f, 100 * c / total) for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     return stages, tops
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,3 +133,45 @@ def pg_server() -> str:
     finally:
         admin.dispose()
     return PG
+
+
+@contextlib.contextmanager
+def pg_schema(server_url: str, prefix: str = "mgaki_test") -> Iterator[str]:
+    """A schema of its own on the test PostgreSQL (its URL sets the search_path), dropped after."""
+    admin = sa.create_engine(server_url, connect_args={"connect_timeout": 3})
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as con:
+        con.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{server_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as con:
+            con.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each test that takes it runs twice: on SQLite (None: the data folder's file) and on its own PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with pg_schema(request.getfixturevalue("pg_server")) as url:
+        yield url
+
+
+def refuse_inserts(engine: sa.Engine, table: str, subject_id: str | None = None) -> None:
+    """The database starts refusing inserts into ``table`` (all, or the rows of ``subject_id``), as a full disk,
+    a broken constraint or a revoked grant would: a database error the service did not check for."""
+    name = f"refuse_{table}"
+    with engine.begin() as con:
+        if engine.dialect.name == "postgresql":
+            cond = f"NEW.subject_id = '{subject_id}'" if subject_id else "true"
+            con.execute(sa.text(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                                f"IF {cond} THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$"))
+            con.execute(sa.text(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW "
+                                f"EXECUTE FUNCTION {name}()"))
+        else:
+            when = f"WHEN NEW.subject_id = '{subject_id}' " if subject_id else ""
+            con.execute(sa.text(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} {when}"
+                                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))

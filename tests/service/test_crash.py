@@ -3,13 +3,19 @@
 Deterministic by construction: the server is killed after a fixed number of acknowledgements
 on each channel; whatever was in flight then may or may not have landed, and only what was
 acknowledged (HTTP 200, HL7 AA) is asserted present.
+
+Run twice: one process killed, and ``--workers 2`` with the *supervisor* killed (issue 16 point 9): its
+workers must end with it (they kept serving, orphaned, and the restart failed with "Address already in
+use"), a request body left in ``incoming/`` is removed at the restart, and every file is owner-only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -35,8 +41,36 @@ T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 KILL_AFTER = 4  # acknowledgements per channel before the kill
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class Server:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, workers: int = 1) -> None:
+        self.workers = workers
         self.http, self.mllp = free_port(), free_port()
         self.data = tmp / "data"
         self.config = tmp / "service.yaml"
@@ -46,12 +80,14 @@ class Server:
                        {"name": "ward", "token": READER, "roles": ["reader"]}]}))
         self.log = tmp / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.killed_children: list[int] = []  # a killed supervisor's children: ended by the fixture if still alive
+        self.spawned: list[int] = []  # the uvicorn workers among them
 
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mgaki", "serve", "--config", str(self.config), "--port", str(self.http),
-                 "--mllp-port", str(self.mllp)], stdout=log, stderr=subprocess.STDOUT)
+                 "--mllp-port", str(self.mllp), "--workers", str(self.workers)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
@@ -68,10 +104,17 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http}"
 
-    def kill(self) -> None:
+    def kill(self) -> list[int]:
+        """SIGKILL the process ``mgaki serve`` started (with workers: the supervisor only); its workers' pids
+        (``spawned``: those that were uvicorn workers, read before the kill: a worker that ends at once leaves
+        no command line to read)."""
         assert self.proc is not None
+        workers = _children(self.proc.pid)
+        self.spawned = [w for w in workers if b"spawn_main" in _cmdline(w)]  # not multiprocessing's tracker
+        self.killed_children += workers
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
+        return workers
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -83,14 +126,17 @@ class Server:
                 self.proc.wait()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    s = Server(tmp_path)
+@pytest.fixture(params=[1, 2], ids=["one-process", "supervisor-of-2"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    s = Server(tmp_path, workers=request.param)
     s.start()
     try:
         yield s
     finally:
         s.stop()
+        for pid in s.killed_children:  # a failed run must not leave orphaned workers behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _bundle(i: int) -> dict[str, Any]:
@@ -161,14 +207,29 @@ def test_kill_9_mid_stream_loses_no_acknowledged_result_and_duplicates_none(serv
         assert time.monotonic() < deadline, "no progress"
         assert all(t.is_alive() for t in threads), feed.errors
         time.sleep(0.01)
-    server.kill()
+    workers = server.kill()
     for t in threads:
         t.join(timeout=60)
     assert not feed.errors, feed.errors
     http_acked, hl7_acked = list(feed.http_acked), list(feed.hl7_acked)
     assert len(http_acked) >= KILL_AFTER and len(hl7_acked) >= KILL_AFTER
+    if server.workers > 1:  # orphaned workers end with their supervisor (they used to keep serving)
+        spawned = server.spawned
+        assert len(spawned) == server.workers, workers
+        deadline = time.monotonic() + 45
+        while any(_alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers still alive after the supervisor's SIGKILL: {workers}"
+            time.sleep(0.2)
+    # a request body a killed process was reading (patient data, never acknowledged): removed at the restart
+    left = server.data / "incoming" / "tmp-killed"
+    left.mkdir(parents=True, exist_ok=True)
+    (left / "request.json").write_text(json.dumps(_bundle(999)))
 
-    server.start()
+    server.start()  # the same ports at once: nothing of the killed service holds them
+    assert not left.exists() and list((server.data / "incoming").iterdir()) == []
+    # the data folder, the database and the event store are the service user's only
+    loose = [str(p) for p in [server.data, *server.data.rglob("*")] if stat.S_IMODE(p.stat().st_mode) & 0o077]
+    assert not loose, loose
     store = EventStore(server.data / "events")
     ids = _identities(store)
     assert all(n == 1 for n in ids.values()), [k for k, n in ids.items() if n > 1]  # nothing twice

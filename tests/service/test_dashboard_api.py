@@ -81,7 +81,10 @@ def test_patient_list_counts_ranks_filters_and_sorts(loaded: TestClient) -> None
         r = loaded.get(f"/dashboard/patients?{bad}", headers=auth(READER))
         assert r.status_code == 422, bad
         assert bad.split("=")[0] in r.text
-    assert ("nurse-station", "read", "GET /dashboard/patients", None) in _audit(loaded)
+    # the list records which patients it showed: one audit row per patient returned (issue 16 point 7)
+    listed = [r for r in _audit(loaded) if r[:3] == ("nurse-station", "read", "GET /dashboard/patients")]
+    assert {r[3] for r in listed} == {"calm", "dash1", "gone"}
+    assert ("nurse-station", "read", "GET /dashboard/patients", None) not in listed  # every call here listed someone
 
 
 def test_dashboard_needs_a_reader_token(loaded: TestClient) -> None:
@@ -156,7 +159,9 @@ def test_dose_plan_is_mgaki_pk(loaded: TestClient, kb: KnowledgeBase) -> None:
     """No dose given yet: the curve is mgaki.pk.simulate of the regimen, from the latest Mg."""
     p = _plan(loaded, "calm", {"loading_g": 2, "loading_over_min": 60, "horizon_h": 12, "weight_kg": 70,
                                "crcl_ml_min": 80})
-    pop = population(None, Covariates(weight_kg=70, crcl_ml_min=80), baseline_mg_dl=2.1, kb=kb)
+    assert p["inputs"]["creatinine_mg_dl"] == 0.9 and p["inputs"]["age_years"] > 18  # from the chart
+    pop = population(None, Covariates(weight_kg=70, crcl_ml_min=80, creatinine_mg_dl=0.9,
+                                      age_years=p["inputs"]["age_years"]), baseline_mg_dl=2.1, kb=kb)
     reg = loading_maintenance(2, 1.0, 0, 0)
     pred = simulate(pop, reg, time_grid(reg, 12, kb=kb), seed=0, baseline_known=True, kb=kb)
     assert [q["time_h"] for q in p["curve"]] == pytest.approx(pred.times_h.tolist(), abs=1e-3)
@@ -167,7 +172,15 @@ def test_dose_plan_is_mgaki_pk(loaded: TestClient, kb: KnowledgeBase) -> None:
     assert p["level"] == kb.value("pk_interval_level") and p["past_curve"] == [] and p["measured"] == []
     assert p["regimen"].startswith("2 g over 60 min")
     assert [c["id"] for c in p["limits"]] == ["iv_rate_max_repletion", "daily_max_label"]
-    assert all(c["ok"] for c in p["limits"]) and not p["overshoot"] and p["warnings"] == []
+    assert all(c["ok"] for c in p["limits"])
+    # the overshoot flag is mgaki.pk's harm probability against the repletion harm level (4 mEq/L)
+    harm = pred.p_peak_above(convert(4.0, "magnesium", "meq/L", "mg/dL"))
+    assert p["p_peak_above_toxicity"] == pytest.approx(harm, abs=1e-4)
+    assert p["overshoot"] == (harm is not None and harm > kb.value("pk_overshoot_probability_max"))
+    assert len(p["warnings"]) == int(p["overshoot"])
+    # every output names the population the model was built in; target and harm come from the context
+    assert "pre-eclampsia" in p["population"] and "pre-eclampsia" in p["disclaimer"]
+    assert p["context"] == "repletion" and p["risk"]["p_target"] is not None and p["risk"]["p_harm_upper_95"] > 0
     spec = p["vega_lite"]
     vlc.vegalite_to_vega(spec)
     assert spec["width"] == "container"
@@ -185,6 +198,11 @@ def test_dose_plan_individualised_with_doses_and_levels(loaded: TestClient) -> N
     assert p["past_curve"] and max(q["time_h"] for q in p["past_curve"]) < 0 <= p["curve"][0]["time_h"]
     # the assessment staged AKI 2: the renal cap is checked, and CrCl came from the assessment
     assert p["inputs"]["severe_renal"] and "severe_renal_max_48h" in [c["id"] for c in p["limits"]]
+    # in AKI clearance follows the kinetic eGFR of each creatinine interval since the first dose (Chen 2013)
+    course = p["inputs"]["kidney_course"]
+    assert course and p["inputs"]["creatinine_mg_dl"] is None and len(course) >= 2
+    assert all(np.isfinite(c["creatinine_mg_dl"]) for c in course)
+    assert any("creatinine course" in n for n in p["notes"])
     assert p["inputs"]["crcl_ml_min"] is not None and p["inputs"]["weight_kg"] == 70.0
     # not fitted when asked: same doses, population prior
     q = _plan(loaded, "dash1", {"loading_g": 2, "loading_over_min": 60, "individualise": False})

@@ -130,8 +130,10 @@ def test_mllp_round_trip_stores_alerts_corrects_and_survives_bad_input(served, t
     with client.app.state.engine.connect() as con:  # type: ignore[attr-defined]
         import sqlalchemy as sa
 
-        rows = con.execute(sa.text("SELECT actor, endpoint, patient_id FROM audit WHERE action = 'write'")).all()
-    assert ("hl7:LAB", "MLLP ORU^R01", "p1") in rows
+        rows = con.execute(sa.text(
+            "SELECT actor, endpoint, patient_id, detail FROM audit WHERE action = 'write'")).all()
+    # plain TCP proves only the peer's address: that is the actor; MSH-3 is recorded as the sender's claim
+    assert ("mllp:127.0.0.1", "MLLP ORU^R01", "p1", "MSH-3 LAB (the sender's own claim)") in rows
 
 
 def test_each_result_belongs_to_the_patient_of_its_group() -> None:

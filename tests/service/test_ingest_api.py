@@ -8,6 +8,8 @@ import sqlalchemy as sa
 
 from conftest import READER, WRITER, auth, bundle
 
+NDJSON = {**auth(WRITER), "content-type": "application/fhir+ndjson"}
+
 
 def _batch(name: str) -> dict:
     """The vignette bundle as a batch, with an inpatient encounter (surveillance alerts are per encounter)."""
@@ -47,11 +49,11 @@ def test_bundle_ingest_is_idempotent_and_raises_alerts(client):
 def test_ndjson_ingest(client):
     res = [e["resource"] for e in bundle("crcl_lt30_halved")["entry"]]
     body = "".join(json.dumps(r) + "\n" for r in res)
-    r = client.post("/fhir/$import-ndjson", content=body.encode(), headers=auth(WRITER))
+    r = client.post("/fhir/$import-ndjson", content=body.encode(), headers=NDJSON)
     assert r.status_code == 200, r.text
     added = r.json()["added"]
     assert added["events"] + added["weights"] == sum(x["resourceType"] == "Observation" for x in res)
-    again = client.post("/fhir/$import-ndjson", content=body.encode(), headers=auth(WRITER)).json()
+    again = client.post("/fhir/$import-ndjson", content=body.encode(), headers=NDJSON).json()
     assert sum(again["added"].values()) == 0
 
 
@@ -68,9 +70,9 @@ def test_malformed_ingest_is_400_operation_outcome(client):
         assert r.status_code == 400, body
         out = r.json()
         assert out["resourceType"] == "OperationOutcome" and msg in out["issue"][0]["diagnostics"]
-    r = client.post("/fhir/$import-ndjson", content=b'{"resourceType": "Patient"}\n[1]\n', headers=auth(WRITER))
+    r = client.post("/fhir/$import-ndjson", content=b'{"resourceType": "Patient"}\n[1]\n', headers=NDJSON)
     assert r.status_code == 400 and "line 2" in r.json()["issue"][0]["diagnostics"]
-    r = client.post("/fhir/$import-ndjson", content=b"\xff\xfe", headers=auth(WRITER))
+    r = client.post("/fhir/$import-ndjson", content=b"\xff\xfe", headers=NDJSON)
     assert r.status_code == 400
     assert client.get("/alerts?limit=0", headers=auth(READER)).status_code == 422
 
@@ -97,7 +99,7 @@ def test_alerts_logged_before_a_crash_reach_the_database_on_the_next_run(client,
     assert client.get("/alerts", headers=auth(READER)).json()["alerts"] == []
     res = [e["resource"] for e in bundle("crcl_lt30_halved")["entry"]]
     body = "".join(json.dumps(r) + "\n" for r in res)
-    r = client.post("/fhir/$import-ndjson", content=body.encode(), headers=auth(WRITER))
+    r = client.post("/fhir/$import-ndjson", content=body.encode(), headers=NDJSON)
     assert r.status_code == 200, r.text
     kinds = {(a["subject_id"], a["kind"]) for a in client.get("/alerts", headers=auth(READER)).json()["alerts"]}
     assert ("p1", "mg_out_of_range") in kinds

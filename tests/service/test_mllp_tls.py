@@ -117,3 +117,23 @@ def test_tls_settings_are_checked_at_load(tmp_path: Path, pki: dict[str, Path]) 
         load_config(env={}, data_dir=tmp_path, mllp_tls_cert=pki["server"], mllp_tls_key=tmp_path / "missing.key")
     env = {"MGAKI_MLLP_TLS_CERT": str(pki["server"]), "MGAKI_MLLP_TLS_KEY": str(pki["server_key"])}
     assert load_config(env=env, data_dir=tmp_path).mllp_tls_key == pki["server_key"]
+
+
+def test_the_audit_actor_is_the_client_certificate_not_msh3(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """Who stored a result is what the connection proves (the verified client certificate); MSH-3, which any
+    sender writes as it likes, is kept only as the sender's claim (issue 16 point 7)."""
+    import sqlalchemy as sa
+
+    cfg = make_config(tmp_path, mllp_port=0, mllp_tls_cert=pki["server"], mllp_tls_key=pki["server_key"],
+                      mllp_tls_client_ca=pki["ca"])
+    with TestClient(create_app(cfg)) as c:
+        port = c.app.state.mllp.port  # type: ignore[attr-defined]
+        spoofed = _msg("p7").replace("MSH|^~\\&|LAB|", "MSH|^~\\&|TRUSTED-LIS|", 1)
+        assert "TRUSTED-LIS" in spoofed
+        assert read_ack(_send(port, spoofed, pki["ca"], (pki["client"], pki["client_key"]))).code == "AA"
+        with c.app.state.engine.connect() as con:  # type: ignore[attr-defined]
+            rows = con.execute(sa.text("SELECT actor, patient_id, detail FROM audit WHERE action = 'write'")).all()
+    assert len(rows) == 1
+    actor, pid, detail = rows[0]
+    assert actor.startswith("mllp-cert:CN=lab-system;serial=") and actor.endswith(";issuer=mgaki test CA")
+    assert pid == "p7" and detail == "MSH-3 TRUSTED-LIS (the sender's own claim)"

@@ -28,7 +28,8 @@ def key():
 def jwt_client(tmp_path, key):
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": "k1", "alg": "RS384", "use": "sig"})
-    cfg = make_config(tmp_path, cds_require_jwt=True, cds_issuers=[{"iss": ISS, "keys": [jwk]}])
+    cfg = make_config(tmp_path, cds_require_jwt=True, cds_issuers=[{"iss": ISS, "keys": [jwk]}],
+                      public_base_url="http://testserver")
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         yield c
 

@@ -25,7 +25,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hl7.client import MLLPClient
 
-from conftest import READER, WRITER, auth, bundle, free_port, hook_request
+from conftest import READER, WRITER, auth, bundle, free_port, hook_request, pg_schema
 from mgaki.events import EventStore
 from mgaki.service.ingest.hl7 import Result, oru_r01, read_ack
 from mgaki.service.ingest.ingestor import Ingestor
@@ -142,7 +142,8 @@ def test_two_workers_start_and_serve(two_workers: tuple[str, subprocess.Popen[by
     with eng.connect() as con:
         actions = dict(con.execute(sa.text("SELECT action, count(*) FROM audit GROUP BY action")).all())
     eng.dispose()
-    assert actions == {"read": 7, "write": 1}  # 6 calls + the one accepted replayed token; the ingest
+    # 6 calls + the one accepted replayed token; the 5 replays refused (401, audited as denied); the ingest
+    assert actions == {"read": 7, "denied": 5, "write": 1}
 
     # HL7 over MLLP: both workers listen on the one port (SO_REUSEPORT); every connection is acknowledged
     # after its message is stored, and each message is stored once whichever worker took it
@@ -253,17 +254,8 @@ def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield ""
         return
-    pg = request.getfixturevalue("pg_server")
-    admin = sa.create_engine(pg, connect_args={"connect_timeout": 3})
-    schema = f"mgaki_test_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as con:
-        con.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{pg}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as con:
-            con.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema(request.getfixturevalue("pg_server")) as url:
+        yield url
 
 
 def test_migrations_run_once_when_processes_start_together(tmp_path: Path, fresh_db: str) -> None:

@@ -17,21 +17,39 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mgaki.errors import InputError
 
-__all__ = ["ROLES", "IssuerConfig", "Role", "ServiceConfig", "TokenConfig", "load_config"]
+__all__ = ["ROLES", "BodyLimits", "IssuerConfig", "Role", "ServiceConfig", "TokenConfig", "load_config"]
 
 Role = Literal["reader", "writer", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "writer", "admin")
 
 
 class TokenConfig(BaseModel):
-    """A bearer token for the non-CDS endpoints and what its holder may do."""
+    """A bearer token for the non-CDS endpoints and what its holder may do.
+
+    The secret is given as is (``token``) or as its SHA-256 (``token_sha256``, hex; what ``mgaki token create``
+    writes): tokens it makes are 256 random bits, so a plain hash cannot be searched back to the token.
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    token: str = Field(min_length=16)
+    token: str | None = Field(default=None, min_length=16)
+    token_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
     roles: list[Role]
-    # Patients this token may read (ids as in the alerts/subject_id); None = all. Admin tokens ignore it.
+    # Patients this token may read, and write (ingest: a request naming any other patient is refused whole);
+    # ids as in the alerts/subject_id. None = all. Admin tokens ignore it.
     patients: list[str] | None = None
+    # An HL7 sender over MLLP writes as this token when its verified TLS client certificate (mllp_tls_client_ca)
+    # has this subject common name: the token's patient list then limits its messages. docs/service.md#hl7-v2
+    mllp_client_cn: str | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> TokenConfig:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError(f"token {self.name!r}: give exactly one of token and token_sha256")
+        if self.mllp_client_cn is not None and not {"writer", "admin"} & set(self.roles):
+            raise ValueError(f"token {self.name!r}: mllp_client_cn names an HL7 sender, which writes: "
+                             "give the token the writer role")
+        return self
 
 
 class IssuerConfig(BaseModel):
@@ -44,6 +62,26 @@ class IssuerConfig(BaseModel):
     algorithms: list[str] = ["RS384", "ES384", "RS256", "ES256"]
 
 
+_MIB = 1 << 20
+
+
+class BodyLimits(BaseModel):
+    """Largest request body per endpoint group, in bytes: a larger one is answered 413 before it is buffered.
+
+    Chosen from measurements (docs/service.md#request-limits, ``benchmarks/ingest_body_size.py``): a FHIR
+    Bundle is read by DuckDB as one JSON object, about 31-35 bytes of memory per byte of Bundle at the peak of
+    the request (29 MiB: +0.9 GiB); NDJSON about 16-19 (28 MiB: +0.43 GiB): both limits cost about 1 GiB.
+    A CDS call's realistic prefetch is 49-75 KB; 8 MiB leaves room for a long ICU stay.
+
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    cds: int = Field(default=8 * _MIB, ge=1024)  # POST /cds-services/{id} (prefetch included)
+    fhir: int = Field(default=32 * _MIB, ge=1024)  # POST /fhir (one Bundle)
+    ndjson: int = Field(default=64 * _MIB, ge=1024)  # POST /fhir/$import-ndjson
+    other: int = Field(default=1 * _MIB, ge=1024)  # every other body (CDS feedback, dose plan)
+
+
 class ServiceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data_dir: Path = Path("mgaki-data")
@@ -53,7 +91,9 @@ class ServiceConfig(BaseModel):
     tokens: list[TokenConfig] = []
     cds_issuers: list[IssuerConfig] = []
     cds_require_jwt: bool = True  # False only for local development
-    public_base_url: str | None = None  # the URL the EHR calls us by (JWT `aud`); default: the request's
+    # The URL(s) the EHR calls us by: a CDS JWT's `aud` must be one of them + the service's path. Required when
+    # CDS JWTs are (never taken from the request's Host header, which the caller controls).
+    public_base_url: str | list[str] | None = None
     jwt_max_lifetime_s: int = 3600  # exp - iat ceiling: refuses long-lived tokens
     jwt_leeway_s: int = 30
     fhir_servers: list[str] = []  # FHIR base URLs the CDS services may fetch missing prefetch from
@@ -63,6 +103,9 @@ class ServiceConfig(BaseModel):
     # HL7 messages are acknowledged once stored; surveillance follows within this many seconds, one run for
     # every message received meanwhile (a FHIR POST surveils before it answers). docs/service.md#hl7-v2
     hl7_surveillance_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    # Record identity = type + id (FHIR), order number + code (HL7); True: the source system is part of it
+    # (FHIR meta.source, HL7 MSH-3/MSH-4), for feeds whose ids are unique per system only. docs/service.md#identity
+    identity_per_source: bool = False
     mllp_port: int | None = Field(default=None, ge=0, le=65535)  # HL7 v2 MLLP listener; None: off, 0: any free port
     mllp_host: str | None = None  # default: host
     # MLLP over TLS (results carry PHI): the listener's certificate chain and key (PEM); with a client CA,
@@ -70,6 +113,9 @@ class ServiceConfig(BaseModel):
     mllp_tls_cert: Path | None = None
     mllp_tls_key: Path | None = None
     mllp_tls_client_ca: Path | None = None
+    # an MLLP connection that completes no message for this long is closed (senders reconnect); it frees the
+    # task and socket a silent or half-open peer would hold for ever. docs/service.md#hl7-v2
+    mllp_idle_timeout_s: float = Field(default=300.0, gt=0)
     warm_up: bool = True
     # Throughput and overload (docs/service.md#performance)
     workers: int = Field(default=1, ge=1)  # uvicorn worker processes (one GIL each): about one per core
@@ -84,6 +130,33 @@ class ServiceConfig(BaseModel):
     # SQLite durability of each commit (audit rows included): NORMAL (WAL) survives a crash of the process
     # or the service, not a power loss of the machine; FULL survives both at one fsync per commit.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "NORMAL"
+    # Request edges (docs/service.md#request-limits): body sizes, how long a client may take to send its
+    # request line and headers, then its body, and how many connections one client address may hold open
+    # (0: no limit; behind a reverse proxy every client is the proxy's address: limit at the proxy instead).
+    body_limits: BodyLimits = BodyLimits()
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    max_connections_per_client: int = Field(default=64, ge=0)
+
+    @model_validator(mode="after")
+    def _audience_when_jwt_required(self) -> ServiceConfig:
+        for url in self.base_urls():
+            if not url.startswith(("https://", "http://")) or "?" in url or "#" in url:
+                raise ValueError(f"public_base_url {url!r} is not an http(s) URL without query or fragment")
+        if self.cds_require_jwt and self.cds_issuers and not self.base_urls():
+            raise ValueError("public_base_url is required when CDS Hooks JWTs are (cds_issuers set, cds_require_jwt "
+                             "true): the URL, or list of URLs, the EHR calls this service by; a JWT's aud must be "
+                             "one of them followed by the service's path")
+        return self
+
+    def base_urls(self) -> list[str]:
+        """The configured public base URL(s), without a trailing slash."""
+        urls = [self.public_base_url] if isinstance(self.public_base_url, str) else self.public_base_url or []
+        return [u.rstrip("/") for u in urls]
+
+    def audiences(self, path: str) -> list[str]:
+        """Every ``aud`` a CDS JWT for the endpoint at ``path`` may carry (empty: none is accepted)."""
+        return [u + path for u in self.base_urls()]
 
     @model_validator(mode="after")
     def _mllp_port_fixed_with_workers(self) -> ServiceConfig:
@@ -92,7 +165,24 @@ class ServiceConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _mllp_senders_are_verified(self) -> ServiceConfig:
+        named = [t.name for t in self.tokens if t.mllp_client_cn is not None]
+        if named and self.mllp_tls_client_ca is None:
+            raise ValueError(f"token(s) {', '.join(named)}: mllp_client_cn needs mllp_tls_client_ca (a certificate's "
+                             "name is trusted only when the CA that signed it is)")
+        cns = [t.mllp_client_cn for t in self.tokens if t.mllp_client_cn is not None]
+        if len(cns) != len(set(cns)):
+            raise ValueError("two tokens name the same mllp_client_cn")
+        return self
+
+    def mllp_senders(self) -> dict[str, frozenset[str] | None]:
+        """Verified MLLP client certificate common name -> the patients its messages may name (None: any)."""
+        return {t.mllp_client_cn: None if "admin" in t.roles or t.patients is None else frozenset(t.patients)
+                for t in self.tokens if t.mllp_client_cn is not None}
+
+    @model_validator(mode="after")
     def _mllp_tls_files(self) -> ServiceConfig:
+
         if (self.mllp_tls_cert is None) != (self.mllp_tls_key is None):
             raise ValueError("mllp_tls_cert and mllp_tls_key go together (the certificate and its private key)")
         if self.mllp_tls_client_ca is not None and self.mllp_tls_cert is None:
@@ -113,7 +203,7 @@ _ENV = {"MGAKI_DATA_DIR": "data_dir", "MGAKI_DATABASE_URL": "database_url", "MGA
         "MGAKI_CDS_REQUIRE_JWT": "cds_require_jwt", "MGAKI_TOKENS": "tokens", "MGAKI_CDS_ISSUERS": "cds_issuers",
         "MGAKI_FHIR_SERVERS": "fhir_servers", "MGAKI_MLLP_PORT": "mllp_port", "MGAKI_MLLP_HOST": "mllp_host",
         "MGAKI_MLLP_TLS_CERT": "mllp_tls_cert", "MGAKI_MLLP_TLS_KEY": "mllp_tls_key",
-        "MGAKI_MLLP_TLS_CLIENT_CA": "mllp_tls_client_ca",
+        "MGAKI_MLLP_TLS_CLIENT_CA": "mllp_tls_client_ca", "MGAKI_MLLP_IDLE_TIMEOUT_S": "mllp_idle_timeout_s",
         "MGAKI_WORKERS": "workers", "MGAKI_CDS_MAX_IN_FLIGHT": "cds_max_in_flight",
         "MGAKI_CDS_THREADS": "cds_threads"}
 
@@ -136,7 +226,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     for var, key in _ENV.items():
         if var in env:
             val: Any = env[var]
-            if key in ("tokens", "cds_issuers", "fhir_servers"):
+            if key in ("tokens", "cds_issuers", "fhir_servers") or (key == "public_base_url"
+                                                                     and val.lstrip().startswith("[")):
                 try:
                     val = json.loads(val)
                 except json.JSONDecodeError as exc:

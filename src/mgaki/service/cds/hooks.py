@@ -19,7 +19,7 @@ from typing import Any
 
 import mgaki
 from mgaki.adapters.fhir import medication_concept, medication_index
-from mgaki.errors import InputError, MgakiError
+from mgaki.errors import InputError, MgakiError, UnitError
 from mgaki.events.normalize import drug_regex
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Drug, DrugClass
@@ -37,7 +37,7 @@ from mgaki.service.cds.models import (
     Suggestion,
 )
 from mgaki.service.config import ServiceConfig
-from mgaki.units import salt_amounts
+from mgaki.units import display, dose_in_unit, dose_unit, rate_unit, salt_amounts, unit_kind
 
 __all__ = ["MGSO4", "ORDER_SELECT", "ORDER_SIGN", "PATIENT_VIEW", "RXNORM", "SERVICES", "CdsInputError",
            "bundle_from_prefetch", "call_service", "discovery", "order_hook", "patient_view", "resolve_prefetch"]
@@ -50,7 +50,6 @@ ORDER_SELECT = "mgaki-order-select"
 SOURCE_LABEL = "mgaki"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
-_DOSE_UNITS = {"g": ("g", 1.0), "mg": ("g", 1e-3), "mmol": ("mmol", 1.0), "meq": ("meq", 1.0)}
 
 
 class CdsInputError(Exception):
@@ -327,15 +326,15 @@ def _draft_dose_g(res: dict[str, Any], where: str) -> float | None:
     q = _dose_quantity(res)
     if q is None or q.get("value") is None:
         return None
-    unit = str(q.get("code") or q.get("unit") or "").strip().lower()
-    if unit not in _DOSE_UNITS:
-        raise CdsInputError(f"{where}: magnesium dose unit {q.get('unit')!r} not understood (use g, mg, mmol, mEq)")
+    unit = q.get("code") if q.get("code") and q.get("system") in (None, UCUM) else q.get("unit")
     try:
         amount = float(q["value"])
     except (TypeError, ValueError) as exc:
         raise CdsInputError(f"{where}: dose value is not a number") from exc
-    u, f = _DOSE_UNITS[unit]
-    return salt_amounts(amount * f, u)["g_mgso4"]
+    try:
+        return salt_amounts(amount, str(unit or ""), where=where)["g_mgso4"]
+    except UnitError as exc:
+        raise CdsInputError(str(exc)) from None
 
 
 def _with_dose(res: dict[str, Any], g: float) -> dict[str, Any]:
@@ -459,8 +458,14 @@ def _mg_dose_request(kb: KnowledgeBase, req: CdsRequest, dose: Dose, unit: str, 
     """A draft FHIR R4 MedicationRequest for one planned MgSO4 dose (amount in the regimen's own unit)."""
     mg = kb.drug(MGSO4)
     assert mg is not None
-    value, ucum, shown = {"meq": (dose.meq, "meq", "mEq"), "mmol": (dose.mmol, "mmol", "mmol")}.get(
-        unit, (dose.g_mgso4 or 0.0, "g", "g"))
+    # the regimen's own amount unit (a rate such as g/h is ordered as its amount unit, per hour)
+    rate = rate_unit(unit)
+    ucum = dose_unit(rate.amount if rate else unit)
+    if unit_kind(ucum) in ("substance", "equivalent"):  # mmol or mEq of Mg
+        value = dose_in_unit(dose.mmol, ucum)
+    else:  # g of the salt; a per-kg dose is ordered as the g it comes to for this patient
+        ucum, value = dose_unit("g"), dose.g_mgso4 or 0.0
+    shown = display(ucum)
     timing: dict[str, Any] = {"count": dose.repeats}
     if dose.duration_h:
         timing.update(duration=dose.duration_h, durationUnit="h")

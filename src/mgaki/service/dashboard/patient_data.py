@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
-from mgaki.record import Measurement, Medication, PatientRecord
+from mgaki.record import Measurement, Medication, PatientRecord, Stay
 from mgaki.result import Severity
 from mgaki.service.persistence.db import alerts
 from mgaki.units import convert, salt_amounts
@@ -325,9 +325,10 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
                          p).fetchall()
         meds = con.execute("""SELECT DISTINCT name, drug, rxcui, start, "end", route, mg_mmol, source FROM medications
                               WHERE subject_id = $pid ORDER BY start""", p).fetchall()
-        ctx = con.execute("SELECT DISTINCT context FROM contexts WHERE subject_id = $pid", p).fetchall()
-        icu = con.execute("SELECT count(*) FROM encounters WHERE subject_id = $pid AND kind = 'icu'",
-                          p).fetchall()[0][0]
+        ctx = con.execute("SELECT DISTINCT context, time FROM contexts WHERE subject_id = $pid", p).fetchall()
+        stays = con.execute("""SELECT DISTINCT kind, start, "end", encounter_id FROM encounters
+                               WHERE subject_id = $pid AND start IS NOT NULL ORDER BY start""", p).fetchall()
+        icu = sum(1 for kind, *_ in stays if kind == "icu")
     finally:
         con.close()
     meas: list[Measurement] = []
@@ -353,10 +354,14 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
     if subj[1] is not None:
         birth = date(int(subj[1]), 7, 1)
         warnings.append("Only the birth year is stored: age is counted from 1 July of that year")
-    contexts = {c for (c,) in ctx} | ({"icu"} if icu else set())
+    contexts = {c for c, _ in ctx} | ({"icu"} if icu else set())
+    # stays and context times: the anchors of each study's exposure time (engine/risk.py)
     return PatientRecord(patient_id=patient_id, sex=subj[0], birth_date=birth, measurements=tuple(meas),
                          medications=medications, rrt_times=tuple(rrt), contexts=frozenset(contexts),
-                         warnings=tuple(warnings))
+                         warnings=tuple(warnings),
+                         stays=tuple(Stay("icu" if kind == "icu" else "hospital", _utc(start), _utc_or_none(end),
+                                          f"Encounter/{eid}") for kind, start, end, eid in stays),
+                         context_times=tuple((c, _utc(t)) for c, t in ctx if t is not None))
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ Every access to one patient's data goes through ``authorize_patient``, and the l
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -43,11 +43,12 @@ from mgaki.service.dashboard.patient_data import (
     timeline,
 )
 from mgaki.service.persistence.db import MAX_OFFSET, alerts, write_audit
+from mgaki.service.persistence.ids import ID_MAX
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient
 
 __all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router", "visible_patients"]
 
-STATIC = Path(__file__).parent / "static"
+STATIC = FsPath(__file__).parent / "static"
 VENDOR = ("vendor/vega-6.4.0.min.js", "vendor/vega-lite-6.4.1.min.js", "vendor/vega-embed-7.3.0.min.js")
 # Vega compiles its expressions with Function(): 'unsafe-eval' is needed; nothing else leaves the origin.
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
@@ -61,6 +62,7 @@ def reader(request: Request) -> Principal:
 
 
 Reader = Annotated[Principal, Depends(reader)]
+PatientId = Annotated[str, Path(max_length=ID_MAX)]  # longer ids are never stored (persistence/ids.py): 422
 
 
 def authorize_patient(principal: Principal, patient_id: str) -> None:
@@ -89,6 +91,10 @@ def _patient(request: Request, who: Principal, patient_id: str) -> JSONResponse 
     """Authorise, then a 404 answer if the service holds nothing for this patient."""
     authorize_patient(who, patient_id)
     if not patient_exists(data_dir_store(request.app.state.cfg.data_dir), request.app.state.engine, patient_id):
+        # audited too: who looked for which patient, even one the service does not hold
+        route = getattr(request.scope.get("route"), "path", "<unmatched>")
+        write_audit(request.app.state.engine, who.name, "not-found", f"{request.method} {route}", [patient_id],
+                    "404 no data for this patient")
         return JSONResponse({"error": "no data for this patient"}, status_code=404)
     return None
 
@@ -114,14 +120,17 @@ def list_patients(request: Request, who: Reader,
                        ListQuery(scope=scope, severity=severity, kind=kind, q=q, with_alerts=with_alerts, sort=sort,
                                  descending=order == "desc", limit=limit, offset=offset,
                                  only=visible_patients(who)))
-    _audit(request, who, "GET /dashboard/patients", None, f"{len(res['patients'])} patients")
+    # one row per patient listed (the ids returned), one without a patient if none was
+    shown = [p["patient_id"] for p in res["patients"]]
+    write_audit(request.app.state.engine, who.name, "read", "GET /dashboard/patients", shown or [None],
+                f"{len(shown)} patients listed")
     res["severities"] = list(SEVERITIES)
     res["reference_ranges"] = reference_ranges(_kb(), ("magnesium", "creatinine"))
     return res
 
 
 @router.get("/dashboard/patients/{patient_id}/timeline", tags=["dashboard"], response_model=None)
-def patient_timeline(request: Request, patient_id: str, who: Reader) -> dict[str, Any] | JSONResponse:
+def patient_timeline(request: Request, patient_id: PatientId, who: Reader) -> dict[str, Any] | JSONResponse:
     """Mg, creatinine, K, Ca, urine output, Mg doses, AKI stage bands, reference ranges and alerts."""
     if (missing := _patient(request, who, patient_id)) is not None:
         return missing
@@ -154,7 +163,7 @@ def _sources(a: Assessment) -> list[dict[str, Any]]:
 
 
 @router.get("/dashboard/patients/{patient_id}/assessment", tags=["dashboard"], response_model=None)
-def patient_assessment(request: Request, patient_id: str, who: Reader) -> dict[str, Any] | JSONResponse:
+def patient_assessment(request: Request, patient_id: PatientId, who: Reader) -> dict[str, Any] | JSONResponse:
     """The bedside engine on the patient's stored data: findings with their evidence, the plan, sources."""
     if (missing := _patient(request, who, patient_id)) is not None:
         return missing
@@ -164,7 +173,7 @@ def patient_assessment(request: Request, patient_id: str, who: Reader) -> dict[s
 
 
 @router.post("/dashboard/patients/{patient_id}/dose-plan", tags=["dashboard"], response_model=None)
-def dose_plan(request: Request, patient_id: str, body: PlanRequest, who: Reader) -> dict[str, Any] | JSONResponse:
+def dose_plan(request: Request, patient_id: PatientId, body: PlanRequest, who: Reader) -> dict[str, Any] | JSONResponse:
     """Predicted serum Mg (typical, band) for a regimen or a target range; limits and overshoot risk.
 
     Individualised with ``mgaki.pk.fit_map`` when the patient has IV MgSO4 doses and Mg levels after them.
@@ -180,7 +189,11 @@ def dose_plan(request: Request, patient_id: str, body: PlanRequest, who: Reader)
                        weight_kg=weight.value if weight else None, crcl_ml_min=k.crcl or k.egfr,
                        crcl_note=(k.crcl_note if k.crcl else k.egfr_note) if (k.crcl or k.egfr) else None,
                        severe_renal=any(f.code == "renal_dose_adjustment" for f in a.findings),
-                       history=dose_history(record, store, patient_id))
+                       history=dose_history(record, store, patient_id),
+                       creatinine=tuple((m.time, m.value) for m in record.series("creatinine")),
+                       aki_stage=k.aki_stage, rrt=k.rrt,
+                       age_years=record.age_years(record.as_of()) if record.as_of() else None,
+                       contexts=frozenset(a.contexts))
     plan = plan_dose(body, pt, _kb())
     plan["vega_lite"] = dose_chart(plan)
     _audit(request, who, "POST /dashboard/patients/{patient_id}/dose-plan", patient_id,

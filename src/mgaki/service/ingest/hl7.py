@@ -34,7 +34,8 @@ import pyarrow as pa
 
 from mgaki.adapters._cohort import VOCABULARY, code_table, conform
 from mgaki.adapters.maps import load_map
-from mgaki.events.store import versioned_source
+from mgaki.events.store import HISTORY, versioned_source
+from mgaki.service.persistence.ids import id_problem
 
 __all__ = [
     "CODING_SYSTEMS",
@@ -77,7 +78,7 @@ class Hl7Error(Exception):
 
 _ERROR_TEXT = {"0": "Message accepted", "100": "Segment sequence error", "101": "Required field missing",
                "102": "Data type error", "200": "Unsupported message type", "201": "Unsupported event code",
-               "203": "Unsupported version id", "207": "Application internal error"}
+               "203": "Unsupported version id", "205": "Duplicate key identifier", "207": "Application internal error"}
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,17 @@ def msh_fields(text: str) -> dict[str, str]:
             "version": _text(msh, 12)}
 
 
-def parse_oru(text: str) -> Parsed:
-    """Raw event tables from one ORU^R01; Hl7Error (AE/AR) naming the problem if it cannot be used."""
+def parse_oru(text: str, per_source: bool = False) -> Parsed:
+    """Raw event tables from one ORU^R01; Hl7Error (AE/AR) naming the problem if it cannot be used.
+
+    A result's identity is its order number (OBR-3 filler, else OBR-2 placer, with their namespace)
+    and code; a visit's its number (PV1-19). ``per_source`` prefixes the sending application and
+    facility (MSH-3, MSH-4), so equal numbers from two systems are two records (docs/service.md#identity).
+    """
     msg = _parse_message(text)
     msh_f = msh_fields(text)
+    if "\x00" in text:  # no HL7 data type holds NUL, and no database column does
+        raise Hl7Error("AE", "102", "MSH", "the message contains a NUL character (0x00)")
     if msh_f.get("type") != "ORU" or msh_f.get("event") != "R01":
         got = "^".join(x for x in (msh_f.get("type"), msh_f.get("event")) if x) or "(none)"
         raise Hl7Error("AR", "200" if msh_f.get("type") != "ORU" else "201", "MSH-9",
@@ -174,6 +182,7 @@ def parse_oru(text: str) -> Parsed:
     codes = {(r["system"], r["code"]): (r["key"], r["analyte"]) for r in code_table().to_pylist()}
     # ORU^R01 repeats PATIENT_RESULT groups (PID [PV1] then OBR/OBX): each result belongs to the
     # patient and visit of the group it is in, never to the message's first patient
+    system = f"{msh_f['sending_app']}^{msh_f['sending_facility']}/" if per_source else ""
     subject, visit, n_pid = "", "", 0
     order, obr_time, n_obx = msh_f["control_id"], None, 0
     for seg in msg:
@@ -182,7 +191,7 @@ def parse_oru(text: str) -> Parsed:
             n_pid += 1
             subject, visit, order, obr_time = _pid(seg, n_pid, rows), "", msh_f["control_id"], None
         elif sid == "PV1" and subject:
-            visit = _pv1(seg, subject, offset, rows)
+            visit = _pv1(seg, subject, offset, rows, system)
         elif sid == "OBR":
             order = _order_id(seg, 3) or _order_id(seg, 2) or msh_f["control_id"]
             obr_time = _text(seg, 7)
@@ -190,7 +199,7 @@ def parse_oru(text: str) -> Parsed:
             n_obx += 1
             if not subject:
                 raise Hl7Error("AE", "100", "OBX", f"OBX {n_obx} comes before any PID: whose result it is is unknown")
-            rows_for = _obx_rows(seg, n_obx, subject, visit, order, obr_time, offset, codes)
+            rows_for = _obx_rows(seg, n_obx, subject, visit, system + order, obr_time, offset, codes)
             rows[rows_for[0]].append(rows_for[1])
     if n_obx == 0:
         raise Hl7Error("AE", "100", "OBX", "the message has no OBX segment (no results to store)")
@@ -204,19 +213,32 @@ def _pid(seg: Any, n: int, rows: dict[str, list[dict[str, Any]]]) -> str:
     subject = _text(seg, 3)
     if not subject:
         raise Hl7Error("AE", "101", "PID-3", "patient identifier missing" + (f" (PID {n})" if n > 1 else ""))
+    if (problem := id_problem(subject, "patient identifier")) is not None:
+        raise Hl7Error("AE", "102", "PID-3", problem + (f" (PID {n})" if n > 1 else ""))
     sex, birth = _text(seg, 8), _text(seg, 7)
     rows["subjects"].append({
         "subject_id": subject, "sex": {"F": "female", "M": "male"}.get(sex.upper()),
-        "birth_year": int(birth[:4]) if birth[:4].isdigit() else None,
+        "birth_date": _hl7_date(birth),  # normalize checks it is a date, and a plausible one
         "source": versioned_source(f"HL7/PID/{subject}", _digest(sex, birth))})
     return subject
 
 
-def _pv1(seg: Any, subject: str, offset: str | None, rows: dict[str, list[dict[str, Any]]]) -> str:
+def _hl7_date(value: str) -> str | None:
+    """PID-7 (DTM) -> a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD); text that is not a DTM is passed on as is."""
+    m = _TS.match(value)
+    if not value or not m:
+        return value or None
+    y, mo, d = m.group(1), m.group(2), m.group(3)
+    return f"{y}-{mo}-{d}" if d else f"{y}-{mo}" if mo else y
+
+
+def _pv1(seg: Any, subject: str, offset: str | None, rows: dict[str, list[dict[str, Any]]], system: str = "") -> str:
     """The visit of a PV1 segment (PV1-19); an encounters row when PV1-44 gives its start."""
     visit = _text(seg, 19)
     if not visit:
         return ""
+    if (problem := id_problem(visit, "visit number")) is not None:
+        raise Hl7Error("AE", "102", "PV1-19", problem)
     start, end = _hl7_time(_text(seg, 44), offset), _hl7_time(_text(seg, 45), offset)
     if start:
         kinds = load_map("hl7v2").by("encounter_kind")
@@ -224,7 +246,8 @@ def _pv1(seg: Any, subject: str, offset: str | None, rows: dict[str, list[dict[s
         kind = kinds[cls].target if cls in kinds else None
         rows["encounters"].append({
             "subject_id": subject, "encounter_id": visit, "kind": kind, "start": start, "end": end,
-            "source": versioned_source(f"HL7/PV1/{visit}", _digest(subject, kind, start, end))})
+            "source": versioned_source(f"HL7/PV1/{system}{visit}".replace(HISTORY, "/_"),
+                                       _digest(subject, kind, start, end))})
     return visit
 
 

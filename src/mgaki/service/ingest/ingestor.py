@@ -17,27 +17,39 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
-from mgaki.service.persistence.db import alerts, utcnow
+from mgaki.events.schema import TABLES
+from mgaki.service.persistence.db import ALERT_KEY, alert_key_hash, alert_rejects, alerts, insert_alerts
+from mgaki.service.persistence.ids import FHIR_ID_RE2, ID_MAX, find_nul
 from mgaki.service.persistence.locks import FileLock
 from mgaki.surveillance import surveil
 
-__all__ = ["IngestResult", "Ingestor", "check_bundle", "check_ndjson"]
+__all__ = ["INCOMING", "IngestResult", "Ingestor", "check_bundle", "check_ndjson", "clear_incoming",
+           "parse_json", "quarantine_bad_ids", "subjects_of"]
 
 log = logging.getLogger("mgaki.service.ingest.ingestor")
 
 _BUNDLE_TYPES = ("batch", "transaction", "collection")
+INCOMING = "incoming"  # request bodies being read, under the data folder: patient data, never left behind
+INCOMING_LOCK = "incoming.lock"  # held shared by every serving process, exclusively by clear_incoming
+_ID_COLUMNS = ("subject_id", "encounter_id", "parent_id")
+_ANY_ID_RE2 = rf"^[^\x00-\x1f\x7f]{{1,{ID_MAX}}}$"  # ids.id_problem, vectorised
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,25 @@ class IngestResult:
     subjects: list[str]
     new_alerts: int
     superseded: int = 0
+
+
+def parse_json(payload: bytes, where: str = "body") -> Any:
+    """A JSON document; ``InputError`` naming ``where`` if it is not JSON, not UTF-8 or nested too deeply."""
+    try:
+        return json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(where, f"not JSON: {exc}") from exc
+    except RecursionError:  # the parser's recursion limit (about 1,000 levels): no FHIR resource is that deep
+        raise InputError(where, "JSON nested too deeply (more than about 1,000 levels)") from None
+
+
+def subjects_of(raw: Mapping[str, pa.Table | None]) -> set[str]:
+    """Every patient a request's raw tables would write (quarantine rows too: they can remove a patient's data)."""
+    out: set[str] = set()
+    for table in raw.values():
+        if table is not None and table.num_rows and "subject_id" in table.column_names:
+            out.update(x for x in pc.unique(table["subject_id"]).to_pylist() if x)
+    return out
 
 
 def check_bundle(body: Any) -> None:
@@ -64,6 +95,7 @@ def check_bundle(body: Any) -> None:
         res = e.get("resource") if isinstance(e, dict) else None
         if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
             raise InputError(f"Bundle.entry[{i}]", "has no resource with a resourceType")
+    _refuse_nul(body, "Bundle")
 
 
 def check_ndjson(text: str) -> int:
@@ -76,24 +108,112 @@ def check_ndjson(text: str) -> int:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"line {i}", f"not JSON: {exc.msg}") from exc
+        except RecursionError:
+            raise InputError(f"line {i}", "JSON nested too deeply (more than about 1,000 levels)") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
             raise InputError(f"line {i}", "not a FHIR resource (no resourceType)")
+        _refuse_nul(obj, f"line {i}")
         n += 1
     if n == 0:
         raise InputError("body", "no resources in the NDJSON body")
     return n
 
 
+def _refuse_nul(obj: Any, where: str) -> None:
+    """NUL (U+0000) has no place in FHIR (its strings exclude control characters) and no database stores it."""
+    path = find_nul(obj, where)
+    if path is not None:
+        raise InputError(path, "contains a NUL character (U+0000)")
+
+
+def quarantine_bad_ids(tables: dict[str, pa.Table], fhir: bool) -> dict[str, pa.Table]:
+    """Move rows whose subject, encounter or parent id is not an id into ``quarantine``, with the reason.
+
+    ``fhir``: the FHIR id grammar (``ids.FHIR_ID``); else 1-64 characters without control characters. An id the
+    database cannot hold must not reach the store: every later alert copy of that patient would fail.
+    """
+    pattern = FHIR_ID_RE2 if fhir else _ANY_ID_RE2
+    rule = "not a FHIR id ([A-Za-z0-9-.]{1,64})" if fhir else f"not an id (1-{ID_MAX} characters, no control ones)"
+    out = dict(tables)
+    moved: list[pa.Table] = []
+    for name, tab in tables.items():
+        if name == "quarantine" or tab.num_rows == 0:
+            continue
+        bad = None
+        reason = None
+        for col in _ID_COLUMNS:
+            if col not in tab.column_names:
+                continue
+            ok = pc.match_substring_regex(tab.column(col), pattern)
+            col_bad = pc.and_(pc.is_valid(tab.column(col)), pc.invert(pc.fill_null(ok, False)))
+            why = pa.array([f"{col} is {rule}"] * tab.num_rows, pa.string())
+            reason = why if reason is None else pc.if_else(bad, reason, why)
+            bad = col_bad if bad is None else pc.or_(bad, col_bad)
+        if bad is None or not pc.any(bad).as_py():
+            continue
+        gone = tab.filter(bad)
+        out[name] = tab.filter(pc.invert(bad))
+        raw = [json.dumps({c: (v[:200] if isinstance(v, str) else v) for c, v in r.items() if c in _ID_COLUMNS},
+                          ensure_ascii=True) for r in gone.select([c for c in _ID_COLUMNS if c in gone.column_names])
+               .to_pylist()]
+        moved.append(pa.table({"table": pa.array([name] * gone.num_rows, pa.string()),
+                               "subject_id": pa.nulls(gone.num_rows, pa.string()),
+                               "source": gone.column("source") if "source" in gone.column_names
+                               else pa.nulls(gone.num_rows, pa.string()),
+                               "raw": pa.array(raw, pa.string()), "reason": reason.filter(bad) if reason is not None
+                               else pa.nulls(gone.num_rows, pa.string())}, schema=TABLES["quarantine"]))
+    if moved:
+        out["quarantine"] = pa.concat_tables([out.get("quarantine", TABLES["quarantine"].empty_table())
+                                              .cast(TABLES["quarantine"]), *moved])
+    return out
+
+
+def clear_incoming(data_dir: Path, wait_s: float = 60.0) -> int | None:
+    """Remove the request bodies an earlier process left in ``incoming/`` (killed while reading them).
+
+    They were never acknowledged (their senders send them again) and they hold patient data. Every serving
+    process holds ``incoming.lock`` shared (``Ingestor``); this takes it exclusively, so it waits up to
+    ``wait_s`` for the processes of a killed service to end (workers end with their supervisor) and never
+    removes a live request. Returns the number of entries removed, or None when another process still serves
+    this folder (nothing removed). ``mgaki serve`` calls it before it starts serving.
+    """
+    lock = FileLock(Path(data_dir) / INCOMING_LOCK)
+    deadline = time.monotonic() + wait_s
+    while not lock.acquire(blocking=False):
+        if time.monotonic() >= deadline:
+            log.warning("%s/ not cleared: another process serves this data folder", INCOMING)
+            return None
+        time.sleep(0.2)
+    try:
+        folder = Path(data_dir) / INCOMING
+        n = 0
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            n += 1
+    finally:
+        lock.release()
+    if n:
+        log.warning("removed %d unacknowledged request(s) left in %s/ by an earlier process", n, INCOMING)
+    return n
+
+
 class Ingestor:
     def __init__(self, data_dir: Path, engine: sa.Engine, run_surveillance: bool = True,
-                 delay_s: float = 1.0) -> None:
+                 delay_s: float = 1.0, per_source: bool = False) -> None:
         self.store = EventStore(data_dir / "events")
+        self.per_source = per_source  # record identities include the source system (docs/service.md#identity)
         self.engine = engine
         self.run_surveillance = run_surveillance
         self.delay_s = delay_s  # deferred surveillance: how long messages are gathered into one run
         self._lock = FileLock(data_dir / "ingest.lock")  # writers, across worker processes (--workers)
         self._surveil_lock = FileLock(data_dir / "surveil.lock")  # one surveillance run at a time
-        self._tmp = data_dir / "incoming"
+        self._tmp = data_dir / INCOMING
+        # held while this process may write request files: clear_incoming (at the next start) waits for it
+        self._serving = FileLock(data_dir / INCOMING_LOCK, shared=True)
+        self._serving.acquire()
         # deferred runs: requests are numbered; a run started after request n covers it
         self._cond = threading.Condition()
         self._requested = self._done = 0
@@ -102,21 +222,34 @@ class Ingestor:
 
     def ingest(self, payload: bytes, suffix: str) -> IngestResult:
         """Store the resources of one request (``suffix`` '.json' Bundle or '.ndjson'), then surveil."""
+        return self.ingest_raw(self.read(payload, suffix), fhir_ids=True)
+
+    def read(self, payload: bytes, suffix: str) -> dict[str, pa.Table]:
+        """Raw adapter tables of one request body; an error names the body, never the server's file."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self._tmp) as d:  # a folder of its own: no lock needed to read
             path = Path(d) / f"request{suffix}"
             path.write_bytes(payload)
-            raw = read_fhir(path)
-        return self.ingest_raw(raw)
+            try:
+                return read_fhir(path, self.per_source)
+            except InputError as exc:
+                raise InputError("body", exc.problem.replace(str(path), "(the request body)").replace(d, "(server)")
+                                 ) from None
 
-    def ingest_raw(self, raw: dict[str, pa.Table], surveil: bool = True) -> IngestResult:
+    def ingest_raw(self, raw: dict[str, pa.Table], surveil: bool = True, fhir_ids: bool = False) -> IngestResult:
         """Store raw adapter tables (schema.RAW, plus an adapter's own ``quarantine``), e.g. from HL7.
 
         ``surveil=False``: return once stored (durable) and leave surveillance to ``surveil_soon``.
+        A request in which a record comes back naming another patient is refused whole
+        (``IdentityConflictError``: HTTP 409, HL7 AE): nothing is stored.
+        ``fhir_ids``: ids must follow the FHIR id grammar (else 1-64 characters, no control characters);
+        rows with other ids are quarantined (``quarantine_bad_ids``).
         """
-        tables = normalize(raw)  # pure (keeps the adapter's quarantine rows): outside the writers' lock
+        # pure (keeps the adapter's quarantine rows): outside the writers' lock. A live feed: nothing dated
+        # ahead of this clock (units.yaml live_feed_future_tolerance_hours) is stored
+        tables = quarantine_bad_ids(normalize(raw, now=datetime.now(UTC)), fhir_ids)
         with self._lock:
-            summary = self.store.append(tables)
+            summary = self.store.append(tables, conflicts="refuse")
         new_alerts = self._surveil() if surveil and self.run_surveillance else 0
         return IngestResult(received=summary.received, added=summary.added, quarantined=summary.quarantined,
                             quarantine_reasons=summary.quarantine_reasons,
@@ -164,6 +297,8 @@ class Ingestor:
             self._cond.notify_all()
         if self._runner is not None:
             self._runner.join(timeout_s)
+        if self._serving.held:
+            self._serving.release()
 
     def _run_deferred(self) -> None:
         while True:
@@ -187,14 +322,15 @@ class Ingestor:
                 self._cond.notify_all()
 
     def sync_alerts(self, log: pa.Table) -> int:
+        """Copy the alert log's rows the database holds neither as alerts nor as rejects (``insert_alerts``:
+        one patient at a time, a row the database cannot hold set aside with its reason)."""
         if log.num_rows == 0:
             return 0
-        key = ("subject_id", "encounter_id", "kind", "time")
-        with self.engine.begin() as con:
-            held = {tuple(r) for r in con.execute(sa.select(*(alerts.c[k] for k in key))).all()}
-            rows = [r for r in log.select([*key, "severity", "detail", "value"]).to_pylist()
-                    if tuple(r[k] for k in key) not in held]
+        with self.engine.begin() as con:  # a write transaction (BEGIN IMMEDIATE on SQLite): read, then insert
+            held = {tuple(r) for r in con.execute(sa.select(*(alerts.c[k] for k in ALERT_KEY))).all()}
+            rows = [r for r in log.select([*ALERT_KEY, "severity", "detail", "value"]).to_pylist()
+                    if tuple(r[k] for k in ALERT_KEY) not in held]
             if rows:
-                now = utcnow()
-                con.execute(sa.insert(alerts), [{**r, "emitted_at": now} for r in rows])
-        return len(rows)
+                rejected = set(con.execute(sa.select(alert_rejects.c.key_hash)).scalars())
+                rows = [r for r in rows if alert_key_hash(r) not in rejected]
+            return insert_alerts(con, rows)[0] if rows else 0

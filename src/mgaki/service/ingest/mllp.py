@@ -24,40 +24,82 @@ from pathlib import Path
 import hl7.mllp
 import sqlalchemy as sa
 
+from mgaki.events.store import IdentityConflictError
 from mgaki.service.ingest.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
-from mgaki.service.ingest.ingestor import Ingestor
+from mgaki.service.ingest.ingestor import Ingestor, subjects_of
 from mgaki.service.persistence.db import write_audit
 
-__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "mllp_exchange", "tls_context"]
+__all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "mllp_exchange", "peer_actor", "tls_context"]
 
 log = logging.getLogger("mgaki.service.ingest.mllp")
 MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
 
 
-def handle_message(ingestor: Ingestor, text: str, peer: str = "mllp") -> str:
-    """Store one message and return its ACK (AA stored; AE bad content; AR refused type or store failure)."""
+def handle_message(ingestor: Ingestor, text: str, actor: str = "mllp:unknown", *,
+                   patients: frozenset[str] | None = None) -> str:
+    """Store one message and return its ACK (AA stored; AE bad content; AR refused type or store failure).
+
+    ``actor`` is who the connection is (``peer_actor``: the TLS client certificate, else the peer address);
+    the audit names it, and MSH-3, which the sender writes itself, only as the sender's claim.
+    ``patients``: the sender's patient list (its token's, ``mllp_client_cn``); a message naming any other patient
+    is refused whole (AR), naming the patient, and audited as denied.
+    """
     msh = msh_fields(text)
     try:
-        parsed = parse_oru(text)
+        parsed = parse_oru(text, ingestor.per_source)
     except Hl7Error as exc:
         log.info("MLLP message refused: %s %s", exc.ack_code, exc.error_code)
         return ack(msh, exc.ack_code, [AckError(exc.error_code, exc.where, exc.problem)])
+    refused = sorted(subjects_of(parsed.tables) - patients) if patients is not None else []
+    if refused:
+        log.info("MLLP message refused: AR outside the sender's patients")
+        try:
+            write_audit(ingestor.engine, actor, "denied", "MLLP ORU^R01", refused,
+                        f"write outside the sender's patients; MSH-3 {msh.get('sending_app') or '(empty)'}")
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("MLLP audit write failed %s", type(exc).__name__)
+        more = f" (and {len(refused) - 1} other patient(s))" if len(refused) > 1 else ""
+        return ack(msh, "AR", [AckError("207", "PID-3", f"this sender may not send results of patient "
+                                                        f"{refused[0]!r}{more}; nothing was stored")])
     try:
         res = ingestor.ingest_raw(parsed.tables, surveil=False)  # durable when it returns
+    except IdentityConflictError as exc:  # an order/visit number of another patient: nothing stored
+        log.info("MLLP message refused: AE 205 (%d record identities of another patient)", len(exc.conflicts))
+        return ack(msh, "AE", [AckError("205", "PV1-19" if c.identity.startswith("HL7/PV1/") else "OBR-3",
+                                        f"{c.identity}: {c.problem}: refused, nothing was stored")
+                               for c in exc.conflicts])
     except Exception as exc:  # the sender keeps the message and retries; the append is idempotent
         log.error("MLLP store failure %s", type(exc).__name__)
         return ack(msh, "AR", [AckError("207", "MSH-10", "the message could not be stored; send it again")])
     if res.subjects:
         ingestor.surveil_soon()  # after the ACK, with whatever else arrives meanwhile
     try:
-        write_audit(ingestor.engine, f"hl7:{msh.get('sending_app') or peer}", "write", "MLLP ORU^R01",
-                    res.subjects)
+        write_audit(ingestor.engine, actor, "write", "MLLP ORU^R01", res.subjects,
+                    f"MSH-3 {msh.get('sending_app') or '(empty)'} (the sender's own claim)")
     except sa.exc.SQLAlchemyError as exc:  # stored already: the ACK must say so
         log.error("MLLP audit write failed %s", type(exc).__name__)
     warnings = [AckError("0", "OBX", f"{n} result(s) not used: {reason}", "W")
                 for reason, n in sorted(res.quarantine_reasons.items())]
     log.info("MLLP message stored: AA (%d observations, %d quarantined)", parsed.observations, res.quarantined)
     return ack(msh, "AA", warnings)
+
+
+def peer_actor(writer: asyncio.StreamWriter) -> str:
+    """Who is at the other end of an MLLP connection, from what the connection proves.
+
+    A verified TLS client certificate (``mllp_tls_client_ca``): its subject's common name and serial number.
+    Otherwise only the peer's address is known (``mllp:<address>``); MSH-3 is never the actor: any sender
+    writes what it likes there.
+    """
+    cert = writer.get_extra_info("peercert")
+    if cert:
+        subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+        issuer = {k: v for rdn in cert.get("issuer", ()) for k, v in rdn}
+        return (f"mllp-cert:CN={subject.get('commonName', '?')};serial={cert.get('serialNumber', '?')};"
+                f"issuer={issuer.get('commonName', '?')}")
+    peer = writer.get_extra_info("peername")
+    host = peer[0] if isinstance(peer, tuple) and peer else "unknown"
+    return f"mllp:{host}" + (" (TLS, no client certificate)" if writer.get_extra_info("sslcontext") else "")
 
 
 def mllp_exchange(sock: socket.socket, message: bytes) -> bytes:
@@ -93,6 +135,9 @@ class MllpListener:
     encoding: str = "utf-8"
     reuse_port: bool = False  # several worker processes share the port (SO_REUSEPORT: the kernel spreads connections)
     tls: ssl.SSLContext | None = None  # MLLP over TLS (tls_context)
+    idle_timeout_s: float | None = None  # a connection with no complete message for this long is closed
+    # verified client certificate common name -> the patients its messages may name (ServiceConfig.mllp_senders)
+    senders: dict[str, frozenset[str] | None] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -117,17 +162,30 @@ class MllpListener:
         self._server = None
         log.info("MLLP listener stopped")
 
+    def _patients(self, writer: hl7.mllp.HL7StreamWriter) -> frozenset[str] | None:
+        """The patient list of the sender, from its verified client certificate's common name (None: any)."""
+        cert = writer.get_extra_info("peercert")
+        if not cert or not self.senders:
+            return None
+        subject = {k: v for rdn in cert.get("subject", ()) for k, v in rdn}
+        return self.senders.get(subject.get("commonName", ""))
+
     async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
+
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        peer = "mllp"
+        actor = peer_actor(writer)
+        patients = self._patients(writer)
         try:
             while True:
                 try:
-                    block = await reader.readblock()
+                    block = await asyncio.wait_for(reader.readblock(), self.idle_timeout_s)
                 except asyncio.IncompleteReadError:
                     break  # the sender closed the connection
+                except TimeoutError:
+                    log.info("MLLP connection closed: no complete message for %g s", self.idle_timeout_s)
+                    break
                 except hl7.mllp.InvalidBlockError:
                     reply = ack({}, "AE", [AckError("100", "MLLP", "the block does not start with <VT> (0x0B)")])
                 else:
@@ -137,7 +195,8 @@ class MllpListener:
                         reply = ack({}, "AE", [AckError("102", "MSH-18", f"the message is not {self.encoding} text")])
                     else:
                         # shielded: a stop() while storing still lets the append (and its ACK) complete
-                        reply = await asyncio.shield(asyncio.to_thread(handle_message, self.ingestor, text, peer))
+                        reply = await asyncio.shield(asyncio.to_thread(handle_message, self.ingestor, text, actor,
+                                                                       patients=patients))
                 writer.writeblock(reply.encode(self.encoding))
                 await writer.drain()
         except ValueError:  # a block over MAX_MESSAGE_BYTES: the stream cannot be resynchronised

@@ -18,10 +18,14 @@ __all__ = ["FileLock"]
 
 
 class FileLock:
-    """Exclusive lock on ``path`` (created if missing); a context manager, blocking."""
+    """Exclusive lock on ``path`` (created if missing); a context manager, blocking.
 
-    def __init__(self, path: Path) -> None:
+    ``shared=True``: a shared lock instead (many holders at once, none while an exclusive one is held).
+    """
+
+    def __init__(self, path: Path, shared: bool = False) -> None:
         self.path = Path(path)
+        self._mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         self._thread_lock = threading.Lock()  # one holder per process; flock excludes the other processes
         self._fd: int | None = None
 
@@ -33,7 +37,7 @@ class FileLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, self._mode if blocking else self._mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 self._thread_lock.release()
@@ -46,6 +50,10 @@ class FileLock:
             raise
         self._fd = fd
         return True
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

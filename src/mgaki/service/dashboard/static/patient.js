@@ -121,11 +121,19 @@
     document.getElementById("plan-warnings").replaceChildren(...p.warnings.map((w) =>
       el("div", { class: "warn-box", role: "alert", text: "⚠ " + w })));
     const band = p.peak_interval_mg_dl ? " (" + Math.round(p.level * 100) + "% " + p.peak_interval_mg_dl.map((v) => fmtNum(v)).join("–") + ")" : "";
+    const r = p.risk;
+    const harm = r.p_harm === null ? "not sampled"
+      : (Math.round(r.p_harm * r.samples) === 0 ? "< " + (r.p_harm_upper_95 * 100).toFixed(1) + "%"
+        : (r.p_harm * 100).toFixed(1) + "%");
     const items = [
       ["Regimen", p.regimen],
       ["Predicted peak", fmtNum(p.peak_mg_dl) + " mg/dL at " + fmtNum(p.peak_time_h, 1) + " h" + band],
-      ["P(peak > toxicity)", (p.p_peak_above_toxicity * 100).toFixed(1) + "% (level " + fmtNum(p.toxicity_mg_dl) + " mg/dL)"],
+      ["P(in target)", (r.p_target === null ? "not sampled" : (r.p_target * 100).toFixed(0) + "%") + " inside " +
+        r.target_mg_dl.map((v) => fmtNum(v)).join("–") + " mg/dL (" + r.context + ") at the end of the plan"],
+      ["P(peak > harm level)", harm + " (" + fmtNum(p.toxicity_mg_dl) + " mg/dL: " + p.toxicity_meaning + ")"],
       ["Model", (p.individualised ? "individualised (MAP) · " : "population · ") + p.model],
+      ["Built in", p.population + (p.outside_population.length ? " — this patient is outside it: " +
+        p.outside_population.join("; ") : "")],
     ];
     document.getElementById("plan-summary").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
     document.querySelector("#plan-limits tbody").replaceChildren(...p.limits.map((c) => el("tr", {},
