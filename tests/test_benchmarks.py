@@ -120,3 +120,14 @@ def test_spark_benchmark_smoke(tmp_path: Path) -> None:
                         "1e9", "--cores", "100"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert e.returncode == 0, e.stderr
     assert f"wall time: {est['low_minutes']:.0f} (low) to {est['high_minutes']:.0f} (high) minutes" in e.stdout
+
+
+def test_ingest_body_size_benchmark_smoke() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ingest_body_size.py"), "--sizes", "0.05"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("load average")
+    rows = [json.loads(x) for x in lines[1:]]
+    assert [(x["kind"], x["status"]) for x in rows] == [("bundle", 200), ("ndjson", 200)]
+    assert all(x["resources"] > 100 and x["peak_rss_above_start_mib"] >= 0 for x in rows)

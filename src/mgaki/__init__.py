@@ -21,6 +21,7 @@ from mgaki.errors import (
     TimeError,
     UnitError,
 )
+from mgaki.knowledge import load as _load
 from mgaki.record import PatientRecord
 from mgaki.result import Assessment, Finding, Plan
 
@@ -54,12 +55,17 @@ def assess(
 ) -> Assessment:
     """Assess one patient from a FHIR R4 Bundle (JSON text, dict or path) or a record.
 
-    Raises an ``InputError`` subclass naming the offending resource on bad input.
+    ``contexts`` are knowledge contexts (``mgaki.knowledge.load().contexts``), in any case.
+    Raises an ``InputError`` subclass naming the offending resource (or context) on bad input.
     """
+    if isinstance(contexts, str):
+        contexts = (contexts,)
+    kb = _load()
+    known = frozenset(kb.context(c) for c in contexts)  # 'ICU' -> 'icu'; an unknown one is an InputError
     if isinstance(bundle, Path):
         bundle = bundle.read_bytes()
     record = bundle if isinstance(bundle, PatientRecord) else _record_from_bundle(bundle)
-    opts = AssessOptions(contexts=frozenset(contexts), nomogram=nomogram,
+    opts = AssessOptions(contexts=known, nomogram=nomogram,
                          baseline_creatinine_mg_dl=baseline_creatinine_mg_dl,
                          jurisdiction=jurisdiction, operation_hours=operation_hours)
     return _assess_record(record, opts)

@@ -6,7 +6,8 @@
         ├── UnitError           unit missing, unknown, or wrong for the analyte
         ├── ImplausibleValueError  value outside what a living patient can have
         ├── TimeError           timestamp missing, unparseable or timezone-naive
-        └── BundleError         FHIR bundle malformed or a resource unusable
+        ├── BundleError         FHIR bundle malformed or a resource unusable
+        └── OutsideModelError   a (PK) model cannot speak for this patient or regimen
 
 Every InputError names the offending item (``where``) so a clinician or an
 interface engineer can find the exact resource; nothing partial is returned.
@@ -46,3 +47,7 @@ class TimeError(InputError):
 
 class BundleError(InputError):
     """Malformed FHIR bundle or unusable resource."""
+
+
+class OutsideModelError(InputError):
+    """The patient or the regimen lies where no encoded model can give a number (e.g. no kidney function)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-__all__ = ["Condition", "KidneyState", "Measurement", "Medication", "PatientRecord"]
+__all__ = ["Condition", "KidneyState", "Measurement", "Medication", "PatientRecord", "Stay"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,16 @@ class Condition:
     source_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Stay:
+    """A hospital admission or an ICU stay: the anchors of a study's exposure time (engine/risk.py)."""
+
+    kind: str  # "hospital" | "icu"
+    start: datetime
+    end: datetime | None = None  # None: still in progress
+    source_id: str = ""
+
+
 @dataclass(frozen=True)
 class PatientRecord:
     patient_id: str
@@ -57,6 +67,8 @@ class PatientRecord:
     rrt_times: tuple[datetime, ...] = ()
     contexts: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
+    stays: tuple[Stay, ...] = ()
+    context_times: tuple[tuple[str, datetime], ...] = ()  # (context, when it was recorded), e.g. the operation
     _series: dict[str, tuple[Measurement, ...]] = field(default_factory=dict, repr=False,
                                                         compare=False)
 
@@ -92,6 +104,7 @@ class KidneyState:
     egfr: float | None = None
     crcl: float | None = None
     aki_stage: int = 0
+    egfr_label: str = "eGFR"  # what ``egfr`` is: "eGFR" (CKD-EPI 2021), "kinetic eGFR" during AKI, ...
     creatinine_mg_dl: float | None = None
     rrt: bool = False
     anuric: bool = False

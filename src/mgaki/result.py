@@ -27,9 +27,12 @@ FINDING_CODES: dict[str, str] = {
     "monitoring_gap": "No Mg measured recently in a patient at risk",
     "renal_dose_adjustment": "Mg dose reduced or capped for kidney function",
     "hold_magnesium": "Magnesium should be held",
-    "urine_index_not_interpretable": "Urine Mg indices cannot be read (low GFR, AKI or recent IV Mg)",
+    "urine_index_not_interpretable": "Urine Mg indices cannot be read (low GFR, AKI, recent IV Mg or high serum Mg)",
+    "urine_mg_index": "A urine Mg index read without a cause verdict (between the cut-offs, or no wasting at a "
+                      "normal serum Mg)",
     "pediatric_adjustment": "Patient <18 y: adult equations, nomograms and evidence set aside; bedside Schwartz used",
     "pk_overshoot_risk": "Population PK predicts the planned doses may raise serum Mg above a toxicity level",
+    "pk_prediction_unavailable": "No PK model can predict the planned doses for this patient (the reason is given)",
 }
 
 
@@ -127,6 +130,14 @@ class PkPrediction(Out):
     p_peak_above_toxicity: float | None
     overshoot: bool
     notes: list[str] = []
+    population: str = ""  # who the model was built in (every PK output names it)
+    context: str | None = None  # pk.yaml target/harm context (eclampsia, repletion)
+    target_mg_dl: tuple[float, float] | None = None
+    target_at_h: float | None = None
+    p_target: float | None = None  # P(inside the target range at target_at_h)
+    toxicity_id: str | None = None
+    p_harm_upper_95: float | None = None  # 95% upper bound of p_peak_above_toxicity (never a bare 0%)
+    samples: int | None = None
 
 
 class Plan(Out):
@@ -141,6 +152,7 @@ class Plan(Out):
     evidence_strength: str | None
     evidence: list[Evidence]
     alternatives: list[str] = []
+    prediction_unavailable: str | None = None  # why mgaki.pk gave no number for this plan (never a 0% risk)
     prediction: PkPrediction | None = None
 
 

@@ -64,7 +64,8 @@ def test_export_encounters_patients_and_medications(export: dict) -> None:
 
 def test_export_bad_rows_quarantined_with_reason(export: dict) -> None:
     q = {_ident(r["source"]): r["reason"] for r in export["quarantine"].to_pylist()}
-    assert q["Observation/mg-bad-unit"].startswith("unknown unit 'mg'")
+    # 'mg' is an amount (a dose unit), not a concentration: not a unit of serum Mg
+    assert q["Observation/mg-bad-unit"].startswith("mg cannot be converted to mg/dL for Magnesium")
     assert q["Observation/mg-lt"] == "non-numeric value '<0.5'"
     assert q["Observation/cr-bad-time"] == "unparseable time '2024-13-45'"
     assert q["Observation/k-void"] == "Observation status 'entered-in-error'"

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from mgaki.events import EventStore
 from mgaki.research import StudyConfig, build_cohort, connect_tables
-from mgaki.research.cohort import StudyCohort
+from mgaki.research.cohort import ALTERNATIVE, StudyCohort
 from mgaki.surveillance import run
 from mgaki.synth import generate
 
@@ -47,6 +47,7 @@ CONFIGS = {
     "default": StudyConfig(),
     # creatinine not required: admissions without one have no eGFR, which must not exclude them; a child stays
     "loose": StudyConfig(require_creatinine=False, min_age_years=None, exclude_aki_at_entry=False),
+    "creatinine": StudyConfig(outcome_definition="creatinine"),
 }
 
 
@@ -85,6 +86,9 @@ def data() -> Data:
         store = EventStore(Path(d))
         store.append(t)
         res = run(store)
+        # the creatinine-only episodes: the sens_* columns (and outcome_definition: creatinine) are compared too
+        res.tables[ALTERNATIVE] = run(store, outputs=("aki_episodes_out",),
+                                      exclude_analytes=("urine_output",)).tables["aki_episodes"]
     return Data(t, res.tables)
 
 
@@ -112,6 +116,8 @@ def assert_same_cohort(duck: StudyCohort, sp: StudyCohort) -> None:
     assert list(sp.frame["mg_band"].cat.categories) == list(duck.frame["mg_band"].cat.categories)
     assert assert_frames_equal(duck.frame, sp.frame, "frame") == duck.flow[-1].remaining
     assert_frames_equal(duck.time_varying, sp.time_varying, "time_varying")
+    assert_frames_equal(duck.admissions, sp.admissions, "admissions")
+    assert sp.has_alternative == duck.has_alternative
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -126,9 +132,10 @@ def test_spark_cohort_equals_duckdb_row_for_row(name: str, data: Data, spark: Sp
     f = duck.frame
     assert sum(flow.values()) > 0 and len(f) >= 20 and f["aki"].sum() >= 5 and f["egfr"].notna().any()
     assert len(duck.time_varying) > len(f) and duck.time_varying["event"].sum() >= 5
+    assert f["sens_aki"].notna().all() and f["index_hours"].notna().all()
     if name == "default":
         assert flow["age >= 18 years (age and sex known)"] == 1 and flow["no RRT at entry"] == 1
-    else:
+    elif name == "loose":
         # admissions without creatinine are kept, with no eGFR (not one computed from a missing value)
         assert f["admission_creatinine"].isna().any()
         assert (f["egfr"].isna() == (f["admission_creatinine"].isna() | ~f["sex"].isin(["female", "male"]))).all()

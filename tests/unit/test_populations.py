@@ -158,7 +158,7 @@ def _ids(matches):
     ((), None, True),                    # age unknown: applied (hospitalised adults are the default)
 ])
 def test_general_bands_scope(kb, contexts, age, applies):
-    matches, skipped = match_evidence(kb, frozenset(contexts), {"magnesium": 1.3}, False, age)
+    matches, skipped = match_evidence(kb, frozenset(contexts), {"magnesium": [(T0, 1.3)]}, False, age)
     assert (CHEUNG in _ids(matches)) is applies
     if not applies and not ({"icu"} & set(contexts)):
         assert CHEUNG in [s.id for s, _ in skipped]

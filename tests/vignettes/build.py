@@ -28,7 +28,12 @@ running the engine. Arithmetic is shown in comments. Conventions used:
   Renal dosing: eGFR or CrCl < 30, or AKI stage >= 2 -> half dose (factor 0.5);
       RRT/anuria -> hold (non-emergency). Emergency doses are never reduced.
   Vanderbilt (mg/dL): <1.0 4-8 g over 12-24 h; 1.0-<1.6 4 g over 4-12 h; 1.6-<2.0 1-2 g over 1-2 h;
-      recheck 6 h after the (longest) infusion ends.
+      recheck 6 h after the infusion ends, as planned: its first stated time at the plan's rate
+      (4 g over 4-12 h is planned as 4 g over 4 h at 1 g/h: recheck 4+6 = 10 h; the text adds 12+6 = 18 h
+      if it runs 12 h).
+  Current data (electrolytes.yaml current_within): K, iCa, QTc, ionized Mg 24 h; total Ca 48 h; pH 6 h;
+      albumin, PTH 7 d; spot urine 72 h (urine Mg and creatinine within 1 h: one sample; FE_Mg against the
+      serum Mg and creatinine nearest it, within 24 h). Older results are set aside with a warning.
   NHS Highland (mmol/L): <0.5 20 mmol IV over 3 h x3 q12h; 0.5-0.7 (incl.) oral 10 mmol x1-2/day;
       >0.7 no action. Recheck 6 h / 24 h.
   Default patient: female, born 1960-05-01, so 63 y on 2024-03-01 (T0 of mgaki.synth.fhir).
@@ -73,7 +78,7 @@ ALL_CODES = (
     "extrarenal_mg_loss", "gitelman_like_pattern", "drug_mg_loss", "refractory_hypokalemia_risk",
     "mg_dependent_hypocalcemia", "neuromuscular_risk", "arrhythmia_risk", "aki", "mg_aki_risk",
     "monitoring_gap", "renal_dose_adjustment", "hold_magnesium", "urine_index_not_interpretable",
-    "pediatric_adjustment",
+    "pediatric_adjustment", "urine_mg_index",
 )
 
 # Vanderbilt tier actions and NHS tier actions (substrings of plan.regimen).
@@ -126,7 +131,8 @@ def vignettes() -> list[dict[str, Any]]:
     # ------------------------------------------------------------------ general inpatients
     # Mg 1.4 mg/dL: low (<1.7), CTCAE G1 (1.2<=1.4<1.7); >=1.2 so no neuromuscular risk.
     # No context -> Cheungpasitporn 2015 bands: 1.4 < 1.5 -> mg_aki_risk.
-    # Vanderbilt 1.0<=1.4<1.6 -> 4 g over 4-12 h = 16.229 mmol = 32.46 mEq; recheck 12+6 = 18 h.
+    # Vanderbilt 1.0<=1.4<1.6 -> 4 g over 4-12 h = 16.229 mmol = 32.46 mEq, planned over 4 h (1 g/h);
+    # recheck 6 h after it ends: 4+6 = 10 h (18 h if it runs 12 h).
     # eGFR CKD-EPI 2021, F 63 y, SCr 0.8: 142 x (0.8/0.7)^-1.2 x 0.9938^63 x 1.012
     #   = 142 x 0.8518 x 0.6757 x 1.012 = 82.7.
     add(V("general_low_cheungpasitporn",
@@ -135,8 +141,9 @@ def vignettes() -> list[dict[str, Any]]:
           present=("hypomagnesemia", "mg_aki_risk"),
           mg={"status": "low", "grade": 1}, plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU2},
           numeric={"plan.doses.0.g_mgso4": 4.0, "plan.doses.0.mmol": 16.23, "plan.doses.0.meq": 32.46,
-                   "plan.total_g_mgso4_24h": 4.0, "plan.recheck_in_h": 18.0, "kidney.egfr": 82.7,
-                   "magnesium.value_mmol_l": 0.576},
+                   "plan.total_g_mgso4_24h": 4.0, "plan.recheck_in_h": 10.0, "kidney.egfr": 82.7,
+                   "magnesium.value_mmol_l": 0.576, "plan.doses.0.rate_g_per_h": 1.0},
+          contains={"plan.recheck": "6 h after the infusion ends: 10 h from its start"},
           cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
 
     # Mg 2.4 mg/dL: normal (<=2.5) but in Cheungpasitporn's >2.3 band -> mg_aki_risk.
@@ -156,7 +163,7 @@ def vignettes() -> list[dict[str, Any]]:
           not_cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
 
     # Mg 0.6 mg/dL: G4 (<0.7), neuromuscular risk (<1.2); short bowel -> GI-loss condition.
-    # Vanderbilt <1.0 -> 4-8 g over 12-24 h: first dose 4 g (max 8 g = 32.46 mmol), recheck 24+6 = 30 h.
+    # Vanderbilt <1.0 -> 4-8 g over 12-24 h: first dose 4 g (max 8 g = 32.46 mmol) over 12 h, recheck 12+6 = 18 h.
     add(V("vanderbilt_tier1_short_bowel",
           "Short bowel syndrome, Mg 0.6 mg/dL: G4, tetany risk, Vanderbilt 4-8 g over 12-24 h",
           B(sex="male", birth="1970-02-01").condition("Short bowel syndrome", "K91.2")
@@ -164,17 +171,17 @@ def vignettes() -> list[dict[str, Any]]:
           present=("hypomagnesemia", "neuromuscular_risk", "mg_aki_risk"),
           mg={"status": "low", "grade": 4}, plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU1},
           numeric={"plan.doses.0.g_mgso4": 4.0, "plan.doses.0.g_mgso4_max": 8.0, "plan.doses.0.mmol": 16.23,
-                   "plan.recheck_in_h": 30.0},
+                   "plan.recheck_in_h": 18.0},
           cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
 
     # Mg 1.8 mg/dL: normal, but Vanderbilt 1.6<=1.8<2.0 -> 1-2 g over 1-2 h (1 g = 4.06 mmol);
-    # recheck 2+6 = 8 h. Cheungpasitporn: 1.8 in the reference-adjacent band -> nothing.
+    # over 1 h: recheck 1+6 = 7 h. Cheungpasitporn: 1.8 in the reference-adjacent band -> nothing.
     add(V("vanderbilt_tier3_normal_mg",
           "Mg 1.8 mg/dL: normal, Vanderbilt low-normal tier 1-2 g",
           B(sex="male", birth="1950-01-01").obs("creatinine", 1.0, "mg/dL").obs("magnesium", 1.8, "mg/dL"),
           mg={"status": "normal", "grade": 0}, plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU3},
           numeric={"plan.doses.0.g_mgso4": 1.0, "plan.doses.0.g_mgso4_max": 2.0, "plan.doses.0.mmol": 4.06,
-                   "plan.total_g_mgso4_24h": 1.0, "plan.recheck_in_h": 8.0}))
+                   "plan.total_g_mgso4_24h": 1.0, "plan.recheck_in_h": 7.0}))
 
     # ------------------------------------------------------------------ NHS Highland, mmol/L
     # 0.45 mmol/L = 1.094 mg/dL: low; CTCAE mmol scale 0.4<=0.45<0.5 -> G2; <1.2 mg/dL -> neuromuscular.
@@ -320,8 +327,9 @@ def vignettes() -> list[dict[str, Any]]:
           numeric={"plan.doses.0.g_mgso4": 4.0, "plan.total_g_mgso4_24h": 28.0}))
 
     # Eclampsia with failing kidneys (50 kg, SCr 4.0: Cockcroft-Gault about 16 mL/min): the emergency
-    # regimen is not reduced, and population PK (pk.yaml default, CL scaled to CrCl) predicts a peak
-    # above 8 mEq/L (the toxicity level above the therapeutic range) in more than 5% of patients.
+    # regimen is not reduced, and population PK (pk.yaml default Du 2019, CL from its published creatinine
+    # covariate, extrapolated beyond the studied 2.1 mg/dL with widened uncertainty) predicts a peak above
+    # the eclampsia harm level (3.5 mmol/L, pk.yaml contexts) in more than 5% of patients.
     add(V("eclampsia_renal_failure_pk_overshoot",
           "Eclampsia, CrCl ~16 mL/min: 4 g + 1 g/h predicted to overshoot (population PK)",
           B(birth="1994-01-01").obs("weight", 50, "kg").obs("creatinine", 4.0, "mg/dL").obs("magnesium", 2.0, "mg/dL"),
@@ -566,6 +574,8 @@ def vignettes() -> list[dict[str, Any]]:
           present=("hypomagnesemia", "mg_aki_risk", "renal_dose_adjustment"),
           mg={"status": "low", "grade": 1}, plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU2},
           numeric={"kidney.crcl": 20.0, "plan.doses.0.g_mgso4": 2.0, "plan.doses.0.mmol": 8.11},
+          # the message names the criterion met (CrCl 20), not the rule's text (CrCl or eGFR < 30)
+          contains={"findings.renal_dose_adjustment.message": "met: CrCl 20 mL/min < 30"},
           half_of="general_low_cheungpasitporn",
           cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
 
@@ -593,7 +603,21 @@ def vignettes() -> list[dict[str, Any]]:
           mg={"status": "low", "grade": 1}, aki_stage=2,
           plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU2},
           numeric={"plan.doses.0.g_mgso4": 2.0, "plan.doses.0.mmol": 8.11},
-          contains={"kidney.criterion": "baseline"},
+          contains={"kidney.criterion": "baseline", "findings.renal_dose_adjustment.message": "met: KDIGO AKI stage 2"},
+          cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
+
+    # AKI with creatinine rising at the kinetic-GFR maximum (1.0 -> 2.5 mg/dL in 24 h = 1.5 mg/dL/day, Chen
+    # 2013): kinetic eGFR 0, so no renal Mg elimination for the PK model to work with. The plan still doses
+    # (Vanderbilt 4 g halved), and the PK prediction is refused with the reason, never a 0% risk.
+    add(V("aki_kinetic_egfr_zero_no_pk_prediction",
+          "AKI, SCr 1.0 -> 2.5 in 24 h (kinetic eGFR 0), Mg 1.3: dose halved, no PK number, the reason given",
+          B(sex="male", birth="1960-01-01").obs("weight", 80, "kg").obs("creatinine", 1.0, "mg/dL")
+          .obs("creatinine", 2.5, "mg/dL", 24).obs("magnesium", 1.3, "mg/dL", 24),
+          present=("hypomagnesemia", "aki", "mg_aki_risk", "renal_dose_adjustment", "pk_prediction_unavailable"),
+          mg={"status": "low", "grade": 1}, aki_stage=2,
+          plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU2},
+          numeric={"plan.doses.0.g_mgso4": 2.0},
+          contains={"plan.prediction_unavailable": "kinetic eGFR 0"},
           cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
 
     # SCr 3.0 -> 4.1 in 24 h: +1.1 (stage 1), 1.37 x (< 1.5), but >= 4.0 during AKI -> stage 3.
@@ -656,16 +680,20 @@ def vignettes() -> list[dict[str, Any]]:
           not_cites={"mg_aki_risk": [DOI["lv_2022"]]}))
 
     # Cardiac surgery: Xiong >= 2.3 mg/dL -> 2.4 present; Koh 2022 and Chen 2024 are applied:false.
+    # Xiong's exposure is the first Mg within 24 h after the operation: the operation's time is a context
+    # Flag (4 h before T0); without it the study is not applied (its exposure time is unknown).
     add(V("cardiac_surgery_high_xiong",
           "After cardiac surgery, Mg 2.4 mg/dL: Xiong >=2.3; Koh/Chen not applied",
-          B(sex="male", birth="1954-01-01").obs("creatinine", 1.0, "mg/dL").obs("magnesium", 2.4, "mg/dL"),
+          B(sex="male", birth="1954-01-01").context("cardiac-surgery", -4).obs("creatinine", 1.0, "mg/dL")
+          .obs("magnesium", 2.4, "mg/dL"),
           contexts=("cardiac-surgery",), present=("mg_aki_risk",), mg={"status": "normal", "grade": 0},
           cites={"mg_aki_risk": [DOI["xiong_2023"]]},
           not_cites={"mg_aki_risk": [DOI["koh_2022"], DOI["chen_2024"]]},
           warnings_contain=("koh_2022", "chen_2024")))
     add(V("cardiac_surgery_low_no_xiong",
           "After cardiac surgery, Mg 2.2 mg/dL: below Xiong's 2.3",
-          B(sex="male", birth="1954-01-01").obs("creatinine", 1.0, "mg/dL").obs("magnesium", 2.2, "mg/dL"),
+          B(sex="male", birth="1954-01-01").context("cardiac-surgery", -4).obs("creatinine", 1.0, "mg/dL")
+          .obs("magnesium", 2.2, "mg/dL"),
           contexts=("cardiac-surgery",), mg={"status": "normal", "grade": 0},
           not_cites={"mg_aki_risk": [DOI["xiong_2023"], DOI["koh_2022"], DOI["chen_2024"]]},
           warnings_contain=("koh_2022", "chen_2024")))
@@ -792,6 +820,73 @@ def vignettes() -> list[dict[str, Any]]:
           B(birth="1980-01-01").obs("ph", 7.52, "[pH]").obs("creatinine", 0.7, "mg/dL").obs("magnesium", 1.8, "mg/dL"),
           mg={"status": "normal", "grade": 0}, plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU3},
           warnings_contain=("pH 7.52",)))
+
+    # ------------------------------------------------------------------ exposure time (issue 13 point 10)
+    # ICU from T0 (ICU Encounter), Mg 2.4 at ICU admission, SCr 0.9 -> 1.8 at 24 h (x2.0: AKI stage 2, onset
+    # 24 h), Mg 1.6 at 24 h, Mg 2.0 at 48 h (the latest). Suppadungsuk measured Mg at AKI onset: 1.6 < 1.7 ->
+    # OR 1.17 (the admission value 2.4 would have said >= 2.3, the latest 2.0 nothing). Ribeiro (ICU
+    # admission Mg): 2.4 is not < 1.60 -> no flag. Alves (lowest Mg of the ICU stay): 1.6 mg/dL = 0.658 mmol/L
+    # < 0.70 -> flag. Mg 2.0 normal (Barbosa is for hypomagnesaemia; Vanderbilt has no tier at 2.0): no plan.
+    add(V("icu_aki_onset_exposure",
+          "ICU: Mg 2.4 at admission, 1.6 at AKI onset, 2.0 now: Suppadungsuk reads the AKI-onset value",
+          B(sex="male", birth="1957-01-01").encounter(0.0).obs("creatinine", 0.9, "mg/dL", 0.5)
+          .obs("magnesium", 2.4, "mg/dL", 0.5).obs("creatinine", 1.8, "mg/dL", 24).obs("magnesium", 1.6, "mg/dL", 24)
+          .obs("creatinine", 1.7, "mg/dL", 48).obs("magnesium", 2.0, "mg/dL", 48),
+          contexts=("icu",), present=("aki", "mg_aki_risk"), mg={"status": "normal", "grade": 0}, aki_stage=2,
+          contains={"findings.mg_aki_risk.message": "<1.7 mg/dL (serum Mg nearest the onset of the AKI"},
+          cites={"mg_aki_risk": [DOI["suppadungsuk_2024"], DOI["alves_2013"]]},
+          not_cites={"mg_aki_risk": [DOI["ribeiro_2022"]]}))
+
+    # Cardiac surgery 4 h before T0; Mg 2.0 before it (-10 h), 2.4 two hours after it, 2.1 now (+30 h).
+    # Xiong's exposure (first Mg within 24 h after surgery) is 2.4 >= 2.3 -> flag; the latest 2.1 is not.
+    add(V("cardiac_surgery_postop_exposure",
+          "Cardiac surgery: Mg 2.0 pre-op, 2.4 at 2 h post-op, 2.1 now: Xiong reads the early post-op value",
+          B(sex="male", birth="1954-01-01").obs("magnesium", 2.0, "mg/dL", -10).context("cardiac-surgery", -4)
+          .obs("creatinine", 1.0, "mg/dL", -2).obs("magnesium", 2.4, "mg/dL", -2).obs("creatinine", 1.0, "mg/dL", 26)
+          .obs("magnesium", 2.1, "mg/dL", 26),
+          contexts=("cardiac-surgery",), present=("mg_aki_risk",), mg={"status": "normal", "grade": 0},
+          contains={"findings.mg_aki_risk.message": "first serum Mg within 24 h after the operation"},
+          cites={"mg_aki_risk": [DOI["xiong_2023"]]}))
+
+    # ------------------------------------------------------------------ current data (issue 13 point 11)
+    # Ionized Ca 0.95 mmol/L drawn 84 h (3.5 d) before the assessment: older than its 24-h window, so it
+    # does not override the current total Ca 9.4 mg/dL with albumin 3.2 g/dL (corrected 9.4 + 0.8 x 0.8 =
+    # 10.04 >= 8.5): no hypocalcaemia, so no possible_mg_depletion and no mg_dependent_hypocalcemia.
+    # Mg 1.9 normal: Vanderbilt 1.6-2.0 -> 1-2 g over 1-2 h, recheck 1+6 = 7 h.
+    add(V("stale_ionized_ca_current_total_ca",
+          "iCa 0.95 from 3.5 days ago, current total Ca 9.4 (corrected 10.0), Mg 1.9: no hypocalcaemia",
+          B(birth="1950-01-01").obs("ionized_calcium", 0.95, "mmol/L", -84).obs("creatinine", 0.8, "mg/dL")
+          .obs("calcium", 9.4, "mg/dL").obs("albumin", 3.2, "g/dL").obs("magnesium", 1.9, "mg/dL"),
+          mg={"status": "normal", "grade": 0}, plan={"action": "replete", "regimen_id": "vanderbilt-im", "tier": VU3},
+          numeric={"plan.recheck_in_h": 7.0},
+          contains={"plan.recheck": "7 h from its start"},
+          warnings_contain=("(Observation/obs1) is 84 h old",)))
+
+    # Weekly cisplatin, Mg 1.9 (normal), spot urine Mg 10 / creatinine 50 mg/dL drawn 35 min before:
+    # FE_Mg = (10 x 0.7)/(0.7 x 1.9 x 50) x 100 = 7/66.5 = 10.5% > 4 -> renal wasting at a normal serum Mg
+    # (the urine pair is read whatever the serum level). Plan: PRAGMATIC preload (Mg not low), 4+24 = 28 h.
+    add(V("urine_pair_normal_mg_cisplatin",
+          "Cisplatin, Mg 1.9, urine Mg/Cr 35 min earlier (FE_Mg 10.5%): renal wasting at a normal serum Mg",
+          B(sex="male", birth="1966-01-01").med("cisplatin 40 mg/m2", "2555")
+          .obs("urine_magnesium", 10, "mg/dL", -35 / 60).obs("urine_creatinine", 50, "mg/dL", -35 / 60)
+          .obs("creatinine", 0.7, "mg/dL").obs("magnesium", 1.9, "mg/dL"),
+          contexts=("cisplatin",), present=("drug_mg_loss", "possible_mg_depletion", "renal_mg_wasting"),
+          mg={"status": "normal", "grade": 0}, plan={"action": "prevent", "regimen_id": "cisplatin-pragmatic-2022"},
+          numeric={"findings.renal_mg_wasting.value": 10.53, "plan.recheck_in_h": 28.0},
+          contains={"findings.renal_mg_wasting.message": "at a normal serum Mg (1.90 mg/dL)"}))
+
+    # Pantoprazole, Mg 2.0 (normal), urine Mg 2 / creatinine 100 mg/dL 30 min before, SCr 0.8:
+    # FE_Mg = (2 x 0.8)/(0.7 x 2.0 x 100) x 100 = 1.6/140 = 1.14% <= 4 -> no renal wasting (urine_mg_index);
+    # the 'extrarenal' reading (< 2%) is for hypomagnesaemia only. Vanderbilt: 2.0 -> no tier.
+    add(V("urine_pair_normal_mg_no_wasting",
+          "PPI, Mg 2.0, FE_Mg 1.1%: no renal wasting at a normal serum Mg",
+          B(birth="1955-01-01").med("pantoprazole 40 mg", "40790")
+          .obs("urine_magnesium", 2, "mg/dL", -0.5).obs("urine_creatinine", 100, "mg/dL", -0.5)
+          .obs("creatinine", 0.8, "mg/dL").obs("magnesium", 2.0, "mg/dL"),
+          present=("drug_mg_loss", "possible_mg_depletion", "urine_mg_index"),
+          mg={"status": "normal", "grade": 0},
+          numeric={"findings.urine_mg_index.value": 1.14},
+          contains={"findings.urine_mg_index.message": "no renal Mg wasting"}))
     return out
 
 

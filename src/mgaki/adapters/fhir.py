@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, StringConstraints, ValidationError, model_validator
 
+from mgaki.adapters.maps import CONTEXT_SYSTEM, KIND_SYSTEM
 from mgaki.errors import BundleError, InputError, TimeError, UnitError
 from mgaki.knowledge import KnowledgeBase, load
-from mgaki.record import Condition, Measurement, Medication, PatientRecord
+from mgaki.record import Condition, Measurement, Medication, PatientRecord, Stay
 from mgaki.units import normalize_unit, salt_amounts, to_canonical
 
 __all__ = ["medication_concept", "medication_index", "parse_bundle", "record_from_bundle"]
@@ -222,7 +223,7 @@ SLIM_MODELS: dict[str, type[_Slim]] = {
     "Observation": _Observation, "Patient": _Patient, "MedicationRequest": _MedicationRequest,
     "MedicationAdministration": _MedicationAdministration, "MedicationStatement": _MedicationStatement}
 USED_TYPES = frozenset({"Patient", "Observation", "MedicationRequest", "MedicationAdministration",
-                        "MedicationStatement", "Procedure", "Condition", "Encounter"})
+                        "MedicationStatement", "Procedure", "Condition", "Encounter", "Flag"})
 
 
 @cache
@@ -385,16 +386,12 @@ def _med_ingredient(kb: KnowledgeBase, concept: Any) -> tuple[str | None, str | 
 
 
 def _dose_g(dosage: Any, where: str) -> float | None:
+    """g MgSO4.7H2O of an administration's dose, its unit read by mgaki.units (UCUM code, else the text)."""
     if dosage is None or dosage.dose is None or dosage.dose.value is None:
         return None
-    unit = (dosage.dose.code or dosage.dose.unit or "").strip().lower()
-    amount = float(dosage.dose.value)
-    conv = {"g": ("g", 1.0), "mg": ("g", 1e-3), "mmol": ("mmol", 1.0), "meq": ("meq", 1.0)}
-    if unit not in conv:
-        raise UnitError(where, f"magnesium dose unit {dosage.dose.unit!r} not understood "
-                               "(use g, mg, mmol or mEq)")
-    u, f = conv[unit]
-    return salt_amounts(amount * f, u)["g_mgso4"]
+    q = dosage.dose
+    unit = q.code if (q.code and q.system in (None, UCUM)) else q.unit
+    return salt_amounts(float(q.value), unit or "", where=f"{where} dosage.dose")["g_mgso4"]
 
 
 def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | None = None,
@@ -413,6 +410,8 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
     conds: list[Condition] = []
     rrt: list[datetime] = []
     contexts: set[str] = set()
+    context_times: list[tuple[str, datetime]] = []
+    stays: list[Stay] = []
     warnings: list[str] = []
     seen_ids: set[str] = set()
     ignored = 0
@@ -481,8 +480,20 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
                 words = " ".join(
                     [(res.class_fhir.display or res.class_fhir.code or "") if getattr(res, "class_fhir", None) else ""]
                     + [t.text or "" for t in (res.type or [])]).lower()
-                if any(w in words for w in ICU_WORDS):
+                kinds = {c.code for t in (res.type or []) for c in (t.coding or []) if c.system == KIND_SYSTEM}
+                icu = "icu" in kinds or any(w in words for w in ICU_WORDS)
+                if icu:
                     contexts.add("icu")
+                stay = _stay(res, "icu" if icu else "hospital", where, warnings)
+                if stay is not None:
+                    stays.append(stay)
+            elif rtype == "Flag":
+                for c in (res.code.coding or []) if res.code else []:
+                    if c.system == CONTEXT_SYSTEM and c.code and res.status == "active":
+                        contexts.add(c.code)
+                        when = res.period.start if res.period else None
+                        if when is not None:
+                            context_times.append((c.code, _time(when, where, "period.start")))
         except InputError:
             raise
         except (AttributeError, TypeError, ValueError) as exc:
@@ -494,7 +505,22 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
     return PatientRecord(patient_id=patient_id, sex=sex, birth_date=birth,
                          measurements=tuple(meas.values()), medications=tuple(meds),
                          conditions=tuple(conds), rrt_times=tuple(rrt),
-                         contexts=frozenset(contexts), warnings=tuple(warnings))
+                         contexts=frozenset(contexts), warnings=tuple(warnings), stays=tuple(stays),
+                         context_times=tuple(context_times))
+
+
+def _stay(res: Any, kind: str, where: str, warnings: list[str]) -> Stay | None:
+    """An Encounter's period as a stay (the anchor of admission-time evidence); None without a start time."""
+    period = getattr(res, "period", None)
+    if period is None or period.start is None:
+        return None
+    try:
+        start = _time(period.start, where, "period.start")
+        end = _time(period.end, where, "period.end") if period.end is not None else None
+    except TimeError as exc:
+        warnings.append(f"{exc}: the stay's times are not used")
+        return None
+    return Stay(kind, start, end, where)
 
 
 def _medication(kb: KnowledgeBase, res: Any, rtype: str, where: str, raw: dict[str, Any],

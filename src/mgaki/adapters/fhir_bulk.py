@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from mgaki.adapters._cohort import canonical, conform, iso_utc, register, sql_str
-from mgaki.adapters.maps import load_map
+from mgaki.adapters.maps import CONTEXT_SYSTEM, KIND_SYSTEM, load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
 from mgaki.events.schema import DEATH, DEATH_CODE, TABLES
@@ -29,9 +29,8 @@ __all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "RXNORM", "UCUM", "read_fhir", "writ
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
-KIND_SYSTEM = "urn:mgaki:encounter-kind"  # Encounter.type coding carrying mgaki's kind (icu, ...)
-CONTEXT_SYSTEM = "urn:mgaki:context"  # Flag.code coding carrying a clinical context
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+_DUCKDB_MAX_OBJECT = 16 << 20  # DuckDB's default maximum_object_size
 
 # Statuses under which a resource records nothing that happened: set aside with the reason.
 _VOID = {
@@ -56,6 +55,16 @@ def _files(path: Path) -> tuple[list[Path], list[Path]]:
     if not nd and not js:
         raise InputError(str(path), "no FHIR files (*.ndjson, *.json Bundle)")
     return nd, js
+
+
+def _inflated_size(p: Path) -> int:
+    """A file's size in bytes; of a .gz file, its content's (the gzip trailer's ISIZE, modulo 4 GiB)."""
+    size = p.stat().st_size
+    if p.name.endswith(".gz") and size >= 4:
+        with p.open("rb") as f:
+            f.seek(-4, 2)
+            return max(size, int.from_bytes(f.read(4), "little"))
+    return size
 
 
 _RAW_SHOWN = 2000  # characters of a broken line or file kept in its quarantine row
@@ -107,13 +116,18 @@ def _unreadable(nd: list[Path], js: list[Path], scratch: Path) -> tuple[list[Pat
     return good_nd, good_js, rows
 
 
-def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path) -> pa.Table:
+def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path, per_source: bool = False) -> pa.Table:
     """Table ``res``: one row per resource (rid, rtype, id, res JSON, src), Bundles unwrapped. Returns the
-    quarantine rows of lines or files that are not JSON (they are left out; the rest is read)."""
+    quarantine rows of lines or files that are not JSON (they are left out; the rest is read).
+
+    ``src`` is the record's versioned identity, ``<type>/<id>/_history/<version>``; ``per_source``
+    prefixes the source system when the resource names one (``meta.source``, else its Bundle's),
+    ``<system>|<type>/<id>``, so equal ids from two systems are two records (docs/service.md#identity).
+    """
     nd, js = _files(path)
     broken = TABLES["quarantine"].empty_table()
     try:
-        _create_res(con, nd, js)
+        _create_res(con, nd, js, per_source)
     except duckdb.Error as exc:
         nd, js, rows = _unreadable(nd, js, scratch)
         if not rows:  # JSON everywhere, yet DuckDB refused it: say what it said
@@ -123,25 +137,29 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path) -> pa.Table
                              + (f" and {len(rows) - 3} more" if len(rows) > 3 else "")) from exc
         broken = conform(pa.Table.from_pylist(rows), "quarantine")
         try:
-            _create_res(con, nd, js)
+            _create_res(con, nd, js, per_source)
         except duckdb.Error as exc2:
             raise InputError(str(path), f"not valid FHIR JSON/NDJSON: {exc2}") from exc2
     _refid_macro(con)
     return broken
 
 
-def _create_res(con: duckdb.DuckDBPyConnection, nd: list[Path], js: list[Path]) -> None:
+def _create_res(con: duckdb.DuckDBPyConnection, nd: list[Path], js: list[Path], per_source: bool = False) -> None:
+    # DuckDB refuses a JSON object over 16 MiB by default; a Bundle is one object as large as its file
+    size = max([_DUCKDB_MAX_OBJECT, *(_inflated_size(p) + 1 for p in (*nd, *js))])
     parts = []
     if nd:
-        parts.append(f"""SELECT json AS res, NULL::VARCHAR AS full_url, filename
-            FROM read_ndjson_objects([{', '.join(sql_str(p) for p in nd)}], filename = true)""")
+        parts.append(f"""SELECT json AS res, NULL::VARCHAR AS full_url, filename, NULL::VARCHAR AS bundle_source
+            FROM read_ndjson_objects([{', '.join(sql_str(p) for p in nd)}], filename = true,
+                                     maximum_object_size = {size})""")
     if js:
         parts.append(f"""SELECT CASE WHEN (json->>'resourceType') = 'Bundle' THEN e->'resource' ELSE json END AS res,
-                   e->>'fullUrl' AS full_url, filename
+                   e->>'fullUrl' AS full_url, filename, json->>'$.meta.source' AS bundle_source
             FROM (SELECT json, filename, unnest(CASE WHEN (json->>'resourceType') = 'Bundle'
                          THEN coalesce(json_extract(json, '$.entry[*]'), []) ELSE [NULL::JSON] END) AS e
                   FROM read_json_objects([{', '.join(sql_str(p) for p in js)}], format = 'unstructured',
-                                         filename = true))""")
+                                         filename = true, maximum_object_size = {size}))""")
+    system = "coalesce((res->>'$.meta.source') || '|', bundle_source || '|', '') || " if per_source else ""
     if not parts:  # every file was set aside
         con.execute("CREATE TEMP TABLE res (rid BIGINT, rtype VARCHAR, id VARCHAR, res JSON, full_url VARCHAR, "
                     "src VARCHAR)")
@@ -149,7 +167,7 @@ def _create_res(con: duckdb.DuckDBPyConnection, nd: list[Path], js: list[Path]) 
     con.execute(f"""CREATE TEMP TABLE res AS
             SELECT row_number() OVER () AS rid, res->>'resourceType' AS rtype,
                    coalesce(res->>'id', regexp_extract(full_url, '([^/:]+)$')) AS id, res, full_url,
-                   coalesce(res->>'resourceType' || '/' || (res->>'id') || '/_history/' || replace(coalesce(
+                   coalesce({system}(res->>'resourceType') || '/' || (res->>'id') || '/_history/' || replace(coalesce(
                                 res->>'$.meta.versionId', res->>'$.meta.lastUpdated',
                                 'h' || left(md5(CAST(json(res) AS VARCHAR)), 16)), '/', '_'),
                             filename || '#' || row_number() OVER ())
@@ -178,8 +196,39 @@ def _void(con: duckdb.DuckDBPyConnection) -> pa.Table:
         FROM res WHERE {conds}""").to_arrow_table(), "quarantine")
 
 
-def read_fhir(path: str | Path) -> dict[str, pa.Table]:
-    """RAW tables (+ ``quarantine``) from NDJSON files, a Bulk export folder or Bundle JSON files."""
+# A resource's subject must be a Patient: a Group, Device or Location subject is not stored under the id at the
+# end of its reference (``Group/x`` was stored as patient ``x``). The type comes from the reference
+# (``Type/id``, an absolute URL, ``subject.type``) or from the Bundle entry a ``urn:`` reference names.
+_SUBJECT = "coalesce(res->>'$.subject.reference', res->>'$.patient.reference')"
+_NOT_PATIENT = (f"(coalesce(reftype({_SUBJECT}), 'Patient') <> 'Patient' "
+                "OR coalesce(res->>'$.subject.type', 'Patient') <> 'Patient')")
+
+
+def _reftype_macro(con: duckdb.DuckDBPyConnection) -> None:
+    """``reftype(reference)``: the resource type a reference names, NULL when it cannot tell."""
+    con.execute("CREATE TEMP TABLE url_types AS SELECT full_url, any_value(rtype) AS rtype FROM res "
+                "WHERE full_url IS NOT NULL GROUP BY full_url")
+    con.execute("""CREATE MACRO reftype(r) AS coalesce(
+        (SELECT any_value(u.rtype) FROM url_types u WHERE u.full_url = r),
+        nullif(regexp_extract(r, '([A-Za-z]+)/[^/]+(/_history/[^/]+)?$', 1), ''))""")
+
+
+def _not_patient(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Resources (not void) whose subject is not a Patient: quarantined with the reference named."""
+    return conform(con.sql(f"""SELECT CASE WHEN rtype = 'Encounter' THEN 'encounters'
+                                    WHEN rtype LIKE 'Medication%' THEN 'medications'
+                                    WHEN rtype = 'Flag' THEN 'contexts' ELSE 'events' END AS "table",
+            NULL::VARCHAR AS subject_id, src AS source, CAST(res AS VARCHAR) AS raw,
+            rtype || ' subject ''' || coalesce({_SUBJECT}, res->>'$.subject.type') || ''' is not a Patient '
+                || '(a ' || coalesce(reftype({_SUBJECT}), res->>'$.subject.type') || '): not stored' AS reason
+        FROM unvoided WHERE {_NOT_PATIENT}""").to_arrow_table(), "quarantine")
+
+
+def read_fhir(path: str | Path, per_source: bool = False) -> dict[str, pa.Table]:
+    """RAW tables (+ ``quarantine``) from NDJSON files, a Bulk export folder or Bundle JSON files.
+
+    ``per_source``: record identities include the source system (``meta.source``; see ``_load``).
+    """
     con = connect()
     scratch = tempfile.TemporaryDirectory(prefix="mgaki-fhir-")
     try:
@@ -187,11 +236,13 @@ def read_fhir(path: str | Path) -> dict[str, pa.Table]:
         con.register("kind_map", pa.table({
             "code": [e.code for e in load_map("fhir").by("encounter_kind").values()],
             "kind": [e.target for e in load_map("fhir").by("encounter_kind").values()]}))
-        broken = _load(con, Path(path), Path(scratch.name))
+        broken = _load(con, Path(path), Path(scratch.name), per_source)
+        _reftype_macro(con)
         void = {f"'{t}'": ss for t, ss in _VOID.items()}
         live = " AND ".join(f"NOT (rtype = {t} AND coalesce(res->>'status', '') IN ({', '.join(repr(s) for s in ss)}))"
                             for t, ss in void.items())
-        con.execute(f"CREATE TEMP VIEW live AS SELECT * FROM res WHERE {live}")
+        con.execute(f"CREATE TEMP VIEW unvoided AS SELECT * FROM res WHERE {live}")
+        con.execute(f"CREATE TEMP VIEW live AS SELECT * FROM unvoided WHERE NOT {_NOT_PATIENT}")
         con.execute("""CREATE TEMP TABLE coded AS
             SELECT rid, rtype, res, src, c->>'system' AS system, c->>'code' AS code
             FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
@@ -215,9 +266,8 @@ def read_fhir(path: str | Path) -> dict[str, pa.Table]:
                    src AS source
             FROM live WHERE rtype = 'Patient' AND (res->>'deceasedDateTime') IS NOT NULL""")
         events = events.union(deaths)
-        subjects = con.sql("""SELECT id AS subject_id, res->>'gender' AS sex,
-                   TRY_CAST(left(res->>'birthDate', 4) AS INTEGER) AS birth_year, src AS source
-            FROM live WHERE rtype = 'Patient'""")
+        subjects = con.sql("""SELECT id AS subject_id, res->>'gender' AS sex, res->>'birthDate' AS birth_date,
+                   src AS source FROM live WHERE rtype = 'Patient'""")  # normalize checks the date
         encounters = con.sql(f"""
             SELECT refid(res->>'$.subject.reference') AS subject_id, id AS encounter_id,
                    coalesce(list_filter(coalesce(json_extract(res, '$.type[*].coding[*]'), []),
@@ -259,7 +309,7 @@ def read_fhir(path: str | Path) -> dict[str, pa.Table]:
                "contexts": contexts}
         tables = {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
         zoneless = _set_aside_zoneless(tables)
-        tables["quarantine"] = pa.concat_tables([broken, _void(con), zoneless])
+        tables["quarantine"] = pa.concat_tables([broken, _void(con), _not_patient(con), zoneless])
         return tables
     finally:
         con.close()

@@ -16,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Source
 
-__all__ = ["CodeMapEntry", "CodeMapFile", "load_map"]
+__all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "CodeMapEntry", "CodeMapFile", "load_map"]
+
+# FHIR codings mgaki writes and reads on both FHIR paths (bedside fhir.py, cohort fhir_bulk.py)
+KIND_SYSTEM = "urn:mgaki:encounter-kind"  # Encounter.type coding carrying mgaki's kind (icu, ...)
+CONTEXT_SYSTEM = "urn:mgaki:context"  # Flag.code coding carrying a clinical context (its period.start: when)
 
 
 class CodeMapEntry(BaseModel):

@@ -201,8 +201,9 @@ FROM src_icustays s JOIN codemap m ON m.tbl = 'icustays' AND m.maps_to = 'encoun
 _SUBJECTS_SQL = """
 SELECT subject_id, gender AS sex,
        CAST(TRY_CAST(anchor_year AS INTEGER) - TRY_CAST(anchor_age AS INTEGER) AS INTEGER) AS birth_year,
-       'patients:subject_id=' || subject_id AS source
+       'patients:subject_id=' || subject_id AS source, NULL::VARCHAR AS birth_date
 FROM src_patients
+
 """
 
 _CONTEXTS_SQL = """

@@ -28,13 +28,15 @@ def example_path(name: str = "hypomagnesemia-cisplatin.json") -> Path:
     return Path(str(resources.files("mgaki").joinpath("examples", name)))
 
 
+def _context_help() -> str:
+    """The ``--context`` help: every context the knowledge files name (evaluated when the CLI is built)."""
+    return "Clinical context, repeatable, any case: " + ", ".join(load().contexts)
+
+
 def assess(
     bundle: Annotated[Path | None, typer.Argument(help="FHIR R4 Bundle (JSON); '-' for stdin; "
                                                        "omit to run the shipped example")] = None,
-    context: Annotated[list[str] | None, typer.Option("--context", "-c", help="Clinical context, "
-                       "repeatable: cardiac-surgery, contrast, icu, cirrhosis, covid19, pediatric-icu, "
-                       "pancreatitis, tbi, malignancy, cisplatin, vanco-pip-tazo, sepsis, "
-                       "perioperative, torsades, eclampsia")] = None,
+    context: Annotated[list[str] | None, typer.Option("--context", "-c", help=_context_help())] = None,
     fmt: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.text,
     nomogram: Annotated[str, typer.Option(help="vanderbilt-im | nhs-highland")] = "vanderbilt-im",
     baseline_creatinine: Annotated[float | None, typer.Option(

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mgaki.cli.common import console, err, require_extra, require_store, run_or_exit
+from mgaki.errors import InputError
 
 if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that run, not at CLI start-up
     import pyarrow as pa
@@ -47,14 +48,25 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def ingest_path(source: Path, fmt: str, store_dir: Path) -> IngestSummary:
-    """Read `source` with its adapter, normalise, append to the store; the IngestSummary."""
+def ingest_path(source: Path, fmt: str, store_dir: Path, per_source: bool = False) -> IngestSummary:
+    """Read `source` with its adapter, normalise, append to the store; the IngestSummary.
+
+    A record that comes back naming another patient is quarantined with the reason, never moved
+    (``EventStore.append``); ``per_source`` keeps FHIR identities per source system (meta.source).
+    """
     from mgaki.adapters import registry
     from mgaki.events import EventStore, normalize
 
     if fmt == "auto":
         fmt = registry.detect_format(source)
-    raw = registry.read(fmt, source)
+    if per_source and fmt != "fhir":
+        raise InputError("--identity-per-source", f"only FHIR carries a source system (meta.source), not {fmt}")
+    if per_source:
+        from mgaki.adapters.fhir_bulk import read_fhir
+
+        raw = read_fhir(source, per_source=True)
+    else:
+        raw = registry.read(fmt, source)
     return EventStore(store_dir).append(normalize(raw))
 
 
@@ -63,6 +75,9 @@ def ingest(
     store: Annotated[Path, typer.Option("--store", "-s", help="Event store folder (created if absent)")] = Path(
         "mgaki-store"),
     fmt: Annotated[str, typer.Option("--format", "-f", help="auto | fhir | mimic | omop | meds | csv")] = "auto",
+    identity_per_source: Annotated[bool, typer.Option(
+        "--identity-per-source", help="FHIR: a record's identity includes its source system (meta.source), for "
+                                      "exports whose ids are unique per system only")] = False,
 ) -> None:
     """Read EHR data into the event store; unusable rows go to quarantine, with the reason."""
     if fmt not in FORMATS:
@@ -70,7 +85,7 @@ def ingest(
     if not source.exists():
         raise _fail(f"{source}: no such file or folder")
     with err.status(f"reading {source} ({fmt})"):
-        summary = run_or_exit(lambda: ingest_path(source, fmt, store))
+        summary = run_or_exit(lambda: ingest_path(source, fmt, store, identity_per_source))
     print_ingest(summary, store)
 
 
@@ -95,6 +110,9 @@ def print_ingest(summary: IngestSummary, store: Path) -> None:
     if summary.superseded or summary.stale:
         console().print(f"record versions: {summary.superseded} replaced by a newer version, "
                         f"{summary.stale} older than the stored one (kept out)")
+    if summary.identity_conflicts:
+        console().print(f"record identities naming another patient: {len(summary.identity_conflicts)} version(s) "
+                        "quarantined, no data moved between patients")
     console().print(f"subjects with new data: {len(summary.affected_subjects)}")
 
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mgaki.errors import InputError, MgakiError
 
@@ -35,11 +36,11 @@ def run_or_exit(fn: Callable[[], T]) -> T:
     """``fn()``; bad input exits 2 and any other mgaki error 3, with the message on stderr, nothing on stdout."""
     try:
         return fn()
-    except InputError as exc:
-        err.print(f"[red]invalid input:[/red] {exc}")
+    except InputError as exc:  # escaped: a unit such as [pH] or [lb_av] in a message is text, not markup
+        err.print(f"[red]invalid input:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except MgakiError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(3) from None
 
 

@@ -55,6 +55,20 @@ def render(a: Assessment, console: Console) -> None:
                           + "; ".join(e.doi or e.document or "" for e in p.evidence)))
     for alt in p.alternatives:
         lines.append(Text(f"  also: {alt}", "dim"))
+    pr = p.prediction
+    if pr is not None:
+        band = (f" (90% {pr.peak_interval_mg_dl[0]:g}-{pr.peak_interval_mg_dl[1]:g})"
+                if pr.peak_interval_mg_dl else "")
+        target = (f"P(in {pr.target_mg_dl[0]:.2f}-{pr.target_mg_dl[1]:.2f} mg/dL at {pr.target_at_h:g} h) "
+                  f"{pr.p_target:.0%}; " if pr.target_mg_dl and pr.p_target is not None else "")
+        harm = ("not sampled" if pr.p_peak_above_toxicity is None
+                else f"< {pr.p_harm_upper_95:.1%}" if pr.p_peak_above_toxicity == 0 and pr.p_harm_upper_95
+                else f"{pr.p_peak_above_toxicity:.0%}")
+        lines.append(Text(f"  PK {pr.model} (built in {pr.population}): peak {pr.peak_mg_dl:g} mg/dL at "
+                          f"{pr.peak_time_h:g} h{band}; {target}P(peak > {pr.toxicity_mg_dl:.2f} mg/dL) {harm}",
+                          "red" if pr.overshoot else ""))
+    elif p.prediction_unavailable:
+        lines.append(Text(f"  PK: no prediction: {p.prediction_unavailable}", "yellow"))
     console.print(Panel(Group(*lines), title="Plan"))
     for w in a.warnings:
         console.print(Text(f"warning: {w}", "yellow"))

@@ -11,8 +11,7 @@ from mgaki.engine import risk, workup
 from mgaki.engine.repletion import PlanRequest, plan_repletion, predict_plan, therapeutic_range
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
-from mgaki.pk import toxicity_level_mg_dl
-from mgaki.record import KidneyState, PatientRecord
+from mgaki.record import KidneyState, Measurement, PatientRecord
 from mgaki.result import (
     Assessment,
     Baseline,
@@ -44,6 +43,7 @@ class AssessOptions:
 class _Out:
     findings: list[Finding] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stale: set[str] = field(default_factory=set)  # source ids already reported as too old to use
 
     def add(self, code: str, severity: Severity, message: str, sources: list[Source],
             **data: float | str | None) -> None:
@@ -77,8 +77,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if mg_m is not None:
         status = mgs.status(kb, mg_m.value)
         grade = mgs.ctcae_grade(kb, mg_m.reported_value, mg_m.reported_unit)
-        caveats = _caveats(kb, rec, status)
-        ion = rec.latest("ionized_magnesium")
+        caveats = _caveats(kb, rec, now, out)
+        ion = _current(kb, rec, "ionized_magnesium", now, out)
         mg_res = MagnesiumResult(
             value_mg_dl=round(mg_m.value, 3),
             value_mmol_l=round(convert(mg_m.value, "magnesium", "mg/dL", "mmol/L"), 3),
@@ -129,10 +129,11 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                 f"{drug.ingredient} ({drug.drug_class}, {med.source_id}): {drug.mechanism}",
                 [drug.source], drug=drug.ingredient, effect=drug.effect)
     risk_conditions = _risk_conditions(kb, rec)
-    if status == "low":
-        _urine_workup(kb, rec, out, kidney, now)
+    _urine_workup(kb, rec, out, kidney, now)  # whenever a current urine sample exists, whatever the serum Mg
     # --- normal serum, likely depleted (C2) -------------------------------------------
-    k_m, ca_low = rec.latest("potassium"), _calcium_low(kb, rec)
+    k_m = _current(kb, rec, "potassium", now, out)
+    ca = _calcium(kb, rec, now, out)
+    ca_low = ca is not None and ca[0]
     k_low = k_m is not None and k_m.value < kb.value("hypokalemia_mg_first_k_below")
     if status == "normal" and (drugs or risk_conditions or k_low or ca_low):
         why = [d.ingredient for _, d in drugs] + [c.label for c in risk_conditions]
@@ -151,16 +152,17 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                 f"K {k_m.value:.1f} mmol/L with low/depleted Mg: K will not correct until Mg is "
                 "replaced (loss of the intracellular Mg block of ROMK): replace Mg first or together",
                 [t.source], potassium=k_m.value)
-    if ca_low and mg_low_or_depleted:
-        pth = rec.latest("pth")
+    if ca is not None and ca_low and mg_low_or_depleted:
+        pth = _current(kb, rec, "pth", now, out)
         pth_hi = kb.electrolytes.ranges["pth"].high
         if pth is None:
             pth_text = "PTH not measured"
         else:
             verdict = "inappropriately normal or low" if pth.value <= pth_hi else "raised"
             pth_text = f"PTH {pth.value:.0f} pg/mL ({verdict})"
+        mg_text = "low Mg" if status == "low" else "likely Mg depletion (serum Mg normal)"
         out.add("mg_dependent_hypocalcemia", "warning",
-                f"Hypocalcaemia with low Mg; {pth_text}. Mg deficiency impairs PTH secretion "
+                f"Hypocalcaemia ({ca[1]}) with {mg_text}; {pth_text}. Mg deficiency impairs PTH secretion "
                 "and causes PTH resistance: Ca stays refractory until Mg is replaced",
                 [kb.threshold("pth_impaired_mg_below").source, kb.electrolytes.ranges["pth"].source])
     if mg_val is not None:
@@ -178,7 +180,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                     f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration"
                     + (" before each dose (expected at therapeutic levels)" if expected else ""),
                     [t.source])
-        qtc = rec.latest("qtc")
+        qtc = _current(kb, rec, "qtc", now, out)
         qt = kb.threshold("qtc_prolonged_above")
         if status == "low" and qtc is not None and qtc.value > qt.value:
             out.add("arrhythmia_risk", "critical",
@@ -194,19 +196,23 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         out.add("aki", "critical" if kidney.aki_stage >= 2 else "warning",
                 f"KDIGO AKI stage {kidney.aki_stage} ({kidney.criterion}); current stage "
                 f"{kidney.current_stage}", [src], stage=kidney.aki_stage)
-    values = {"magnesium": mg_val} if mg_val is not None else {}
-    ion = rec.latest("ionized_magnesium")
-    if ion is not None:
-        values["ionized_magnesium"] = ion.value
-    matches, skipped = risk.match_evidence(kb, contexts, values, kidney.aki_stage >= 1, age)
+    # each study reads the Mg of its own exposure time (evidence.yaml exposure_times), not the latest
+    series = {a: [(m.time, m.value) for m in rec.series(a) if now is None or m.time <= now]
+              for a in ("magnesium", "ionized_magnesium")}
+    onset = datetime.fromisoformat(kidney.onset) if kidney.onset else None
+    matches, skipped = risk.match_evidence(kb, contexts, series, kidney.aki_stage >= 1, age,
+                                           risk.anchors_of(rec, onset, now))
     for m in matches:
-        s = m.study
-        marker_only = s.timing == "stay_median"  # includes values after AKI: severity, not prediction
+        s, e = m.study, m.exposure
+        marker_only = e.rule.pick == "median"  # a stay median includes values after AKI: severity, not prediction
+        at = f"{e.rule.meaning}: {e.value:.2f} {kb.analyte(s.analyte).canonical_unit}" + (
+            f" at {e.time.isoformat()}" if e.time else "") + (f"; {e.note}" if e.note else "")
         out.add("mg_aki_risk", "info" if marker_only else "warning",
-                f"{s.population}: Mg {m.region.label} — {s.finding}"
+                f"{s.population}: Mg {m.region.label} ({at}) — {s.finding}"
                 + (f"; {m.region.effect}" if m.region.effect else "")
                 + f" ({s.design}, n={s.n}; outcome: {s.outcome}). Association, not a probability.",
-                [s.source], study=s.id)
+                [s.source, *([e.rule.source] if e.rule.source != s.source else [])], study=s.id,
+                exposure_time=e.rule.id, value=round(e.value, 3), value_time=_iso(e.time))
     for s, reason in skipped:
         out.warnings.append(f"Evidence for {s.population} ({s.id}) not applied: {reason}")
 
@@ -237,18 +243,24 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     out.warnings.extend(po.warnings)
     plan = po.plan
     if not pediatric:  # the encoded PK models are adult (pregnant women): no prediction for a child
-        pk = predict_plan(kb, plan, mg_val, weight.value if weight else None, kstate.crcl or kstate.egfr,
-                          ther[1] if ther else None)
+        pk, no_pk = predict_plan(kb, plan, mg_val, weight.value if weight else None, kstate, contexts, age,
+                                 [(m.time, m.value) for m in rec.series("creatinine")], now)
+        src = kb.pk_model().source
+        if no_pk is not None:
+            plan = plan.model_copy(update={"prediction_unavailable": no_pk})
+            out.add("pk_prediction_unavailable", "info",
+                    f"No PK prediction for the planned doses: {no_pk}. Check serum Mg early and before each dose",
+                    [src])
         if pk is not None:
             plan = plan.model_copy(update={"prediction": pk})
-            tox_t = kb.threshold(toxicity_level_mg_dl(ther[1] if ther else 0.0, kb)[0])
             if pk.overshoot and pk.p_peak_above_toxicity is not None:
                 out.add("pk_overshoot_risk", "warning",
-                        f"Population PK ({pk.model}) predicts a {pk.p_peak_above_toxicity:.0%} chance that the "
-                        f"planned doses raise serum Mg above {pk.toxicity_mg_dl:.2f} mg/dL ({tox_t.meaning.lower()}); "
-                        f"typical peak {pk.peak_mg_dl:.2f} mg/dL at {pk.peak_time_h:g} h. Models from pregnant "
-                        "women with a renal scaling that is an assumption: check levels early",
-                        [kb.pk_model(pk.model).source, tox_t.source], peak_mg_dl=pk.peak_mg_dl,
+                        f"Population PK ({pk.model}, built in {pk.population}) predicts a "
+                        f"{pk.p_peak_above_toxicity:.0%} chance that the planned doses raise serum Mg above "
+                        f"{pk.toxicity_mg_dl:.2f} mg/dL ({pk.context}: harm level {pk.toxicity_id}); typical peak "
+                        f"{pk.peak_mg_dl:.2f} mg/dL at {pk.peak_time_h:g} h. Outside that population the "
+                        "uncertainty is widened, not removed: check levels early",
+                        [src, tox_source(kb, pk.context)], peak_mg_dl=pk.peak_mg_dl,
                         p_peak_above_toxicity=pk.p_peak_above_toxicity)
     return Assessment(patient_id=rec.patient_id, as_of=_iso(now), contexts=sorted(contexts),
                       magnesium=mg_res, kidney=kidney, findings=out.findings, plan=plan,
@@ -327,10 +339,12 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
         rrt=bool(rec.rrt_times),
     )
     # Kinetic GFR is the better dosing estimate while creatinine moves.
-    dosing_gfr = kgfr if (stage and kgfr is not None) else egfr
+    kinetic = bool(stage and kgfr is not None)
+    dosing_gfr = kgfr if kinetic else egfr
+    label = ("kinetic " if kinetic else "") + ("Schwartz eGFR" if pediatric else "eGFR")
     return result, KidneyState(egfr=dosing_gfr, crcl=crcl, aki_stage=stage,
                                creatinine_mg_dl=last.value if last else None,
-                               rrt=bool(rec.rrt_times), anuric=anuric)
+                               rrt=bool(rec.rrt_times), anuric=anuric, egfr_label=label)
 
 
 def _pediatric_kidney_finding(kb: KnowledgeBase, out: _Out, age: float, height_cm: float | None,
@@ -351,19 +365,50 @@ def _pediatric_kidney_finding(kb: KnowledgeBase, out: _Out, age: float, height_c
             [t.source, schwartz], age=age, height_cm=height_cm)
 
 
-def _caveats(kb: KnowledgeBase, rec: PatientRecord, status: str) -> list[tuple[str, Source]]:
+def _caveats(kb: KnowledgeBase, rec: PatientRecord, now: datetime | None, o: _Out) -> list[tuple[str, Source]]:
     out: list[tuple[str, Source]] = []
-    alb = rec.latest("albumin")
+    alb = _current(kb, rec, "albumin", now, o)
     t = kb.threshold("albumin_low_below")
     if alb is not None and alb.value < t.value:
         out.append((f"Albumin {alb.value:.1f} g/dL: {t.meaning}; measure ionized Mg if the total "
                     "is borderline", t.source))
-    ph = rec.latest("ph")
+    ph = _current(kb, rec, "ph", now, o)
     t = kb.threshold("ph_alkalemia_above")
     if ph is not None and ph.value > t.value:
         out.append((f"pH {ph.value:.2f}: {t.meaning}; symptoms may occur at a 'normal' total Mg",
                     t.source))
     return out
+
+
+def _current(kb: KnowledgeBase, rec: PatientRecord, analyte: str, now: datetime | None, out: _Out,
+             ) -> Measurement | None:
+    """The latest ``analyte`` at or before ``now`` if it still stands for the patient now.
+
+    A result older than its window (electrolytes.yaml ``current_within``) is set aside with a
+    warning naming it, so an old value never overrides a current one of another test.
+    """
+    series = [m for m in rec.series(analyte) if now is None or m.time <= now]
+    if not series:
+        return None
+    m = series[-1]
+    window = kb.current_within_hours(analyte)
+    if window is None or now is None:
+        return m
+    age = (now - m.time).total_seconds() / 3600
+    if age <= window:
+        return m
+    if m.source_id not in out.stale:
+        out.stale.add(m.source_id)
+        out.warnings.append(f"{kb.analyte(analyte).name} {m.value:g} {m.unit} ({m.source_id}) is {age:.0f} h old: "
+                            f"not used (a result older than {window:g} h does not describe the patient now)")
+    return None
+
+
+def _nearest(rec: PatientRecord, analyte: str, at: datetime, hours: float) -> Measurement | None:
+    """The ``analyte`` result nearest in time to ``at``, at most ``hours`` away (a paired sample)."""
+    near = [(abs((m.time - at).total_seconds()), m) for m in rec.series(analyte)]
+    near = [(d, m) for d, m in near if d <= hours * 3600]
+    return min(near, key=lambda x: (x[0], x[1].time))[1] if near else None
 
 
 def _risk_conditions(kb: KnowledgeBase, rec: PatientRecord) -> list:  # type: ignore[type-arg]
@@ -378,66 +423,112 @@ def _risk_conditions(kb: KnowledgeBase, rec: PatientRecord) -> list:  # type: ig
     return hits
 
 
-def _calcium_low(kb: KnowledgeBase, rec: PatientRecord) -> bool:
-    ica = rec.latest("ionized_calcium")
+def _calcium(kb: KnowledgeBase, rec: PatientRecord, now: datetime | None, out: _Out) -> tuple[bool, str] | None:
+    """(low, what was read) from the current calcium: ionized Ca if current, else total Ca corrected
+    for a current albumin; None when neither is current."""
+    ica = _current(kb, rec, "ionized_calcium", now, out)
     if ica is not None:
-        return ica.value < kb.electrolytes.ranges["ionized_calcium"].low
-    ca = rec.latest("calcium")
+        return (ica.value < kb.electrolytes.ranges["ionized_calcium"].low,
+                f"ionized Ca {ica.value:.2f} {ica.unit}, {ica.source_id}")
+    ca = _current(kb, rec, "calcium", now, out)
     if ca is None:
-        return False
-    alb = rec.latest("albumin")
+        return None
+    alb = _current(kb, rec, "albumin", now, out)
     corrected = ca.value
+    text = f"total Ca {ca.value:.1f} {ca.unit}, {ca.source_id}"
     if alb is not None:
         ref = kb.value("calcium_correction_albumin_reference")
         corrected += kb.value("calcium_correction_per_albumin") * (ref - alb.value)
-    return corrected < kb.electrolytes.ranges["calcium"].low
+        text += f"; {corrected:.1f} corrected for albumin {alb.value:.1f} {alb.unit}"
+    return corrected < kb.electrolytes.ranges["calcium"].low, text
 
 
-def _hours_since(times: list[datetime], at: datetime | None) -> float | None:
-    past = [(at - t).total_seconds() / 3600 for t in times if at is not None and t <= at]
-    return min(past) if past else None
+def _iv_mg(rec: PatientRecord, at: datetime) -> tuple[float | None, str | None]:
+    """(hours from the last MgSO4 administration to ``at``, an active MgSO4 order running at ``at``).
+
+    An order (an infusion, parenteral nutrition) started before ``at`` and not ended is a load the
+    urine carries as much as a recorded administration.
+    """
+    past, running = [], None
+    for m in rec.medications:
+        if m.ingredient != "magnesium sulfate" or m.start is None or m.start > at:
+            continue
+        if m.kind == "administration":
+            past.append((at - m.start).total_seconds() / 3600)
+        elif m.active and (m.end is None or m.end >= at):
+            running = running or m.source_id
+    return (min(past) if past else None), running
 
 
 def _urine_workup(kb: KnowledgeBase, rec: PatientRecord, out: _Out, kidney: KidneyResult,
                   now: datetime | None) -> None:
-    iv = [m.start for m in rec.medications
-          if m.ingredient == "magnesium sulfate" and m.kind == "administration" and m.start]
-    hours_iv = _hours_since(iv, now)
-    readings = []
-    u_mg, u_cr = rec.latest("urine_magnesium"), rec.latest("urine_creatinine")
-    p_mg, p_cr = rec.latest("magnesium"), rec.latest("creatinine")
-    if u_mg and u_cr and p_mg and p_cr:
-        fe = workup.fe_mg(kb, u_mg.value, p_cr.value, p_mg.value, u_cr.value)
-        readings.append((workup.interpret_fe_mg(kb, fe, kidney.egfr, kidney.aki_stage,
-                                                _hours_since(iv, u_mg.time)),
-                         kb.threshold("fe_mg_renal_wasting_above").source, "FE_Mg"))
-    u24 = rec.latest("urine_magnesium_24h")
+    """FE_Mg from a current spot urine Mg/creatinine pair, and 24-h urine Mg, whatever the serum Mg.
+
+    The pair is one sample (urine creatinine within ``urine_pair_max_apart_hours`` of the urine
+    Mg) read against the serum Mg and creatinine nearest it; the serum Mg of that time decides
+    how the index is read (workup.interpret_fe_mg).
+    """
+    readings: list[tuple[workup.UrineReading, Source, str, str]] = []
+    pair_h, plasma_h = kb.value("urine_pair_max_apart_hours"), kb.value("fe_mg_plasma_max_apart_hours")
+    u_mg = _current(kb, rec, "urine_magnesium", now, out)
+    u_cr = _nearest(rec, "urine_creatinine", u_mg.time, pair_h) if u_mg else None
+    if u_mg is not None:
+        p_mg, p_cr = _nearest(rec, "magnesium", u_mg.time, plasma_h), _nearest(rec, "creatinine", u_mg.time, plasma_h)
+        if u_cr is None:
+            out.warnings.append(f"Urine Mg ({u_mg.source_id}) has no urine creatinine from the same sample "
+                                f"(within {pair_h:g} h): FE_Mg not computed")
+        elif p_mg is None or p_cr is None:
+            out.warnings.append(f"Urine Mg ({u_mg.source_id}) has no serum Mg and creatinine within {plasma_h:g} h "
+                                "of it: FE_Mg not computed")
+        else:
+            fe = workup.fe_mg(kb, u_mg.value, p_cr.value, p_mg.value, u_cr.value)
+            r = workup.interpret_fe_mg(kb, fe, kidney.egfr, kidney.current_stage, *_iv_mg(rec, u_mg.time),
+                                       serum_status=mgs.status(kb, p_mg.value), serum_mg_dl=p_mg.value)
+            readings.append((r, kb.threshold("fe_mg_renal_wasting_above").source, "FE_Mg", u_mg.source_id))
+    u24 = _current(kb, rec, "urine_magnesium_24h", now, out)
     if u24:
-        readings.append((workup.interpret_urine_24h(kb, u24.value, kidney.egfr, kidney.aki_stage, hours_iv),
-                         kb.threshold("urine_mg_24h_wasting_above").source, "24-h urine Mg"))
-    for r, src, name in readings:
+        p_mg = _nearest(rec, "magnesium", u24.time, plasma_h)
+        r = workup.interpret_urine_24h(kb, u24.value, kidney.egfr, kidney.current_stage, *_iv_mg(rec, u24.time),
+                                       serum_status=mgs.status(kb, p_mg.value) if p_mg else None,
+                                       serum_mg_dl=p_mg.value if p_mg else None)
+        readings.append((r, kb.threshold("urine_mg_24h_wasting_above").source, "24-h urine Mg", u24.source_id))
+    for r, src, name, sample in readings:
         if r.verdict == "renal_wasting":
             out.add("renal_mg_wasting", "warning",
-                    f"{r.reason}: the kidney is losing Mg despite a low serum level (drugs such as "
-                    "cisplatin, aminoglycosides, diuretics, calcineurin inhibitors; Gitelman)",
-                    [src], value=round(r.value, 2), index=name)
+                    f"{r.reason} ({sample}): the kidney is losing Mg " + (
+                        "despite a low serum level" if r.serum_status == "low" else
+                        "while the serum level is still normal (renal wasting can precede a low serum Mg; the "
+                        "cut-off was set in hypomagnesaemia)")
+                    + " (drugs such as cisplatin, aminoglycosides, diuretics, calcineurin inhibitors; Gitelman)",
+                    [src], value=round(r.value, 2), index=name, sample=sample)
         elif r.verdict == "extrarenal":
             out.add("extrarenal_mg_loss", "info",
-                    f"{r.reason}: renal conservation intact, so the loss is extrarenal "
+                    f"{r.reason} ({sample}): renal conservation intact, so the loss is extrarenal "
                     "(GI loss, poor intake, PPI)", [kb.threshold("fe_mg_extrarenal_below").source],
-                    value=round(r.value, 2), index=name)
+                    value=round(r.value, 2), index=name, sample=sample)
         elif r.verdict == "not_interpretable":
-            out.add("urine_index_not_interpretable", "info", f"{name} {r.value:.1f} not interpreted: {r.reason}",
-                    [kb.threshold("urine_index_min_egfr").source], index=name)
+            out.add("urine_index_not_interpretable", "info",
+                    f"{name} {r.value:.1f} ({sample}) not interpreted: {r.reason}",
+                    [kb.threshold("urine_index_min_egfr").source], index=name, sample=sample)
+        else:  # indeterminate in hypomagnesaemia, or no wasting at a normal serum Mg
+            out.add("urine_mg_index", "info", f"{r.reason} ({sample})", [src],
+                    value=round(r.value, 2), index=name, sample=sample)
     if any(f.code == "renal_mg_wasting" for f in out.findings):
-        k = rec.latest("potassium")
-        u_ca = rec.latest("urine_calcium")
+        k = _current(kb, rec, "potassium", now, out)
+        u_ca = _current(kb, rec, "urine_calcium", now, out)
+        u_cr_ca = _nearest(rec, "urine_creatinine", u_ca.time, pair_h) if u_ca else None
         t = kb.threshold("gitelman_urine_ca_cr_below")
-        if k and k.value < kb.value("hypokalemia_mg_first_k_below") and u_ca and u_cr:
-            ratio = workup.urine_ca_cr(u_ca.value, u_cr.value)
+        if k and k.value < kb.value("hypokalemia_mg_first_k_below") and u_ca and u_cr_ca:
+            ratio = workup.urine_ca_cr(u_ca.value, u_cr_ca.value)
             if ratio < t.value:
                 out.add("gitelman_like_pattern", "info",
                         f"Renal Mg wasting with hypokalaemia and hypocalciuria (urine Ca/Cr {ratio:.2f} "
                         f"< {t.value:g} mmol/mmol): Gitelman-like pattern (or thiazide effect); "
                         "consider genetic testing if no drug explains it", [t.source],
                         urine_ca_cr=round(ratio, 3))
+
+
+def tox_source(kb: KnowledgeBase, context: str | None) -> Source:
+    """The source of the harm level a PK context judges overshoot against."""
+    c = kb.pk_context(context)
+    return c.harm.source if c.harm is not None else kb.threshold(c.harm_threshold_id or "").source

@@ -7,7 +7,7 @@ from typing import Literal
 
 from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import GradeScale
-from mgaki.units import convert, normalize_unit
+from mgaki.units import convert, normalize_unit, unit_kind
 
 Status = Literal["low", "normal", "high"]
 
@@ -47,8 +47,11 @@ def ctcae_grade(kb: KnowledgeBase, reported_value: float, reported_unit: str) ->
     """
     unit = normalize_unit(reported_unit)
     value = reported_value
-    if unit not in ("mg/dL", "mmol/L"):
-        value, unit = convert(reported_value, "magnesium", unit, "mmol/L"), "mmol/L"
+    graded = [normalize_unit(s.unit) for s in kb.magnesium.grades]
+    if unit not in graded:  # e.g. meq/L graded as mmol/L, mg/L as mg/dL: a scale of the same kind
+        kind = {"equivalent": "substance"}.get(unit_kind(unit), unit_kind(unit))
+        target = next((g for g in graded if unit_kind(g) == kind), graded[0])
+        value, unit = convert(reported_value, "magnesium", unit, target), target
     r = kb.magnesium.reference_range
     lln = convert(r.low, "magnesium", r.unit, unit)
     uln = convert(r.high, "magnesium", r.unit, unit)

@@ -7,7 +7,11 @@ renal rules, labelled maxima and hold rules come from regimens.yaml.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,9 +19,12 @@ from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, Tier
 from mgaki.record import KidneyState
 from mgaki.result import Dose, Evidence, PkPrediction, Plan
-from mgaki.units import convert, salt_amounts
+from mgaki.units import convert, display, dose_unit, rate_unit, salt_amounts, unit_kind
 
-__all__ = ["PlanRequest", "plan_repletion", "predict_plan", "therapeutic_range"]
+if TYPE_CHECKING:
+    from mgaki.pk import KidneyCourse
+
+__all__ = ["PlanRequest", "criteria_met", "pk_kidney_course", "plan_repletion", "predict_plan", "therapeutic_range"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class PlanOutcome:
 
 
 def _is_rate(step: Step) -> bool:
-    return step.amount_unit in ("g/h", "mg/kg/h")
+    return rate_unit(step.amount_unit) is not None
 
 
 def _duration(step: Step, operation_hours: float | None) -> float | None:
@@ -54,16 +61,19 @@ def _duration(step: Step, operation_hours: float | None) -> float | None:
 def _dose(step: Step, factor: float, weight: float | None, operation_hours: float | None = None) -> Dose:
     rate = _is_rate(step)
     duration = _duration(step, operation_hours)
-    unit = {"g/h": "g", "mg/kg/h": "mg/kg"}.get(step.amount_unit, step.amount_unit)
-    amt = salt_amounts(step.amount * factor, unit, step.salt, weight)
-    amt_max = (salt_amounts(step.amount_max * factor, unit, step.salt, weight)
+    per_time = rate_unit(step.amount_unit)  # a rate: its amounts are taken per hour
+    unit = dose_unit(per_time.amount if per_time else step.amount_unit)
+    scale = factor / (per_time.hours if per_time else 1.0)
+    amt = salt_amounts(step.amount * scale, unit, step.salt, weight)
+    amt_max = (salt_amounts(step.amount_max * scale, unit, step.salt, weight)
                if step.amount_max is not None else None)
     g = amt["g_mgso4"]
     per = " per hour" if rate else ""
     label = f"{_fmt(g)}{'-' + _fmt(amt_max['g_mgso4']) if amt_max else ''} g MgSO4{per}"
-    if step.amount_unit in ("mmol", "meq"):
-        label = f"{step.amount * factor:g} {step.amount_unit.replace('meq', 'mEq')} Mg{per} ({label})"
-    if step.amount_unit.startswith("mg/kg"):
+    kind = unit_kind(unit)
+    if kind in ("substance", "equivalent"):  # written as mmol or mEq of Mg
+        label = f"{step.amount * factor:g} {display(unit)} Mg{per} ({label})"
+    elif kind == "per_weight":
         label = f"{step.amount * factor:g} {step.amount_unit} ({label})"
     return Dose(
         label=label, route=step.route, g_mgso4=round(g, 3), mmol=round(amt["mmol"], 2),
@@ -218,7 +228,7 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
             rule = kb.renal_rule(rule_id)
             if hit and rule.factor is not None and factor > rule.factor:
                 factor = rule.factor
-                adjusted.append(f"{rule.meaning} ({rule.when})")
+                adjusted.append(f"{rule.meaning} (rule: {rule.when}; met: {criteria_met(rule, k)})")
                 adjusted_sources.append(rule.source)
                 evidence.append(Evidence.of(rule.source))
     elif low_clearance or severe_aki:
@@ -240,19 +250,13 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     if cap_rule.limit_id is not None and cap_rule.met_by(k.egfr, k.crcl, k.aki_stage):
         cap = kb.limit(cap_rule.limit_id)
         if 2 * total > cap.value:
-            adjusted.append(f"Capped by {cap.meaning.lower()}: plan about {total:.1f} g/24 h, "
-                            f"do not exceed {cap.value:g} g in 48 h")
+            adjusted.append(f"Capped by {cap.meaning.lower()} (met: {criteria_met(cap_rule, k)}): plan about "
+                            f"{total:.1f} g/24 h, do not exceed {cap.value:g} g in 48 h")
             adjusted_sources.append(cap.source)
             evidence.append(Evidence.of(cap.source))
-    recheck = None
-    recheck_in = None
-    if recheck_h is not None:
-        first = doses[0].duration_max_h or doses[0].duration_h or 0.0 if doses else 0.0
-        recheck_in = round((first or 0.0) + recheck_h, 2) if action != "emergency" else recheck_h
-        recheck = (f"Recheck serum Mg {recheck_h:g} h after the infusion ends"
-                   if action != "emergency" else f"Recheck serum Mg within {recheck_h:g} h")
-        if factor < 1.0:
-            recheck += "; recheck before every further dose (renal impairment)"
+    recheck_in, recheck = _recheck(recheck_h, doses, action)
+    if recheck is not None and factor < 1.0:
+        recheck += "; recheck before every further dose (renal impairment)"
     alternatives = [f"nomogram {n.id}" for n in kb.regimens.nomograms if n.id != req.nomogram_id]
     if regimen is None:
         alternatives += [f"{r.id}: {r.name} (also indicated in this context)"
@@ -265,21 +269,110 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     return PlanOutcome(plan, adjusted, adjusted_sources, holds, warnings)
 
 
+def _recheck(recheck_h: float | None, doses: list[Dose], action: str) -> tuple[float | None, str | None]:
+    """(hours from the start of the plan, the text): the text states the same number of hours.
+
+    After an IV infusion the protocol's interval runs from the end of the infusion as planned,
+    i.e. at the plan's rate (4 g over 4 h at 1 g/h, recheck 6 h after: 10 h); a slower
+    infusion within the protocol's range moves it, and the text says so.
+    """
+    if recheck_h is None:
+        return None, None
+    first = doses[0] if doses else None
+    if action == "emergency":
+        return recheck_h, f"Recheck serum Mg within {recheck_h:g} h"
+    if first is None or first.route != "iv" or first.per_hour or not first.duration_h:
+        return recheck_h, f"Recheck serum Mg in {recheck_h:g} h"
+    run = first.duration_h
+    at = round(run + recheck_h, 2)
+    text = (f"Recheck serum Mg {recheck_h:g} h after the infusion ends: {at:g} h from its start "
+            f"({first.label} over {run:g} h" + (f" at {first.rate_g_per_h:g} g/h)" if first.rate_g_per_h else ")"))
+    if first.duration_max_h and first.duration_max_h > run:
+        text += f"; {first.duration_max_h + recheck_h:g} h if it runs {first.duration_max_h:g} h"
+    return at, text
+
+
+def criteria_met(rule: RenalRule, k: KidneyState) -> str:
+    """Which of a renal rule's criteria this patient meets, with the values (e.g. 'CrCl 24 mL/min < 30')."""
+    out = []
+    low = rule.clearance_below_ml_min
+    if low is not None:
+        if k.crcl is not None and k.crcl < low:
+            out.append(f"CrCl {k.crcl:.0f} mL/min < {low:g}")
+        if k.egfr is not None and k.egfr < low:
+            out.append(f"{k.egfr_label} {k.egfr:.0f} mL/min/1.73 m2 < {low:g}")
+    if rule.aki_stage_at_least is not None and k.aki_stage >= rule.aki_stage_at_least:
+        out.append(f"KDIGO AKI stage {k.aki_stage} (>= {rule.aki_stage_at_least})")
+    return "; ".join(out) or "none"
+
+
+def pk_kidney_course(kb: KnowledgeBase, creatinine: Sequence[tuple[datetime, float]],
+                     t0: datetime) -> KidneyCourse | None:
+    """Kidney function for the PK model while creatinine moves: each interval's kinetic eGFR (Chen 2013).
+
+    For every pair of consecutive creatinine values, ``kinetic_egfr`` with a unit production rate
+    (baseline SCr x baseline GFR = 1) gives the GFR in units of 1/SCr; its inverse is the creatinine
+    that GFR would hold at steady state. The value of the interval in force at ``t0`` (the regimen's
+    time 0) applies from 0, later intervals from their start; the last holds to the horizon. None with
+    fewer than two values. A kinetic eGFR of 0 (creatinine rising at the maximal rate) is refused.
+    """
+    from mgaki.engine.kidney import kinetic_egfr
+    from mgaki.errors import OutsideModelError
+    from mgaki.pk import KidneyCourse
+
+    pts = sorted(creatinine)
+    starts: list[float] = []
+    values: list[float] = []
+    for (ta, a), (tb, b) in pairwise(pts):
+        hours = (tb - ta).total_seconds() / 3600.0
+        k = kinetic_egfr(kb, 1.0, 1.0, a, b, hours)
+        if k is None:
+            continue
+        if k <= 0:
+            raise OutsideModelError("kidney", f"kinetic eGFR 0 between creatinine {a:g} and {b:g} mg/dL "
+                                              f"{hours:.0f} h apart (Chen 2013): no renal Mg elimination to "
+                                              "model; no prediction (measure Mg)")
+        start = (ta - t0).total_seconds() / 3600.0
+        if starts and start <= 0:
+            starts, values = [], []
+        starts.append(max(start, 0.0))
+        values.append(1.0 / k)
+    if not values:
+        return None
+    return KidneyCourse(tuple(starts), tuple(round(v, 4) for v in values))
+
+
 def predict_plan(kb: KnowledgeBase, plan: Plan, mg_mg_dl: float | None, weight_kg: float | None,
-                 crcl_ml_min: float | None, target_high_mg_dl: float | None = None,
-                 seed: int = 0) -> PkPrediction | None:
-    """Predicted serum Mg under the plan's IV doses (default pk.yaml model), or None if nothing to predict.
+                 kidney: KidneyState, contexts: frozenset[str] = frozenset(), age: float | None = None,
+                 creatinine: Sequence[tuple[datetime, float]] = (), now: datetime | None = None,
+                 seed: int = 0) -> tuple[PkPrediction | None, str | None]:
+    """Predicted serum Mg under the plan's IV doses (default pk.yaml model): (prediction, why none).
 
     Steps run one after another (a loading dose, then its maintenance infusion); repeats at their
     interval; a rate without a duration runs 24 h (as the daily total assumes). The lower end of a
-    dose range is used. Oral doses are not modelled. The toxicity level is the first one above
-    ``target_high_mg_dl`` (a therapeutic range that is meant to be high, eclampsia).
+    dose range is used. Oral doses are not modelled. Target and harm come from the regimen's context
+    (pk.yaml contexts: eclampsia therapeutic range, or the normal range for repletion). Kidney function:
+    the measured creatinine, in AKI the kinetic eGFR's steady-state creatinine (``pk_kidney_course``);
+    on renal replacement with no schedule known, no dialytic removal is assumed (an upper bound).
+    Where the model cannot speak (no kidney function, far outside its studied range) the reason is
+    returned instead of a number.
     """
-    from mgaki.pk import Covariates, Regimen, population, simulate, time_grid, toxicity_level_mg_dl
+    from mgaki.errors import InputError
+    from mgaki.pk import (
+        Covariates,
+        Dialysis,
+        Regimen,
+        context_for,
+        population,
+        risk,
+        simulate,
+        targets,
+        time_grid,
+    )
 
     iv = [d for d in plan.doses if d.route == "iv" and d.g_mgso4]
     if mg_mg_dl is None or not iv or plan.action in ("hold", "none"):
-        return None
+        return None, None
     notes = ["oral doses not modelled"] if len(iv) < len(plan.doses) else []
     reg, t = Regimen(), 0.0
     for d in iv:
@@ -294,15 +387,33 @@ def predict_plan(kb: KnowledgeBase, plan: Plan, mg_mg_dl: float | None, weight_k
         t += over
     if any(d.g_mgso4_max for d in iv):
         notes.append("lower end of each dose range predicted")
-    pop = population(None, Covariates(weight_kg=weight_kg, crcl_ml_min=crcl_ml_min), baseline_mg_dl=mg_mg_dl, kb=kb)
+    ctx = context_for(contexts, kb)
+    tg = targets(ctx, kb)
+    try:
+        course = (pk_kidney_course(kb, creatinine, now) if kidney.aki_stage >= 1 and now is not None
+                  and not kidney.rrt else None)
+        dialysis = Dialysis("hd") if kidney.rrt else None
+        if kidney.rrt:
+            notes.append("renal replacement therapy: kind and session times not known to the PK model, so no "
+                         "dialytic Mg removal is assumed within the horizon (an upper bound)")
+        elif kidney.anuric:
+            return None, ("anuric: no renal Mg elimination and no dialysis; mgaki has no model of Mg without "
+                          "kidney function (measure Mg before each dose)")
+        cov = Covariates(weight_kg=weight_kg, creatinine_mg_dl=kidney.creatinine_mg_dl if course is None else None,
+                         crcl_ml_min=kidney.crcl if kidney.crcl else None, age_years=age,
+                         pregnant=True if ctx == "eclampsia" else None, aki=kidney.aki_stage >= 1,
+                         kidney_course=course, dialysis=dialysis)
+        pop = population(None, cov, baseline_mg_dl=mg_mg_dl, kb=kb)
+        horizon = max(24.0, reg.end_h + (plan.recheck_in_h or 0.0))
+        times = time_grid(reg, horizon, kb=kb, step_h=kb.value("pk_grid_step_hours_bedside"))
+        pred = simulate(pop, reg, times, n=int(kb.value("pk_mc_samples_bedside")), seed=seed, kb=kb)
+    except InputError as exc:
+        return None, f"{exc.problem} [{kb.pk.default_model}: {kb.pk_model().population_label}]"
     notes += list(pop.notes)
-    horizon = max(24.0, reg.end_h + (plan.recheck_in_h or 0.0))
-    times = time_grid(reg, horizon, kb=kb, step_h=kb.value("pk_grid_step_hours_bedside"))
-    pred = simulate(pop, reg, times, n=int(kb.value("pk_mc_samples_bedside")), seed=seed, kb=kb)
-    _, tox = toxicity_level_mg_dl(target_high_mg_dl or 0.0, kb)  # above a therapeutic range (eclampsia)
+    at_h = plan.recheck_in_h if plan.recheck_in_h is not None else reg.end_h
+    rk = risk(pred, tg, at_h, kb)
     first_end = reg.start_h[0] + reg.duration_h[0]
     after = pred.times_h >= first_end
-    p_tox = pred.p_peak_above(tox)
     q = (1.0 - (pred.level or 0.0)) / 2.0
     interval = None
     if pred.peak_samples_mg_dl is not None:
@@ -314,5 +425,7 @@ def predict_plan(kb: KnowledgeBase, plan: Plan, mg_mg_dl: float | None, weight_k
         peak_interval_mg_dl=interval, level=pred.level,
         trough_mg_dl=round(float(pred.typical_mg_dl[after].min()), 2),
         at_recheck_mg_dl=round(pred.at(plan.recheck_in_h), 2) if plan.recheck_in_h is not None else None,
-        horizon_h=round(horizon, 2), toxicity_mg_dl=round(tox, 3), p_peak_above_toxicity=p_tox,
-        overshoot=p_tox is not None and p_tox > kb.value("pk_overshoot_probability_max"), notes=notes)
+        horizon_h=round(horizon, 2), toxicity_mg_dl=round(tg.harm_mg_dl, 3), p_peak_above_toxicity=rk.p_harm,
+        overshoot=rk.overshoot, notes=notes, population=pop.population_label, context=ctx,
+        target_mg_dl=(round(tg.low_mg_dl, 3), round(tg.high_mg_dl, 3)), target_at_h=round(rk.at_h, 2),
+        p_target=rk.p_target, toxicity_id=tg.harm_id, p_harm_upper_95=rk.p_harm_upper_95, samples=rk.n), None

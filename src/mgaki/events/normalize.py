@@ -3,7 +3,9 @@
 Every adapter hands over its rows as recorded (times and values as text, units
 as written); this module is the one place that parses times, maps drug names,
 converts units (one cached factor per distinct analyte/unit pair, from
-mgaki.units) and checks plausibility. A row that cannot be used goes to the
+mgaki.units) and checks plausibility: values against their analyte's bounds, times
+and birth dates against the window of ``units.yaml`` ``plausibility`` (a live feed
+also against its clock, ``now``). A row that cannot be used goes to the
 ``quarantine`` table with the reason and the raw row, never silently away.
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cache
 
 import duckdb
@@ -20,9 +24,9 @@ import pyarrow as pa
 from mgaki.errors import MgakiError
 from mgaki.events.schema import DEATH, RAW, TABLES
 from mgaki.knowledge import KnowledgeBase, load
-from mgaki.units import factor, normalize_unit
+from mgaki.units import factor, mmol_per_unit, normalize_unit
 
-__all__ = ["NO_VALUE_ANALYTES", "connect", "cursor", "drug_regex", "normalize"]
+__all__ = ["NO_VALUE_ANALYTES", "TimeWindow", "connect", "cursor", "drug_regex", "normalize", "time_window"]
 
 # Analytes that are markers, not measurements: no value, no unit, no plausibility check
 # (RRT sessions; death, see mgaki.events.schema). A value or unit sent with one is dropped.
@@ -126,23 +130,69 @@ def drug_regex(kb: KnowledgeBase) -> str:
 
 @cache
 def _drug_table(kb: KnowledgeBase) -> pa.Table:
-    """name (lower-case ingredient, synonym or rxcui:N) -> ingredient, mmol Mg per g of salt."""
+    """name (lower-case ingredient, synonym or rxcui:N) -> ingredient and its Mg salt (regimens.yaml id)."""
     names: list[str] = []
     ingredients: list[str] = []
-    mmol_per_g: list[float | None] = []
+    salts: list[str | None] = []
     for d in kb.drugs.drugs:
-        per_g = None
-        if d.salt:
-            s = kb.salt(d.salt)
-            per_g = 1000.0 / s.molar_mass_g_per_mol * s.mg_per_formula_unit
         keys = [d.ingredient.lower(), *(x.lower() for x in d.synonyms)]
         if d.rxcui:
             keys.append(f"rxcui:{d.rxcui}")
         for k in keys:
             names.append(k)
             ingredients.append(d.ingredient)
-            mmol_per_g.append(per_g)
-    return pa.table({"key": names, "ingredient": ingredients, "mmol_per_g": mmol_per_g})
+            salts.append(d.salt)
+    return pa.table({"key": names, "ingredient": ingredients, "salt": pa.array(salts, pa.string())})
+
+
+@cache
+def _dose_map(pairs: tuple[tuple[str, str], ...]) -> pa.Table:
+    """mmol of Mg per one dose unit as written, per (salt, unit), from mgaki.units; NULL if not an amount.
+
+    A unit the unit layer does not read as an amount of salt or Mg (``mL`` of a suspension, ``TAB``) or
+    one that needs the weight (``mg/kg``) leaves the dose unknown: the row is still an exposure.
+    """
+    rows: dict[str, list[object]] = {"salt": [], "dose_unit": [], "mmol_per_unit": []}
+    for salt, unit in pairs:
+        try:
+            f: float | None = mmol_per_unit(unit, salt)
+        except MgakiError:
+            f = None
+        for k, v in zip(rows, (salt, unit, f), strict=True):
+            rows[k].append(v)
+    return pa.table(rows, schema=pa.schema([("salt", pa.string()), ("dose_unit", pa.string()),
+                                            ("mmol_per_unit", pa.float64())]))
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """When a record can have happened: ``start`` <= time < ``end`` (UTC); birth years from ``birth_min``."""
+
+    start: datetime
+    end: datetime
+    birth_min: int
+
+    def outside(self, t: str, text: str, label: str) -> str:
+        """A SQL ``WHEN`` giving the reason when timestamp ``t`` (parsed from column ``text``) is outside."""
+        lo, hi = f"TIMESTAMP '{self.start:%Y-%m-%d %H:%M:%S}'", f"TIMESTAMP '{self.end:%Y-%m-%d %H:%M:%S}'"
+        return f"WHEN {t} < {lo} OR {t} >= {hi} THEN '{label} ''' || {text} || ''' is outside the plausible window " \
+               f"{self.text()}'"
+
+    def text(self) -> str:
+        end = f"{self.end:%Y-%m-%d}" if self.end.time() == datetime.min.time() else f"{self.end:%Y-%m-%d %H:%M} UTC"
+        return f"{self.start:%Y-%m-%d} to {end}"
+
+
+def time_window(kb: KnowledgeBase, now: datetime | None = None) -> TimeWindow:
+    """The plausible window of ``units.yaml`` ``plausibility``; with ``now`` (a live feed) it ends no later than
+    ``now`` plus ``live_feed_future_tolerance_hours``."""
+    end = datetime(int(kb.value("time_window_end_year")), 1, 1, tzinfo=UTC)
+    if now is not None:  # a naive clock is read as UTC, the event model's convention
+        clock = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+        end = min(end, (clock + timedelta(hours=kb.value("live_feed_future_tolerance_hours"))).replace(microsecond=0))
+    start = datetime(int(kb.value("time_window_start_year")), 1, 1, tzinfo=UTC)
+    return TimeWindow(start, end, int(kb.value("birth_year_min")))
+
 
 
 def _quarantine_sql(table: str, raw_cols: list[str], reason_expr: str, src: str) -> str:
@@ -151,18 +201,23 @@ def _quarantine_sql(table: str, raw_cols: list[str], reason_expr: str, src: str)
             f"{reason_expr} AS reason FROM {src} WHERE {reason_expr} IS NOT NULL")
 
 
-def normalize(raw: Mapping[str, pa.Table | None], kb: KnowledgeBase | None = None) -> dict[str, pa.Table]:
-    """Canonical tables (schema.TABLES) from raw adapter tables (schema.RAW)."""
+def normalize(raw: Mapping[str, pa.Table | None], kb: KnowledgeBase | None = None, *,
+              now: datetime | None = None) -> dict[str, pa.Table]:
+    """Canonical tables (schema.TABLES) from raw adapter tables (schema.RAW).
+
+    ``now``: the clock of a live feed (the service): times and birth dates after it (plus the tolerance) are
+    quarantined too. Batch ingest leaves it None: a research set's dates may be shifted into the future.
+    """
     kb = kb or load()
     con = cursor()  # registered tables only
     try:
-        return _normalize(con, raw, kb)
+        return _normalize(con, raw, kb, time_window(kb, now))
     finally:
         con.close()
 
 
 def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None],
-               kb: KnowledgeBase) -> dict[str, pa.Table]:
+               kb: KnowledgeBase, window: TimeWindow) -> dict[str, pa.Table]:
     out: dict[str, pa.Table] = {name: TABLES[name].empty_table() for name in TABLES}
     quarantine: list[str] = []
     # a section whose raw table is empty is skipped: its outputs stay empty (one HL7 message has no
@@ -186,6 +241,7 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN analyte IS NULL THEN 'code ' || coalesce(code, '(none)') || ' is not mapped to an analyte'
         WHEN t IS NULL THEN 'unparseable time ' || coalesce('''' || time || '''', '(missing)')
+        {window.outside("t", "time", "time")}
         WHEN analyte IN ({no_value}) THEN NULL
         WHEN v IS NULL THEN 'non-numeric value ' || coalesce('''' || value || '''', '(missing)')
         WHEN unit_reason IS NOT NULL THEN unit_reason
@@ -207,16 +263,12 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
     """).to_arrow_table()
 
     if "medications" in present:
-        _medications(con, kb, out, quarantine)
+        _medications(con, kb, out, quarantine, window)
     if "encounters" in present:
-        _encounters(con, out, quarantine)
-    out["subjects"] = con.sql("""
-        SELECT subject_id, CASE lower(sex) WHEN 'f' THEN 'female' WHEN 'female' THEN 'female'
-                                          WHEN 'm' THEN 'male' WHEN 'male' THEN 'male' END AS sex,
-               birth_year, source FROM raw_subjects WHERE subject_id IS NOT NULL AND subject_id <> ''
-    """).to_arrow_table()
+        _encounters(con, out, quarantine, window)
+    _subjects(con, out, quarantine, window)
     if "contexts" in present:
-        _contexts(con, out, quarantine)
+        _contexts(con, out, quarantine, window)
     out["quarantine"] = con.sql(" UNION ALL ".join(quarantine)).to_arrow_table()
     # rows an adapter already set aside (e.g. a FHIR status 'entered-in-error'), with its reason
     given = raw.get("quarantine")
@@ -226,49 +278,79 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
     return {name: out[name].cast(TABLES[name]) for name in TABLES}
 
 
+def _subjects(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str],
+              window: TimeWindow) -> None:
+    """Patients: a birth date (FHIR date: YYYY, YYYY-MM or YYYY-MM-DD) must be a real date and, like a birth year,
+    within the window (from ``birth_min``, before its end); else the row is quarantined with the reason."""
+    last_year = (window.end - timedelta(microseconds=1)).year  # the last year with an instant in the window
+    con.execute(f"""CREATE TEMP TABLE subj AS SELECT *, CASE
+            WHEN birth_date IS NOT NULL AND bd IS NULL THEN 'birth date ''' || birth_date || ''' is not a date'
+            WHEN coalesce(year(bd), birth_year) < {window.birth_min} OR coalesce(year(bd), birth_year) > {last_year}
+              OR bd >= TIMESTAMP '{window.end:%Y-%m-%d %H:%M:%S}' THEN 'birth date '''
+
+                 || coalesce(birth_date, CAST(birth_year AS VARCHAR)) || ''' is outside the plausible range '
+                 || '{window.birth_min} to {window.end:%Y-%m-%d}'
+            END AS why FROM (
+        SELECT *, CASE WHEN regexp_full_match(birth_date, '[0-9]{{4}}') THEN TRY_CAST(birth_date || '-01-01' AS DATE)
+                       WHEN regexp_full_match(birth_date, '[0-9]{{4}}-[0-9]{{2}}')
+                           THEN TRY_CAST(birth_date || '-01' AS DATE)
+                       WHEN regexp_full_match(birth_date, '[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}')
+                           THEN TRY_CAST(birth_date AS DATE) END AS bd
+        FROM raw_subjects WHERE subject_id IS NOT NULL AND subject_id <> '')""")
+    quarantine.append(_quarantine_sql("subjects", ["sex", "birth_date", "birth_year"], "why", "subj"))
+    out["subjects"] = con.sql("""
+        SELECT subject_id, CASE lower(sex) WHEN 'f' THEN 'female' WHEN 'female' THEN 'female'
+                                          WHEN 'm' THEN 'male' WHEN 'male' THEN 'male' END AS sex,
+               CAST(coalesce(year(bd), birth_year) AS INTEGER) AS birth_year, source FROM subj WHERE why IS NULL
+    """).to_arrow_table()
+
+
 def _medications(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, out: dict[str, pa.Table],
-                 quarantine: list[str]) -> None:
+                 quarantine: list[str], window: TimeWindow) -> None:
     con.register("drug_map", _drug_table(kb))
     con.execute(f"""
         CREATE TEMP TABLE med AS
         SELECT r.*, {_time_sql('r.start')} AS t0, {_time_sql('r."end"')} AS t1,
                TRY_CAST(r.dose_value AS DOUBLE) AS dose,
                coalesce(dr.ingredient, dn.ingredient) AS ingredient,
-               coalesce(dr.mmol_per_g, dn.mmol_per_g) AS mmol_per_g
+               coalesce(dr.salt, dn.salt) AS salt
         FROM raw_medications r
         LEFT JOIN drug_map dr ON dr.key = 'rxcui:' || r.rxcui
         LEFT JOIN drug_map dn ON dn.key = regexp_extract(lower(coalesce(r.name, '')), $pattern, 1)
     """, {"pattern": drug_regex(kb)})
-    med_reason = """CASE
+    pairs = con.execute("SELECT DISTINCT salt, dose_unit FROM med WHERE salt IS NOT NULL AND dose_unit IS NOT NULL"
+                        ).fetchall()
+    con.register("dose_map", _dose_map(tuple(sorted(pairs))))
+    med_reason = f"""CASE
         WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN t0 IS NULL THEN 'unparseable start time ' || coalesce('''' || start || '''', '(missing)')
         WHEN "end" IS NOT NULL AND t1 IS NULL THEN 'unparseable end time ''' || "end" || ''''
         WHEN t1 < t0 THEN 'ends before it starts'
+        {window.outside("t0", "start", "start")}
+        {window.outside("t1", '"end"', "end")}
         END"""
     con.execute(f"CREATE TEMP TABLE med2 AS SELECT *, {med_reason} AS why FROM med")
     quarantine.append(_quarantine_sql("medications", ["start", '"end"', "name", "rxcui", "dose_value",
                                                       "dose_unit"], "why", "med2"))
     out["medications"] = con.sql("""
-        SELECT subject_id, nullif(encounter_id, '') AS encounter_id, t0 AS start, t1 AS "end",
-               ingredient AS drug, name, rxcui, lower(route) AS route, dose AS dose_value, dose_unit,
-               CASE WHEN mmol_per_g IS NULL OR dose IS NULL THEN NULL
-                    WHEN lower(dose_unit) = 'g' THEN dose * mmol_per_g
-                    WHEN lower(dose_unit) = 'mg' THEN dose / 1000.0 * mmol_per_g
-                    WHEN lower(dose_unit) = 'mmol' THEN dose
-                    WHEN lower(dose_unit) = 'meq' THEN dose / $valence
-                    END AS mg_mmol,
-               source
-        FROM med2 WHERE why IS NULL
-    """, params={"valence": float(kb.analyte("magnesium").valence or 2)}).to_arrow_table()
+        SELECT m.subject_id, nullif(m.encounter_id, '') AS encounter_id, m.t0 AS start, m.t1 AS "end",
+               m.ingredient AS drug, m.name, m.rxcui, lower(m.route) AS route, m.dose AS dose_value, m.dose_unit,
+               m.dose * d.mmol_per_unit AS mg_mmol, m.source
+        FROM med2 m LEFT JOIN dose_map d ON d.salt = m.salt AND d.dose_unit = m.dose_unit
+        WHERE m.why IS NULL
+    """).to_arrow_table()
 
 
-def _encounters(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str]) -> None:
-    enc_reason = """CASE
+def _encounters(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str],
+                window: TimeWindow) -> None:
+    enc_reason = f"""CASE
         WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN encounter_id IS NULL OR encounter_id = '' THEN 'no encounter id'
         WHEN s IS NULL THEN 'unparseable start time ' || coalesce('''' || start || '''', '(missing)')
         WHEN "end" IS NOT NULL AND e IS NULL THEN 'unparseable end time ''' || "end" || ''''
         WHEN e < s THEN 'ends before it starts'
+        {window.outside("s", "start", "start")}
+        {window.outside("e", '"end"', "end")}
         END"""
     con.execute(f"""CREATE TEMP TABLE enc AS SELECT *, {enc_reason} AS why FROM (
         SELECT *, {_time_sql('start')} AS s, {_time_sql('"end"')} AS e FROM raw_encounters)""")
@@ -279,10 +361,13 @@ def _encounters(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quaran
     """).to_arrow_table()
 
 
-def _contexts(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str]) -> None:
-    ctx_reason = """CASE WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
+def _contexts(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str],
+              window: TimeWindow) -> None:
+    ctx_reason = f"""CASE WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
         WHEN context IS NULL OR context = '' THEN 'no context'
-        WHEN time IS NOT NULL AND t IS NULL THEN 'unparseable time ''' || time || '''' END"""
+        WHEN time IS NOT NULL AND t IS NULL THEN 'unparseable time ''' || time || ''''
+        {window.outside("t", "time", "time")} END"""
+
     con.execute(f"""CREATE TEMP TABLE ctx AS SELECT *, {ctx_reason} AS why FROM (
         SELECT *, {_time_sql('time')} AS t FROM raw_contexts)""")
     quarantine.append(_quarantine_sql("contexts", ["encounter_id", "time", "context"], "why", "ctx"))

@@ -80,7 +80,10 @@ RAW: dict[str, pa.Schema] = {
         ("start", pa.string()), ("end", pa.string()), ("parent_id", pa.string()),
         ("source", pa.string()),
     ]),
-    "subjects": TABLES["subjects"],
+    # birth_date: the date as recorded (FHIR date, or HL7 DTM rewritten as one), checked by normalize;
+    # adapters that know only the year give birth_year
+    "subjects": pa.schema([*TABLES["subjects"], ("birth_date", pa.string())]),
+
     "contexts": pa.schema([
         ("subject_id", pa.string()), ("encounter_id", pa.string()), ("time", pa.string()),
         ("context", pa.string()), ("source", pa.string()),

@@ -19,6 +19,16 @@ invisible, and re-running the append commits them without writing them twice. Th
 filter out the (usually few) non-current sources only, so a store where nothing was ever
 replaced reads at full speed.
 
+Identity and patient: a record's identity belongs to one patient. A version whose rows name
+another subject than the identity's current version (the same ``Observation/7`` posted for
+another patient, an HL7 order number reused for another patient) would move that patient's
+result to the other one, so it is never accepted: ``append`` sets it aside in ``quarantine``
+with the reason naming the record and both patients (``conflicts="quarantine"``, batch
+ingest) or refuses the whole append before writing anything (``conflicts="refuse"``, the
+service: HTTP 409). Two patients naming one new identity in one append are refused the same
+way. Identities can be kept per source system by the adapters (source + type + id), so equal
+ids from two systems are two records (docs/service.md#identity).
+
 Compaction: message-at-a-time ingest (HL7, small FHIR posts) writes one small part per
 table per append, and every append and read lists and opens all parts. When a table (or
 the ledger) holds ``COMPACT_AT`` parts under ``SMALL_PART_BYTES``, the append that made it
@@ -40,16 +50,19 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mgaki.errors import InputError
 from mgaki.events.normalize import connect, cursor
 from mgaki.events.schema import TABLES
 
-__all__ = ["HISTORY", "EventStore", "IngestSummary", "versioned_source", "write_parquet_atomic"]
+__all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError", "IngestSummary", "versioned_source",
+           "write_parquet_atomic"]
 
 HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
 _VERSIONS = "versions"  # the ledger folder (not a canonical table)
@@ -72,6 +85,26 @@ def versioned_source(identity: str, version: str) -> str:
     return f"{identity}{HISTORY}{version}"
 
 
+@dataclass(frozen=True)
+class IdentityConflict:
+    """A record identity that came back naming another patient (``stored`` None: two patients in one append)."""
+
+    identity: str
+    stored: str | None
+    incoming: str
+    table: str = ""
+
+    @property
+    def problem(self) -> str:
+        if self.stored is None:
+            return f"named for patient '{self.incoming}' and another patient in one request"
+        return f"belongs to patient '{self.stored}'; this version names patient '{self.incoming}'"
+
+    @property
+    def reason(self) -> str:
+        return f"identity '{self.identity}' {self.problem}: refused, no data moves between patients"
+
+
 @dataclass
 class IngestSummary:
     received: dict[str, int] = field(default_factory=dict)  # canonical rows handed in
@@ -81,6 +114,7 @@ class IngestSummary:
     stale: int = 0  # record versions older than the stored one: kept out
     quarantine_reasons: dict[str, int] = field(default_factory=dict)  # rows by kind, keyed by one example
     affected_subjects: frozenset[str] = frozenset()
+    identity_conflicts: tuple[IdentityConflict, ...] = ()  # versions set aside: they named another patient
 
     @property
     def duplicates(self) -> dict[str, int]:
@@ -187,8 +221,13 @@ class EventStore:
         finally:
             con.close()
 
-    def append(self, tables: Mapping[str, pa.Table]) -> IngestSummary:
+    def append(self, tables: Mapping[str, pa.Table], conflicts: Literal["quarantine", "refuse"] = "quarantine",
+               ) -> IngestSummary:
         """Write the rows not already stored; report what was new and whose data changed.
+
+        A version naming another patient than its identity's (module docstring) is set aside in
+        ``quarantine`` with the reason, or, with ``conflicts="refuse"``, the whole append is refused
+        (``IdentityConflictError``) before anything is written.
 
         Crash safety: the changed subjects are recorded before any data file, every
         file appears by an atomic, fsync'd rename, and the versions ledger is written
@@ -210,6 +249,12 @@ class EventStore:
                     summary.received[name] = summary.added[name] = 0
                     continue
                 incoming[name] = given.cast(TABLES[name])
+            found = self._identity_conflicts(con, incoming)
+            if found and conflicts == "refuse":
+                raise IdentityConflictError(found)
+            if found:
+                incoming = _set_aside(con, incoming, found)
+                summary.identity_conflicts = tuple(found)
             ledger = self._versions(con, incoming, summary, subjects)
             for name, tab in incoming.items():
                 summary.received[name] = tab.num_rows
@@ -272,6 +317,46 @@ class EventStore:
         os.replace(tmp, final)  # the switch: readers listing from now on see the merged part only
         _fsync(folder)
         return final
+
+    def _identity_conflicts(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
+                            ) -> list[IdentityConflict]:
+        """Identities the append would move between patients: named by another subject than their current
+        stored version's, or by two subjects at once."""
+        ident = _IDENTITY.format(c="source")
+        parts = []
+        for n, t in incoming.items():
+            con.register(f"ids_{n}", t.select(["subject_id", "source"]))
+            parts.append(f"SELECT DISTINCT '{n}' AS tbl, {ident} AS identity, subject_id FROM ids_{n} "
+                         f"WHERE contains(source, '{HISTORY}') AND coalesce(subject_id, '') <> ''")
+        if not parts:
+            return []
+        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_ids AS SELECT * FROM ({' UNION ALL '.join(parts)}) x "
+                    "WHERE identity <> ''")
+        stored = "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS subject_id WHERE false"
+        cur = self._current_sql()
+        if cur is not None:
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE known_ids AS
+                SELECT c.identity, c.source FROM ({cur}) c WHERE c.identity IN (SELECT identity FROM inc_ids)""")
+            if con.sql("SELECT count(*) FROM known_ids").fetchall()[0][0]:
+                scans = [f"SELECT k.identity, x.subject_id FROM known_ids k JOIN {self.scan_sql(t)} x "
+                         "ON x.source = k.source" for t in TABLES if self.files(t)]
+                stored = " UNION ".join(scans) if scans else stored
+        con.execute(f"CREATE OR REPLACE TEMP TABLE stored_ids AS SELECT DISTINCT * FROM ({stored}) s "
+                    "WHERE coalesce(subject_id, '') <> ''")
+        rows = con.sql("""
+            SELECT i.identity, min(s.subject_id) AS stored, i.subject_id AS incoming, min(i.tbl) AS tbl
+            FROM inc_ids i JOIN stored_ids s ON s.identity = i.identity
+            WHERE NOT EXISTS (SELECT 1 FROM stored_ids t WHERE t.identity = i.identity AND t.subject_id = i.subject_id)
+            GROUP BY i.identity, i.subject_id
+            UNION ALL
+            SELECT identity, NULL, subject_id, min(tbl) FROM inc_ids
+            WHERE identity NOT IN (SELECT identity FROM stored_ids)
+              AND identity IN (SELECT identity FROM inc_ids GROUP BY identity HAVING count(DISTINCT subject_id) > 1)
+            GROUP BY identity, subject_id
+            ORDER BY 1, 3""").fetchall()
+        for n in incoming:
+            con.unregister(f"ids_{n}")
+        return [IdentityConflict(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _versions(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
                   summary: IngestSummary, subjects: set[str]) -> pa.Table:
@@ -343,6 +428,51 @@ class EventStore:
                     for t in TABLES}
         finally:
             con.close()
+
+
+class IdentityConflictError(InputError):
+    """An append refused whole: one or more record identities would move to another patient."""
+
+    def __init__(self, conflicts: list[IdentityConflict]) -> None:
+        self.conflicts = tuple(conflicts)
+        first = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        super().__init__(first.identity, f"{first.problem}: refused, nothing was stored{more}")
+
+
+def _set_aside(con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
+               found: list[IdentityConflict]) -> dict[str, pa.Table]:
+    """``incoming`` without the refused rows; each refused row becomes a quarantine row with the reason.
+
+    The quarantine row's source no longer reads as a version (``... version 2 (refused)``): a refused
+    version must not enter the ledger, where it would replace the other patient's current version.
+    """
+    con.register("conflicts", pa.table({"identity": [c.identity for c in found],
+                                        "subject_id": [c.incoming for c in found],
+                                        "reason": [c.reason for c in found]}))
+    ident = _IDENTITY.format(c="r.source")
+    hit = (f"FROM inc r JOIN conflicts c ON c.identity = {ident} AND c.subject_id = r.subject_id "
+           f"WHERE contains(r.source, '{HISTORY}')")
+    refused = "regexp_replace(r.source, '/_history/([^/]+)$', ' version \\1 (refused)')"
+    out: dict[str, pa.Table] = {}
+    aside: list[pa.Table] = []
+    for name, tab in incoming.items():
+        con.register("inc", tab)
+        if name == "quarantine":
+            aside.append(con.sql(f"""SELECT r."table", r.subject_id, {refused} AS source, r.raw,
+                                     c.reason || '; ' || r.reason AS reason {hit}""").to_arrow_table())
+        else:
+            aside.append(con.sql(f"""SELECT '{name}' AS "table", r.subject_id, {refused} AS source,
+                                     CAST(to_json(r) AS VARCHAR) AS raw, c.reason {hit}""").to_arrow_table())
+        out[name] = con.sql(f"SELECT r.* FROM inc r WHERE NOT EXISTS (SELECT 1 FROM conflicts c "
+                            f"WHERE c.identity = {ident} AND c.subject_id = r.subject_id "
+                            f"AND contains(r.source, '{HISTORY}'))").to_arrow_table().cast(TABLES[name])
+        con.unregister("inc")
+    con.unregister("conflicts")
+    q = [t.cast(TABLES["quarantine"]) for t in aside if t.num_rows]
+    if q:
+        out["quarantine"] = pa.concat_tables([*([out["quarantine"]] if "quarantine" in out else []), *q])
+    return out
 
 
 def write_parquet_atomic(tab: pa.Table, path: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mgaki.errors import KnowledgeError
+from mgaki.errors import InputError, KnowledgeError
 from mgaki.knowledge.schema import (
     FILES,
     AlertRule,
@@ -32,6 +32,7 @@ from mgaki.knowledge.schema import (
     Limit,
     MagnesiumFile,
     Nomogram,
+    PkContext,
     PkFile,
     PkModel,
     Regimen,
@@ -164,6 +165,28 @@ class KnowledgeBase:
         """A population PK model by id (pk.yaml); the default model if none is named."""
         return self._get("pk_model", model_id or self.pk.default_model)  # type: ignore[no-any-return]
 
+    @property
+    def contexts(self) -> tuple[str, ...]:
+        """Every clinical context the knowledge files name (evidence populations, regimens, high-risk
+        settings, drugs that open a regimen), sorted: what ``--context`` accepts."""
+        return tuple(self._by_id["context"])
+
+    def context(self, name: str) -> str:
+        """A context as given (any case: ``ICU``) -> its knowledge id (``icu``); InputError naming it if unknown."""
+        key = name.strip().lower()
+        if key not in self._by_id["context"]:
+            raise InputError(f"context {name!r}", f"unknown; valid contexts: {', '.join(self.contexts)}")
+        return key
+
+    def current_within_hours(self, analyte: str) -> float | None:
+        """How old (h) a result of ``analyte`` may be to stand for the patient now; None: no window."""
+        w = self._by_id["current_window"].get(analyte)
+        return w.hours if w is not None else None
+
+    def pk_context(self, context_id: str | None = None) -> PkContext:
+        """A PK target/harm context by id (pk.yaml); the default context if none is named."""
+        return self._get("pk_context", context_id or self.pk.default_context)  # type: ignore[no-any-return]
+
     def drug(self, name_or_rxcui: str) -> Drug | None:
         """Drug by ingredient, synonym (case-insensitive) or ``rxcui:NNN``."""
         return self._by_id["drug_name"].get(name_or_rxcui.lower())
@@ -185,6 +208,18 @@ def _drug_names(drugs: tuple[Drug, ...]) -> dict[str, Drug]:
     return out
 
 
+def _current_windows(el: ElectrolytesFile, units: UnitsFile) -> dict[str, Any]:
+    known = {a.id for a in units.analytes}
+    out: dict[str, Any] = {}
+    for w in el.current_within:
+        if w.analyte not in known:
+            raise KnowledgeError(f"electrolytes.yaml current_within: unknown analyte {w.analyte!r}")
+        if w.analyte in out:
+            raise KnowledgeError(f"electrolytes.yaml current_within: {w.analyte!r} listed twice")
+        out[w.analyte] = w
+    return out
+
+
 @cache
 def load() -> KnowledgeBase:
     """Load and validate every knowledge file (once per process)."""
@@ -202,7 +237,7 @@ def load() -> KnowledgeBase:
     by_id = {
         "analyte": _index(units.analytes, "analyte"),
         "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo,
-                             *sv.parameters, *pk.settings),
+                             *sv.parameters, *pk.settings, *units.plausibility),
                             "threshold"),
         "coefficient": _index((*kid.ckd_epi_2021, *kid.cockcroft_gault, *kid.kinetic_gfr,
                                 *kid.schwartz_bedside),
@@ -216,7 +251,13 @@ def load() -> KnowledgeBase:
         "drug_name": _drug_names(drugs.drugs),
         "drug_class": {name: c for c in drugs.classes for name in c.drug_classes},
         "alert": _index(sv.alerts, "alert"),
+        "current_window": _current_windows(el, units),
+        "context": dict.fromkeys(sorted(
+            {c for st in ev.studies for c in (*st.contexts, *st.not_in_contexts)}
+            | {c for r in reg.regimens for c in r.contexts} | set(mg.high_risk_contexts)
+            | {d.context for d in drugs.drugs if d.context})),
         "pk_model": _index(pk.models, "pk_model"),
+        "pk_context": _index(pk.contexts, "pk_context"),
     }
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]

@@ -40,7 +40,9 @@ class Cited(Strict):
 
 # --- units -----------------------------------------------------------------
 
-UnitKind = Literal["mass", "substance", "equivalent", "plain"]
+UnitKind = Literal["mass", "substance", "equivalent", "plain", "per_weight"]
+"""mass / substance / equivalent: concentrations (or amounts) converted through molar mass and
+valence; plain: no chemistry (volume, weight, time, g of a salt); per_weight: a dose per kg."""
 
 
 class UnitDef(Cited):
@@ -48,6 +50,7 @@ class UnitDef(Cited):
     pint: str
     kind: UnitKind
     aliases: tuple[str, ...] = ()
+    display: str | None = None  # how people write it when that is not the UCUM code (meq -> mEq)
 
 
 class Analyte(Cited):
@@ -65,6 +68,8 @@ class UnitsFile(Strict):
     version: str
     units: tuple[UnitDef, ...]
     analytes: tuple[Analyte, ...]
+    # when a record can have happened: the time window of events.normalize (docs/knowledge.md#plausibility)
+    plausibility: tuple[Threshold, ...] = ()
 
 
 # --- codes -----------------------------------------------------------------
@@ -136,10 +141,19 @@ class ConditionRisk(Cited):
 # --- electrolytes, urine -----------------------------------------------------
 
 
+class CurrentWindow(Cited):
+    """How old a result of ``analyte`` may be and still describe the patient now (bedside work-up)."""
+
+    analyte: str
+    hours: float
+    why: str
+
+
 class ElectrolytesFile(Strict):
     version: str
     ranges: dict[str, Range]
     thresholds: tuple[Threshold, ...]
+    current_within: tuple[CurrentWindow, ...] = ()
 
 
 class UrineFile(Strict):
@@ -222,6 +236,29 @@ class RiskRegion(Strict):
     effect: str | None = None
 
 
+ExposureAnchor = Literal["admission", "icu_admission", "aki_onset", "context"]
+ExposurePick = Literal["first", "last", "nearest", "median", "lowest"]
+
+
+class ExposureTime(Cited):
+    """When a study measured its exposure, as a rule both engines apply (engine/risk.py, the SQL
+    evidence stage): the value ``pick`` selects among the patient's results between ``from_h`` and
+    ``to_h`` hours from the ``anchor`` (``to_h`` None: to the end of the stay, or now)."""
+
+    id: str
+    meaning: str
+    anchor: ExposureAnchor  # context: the time the study's context (e.g. the operation) was recorded
+    pick: ExposurePick  # nearest: closest to the anchor (earlier on a tie)
+    from_h: float = 0.0
+    to_h: float | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> ExposureTime:
+        if self.to_h is not None and self.to_h < self.from_h:
+            raise ValueError(f"exposure time {self.id}: to_h {self.to_h} is before from_h {self.from_h}")
+        return self
+
+
 class Study(Cited):
     id: str
     population: str
@@ -237,7 +274,9 @@ class Study(Cited):
     review_says: str | None = None
     correction: str | None = None
     analyte: str = "magnesium"
-    timing: str = "admission"
+    # when the study measured Mg (an exposure_times id), as its abstract or paper says (exposure_time_source)
+    exposure_time: str | None = None
+    exposure_time_source: Source | None = None
     requires_aki: bool = False
     min_age_years: float | None = None  # the study's population was this old or older
     not_in_contexts: tuple[str, ...] = ()  # contexts in which its association does not hold
@@ -254,6 +293,11 @@ class Study(Cited):
             raise ValueError(f"study {self.id}: an unverified cut-off must not be applied")
         if not self.applied and not self.not_applied_reason:
             raise ValueError(f"study {self.id}: say why it is not applied")
+        if self.exposure_time is not None and self.exposure_time_source is None:
+            raise ValueError(f"study {self.id}: cite where its exposure time ({self.exposure_time}) was read")
+        if self.applied and (self.exposure_time is None or self.exposure_time_source is None
+                             or self.exposure_time_source.verification not in ("V", "S")):
+            raise ValueError(f"study {self.id}: an applied study needs its exposure time, read in the source (V/S)")
         if self.reference_band is not None and self.reference_band not in {b.label for b in self.exposure_bands}:
             raise ValueError(f"study {self.id}: reference_band {self.reference_band!r} is not an exposure band")
         return self
@@ -261,7 +305,20 @@ class Study(Cited):
 
 class EvidenceFile(Strict):
     version: str
+    exposure_times: tuple[ExposureTime, ...]
     studies: tuple[Study, ...]
+
+    @model_validator(mode="after")
+    def _known_exposure_times(self) -> EvidenceFile:
+        known = {e.id for e in self.exposure_times}
+        for s in self.studies:
+            if s.exposure_time is not None and s.exposure_time not in known:
+                raise ValueError(f"study {s.id}: exposure_time {s.exposure_time!r} is not one of {sorted(known)}")
+        return self
+
+    def exposure(self, study: Study) -> ExposureTime:
+        """The exposure time rule of a study (applied studies always have one)."""
+        return next(e for e in self.exposure_times if e.id == study.exposure_time)
 
 
 # --- regimens ----------------------------------------------------------------
@@ -411,6 +468,7 @@ class SurveillanceFile(Strict):
 # --- pharmacokinetics (pk.yaml) ------------------------------------------------
 
 PkParameterId = Literal["cl", "v1", "q", "v2"]
+PkCovariateId = Literal["weight", "creatinine", "crcl", "bmi", "furosemide", "age"]
 _STRUCTURE_PARAMS: dict[str, frozenset[str]] = {
     "one_compartment": frozenset({"cl", "v1"}),
     "two_compartment": frozenset({"cl", "v1", "q", "v2"}),
@@ -426,15 +484,30 @@ class PkParameter(Cited):
 
 
 class PkVariability(Cited):
-    """Between-patient variability of a parameter (log-normal), as the CV% the study reports."""
+    """Log-normal variability of a parameter, as the study reports it: a CV% or a variance omega^2.
+
+    ``occasion``: ``patient`` (between patients) or ``antepartum`` (an interoccasion term that applies
+    only while the patient is still pregnant, Du 2019).
+    """
 
     parameter: PkParameterId
-    cv_percent: float
+    cv_percent: float | None = None
+    omega2: float | None = None
+    occasion: Literal["patient", "antepartum"] = "patient"
+
+    @model_validator(mode="after")
+    def _one_scale(self) -> PkVariability:
+        if (self.cv_percent is None) == (self.omega2 is None):
+            raise ValueError(f"variability of {self.parameter}: give exactly one of cv_percent and omega2")
+        return self
 
 
 class PkResidual(Cited):
+    """Residual error: proportional + additive, on the total level or on the change from baseline."""
+
     proportional_cv_percent: float
     additive_mmol_l: float
+    scale: Literal["total", "change_from_baseline"] = "total"
 
 
 class PkBaseline(Cited):
@@ -446,14 +519,34 @@ class PkBaseline(Cited):
 
 
 class PkCovariate(Cited):
-    """renal: CL x (1 - f + f x CrCl/reference); weight: P x (WT/reference)^exponent."""
+    """A published covariate effect on a parameter P (x in ``unit``, reference r, effect e):
+
+    power: P (x/r)^e; exponential: P exp(e (x - r)); linear: P (1 + e (x/r - 1));
+    exp_linear: P exp(e (x/r - 1)); indicator: P (1 + e x) with x 0 or 1.
+    """
 
     parameter: PkParameterId
-    kind: Literal["renal", "weight"]
+    covariate: PkCovariateId
+    form: Literal["power", "exponential", "linear", "exp_linear", "indicator"]
     reference: float
     unit: str
-    exponent: float | None = None
-    renal_fraction: float | None = None
+    effect: float
+
+
+class PkRange(Cited):
+    """The range of a covariate in the study population (outside it the model extrapolates)."""
+
+    covariate: PkCovariateId
+    low: float
+    high: float
+    unit: str
+
+
+class PkAbsorption(Cited):
+    """First-order absorption of an IM injection: rate constant and bioavailability."""
+
+    ka_per_h: float
+    f_im: float
 
 
 class PkModel(Cited):
@@ -461,12 +554,16 @@ class PkModel(Cited):
     name: str
     structure: Literal["one_compartment", "two_compartment"]
     population: str
+    population_label: str  # short: who the model was built in (printed with every prediction)
+    pregnant_population: bool = True
     n: int
     parameters: tuple[PkParameter, ...]
     iiv: tuple[PkVariability, ...]
     residual: PkResidual
     baseline: PkBaseline
     covariates: tuple[PkCovariate, ...] = ()
+    studied: tuple[PkRange, ...] = ()
+    im_absorption: PkAbsorption | None = None
     applied: bool = True
     not_applied_reason: str | None = None
 
@@ -479,21 +576,45 @@ class PkModel(Cited):
                              f"has {sorted(have)}")
         if self.applied and any(p.source.verification not in ("V", "S") for p in self.parameters):
             raise ValueError(f"pk model {self.id}: a typical value that was not verified must not be applied")
+        if self.applied and any(c.source.verification not in ("V", "S") for c in self.covariates):
+            raise ValueError(f"pk model {self.id}: an applied model's covariates must be the published ones")
         if not self.applied and not self.not_applied_reason:
             raise ValueError(f"pk model {self.id}: say why it is not applied")
         for c in self.covariates:
-            if c.kind == "renal" and c.renal_fraction is None:
-                raise ValueError(f"pk model {self.id}: a renal covariate needs renal_fraction")
-            if c.kind == "weight" and c.exponent is None:
-                raise ValueError(f"pk model {self.id}: a weight covariate needs exponent")
+            if c.covariate not in {r.covariate for r in self.studied} and self.applied:
+                raise ValueError(f"pk model {self.id}: covariate {c.covariate} needs its studied range")
+        return self
+
+
+class PkContext(Cited):
+    """What a regimen aims for and what it must avoid: the target range and the harm threshold.
+
+    ``target`` None: the normal serum Mg range (magnesium.yaml reference_range). ``harm_threshold_id``
+    names a magnesium.yaml threshold; ``harm`` states one here (with its own source).
+    """
+
+    id: str
+    name: str
+    contexts: tuple[str, ...]  # assess contexts that select it
+    target: Range | None = None
+    harm_threshold_id: str | None = None
+    harm: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _one_harm(self) -> PkContext:
+        if (self.harm_threshold_id is None) == (self.harm is None):
+            raise ValueError(f"pk context {self.id}: give exactly one of harm_threshold_id and harm")
         return self
 
 
 class PkFile(Strict):
     version: str
     default_model: str
+    default_model_reason: str
     toxicity_threshold_id: str
+    default_context: str
     models: tuple[PkModel, ...]
+    contexts: tuple[PkContext, ...]
     settings: tuple[Threshold, ...]
 
     @model_validator(mode="after")
@@ -501,8 +622,9 @@ class PkFile(Strict):
         model = next((m for m in self.models if m.id == self.default_model), None)
         if model is None or not model.applied:
             raise ValueError(f"default pk model {self.default_model!r} is missing or not applied")
+        if self.default_context not in {c.id for c in self.contexts}:
+            raise ValueError(f"default pk context {self.default_context!r} is missing")
         return self
-
 
 
 MagnesiumFile.model_rebuild()

@@ -28,7 +28,7 @@ from mgaki.events import EventStore
 from mgaki.events.store import write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
-from mgaki.surveillance.stages import OPEN_END, Stage, stages
+from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
 
 __all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "last_use", "needed", "run", "studies_table", "surveil"]
@@ -37,7 +37,6 @@ OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_cha
            "evidence_flags", "alerts")
 RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
-_TIMING_PICK = {"admission": "first", "preoperative": "first", "stay_median": "median"}
 
 Progress = Callable[[str, int, int], None]
 
@@ -55,24 +54,28 @@ FullRun = Callable[[datetime | None, KnowledgeBase, Progress | None], Surveillan
 
 
 def studies_table(kb: KnowledgeBase) -> pa.Table:
-    """Applied studies x contexts x risk regions, with the factor from mg/dL to each study's unit."""
+    """Applied studies x contexts x risk regions, with the study's exposure-time rule (anchor, pick and
+    window in seconds from the anchor; evidence.yaml ``exposure_times``) and the factor to its unit."""
     rows: list[dict[str, object]] = []
     for s in kb.evidence.studies:
         if not s.applied:
             continue
-        pick = _TIMING_PICK.get(s.timing, "after_context" if s.timing.startswith("postoperative") else "first")
-        canonical = "mmol/L" if s.analyte == "ionized_magnesium" else "mg/dL"
+        rule = kb.evidence.exposure(s)
+        canonical = kb.analyte(s.analyte).canonical_unit
         for ctx in s.contexts:
             for r in s.risk_regions:
                 rows.append({
-                    "study_id": s.id, "context": ctx, "timing": s.timing, "pick": pick, "analyte": s.analyte,
+                    "study_id": s.id, "context": ctx, "exposure_time": rule.id, "anchor": rule.anchor,
+                    "pick": rule.pick, "from_s": round(rule.from_h * H),  # the stages count seconds
+                    "to_s": None if rule.to_h is None else round(rule.to_h * H), "analyte": s.analyte,
                     "lower": r.lower, "upper": r.upper, "lower_exclusive": r.lower_exclusive,
                     "upper_inclusive": r.upper_inclusive, "unit": r.unit,
                     "to_study_unit": factor(s.analyte, canonical, r.unit), "label": r.label, "effect": r.effect,
                     "citation": s.source.citation, "doi": s.source.doi, "requires_aki": s.requires_aki,
                 })
     return pa.Table.from_pylist(rows, schema=pa.schema([
-        ("study_id", pa.string()), ("context", pa.string()), ("timing", pa.string()), ("pick", pa.string()),
+        ("study_id", pa.string()), ("context", pa.string()), ("exposure_time", pa.string()),
+        ("anchor", pa.string()), ("pick", pa.string()), ("from_s", pa.int64()), ("to_s", pa.int64()),
         ("analyte", pa.string()), ("lower", pa.float64()), ("upper", pa.float64()),
         ("lower_exclusive", pa.bool_()), ("upper_inclusive", pa.bool_()), ("unit", pa.string()),
         ("to_study_unit", pa.float64()), ("label", pa.string()), ("effect", pa.string()),
@@ -90,8 +93,12 @@ def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
 
 def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetime | None = None,
         kb: KnowledgeBase | None = None, progress: Progress | None = None,
-        outputs: Iterable[str] = OUTPUTS, duckdb_settings: Mapping[str, str] | None = None) -> SurveillanceResult:
+        outputs: Iterable[str] = OUTPUTS, duckdb_settings: Mapping[str, str] | None = None,
+        exclude_analytes: Iterable[str] = ()) -> SurveillanceResult:
     """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
+
+    `exclude_analytes` leaves those analytes' events out (e.g. ``("urine_output",)``: the creatinine-only
+    KDIGO definition the study reports as a sensitivity analysis, docs/research.md#outcomes).
 
     Only the stages the requested outputs depend on run: `outputs=("kdigo_creatinine",)` stages
     creatinine and nothing else. `duckdb_settings` (e.g. ``{"memory_limit": "8GB", "temp_directory":
@@ -105,15 +112,20 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
         return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress,
-                    tuple(outputs))
+                    tuple(outputs), tuple(exclude_analytes))
     finally:
         con.close()
 
 
 def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
          as_of: datetime | None, progress: Progress | None,
-         outputs: tuple[str, ...] = OUTPUTS) -> SurveillanceResult:
+         outputs: tuple[str, ...] = OUTPUTS, exclude_analytes: tuple[str, ...] = ()) -> SurveillanceResult:
     as_of = as_of or _as_of(con)
+    if exclude_analytes:
+        con.register("excluded_analytes", pa.table({"analyte": pa.array(exclude_analytes, pa.string())}))
+        con.execute('ALTER VIEW "events" RENAME TO "events_all_analytes"')
+        con.execute('CREATE VIEW "events" AS SELECT * FROM "events_all_analytes" '
+                    "WHERE analyte NOT IN (SELECT analyte FROM excluded_analytes)")
     as_of_epoch = int(as_of.replace(tzinfo=UTC).timestamp()) if as_of else OPEN_END
     if subjects is not None:
         con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))

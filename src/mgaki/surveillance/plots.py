@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from mgaki.knowledge import KnowledgeBase, load
-from mgaki.units import convert
+from mgaki.units import convert, normalize_unit
 
 __all__ = ["cohort_mg_aki", "mg_bands", "patient_timeline", "save"]
 
@@ -30,7 +30,8 @@ def mg_bands(kb: KnowledgeBase) -> list[tuple[str, float, float]]:
     """Mg bands (mg/dL) from the CTCAE low scale, the reference range and the CTCAE high scale."""
     rr = kb.magnesium.reference_range
     lo, hi = (convert(x, "magnesium", rr.unit, "mg/dL") for x in (rr.low, rr.high))
-    low = next(g for g in kb.magnesium.grades if g.direction == "low" and g.unit == "mg/dL")
+    canonical = kb.analyte("magnesium").canonical_unit
+    low = next(g for g in kb.magnesium.grades if g.direction == "low" and normalize_unit(g.unit) == canonical)
     cuts = sorted({b for band in low.bands for b in (band.lower, band.upper) if b is not None})
     edges = [0.0, *cuts, lo, (lo + hi) / 2, hi, hi + 0.5, 99.0]
     out = []

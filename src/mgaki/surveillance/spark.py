@@ -104,8 +104,11 @@ def _as_of(spark: SparkSession) -> datetime | None:
 def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterable[str] = OUTPUTS,
               as_of: datetime | None = None, kb: KnowledgeBase | None = None,
               progress: Progress | None = None, eager: bool = False,
-              checkpoint_dir: str | Path | None = None, collect: bool = True) -> SurveillanceResult:
+              checkpoint_dir: str | Path | None = None, collect: bool = True,
+              exclude_analytes: Iterable[str] = ()) -> SurveillanceResult:
     """Compute the surveillance outputs on Spark from canonical tables (Arrow tables or Parquet paths).
+
+    `exclude_analytes` leaves those analytes' events out, as in `mgaki.surveillance.run`.
 
     A stage read by more than one later stage (or an output read again) is materialised as an eager
     local checkpoint; the others stay views that Spark plans into their reader. `eager=True`
@@ -132,8 +135,12 @@ def run_spark(tables: Mapping[str, Source], spark: SparkSession, outputs: Iterab
         raise ValueError(f"unknown canonical table(s) {sorted(extra)}; known: {', '.join(TABLES)}")
     for k, v in SESSION_CONF.items():
         spark.conf.set(k, v)
+    drop = sorted(set(exclude_analytes))
     for name in CANONICAL:
-        _frame(spark, name, tables.get(name)).createOrReplaceTempView(name)
+        df = _frame(spark, name, tables.get(name))
+        if name == "events" and drop:
+            df = df.filter(~df["analyte"].isin(drop))
+        df.createOrReplaceTempView(name)
     spark.createDataFrame(studies_table(kb)).createOrReplaceTempView("studies")
     as_of = as_of or _as_of(spark)
     as_of_epoch = int(as_of.replace(tzinfo=UTC).timestamp()) if as_of else OPEN_END

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from mgaki.engine.kidney import THRESHOLD_EPS, ZERO_ML
 from mgaki.knowledge import KnowledgeBase
 from mgaki.surveillance.dialect import Dialect
-from mgaki.units import convert
+from mgaki.units import convert, normalize_unit
 
-__all__ = ["OPEN_END", "Stage", "stages"]
+__all__ = ["OPEN_END", "H", "Stage", "stages"]
 
 OPEN_END = 253402300799  # 9999-12-31T23:59:59: an encounter with no end is still open
 _EPS = THRESHOLD_EPS  # the engine's float tolerances: the SQL decides exactly as engine/kidney.py
@@ -374,7 +374,8 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
 
 def _band_case(kb: KnowledgeBase, direction: str, col: str) -> str:
     """CTCAE v5 grade of a mg/dL value as a CASE expression (bands from magnesium.yaml)."""
-    scale = next(g for g in kb.magnesium.grades if g.direction == direction and g.unit == "mg/dL")
+    mg_dl = kb.analyte("magnesium").canonical_unit  # the unit of the events' values
+    scale = next(g for g in kb.magnesium.grades if g.direction == direction and normalize_unit(g.unit) == mg_dl)
     whens = []
     for b in sorted(scale.bands, key=lambda b: -b.grade):
         conds = []
@@ -406,42 +407,60 @@ def _evidence_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
             SELECT h.subject_id, h.encounter_id, 'general', CAST(NULL AS TIMESTAMP) FROM hosp h
             WHERE NOT EXISTS (SELECT 1 FROM enc_ctx x JOIN studies s ON s.context = x.context
                               WHERE x.subject_id = h.subject_id AND x.encounter_id = h.encounter_id)"""),
-        Stage("enc_mg_values", f"""
-            SELECT p.subject_id, p.encounter_id, p.context, e.analyte,
-              MIN(CASE WHEN e.t = f.first_t THEN e.value END) AS first_value,
-              {d.median('e.value')} AS median_value,
-              MIN(CASE WHEN p.ctx_time IS NOT NULL AND e.time >= p.ctx_time THEN e.t END) AS first_after_ctx_t
-            FROM enc_pop p JOIN ev_enc e ON e.subject_id = p.subject_id AND e.encounter_id = p.encounter_id
-              AND e.analyte IN ('magnesium', 'ionized_magnesium')
-            JOIN (SELECT subject_id, encounter_id, analyte, MIN(t) AS first_t FROM ev_enc
-                  WHERE analyte IN ('magnesium', 'ionized_magnesium') GROUP BY subject_id, encounter_id, analyte) f
-              ON f.subject_id = e.subject_id AND f.encounter_id = e.encounter_id AND f.analyte = e.analyte
-            GROUP BY p.subject_id, p.encounter_id, p.context, e.analyte"""),
-        Stage("enc_mg_post", """
-            SELECT v.subject_id, v.encounter_id, v.context, v.analyte, v.first_value, v.median_value,
-                   MIN(e.value) AS first_after_ctx_value
-            FROM enc_mg_values v LEFT JOIN ev_enc e ON e.subject_id = v.subject_id
-              AND e.encounter_id = v.encounter_id AND e.analyte = v.analyte AND e.t = v.first_after_ctx_t
-            GROUP BY v.subject_id, v.encounter_id, v.context, v.analyte, v.first_value, v.median_value"""),
+        # each applied study's anchor (evidence.yaml exposure_times) in each encounter of its population:
+        # admission, the first ICU stay, the first AKI episode's onset, or the context's earliest time;
+        # the window [lo, hi] in epoch seconds runs to the end of the stay the anchor opens when to_s is unset
+        Stage("ev_anchor", f"""
+            SELECT x.*, x.anchor_t + x.from_s AS lo,
+                   CASE WHEN x.to_s IS NULL THEN x.stay_end ELSE x.anchor_t + x.to_s END AS hi
+            FROM (SELECT p.subject_id, p.encounter_id, p.context, s.study_id, s.analyte, s.pick, s.from_s, s.to_s,
+                    CASE s.anchor WHEN 'admission' THEN h.t0 WHEN 'icu_admission' THEN i.t0
+                                  WHEN 'aki_onset' THEN a.onset_t WHEN 'context' THEN c.ctx_t END AS anchor_t,
+                    CASE WHEN s.anchor = 'icu_admission' THEN i.t1 ELSE h.t1 END AS stay_end
+                  FROM (SELECT DISTINCT subject_id, encounter_id, context FROM enc_pop) p
+                  JOIN hosp h ON h.subject_id = p.subject_id AND h.encounter_id = p.encounter_id
+                  JOIN (SELECT DISTINCT study_id, context, analyte, anchor, pick, from_s, to_s FROM studies) s
+                    ON s.context = p.context
+                  LEFT JOIN (SELECT subject_id, parent_id, t0, t1 FROM (
+                               SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, parent_id ORDER BY t0, t1) AS rn
+                               FROM icu) f WHERE rn = 1) i
+                    ON i.subject_id = p.subject_id AND i.parent_id = p.encounter_id
+                  LEFT JOIN (SELECT subject_id, encounter_id, MIN(onset_t) AS onset_t FROM aki_episodes
+                             GROUP BY subject_id, encounter_id) a
+                    ON a.subject_id = p.subject_id AND a.encounter_id = p.encounter_id
+                  LEFT JOIN (SELECT subject_id, encounter_id, context, MIN({d.epoch('ctx_time')}) AS ctx_t
+                             FROM enc_ctx WHERE ctx_time IS NOT NULL GROUP BY subject_id, encounter_id, context) c
+                    ON c.subject_id = p.subject_id AND c.encounter_id = p.encounter_id AND c.context = p.context
+                 ) x WHERE x.anchor_t IS NOT NULL"""),
+        # the patient's results inside each window (by time, whichever encounter they were filed under)
+        Stage("ev_window", """
+            SELECT DISTINCT a.subject_id, a.encounter_id, a.context, a.study_id, a.pick, a.anchor_t,
+                   e.t, e.time, e.value
+            FROM ev_anchor a JOIN ev_named e ON e.subject_id = a.subject_id AND e.analyte = a.analyte
+              AND e.t >= a.lo AND e.t <= a.hi AND e.value IS NOT NULL"""),
+        # the value each rule picks; ties: the earlier result, then the lower value (engine/risk.py)
+        Stage("ev_exposure", f"""
+            SELECT subject_id, encounter_id, context, study_id, value, time AS value_time FROM (
+              SELECT w.*, ROW_NUMBER() OVER (PARTITION BY subject_id, encounter_id, context, study_id ORDER BY
+                  CASE pick WHEN 'first' THEN t WHEN 'last' THEN -t WHEN 'nearest' THEN ABS(t - anchor_t)
+                            ELSE 0 END,
+                  CASE pick WHEN 'nearest' THEN t ELSE 0 END,
+                  value, t) AS rn
+              FROM ev_window w WHERE pick <> 'median') x WHERE rn = 1
+            UNION ALL
+            SELECT subject_id, encounter_id, context, study_id, {d.median('value')}, CAST(NULL AS TIMESTAMP)
+            FROM ev_window WHERE pick = 'median' GROUP BY subject_id, encounter_id, context, study_id"""),
         Stage("evidence_flags", """
-            SELECT m.subject_id, m.encounter_id, s.study_id, s.context, s.timing, m.analyte,
-                   x.value AS value_canonical, x.value * s.to_study_unit AS value_study_unit, s.unit,
+            SELECT m.subject_id, m.encounter_id, s.study_id, s.context, s.exposure_time, s.analyte,
+                   m.value AS value_canonical, m.value_time, m.value * s.to_study_unit AS value_study_unit, s.unit,
                    s.label, s.effect, s.citation, s.doi
-            FROM enc_mg_post m JOIN studies s ON s.context = m.context AND s.analyte = m.analyte
-            JOIN (SELECT subject_id, encounter_id, context, analyte, 'first' AS pick, first_value AS value
-                  FROM enc_mg_post
-                  UNION ALL SELECT subject_id, encounter_id, context, analyte, 'median', median_value
-                  FROM enc_mg_post
-                  UNION ALL SELECT subject_id, encounter_id, context, analyte, 'after_context',
-                  first_after_ctx_value FROM enc_mg_post) x
-              ON x.subject_id = m.subject_id AND x.encounter_id = m.encounter_id AND x.context = m.context
-              AND x.analyte = m.analyte AND x.pick = s.pick AND x.value IS NOT NULL
+            FROM ev_exposure m JOIN studies s ON s.study_id = m.study_id AND s.context = m.context
             WHERE (NOT s.requires_aki OR EXISTS (SELECT 1 FROM aki_episodes a
                    WHERE a.subject_id = m.subject_id AND a.encounter_id = m.encounter_id))
-              AND (s.lower IS NULL OR (CASE WHEN s.lower_exclusive THEN x.value * s.to_study_unit > s.lower
-                                            ELSE x.value * s.to_study_unit >= s.lower END))
-              AND (s.upper IS NULL OR (CASE WHEN s.upper_inclusive THEN x.value * s.to_study_unit <= s.upper
-                                            ELSE x.value * s.to_study_unit < s.upper END))""", output=True),
+              AND (s.lower IS NULL OR (CASE WHEN s.lower_exclusive THEN m.value * s.to_study_unit > s.lower
+                                            ELSE m.value * s.to_study_unit >= s.lower END))
+              AND (s.upper IS NULL OR (CASE WHEN s.upper_inclusive THEN m.value * s.to_study_unit <= s.upper
+                                            ELSE m.value * s.to_study_unit < s.upper END))""", output=True),
     ]
 
 

@@ -90,7 +90,8 @@ def _uniform_noise(rng: np.random.Generator, half: F | float, n: int) -> F:
 
 def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1, 1, tzinfo=UTC), *,
              events_per_patient: float | None = None, params: SynthParams | None = None,
-             plant_mg_aki: bool = False, plant_mg_predictive: bool | None = None) -> Cohort:
+             plant_mg_aki: bool = False, plant_mg_predictive: bool | None = None,
+             plant_repletion: bool = False) -> Cohort:
     """A deterministic synthetic cohort of ``n_patients`` admissions (one per patient).
 
     ``plant_mg_aki`` makes the AKI odds depend on the admission-Mg band with the
@@ -99,6 +100,12 @@ def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1,
     creatinine); ``False`` plants the null (falls at random times, Mg independent of AKI); ``None``
     (default) leaves the generator as it is. Both planted modes switch off every other Mg-AKI link
     (``planted_mg_predictive`` in the parameter file, docs/research.md#prediction).
+    ``plant_repletion`` plants the target trial of Mg repletion (``planted_repletion``,
+    docs/research.md#target-trial): a share of admissions has hypomagnesaemia at admission; IV MgSO4
+    after the first low value is given with a probability that rises with severity (sepsis, CKD, the
+    Mg deficit, age: confounding by indication), and AKI within the follow-up has, for the same
+    severity, the planted risk ratio under treatment (the same ratio for every patient, so the
+    marginal risk ratio is the planted one). Truth columns give both risks of each admission.
 
     ``start`` is the earliest admission (naive values are taken as UTC); admissions
     spread over ``admission_spread_days``. ``events_per_patient`` (default from the
@@ -116,13 +123,19 @@ def generate(n_patients: int, seed: int = 0, start: datetime = datetime(2024, 1,
             raise ValueError("plant_mg_predictive needs a planted_mg_predictive section in the synth parameters")
         if plant_mg_aki:
             raise ValueError("plant_mg_aki and plant_mg_predictive cannot be combined (each plants its own Mg)")
-    return _Generator(n_patients, seed, start, p, events_per_patient, plant_mg_aki, plant_mg_predictive).run()
+    if plant_repletion:
+        if p.planted_repletion is None:
+            raise ValueError("plant_repletion needs a planted_repletion section in the synth parameters")
+        if plant_mg_aki or plant_mg_predictive is not None:
+            raise ValueError("plant_repletion cannot be combined with another planted mode (each plants its own Mg)")
+    return _Generator(n_patients, seed, start, p, events_per_patient, plant_mg_aki, plant_mg_predictive,
+                      plant_repletion).run()
 
 
 class _Generator:
     def __init__(self, n: int, seed: int, start: datetime, p: SynthParams, target: float | None,
-                 plant: bool = False, predictive: bool | None = None) -> None:
-        self.n, self.seed, self.p, self.plant, self.pred = n, seed, p, plant, predictive
+                 plant: bool = False, predictive: bool | None = None, repletion: bool = False) -> None:
+        self.n, self.seed, self.p, self.plant, self.pred, self.rep = n, seed, p, plant, predictive, repletion
         self.rng = np.random.default_rng(seed)
         self.kb = load()
         self.start_s = int((start - datetime(1970, 1, 1)).total_seconds())  # noqa: DTZ001 (naive UTC epoch)
@@ -228,12 +241,16 @@ class _Generator:
         self.fall_end = self.fall_start + p.draw(rng, "mg_fall_h", n)
         if self.plant:
             self._plant_admission_mg()
+        if self.rep:
+            self._plant_repletion_plan()
         if self.pred is not None:  # Mg independent of AKI except the planted falls (see _plant_predictive)
             self.hypo = self.hypo_adm = self.hypo_fall = np.zeros(n, bool)
         self.coupled = self.hypo & (rng.random(n) < p.value("coupled_share"))
         self.k0 = p.draw(rng, "potassium_baseline", n)
         self.ca0 = p.draw(rng, "calcium_baseline", n)
         self.alb0 = p.draw(rng, "albumin_baseline", n)
+        if self.rep:  # the negative-control outcome (low albumin) shares the confounders, not the treatment
+            self.alb0 = np.clip(self.alb0 + self.alb_shift, *p.bounds("albumin_baseline"))
         self.phos0 = p.draw(rng, "phosphate_baseline", n)
         self.ph0 = p.draw(rng, "ph_baseline", n)
         self.ica_frac = p.draw(rng, "ionized_calcium_fraction", n)
@@ -242,7 +259,7 @@ class _Generator:
         # prophylactic MgSO4 at ICU admission after cardiac surgery (not to planted hypo: see docs)
         self.prophylaxis = (self._is("cardiac-surgery") & self.icu & ~self.hypo
                             & (rng.random(n) < p.value("mgso4_cardiac_prophylaxis_prob")))
-        if self.pred is not None:  # prophylaxis would tie Mg to the cardiac-surgery context (an AKI risk)
+        if self.pred is not None or self.rep:  # prophylaxis would tie Mg to the cardiac-surgery context (an AKI risk)
             self.prophylaxis = np.zeros(n, bool)
         self.proph_infusion = p.draw(rng, "mgso4_infusion_h", n)
         labels, idx = p.categorical(rng, "mgso4_dose_g", n)
@@ -279,6 +296,37 @@ class _Generator:
         self.mg0 = self.mg_adm
         self.mg_nadir = np.where(self.hypo, self.mg_adm, self.mg_nadir)
 
+    def _severity(self) -> dict[str, F]:
+        """The planted confounders of repletion and AKI, each as the term its coefficient multiplies."""
+        deficit = np.maximum(self.kb.magnesium.reference_range.low - self.mg_nadir, 0.0) / 0.1  # per 0.1 mg/dL
+        c = self.kb.coefficient  # CKD-EPI 2021 of the true baseline creatinine (engine.kidney.ckd_epi_2021)
+        kappa = np.where(self.female, c("ckdepi_kappa_female"), c("ckdepi_kappa_male"))
+        alpha = np.where(self.female, c("ckdepi_alpha_female"), c("ckdepi_alpha_male"))
+        r = self.cr_base / kappa
+        egfr = (c("ckdepi_const") * np.minimum(r, 1.0) ** alpha * np.maximum(r, 1.0) ** c("ckdepi_exp_high")
+                * c("ckdepi_age_base") ** self.age * np.where(self.female, c("ckdepi_female"), 1.0))
+        return {"intercept": np.ones(self.n), "sepsis": self._is("sepsis").astype(float),
+                "egfr10": (egfr - 90.0) / 10.0, "mg_deficit": deficit, "age10": (self.age - 60.0) / 10.0}
+
+    def _plant_repletion_plan(self) -> None:
+        """Admission hypomagnesaemia in a share of admissions; who is treated, by severity (own random stream)."""
+        pr = self.p.planted_repletion
+        assert pr is not None
+        rng = np.random.default_rng([self.seed, 0x4E9])
+        self.hypo = self.hypo_adm = rng.random(self.n) < pr.hypo_share
+        self.hypo_fall = np.zeros(self.n, bool)
+        sev = self._severity()
+        lin = sum(pr.treat_logit[k] * sev[k] for k in pr.treat_logit)
+        self.rep_prob = 1.0 / (1.0 + np.exp(-lin))
+        self.rep_treat = self.hypo & (rng.random(self.n) < self.rep_prob)
+        self.rep_delay = rng.uniform(*pr.delay_h, self.n)
+        lin0 = sum(pr.aki_logit[k] * sev[k] for k in pr.aki_logit)
+        self.risk0 = 1.0 / (1.0 + np.exp(-lin0))
+        self.risk1 = self.risk0 * pr.risk_ratio
+        self.rep_u = rng.random(self.n)  # the AKI draw: treated if u < risk1, untreated if u < risk0
+        self.rep_onset = rng.uniform(*pr.onset_h, self.n)
+        self.alb_shift = pr.albumin_shift * (sev["sepsis"] - sev["egfr10"] / 3.0)
+
     def _plant_predictive(self) -> None:
         """Planted Mg falls: before AKI onset (signal) or at random times for anyone (null)."""
         pp = self.p.planted_mg_predictive
@@ -308,9 +356,14 @@ class _Generator:
             prob = np.where(self.nephrotoxic, prob * p.value("aki_rr_nephrotoxic"), prob)
             prob = np.minimum(prob, p.value("aki_prob_max"))
         self.aki = ~self.ckd_high & (rng.random(n) < prob)
+        if self.rep:  # eligible (hypomagnesaemic) admissions: the planted risks, treated or not
+            planted = np.where(self.rep_treat, self.rep_u < self.risk1, self.rep_u < self.risk0)
+            self.aki = np.where(self.hypo, ~self.ckd_high & planted, self.aki)
         labels, idx = p.categorical(rng, "aki_stage", n)
         stage = np.where(self.aki, np.array([int(x) for x in labels])[idx], 0)
         self.olig = self.aki & self.icu & (rng.random(n) < p.value("oliguric_share_icu"))
+        if self.rep:  # planted onsets are creatinine onsets at planted times
+            self.olig &= ~self.hypo
         cr_aki = self.aki & ~self.olig
         # --- creatinine course
         ratio = np.select([stage == 1, stage == 2, stage == 3],
@@ -323,6 +376,8 @@ class _Generator:
         self.peak = np.where(cr_aki, peak, self.cr_base)
         ref = np.where(self._is("none") | self._is("sepsis"), 0.0, self.exposure_h)
         self.onset_h = ref + self._by_range("aki_onset_h")
+        if self.rep:
+            self.onset_h = np.where(self.hypo, self.rep_onset, self.onset_h)
         self.rise_h = p.draw(rng, "creatinine_rise_h", n)
         self.plateau_h = p.draw(rng, "creatinine_plateau_h", n)
         self.rrt = cr_aki & (self.stage_cr == 3) & (rng.random(n) < p.value("rrt_share_stage3"))
@@ -447,8 +502,12 @@ class _Generator:
         # Mg panel: magnesium, phosphate; schedules by risk, planted gaps removed
         # planted predictive mode: one schedule for all, so how often Mg is measured says nothing about risk
         hr = self.high_risk if self.pred is None else np.ones(n, bool)
-        e1, t1 = _schedule(rng, np.flatnonzero(~hr), zero[~hr], self.los_h[~hr], *p.bounds("mg_interval_h"), 2.0)
-        e2, t2 = _schedule(rng, np.flatnonzero(hr), zero[hr], self.los_h[hr], *p.bounds("mg_interval_high_risk_h"),
+        # planted repletion: the admission Mg follows the admission chemistry (first draws within 2 h), so the
+        # creatinine the trial adjusts for is measured before time zero
+        after = self.p.planted_repletion.first_mg_after_h if self.rep and self.p.planted_repletion else 0.0
+        mg0_t = zero + after
+        e1, t1 = _schedule(rng, np.flatnonzero(~hr), mg0_t[~hr], self.los_h[~hr], *p.bounds("mg_interval_h"), 2.0)
+        e2, t2 = _schedule(rng, np.flatnonzero(hr), mg0_t[hr], self.los_h[hr], *p.bounds("mg_interval_high_risk_h"),
                            2.0)
         e, t = np.concatenate([e1, e2]), np.concatenate([t1, t2])
         order = _order(e, np.floor(t * _H).astype(np.int64))
@@ -506,6 +565,9 @@ class _Generator:
         self.repl_t = np.full(self.n, np.nan)
         self.repl_on[first_enc] = True
         self.repl_t[first_enc] = t[low[first]] + self.repl_delay[first_enc]
+        if self.rep:  # only the planted treated get MgSO4, after their planted delay
+            self.repl_on &= self.rep_treat
+            self.repl_t = np.where(self.repl_on, self.repl_t - self.repl_delay + self.rep_delay, np.nan)
         late = self.repl_on & (self.repl_t + self.repl_infusion >= self.los_h)
         self.repl_on &= ~late  # no dose after discharge
         self.repl_t = np.where(self.repl_on, self.repl_t, np.nan)
@@ -772,7 +834,7 @@ class _Generator:
             "k_ca_coupled": pa.array(self.coupled),
             "mg_monitoring_gap": pa.array(self.gap), "mg_gap_start": ts(self.gap_start, self.gap),
             "mg_gap_end": ts(self.gap_end, self.gap),
-            **self._planted_truth(), **self._predictive_truth(ts),
+            **self._planted_truth(), **self._predictive_truth(ts), **self._repletion_truth(),
         }).slice(0, n)
 
     def _predictive_truth(self, ts: Any) -> dict[str, pa.Array]:
@@ -780,6 +842,13 @@ class _Generator:
             return {}
         return {"mg_fall_planted": pa.array(self.pf_on), "mg_fall_planted_start": ts(self.pf_start, self.pf_on),
                 "mg_fall_planted_drop": pa.array(self.pf_drop, mask=~self.pf_on)}
+
+    def _repletion_truth(self) -> dict[str, pa.Array]:
+        if not self.rep:
+            return {}
+        return {"repletion_eligible": pa.array(self.hypo), "repletion_treated": pa.array(self.repl_on),
+                "repletion_probability": pa.array(self.rep_prob), "aki_risk_untreated": pa.array(self.risk0),
+                "aki_risk_treated": pa.array(self.risk1)}
 
     def _planted_truth(self) -> dict[str, pa.Array]:
         if not self.plant:

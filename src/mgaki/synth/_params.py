@@ -18,7 +18,8 @@ from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Cited, Strict
 from mgaki.units import normalize_unit
 
-__all__ = ["DrugSpec", "Param", "PlantedBand", "PlantedMgAki", "Site", "SiteUnit", "SynthParams", "load_params"]
+__all__ = ["DrugSpec", "Param", "PlantedBand", "PlantedMgAki", "PlantedRepletion", "Site", "SiteUnit", "SynthParams",
+           "load_params"]
 
 Kind = Literal["value", "uniform", "normal", "lognormal", "categorical", "by", "by_range", "range"]
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -140,6 +141,33 @@ class PlantedMgPredictive(Cited):
         return self
 
 
+_SEVERITY = {"intercept", "sepsis", "egfr10", "mg_deficit", "age10"}
+
+
+class PlantedRepletion(Cited):
+    """Opt-in (generate(..., plant_repletion=True)): the target trial of IV MgSO4 for hypomagnesaemia."""
+
+    hypo_share: float  # admissions with hypomagnesaemia at admission
+    treat_logit: dict[str, float]  # log-odds of IV MgSO4 after the low value: intercept + severity terms
+    aki_logit: dict[str, float]  # log-odds of AKI in the follow-up without treatment
+    risk_ratio: float  # AKI risk with treatment / without, the same for every admission
+    delay_h: tuple[float, float]  # MgSO4 start after the first low Mg result, uniform
+    onset_h: tuple[float, float]  # AKI onset after admission start, uniform (after any planted dose)
+    first_mg_after_h: float  # Mg draws start this many hours after admission (after the first chemistry)
+    albumin_shift: float  # g/dL added to albumin per severity unit (sepsis; eGFR 30 below 90): negative control
+
+    @model_validator(mode="after")
+    def _valid(self) -> PlantedRepletion:
+        for name in ("treat_logit", "aki_logit"):
+            if set(getattr(self, name)) != _SEVERITY:
+                raise ValueError(f"planted_repletion: {name} must name exactly {sorted(_SEVERITY)}")
+        if not 0.0 < self.hypo_share <= 1.0 or not 0.0 < self.risk_ratio <= 1.0:
+            raise ValueError("planted_repletion: hypo_share and risk_ratio must lie in (0, 1]")
+        if self.onset_h[0] <= self.first_mg_after_h + 2.0 + self.delay_h[1]:  # first Mg within 2 h of its start
+            raise ValueError("planted_repletion: AKI onsets must follow every planted dose")
+        return self
+
+
 class SynthParams(Strict):
     version: str
     sites: tuple[Site, ...]
@@ -148,6 +176,7 @@ class SynthParams(Strict):
     params: tuple[Param, ...]
     planted_mg_aki: PlantedMgAki | None = None
     planted_mg_predictive: PlantedMgPredictive | None = None
+    planted_repletion: PlantedRepletion | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SynthParams:

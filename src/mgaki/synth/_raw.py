@@ -137,7 +137,8 @@ def to_raw(cohort: Cohort, unit_mix: bool = True, *, dirty_fraction: float | Non
             "kind": t["encounters"].column("kind"), "start": _text_time(t["encounters"].column("start")),
             "end": _text_time(t["encounters"].column("end")), "parent_id": t["encounters"].column("parent_id"),
             "source": t["encounters"].column("source")}, schema=RAW["encounters"]),
-        "subjects": t["subjects"].cast(RAW["subjects"]),
+        "subjects": t["subjects"].append_column("birth_date", pa.nulls(t["subjects"].num_rows, pa.string())),
+
         "contexts": pa.table({
             "subject_id": t["contexts"].column("subject_id"), "encounter_id": t["contexts"].column("encounter_id"),
             "time": _text_time(t["contexts"].column("time")), "context": t["contexts"].column("context"),

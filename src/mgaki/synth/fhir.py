@@ -94,21 +94,27 @@ class BundleBuilder:
         return self
 
     def med(self, name: str, rxcui: str | None = None, kind: str = "MedicationRequest",
-            hours: float = 0.0, status: str = "active", dose_g: float | None = None) -> BundleBuilder:
+            hours: float = 0.0, status: str = "active", dose_g: float | None = None,
+            dose: tuple[float, str] | None = None, time: str | None = None) -> BundleBuilder:
+        """A medication resource; ``dose_g`` a UCUM ``g`` dose, ``dose`` (value, unit text) a dose as an
+        eMAR writes it (``(2, "gm")``: unit text only, no UCUM code); ``time`` replaces ``hours``."""
         concept: dict[str, Any] = {"text": name}
         if rxcui:
             concept["coding"] = [{"system": RXNORM, "code": rxcui, "display": name}]
         res: dict[str, Any] = {"resourceType": kind, "id": self._id("med"), "status": status,
                                "subject": self._subject(), "medicationCodeableConcept": concept}
+        when = time or at(hours)
         if kind == "MedicationRequest":
-            res.update(intent="order", authoredOn=at(hours))
+            res.update(intent="order", authoredOn=when)
         elif kind == "MedicationAdministration":
             res["status"] = "completed" if status == "active" else status
-            res["effectiveDateTime"] = at(hours)
+            res["effectiveDateTime"] = when
             if dose_g is not None:
                 res["dosage"] = {"dose": {"value": dose_g, "unit": "g", "system": UCUM, "code": "g"}}
+            elif dose is not None:
+                res["dosage"] = {"dose": {"value": dose[0], "unit": dose[1]}}
         else:
-            res["effectiveDateTime"] = at(hours)
+            res["effectiveDateTime"] = when
         self._add(res)
         return self
 
@@ -119,12 +125,31 @@ class BundleBuilder:
         self._add({"resourceType": "Condition", "id": self._id("cond"), "subject": self._subject(), "code": code})
         return self
 
-    def encounter(self, hours: float, icu: bool = True) -> BundleBuilder:
-        """An inpatient stay starting at ``hours`` (in progress): an ICU or a medical ward stay."""
-        self._add({"resourceType": "Encounter", "id": self._id("enc"), "status": "in-progress",
-                   "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "ACUTE",
-                             "display": "inpatient acute"},
-                   "type": [{"text": "Intensive care unit stay" if icu else "Medical ward stay"}],
+    def encounter(self, hours: float, icu: bool = True, end_hours: float | None = None, eid: str | None = None,
+                  part_of: str | None = None) -> BundleBuilder:
+        """An inpatient stay starting at ``hours`` (in progress unless ``end_hours``): an ICU or a medical ward
+        stay. ``eid`` names it; an ICU stay ``part_of`` an admission carries mgaki's kind coding, as the
+        FHIR writer exports ICU stays (docs/adapters/fhir.md)."""
+        period = {"start": at(hours)} | ({"end": at(end_hours)} if end_hours is not None else {})
+        kind: dict[str, Any] = {"text": "Intensive care unit stay" if icu else "Medical ward stay"}
+        if icu and part_of:
+            kind["coding"] = [{"system": "urn:mgaki:encounter-kind", "code": "icu"}]
+        res: dict[str, Any] = {
+            "resourceType": "Encounter", "id": eid or self._id("enc"),
+            "status": "in-progress" if end_hours is None else "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "ACUTE",
+                      "display": "inpatient acute"},
+            "type": [kind], "subject": self._subject(), "period": period}
+        if part_of:
+            res["partOf"] = {"reference": f"Encounter/{part_of}"}
+        self._add(res)
+        return self
+
+    def context(self, context: str, hours: float) -> BundleBuilder:
+        """A clinical context recorded at ``hours`` (e.g. ``cardiac-surgery`` at the operation): an active Flag
+        with the ``urn:mgaki:context`` coding, as mgaki's FHIR writer exports contexts."""
+        self._add({"resourceType": "Flag", "id": self._id("flag"), "status": "active",
+                   "code": {"coding": [{"system": "urn:mgaki:context", "code": context}]},
                    "subject": self._subject(), "period": {"start": at(hours)}})
         return self
 
