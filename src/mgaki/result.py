@@ -95,6 +95,8 @@ class KidneyResult(Out):
     crcl_note: str | None
     kinetic_egfr: float | None
     rrt: bool
+    status: str | None = None  # set when KDIGO staging does not apply (maintenance dialysis), in words
+    maintenance_dialysis: list[str] = []  # what showed maintenance dialysis, each naming its source
 
 
 class Dose(Out):

@@ -29,6 +29,7 @@ from mgaki.adapters.maps import CodeMapFile, load_map
 from mgaki.errors import InputError, UnitError
 from mgaki.events.normalize import connect
 from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
+from mgaki.knowledge import load
 from mgaki.units import factor, normalize_unit
 
 __all__ = ["FILES", "read_mimic", "write_mimic"]
@@ -37,6 +38,7 @@ __all__ = ["FILES", "read_mimic", "write_mimic"]
 FILES: dict[str, tuple[str, ...]] = {
     "hosp/patients": ("subject_id", "gender", "anchor_age", "anchor_year"),
     "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime"),
+    "hosp/diagnoses_icd": ("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"),
     "hosp/labevents": ("labevent_id", "subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum",
                        "valueuom"),
     "hosp/omr": ("subject_id", "chartdate", "seq_num", "result_name", "result_value"),
@@ -210,7 +212,24 @@ _CONTEXTS_SQL = """
 SELECT s.subject_id, s.stay_id AS encounter_id, s.intime AS time, m.target AS context,
        'icustays:stay_id=' || coalesce(s.stay_id, '') AS source
 FROM src_icustays s JOIN codemap m ON m.tbl = 'icustays' AND m.maps_to = 'context'
+UNION ALL
+-- maintenance dialysis from the admission's diagnoses (kidney.yaml codes): billing codes are assigned at
+-- discharge, so the context is placed at the admission's start (a chronic state present on admission)
+SELECT d.subject_id, d.hadm_id, a.admittime, k.context,
+       'diagnoses_icd:hadm_id=' || d.hadm_id || ',icd_code=' || d.icd_code || ',icd_version=' || d.icd_version
+FROM src_diagnoses_icd d JOIN dialysis_codes k ON k.icd_version = d.icd_version
+     AND k.code = upper(replace(d.icd_code, '.', ''))
+LEFT JOIN src_admissions a ON a.hadm_id = d.hadm_id
 """
+
+
+def _dialysis_codes() -> pa.Table:
+    """ICD-9-CM / ICD-10-CM codes of maintenance dialysis (kidney.yaml) as MIMIC writes them: no dot."""
+    md = load().kidney.maintenance_dialysis
+    versions = {"http://hl7.org/fhir/sid/icd-9-cm": "9", "http://hl7.org/fhir/sid/icd-10-cm": "10"}
+    rows = [(versions[c.system], c.code.replace(".", "").upper()) for c in md.codes if c.system in versions]
+    return pa.table({"icd_version": [r[0] for r in rows], "code": [r[1] for r in rows],
+                     "context": [md.context] * len(rows)})
 
 
 def read_mimic(root: Path, codes: CodeMapFile | None = None) -> dict[str, pa.Table]:
@@ -221,6 +240,7 @@ def read_mimic(root: Path, codes: CodeMapFile | None = None) -> dict[str, pa.Tab
         _register_sources(con, Path(root))
         con.register("codemap", _codemap_table(codes))
         con.register("dose_units", _dose_units(con))
+        con.register("dialysis_codes", _dialysis_codes())
         sql = {"events": _EVENTS_SQL, "medications": _MEDS_SQL, "encounters": _ENCOUNTERS_SQL,
                "subjects": _SUBJECTS_SQL, "contexts": _CONTEXTS_SQL}
         return {name: con.sql(q).to_arrow_table().rename_columns(RAW[name].names).cast(RAW[name])
@@ -246,7 +266,8 @@ def _check_writable(con: duckdb.DuckDBPyConnection) -> None:
                        "WHERE maps_to = 'encounter_kind')",
                        "encounter kind(s) MIMIC-IV cannot hold (admissions and ICU stays only): {}"),
         "contexts": ("SELECT DISTINCT context FROM w_contexts WHERE context NOT IN (SELECT target FROM codemap "
-                     "WHERE maps_to = 'context')",
+                     "WHERE maps_to = 'context') AND context NOT IN (SELECT context FROM dialysis_codes) "
+                     "OR (context IN (SELECT context FROM dialysis_codes) AND encounter_id IS NULL)",
                      "context(s) MIMIC-IV does not record (the reader derives 'icu' from ICU stays); "
                      "drop them before writing: {}"),
         "deaths": ("SELECT DISTINCT subject_id FROM death_route WHERE hadm_id IS NULL",
@@ -326,6 +347,7 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                    CASE WHEN "end" IS NULL THEN 'emar' ELSE 'prescriptions' END AS tbl
             FROM w_medications
         """)
+        con.register("dialysis_codes", _dialysis_codes())
         _check_writable(con)
         ts = f"strftime({{}}, {_TS})"
         _copy(con, root, "hosp/patients", """
@@ -347,6 +369,13 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                    {ts.format('"end"')} AS outtime
             FROM w_encounters WHERE kind = (SELECT target FROM codemap WHERE tbl = 'icustays'
                                             AND maps_to = 'encounter_kind')""")
+        # maintenance dialysis -> a dependence-on-dialysis diagnosis of the admission (ICU stay: its parent)
+        _copy(con, root, "hosp/diagnoses_icd", """
+            SELECT c.subject_id, coalesce(e.parent_id, c.encounter_id) AS hadm_id,
+                   row_number() OVER (PARTITION BY coalesce(e.parent_id, c.encounter_id) ORDER BY c.time) AS seq_num,
+                   (SELECT max(code) FROM dialysis_codes WHERE icd_version = '10') AS icd_code, '10' AS icd_version
+            FROM w_contexts c LEFT JOIN w_encounters e ON e.encounter_id = c.encounter_id AND e.parent_id IS NOT NULL
+            WHERE c.context IN (SELECT context FROM dialysis_codes)""")
         _copy(con, root, "hosp/labevents", f"""
             SELECT rid AS labevent_id, subject_id, encounter_id AS hadm_id, itemid, {ts.format('time')} AS charttime,
                    numeric_value AS value, numeric_value AS valuenum, unit AS valueuom

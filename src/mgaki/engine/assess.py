@@ -270,6 +270,9 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
 def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: datetime | None,
             out: _Out, pediatric: bool) -> tuple[KidneyResult, KidneyState]:
     cr = rec.series("creatinine")
+    dialysis = kd.maintenance_dialysis(kb, rec, frozenset(opts.contexts) | rec.contexts, now)
+    if dialysis:
+        return _on_maintenance_dialysis(kb, out, cr, dialysis)
     height = rec.latest("height")
     peds_height = height.value if (pediatric and height) else None
     stages = kd.stage_creatinine(kb, [(m.time, m.value) for m in cr],
@@ -345,6 +348,27 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     return result, KidneyState(egfr=dosing_gfr, crcl=crcl, aki_stage=stage,
                                creatinine_mg_dl=last.value if last else None,
                                rrt=bool(rec.rrt_times), anuric=anuric, egfr_label=label)
+
+
+def _on_maintenance_dialysis(kb: KnowledgeBase, out: _Out, cr: tuple[Measurement, ...],
+                             reasons: tuple[str, ...]) -> tuple[KidneyResult, KidneyState]:
+    """ESKD on maintenance dialysis: no KDIGO stage, no eGFR/CrCl, dialysis hold rules for Mg."""
+    md = kb.kidney.maintenance_dialysis
+    last = cr[-1] if cr else None
+    out.add("maintenance_dialysis", "info",
+            f"{md.status} ({'; '.join(reasons)}). Creatinine reflects dialysis, not kidney function: "
+            "no eGFR or creatinine clearance, no renal dose adjustment by them",
+            [md.source, *([md.rrt_lookback_source] if any(r.startswith("RRT") for r in reasons) else [])])
+    result = KidneyResult(
+        aki_stage=0, criterion=None, onset=None, current_stage=0,
+        baseline=Baseline(value_mg_dl=None, method="not applicable: maintenance dialysis"),
+        creatinine_mg_dl=round(last.value, 3) if last else None,
+        creatinine_umol_l=round(convert(last.value, "creatinine", "mg/dL", "umol/L"), 1) if last else None,
+        egfr=None, egfr_note="not computed: ESKD on maintenance dialysis", crcl=None,
+        crcl_note="not computed: ESKD on maintenance dialysis", kinetic_egfr=None, rrt=True,
+        status=md.status, maintenance_dialysis=list(reasons))
+    return result, KidneyState(aki_stage=0, creatinine_mg_dl=last.value if last else None, rrt=True,
+                               maintenance_dialysis=True, egfr_label="eGFR (not applicable: dialysis)")
 
 
 def _pediatric_kidney_finding(kb: KnowledgeBase, out: _Out, age: float, height_cm: float | None,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mgaki.knowledge import KnowledgeBase
+from mgaki.knowledge.schema import DialysisCode
+from mgaki.record import PatientRecord
 
 # Float tolerances, shared with the SQL stages (surveillance/stages.py) so both decide alike.
 THRESHOLD_EPS = 1e-9  # a KDIGO comparison at exactly its threshold counts as met
@@ -29,7 +31,9 @@ __all__ = [
     "UrineStage",
     "ckd_epi_2021",
     "cockcroft_gault",
+    "dialysis_code",
     "kinetic_egfr",
+    "maintenance_dialysis",
     "schwartz_bedside",
     "stage_creatinine",
     "stage_urine_output",
@@ -193,6 +197,49 @@ def stage_urine_output(
             stage, crit = 3, f"anuria for {h_anuria:g} h"
         out.append(UrineStage(t, stage, crit, rate(h1), rate(h2), rate(h3)))
     return out
+
+
+def _code_key(system: str, code: str) -> tuple[str, str]:
+    """ICD codes are written with and without the dot (MIMIC: 'N186'): compare them without it."""
+    return system.strip(), code.replace(".", "").strip().upper()
+
+
+def dialysis_code(kb: KnowledgeBase, system: str, code: str) -> DialysisCode | None:
+    """The maintenance-dialysis code (kidney.yaml) a (system, code) pair is, if any."""
+    index = {_code_key(c.system, c.code): c for c in kb.kidney.maintenance_dialysis.codes}
+    return index.get(_code_key(system, code))
+
+
+def maintenance_dialysis(kb: KnowledgeBase, rec: PatientRecord, contexts: frozenset[str],
+                         now: datetime | None = None) -> tuple[str, ...]:
+    """What shows the patient is on maintenance dialysis (empty: nothing does), each naming its source.
+
+    Three sources, as the batch stage reads them (docs/kdigo.md#maintenance-dialysis): the context
+    (``--context``, a Flag, an adapter's diagnosis row); an active Condition coded as ESKD or dialysis
+    dependence (kidney.yaml ``maintenance_dialysis.codes``); an RRT session outside every hospital stay
+    within ``rrt_lookback_days`` before the current admission (outpatient dialysis).
+    """
+    md = kb.kidney.maintenance_dialysis
+    out: list[str] = []
+    if md.context in contexts:
+        out.append(f"context {md.context}")
+    for c in rec.conditions:
+        if not c.active:
+            continue
+        hit = next((h for s, k in c.codings if (h := dialysis_code(kb, s, k)) is not None), None)
+        if hit is not None:
+            out.append(f"{c.source_id}: {hit.display} ({hit.code})")
+    hospital = sorted((s for s in rec.stays if s.kind == "hospital" and (now is None or s.start <= now)),
+                      key=lambda s: s.start)
+    if hospital and rec.rrt_times:
+        admitted = hospital[-1].start
+        lookback = timedelta(days=md.rrt_lookback_days)
+        for t in sorted(rec.rrt_times):
+            inside = any(s.start <= t <= (s.end or t) for s in hospital)
+            if admitted - lookback <= t < admitted and not inside:
+                out.append(f"RRT session at {t.isoformat()} outside hospital before admission")
+                break
+    return tuple(out)
 
 
 def ckd_epi_2021(kb: KnowledgeBase, scr_mg_dl: float, age: float, female: bool) -> float:

@@ -255,7 +255,7 @@ def load() -> KnowledgeBase:
         "context": dict.fromkeys(sorted(
             {c for st in ev.studies for c in (*st.contexts, *st.not_in_contexts)}
             | {c for r in reg.regimens for c in r.contexts} | set(mg.high_risk_contexts)
-            | {d.context for d in drugs.drugs if d.context})),
+            | {d.context for d in drugs.drugs if d.context} | {kid.maintenance_dialysis.context})),
         "pk_model": _index(pk.models, "pk_model"),
         "pk_context": _index(pk.contexts, "pk_context"),
     }

@@ -440,9 +440,29 @@ class Coefficient(Cited):
     meaning: str
 
 
+class DialysisCode(Cited):
+    """A code that records end-stage kidney disease or dependence on maintenance dialysis."""
+
+    system: str  # FHIR system URI (ICD-9-CM, ICD-10-CM, SNOMED CT); dots in ICD codes are optional in data
+    code: str
+    display: str
+    meaning: Literal["eskd", "dialysis_dependence", "dialysis_encounter"]
+
+
+class MaintenanceDialysis(Cited):
+    """Maintenance dialysis (ESKD): KDIGO AKI staging does not apply (docs/kdigo.md#maintenance-dialysis)."""
+
+    context: str  # the clinical context adapters record for it (contexts table, --context)
+    status: str  # the status every output shows instead of a KDIGO stage
+    codes: tuple[DialysisCode, ...]
+    rrt_lookback_days: float  # an RRT session outside hospital this long before admission: chronic dialysis
+    rrt_lookback_source: Source
+
+
 class KidneyFile(Strict):
     version: str
     kdigo: tuple[Threshold, ...]
+    maintenance_dialysis: MaintenanceDialysis
     ckd_epi_2021: tuple[Coefficient, ...]
     cockcroft_gault: tuple[Coefficient, ...]
     kinetic_gfr: tuple[Coefficient, ...]

@@ -91,6 +91,32 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         FROM hosp h LEFT JOIN ev_named e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
              AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
         GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
+    # Maintenance dialysis (ESKD, docs/kdigo.md#maintenance-dialysis): KDIGO staging does not apply to the
+    # encounter. Evidence: a maintenance_dialysis context (a diagnosis, problem-list Condition or flag) of
+    # this encounter or recorded by its end, or an RRT session outside every hospital encounter within
+    # the look-back before admission (outpatient dialysis).
+    md = kb.kidney.maintenance_dialysis
+    md_ctx, md_back = md.context.replace("'", "''"), int(md.rrt_lookback_days * DAY)
+    vc = d.string_type
+    add("eskd_ev", f"""
+        SELECT c.subject_id, c.encounter_id AS c_enc, COALESCE({ep('c.time')}, ce.t0) AS ct,
+               'context ' || c.context || ' (' || COALESCE(c.source, 'no source') || ')' AS why
+        FROM contexts c LEFT JOIN hosp ce ON ce.subject_id = c.subject_id AND ce.encounter_id = c.encounter_id
+        WHERE c.context = '{md_ctx}'""")
+    add("eskd", f"""
+        SELECT subject_id, encounter_id, MIN(why) AS why FROM (
+          SELECT h.subject_id, h.encounter_id, x.why FROM hosp h JOIN eskd_ev x ON x.subject_id = h.subject_id
+            AND (x.c_enc = h.encounter_id OR x.ct IS NULL OR x.ct <= h.t1)
+          UNION ALL
+          SELECT h.subject_id, h.encounter_id,
+                 'RRT session outside hospital at ' || CAST(e.time AS {vc}) || ' (before admission)'
+          FROM hosp h JOIN ev_enc e ON e.subject_id = h.subject_id AND e.analyte = 'rrt'
+            AND e.encounter_id IS NULL AND e.t >= h.t0 - {md_back} AND e.t < h.t0) x
+        GROUP BY subject_id, encounter_id""")
+    # a value outside every encounter: not applicable once the patient is known to be on dialysis
+    add("eskd_subject", """
+        SELECT subject_id, MIN(ct) AS first_t, MAX(CASE WHEN ct IS NULL THEN 1 ELSE 0 END) AS timeless
+        FROM eskd_ev GROUP BY subject_id""")
     add("rrt_first", """
         SELECT subject_id, encounter_id, MIN(t) AS first_rrt_t FROM ev_enc
         WHERE analyte = 'rrt' AND encounter_id IS NOT NULL GROUP BY subject_id, encounter_id""")
@@ -99,10 +125,15 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # Identical results count once; the windows hold strictly earlier values (1 PRECEDING).
     cr = """
         SELECT DISTINCT c.subject_id, c.encounter_id, c.time, c.t, c.value,
-               b.preadmission_baseline AS baseline, r.first_rrt_t
+               b.preadmission_baseline AS baseline, r.first_rrt_t,
+               CASE WHEN x.encounter_id IS NOT NULL OR (c.encounter_id IS NULL AND s.subject_id IS NOT NULL
+                                                        AND (s.timeless = 1 OR s.first_t <= c.t))
+                    THEN 1 ELSE 0 END AS on_dialysis
         FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc WHERE analyte = 'creatinine') c
         LEFT JOIN baseline b ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
-        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id"""
+        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id
+        LEFT JOIN eskd x ON x.subject_id = c.subject_id AND x.encounter_id = c.encounter_id
+        LEFT JOIN eskd_subject s ON s.subject_id = c.subject_id"""
     # One statement from the windows to the stage (nested selects, no intermediate tables).
     win = f"""
         SELECT *,
@@ -133,13 +164,17 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                WHEN value / reference >= {ratio2} - {_EPS} THEN 2
                WHEN value / reference >= {ratio1} - {_EPS} THEN 1 ELSE 0 END AS ratio_stage
         FROM ({ref}) r"""
+    md_status = md.status.replace("'", "''")
     add("kdigo_creatinine", f"""
         SELECT subject_id, encounter_id, time, t, value, reference, reference_method,
                value / reference AS ratio, value - min48 AS rise_48h, recovery_baseline, recovery_baseline_method,
-          CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 3
+          CASE WHEN on_dialysis = 1 THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
+          CASE WHEN on_dialysis = 1 THEN NULL
+               WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 3
                WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')} THEN 3
                ELSE GREATEST(abs_stage, ratio_stage) END AS stage,
-          CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 'rrt'
+          CASE WHEN on_dialysis = 1 THEN NULL
+               WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 'rrt'
                WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')}
                     AND GREATEST(abs_stage, ratio_stage) < 3 THEN 'scr_ge_4_during_aki'
                WHEN ratio_stage > abs_stage THEN 'ratio_' || reference_method
@@ -220,20 +255,23 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
     k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
     add("kdigo_urine", f"""
-        SELECT subject_id, encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg,
+        SELECT u.subject_id, u.encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg,
                vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
                vol{k3} / weight_kg / {uo_h3} AS rate_{k3}h,
-          CASE WHEN weight_kg IS NULL THEN NULL
+          CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
+          CASE WHEN x.encounter_id IS NOT NULL OR weight_kg IS NULL THEN NULL
                WHEN w{ka} < {_VOL_EPS} THEN 3
                WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 3
                WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 2
                WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 1 ELSE 0 END AS stage,
-          CASE WHEN weight_kg IS NULL THEN 'no_weight'
+          CASE WHEN x.encounter_id IS NOT NULL THEN NULL
+               WHEN weight_kg IS NULL THEN 'no_weight'
                WHEN w{ka} < {_VOL_EPS} THEN 'anuria_{ka}h'
                WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
                WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
                WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
-        FROM uo_worst""", output=True)
+        FROM uo_worst u LEFT JOIN eskd x ON x.subject_id = u.subject_id AND x.encounter_id = u.encounter_id""",
+        output=True)
 
     # --- AKI episodes ------------------------------------------------------------------------
     # A creatinine stage holds until the next creatinine; a urine-output stage until the next
@@ -335,6 +373,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM (
           SELECT *, LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x
         WHERE stage_now <> COALESCE(prev_stage, 0)""", output=True)
+
+    # One row per hospital encounter: whether KDIGO staging applies, and why not.
+    add("kidney_status", f"""
+        SELECT h.subject_id, h.encounter_id,
+               CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
+               x.why AS status_evidence
+        FROM hosp h LEFT JOIN eskd x ON x.subject_id = h.subject_id AND x.encounter_id = h.encounter_id""",
+        output=True)
 
     # --- magnesium trajectories (C7) ----------------------------------------------------------
     chg = int(v("mg_change_window_hours") * H)
@@ -601,7 +647,12 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, '{sev['no_mg_48h']}',
                    'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
                    CAST(NULL AS DOUBLE)
-            FROM no_mg_cand) a""", output=True),
+            FROM no_mg_cand
+            UNION ALL
+            SELECT x.subject_id, x.encounter_id, 'kdigo_not_applicable', h.start, '{sev['kdigo_not_applicable']}',
+                   '{kb.kidney.maintenance_dialysis.status.replace("'", "''")} (' || x.why || ')', CAST(NULL AS DOUBLE)
+            FROM eskd x JOIN hosp h ON h.subject_id = x.subject_id AND h.encounter_id = x.encounter_id) a""",
+              output=True),
     ]
 
 
