@@ -78,7 +78,9 @@ class MagnesiumResult(Out):
 class Baseline(Out):
     value_mg_dl: float | None
     method: str
-    time: str | None = None
+    time: str | None = None  # the lowest value's time, or the latest value of a median
+    rule: str | None = None  # the baseline rule (kidney.yaml baseline_rules)
+    n_values: int | None = None  # values behind it (a median's count)
 
 
 class KidneyResult(Out):
@@ -97,6 +99,9 @@ class KidneyResult(Out):
     rrt: bool
     status: str | None = None  # set when KDIGO staging does not apply (maintenance dialysis), in words
     maintenance_dialysis: list[str] = []  # what showed maintenance dialysis, each naming its source
+    uo_weight_kg: float | None = None  # the weight urine output was staged with (engine.kidney.choose_weight)
+    uo_weight_source: str | None = None
+    uo_weights_rejected: list[str] = []  # weights set aside, each with its reason
 
 
 class Dose(Out):

@@ -173,10 +173,11 @@ def test_creatinine_series_of_a_known_patient(canon: dict[str, pa.Table]) -> Non
 def test_encounters_icu_stays_contexts_subjects(canon: dict[str, pa.Table]) -> None:
     enc = canon["encounters"].to_pylist()
     kinds = Counter(e["kind"] for e in enc)
-    assert kinds == {"inpatient": 49, "icu": 22}
+    assert kinds == {"inpatient": 49, "icu": 22, "emergency": 35}
     assert kinds["inpatient"] == sum(1 for _ in _csv_rows("hosp/admissions"))
+    assert kinds["emergency"] == sum(1 for r in _csv_rows("hosp/admissions") if r["edregtime"])  # ED stays
     hadm = {e["encounter_id"] for e in enc if e["kind"] == "inpatient"}
-    assert all(e["parent_id"] in hadm for e in enc if e["kind"] == "icu")
+    assert all(e["parent_id"] in hadm for e in enc if e["kind"] in ("icu", "emergency"))
     ctx = canon["contexts"].to_pylist()
     assert len(ctx) == 22 and {c["context"] for c in ctx} == {"icu"}
     subj = {s["subject_id"]: s for s in canon["subjects"].to_pylist()}

@@ -70,7 +70,7 @@ def _bedside_status(store: EventStore, kb: KnowledgeBase) -> dict[tuple[str, str
         rrt = con.sql("SELECT subject_id, time FROM events WHERE analyte = 'rrt'").to_arrow_table().to_pylist()
     finally:
         con.close()
-    hosp = [h for h in enc if not (h["kind"] == "icu" and h["parent_id"] is not None)]
+    hosp = [h for h in enc if not (h["kind"] in ("icu", "emergency") and h["parent_id"] is not None)]
     by_subject = defaultdict(list)
     for h in hosp:
         by_subject[h["subject_id"]].append(Stay("hospital", _utc(h["start"]), _utc(h["end"]), h["encounter_id"]))

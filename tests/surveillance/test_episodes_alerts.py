@@ -11,10 +11,10 @@ from mgaki.events import EventStore
 from mgaki.surveillance import SurveillanceResult, run
 
 
-def _run(tmp_path: Path, *patients: Patient) -> SurveillanceResult:
+def _run(tmp_path: Path, *patients: Patient, baseline_rule: str | None = None) -> SurveillanceResult:
     store = EventStore(tmp_path)
     store.append(tables(*patients))
-    return run(store)
+    return run(store, baseline_rule=baseline_rule)
 
 
 def _alerts(res: SurveillanceResult, kind: str) -> list[dict[str, object]]:
@@ -39,9 +39,10 @@ def test_episode_onset_peak_recovery_and_second_episode(tmp_path: Path) -> None:
 
 
 def test_preadmission_baseline_is_the_median_7_to_365_days_before(tmp_path: Path) -> None:
+    """The outpatient-median rule (issue 13.4 keeps it as a named option; the default is NHS England)."""
     p = Patient().ev("creatinine", (-24 * 200, 0.8), (-24 * 100, 1.0), (-24 * 30, 0.9), (-24 * 3, 5.0),
                      (2, 1.4), (30, 1.45))
-    res = _run(tmp_path, p)
+    res = _run(tmp_path, p, baseline_rule="outpatient_median")
     rows = {r["time"]: r for r in res.tables["kdigo_creatinine"].to_pylist()}
     # the value 3 days before admission is inside KDIGO's 7-day window, not part of the median
     assert rows[at(2)]["reference"] == pytest.approx(5.0 if False else 0.9)

@@ -37,7 +37,7 @@ __all__ = ["FILES", "read_mimic", "write_mimic"]
 # The files (module/table) and the columns the adapter reads; write_mimic writes exactly these.
 FILES: dict[str, tuple[str, ...]] = {
     "hosp/patients": ("subject_id", "gender", "anchor_age", "anchor_year"),
-    "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime"),
+    "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "edregtime", "edouttime"),
     "hosp/diagnoses_icd": ("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"),
     "hosp/labevents": ("labevent_id", "subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum",
                        "valueuom"),
@@ -193,7 +193,13 @@ WHERE NOT EXISTS (SELECT 1 FROM src_emar e WHERE e.hadm_id = r.hadm_id)
 _ENCOUNTERS_SQL = """
 SELECT a.subject_id, a.hadm_id AS encounter_id, m.target AS kind, a.admittime AS start, a.dischtime AS "end",
        NULL::VARCHAR AS parent_id, 'admissions:hadm_id=' || coalesce(a.hadm_id, '') AS source
-FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'encounter_kind'
+FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'encounter_kind' AND m.key IS NULL
+UNION ALL
+-- the emergency-department stay before the admission: its labs carry no hadm_id
+SELECT a.subject_id, a.hadm_id || '-ed', m.target, a.edregtime, coalesce(a.edouttime, a.admittime), a.hadm_id,
+       'admissions:hadm_id=' || a.hadm_id || ',edregtime'
+FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'encounter_kind' AND m.key = 'edregtime'
+WHERE a.edregtime IS NOT NULL AND a.hadm_id IS NOT NULL
 UNION ALL
 SELECT s.subject_id, s.stay_id, m.target, s.intime, s.outtime, s.hadm_id,
        'icustays:stay_id=' || coalesce(s.stay_id, '')
@@ -263,8 +269,10 @@ def _check_writable(con: duckdb.DuckDBPyConnection) -> None:
         "events": ("SELECT DISTINCT analyte FROM ev_route WHERE tbl IS NULL",
                    "analyte(s) with no MIMIC-IV item in adapters/maps/mimic_iv.yaml: {}"),
         "encounters": ("SELECT DISTINCT kind FROM w_encounters WHERE kind NOT IN (SELECT target FROM codemap "
-                       "WHERE maps_to = 'encounter_kind')",
-                       "encounter kind(s) MIMIC-IV cannot hold (admissions and ICU stays only): {}"),
+                       "WHERE maps_to = 'encounter_kind') OR (kind IN (SELECT target FROM codemap WHERE "
+                       "tbl = 'admissions' AND key = 'edregtime') AND parent_id IS NULL)",
+                       "encounter kind(s) MIMIC-IV cannot hold (admissions, ICU stays, and emergency-department "
+                       "stays that name their admission): {}"),
         "contexts": ("SELECT DISTINCT context FROM w_contexts WHERE context NOT IN (SELECT target FROM codemap "
                      "WHERE maps_to = 'context') AND context NOT IN (SELECT context FROM dialysis_codes) "
                      "OR (context IN (SELECT context FROM dialysis_codes) AND encounter_id IS NULL)",
@@ -336,7 +344,8 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
             FROM (SELECT * FROM w_events WHERE analyte = $death) d
             LEFT JOIN w_encounters icu ON icu.encounter_id = d.encounter_id AND icu.parent_id IS NOT NULL
             LEFT JOIN w_encounters a ON a.subject_id = d.subject_id AND a.parent_id IS NULL
-                 AND a.kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND maps_to = 'encounter_kind')
+                 AND a.kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND maps_to = 'encounter_kind'
+                                AND key IS NULL)
                  AND (a.encounter_id = coalesce(icu.parent_id, d.encounter_id)
                       OR d.time BETWEEN a.start AND coalesce(a."end", d.time))
             GROUP BY d.subject_id, d.time
@@ -359,11 +368,15 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                 GROUP BY s2.subject_id) y ON y.subject_id = s.subject_id AND s.birth_year IS NOT NULL""")
         _copy(con, root, "hosp/admissions", f"""
             SELECT e.subject_id, e.encounter_id AS hadm_id, {ts.format('e.start')} AS admittime,
-                   {ts.format('e."end"')} AS dischtime, {ts.format('d.time')} AS deathtime
+                   {ts.format('e."end"')} AS dischtime, {ts.format('d.time')} AS deathtime,
+                   {ts.format('ed.start')} AS edregtime, {ts.format('ed."end"')} AS edouttime
             FROM w_encounters e LEFT JOIN (SELECT hadm_id, min(time) AS time FROM death_route GROUP BY hadm_id) d
               ON d.hadm_id = e.encounter_id
+            LEFT JOIN (SELECT parent_id, min(start) AS start, max("end") AS "end" FROM w_encounters
+                       WHERE kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND key = 'edregtime')
+                       GROUP BY parent_id) ed ON ed.parent_id = e.encounter_id
             WHERE kind = (SELECT target FROM codemap WHERE tbl = 'admissions'
-                                            AND maps_to = 'encounter_kind')""")
+                                            AND maps_to = 'encounter_kind' AND key IS NULL)""")
         _copy(con, root, "icu/icustays", f"""
             SELECT subject_id, parent_id AS hadm_id, encounter_id AS stay_id, {ts.format('start')} AS intime,
                    {ts.format('"end"')} AS outtime

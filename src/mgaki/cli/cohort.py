@@ -144,12 +144,19 @@ def surveil_cmd(
     engine: Annotated[Engine, typer.Option(help="duckdb (incremental) | spark (recomputes everyone; "
                                                 "needs mgaki\\[spark] and Java)")] = Engine.duckdb,
     spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", help="Reference creatinine rule: nhs-england (default) | kdigo-7day | outpatient-median "
+                           "(kidney.yaml baseline_rules; a change recomputes everyone)")] = None,
+    baseline_sensitivity: Annotated[bool, typer.Option(
+        "--baseline-sensitivity", help="Also print AKI episodes by peak stage under every baseline rule")] = False,
 ) -> None:
     """KDIGO episodes, Mg trajectories, evidence flags and alerts for every encounter in the store."""
     from mgaki.events import EventStore
+    from mgaki.knowledge import load
     from mgaki.surveillance import surveil
 
     require_store(store)
+    rule = run_or_exit(lambda: load().baseline_rule(baseline).id)
     when = None
     if as_of:
         try:
@@ -167,11 +174,25 @@ def surveil_cmd(
             require_extra("spark", "surveil --engine spark")
             from mgaki.surveillance.spark import store_runner
             runner = store_runner(EventStore(store), spark_master)
-        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner)
+        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner, baseline_rule=rule)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    if baseline_sensitivity:
+        from mgaki.surveillance import baseline_sensitivity as sensitivity
+
+        print_baseline_sensitivity(sensitivity(EventStore(store), as_of=when))
     if out:
         for p in export_tables(res.tables, out, fmt):
             err.print(f"[dim]wrote {p}[/dim]")
+
+
+def print_baseline_sensitivity(tab: pa.Table) -> None:
+    t = Table(title="AKI episodes by baseline rule (kidney.yaml baseline_rules)")
+    for col in ("baseline rule", "episodes", "peak stage 1", "peak stage 2", "peak stage 3", "encounters with AKI"):
+        t.add_column(col, justify="left" if col == "baseline rule" else "right")
+    for r in tab.to_pylist():
+        t.add_row(r["baseline_rule"] + (" (default)" if r["default"] else ""), str(r["episodes"]),
+                  *(str(r[f"peak_stage_{k}"]) for k in (1, 2, 3)), str(r["encounters_with_aki"]))
+    console().print(t)
 
 
 def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
@@ -183,6 +204,13 @@ def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomp
     t.add_column("value", justify="right")
     t.add_row("subjects recomputed", "all" if recomputed < 0 else str(recomputed))
     t.add_row("encounters with Mg measured", str(traj.num_rows))
+    status = tables["kidney_status"].to_pylist() if "kidney_status" in tables else []
+    t.add_row("encounters not staged: maintenance dialysis",
+              str(sum(1 for r in status if r["kdigo_status"] != "applicable")))
+    rules = sorted({e["baseline_rule"] for e in eps if e.get("baseline_rule")})
+    t.add_row("baseline rule", ", ".join(rules) or "-")
+    if "uo_weight_rejected" in tables:
+        t.add_row("weights rejected for urine output", str(tables["uo_weight_rejected"].num_rows))
     t.add_row("AKI episodes", str(len(eps)))
     for s in (1, 2, 3):
         t.add_row(f"  peak stage {s}", str(sum(1 for e in eps if e["peak_stage"] == s)))
@@ -195,12 +223,13 @@ def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomp
         a.add_column("kind")
         a.add_column("critical", justify="right")
         a.add_column("warning", justify="right")
+        a.add_column("info", justify="right")
         counts: dict[str, dict[str, int]] = {}
         for r in new_alerts.select(["kind", "severity"]).to_pylist():
             counts.setdefault(r["kind"], {}).setdefault(r["severity"], 0)
             counts[r["kind"]][r["severity"]] += 1
         for kind, by in sorted(counts.items()):
-            a.add_row(kind, str(by.get("critical", 0)), str(by.get("warning", 0)))
+            a.add_row(kind, str(by.get("critical", 0)), str(by.get("warning", 0)), str(by.get("info", 0)))
         c.print(a)
 
 

@@ -37,6 +37,7 @@ class AssessOptions:
     jurisdiction: str = "us"
     now: datetime | None = None  # "as of" time; default: latest observation
     operation_hours: float | None = None  # intraoperative infusions run this long (default in regimens.yaml)
+    baseline_rule: str | None = None  # reference creatinine rule (kidney.yaml baseline_rules); None: the default
 
 
 @dataclass
@@ -275,15 +276,26 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
         return _on_maintenance_dialysis(kb, out, cr, dialysis)
     height = rec.latest("height")
     peds_height = height.value if (pediatric and height) else None
+    admitted = [s.start for s in rec.stays if s.kind == "hospital" and (now is None or s.start <= now)]
     stages = kd.stage_creatinine(kb, [(m.time, m.value) for m in cr],
                                  baseline=opts.baseline_creatinine_mg_dl, rrt_times=rec.rrt_times,
-                                 pediatric_height_cm=peds_height)
+                                 pediatric_height_cm=peds_height, rule=opts.baseline_rule,
+                                 admission=max(admitted) if admitted else None)
     weight = rec.latest("weight")
     uo = rec.series("urine_output")
-    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value)
-               if weight and uo else [])
-    if uo and not weight:
+    chosen = (kd.choose_weight(kb, [(m.time, m.value, m.source_id) for m in rec.series("weight")],
+                               uo[0].time, uo[-1].time) if uo else None)
+    ustages = kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], chosen.weight_kg) if chosen else []
+    if uo and not chosen:
         out.warnings.append("Urine output present but no body weight: UO criteria not applied")
+    for t_w, kg, src, why in chosen.rejected if chosen else ():
+        out.warnings.append(f"Weight {kg:g} kg ({src}, {t_w.isoformat()}) not used for urine output: {why}")
+    # The episode is the current admission's (as the batch stages count it): values from the same visit on,
+    # i.e. from `pre_admission_attach_hours` before admission; earlier values are history for the windows.
+    if admitted:
+        since = max(admitted) - timedelta(hours=kb.value("pre_admission_attach_hours"))
+        stages = [x for x in stages if x.time >= since]
+        ustages = [x for x in ustages if x.time >= since]
     peak_c = max(stages, key=lambda s: (s.stage, s.time), default=None)
     peak_u = max(ustages, key=lambda s: (s.stage, s.time), default=None)
     stage, criterion, onset = 0, None, None
@@ -298,9 +310,9 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
             criterion = "renal replacement therapy started"
         stage, current = 3, 3
     last = cr[-1] if cr else None
-    ref = peak_c.reference if peak_c and peak_c.stage >= 1 else (stages[-1].reference if stages else None)
-    method = (peak_c.reference_method if peak_c and peak_c.stage >= 1
-              else stages[-1].reference_method if stages else "no creatinine")
+    behind = peak_c if peak_c and peak_c.stage >= 1 else (stages[-1] if stages else None)
+    ref = behind.reference if behind else None
+    method = behind.reference_method if behind else "no creatinine"
     age = rec.age_years(now) if now else None
     female = rec.sex == "female"
     egfr = crcl = kgfr = None
@@ -335,11 +347,17 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     anuric = bool(ustages and ustages[-1].criterion and "anuria" in ustages[-1].criterion)
     result = KidneyResult(
         aki_stage=stage, criterion=criterion, onset=_iso(onset), current_stage=current,
-        baseline=Baseline(value_mg_dl=round(ref, 3) if ref else None, method=method),
+        baseline=Baseline(value_mg_dl=round(ref, 3) if ref else None, method=method,
+                          time=_iso(behind.reference_time) if behind else None,
+                          rule=kb.baseline_rule(opts.baseline_rule).id,
+                          n_values=behind.reference_n if behind else None),
         creatinine_mg_dl=round(last.value, 3) if last else None,
         creatinine_umol_l=round(convert(last.value, "creatinine", "mg/dL", "umol/L"), 1) if last else None,
         egfr=egfr, egfr_note=egfr_note, crcl=crcl, crcl_note=crcl_note, kinetic_egfr=kgfr,
         rrt=bool(rec.rrt_times),
+        uo_weight_kg=round(chosen.weight_kg, 2) if chosen else None,
+        uo_weight_source=chosen.source if chosen else None,
+        uo_weights_rejected=[f"{kg:g} kg ({src}): {why}" for _, kg, src, why in chosen.rejected] if chosen else [],
     )
     # Kinetic GFR is the better dosing estimate while creatinine moves.
     kinetic = bool(stage and kgfr is not None)

@@ -11,6 +11,7 @@ criterion met), as KDIGO words it ("increase to"). RRT start is stage 3.
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ __all__ = [
     "ZERO_ML",
     "CreatinineStage",
     "UrineStage",
+    "WeightChoice",
+    "choose_weight",
     "ckd_epi_2021",
     "cockcroft_gault",
     "dialysis_code",
@@ -48,6 +51,9 @@ class CreatinineStage:
     criterion: str | None
     reference: float | None  # value the ratio was computed against
     reference_method: str
+    reference_time: datetime | None = None  # the lowest value's time, or the latest value of a median
+    reference_n: int = 0  # values behind the reference (1 for a lowest value, n for a median)
+    rule: str = ""  # the baseline rule (kidney.yaml baseline_rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +72,26 @@ def stage_creatinine(
     baseline: float | None = None,
     rrt_times: Sequence[datetime] = (),
     pediatric_height_cm: float | None = None,
+    rule: str | None = None,
+    admission: datetime | None = None,
 ) -> list[CreatinineStage]:
     """KDIGO creatinine (and RRT) stage at each creatinine value, mg/dL, any input order.
 
-    ``pediatric_height_cm`` (patients <18 y only) adds KDIGO's paediatric stage-3 criterion,
-    eGFR <35 mL/min/1.73 m2, with eGFR by bedside Schwartz; like the 4.0 mg/dL rule it
-    applies only within an AKI that another criterion has met ("decrease in eGFR to").
+    ``rule`` chooses the reference of the ratio criterion (kidney.yaml ``baseline_rules``; default
+    ``nhs_england``: lowest value of the prior 7 days, else the median of the values 8-365 days
+    before). ``admission`` is needed by ``outpatient_median`` (median 7-365 days before it) when no
+    ``baseline`` is supplied. ``pediatric_height_cm`` (patients <18 y only) adds KDIGO's paediatric
+    stage-3 criterion, eGFR <35 mL/min/1.73 m2, with eGFR by bedside Schwartz; like the 4.0 mg/dL
+    rule it applies only within an AKI that another criterion has met ("decrease in eGFR to").
     """
     pts = sorted(series)
+    rule_id = kb.baseline_rule(rule).id
+    older_max = timedelta(days=kb.value("baseline_lookback_max_days"))
+    if rule_id == "outpatient_median" and baseline is None and admission is not None:
+        lo = admission - older_max
+        hi = admission - timedelta(days=kb.value("baseline_lookback_min_days"))
+        window = sorted({(pt, pv) for pt, pv in pts if lo <= pt <= hi})
+        baseline = statistics.median(v for _, v in window) if window else None
     abs_rise = kb.value("kdigo_abs_rise")
     abs_win = timedelta(hours=kb.value("kdigo_abs_window"))
     ratio_win = timedelta(hours=kb.value("kdigo_ratio_window"))
@@ -85,8 +103,8 @@ def stage_creatinine(
     for i, (t, v) in enumerate(pts):
         prior = [(pt, pv) for pt, pv in pts[:i] if pt < t]
         in48 = [pv for pt, pv in prior if t - pt <= abs_win]
-        in7d = [pv for pt, pv in prior if t - pt <= ratio_win]
-        ref, method = _reference(in7d, baseline)
+        in7d = [(pt, pv) for pt, pv in prior if t - pt <= ratio_win]
+        ref, method, ref_t, ref_n = _reference(rule_id, in7d, baseline, prior, t, ratio_win, older_max)
         stage, crit = 0, None
         if in48 and v - min(in48) >= abs_rise - THRESHOLD_EPS:
             stage, crit = 1, "creatinine rise >=0.3 mg/dL within 48 h"
@@ -103,16 +121,37 @@ def stage_creatinine(
             stage, crit = 3, f"eGFR {egfr:.0f} <{peds_egfr:g} mL/min/1.73 m2 (bedside Schwartz) during AKI, age <18"
         if first_rrt is not None and t >= first_rrt:
             stage, crit = 3, "renal replacement therapy started"
-        out.append(CreatinineStage(t, v, stage, crit, ref, method))
+        out.append(CreatinineStage(t, v, stage, crit, ref, method, ref_t, ref_n, rule_id))
     return out
 
 
-def _reference(in7d: list[float], baseline: float | None) -> tuple[float | None, str]:
-    if in7d and (baseline is None or min(in7d) <= baseline):
-        return min(in7d), "lowest creatinine in the prior 7 days"
+_METHOD = {"lowest_prior_7d": "lowest creatinine in the prior 7 days",
+           "median_8_365d": "median creatinine 8-365 days before",
+           "preadmission_median": "median creatinine 7-365 days before admission",
+           "supplied_baseline": "supplied pre-admission baseline",
+           "none": "no prior creatinine: no baseline"}
+
+
+def _reference(rule_id: str, in7d: list[tuple[datetime, float]], baseline: float | None,
+               prior: list[tuple[datetime, float]], t: datetime, recent: timedelta, older_max: timedelta,
+               ) -> tuple[float | None, str, datetime | None, int]:
+    """(reference, method, its time, values behind it) under one baseline rule (kidney.yaml)."""
+    low = min((pv for _, pv in in7d), default=None)
+    low_t = max((pt for pt, pv in in7d if pv == low), default=None)
+    if rule_id == "nhs_england":
+        if low is not None:
+            return low, _METHOD["lowest_prior_7d"], low_t, 1
+        older = sorted({(pt, pv) for pt, pv in prior if recent < t - pt <= older_max})
+        if older:
+            return statistics.median(v for _, v in older), _METHOD["median_8_365d"], older[-1][0], len(older)
+    elif rule_id == "kdigo_7day":
+        if low is not None:
+            return low, _METHOD["lowest_prior_7d"], low_t, 1
+    elif low is not None and (baseline is None or low <= baseline):  # outpatient_median
+        return low, _METHOD["lowest_prior_7d"], low_t, 1
     if baseline is not None:
-        return baseline, "supplied pre-admission baseline"
-    return None, "no prior creatinine: no baseline"
+        return baseline, _METHOD["supplied_baseline"], None, 0
+    return None, _METHOD["none"], None, 0
 
 
 def stage_urine_output(
@@ -234,12 +273,57 @@ def maintenance_dialysis(kb: KnowledgeBase, rec: PatientRecord, contexts: frozen
     if hospital and rec.rrt_times:
         admitted = hospital[-1].start
         lookback = timedelta(days=md.rrt_lookback_days)
+        same_visit = timedelta(hours=kb.value("pre_admission_attach_hours"))  # as the batch stages attach it
         for t in sorted(rec.rrt_times):
             inside = any(s.start <= t <= (s.end or t) for s in hospital)
-            if admitted - lookback <= t < admitted and not inside:
+            if admitted - lookback <= t < admitted - same_visit and not inside:
                 out.append(f"RRT session at {t.isoformat()} outside hospital before admission")
                 break
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class WeightChoice:
+    """The weight urine output is staged with, and why (docs/kdigo.md#weight)."""
+
+    weight_kg: float
+    time: datetime
+    source: str
+    considered: int  # candidate weights (recorded from the look-back before the first charting to the last)
+    rejected: tuple[tuple[datetime, float, str, str], ...]  # (time, kg, source, reason) set aside
+
+
+def choose_weight(kb: KnowledgeBase, weights: Sequence[tuple[datetime, float, str]], first: datetime,
+                  last: datetime) -> WeightChoice | None:
+    """The weight for the urine-output criteria of charting from ``first`` to ``last`` (None: no weight).
+
+    Candidates: weights recorded from ``uo_weight_lookback_days`` before ``first`` to ``last``. With at
+    least ``uo_weight_outlier_min_n`` of them, one further than ``uo_weight_outlier_fraction`` from their
+    median is rejected (with the reason). Order of choice: a candidate before one outside the look-back;
+    the latest at or before ``first``, else the earliest after it; then the lower weight, then the source.
+    The batch stage ``stay_weight`` implements the same rule (differential-tested).
+    """
+    pts = sorted(set(weights))
+    if not pts:
+        return None
+    lo = first - timedelta(days=kb.value("uo_weight_lookback_days"))
+    cand = [w for w in pts if lo <= w[0] <= last]
+    med = statistics.median(w[1] for w in cand) if cand else None
+    frac, min_n = kb.value("uo_weight_outlier_fraction"), kb.value("uo_weight_outlier_min_n")
+    rejected = []
+    if med is not None and len(cand) >= min_n:
+        rejected = [w for w in cand if abs(w[1] - med) > frac * med + THRESHOLD_EPS]
+    out = [w for w in pts if w not in rejected]
+
+    def order(w: tuple[datetime, float, str]) -> tuple[int, int, float, float, str]:
+        before = w[0] <= first
+        secs = (w[0] - first).total_seconds()
+        return (0 if lo <= w[0] <= last else 1, 0 if before else 1, -secs if before else secs, w[1], w[2])
+
+    t, kg, src = min(out, key=order)
+    reasons = tuple((w[0], w[1], w[2], f"outlier: {w[1]:.1f} kg is {abs(w[1] - med) / med:.0%} from the median "
+                     f"{med:.1f} kg of {len(cand)} weights") for w in rejected) if med is not None else ()
+    return WeightChoice(kg, t, src, len(cand), reasons)
 
 
 def ckd_epi_2021(kb: KnowledgeBase, scr_mg_dl: float, age: float, female: bool) -> float:

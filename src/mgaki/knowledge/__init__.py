@@ -22,6 +22,7 @@ from mgaki.knowledge.schema import (
     FILES,
     AlertRule,
     Analyte,
+    BaselineRule,
     CodesFile,
     Drug,
     DrugClass,
@@ -182,6 +183,17 @@ class KnowledgeBase:
         """How old (h) a result of ``analyte`` may be to stand for the patient now; None: no window."""
         w = self._by_id["current_window"].get(analyte)
         return w.hours if w is not None else None
+
+    def baseline_rule(self, rule_id: str | None = None) -> BaselineRule:
+        """A baseline rule by id (kidney.yaml; ``kdigo-7day`` = ``kdigo_7day``); the default if none is named.
+
+        InputError naming the rule and the valid ones when it is unknown (a user's ``--baseline``)."""
+        key = (rule_id or self.kidney.default_baseline_rule).strip().lower().replace("-", "_")
+        for r in self.kidney.baseline_rules:
+            if r.id == key:
+                return r
+        valid = ", ".join(r.id for r in self.kidney.baseline_rules)
+        raise InputError(f"baseline rule {rule_id!r}", f"unknown; valid rules: {valid}")
 
     def pk_context(self, context_id: str | None = None) -> PkContext:
         """A PK target/harm context by id (pk.yaml); the default context if none is named."""

@@ -459,10 +459,29 @@ class MaintenanceDialysis(Cited):
     rrt_lookback_source: Source
 
 
+BaselineRuleId = Literal["nhs_england", "kdigo_7day", "outpatient_median"]
+
+
+class BaselineRule(Cited):
+    """How the reference creatinine of KDIGO's ratio criterion is chosen (docs/kdigo.md#baseline)."""
+
+    id: BaselineRuleId
+    name: str
+    meaning: str
+
+
 class KidneyFile(Strict):
     version: str
     kdigo: tuple[Threshold, ...]
     maintenance_dialysis: MaintenanceDialysis
+    baseline_rules: tuple[BaselineRule, ...]
+    default_baseline_rule: BaselineRuleId
+
+    @model_validator(mode="after")
+    def _default_rule_listed(self) -> KidneyFile:
+        if self.default_baseline_rule not in {r.id for r in self.baseline_rules}:
+            raise ValueError(f"default_baseline_rule {self.default_baseline_rule!r} is not in baseline_rules")
+        return self
     ckd_epi_2021: tuple[Coefficient, ...]
     cockcroft_gault: tuple[Coefficient, ...]
     kinetic_gfr: tuple[Coefficient, ...]

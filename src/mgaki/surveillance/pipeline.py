@@ -31,10 +31,11 @@ from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "last_use", "needed", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "baseline_sensitivity", "last_use", "needed", "run",
+           "studies_table", "surveil"]
 
-OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes",
-           "mg_trajectory", "evidence_flags", "alerts")
+OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
+           "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts")
 RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
 
@@ -94,9 +95,10 @@ def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
 def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetime | None = None,
         kb: KnowledgeBase | None = None, progress: Progress | None = None,
         outputs: Iterable[str] = OUTPUTS, duckdb_settings: Mapping[str, str] | None = None,
-        exclude_analytes: Iterable[str] = ()) -> SurveillanceResult:
+        exclude_analytes: Iterable[str] = (), baseline_rule: str | None = None) -> SurveillanceResult:
     """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
 
+    `baseline_rule` chooses the reference creatinine (kidney.yaml ``baseline_rules``; default ``nhs_england``).
     `exclude_analytes` leaves those analytes' events out (e.g. ``("urine_output",)``: the creatinine-only
     KDIGO definition the study reports as a sensitivity analysis, docs/research.md#outcomes).
 
@@ -112,14 +114,15 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
         return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress,
-                    tuple(outputs), tuple(exclude_analytes))
+                    tuple(outputs), tuple(exclude_analytes), baseline_rule)
     finally:
         con.close()
 
 
 def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
          as_of: datetime | None, progress: Progress | None,
-         outputs: tuple[str, ...] = OUTPUTS, exclude_analytes: tuple[str, ...] = ()) -> SurveillanceResult:
+         outputs: tuple[str, ...] = OUTPUTS, exclude_analytes: tuple[str, ...] = (),
+         baseline_rule: str | None = None) -> SurveillanceResult:
     as_of = as_of or _as_of(con)
     if exclude_analytes:
         con.register("excluded_analytes", pa.table({"analyte": pa.array(exclude_analytes, pa.string())}))
@@ -137,7 +140,7 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"unknown surveillance output(s) {sorted(unknown)}; known: {', '.join(OUTPUTS)}")
-    plan = needed(stages(kb, DUCKDB, as_of_epoch), outputs)
+    plan = needed(stages(kb, DUCKDB, as_of_epoch, baseline_rule), outputs)
     done_after = last_use(plan, outputs)
     seconds: dict[str, float] = {}
     for i, st in enumerate(plan):
@@ -152,6 +155,23 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
               for n in outputs}
     alerts = tables["alerts"] if "alerts" in tables else pa.table({})
     return SurveillanceResult(tables, alerts, len(subjects) if subjects is not None else -1, as_of, seconds)
+
+
+def baseline_sensitivity(store: EventStore, kb: KnowledgeBase | None = None, as_of: datetime | None = None,
+                         ) -> pa.Table:
+    """AKI episodes by peak stage under each baseline rule of kidney.yaml (one row per rule, default first).
+
+    Nothing is written: each rule is a fresh in-memory run of the KDIGO stages over every subject."""
+    kb = kb or load()
+    default = kb.baseline_rule().id
+    rows = []
+    for r in sorted(kb.kidney.baseline_rules, key=lambda r: r.id != default):
+        eps = run(store, as_of=as_of, kb=kb, outputs=("aki_episodes_out",), baseline_rule=r.id
+                  ).tables["aki_episodes"].to_pylist()
+        rows.append({"baseline_rule": r.id, "default": r.id == default, "episodes": len(eps),
+                     **{f"peak_stage_{k}": sum(1 for e in eps if e["peak_stage"] == k) for k in (1, 2, 3)},
+                     "encounters_with_aki": len({(e["subject_id"], e["encounter_id"]) for e in eps})})
+    return pa.Table.from_pylist(rows)
 
 
 def _reads(st: Stage, other: Stage) -> bool:
@@ -198,7 +218,8 @@ def _results_dir(store: EventStore) -> Path:
 def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None,
             kb: KnowledgeBase | None = None, progress: Progress | None = None,
             engine: FullRun | None = None,
-            snapshot_lock: AbstractContextManager[object] | None = None) -> SurveillanceResult:
+            snapshot_lock: AbstractContextManager[object] | None = None,
+            baseline_rule: str | None = None) -> SurveillanceResult:
     """Bring the stored results up to date; return them and the alerts emitted by this call.
 
     `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`) recomputes everyone in place of
@@ -209,6 +230,10 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     (the service holds a lock of its own around each).
     """
     kb = kb or load()
+    rule = kb.baseline_rule(baseline_rule).id
+    if engine is not None and rule != kb.baseline_rule().id:
+        raise ValueError(f"baseline rule {rule!r}: the Spark engine runs the default rule only "
+                         f"({kb.baseline_rule().id}); use DuckDB for another rule")
     out = _results_dir(store)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
@@ -218,13 +243,15 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         pending, pending_files = store.pending()
     try:
         as_of = as_of or _as_of(con)
-        first = full or not state or engine is not None
+        # results of another baseline rule cannot be merged with these: recompute everyone
+        first = full or not state or engine is not None or state.get("baseline_rule", rule) != rule
         subjects: list[str] | None = None
         if not first:
             prev = datetime.fromisoformat(state["as_of"]) if state.get("as_of") else None
             open_now = _open_subjects(con, prev)
             subjects = sorted(pending | open_now)
-        res = engine(as_of, kb, progress) if engine else _run(con, kb, subjects, as_of, progress)
+        res = engine(as_of, kb, progress) if engine else _run(con, kb, subjects, as_of, progress,
+                                                               baseline_rule=rule)
     finally:
         con.close()
     merged: dict[str, pa.Table] = {}
@@ -242,7 +269,7 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     new_alerts, log = _log_alerts(out / "alerts.parquet", res.tables["alerts"])
     merged["alerts"] = log
     state_path.write_text(json.dumps({"as_of": as_of.isoformat() if as_of else None,
-                                      "knowledge": kb.version}))
+                                      "knowledge": kb.version, "baseline_rule": rule}))
     store.clear_pending(pending_files)
     return SurveillanceResult(merged, new_alerts, len(subjects) if subjects is not None else -1, as_of,
                               res.seconds)

@@ -34,9 +34,13 @@ class Stage:
     output: bool = False  # a result table the user gets (others are intermediate)
 
 
-def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
-    """All stages in dependency order; `as_of_epoch` closes open encounters and monitoring gaps."""
+def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str | None = None) -> list[Stage]:
+    """All stages in dependency order; `as_of_epoch` closes open encounters and monitoring gaps.
+
+    `baseline_rule` (kidney.yaml ``baseline_rules``; default ``nhs_england``) chooses the reference
+    creatinine of the ratio criterion, as ``engine.kidney.stage_creatinine(rule=...)`` does."""
     v = kb.value
+    rule = kb.baseline_rule(baseline_rule).id
     ep = d.epoch
     ratio1, ratio2, ratio3 = v("kdigo_ratio_stage1"), v("kdigo_ratio_stage2"), v("kdigo_ratio_stage3")
     w48, w7d = int(v("kdigo_abs_window") * H), int(v("kdigo_ratio_window") * H)
@@ -58,38 +62,65 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, encounter_id
                                        ORDER BY CASE WHEN "end" IS NULL THEN 1 ELSE 0 END, "end" DESC) AS rn
           FROM encounters) x WHERE rn = 1""")
+    # The emergency-department visit that led to an admission belongs to it (docs/surveillance.md): an ED
+    # encounter naming the admission (MIMIC edregtime, FHIR Encounter.partOf, OMOP visit_detail), or an ED
+    # visit the admission started during or within `ed_admission_link_hours` after (OMOP: preceding visit).
+    link = int(v("ed_admission_link_hours") * H)
+    attach = int(v("pre_admission_attach_hours") * H)
+    add("ed_link", f"""
+        SELECT subject_id, ed_id, adm_id, ed_t0 FROM (
+          SELECT e.subject_id, e.encounter_id AS ed_id, a.encounter_id AS adm_id, {ep('e.start')} AS ed_t0,
+                 ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.encounter_id
+                   ORDER BY CASE WHEN e.parent_id = a.encounter_id THEN 0 ELSE 1 END, a.start, a.encounter_id) AS rn
+          FROM enc e JOIN enc a ON a.subject_id = e.subject_id AND a.encounter_id <> e.encounter_id
+            AND a.kind NOT IN ('icu', 'emergency') AND a.parent_id IS NULL
+          WHERE e.kind = 'emergency' AND (e.parent_id = a.encounter_id OR (e.parent_id IS NULL
+            AND {ep('a.start')} >= {ep('e.start')}
+            AND {ep('a.start')} <= COALESCE({ep('e."end"')}, {ep('e.start')}) + {link}))) x
+        WHERE rn = 1""")
+    # t0: admission; ta0: from when a row naming no encounter is attached to it (the linked ED visit's
+    # start, else `pre_admission_attach_hours` before admission)
     add("hosp", f"""
-        SELECT subject_id, encounter_id, start, "end", {ep('start')} AS t0,
-               COALESCE({ep('"end"')}, {OPEN_END}) AS t1
-        FROM enc WHERE kind <> 'icu' OR parent_id IS NULL""")
+        SELECT h.subject_id, h.encounter_id, h.start, h."end", {ep('h.start')} AS t0,
+               COALESCE({ep('h."end"')}, {OPEN_END}) AS t1,
+               CASE WHEN l.ed_t0 IS NULL THEN {ep('h.start')} - {attach}
+                    WHEN l.ed_t0 < {ep('h.start')} THEN l.ed_t0 ELSE {ep('h.start')} END AS ta0
+        FROM enc h LEFT JOIN (SELECT subject_id, adm_id, MIN(ed_t0) AS ed_t0 FROM ed_link
+                              GROUP BY subject_id, adm_id) l
+          ON l.subject_id = h.subject_id AND l.adm_id = h.encounter_id
+        WHERE (h.kind <> 'icu' OR h.parent_id IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM ed_link x WHERE x.subject_id = h.subject_id AND x.ed_id = h.encounter_id)""")
     add("icu", f"""
         SELECT subject_id, encounter_id, parent_id, {ep('start')} AS t0,
                COALESCE({ep('"end"')}, {OPEN_END}) AS t1
         FROM enc WHERE kind = 'icu'""")
-    # A row belongs to the hospital encounter its source names (an ICU stay: that stay's admission);
-    # a row naming none, or one mgaki does not know, to the latest-starting one containing its time.
+    # A row belongs to the hospital encounter its source names (an ICU stay or a linked ED visit: that
+    # admission); a row naming none, or one mgaki does not know, to the latest-starting one containing its
+    # time, else to the one whose pre-admission part [ta0, t0) contains it (ED labs without an admission id).
     add("ev_named", f"""
         SELECT e.subject_id, e.time, {ep('e.time')} AS t, e.analyte, e.numeric_value AS value,
-               COALESCE(h.encounter_id, i.parent_id) AS encounter_id, e.encounter_id AS named
+               COALESCE(h.encounter_id, i.parent_id, l.adm_id) AS encounter_id, e.encounter_id AS named
         FROM events e LEFT JOIN hosp h ON h.subject_id = e.subject_id AND h.encounter_id = e.encounter_id
-        LEFT JOIN icu i ON i.subject_id = e.subject_id AND i.encounter_id = e.encounter_id""")
+        LEFT JOIN icu i ON i.subject_id = e.subject_id AND i.encounter_id = e.encounter_id
+        LEFT JOIN ed_link l ON l.subject_id = e.subject_id AND l.ed_id = e.encounter_id""")
     add("ev_enc", """
         SELECT subject_id, time, t, analyte, value, encounter_id FROM ev_named WHERE encounter_id IS NOT NULL
         UNION ALL
         SELECT subject_id, time, t, analyte, value, encounter_id FROM (
           SELECT e.subject_id, e.time, e.t, e.analyte, e.value, h.encounter_id,
                  ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.t, e.analyte, e.value, e.named, e.rid
-                                    ORDER BY h.t0 DESC, h.encounter_id) AS rn
+                                    ORDER BY CASE WHEN e.t >= h.t0 THEN 0 ELSE 1 END, h.t0 DESC,
+                                             h.encounter_id) AS rn
           FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t) AS rid
                 FROM ev_named WHERE encounter_id IS NULL) e
-          LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.t0 AND h.t1
+          LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.ta0 AND h.t1
         ) x WHERE rn = 1""")
     # Pre-admission baseline: median creatinine 7-365 days before admission (Siew 2015).
     add("baseline", f"""
         SELECT h.subject_id, h.encounter_id, h.t0, h.t1,
                {d.median('e.value')} AS preadmission_baseline, COUNT(e.value) AS n_baseline_values
-        FROM hosp h LEFT JOIN ev_named e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
-             AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
+        FROM hosp h LEFT JOIN (SELECT DISTINCT subject_id, t, value FROM ev_named WHERE analyte = 'creatinine') e
+             ON e.subject_id = h.subject_id AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
         GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
     # Maintenance dialysis (ESKD, docs/kdigo.md#maintenance-dialysis): KDIGO staging does not apply to the
     # encounter. Evidence: a maintenance_dialysis context (a diagnosis, problem-list Condition or flag) of
@@ -135,7 +166,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         LEFT JOIN eskd x ON x.subject_id = c.subject_id AND x.encounter_id = c.encounter_id
         LEFT JOIN eskd_subject s ON s.subject_id = c.subject_id"""
     # One statement from the windows to the stage (nested selects, no intermediate tables).
-    win = f"""
+    add("cr_win", f"""
         SELECT *,
           MIN(value) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN {w48} PRECEDING AND 1 PRECEDING)
             AS min48,
@@ -143,18 +174,36 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
             AS min7d,
           MIN(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run_min
-        FROM ({cr}) c"""
+        FROM ({cr}) c""")
+    # NHS England RV2: the median of the values more than 7 days and at most 365 days before a value that
+    # has none in the prior 7 days (identical results count once); computed only for those values.
+    add("cr_rv2", f"""
+        SELECT c.subject_id, c.t, {d.median('o.value')} AS rv2, COUNT(*) AS rv2_n, MAX(o.t) AS rv2_t
+        FROM (SELECT DISTINCT subject_id, t FROM cr_win WHERE min7d IS NULL) c
+        JOIN (SELECT DISTINCT subject_id, t, value FROM ev_enc WHERE analyte = 'creatinine') o
+          ON o.subject_id = c.subject_id AND o.t < c.t - {w7d} AND o.t >= c.t - {bl_max}
+        GROUP BY c.subject_id, c.t""")
+    if rule == "nhs_england":
+        reference = ("CASE WHEN min7d IS NOT NULL THEN min7d ELSE rv2 END",
+                     "CASE WHEN min7d IS NOT NULL THEN 'lowest_prior_7d' WHEN rv2 IS NOT NULL THEN 'median_8_365d' "
+                     "ELSE 'none' END")
+        src = """(SELECT w.*, r.rv2, r.rv2_n, r.rv2_t FROM cr_win w
+                  LEFT JOIN cr_rv2 r ON r.subject_id = w.subject_id AND r.t = w.t)"""
+    elif rule == "kdigo_7day":
+        reference = ("min7d", "CASE WHEN min7d IS NOT NULL THEN 'lowest_prior_7d' ELSE 'none' END")
+        src = "cr_win"
+    else:  # outpatient_median: the lower of the prior 7 days' lowest and the pre-admission median
+        reference = ("CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN min7d "
+                     "ELSE baseline END",
+                     "CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d' "
+                     "WHEN baseline IS NOT NULL THEN 'preadmission_median' ELSE 'none' END")
+        src = "cr_win"
     ref = f"""
-        SELECT *,
-          CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN min7d
-               ELSE baseline END AS reference,
-          CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d'
-               WHEN baseline IS NOT NULL THEN 'preadmission_median'
-               ELSE 'none' END AS reference_method,
+        SELECT *, {reference[0]} AS reference, {reference[1]} AS reference_method,
           COALESCE(baseline, run_min) AS recovery_baseline,
           CASE WHEN baseline IS NOT NULL THEN 'preadmission_median' ELSE 'lowest_in_encounter_so_far' END
             AS recovery_baseline_method
-        FROM ({win}) w"""
+        FROM {src} w"""
     stage0 = f"""
         SELECT *,
           CASE WHEN min48 IS NOT NULL AND value - min48 >= {v('kdigo_abs_rise')} - {_EPS} THEN 1 ELSE 0 END
@@ -166,7 +215,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         FROM ({ref}) r"""
     md_status = md.status.replace("'", "''")
     add("kdigo_creatinine", f"""
-        SELECT subject_id, encounter_id, time, t, value, reference, reference_method,
+        SELECT subject_id, encounter_id, time, t, value, '{rule}' AS baseline_rule, reference, reference_method,
                value / reference AS ratio, value - min48 AS rise_48h, recovery_baseline, recovery_baseline_method,
           CASE WHEN on_dialysis = 1 THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
           CASE WHEN on_dialysis = 1 THEN NULL
@@ -192,19 +241,42 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
         WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
     add("stay_bounds", """
-        SELECT stay_id, subject_id, MIN(t) AS first_t FROM uo_stay GROUP BY stay_id, subject_id""")
-    # Weight: the latest at or before the first charting, else the first one after it.
-    add("stay_weight", f"""
-        SELECT stay_id, weight_kg FROM (
-          SELECT s.stay_id, w.weight_kg,
-                 ROW_NUMBER() OVER (PARTITION BY s.stay_id
-                   ORDER BY CASE WHEN {ep('w.time')} <= s.first_t THEN 0 ELSE 1 END,
-                            CASE WHEN {ep('w.time')} <= s.first_t THEN -{ep('w.time')} ELSE {ep('w.time')} END)
-                   AS rn
-          FROM stay_bounds s JOIN weights w ON w.subject_id = s.subject_id) x
+        SELECT stay_id, subject_id, MIN(t) AS first_t, MAX(t) AS last_t FROM uo_stay GROUP BY stay_id, subject_id""")
+    # Weight (docs/kdigo.md#weight, engine.kidney.choose_weight): candidates from the look-back before the
+    # first charting to the last; with enough of them, one far from their median is rejected as an outlier;
+    # then a candidate before an older weight, the latest at or before the first charting, else the first after.
+    wt_back = int(v("uo_weight_lookback_days") * DAY)
+    wt_frac, wt_min_n = v("uo_weight_outlier_fraction"), v("uo_weight_outlier_min_n")
+    add("w_cand", f"""
+        SELECT s.stay_id, s.subject_id, s.first_t, w.time AS weight_time, {ep('w.time')} AS wt, w.weight_kg,
+               w.source, CASE WHEN {ep('w.time')} >= s.first_t - {wt_back} AND {ep('w.time')} <= s.last_t
+                              THEN 1 ELSE 0 END AS in_win
+        FROM stay_bounds s JOIN (SELECT DISTINCT subject_id, time, weight_kg, source FROM weights) w
+          ON w.subject_id = s.subject_id""")
+    add("w_judged", f"""
+        SELECT c.*, m.med, COALESCE(m.n, 0) AS n,
+               CASE WHEN c.in_win = 1 AND m.n >= {wt_min_n} AND ABS(c.weight_kg - m.med) > {wt_frac} * m.med + {_EPS}
+                    THEN 1 ELSE 0 END AS rejected
+        FROM w_cand c LEFT JOIN (SELECT stay_id, {d.median('weight_kg')} AS med, COUNT(*) AS n FROM w_cand
+                                 WHERE in_win = 1 GROUP BY stay_id) m ON m.stay_id = c.stay_id""")
+    add("stay_weight", """
+        SELECT stay_id, weight_kg, weight_time, source AS weight_source, n AS weights_considered, n_rejected
+        FROM (SELECT *, SUM(rejected) OVER (PARTITION BY stay_id) AS n_rejected,
+                     ROW_NUMBER() OVER (PARTITION BY stay_id
+                       ORDER BY rejected, 1 - in_win, CASE WHEN wt <= first_t THEN 0 ELSE 1 END,
+                                CASE WHEN wt <= first_t THEN -wt ELSE wt END, weight_kg, source) AS rn
+              FROM w_judged) x
         WHERE rn = 1""")
+    # every weight set aside, with the reason (an output: what the urine-output stage did not use)
+    add("uo_weight_rejected", f"""
+        SELECT subject_id, stay_id, weight_time AS time, weight_kg, source, med AS median_kg,
+               CAST(n AS INTEGER) AS weights_considered,
+               'outlier: ' || CAST(ROUND(100 * ABS(weight_kg - med) / med) AS {d.string_type})
+                 || '% from the median of the candidate weights' AS reason
+        FROM w_judged WHERE rejected = 1""", output=True)
     add("uo_iv", """
-        SELECT u.*, w.weight_kg, b.first_t,
+        SELECT u.*, w.weight_kg, w.weight_time, w.weight_source, w.weights_considered,
+               w.n_rejected AS weights_rejected, b.first_t,
                LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
         FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
         LEFT JOIN stay_weight w ON w.stay_id = u.stay_id""")
@@ -255,7 +327,9 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
     k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
     add("kdigo_urine", f"""
-        SELECT u.subject_id, u.encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg,
+        SELECT u.subject_id, u.encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg, weight_time,
+               weight_source, CAST(weights_considered AS INTEGER) AS weights_considered,
+               CAST(weights_rejected AS INTEGER) AS weights_rejected,
                vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
                vol{k3} / weight_kg / {uo_h3} AS rate_{k3}h,
           CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
@@ -359,10 +433,33 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           MAX(CASE WHEN a.is_start = 1 THEN a.rbm_ff END) AS baseline_method
         FROM asmt_in a
         GROUP BY a.subject_id, a.encounter_id, a.episode""")
-    add("aki_episodes_out", """
+    # The reference creatinine behind each episode: that of its first creatinine staged >= 1 (rule, value,
+    # how it was chosen, the time of the value it is, or of the latest value of a median, and their number).
+    cond = {
+        "lowest_prior_7d": f"o.value = k.reference AND o.t >= k.t - {w7d}",
+        "median_8_365d": f"o.t < k.t - {w7d} AND o.t >= k.t - {bl_max}",
+        "preadmission_median": f"o.t >= h.t0 - {bl_max} AND o.t <= h.t0 - {bl_min}",
+    }
+    when = " ".join(f"WHEN k.reference_method = '{m}' AND {c} THEN 1" for m, c in cond.items())
+    add("ep_ref", f"""
+        SELECT k.subject_id, k.encounter_id, a.episode, k.baseline_rule, k.reference, k.reference_method,
+               {d.from_epoch(f'MAX(CASE {when} ELSE NULL END * o.t)')} AS reference_time,
+               SUM(CASE {when} ELSE 0 END) AS reference_n
+        FROM (SELECT subject_id, encounter_id, episode, MIN(t) AS t FROM asmt_in WHERE src = 0 AND cr_stage >= 1
+              GROUP BY subject_id, encounter_id, episode) a
+        JOIN kdigo_creatinine k ON k.subject_id = a.subject_id AND k.encounter_id = a.encounter_id AND k.t = a.t
+        JOIN hosp h ON h.subject_id = k.subject_id AND h.encounter_id = k.encounter_id
+        LEFT JOIN (SELECT DISTINCT subject_id, t, value FROM ev_enc WHERE analyte = 'creatinine') o
+          ON o.subject_id = k.subject_id AND o.t < k.t AND o.t >= LEAST(k.t, h.t0) - {bl_max}
+        GROUP BY k.subject_id, k.encounter_id, a.episode, k.baseline_rule, k.reference, k.reference_method""")
+    add("aki_episodes_out", f"""
         SELECT e.subject_id, e.encounter_id, e.episode, e.onset, e.onset_criterion, e.peak_stage,
-               p.peak_time, e.relapses, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method
-        FROM aki_episodes e JOIN (
+               p.peak_time, e.relapses, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method,
+               '{rule}' AS baseline_rule, r.reference, r.reference_method, r.reference_time,
+               CAST(r.reference_n AS INTEGER) AS reference_n
+        FROM aki_episodes e LEFT JOIN ep_ref r ON r.subject_id = e.subject_id AND r.encounter_id = e.encounter_id
+          AND r.episode = e.episode
+        JOIN (
           SELECT a.subject_id, a.encounter_id, x.episode, MIN(a.time) AS peak_time
           FROM asmt_in a JOIN aki_episodes x ON x.subject_id = a.subject_id
             AND x.encounter_id = a.encounter_id AND x.episode = a.episode AND a.stage_now = x.peak_stage
