@@ -49,7 +49,7 @@ def test_dialysis_condition_gives_the_status_and_no_stage(system: str, code: str
     assert k.egfr is None and k.crcl is None and k.kinetic_egfr is None
     assert any("cond-" in r for r in k.maintenance_dialysis)
     codes = {f.code for f in a.findings}
-    assert "aki" not in codes and "renal_dose_adjustment" not in codes
+    assert "aki" not in codes and "renal_dose_adjustment" not in codes and "mg_aki_risk" not in codes
     assert "maintenance_dialysis" in codes
     # Mg plan: the dialysis hold rule, not a nomogram dose scaled by an eGFR of 8
     assert a.plan is not None and a.plan.action == "hold" and not a.plan.doses
@@ -103,3 +103,20 @@ def test_rrt_long_before_admission_is_not_maintenance_dialysis() -> None:
     b.series("creatinine", "mg/dL", [(0, 1.0), (30, 1.1)])
     b.rrt(-24 * 200)  # 200 days before: outside the 90-day look-back
     assert assess(b.build()).kidney.status is None  # type: ignore[union-attr]
+
+
+def test_text_report_states_the_status() -> None:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from mgaki.cli import app
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "b.json"
+        p.write_text(json.dumps(_dialysis_patient().build()))
+        out = CliRunner().invoke(app, ["assess", str(p)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "KDIGO AKI staging not applicable" in out.output and "KDIGO stage" not in out.output

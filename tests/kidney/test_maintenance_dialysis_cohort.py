@@ -47,6 +47,8 @@ def test_mimic_dialysis_patient_gets_the_status_and_no_aki_alert(tmp_path: Path)
     plain = run(store_of(tmp_path / "plain", raw))
     assert max(r["peak_stage"] for r in plain.tables["aki_episodes"].to_pylist()) == 3
     assert "aki_onset" in {a["kind"] for a in plain.tables["alerts"].to_pylist()}
+    # Mg-AKI risk evidence is not applied to a patient on dialysis (it is, to the same rows without the codes)
+    assert res.tables["evidence_flags"].num_rows == 0 < plain.tables["evidence_flags"].num_rows
 
 
 def test_status_survives_the_mimic_writer(tmp_path: Path) -> None:

@@ -22,11 +22,16 @@ def render(a: Assessment, console: Console) -> None:
                     f"mmol/L = {mg.value_meq_l:.2f} mEq/L  [{mg.status}, CTCAE grade {mg.grade}]\n",
                     STYLE["critical"] if mg.grade >= 3 else "")
     k = a.kidney
-    head.append(f"Kidney: KDIGO stage {k.aki_stage}"
-                + (f" ({k.criterion})" if k.criterion else "")
-                + f"; creatinine {k.creatinine_mg_dl} mg/dL; baseline {k.baseline.value_mg_dl} "
-                  f"({k.baseline.method}); eGFR {k.egfr}; CrCl {k.crcl}"
-                + (f"; kinetic eGFR {k.kinetic_egfr}" if k.kinetic_egfr is not None else "") + "\n")
+    if k.status:  # KDIGO staging not applicable (maintenance dialysis): say so instead of a stage
+        head.append(f"Kidney: {k.status}; creatinine {k.creatinine_mg_dl} mg/dL; no eGFR or CrCl\n")
+    else:
+        head.append(f"Kidney: KDIGO stage {k.aki_stage}"
+                    + (f" ({k.criterion})" if k.criterion else "")
+                    + f"; creatinine {k.creatinine_mg_dl} mg/dL; baseline {k.baseline.value_mg_dl} "
+                      f"({k.baseline.method}, rule {k.baseline.rule}); eGFR {k.egfr}; CrCl {k.crcl}"
+                    + (f"; kinetic eGFR {k.kinetic_egfr}" if k.kinetic_egfr is not None else "")
+                    + (f"; urine output staged at {k.uo_weight_kg} kg" if k.uo_weight_kg is not None else "")
+                    + "\n")
     console.print(Panel(head, title="Summary"))
     t = Table(title="Findings", show_lines=True)
     for col in ("severity", "code", "finding", "source"):

@@ -203,6 +203,10 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     onset = datetime.fromisoformat(kidney.onset) if kidney.onset else None
     matches, skipped = risk.match_evidence(kb, contexts, series, kidney.aki_stage >= 1, age,
                                            risk.anchors_of(rec, onset, now))
+    if kidney.status:  # AKI-risk evidence does not apply to a patient on maintenance dialysis
+        if matches:
+            out.warnings.append(f"Mg-AKI evidence not applied: {kidney.status}")
+        matches = []
     for m in matches:
         s, e = m.study, m.exposure
         marker_only = e.rule.pick == "median"  # a stay median includes values after AKI: severity, not prediction

@@ -600,6 +600,8 @@ def _evidence_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
             FROM ev_exposure m JOIN studies s ON s.study_id = m.study_id AND s.context = m.context
             WHERE (NOT s.requires_aki OR EXISTS (SELECT 1 FROM aki_episodes a
                    WHERE a.subject_id = m.subject_id AND a.encounter_id = m.encounter_id))
+              AND NOT EXISTS (SELECT 1 FROM eskd x  -- AKI-risk evidence: not for maintenance dialysis
+                              WHERE x.subject_id = m.subject_id AND x.encounter_id = m.encounter_id)
               AND (s.lower IS NULL OR (CASE WHEN s.lower_exclusive THEN m.value * s.to_study_unit > s.lower
                                             ELSE m.value * s.to_study_unit >= s.lower END))
               AND (s.upper IS NULL OR (CASE WHEN s.upper_inclusive THEN m.value * s.to_study_unit <= s.upper
