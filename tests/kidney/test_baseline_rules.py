@@ -132,3 +132,15 @@ def test_assess_baseline_option() -> None:
     assert old.aki_stage == 1 and old.baseline.rule == "outpatient_median" and old.baseline.value_mg_dl == 0.4
     with pytest.raises(InputError, match="baseline rule"):
         mgaki.assess(bundle, baseline_rule="lowest-ever")
+
+
+def test_changing_the_rule_recomputes_everyone(tmp_path: Path) -> None:
+    from mgaki.surveillance import surveil
+
+    store = store_of(tmp_path, read_mimic(MIMIC))
+    first = surveil(store)
+    assert {r["baseline_rule"] for r in first.tables["kdigo_creatinine"].to_pylist()} == {"nhs_england"}
+    again = surveil(store, baseline_rule="kdigo-7day")
+    assert again.subjects_recomputed == -1  # not merged with results of another rule
+    assert {r["baseline_rule"] for r in again.tables["kdigo_creatinine"].to_pylist()} == {"kdigo_7day"}
+    assert surveil(store, baseline_rule="kdigo_7day").subjects_recomputed >= 0  # same rule: incremental
