@@ -40,6 +40,8 @@ def test_mimic_dialysis_patient_gets_the_status_and_no_aki_alert(tmp_path: Path)
     kinds = [a["kind"] for a in res.tables["alerts"].to_pylist()]
     assert not {"aki_onset", "aki_worsening"} & set(kinds)
     assert kinds.count("kdigo_not_applicable") == 2
+    traj = res.tables["mg_trajectory"].to_pylist()
+    assert traj and all(t["kdigo_status"] == STATUS for t in traj if t["encounter_id"] in status)
     # the same rows without the diagnoses: today's behaviour, a stage-3 AKI with critical alerts
     raw = read_mimic(MIMIC_ESKD)
     raw["contexts"] = raw["contexts"].filter([c != "maintenance_dialysis" for c in

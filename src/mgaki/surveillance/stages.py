@@ -493,7 +493,8 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
         FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc
               WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x""")
     add("mg_trajectory", f"""
-        SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
+        SELECT g.*, CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status
+        FROM (SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
           MAX(CASE WHEN i = 1 THEN value END) AS first_mg, MIN(value) AS min_mg, MAX(value) AS max_mg,
           MAX(CASE WHEN j = 1 THEN value END) AS last_mg,
           MIN(time) AS first_time, MAX(time) AS last_time,
@@ -509,7 +510,8 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                / CAST(MAX(t) - MIN(t) AS DOUBLE) END AS share_above,
           MAX(GREATEST(ABS(value - min_prior), ABS(max_prior - value))) AS max_change_24h,
           {d.slope('value', f'CAST(t AS DOUBLE) / {DAY}')} AS slope_per_day
-        FROM mg GROUP BY subject_id, encounter_id""", output=True)
+        FROM mg GROUP BY subject_id, encounter_id) g
+        LEFT JOIN eskd x ON x.subject_id = g.subject_id AND x.encounter_id = g.encounter_id""", output=True)
     out += _evidence_stages(kb, d)
     out += _alert_stages(kb, d, as_of_epoch, mg_lo, mg_hi)
     return out
