@@ -124,19 +124,23 @@ def test_fhir_ed_lab_bedside_equals_cohort(with_ed: bool, tmp_path: Path) -> Non
     assert {r["encounter_id"] for r in res.tables["kidney_status"].to_pylist()} == {"e1-adm"}
 
 
-def test_omop_er_visit_preceding_the_admission(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("er_end", "preceding"), [("2024-01-01 07:30:00", ""),  # admitted 30 min after the ER
+                                                  ("2023-12-31 20:00:00", "10")])  # 12 h after, named preceding
+def test_omop_er_visit_preceding_the_admission(er_end: str, preceding: str, tmp_path: Path) -> None:
     root = tmp_path / "omop"
     root.mkdir()
     (root / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8507,1950\n")
+    er_start = "2024-01-01 02:00:00" if not preceding else "2023-12-31 18:00:00"
     (root / "visit_occurrence.csv").write_text(
-        "visit_occurrence_id,person_id,visit_concept_id,visit_start_datetime,visit_end_datetime\n"
-        "10,1,9203,2024-01-01 02:00:00,2024-01-01 07:30:00\n"  # ER visit
-        "11,1,9201,2024-01-01 08:00:00,2024-01-06 08:00:00\n")  # inpatient visit, 30 min after
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_datetime,visit_end_datetime,"
+        "preceding_visit_occurrence_id\n"
+        f"10,1,9203,{er_start},{er_end},\n"  # ER visit
+        f"11,1,9201,2024-01-01 08:00:00,2024-01-06 08:00:00,{preceding}\n")  # inpatient visit
     (root / "measurement.csv").write_text(
         "measurement_id,person_id,measurement_datetime,value_as_number,unit_source_value,visit_occurrence_id,"
         "measurement_source_value\n"
         "1,1,2023-12-29 08:00:00,1.0,mg/dL,,LOINC/2160-0\n"
-        "2,1,2024-01-01 03:00:00,3.2,mg/dL,10,LOINC/2160-0\n"
+        f"2,1,{'2024-01-01 03:00:00' if not preceding else '2023-12-31 19:00:00'},3.2,mg/dL,10,LOINC/2160-0\n"
         "3,1,2024-01-01 18:00:00,2.0,mg/dL,11,LOINC/2160-0\n")
     from mgaki.adapters.omop import read_omop
     store = EventStore(tmp_path / "store")

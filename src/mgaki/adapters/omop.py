@@ -34,7 +34,8 @@ __all__ = ["COLUMNS", "OmopVocab", "load_vocab", "read_omop", "write_omop"]
 COLUMNS: dict[str, tuple[str, ...]] = {
     "person": ("person_id", "gender_concept_id", "year_of_birth", "gender_source_value", "person_source_value"),
     "visit_occurrence": ("visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date",
-                         "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_source_value"),
+                         "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_source_value",
+                         "preceding_visit_occurrence_id"),
     "visit_detail": ("visit_detail_id", "person_id", "visit_detail_concept_id", "visit_detail_start_date",
                      "visit_detail_start_datetime", "visit_detail_end_date", "visit_detail_end_datetime",
                      "visit_occurrence_id", "visit_detail_source_value"),
@@ -162,10 +163,14 @@ def read_omop(root: str | Path) -> dict[str, pa.Table]:
                     TRY_CAST(year_of_birth AS INTEGER) AS birth_year, 'omop:person/' || person_id AS source
                 FROM t_person p LEFT JOIN gender_concepts g ON g.concept_id = p.gender_concept_id"""),
             "encounters": con.sql(f"""
-                SELECT person_id AS subject_id, visit_occurrence_id AS encounter_id,
-                       coalesce(k.target, 'omop:' || visit_concept_id) AS kind,
-                       {ts.format('visit_start')} AS start, {ts.format('visit_end')} AS "end",
-                       NULL AS parent_id, 'omop:visit_occurrence/' || visit_occurrence_id AS source
+                SELECT v.person_id AS subject_id, v.visit_occurrence_id AS encounter_id,
+                       coalesce(k.target, 'omop:' || v.visit_concept_id) AS kind,
+                       {ts.format('v.visit_start')} AS start, {ts.format('v.visit_end')} AS "end",
+                       -- an ER visit the admission names as its preceding visit is part of that admission
+                       CASE WHEN k.target = 'emergency' THEN (
+                         SELECT min(a.visit_occurrence_id) FROM t_visit_occurrence a
+                         WHERE a.person_id = v.person_id AND a.preceding_visit_occurrence_id = v.visit_occurrence_id)
+                       END AS parent_id, 'omop:visit_occurrence/' || v.visit_occurrence_id AS source
                 FROM t_visit_occurrence v LEFT JOIN concept_map k
                   ON k.maps_to = 'encounter_kind' AND k.concept_id = v.visit_concept_id
                 UNION ALL
