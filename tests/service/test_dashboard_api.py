@@ -53,7 +53,7 @@ def _audit(c: TestClient) -> list[tuple[Any, ...]]:
 
 def test_patient_list_counts_ranks_filters_and_sorts(loaded: TestClient) -> None:
     held = _get(loaded, "/patients/dash1/alerts")["alerts"]
-    res = _get(loaded, "/dashboard/patients")
+    res = _get(loaded, "/dashboard/patients?scope=active")
     assert res["total"] == 3 and _ids(res)[0] == "dash1"
     rows = {p["patient_id"]: p for p in res["patients"]}
     assert rows["dash1"]["alerts"] == len(held) and rows["dash1"]["highest_severity"] == "critical"
@@ -68,16 +68,16 @@ def test_patient_list_counts_ranks_filters_and_sorts(loaded: TestClient) -> None
     assert res["reference_ranges"]["magnesium"]["high"] > res["reference_ranges"]["magnesium"]["low"]
     every = {p["patient_id"]: p for p in _get(loaded, "/dashboard/patients?scope=all")["patients"]}
     assert every["gone"]["highest_severity"] == "warning" and every["gone"]["last_alert_kind"] == "mg_out_of_range"
-    assert _ids(_get(loaded, "/dashboard/patients?severity=critical")) == ["dash1"]
+    assert _ids(_get(loaded, "/dashboard/patients?scope=active&severity=critical")) == ["dash1"]
     assert _ids(_get(loaded, "/dashboard/patients?scope=all&severity=warning")) == ["dash1", "gone"]
     assert _ids(_get(loaded, "/dashboard/patients?scope=all&kind=mg_out_of_range")) == ["dash1", "gone"]
-    assert _ids(_get(loaded, "/dashboard/patients?with_alerts=true")) == ["dash1"]
+    assert _ids(_get(loaded, "/dashboard/patients?scope=active&with_alerts=true")) == ["dash1"]
     assert _ids(_get(loaded, "/dashboard/patients?q=ALM")) == ["calm"]
     assert _ids(_get(loaded, "/dashboard/patients?sort=patient_id&order=asc")) == ["calm", "dash1", "gone"]
     assert _ids(_get(loaded, "/dashboard/patients?sort=latest_mg")) == ["calm", "gone", "dash1"]
     page = _get(loaded, "/dashboard/patients?sort=patient_id&order=asc&limit=1&offset=1")
     assert _ids(page) == ["dash1"] and page["total"] == 3
-    for bad in ("severity=urgent", "sort=age", "order=up", "limit=0", "scope=mine"):
+    for bad in ("severity=urgent", "sort=height", "order=up", "limit=0", "scope=mine"):
         r = loaded.get(f"/dashboard/patients?{bad}", headers=auth(READER))
         assert r.status_code == 422, bad
         assert bad.split("=")[0] in r.text
@@ -122,7 +122,12 @@ def test_timeline_series_doses_bands_ranges(loaded: TestClient, kb: KnowledgeBas
     assert bands and {b["stage"] for b in bands} <= {1, 2, 3} and max(b["stage"] for b in bands) == 2
     assert all(b["start"] < b["end"] for b in bands)
     assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(bands))
-    assert tl["alerts"] == _get(loaded, "/patients/dash1/alerts")["alerts"]
+    held = _get(loaded, "/patients/dash1/alerts")["alerts"]
+    assert [{k: v for k, v in a.items() if k not in ("label", "state")} for a in tl["alerts"]] == \
+        [{k: v for k, v in a.items() if k != "state"} for a in held]
+    assert all(a["label"] and "_" not in a["label"] for a in tl["alerts"])  # words, not internal ids
+    # the timeline recorded who saw each alert: the next read shows it
+    assert all([s["who"] for s in a["state"]["seen_by"]] == ["nurse-station"] for a in held)
     spec = tl["vega_lite"]
     assert len(spec["vconcat"]) == 6  # Mg, creatinine, K, Ca, urine, doses
     assert spec["params"][0]["bind"] == "scales"
@@ -297,7 +302,7 @@ def test_static_files_are_package_data() -> None:
 
 def test_empty_service(client: TestClient) -> None:
     """Nothing ingested yet: an empty list, and 404 for any patient (no surveillance results either)."""
-    assert _get(client, "/dashboard/patients") | {"reference_ranges": None} == {
-        "total": 0, "scope": "active", "patients": [], "severities": ["info", "warning", "critical"],
-        "reference_ranges": None}
+    assert _get(client, "/dashboard/patients") | {"reference_ranges": None, "alert_labels": None} == {
+        "total": 0, "scope": "action", "patients": [], "severities": ["info", "warning", "critical"],
+        "reference_ranges": None, "alert_labels": None, "timezone": "UTC"}
     assert client.get("/dashboard/patients/p1/timeline", headers=auth(READER)).status_code == 404

@@ -33,6 +33,7 @@ from mgaki.service.dashboard.dose_plan import PatientInputs, PlanRequest, plan_d
 from mgaki.service.dashboard.patient_data import (
     SEVERITIES,
     ListQuery,
+    Scope,
     SortKey,
     data_dir_store,
     dose_history,
@@ -44,6 +45,7 @@ from mgaki.service.dashboard.patient_data import (
 )
 from mgaki.service.persistence.db import MAX_OFFSET, alerts, write_audit
 from mgaki.service.persistence.ids import ID_MAX
+from mgaki.service.persistence.workflow import AlertState, alert_states, live_only, record_seen
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient
 
 __all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router", "visible_patients"]
@@ -104,8 +106,9 @@ def _patient(request: Request, who: Principal, patient_id: str) -> JSONResponse 
 
 @router.get("/dashboard/patients", tags=["dashboard"])
 def list_patients(request: Request, who: Reader,
-                  scope: Annotated[Literal["active", "all"], Query(
-                      description="active: alerts of encounters still open; all: every alert")] = "active",
+                  scope: Annotated[Scope, Query(
+                      description="action: alerts that need action (not acknowledged, snoozed or resolved); "
+                                  "active: alerts of encounters still open; all: every alert")] = "action",
                   severity: Annotated[Literal["info", "warning", "critical"] | None, Query(
                       description="only patients with an alert of at least this severity")] = None,
                   kind: Annotated[str | None, Query(max_length=50)] = None,
@@ -125,6 +128,8 @@ def list_patients(request: Request, who: Reader,
     write_audit(request.app.state.engine, who.name, "read", "GET /dashboard/patients", shown or [None],
                 f"{len(shown)} patients listed")
     res["severities"] = list(SEVERITIES)
+    res["timezone"] = request.app.state.cfg.timezone
+    res["alert_labels"] = {a.kind: a.label for a in _kb().evaluation.alerts}
     res["reference_ranges"] = reference_ranges(_kb(), ("magnesium", "creatinine"))
     return res
 
@@ -134,13 +139,23 @@ def patient_timeline(request: Request, patient_id: PatientId, who: Reader) -> di
     """Mg, creatinine, K, Ca, urine output, Mg doses, AKI stage bands, reference ranges and alerts."""
     if (missing := _patient(request, who, patient_id)) is not None:
         return missing
-    tl = timeline(data_dir_store(request.app.state.cfg.data_dir), _kb(), patient_id)
-    q = sa.select(alerts).where(alerts.c.subject_id == patient_id).order_by(alerts.c.time.desc(), alerts.c.id)
-    with request.app.state.engine.connect() as con:
+    kb = _kb()
+    tl = timeline(data_dir_store(request.app.state.cfg.data_dir), kb, patient_id)
+    q = sa.select(alerts).where(alerts.c.subject_id == patient_id, live_only()).order_by(
+        alerts.c.time.desc(), alerts.c.id)
+    engine = request.app.state.engine
+    with engine.connect() as con:
         rows = con.execute(q).mappings().all()
-    tl["alerts"] = [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()} for r in rows]
+        states = alert_states(con, [r["id"] for r in rows])
+    labels = {a.kind: a.label for a in kb.evaluation.alerts}
+    tl["alerts"] = [{**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()
+                        if k not in ("mode", "allocation_id")},
+                     "label": labels.get(r["kind"], r["kind"]),
+                     "state": states.get(r["id"], AlertState()).as_json()} for r in rows]
+    tl["timezone"] = request.app.state.cfg.timezone
     tl["vega_lite"] = timeline_chart(tl)
     _audit(request, who, "GET /dashboard/patients/{patient_id}/timeline", patient_id, None)
+    record_seen(engine, who.name, [(r["id"], patient_id) for r in rows])  # "seen by": who was shown which alert
     return tl
 
 
