@@ -21,14 +21,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import stats
 
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
+from mgaki.research.alert_trial import AlertPolicy, MemoryLedger, assign_mode
 from mgaki.units import convert
 
 __all__ = ["ALERT_COLUMNS", "ALPHA", "Comparison", "care_units", "evaluate", "exposure", "km_median", "logrank",
-           "outcomes", "rate_ratio", "risk_difference", "wilson"]
+           "outcomes", "rate_ratio", "retrospective_alerts", "risk_difference", "run", "wilson"]
 
 ALPHA = 0.05
 Z = float(stats.norm.ppf(1 - ALPHA / 2))
@@ -356,3 +358,29 @@ def exposure(store: EventStore) -> tuple[float, int]:
     finally:
         con.close()
     return float(row[0]), int(row[1])
+
+
+def retrospective_alerts(store: EventStore, policy: AlertPolicy) -> pa.Table:
+    """A cohort's surveillance alerts (``results/alerts.parquet``) with the mode ``policy`` gives each, allocated
+    in time order as the service would have: a retrospective shadow run (no alert was shown to anyone)."""
+    src = store.root / "results" / "alerts.parquet"
+    if not src.exists():
+        raise FileNotFoundError(f"{src} not found: run `mgaki surveil` on the store first")
+    import pyarrow.parquet as pq
+
+    tab = pq.read_table(src).sort_by([("time", "ascending"), ("subject_id", "ascending"), ("kind", "ascending")])
+    units = care_units(store, tab.select(["subject_id", "time"])) if policy.randomised() else {}
+    ledger = MemoryLedger()
+    modes = [assign_mode(policy, ledger, r["subject_id"], r["kind"],
+                         units.get((r["subject_id"], r["time"]), "ward"))[0]
+             for r in tab.select(["subject_id", "kind", "time"]).to_pylist()]
+    tab = tab.append_column("alert_id", pa.array(range(1, tab.num_rows + 1), pa.int64()))
+    return tab.append_column("mode", pa.array(modes, pa.string()))
+
+
+def run(store: EventStore, kb: KnowledgeBase, alerts: pa.Table,
+        allocation_unit: str | None = None) -> tuple[dict[str, Any], pa.Table]:
+    """``outcomes`` then ``evaluate`` over the store's exposure: the result and the per-alert table."""
+    tab = outcomes(store, kb, alerts.filter(pc.is_in(alerts["mode"], pa.array(["live", "silent"]))))
+    days, n_enc = exposure(store)
+    return evaluate(tab, kb, days, n_enc, allocation_unit), tab

@@ -43,30 +43,30 @@ def alert_trial_cohort(n: int, seed: int, arm_of: Callable[[str, str, datetime],
     meds: list[list[str | None]] = []
     enc: list[list[str | None]] = []
     subj: list[list[str | int | None]] = []
-    arms, trig, delays = {}, {}, {}
-    for i in range(n):
-        sid, eid = f"T{seed % 1000:03d}{i:05d}", f"A{seed % 1000:03d}{i:05d}"
+    arms: dict[str, str] = {}
+    trig: dict[str, datetime] = {}
+    delays: dict[str, float] = {}
+    plan = []
+    for i in range(n):  # draws first, so arms are asked for in order of eligibility
         adm = start + timedelta(minutes=int(rng.integers(0, 30 * 24 * 60)))
-        icu = bool(rng.random() < p_icu)
+        plan.append((i, adm, bool(rng.random() < p_icu), adm + timedelta(hours=float(rng.uniform(8, 20))),
+                     str(rng.choice(["F", "M"])), int(rng.integers(1940, 2000)),
+                     round(float(rng.uniform(1.1, 1.45)), 2), float(rng.exponential(1.0))))
+    for i, adm, icu, low_t, sex, year, low_v, unit_delay in sorted(plan, key=lambda p: p[3]):
+        sid, eid = f"T{seed % 1000:03d}{i:05d}", f"A{seed % 1000:03d}{i:05d}"
         dis = adm + timedelta(days=5)
-        subj.append([sid, str(rng.choice(["F", "M"])), int(rng.integers(1940, 2000)), "synthetic-trial", None])
+        subj.append([sid, sex, year, "synthetic-trial", None])
         enc.append([sid, eid, "hospital", adm.strftime(_FMT), dis.strftime(_FMT), None, "synthetic-trial"])
         if icu:
             enc.append([sid, eid + "-icu", "icu", adm.strftime(_FMT), (adm + timedelta(days=2)).strftime(_FMT),
                         eid, "synthetic-trial"])
-        low_t = adm + timedelta(hours=float(rng.uniform(8, 20)))
         trig[sid] = low_t
-        care_unit = "icu" if icu else "ward"
-        labs = [(adm + timedelta(hours=2), 2.0), (low_t, round(float(rng.uniform(1.1, 1.45)), 2))]
         for t, v in ((adm + timedelta(hours=1), 0.9), (adm + timedelta(hours=30), 0.9)):
             ev.append([sid, eid, t.strftime(_FMT), "2160-0", "creatinine", f"{v}", "mg/dL", "synthetic-trial"])
         ev.extend([sid, eid, t.strftime(_FMT), "19123-9", "magnesium", f"{v}", "mg/dL", "synthetic-trial"]
-                  for t, v in labs)
-        delays[sid] = 0.0
-        trig[sid] = low_t
-        arms[sid] = arm_of(sid, care_unit, low_t)
-        mean = live_mean_h if arms[sid] == "live" else silent_mean_h
-        delay = float(rng.exponential(mean))
+                  for t, v in ((adm + timedelta(hours=2), 2.0), (low_t, low_v)))
+        arms[sid] = arm_of(sid, "icu" if icu else "ward", low_t)
+        delay = unit_delay * (live_mean_h if arms[sid] == "live" else silent_mean_h)  # exponential, that mean
         delays[sid] = delay if delay <= 24 else float("inf")
         recheck = low_t + timedelta(hours=26)
         if delay <= 24:

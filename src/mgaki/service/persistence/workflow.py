@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from mgaki.research.alert_trial import Allocation
@@ -31,7 +32,7 @@ from mgaki.service.persistence.db import (
 )
 from mgaki.service.persistence.ids import safe_text
 
-__all__ = ["ACTIONS", "MAX_SNOOZE", "Action", "AlertState", "DbLedger", "WorkflowError", "alert_states",
+__all__ = ["ACTIONS", "MAX_SNOOZE", "Action", "AlertState", "DbLedger", "WorkflowError", "alert_states", "evaluation_alerts",
            "live_only", "record_action", "record_seen"]
 
 Action = Literal["acknowledge", "snooze", "assign", "resolve", "reopen"]
@@ -191,6 +192,20 @@ def record_seen(engine: sa.Engine, actor: str, shown: Sequence[tuple[int, str]])
                                      f"first seen: alert(s) {', '.join(map(str, sorted(v)))}"[:500])
                            for p, v in sorted(per_patient.items())])
     return len(fresh)
+
+
+def evaluation_alerts(engine: sa.Engine) -> pa.Table:
+    """Every stored alert with its mode (NULL: live), in the columns ``research.alert_eval.outcomes`` reads."""
+    q = sa.select(alerts.c.id.label("alert_id"), alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind,
+                  alerts.c.time, alerts.c.severity, alerts.c.value,
+                  sa.func.coalesce(alerts.c.mode, "live").label("mode")).order_by(alerts.c.time, alerts.c.id)
+    with engine.connect() as con:
+        rows = con.execute(q).all()
+    types = (pa.int64(), pa.string(), pa.string(), pa.string(), pa.timestamp("us"), pa.string(), pa.float64(),
+             pa.string())
+    names = ("alert_id", "subject_id", "encounter_id", "kind", "time", "severity", "value", "mode")
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in types]
+    return pa.table({n: pa.array(c, t) for n, c, t in zip(names, cols, types, strict=True)})
 
 
 class DbLedger:
