@@ -197,6 +197,8 @@ def render_fragment(res: dict[str, Any], images: dict[str, str], source: str) ->
         parts.append(f"<img alt='lab-to-action chart' src='{images['lab_to_action']}'>")
     out_rows = []
     for c in res["comparisons"]:
+        if not (c["n_live"] and c["n_silent"]):
+            continue  # nothing to compare: said once in the warnings
         label = next((b["label"] for b in res["burden"] if b["kind"] == c["kind"]), c["kind"])
         for b in c["binary"]:
             out_rows.append([e(label), e(b["label"]), f"{b['live'][0]}/{b['live'][1]}",
@@ -204,8 +206,9 @@ def render_fragment(res: dict[str, Any], images: dict[str, str], source: str) ->
                              f"{_f(b['rd'], True)} ({_f(b['rd_low'], True)} to {_f(b['rd_high'], True)})",
                              f"{_f(b['rr'], nd=2)} ({_f(b['rr_low'], nd=2)}–{_f(b['rr_high'], nd=2)})",
                              _p(b["p"])])
-    parts.append(_table(["Alert", "Outcome", "Live", "Silent", "Risk difference (95% CI)", "Risk ratio (95% CI)",
-                         "p"], out_rows))
+    if out_rows:
+        parts.append(_table(["Alert", "Outcome", "Live", "Silent", "Risk difference (95% CI)",
+                             "Risk ratio (95% CI)", "p"], out_rows))
     if "risk" in images:
         parts.append(f"<img alt='risk difference chart' src='{images['risk']}'>")
     parts.append("<h2>Outcome definitions</h2>")

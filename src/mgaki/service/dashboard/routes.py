@@ -6,6 +6,10 @@ API (bearer token, reader role; an audit row per call, like every endpoint of th
 - ``GET  /dashboard/patients/{id}/timeline``               series, doses, AKI bands, ranges, alerts
 - ``GET  /dashboard/patients/{id}/assessment``             ``mgaki.assess`` on the stored record
 - ``POST /dashboard/patients/{id}/dose-plan``              ``mgaki.pk`` prediction for a regimen/target
+- ``GET  /dashboard/evaluation``                           ``mgaki evaluate`` on the service's data
+
+Alert actions (acknowledge, snooze, assign, resolve, reopen) are ``POST /alerts/{id}/{action}`` (app.py);
+the timeline records who saw which alert.
 
 Pages: ``/ui/`` (list) and ``/ui/patients/{id}``: static HTML and JS (vendored Vega), no patient
 data in the page itself; the page asks once for a bearer token, keeps it in ``sessionStorage``
@@ -27,6 +31,8 @@ from fastapi.staticfiles import StaticFiles
 
 import mgaki
 from mgaki.knowledge import KnowledgeBase, load
+from mgaki.research.alert_eval import run
+from mgaki.research.alert_report import clean, inline_images, render_fragment
 from mgaki.result import Assessment
 from mgaki.service.dashboard.charts import dose_chart, timeline_chart
 from mgaki.service.dashboard.dose_plan import PatientInputs, PlanRequest, plan_dose
@@ -45,7 +51,13 @@ from mgaki.service.dashboard.patient_data import (
 )
 from mgaki.service.persistence.db import MAX_OFFSET, alerts, write_audit
 from mgaki.service.persistence.ids import ID_MAX
-from mgaki.service.persistence.workflow import AlertState, alert_states, live_only, record_seen
+from mgaki.service.persistence.workflow import (
+    AlertState,
+    alert_states,
+    evaluation_alerts,
+    live_only,
+    record_seen,
+)
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient
 
 __all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router", "visible_patients"]
@@ -146,6 +158,8 @@ def patient_timeline(request: Request, patient_id: PatientId, who: Reader) -> di
     engine = request.app.state.engine
     with engine.connect() as con:
         rows = con.execute(q).mappings().all()
+    record_seen(engine, who.name, [(r["id"], patient_id) for r in rows])  # "seen by": who was shown which alert
+    with engine.connect() as con:
         states = alert_states(con, [r["id"] for r in rows])
     labels = {a.kind: a.label for a in kb.evaluation.alerts}
     tl["alerts"] = [{**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()
@@ -155,7 +169,6 @@ def patient_timeline(request: Request, patient_id: PatientId, who: Reader) -> di
     tl["timezone"] = request.app.state.cfg.timezone
     tl["vega_lite"] = timeline_chart(tl)
     _audit(request, who, "GET /dashboard/patients/{patient_id}/timeline", patient_id, None)
-    record_seen(engine, who.name, [(r["id"], patient_id) for r in rows])  # "seen by": who was shown which alert
     return tl
 
 
@@ -216,6 +229,30 @@ def dose_plan(request: Request, patient_id: PatientId, body: PlanRequest, who: R
     return plan
 
 
+@router.get("/dashboard/evaluation", tags=["dashboard"])
+def evaluation(request: Request, who: Reader) -> dict[str, Any]:
+    """``mgaki evaluate`` on the service's data: burden, PPV, live against silent (docs/evaluation.md).
+
+    Aggregates only (no patient is named); the report's HTML body, its charts inline, and the numbers."""
+    if "reader" not in who.roles and "admin" not in who.roles:
+        raise AuthError(f"token {who.name!r} may not read patient data", 403)
+    cfg = request.app.state.cfg
+    if visible_patients(who) is not None:  # a token limited to some patients sees no cohort-wide figures
+        raise AuthError(f"token {who.name!r} is limited to some patients: the evaluation covers every patient", 403)
+    kb = _kb()
+    policy = cfg.alerts
+    res, _ = run(data_dir_store(cfg.data_dir), kb, evaluation_alerts(request.app.state.engine),
+                 policy.allocation.unit if policy.randomised() else None)
+    modes = ", ".join(f"{a.label}: {policy.mode(a.kind)}" for a in kb.evaluation.alerts)
+    source = f"Service data; modes: {modes}" + (
+        f"; allocation by {policy.allocation.unit}, seed {policy.allocation.seed}, label "
+        f"{policy.allocation.label}" if policy.randomised() else "")
+    body = render_fragment(res, inline_images(res), source)
+    write_audit(request.app.state.engine, who.name, "read", "GET /dashboard/evaluation", [None],
+                f"{res['alerts']} alerts evaluated")
+    return {"html": body, "result": clean(res)}
+
+
 # --- pages --------------------------------------------------------------------------------------
 
 
@@ -235,6 +272,11 @@ def ui_root() -> RedirectResponse:
 @router.get("/ui/", include_in_schema=False)
 def ui_list() -> Response:
     return _page("list.html")
+
+
+@router.get("/ui/evaluation", include_in_schema=False)
+def ui_evaluation() -> Response:
+    return _page("evaluation.html")
 
 
 @router.get("/ui/patients/{patient_id}", include_in_schema=False)
