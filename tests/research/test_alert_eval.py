@@ -8,7 +8,7 @@ effect significant no more often than its alpha says.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from mgaki.research.alert_trial import AlertPolicy, AllocationSettings, MemoryLe
 from mgaki.surveillance import surveil
 from mgaki.synth.alert_trial import alert_trial_cohort
 
-T0 = datetime(2031, 5, 1, 8, 0)
+T0 = datetime(2031, 5, 1, 8, 0, tzinfo=UTC).replace(tzinfo=None)  # the store keeps naive UTC
 
 
 @pytest.fixture(scope="module")

@@ -207,3 +207,34 @@ def test_unknown_kind_in_modes_is_refused(tmp_path: Path) -> None:
         make_config(tmp_path, alerts={"modes": {"mg_low_typo": "silent"}})
     with pytest.raises(ValueError, match="time zone"):
         make_config(tmp_path, timezone="Mars/Olympus")
+
+
+def test_override_reasons_offered_and_counted(tmp_path: Path) -> None:
+    """Point 5: the cards offer the coded override reasons; the EHR's feedback is stored and counted in the
+    evaluation (CDS Hooks 2.0 feedback)."""
+    from conftest import hook_request
+
+    from mgaki.knowledge import load
+
+    ev = load().evaluation
+    with _client(tmp_path, None) as c:
+        cards = c.post("/cds-services/mgaki-patient-view", json=hook_request("general_low_cheungpasitporn")).json()
+        assert cards["cards"]
+        for card in cards["cards"]:
+            assert [r["code"] for r in card["overrideReasons"]] == [r.code for r in ev.override_reasons]
+            assert {r["system"] for r in card["overrideReasons"]} == {ev.override_system}
+        reason = cards["cards"][0]["overrideReasons"][1]
+        fb = {"feedback": [
+            {"card": cards["cards"][0]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-12-06T09:00:00Z",
+             "overrideReason": {"reason": reason, "userComment": "level due at 14:00"}},
+            {"card": "c2", "outcome": "overridden", "outcomeTimestamp": "2026-12-06T09:01:00Z",
+             "overrideReason": {"reason": reason}},
+            {"card": "c3", "outcome": "accepted", "outcomeTimestamp": "2026-12-06T09:02:00Z",
+             "acceptedSuggestions": [{"id": "s1"}]}]}
+        assert c.post("/cds-services/mgaki-patient-view/feedback", json=fb).json() == {"stored": 3}
+        res = c.get("/dashboard/evaluation", headers=auth(READER)).json()
+        assert res["result"]["feedback"]["services"] == [
+            {"service": "mgaki-patient-view", "accepted": 1, "overridden": 2}]
+        assert res["result"]["feedback"]["override_reasons"] == [
+            {"code": reason["code"], "display": reason["display"], "n": 2}]
+        assert "CDS Hooks feedback" in res["html"] and reason["display"] in res["html"]

@@ -38,6 +38,7 @@ def evaluate(
     from mgaki.research.alert_report import clean, render_html
     from mgaki.research.alert_trial import AlertPolicy, AllocationSettings
 
+    feedback: list[dict[str, object]] | None
     if (config is None) == (store is None):
         err.print("give exactly one of --config (a service's data) and --store (a cohort event store)")
         raise typer.Exit(2)
@@ -45,23 +46,24 @@ def evaluate(
     if config is not None:
         from mgaki.service.config import load_config
         from mgaki.service.persistence.db import make_engine
-        from mgaki.service.persistence.workflow import evaluation_alerts
+        from mgaki.service.persistence.workflow import evaluation_alerts, feedback_counts
 
         cfg = load_config(config)
         engine = make_engine(cfg.db_url())
         try:
             alerts = evaluation_alerts(engine)
+            feedback = feedback_counts(engine)
         finally:
             engine.dispose()
         ev_store = EventStore(cfg.data_dir / "events")
-        unit_used = cfg.alerts.allocation.unit if cfg.alerts.randomised() else None
+        unit_used: str | None = cfg.alerts.allocation.unit if cfg.alerts.randomised() else None
         source = f"Service data in {cfg.data_dir}"
     else:
         assert store is not None
         if mode not in ("randomised", "silent", "live") or unit not in ("patient", "ward"):
             err.print("--mode is randomised | silent | live and --unit patient | ward")
             raise typer.Exit(2)
-        policy = AlertPolicy(default=mode, allocation=AllocationSettings(seed=seed, unit=unit))  # type: ignore[arg-type]
+        policy = AlertPolicy(default=mode, allocation=AllocationSettings(seed=seed, unit=unit))
         ev_store = EventStore(store)
         try:
             alerts = retrospective_alerts(ev_store, policy)
@@ -69,11 +71,12 @@ def evaluate(
             err.print(str(exc))
             raise typer.Exit(2) from None
         unit_used = unit if mode == "randomised" else None
+        feedback = None
         source = (f"Retrospective shadow run on {store}: every alert kind {mode}"
                   + (f", allocated by {unit} with seed {seed}" if mode == "randomised" else "")
                   + "; no alert was shown, so no difference between the arms is expected")
     with err.status("following every alert in the data"):
-        res, _ = run(ev_store, kb, alerts, unit_used)
+        res, _ = run(ev_store, kb, alerts, unit_used, feedback)
     with err.status("rendering the report"):
         paths = render_html(res, out, source)
     if as_json:

@@ -30,7 +30,7 @@ from mgaki.research.alert_trial import AlertPolicy, MemoryLedger, assign_mode
 from mgaki.units import convert
 
 __all__ = ["ALERT_COLUMNS", "ALPHA", "Comparison", "care_units", "evaluate", "exposure", "km_median", "logrank",
-           "outcomes", "rate_ratio", "retrospective_alerts", "risk_difference", "run", "wilson"]
+           "outcomes", "rate_ratio", "retrospective_alerts", "risk_difference", "run", "summarise_feedback", "wilson"]
 
 ALPHA = 0.05
 Z = float(stats.norm.ppf(1 - ALPHA / 2))
@@ -152,7 +152,7 @@ def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table
     acted = ~np.isnat(act)
     end = np.where(acted, act, cen)
     minutes = (end - t0).astype("timedelta64[s]").astype(float) / 60.0
-    reviewed = np.array([a == "review" for a in tab["action"].to_pylist()])
+    reviewed = np.array([a == "review" for a in tab["action"].to_pylist()], dtype=bool)
     minutes[reviewed] = np.nan  # a review alert asks for no action the data can see
     tab = tab.append_column("lab_to_action_min", pa.array(np.round(minutes, 1), pa.float64(),
                                                           mask=np.isnan(minutes)))
@@ -378,9 +378,32 @@ def retrospective_alerts(store: EventStore, policy: AlertPolicy) -> pa.Table:
     return tab.append_column("mode", pa.array(modes, pa.string()))
 
 
-def run(store: EventStore, kb: KnowledgeBase, alerts: pa.Table,
-        allocation_unit: str | None = None) -> tuple[dict[str, Any], pa.Table]:
-    """``outcomes`` then ``evaluate`` over the store's exposure: the result and the per-alert table."""
+def run(store: EventStore, kb: KnowledgeBase, alerts: pa.Table, allocation_unit: str | None = None,
+        feedback: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], pa.Table]:
+    """``outcomes`` then ``evaluate`` over the store's exposure: the result and the per-alert table.
+    ``feedback``: CDS Hooks feedback counts (service, outcome, override_code, n), summarised with the reasons'
+    names."""
     tab = outcomes(store, kb, alerts.filter(pc.is_in(alerts["mode"], pa.array(["live", "silent"]))))
     days, n_enc = exposure(store)
-    return evaluate(tab, kb, days, n_enc, allocation_unit), tab
+    res = evaluate(tab, kb, days, n_enc, allocation_unit)
+    if feedback is not None:
+        res["feedback"] = summarise_feedback(kb, feedback)
+    return res, tab
+
+
+def summarise_feedback(kb: KnowledgeBase, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cards accepted and overridden per CDS service, and the override reasons by count (coded reasons named
+    from evaluation.yaml; a code the cards never offered is kept, marked as not offered)."""
+    names = {r.code: r.display for r in kb.evaluation.override_reasons}
+    by_service: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
+    for r in rows:
+        s = by_service.setdefault(r["service"], {"accepted": 0, "overridden": 0})
+        s[r["outcome"]] = s.get(r["outcome"], 0) + int(r["n"])
+        if r["outcome"] == "overridden":
+            code = r["override_code"] or "(no reason given)"
+            reasons[code] = reasons.get(code, 0) + int(r["n"])
+    return {"services": [{"service": k, **v} for k, v in sorted(by_service.items())],
+            "override_reasons": [{"code": c, "display": names.get(c, "not one of the offered reasons"
+                                                                if c != "(no reason given)" else c), "n": n}
+                                 for c, n in sorted(reasons.items(), key=lambda x: (-x[1], x[0]))]}

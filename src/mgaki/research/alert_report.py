@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["burden_chart", "charts", "clean", "inline_images", "lab_to_action_chart", "ppv_chart", "render_fragment", "render_html",
-           "risk_chart"]
+__all__ = ["burden_chart", "charts", "clean", "inline_images", "lab_to_action_chart", "ppv_chart",
+           "render_fragment", "render_html", "risk_chart"]
 
 _W = 520
 _ARMS = alt.Scale(domain=["live", "silent"], range=["#d62728", "#7f7f7f"])
@@ -35,12 +35,13 @@ def burden_chart(res: dict[str, Any]) -> alt.Chart | None:
             if res["patient_days"] and n]
     if not rows:
         return None
-    return alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+    chart: alt.Chart = alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
         y=alt.Y("kind:N", title=None, sort="-x"),
         x=alt.X("rate:Q", stack=True, title="alerts per 100 patient-days (bars count alerts)"),
         color=alt.Color("arm:N", scale=_ARMS, title="arm (live: shown; silent: shadow)"),
         tooltip=["kind", "arm", alt.Tooltip("rate:Q", format=".1f")],
     ).properties(width=_W, title="Alert burden by kind and arm")
+    return chart
 
 
 def ppv_chart(res: dict[str, Any]) -> alt.LayerChart | None:
@@ -77,7 +78,7 @@ def lab_to_action_chart(res: dict[str, Any]) -> alt.FacetChart | None:
     rows: list[dict[str, Any]] = []
     for c in res["comparisons"]:
         lab = c["lab_to_action"]
-        if lab is None or not c["n_live"] and not c["n_silent"]:
+        if lab is None or (not c["n_live"] and not c["n_silent"]):
             continue
         label = next((b["label"] for b in res["burden"] if b["kind"] == c["kind"]), c["kind"])
         for arm in ("live", "silent"):
@@ -97,7 +98,7 @@ def lab_to_action_chart(res: dict[str, Any]) -> alt.FacetChart | None:
     return out
 
 
-def risk_chart(res: dict[str, Any]) -> alt.LayerChart | None:
+def risk_chart(res: dict[str, Any]) -> alt.FacetChart | None:
     rows = []
     for c in res["comparisons"]:
         label = next((b["label"] for b in res["burden"] if b["kind"] == c["kind"]), c["kind"])
@@ -115,9 +116,10 @@ def risk_chart(res: dict[str, Any]) -> alt.LayerChart | None:
         y=y, x=alt.X("rd:Q", title="risk difference, live minus silent, percentage points (95% CI)"),
         tooltip=["kind", "outcome", alt.Tooltip("rd:Q", format=".1f")])
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3], color="#666").encode(x="x:Q")
-    out: alt.LayerChart = alt.layer(zero, rule, pts, data=d).properties(width=_W, height=110)
-    return out.facet(row=alt.Row("kind:N", title=None)).properties(  # type: ignore[return-value]
+    layered = alt.layer(zero, rule, pts, data=d).properties(width=_W, height=110)
+    out: alt.FacetChart = layered.facet(row=alt.Row("kind:N", title=None)).properties(
         title="Outcomes, live against silent arm (first alert per patient)")
+    return out
 
 
 def charts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -211,6 +213,16 @@ def render_fragment(res: dict[str, Any], images: dict[str, str], source: str) ->
                              "Risk ratio (95% CI)", "p"], out_rows))
     if "risk" in images:
         parts.append(f"<img alt='risk difference chart' src='{images['risk']}'>")
+    if "feedback" in res:
+        fb = res["feedback"]
+        parts.append("<h2>CDS Hooks feedback</h2><p class='muted'>Cards the EHR reported as accepted or overridden, "
+                     "and the override reasons clinicians chose.</p>")
+        parts.append(_table(["CDS service", "Accepted", "Overridden"],
+                            [[e(s["service"]), str(s["accepted"]), str(s["overridden"])] for s in fb["services"]])
+                     if fb["services"] else "<p class='muted'>No feedback received yet.</p>")
+        if fb["override_reasons"]:
+            parts.append(_table(["Override reason", "Code", "Times"],
+                                [[e(r["display"]), e(r["code"]), str(r["n"])] for r in fb["override_reasons"]]))
     parts.append("<h2>Outcome definitions</h2>")
     parts.append(_table(["Outcome", "Window", "Meaning", "Source"],
                         [[e(o["label"]), f"{o['window_hours']:g} h", e(o["meaning"]), e(o["source"]["citation"])]

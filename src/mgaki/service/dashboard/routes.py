@@ -55,6 +55,7 @@ from mgaki.service.persistence.workflow import (
     AlertState,
     alert_states,
     evaluation_alerts,
+    feedback_counts,
     live_only,
     record_seen,
 )
@@ -242,7 +243,7 @@ def evaluation(request: Request, who: Reader) -> dict[str, Any]:
     kb = _kb()
     policy = cfg.alerts
     res, _ = run(data_dir_store(cfg.data_dir), kb, evaluation_alerts(request.app.state.engine),
-                 policy.allocation.unit if policy.randomised() else None)
+                 policy.allocation.unit if policy.randomised() else None, feedback_counts(request.app.state.engine))
     modes = ", ".join(f"{a.label}: {policy.mode(a.kind)}" for a in kb.evaluation.alerts)
     source = f"Service data; modes: {modes}" + (
         f"; allocation by {policy.allocation.unit}, seed {policy.allocation.seed}, label "

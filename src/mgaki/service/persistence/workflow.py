@@ -28,12 +28,13 @@ from mgaki.service.persistence.db import (
     allocations,
     append_audit,
     audit_row,
+    cds_feedback,
     utcnow,
 )
 from mgaki.service.persistence.ids import safe_text
 
-__all__ = ["ACTIONS", "MAX_SNOOZE", "Action", "AlertState", "DbLedger", "WorkflowError", "alert_states", "evaluation_alerts",
-           "live_only", "record_action", "record_seen"]
+__all__ = ["ACTIONS", "MAX_SNOOZE", "Action", "AlertState", "DbLedger", "WorkflowError", "alert_states",
+           "evaluation_alerts", "feedback_counts", "live_only", "record_action", "record_seen"]
 
 Action = Literal["acknowledge", "snooze", "assign", "resolve", "reopen"]
 ACTIONS: tuple[str, ...] = ("acknowledge", "snooze", "assign", "resolve", "reopen")
@@ -206,6 +207,15 @@ def evaluation_alerts(engine: sa.Engine) -> pa.Table:
     names = ("alert_id", "subject_id", "encounter_id", "kind", "time", "severity", "value", "mode")
     cols = list(zip(*rows, strict=True)) if rows else [() for _ in types]
     return pa.table({n: pa.array(c, t) for n, c, t in zip(names, cols, types, strict=True)})
+
+
+def feedback_counts(engine: sa.Engine) -> list[dict[str, Any]]:
+    """CDS Hooks feedback counted by service, outcome (accepted | overridden) and override reason code."""
+    q = sa.select(cds_feedback.c.service, cds_feedback.c.outcome, cds_feedback.c.override_code,
+                  sa.func.count().label("n")).group_by(cds_feedback.c.service, cds_feedback.c.outcome,
+                                                       cds_feedback.c.override_code)
+    with engine.connect() as con:
+        return [dict(r._mapping) for r in con.execute(q)]
 
 
 class DbLedger:
