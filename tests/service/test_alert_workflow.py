@@ -213,7 +213,6 @@ def test_override_reasons_offered_and_counted(tmp_path: Path) -> None:
     """Point 5: the cards offer the coded override reasons; the EHR's feedback is stored and counted in the
     evaluation (CDS Hooks 2.0 feedback)."""
     from conftest import hook_request
-
     from mgaki.knowledge import load
 
     ev = load().evaluation

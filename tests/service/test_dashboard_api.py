@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,13 +125,24 @@ def test_timeline_series_doses_bands_ranges(loaded: TestClient, kb: KnowledgeBas
     assert all(b["start"] < b["end"] for b in bands)
     assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(bands))
     held = _get(loaded, "/patients/dash1/alerts")["alerts"]
-    assert [{k: v for k, v in a.items() if k not in ("label", "state")} for a in tl["alerts"]] == \
-        [{k: v for k, v in a.items() if k != "state"} for a in held]
+    assert [{k: v for k, v in a.items() if k not in ("label", "state", "detail")} for a in tl["alerts"]] == \
+        [{k: v for k, v in a.items() if k not in ("state", "detail")} for a in held]
     assert all(a["label"] and "_" not in a["label"] for a in tl["alerts"])  # words, not internal ids
+    assert all(not re.search(r"\b[a-z]+_[a-z0-9_.]+\b", a["detail"]) for a in tl["alerts"]), \
+        [a["detail"] for a in tl["alerts"]]
     # the timeline recorded who saw each alert: the next read shows it
     assert all([s["who"] for s in a["state"]["seen_by"]] == ["nurse-station"] for a in held)
     spec = tl["vega_lite"]
-    assert len(spec["vconcat"]) == 6  # Mg, creatinine, K, Ca, urine, doses
+    assert len(spec["vconcat"]) == 7  # AKI stage strip, Mg, creatinine, K, Ca, urine, doses
+    assert spec["vconcat"][0]["title"]["text"] == "AKI stage (KDIGO)"
+    # criteria in words in the data the tooltips show, not surveillance's ids
+    crit = [r["criterion_text"] for r in spec["datasets"]["aki_bands"]]
+    assert crit and all("_" not in c for c in crit), crit
+    # the creatinine axis is not zoomed into noise: it spans at least half the largest value
+    cr_panel = next(v for v in spec["vconcat"] if "Creatinine" in json.dumps(v))
+    lo, hi = next(la["encoding"]["y"]["scale"]["domain"] for la in cr_panel["layer"] if "y" in la["encoding"]
+                  and "scale" in la["encoding"]["y"])
+    assert hi - lo >= 0.5 * max(v for _, v in CREATININE)
     assert spec["params"][0]["bind"] == "scales"
     vega = vlc.vegalite_to_vega(spec)  # compiles: the browser will draw it
     assert any(s["name"] == "x" for s in vega.get("scales", []))
@@ -306,3 +319,35 @@ def test_empty_service(client: TestClient) -> None:
         "total": 0, "scope": "action", "patients": [], "severities": ["info", "warning", "critical"],
         "reference_ranges": None, "alert_labels": None, "timezone": "UTC"}
     assert client.get("/dashboard/patients/p1/timeline", headers=auth(READER)).status_code == 404
+
+
+def test_chart_words_time_zone_and_flat_series(loaded: TestClient) -> None:
+    """Issue 17 point 6: criteria in words, the site's time zone on the time axis, a flat creatinine drawn flat."""
+    from mgaki.service.dashboard.charts import criterion_text, local_times
+
+    assert criterion_text("uo_lt_0.5_6h") == "urine output < 0.5 mL/kg/h for 6 h"
+    assert criterion_text("ratio_lowest_prior_7d") == "creatinine ratio to the lowest value of the prior 7 days"
+    assert criterion_text("rise_0.3_48h") == "creatinine rise of at least 0.3 mg/dL within 48 h"
+    assert local_times([{"time": "2024-07-01T12:00:00"}], "Europe/London") == [{"time": "2024-07-01T13:00:00"}]
+    assert local_times([{"time": "2024-01-01T12:00:00"}], "America/New_York") == [{"time": "2024-01-01T07:00:00"}]
+    spec = _get(loaded, "/dashboard/patients/calm/timeline")["vega_lite"]
+    cr_panel = next(v for v in spec["vconcat"] if "Creatinine" in json.dumps(v))
+    lo, hi = next(la["encoding"]["y"]["scale"]["domain"] for la in cr_panel["layer"] if "y" in la["encoding"]
+                  and "scale" in la["encoding"]["y"])
+    assert lo <= 0.9 - 0.2 and hi >= 0.9 + 0.2  # 0.90 -> 0.90 is not stretched over the whole panel
+    assert "time (UTC)" in json.dumps(spec)
+
+
+def test_sources_link_and_carry_no_internal_notes(loaded: TestClient) -> None:
+    """Issue 17 point 6: every source link is a URL (a DailyMed 'document' is an address and a note), and the
+    project's internal notes ("knowledge-brief section 4, U", "SPEC C7") are not shown to clinicians."""
+    res = _get(loaded, "/dashboard/patients/dash1/assessment")
+    text = json.dumps(res)
+    assert "knowledge-brief" not in text and "SPEC C" not in text and "SPEC.md" not in text
+    urls = [s["url"] for s in res["sources"] if s["url"]] + [
+        e["document"] for f in res["assessment"]["findings"] for e in f["evidence"]
+        if e["document"] and e["document"].startswith("http")]
+    assert urls and all(re.fullmatch(r"https?://[^\s()]+", u) for u in urls), urls
+    # the bedside JSON keeps the full provenance: only the dashboard's view is cleaned
+    raw = mgaki.assess(dashboard_bundle()).model_dump_json()
+    assert "knowledge-brief" in raw or "dailymed.nlm.nih.gov (" in raw

@@ -346,6 +346,11 @@ def _aki_bands(con: duckdb.DuckDBPyConnection, store: EventStore, pid: str,
 # --- the record the bedside engine reads, and the dosing history the PK fit reads --------------
 
 
+def _as_reported(v: float) -> float:
+    """A canonical value at a lab's precision: 2 decimals (1.09373 mg/dL -> 1.09), 1 from 100 up."""
+    return round(v, 2) if abs(v) < 100 else round(v, 1)
+
+
 def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> PatientRecord:
     """The canonical record of one patient, rebuilt from stored rows (values already canonical).
 
@@ -375,8 +380,9 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
         if analyte == "rrt":
             rrt.append(_utc(t))
         elif value is not None:
+            # the store keeps the canonical value (converted from the lab's unit); shown rounded as labs report
             meas.append(Measurement(analyte, float(value), unit, _utc(t), source or "event store",
-                                    float(value), unit))
+                                    _as_reported(float(value)), unit))
     w_unit = kb.analyte("weight").canonical_unit
     meas += [Measurement("weight", float(w), w_unit, _utc(t), s or "event store", float(w), w_unit)
              for w, t, s in wt]

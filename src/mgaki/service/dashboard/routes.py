@@ -34,7 +34,7 @@ from mgaki.knowledge import KnowledgeBase, load
 from mgaki.research.alert_eval import run
 from mgaki.research.alert_report import clean, inline_images, render_fragment
 from mgaki.result import Assessment
-from mgaki.service.dashboard.charts import dose_chart, timeline_chart
+from mgaki.service.dashboard.charts import clinician_text, dose_chart, link_of, timeline_chart, words_for_ids
 from mgaki.service.dashboard.dose_plan import PatientInputs, PlanRequest, plan_dose
 from mgaki.service.dashboard.patient_data import (
     SEVERITIES,
@@ -165,7 +165,7 @@ def patient_timeline(request: Request, patient_id: PatientId, who: Reader) -> di
     labels = {a.kind: a.label for a in kb.evaluation.alerts}
     tl["alerts"] = [{**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()
                         if k not in ("mode", "allocation_id")},
-                     "label": labels.get(r["kind"], r["kind"]),
+                     "label": labels.get(r["kind"], r["kind"]), "detail": words_for_ids(r["detail"]),
                      "state": states.get(r["id"], AlertState()).as_json()} for r in rows]
     tl["timezone"] = request.app.state.cfg.timezone
     tl["vega_lite"] = timeline_chart(tl)
@@ -179,16 +179,33 @@ def _assessment(request: Request, patient_id: str) -> tuple[Any, Assessment]:
 
 
 def _sources(a: Assessment) -> list[dict[str, Any]]:
-    """Every distinct source the findings and the plan cite, with a link when there is a DOI or URL."""
+    """Every distinct source the findings and the plan cite, with a working link when there is a DOI or URL, and
+    without the project's internal notes."""
     seen: dict[str, dict[str, Any]] = {}
     for ev in [e for f in a.findings for e in f.evidence] + list(a.plan.evidence):
         key = ev.doi or ev.document or ev.source
         if key not in seen:
-            url = f"https://doi.org/{ev.doi}" if ev.doi else (ev.document if ev.document and
-                                                                 ev.document.startswith("http") else None)
-            seen[key] = {"citation": ev.source, "doi": ev.doi, "document": ev.document, "url": url,
-                         "verification": ev.verification}
+            link, note = link_of(ev.document)
+            url = f"https://doi.org/{ev.doi}" if ev.doi else link
+            citation = clinician_text(ev.source) or ev.source
+            seen[key] = {"citation": citation + (f" ({note})" if note and link else ""), "doi": ev.doi,
+                         "document": link or clinician_text(note), "url": url, "verification": ev.verification}
     return list(seen.values())
+
+
+def _for_clinicians(assessment: dict[str, Any]) -> dict[str, Any]:
+    """The assessment's evidence with working links and without internal notes (the JSON of mgaki assess keeps
+    them: they are the provenance of each number)."""
+    def fix(ev: dict[str, Any]) -> dict[str, Any]:
+        link, note = link_of(ev.get("document"))
+        return {**ev, "source": clinician_text(ev.get("source")) or ev.get("source"),
+                "document": link or clinician_text(note), "document_note": note if link else None}
+
+    out = dict(assessment)
+    out["findings"] = [{**f, "evidence": [fix(e) for e in f["evidence"]]} for f in assessment["findings"]]
+    if out.get("plan"):
+        out["plan"] = {**out["plan"], "evidence": [fix(e) for e in out["plan"].get("evidence", [])]}
+    return out
 
 
 @router.get("/dashboard/patients/{patient_id}/assessment", tags=["dashboard"], response_model=None)
@@ -198,7 +215,7 @@ def patient_assessment(request: Request, patient_id: PatientId, who: Reader) -> 
         return missing
     _, a = _assessment(request, patient_id)
     _audit(request, who, "GET /dashboard/patients/{patient_id}/assessment", patient_id, f"{len(a.findings)} findings")
-    return {"assessment": a.model_dump(mode="json"), "sources": _sources(a)}
+    return {"assessment": _for_clinicians(a.model_dump(mode="json")), "sources": _sources(a)}
 
 
 @router.post("/dashboard/patients/{patient_id}/dose-plan", tags=["dashboard"], response_model=None)
