@@ -8,7 +8,6 @@ carries a few dozen rows whatever the cohort size.
 from __future__ import annotations
 
 import math
-
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
