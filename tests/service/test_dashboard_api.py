@@ -351,3 +351,18 @@ def test_sources_link_and_carry_no_internal_notes(loaded: TestClient) -> None:
     # the bedside JSON keeps the full provenance: only the dashboard's view is cleaned
     raw = mgaki.assess(dashboard_bundle()).model_dump_json()
     assert "knowledge-brief" in raw or "dailymed.nlm.nih.gov (" in raw
+
+
+def test_values_shown_at_lab_precision(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 17 point 6: a Mg reported in mmol/L is stored in mg/dL (1.0937...); the dashboard shows 1.09, not
+    'SERUM MG 1.09373 mg/dL'."""
+    from mgaki.synth.fhir import BundleBuilder
+
+    b = BundleBuilder(pid="si1", id_prefix="si1-").series("magnesium", "mmol/L", [(0.0, 0.45)]) \
+        .series("creatinine", "mg/dL", [(0.0, 0.9)]).build()
+    b["type"] = "batch"
+    with TestClient(create_app(make_config(tmp_path_factory.mktemp("si"))), raise_server_exceptions=False) as c:
+        assert c.post("/fhir", json=b, headers=auth(WRITER)).status_code == 200
+        mg = _get(c, "/dashboard/patients/si1/assessment")["assessment"]["magnesium"]
+    assert mg["value_mg_dl"] == pytest.approx(convert(0.45, "magnesium", "mmol/L", "mg/dL"), abs=1e-3)
+    assert mg["reported"] == "1.09 mg/dL"
