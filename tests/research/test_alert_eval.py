@@ -170,3 +170,16 @@ def test_evaluate_cli_renders_the_report_on_the_demo(tmp_path: Path) -> None:
     assert "mg_out_of_range" not in page.split("<h2>")[1]  # words, not internal ids, in the tables
     bad = runner.invoke(app, ["evaluate", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "exactly one" in bad.output
+
+
+def test_every_alert_kind_has_its_evaluation_entry(kb: KnowledgeBase) -> None:
+    """evaluation.yaml covers every surveillance alert kind once, with a defined target outcome."""
+    from mgaki.errors import KnowledgeError
+    from mgaki.knowledge import _check_evaluation
+
+    assert {a.kind for a in kb.evaluation.alerts} == {a.id for a in kb.surveillance.alerts}, \
+        "a surveillance alert kind without its evaluation.yaml entry (label, action, target)"
+    wrong = kb.evaluation.model_copy(update={"alerts": (*kb.evaluation.alerts, kb.evaluation.alerts[0])})
+    with pytest.raises(KnowledgeError, match="listed twice"):
+        _check_evaluation(wrong, kb.surveillance)
+    assert all(o.source.citation for o in kb.evaluation.outcomes)
