@@ -183,3 +183,10 @@ def test_every_alert_kind_has_its_evaluation_entry(kb: KnowledgeBase) -> None:
     with pytest.raises(KnowledgeError, match="listed twice"):
         _check_evaluation(wrong, kb.surveillance)
     assert all(o.source.citation for o in kb.evaluation.outcomes)
+
+
+def test_degenerate_samples_give_no_test_not_a_warning() -> None:
+    one = np.array([5.0])
+    assert math.isnan(logrank(one, np.array([True]), one, np.array([True])))
+    assert math.isnan(logrank(np.array([]), np.array([], bool), one, np.array([True])))
+    assert math.isnan(risk_difference(1, 0, 1, 3)[0]) and math.isnan(rate_ratio(0, 0, 1, 1)[0])

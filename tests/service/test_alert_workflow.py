@@ -3,6 +3,7 @@ PostgreSQL; every action audited in the hash chain."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -237,3 +238,26 @@ def test_override_reasons_offered_and_counted(tmp_path: Path) -> None:
         assert res["result"]["feedback"]["override_reasons"] == [
             {"code": reason["code"], "display": reason["display"], "n": 2}]
         assert "CDS Hooks feedback" in res["html"] and reason["display"] in res["html"]
+
+
+def test_evaluate_cli_on_the_service_data(tmp_path: Path) -> None:
+    """`mgaki evaluate --config`: the service's own database (modes, allocations) and event store."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from mgaki.cli import app
+
+    settings = {"default": "randomised", "allocation": {"seed": 3, "block_size": 2}}
+    with _client(tmp_path, None, alerts=settings) as c:
+        for i in range(4):
+            c.post("/fhir", json=dashboard_bundle(f"e{i}"), headers=auth(WRITER))
+        cfg = c.app.state.cfg  # type: ignore[attr-defined]
+    path = tmp_path / "service.yaml"
+    path.write_text(yaml.safe_dump({"data_dir": str(cfg.data_dir), "alerts": settings}))
+    r = CliRunner().invoke(app, ["evaluate", "--config", str(path), "-o", str(tmp_path / "ev"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["alerts"] > 0 and 0 < res["alerts_shown"] < res["alerts"]  # both arms present
+    assert any(c["n_live"] and c["n_silent"] for c in res["comparisons"])
+    assert res["feedback"] == {"services": [], "override_reasons": []}
+    assert (tmp_path / "ev" / "evaluation.html").is_file()

@@ -232,7 +232,10 @@ def logrank(t1: np.ndarray, e1: np.ndarray, t0: np.ndarray, e0: np.ndarray) -> f
         return math.nan
     x = stats.CensoredData(uncensored=t1[e1], right=t1[~e1])
     y = stats.CensoredData(uncensored=t0[e0], right=t0[~e0])
-    return float(stats.logrank(x, y).pvalue)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # no variance (one time in both arms): no test, NaN
+        p = float(stats.logrank(x, y).pvalue)
+    return p if math.isfinite(p) else math.nan
 
 
 @dataclass(frozen=True)
