@@ -245,7 +245,13 @@ def timeline_chart(tl: dict[str, Any]) -> dict[str, Any]:
         panels.append(alt.layer(bars.add_params(zoom), ticks.add_params(zoom)).properties(width=_WIDTH, height=height))
     if not panels:
         return {}
-    return data.spec(alt.vconcat(*panels, spacing=12).resolve_scale(x="shared", color="shared"))
+    spec = data.spec(alt.vconcat(*panels, spacing=12).resolve_scale(x="shared", color="shared"))
+    for view in spec["vconcat"][:-1]:  # the time axis is named once, under the last panel
+        for layer in view.get("layer", [view]):
+            x_enc = layer.get("encoding", {}).get("x")
+            if isinstance(x_enc, dict):
+                x_enc["title"] = None
+    return spec
 
 
 @_one_zoom
