@@ -93,11 +93,14 @@ def main() -> None:
             page.locator("#alerts li[data-alert-id]").nth(1).locator('button[data-action="acknowledge"]').click()
             expect(page.locator("#alerts li[data-status=acknowledged]")).to_have_count(1)
             page.screenshot(path=str(OUT / "dashboard-patient.png"), full_page=True)
+            page.locator("#alerts li[data-status=snoozed]").scroll_into_view_if_needed()
+            page.locator("#alerts-card").screenshot(path=str(OUT / "dashboard-alert-workflow.png"))
             page.goto(base + "/ui/evaluation")
             expect(page.locator("#report")).to_have_attribute("data-rendered", "true", timeout=120000)
             page.screenshot(path=str(OUT / "dashboard-evaluation.png"), full_page=True)
             browser.close()
-        for name in ("dashboard-list.png", "dashboard-patient.png", "dashboard-evaluation.png"):
+        for name in ("dashboard-list.png", "dashboard-patient.png", "dashboard-alert-workflow.png",
+                     "dashboard-evaluation.png"):
             print(OUT / name)
     finally:
         proc.terminate()
