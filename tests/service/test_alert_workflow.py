@@ -144,6 +144,9 @@ def test_token_limited_to_other_patients_cannot_act(tmp_path: Path) -> None:
         a = c.get("/patients/dash1/alerts", headers=auth(READER)).json()["alerts"][0]["id"]
         r = c.post(f"/alerts/{a}/acknowledge", headers=auth(other["token"]))
         assert r.status_code == 404  # not revealed
+        # the evaluation covers every patient: refused to a token limited to some
+        assert c.get("/dashboard/evaluation", headers=auth(other["token"])).status_code == 403
+        assert c.get("/dashboard/evaluation", headers=auth(READER)).status_code == 200
 
 
 def test_silent_mode_is_stored_never_shown(tmp_path: Path, database_url: str | None) -> None:
