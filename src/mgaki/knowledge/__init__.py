@@ -28,6 +28,7 @@ from mgaki.knowledge.schema import (
     DrugClass,
     DrugsFile,
     ElectrolytesFile,
+    EvaluationFile,
     EvidenceFile,
     KidneyFile,
     Limit,
@@ -105,6 +106,7 @@ class KnowledgeBase:
     kidney: KidneyFile
     surveillance: SurveillanceFile
     pk: PkFile
+    evaluation: EvaluationFile
     _by_id: dict[str, dict[str, Any]] = field(repr=False, compare=False)
 
     def files(self) -> dict[str, Strict]:
@@ -120,6 +122,7 @@ class KnowledgeBase:
             "kidney.yaml": self.kidney,
             "surveillance.yaml": self.surveillance,
             "pk.yaml": self.pk,
+            "evaluation.yaml": self.evaluation,
         }
 
     @property
@@ -232,6 +235,24 @@ def _current_windows(el: ElectrolytesFile, units: UnitsFile) -> dict[str, Any]:
     return out
 
 
+def _check_evaluation(evf: EvaluationFile, sv: SurveillanceFile) -> None:
+    """Each evaluation entry names a surveillance alert kind, once, and a defined outcome. A kind without an entry
+    loads (evaluated without a PPV target, named by its id); tests/research/test_alert_eval.py asks for one."""
+    kinds = [a.kind for a in evf.alerts]
+    known = {a.id for a in sv.alerts}
+    outcomes = {o.id for o in evf.outcomes}
+    for k in kinds:
+        if k not in known:
+            raise KnowledgeError(f"evaluation.yaml alerts: {k!r} is not a surveillance.yaml alert")
+        if kinds.count(k) > 1:
+            raise KnowledgeError(f"evaluation.yaml alerts: {k!r} listed twice")
+    for a in evf.alerts:
+        if a.target not in outcomes:
+            raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} targets undefined outcome {a.target!r}")
+    if "lab_to_action" not in outcomes:
+        raise KnowledgeError("evaluation.yaml outcomes: lab_to_action is required")
+
+
 @cache
 def load() -> KnowledgeBase:
     """Load and validate every knowledge file (once per process)."""
@@ -246,6 +267,8 @@ def load() -> KnowledgeBase:
     ev: EvidenceFile = p["evidence.yaml"]  # type: ignore[assignment]
     sv: SurveillanceFile = p["surveillance.yaml"]  # type: ignore[assignment]
     pk: PkFile = p["pk.yaml"]  # type: ignore[assignment]
+    evf: EvaluationFile = p["evaluation.yaml"]  # type: ignore[assignment]
+    _check_evaluation(evf, sv)
     by_id = {
         "analyte": _index(units.analytes, "analyte"),
         "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo,
@@ -274,7 +297,7 @@ def load() -> KnowledgeBase:
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
         magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,
-        regimens=reg, kidney=kid, surveillance=sv, pk=pk, _by_id=by_id,
+        regimens=reg, kidney=kid, surveillance=sv, pk=pk, evaluation=evf, _by_id=by_id,
     )
 
 

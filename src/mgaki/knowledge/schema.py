@@ -504,6 +504,56 @@ class SurveillanceFile(Strict):
     alerts: tuple[AlertRule, ...]
 
 
+# --- alert evaluation (evaluation.yaml) ------------------------------------------
+
+OutcomeId = Literal["lab_to_action", "mg_in_range_24h", "mg_out_of_range_24h", "aki_progression", "rrt", "death"]
+
+
+class OutcomeDef(Cited):
+    """An outcome ``mgaki evaluate`` measures after each alert, from data the service already ingests."""
+
+    id: OutcomeId
+    label: str
+    kind: Literal["time", "binary"]
+    window_hours: float  # looked for in (alert time, alert time + window]
+    meaning: str
+
+
+class AlertEvaluation(Cited):
+    """What an alert kind is for: the action it asks for and the outcome it exists to prevent (its PPV)."""
+
+    kind: str  # a surveillance.yaml alert id
+    label: str  # the kind in words, for clinicians
+    action: Literal["dose", "hold", "measure", "review"]  # what the alert asks: lab-to-action counts this
+    target: OutcomeId  # the outcome the alert exists to prevent: PPV = share of alerts followed by it
+    target_why: str
+
+
+class OverrideReason(Cited):
+    """A coded reason a clinician gives for not following a card (CDS Hooks feedback ``overrideReason``)."""
+
+    code: str
+    display: str
+
+
+class PublishedTrial(Cited):
+    """A published trial of alerts, quoted in the evaluation report for scale."""
+
+    id: str
+    population: str
+    n: int
+    finding: str
+
+
+class EvaluationFile(Strict):
+    version: str
+    override_system: str  # the code system of the override reasons the cards offer
+    outcomes: tuple[OutcomeDef, ...]
+    alerts: tuple[AlertEvaluation, ...]
+    override_reasons: tuple[OverrideReason, ...]
+    trials: tuple[PublishedTrial, ...] = ()
+
+
 # --- pharmacokinetics (pk.yaml) ------------------------------------------------
 
 PkParameterId = Literal["cl", "v1", "q", "v2"]
@@ -680,5 +730,6 @@ FILES: dict[str, type[Strict]] = {
     "kidney.yaml": KidneyFile,
     "surveillance.yaml": SurveillanceFile,
     "pk.yaml": PkFile,
+    "evaluation.yaml": EvaluationFile,
 }
 
