@@ -82,7 +82,8 @@ def test_mg_out_of_range_fires_once_per_entry_and_again_on_worse_grade(tmp_path:
     res = _run(tmp_path, p)
     assert [a["time"] for a in _alerts(res, "mg_out_of_range")] == [at(24), at(144)]
     worse = _alerts(res, "mg_grade_worsened")
-    assert [(a["time"], a["severity"]) for a in worse] == [(at(72), "critical"), (at(96), "critical")]
+    # severity from the cited mapping: grade 2 (1.1 mg/dL) asks for action within hours, grade 3 (0.8) now
+    assert [(a["time"], a["severity"]) for a in worse] == [(at(72), "warning"), (at(96), "critical")]
     assert "grade 3" in str(worse[1]["detail"])
 
 

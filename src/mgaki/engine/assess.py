@@ -95,14 +95,14 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         ctcae = next(s.source for s in kb.magnesium.grades)
         rr = kb.magnesium.reference_range.source
         if status == "low":
-            sev: Severity = "critical" if grade.grade >= 3 else "warning"
+            sev: Severity = kb.severity("hypomagnesemia", grade.grade)
             out.add("hypomagnesemia", sev,
                     f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL, "
                     f"{mg_res.value_mmol_l:.2f} mmol/L): low, CTCAE grade {grade.grade} "
                     f"({grade.label})", [rr, ctcae], grade=grade.grade)
         elif status == "high":
             tox = mgs.toxicity_levels(kb, mg_m.value)
-            sev = "critical" if tox or grade.grade >= 3 else "warning"
+            sev = kb.severity("hypermagnesemia", grade.grade)
             msg = (f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL): high, CTCAE "
                    f"grade {grade.grade}")
             srcs = [rr, ctcae]
@@ -168,7 +168,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if mg_val is not None:
         sym = kb.threshold("mg_symptomatic_below")
         if status == "low" and mg_val < convert(sym.value, "magnesium", sym.unit, "mg/dL"):
-            out.add("neuromuscular_risk", "critical",
+            out.add("neuromuscular_risk", kb.severity("neuromuscular_risk"),
                     f"Mg {mg_val:.2f} mg/dL < {sym.value:g} {sym.unit}: tremor, tetany and seizures "
                     "(loss of the NMDA-receptor Mg block); check Chvostek/Trousseau, ECG", [sym.source])
         elif status == "high" and mgs.toxicity_levels(kb, mg_val):
@@ -176,24 +176,24 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             # Toxicity thresholds still apply inside a therapeutic range (eclampsia), where
             # reduced reflexes are the sign to watch rather than an emergency.
             expected = ther is not None and mg_val <= ther[1]
-            out.add("neuromuscular_risk", "warning" if expected else "critical",
+            out.add("neuromuscular_risk", "warning" if expected else kb.severity("neuromuscular_risk"),
                     f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration"
                     + (" before each dose (expected at therapeutic levels)" if expected else ""),
                     [t.source])
         qtc = _current(kb, rec, "qtc", now, out)
         qt = kb.threshold("qtc_prolonged_above")
         if status == "low" and qtc is not None and qtc.value > qt.value:
-            out.add("arrhythmia_risk", "critical",
+            out.add("arrhythmia_risk", kb.severity("arrhythmia_risk"),
                     f"QTc {qtc.value:.0f} ms > {qt.value:g} ms with low Mg: torsades risk", [qt.source])
         elif status == "high" and "mg_toxicity_cardiac_above" in mgs.toxicity_levels(kb, mg_val):
             t = kb.threshold("mg_toxicity_cardiac_above")
-            out.add("arrhythmia_risk", "critical", f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}",
+            out.add("arrhythmia_risk", kb.severity("arrhythmia_risk"), f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}",
                     [t.source])
 
     # --- AKI (C5) and Mg-AKI evidence (C6) ----------------------------------------
     if kidney.aki_stage >= 1:
         src = kb.threshold("kdigo_abs_rise").source
-        out.add("aki", "critical" if kidney.aki_stage >= 2 else "warning",
+        out.add("aki", kb.severity("aki", kidney.aki_stage),
                 f"KDIGO AKI stage {kidney.aki_stage} ({kidney.criterion}); current stage "
                 f"{kidney.current_stage}", [src], stage=kidney.aki_stage)
     # each study reads the Mg of its own exposure time (evidence.yaml exposure_times), not the latest
@@ -224,7 +224,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=gap.value)):
         last = ("no serum Mg on record" if mg_m is None
                 else f"last serum Mg {(now - mg_m.time).total_seconds() / 3600:.0f} h ago")
-        out.add("monitoring_gap", "warning",
+        out.add("monitoring_gap", kb.severity("monitoring_gap"),
                 f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and {last}: "
                 f"measure Mg (no value in {gap.value:g} h)", [kb.magnesium.high_risk_source, gap.source])
 
@@ -238,7 +238,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         out.add("renal_dose_adjustment", "warning", "; ".join(po.adjusted),
                 po.adjusted_sources, egfr=kidney.egfr, crcl=kidney.crcl)
     if po.holds:
-        out.add("hold_magnesium", "critical" if status == "high" else "warning",
+        # rated by the CTCAE grade of a high Mg (grade 1, e.g. 2.6 mg/dL: hold and recheck, not critical)
+        out.add("hold_magnesium", kb.severity("hold_magnesium", mg_res.grade if mg_res and status == "high" else None),
                 "; ".join(r.meaning for r in po.holds), [r.source for r in po.holds])
     out.warnings.extend(po.warnings)
     plan = po.plan

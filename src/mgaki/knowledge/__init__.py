@@ -39,6 +39,8 @@ from mgaki.knowledge.schema import (
     RegimensFile,
     RenalRule,
     Salt,
+    SeverityLevelName,
+    SeverityRule,
     Source,
     Strict,
     SurveillanceFile,
@@ -158,6 +160,14 @@ class KnowledgeBase:
     def alert(self, alert_id: str) -> AlertRule:
         return self._get("alert", alert_id)  # type: ignore[no-any-return]
 
+    def severity(self, kind: str, measure: float | None = None) -> SeverityLevelName:
+        """Severity of an alert kind or finding code at a measure (AKI stage, CTCAE grade), from the
+        cited mapping of surveillance.yaml ``severity``; KnowledgeError for a kind it does not rate."""
+        return self.severity_rule(kind).of(measure)
+
+    def severity_rule(self, kind: str) -> SeverityRule:
+        return self._get("severity", kind)  # type: ignore[no-any-return]
+
     def renal_rule(self, rule_id: str) -> RenalRule:
         return self._get("renal_rule", rule_id)  # type: ignore[no-any-return]
 
@@ -251,6 +261,7 @@ def load() -> KnowledgeBase:
         "drug_name": _drug_names(drugs.drugs),
         "drug_class": {name: c for c in drugs.classes for name in c.drug_classes},
         "alert": _index(sv.alerts, "alert"),
+        "severity": {k: r for r in sv.severity for k in r.kinds},
         "current_window": _current_windows(el, units),
         "context": dict.fromkeys(sorted(
             {c for st in ev.studies for c in (*st.contexts, *st.not_in_contexts)}

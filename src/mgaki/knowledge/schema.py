@@ -449,11 +449,52 @@ class KidneyFile(Strict):
     schwartz_bedside: tuple[Coefficient, ...]
 
 
-class AlertRule(Cited):
-    """One surveillance alert kind: when it fires once, and what silences repeats."""
+SeverityLevelName = Literal["info", "warning", "critical"]
+
+
+class SeverityLevel(Strict):
+    """What a severity asks of the clinician, and how fast (issue 13 point 9)."""
+
+    level: SeverityLevelName
+    meaning: str
+
+
+class SeverityStep(Strict):
+    at_least: float  # the measure (AKI stage, CTCAE grade) reaches this ...
+    severity: SeverityLevelName  # ... then this severity, unless a higher step is reached
+
+
+class SeverityRule(Cited):
+    """The severity of alert kinds and bedside findings, from what the clinician must do."""
 
     id: str
-    severity: Literal["info", "warning", "critical"]
+    kinds: tuple[str, ...]  # surveillance alert kinds and bedside finding codes it rates
+    by: Literal["none", "aki_stage", "mg_grade"]  # the measure the steps read ('none': the first step)
+    steps: tuple[SeverityStep, ...]
+    action: str  # what the clinician must do, and how fast, at each step (docs/surveillance.md#severity)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeverityRule:
+        lows = [s.at_least for s in self.steps]
+        if not lows or lows != sorted(set(lows)):
+            raise ValueError(f"severity rule {self.id!r}: steps must be non-empty with rising at_least")
+        return self
+
+    def of(self, measure: float | None) -> SeverityLevelName:
+        """The severity of a measure (None or below every step: the first step's severity)."""
+        sev = self.steps[0].severity
+        for s in self.steps:
+            if measure is not None and measure >= s.at_least:
+                sev = s.severity
+        return sev
+
+
+class AlertRule(Cited):
+    """One surveillance alert kind: when it fires once, and what silences repeats.
+
+    Its severity is not here: ``SurveillanceFile.severity`` rates every kind by what the clinician must do."""
+
+    id: str
     fires_when: str
     once_per: str  # the de-duplication key, in words (documented in docs/surveillance.md)
     suppress_hours: float = 0.0  # no repeat of this kind for the encounter within this time
@@ -463,6 +504,23 @@ class SurveillanceFile(Strict):
     version: str
     parameters: tuple[Threshold, ...]
     alerts: tuple[AlertRule, ...]
+    severity_levels: tuple[SeverityLevel, ...]
+    severity: tuple[SeverityRule, ...]
+
+    @model_validator(mode="after")
+    def _every_alert_rated_once(self) -> SurveillanceFile:
+        seen: dict[str, str] = {}
+        for r in self.severity:
+            for k in r.kinds:
+                if k in seen:
+                    raise ValueError(f"kind {k!r} is rated by both {seen[k]!r} and {r.id!r}")
+                seen[k] = r.id
+        unrated = [a.id for a in self.alerts if a.id not in seen]
+        if unrated:
+            raise ValueError(f"alert kinds without a severity rule: {unrated}")
+        if {lv.level for lv in self.severity_levels} != {"info", "warning", "critical"}:
+            raise ValueError("severity_levels must define info, warning and critical")
+        return self
 
 
 # --- pharmacokinetics (pk.yaml) ------------------------------------------------

@@ -309,6 +309,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         SELECT a.subject_id, a.encounter_id, a.episode,
           MIN(a.time) AS onset, MIN(a.t) AS onset_t,
           MAX(CASE WHEN a.is_start = 1 THEN a.criterion END) AS onset_criterion,
+          MAX(CASE WHEN a.is_start = 1 THEN a.stage_now END) AS onset_stage,
           MAX(a.stage_now) AS peak_stage,
           COUNT(DISTINCT a.raw_episode) - 1 AS relapses,
           CASE WHEN SUM(CASE WHEN a.end_t IS NULL THEN 1 ELSE 0 END) > 0 THEN NULL
@@ -478,7 +479,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     risky = ", ".join(f"'{c}'" for c in kb.magnesium.high_risk_contexts)
     wasting = ", ".join(sorted(f"'{dr.ingredient}'" for dr in kb.drugs.drugs
                                if dr.nephrotoxic or dr.effect in ("renal_wasting", "nephrotoxic")))
-    sev = {a.id: a.severity for a in kb.surveillance.alerts}
+    sev = {a.id: _sev_case(kb, a.id, "NULL") for a in kb.surveillance.alerts}  # kinds rated without a measure
     enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
     lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
     vc = d.string_type
@@ -562,47 +563,57 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
         Stage("alerts", f"""
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
-                   CASE WHEN grade >= 3 THEN 'critical' ELSE '{sev['mg_out_of_range']}' END AS severity,
+                   {_sev_case(kb, 'mg_out_of_range', 'grade')} AS severity,
                    'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL ' || status
                      || ' (CTCAE grade ' || CAST(grade AS {vc}) || ')' AS detail, value
             FROM mg_status_run WHERE status <> 'normal' AND COALESCE(prev_status, '') <> status
             UNION ALL
-            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, '{sev['mg_grade_worsened']}',
+            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, {_sev_case(kb, 'mg_grade_worsened', 'grade')},
                    'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL: CTCAE grade ' || CAST(grade AS {vc})
                      || ' (was ' || CAST(prior_run_grade AS {vc}) || ')', value
             FROM mg_status_run WHERE status <> 'normal' AND prior_run_grade IS NOT NULL
               AND grade > prior_run_grade
             UNION ALL
-            SELECT subject_id, encounter_id, 'mg_falling', time, '{sev['mg_falling']}',
+            SELECT subject_id, encounter_id, 'mg_falling', time, {sev['mg_falling']},
                    'Mg fell to ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL from '
                      || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h',
                    value
             FROM mg_fall_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_fall}
             UNION ALL
-            SELECT subject_id, encounter_id, 'aki_onset', onset, '{sev['aki_onset']}',
+            SELECT subject_id, encounter_id, 'aki_onset', onset, {_sev_case(kb, 'aki_onset', 'onset_stage')},
                    'KDIGO AKI episode ' || CAST(episode AS {vc}) || ' began (' || onset_criterion || ')',
                    CAST(NULL AS DOUBLE)
             FROM aki_episodes
             UNION ALL
-            SELECT subject_id, encounter_id, 'aki_worsening', time, '{sev['aki_worsening']}',
+            SELECT subject_id, encounter_id, 'aki_worsening', time, {_sev_case(kb, 'aki_worsening', 'stage_now')},
                    'KDIGO stage ' || CAST(stage_now AS {vc}) || ' (' || criterion || ')',
                    CAST(stage_now AS DOUBLE)
             FROM (SELECT *, MAX(stage_now) OVER (PARTITION BY subject_id, encounter_id, episode ORDER BY t, src
                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max FROM asmt_in) w
             WHERE is_start = 0 AND stage_now > prior_max
             UNION ALL
-            SELECT subject_id, encounter_id, 'refractory_k_ca', time, '{sev['refractory_k_ca']}',
+            SELECT subject_id, encounter_id, 'refractory_k_ca', time, {sev['refractory_k_ca']},
                    analyte || ' ' || CAST(ROUND(value, 2) AS {vc}) || ' low again; Mg '
                      || CASE WHEN mg_t IS NULL OR t - mg_t > {gap}
                              THEN 'not measured in {v('mg_monitoring_gap_hours'):g} h'
                              ELSE CAST(ROUND(mg_v, 2) AS {vc}) || ' mg/dL (low)' END, value
             FROM kca_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_ref}
             UNION ALL
-            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, '{sev['no_mg_48h']}',
+            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, {sev['no_mg_48h']},
                    'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
                    CAST(NULL AS DOUBLE)
             FROM no_mg_cand) a""", output=True),
     ]
+
+
+def _sev_case(kb: KnowledgeBase, kind: str, measure: str) -> str:
+    """The severity of an alert kind as SQL, from the cited mapping (surveillance.yaml ``severity``);
+    ``measure`` is the column the rule reads (AKI stage, CTCAE grade), unused by rules read by none."""
+    rule = kb.severity_rule(kind)
+    if rule.by == "none" or len(rule.steps) == 1:
+        return f"'{rule.steps[0].severity}'"
+    whens = " ".join(f"WHEN {measure} >= {s.at_least:g} THEN '{s.severity}'" for s in reversed(rule.steps[1:]))
+    return f"CASE {whens} ELSE '{rule.steps[0].severity}' END"
 
 
 def _k(hours: float) -> str:
