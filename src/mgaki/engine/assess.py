@@ -278,7 +278,8 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
                                  pediatric_height_cm=peds_height)
     weight = rec.latest("weight")
     uo = rec.series("urine_output")
-    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value)
+    irrigant = [(m.time, m.value) for m in rec.series("urine_irrigant")]  # not urine: subtracted
+    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value, irrigant)
                if weight and uo else [])
     if uo and not weight:
         out.warnings.append("Urine output present but no body weight: UO criteria not applied")

@@ -149,11 +149,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # --- KDIGO urine output ----------------------------------------------------------------
     # Volumes charted at the same time are summed (two drains, one hour); each charted volume
     # accrued since the previous charting of the same stay.
+    # Bladder irrigant instilled is not urine: it is subtracted at its charting time, so windows hold
+    # output - irrigant in (docs/kdigo.md#irrigation).
     add("uo_stay", """
         SELECT u.subject_id, u.t, u.time, u.vol, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
-          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(value) AS vol FROM ev_enc
-          WHERE analyte = 'urine_output' GROUP BY subject_id, encounter_id, t) u
+          SELECT subject_id, encounter_id, t, MIN(time) AS time,
+                 SUM(CASE WHEN analyte = 'urine_irrigant' THEN -value ELSE value END) AS vol FROM ev_enc
+          WHERE analyte IN ('urine_output', 'urine_irrigant') GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
         WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
     add("stay_bounds", """
@@ -168,22 +171,31 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                    AS rn
           FROM stay_bounds s JOIN weights w ON w.subject_id = s.subject_id) x
         WHERE rn = 1""")
-    add("uo_iv", """
-        SELECT u.*, w.weight_kg, b.first_t,
-               LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
-        FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
-        LEFT JOIN stay_weight w ON w.stay_id = u.stay_id""")
+    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
+    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
+    # not assessable (engine/kidney.py stage_urine_output).
+    max_gap = int(v("uo_max_interval_hours") * H)
+    add("uo_iv", f"""
+        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS}) THEN 1 ELSE 0 END
+                    AS long_iv FROM (
+          SELECT u.*, w.weight_kg, b.first_t,
+                 LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
+          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
+          LEFT JOIN stay_weight w ON w.stay_id = u.stay_id) x""")
     hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
     win_cols, vol_cols = [], []
     for h in hours:
         sec, k = int(h * H), _k(h)
         frame = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec} PRECEDING AND CURRENT ROW)"
+        inside = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec - 1} PRECEDING AND CURRENT ROW)"
         win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE(vol) {frame} AS fv{k}, "
-                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}")
-        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated.
-        vol_cols.append(f"CASE WHEN first_t > t - {sec} THEN NULL ELSE "
-                        f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
-                        f" END AS vol{k}")
+                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}, "
+                        f"MAX(long_iv) {inside} AS lg{k}")
+        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated;
+        # NULL when not assessable (a long interval overlaps the window, or the net is negative).
+        raw = f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
+        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR lg{k} > 0 OR {raw} < -{_VOL_EPS} THEN NULL ELSE "
+                        f"{raw} END AS vol{k}")
     add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
     add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
     # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
@@ -192,23 +204,28 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # evaluated at the first charting that closes it (the moment it is knowable).
     add("uo_cum", """
         SELECT stay_id, t, pt, vol, SUM(CASE WHEN pt IS NULL THEN 0 ELSE vol END)
-               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum
+               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum,
+               SUM(long_iv) OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                 AS cum_long
         FROM uo_iv""")
     starts = " UNION ALL ".join(
-        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, 0 AS kind, CAST(NULL AS BIGINT) AS ct,"
-        " CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol, CAST(NULL AS DOUBLE) AS ccum FROM uo_cum"
+        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, cum_long AS cl_i, 0 AS kind,"
+        " CAST(NULL AS BIGINT) AS ct, CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol,"
+        " CAST(NULL AS DOUBLE) AS ccum, CAST(NULL AS BIGINT) AS ccl FROM uo_cum"
         for h in hours)
     def nxt(col: str) -> str:  # the next charting's value (ties in (e, kind) only among starts: nulls)
         return d.bfill_over(col, "stay_id", ("e", "kind"))
+    cand_vol = "ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i"
     add("uo_cand", f"""
-        SELECT stay_id, nt AS t, k,
-               MIN(ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i) AS low_vol
-        FROM (SELECT stay_id, e, k, cum_i, kind,
+        SELECT stay_id, nt AS t, k, MIN({cand_vol}) AS low_vol
+        FROM (SELECT stay_id, e, k, cum_i, cl_i, kind,
                 {nxt('ct')} AS nt, {nxt('cpt')} AS npt,
-                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum
+                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum, {nxt('ccl')} AS ncl
               FROM ({starts} UNION ALL
-                    SELECT stay_id, t, NULL, NULL, 1, t, pt, vol, cum FROM uo_cum WHERE pt IS NOT NULL) u) x
+                    SELECT stay_id, t, NULL, NULL, NULL, 1, t, pt, vol, cum, cum_long FROM uo_cum
+                    WHERE pt IS NOT NULL) u) x
         WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
+          AND ncl - cl_i = 0 AND {cand_vol} >= -{_VOL_EPS}
         GROUP BY stay_id, nt, k""")
     low = ", ".join(f"MIN(CASE WHEN k = '{_k(h)}' THEN low_vol END) AS c{_k(h)}" for h in hours)
     add("uo_cand_min", f"SELECT stay_id, t, {low} FROM uo_cand GROUP BY stay_id, t")
