@@ -188,6 +188,11 @@ def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomp
         t.add_row(f"  peak stage {s}", str(sum(1 for e in eps if e["peak_stage"] == s)))
     t.add_row("  recovered in hospital", str(sum(1 for e in eps if e["recovered"])))
     t.add_row("evidence flags", str(tables["evidence_flags"].num_rows))
+    if "suspect_specimens" in tables:  # issue 13 point 6: set aside, never acted on until repeated
+        sus = tables["suspect_specimens"].to_pylist()
+        t.add_row("suspect specimens (repeat the sample)", str(len(sus)))
+        for kind in sorted({r["kind"] for r in sus}):
+            t.add_row(f"  {kind}", str(sum(1 for r in sus if r["kind"] == kind)))
     t.add_row("alerts emitted now", str(new_alerts.num_rows))
     c.print(t)
     if new_alerts.num_rows:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from mgaki.engine import kidney as kd
 from mgaki.engine import magnesium as mgs
 from mgaki.engine import risk, workup
 from mgaki.engine.repletion import PlanRequest, plan_repletion, predict_plan, therapeutic_range
+from mgaki.engine.specimen import Infusion, review_specimens
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
 from mgaki.record import KidneyState, Measurement, PatientRecord
@@ -51,6 +52,30 @@ class _Out:
                                      evidence=[Evidence.of(s) for s in sources], data=data))
 
 
+def _set_aside_suspect_specimens(kb: KnowledgeBase, rec: PatientRecord, out: _Out) -> PatientRecord:
+    """The record without its suspect specimens (engine/specimen.py): a suspect value is in no baseline,
+    status, grade or critical finding. The latest value of an analyte, if suspect, is a ``suspect_specimen``
+    finding that says to repeat the sample; older ones are warnings."""
+    rules = kb.surveillance.specimen
+    series = {a: [(m.time, m.value) for m in rec.series(a)] for a in rules.analytes}
+    infusions = [Infusion(m.ingredient, m.start, m.end) for m in rec.medications
+                 if m.ingredient and m.start and m.active and m.kind == "administration"]
+    review = review_specimens(kb, series, infusions, rec.rrt_times)
+    if not review.suspects:
+        return rec
+    for s in sorted(review.suspects.values(), key=lambda s: (s.time, s.analyte)):
+        latest = rec.latest(s.analyte)
+        if latest is not None and (latest.time, latest.value) == (s.time, s.value):
+            out.add("suspect_specimen", kb.severity("suspect_specimen"),
+                    f"{s.reason} (at {s.time.isoformat()}; not used for status, baselines or alerts until a repeat "
+                    "confirms it)", [rules.source(s.rule)], analyte=s.analyte, value=s.value, time=s.time.isoformat(),
+                    rule=s.rule, kind=s.kind)
+        else:
+            out.warnings.append(f"Set aside as a suspect specimen: {s.reason} (at {s.time.isoformat()})")
+    keep = tuple(m for m in rec.measurements if not review.is_suspect(m.analyte, m.time, m.value))
+    return replace(rec, measurements=keep, _series={})
+
+
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
 
@@ -60,6 +85,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kb = kb or load()
     opts = opts or AssessOptions()
     out = _Out(warnings=list(rec.warnings))
+    rec = _set_aside_suspect_specimens(kb, rec, out)  # issue 13 point 6: never acted on until repeated
     contexts = frozenset(opts.contexts) | rec.contexts
     now = opts.now or rec.as_of()
     age = rec.age_years(now) if now else None

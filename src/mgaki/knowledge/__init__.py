@@ -270,6 +270,11 @@ def load() -> KnowledgeBase:
         "pk_model": _index(pk.models, "pk_model"),
         "pk_context": _index(pk.contexts, "pk_context"),
     }
+    spec = sv.specimen  # every analyte and ingredient a specimen rule names must exist
+    for a in spec.analytes:
+        _lookup(by_id["analyte"], a, "analyte (surveillance.yaml specimen)")
+    for ing in (i for r in spec.infusion for i in r.ingredients):
+        _lookup(by_id["drug_name"], ing, "drug ingredient (surveillance.yaml specimen)")
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
         magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,

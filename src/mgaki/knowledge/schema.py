@@ -500,12 +500,69 @@ class AlertRule(Cited):
     suppress_hours: float = 0.0  # no repeat of this kind for the encounter within this time
 
 
+class InfusionRule(Cited):
+    """A sample drawn during, or shortly after, an infusion of the analyte it measures (issue 13 point 6)."""
+
+    id: str
+    analyte: str
+    ingredients: tuple[str, ...]  # drugs.yaml ingredients that carry the analyte
+    after_hours: float  # suspect from the infusion's start to this long after its end
+    assumed_hours: float  # the infusion's length when its record has no end
+    max_infusion_hours: float  # a longer (continuous) infusion is monitored during it on purpose: not suspect
+
+
+class DeltaRule(Cited):
+    """A jump from the previous value (within ``within_hours``) that returns on the next value."""
+
+    id: str
+    analyte: str
+    direction: Literal["rise", "fall", "both"]
+    abs_change: float | None = None  # |change| at least this (canonical unit) ...
+    rel_change: float | None = None  # ... and |change| / previous at least this
+    unit: str
+    within_hours: float
+
+    @model_validator(mode="after")
+    def _has_a_size(self) -> DeltaRule:
+        if self.abs_change is None and self.rel_change is None:
+            raise ValueError(f"delta rule {self.id!r} needs abs_change or rel_change")
+        return self
+
+
+class CoDilutionRule(Cited):
+    """Several analytes of one draw falling together: a sample diluted by an infusion line."""
+
+    id: str
+    analytes: tuple[str, ...]
+    min_analytes: int  # at least this many of them, drawn at the same time, ...
+    rel_fall: float  # ... each at least this fraction below its previous value ...
+    within_hours: float  # ... drawn at most this long before (and no RRT in that time: dialysis lowers them)
+
+
+class SpecimenRules(Strict):
+    infusion: tuple[InfusionRule, ...]
+    delta: tuple[DeltaRule, ...]
+    co_dilution: tuple[CoDilutionRule, ...]
+
+    @property
+    def analytes(self) -> list[str]:
+        """Every analyte a rule reads, sorted."""
+        return sorted({r.analyte for r in self.infusion} | {r.analyte for r in self.delta}
+                      | {a for c in self.co_dilution for a in c.analytes})
+
+    def source(self, rule_id: str) -> Source:
+        rules: tuple[InfusionRule | DeltaRule | CoDilutionRule, ...] = (*self.infusion, *self.delta,
+                                                                         *self.co_dilution)
+        return next(r.source for r in rules if r.id == rule_id)
+
+
 class SurveillanceFile(Strict):
     version: str
     parameters: tuple[Threshold, ...]
     alerts: tuple[AlertRule, ...]
     severity_levels: tuple[SeverityLevel, ...]
     severity: tuple[SeverityRule, ...]
+    specimen: SpecimenRules
 
     @model_validator(mode="after")
     def _every_alert_rated_once(self) -> SurveillanceFile:

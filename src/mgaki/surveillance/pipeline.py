@@ -34,7 +34,7 @@ from mgaki.units import factor
 __all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "last_use", "needed", "run", "studies_table", "surveil"]
 
 OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes", "mg_trajectory",
-           "evidence_flags", "alerts")
+           "evidence_flags", "alerts", "suspect_specimens")
 RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
 

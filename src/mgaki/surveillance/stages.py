@@ -11,10 +11,12 @@ are documented in docs/surveillance.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mgaki.engine.kidney import THRESHOLD_EPS, ZERO_ML
 from mgaki.knowledge import KnowledgeBase
+from mgaki.knowledge.schema import DeltaRule
 from mgaki.surveillance.dialect import Dialect
 from mgaki.units import convert, normalize_unit
 
@@ -84,12 +86,15 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                 FROM ev_named WHERE encounter_id IS NULL) e
           LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.t0 AND h.t1
         ) x WHERE rn = 1""")
+    out += _specimen_stages(kb, d)
     # Pre-admission baseline: median creatinine 7-365 days before admission (Siew 2015).
     add("baseline", f"""
         SELECT h.subject_id, h.encounter_id, h.t0, h.t1,
                {d.median('e.value')} AS preadmission_baseline, COUNT(e.value) AS n_baseline_values
         FROM hosp h LEFT JOIN ev_named e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
              AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
+             AND NOT EXISTS (SELECT 1 FROM spec_flags f WHERE f.subject_id = e.subject_id AND f.analyte = e.analyte
+                             AND f.t = e.t AND f.value = e.value)
         GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
     add("rrt_first", """
         SELECT subject_id, encounter_id, MIN(t) AS first_rrt_t FROM ev_enc
@@ -100,7 +105,9 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     cr = """
         SELECT DISTINCT c.subject_id, c.encounter_id, c.time, c.t, c.value,
                b.preadmission_baseline AS baseline, r.first_rrt_t
-        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc WHERE analyte = 'creatinine') c
+        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc e WHERE analyte = 'creatinine'
+              AND NOT EXISTS (SELECT 1 FROM spec_flags f WHERE f.subject_id = e.subject_id
+                              AND f.analyte = 'creatinine' AND f.t = e.t AND f.value = e.value)) c
         LEFT JOIN baseline b ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
         LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id"""
     # One statement from the windows to the stage (nested selects, no intermediate tables).
@@ -365,8 +372,10 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                            RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS min_prior,
           MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                            RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS max_prior
-        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc
-              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x""")
+        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc e
+              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM spec_held f WHERE f.subject_id = e.subject_id
+                                AND f.analyte = 'magnesium' AND f.t = e.t AND f.value = e.value)) x""")
     add("mg_trajectory", f"""
         SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
           MAX(CASE WHEN i = 1 THEN value END) AS first_mg, MIN(value) AS min_mg, MAX(value) AS max_mg,
@@ -388,6 +397,111 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     out += _evidence_stages(kb, d)
     out += _alert_stages(kb, d, as_of_epoch, mg_lo, mg_hi)
     return out
+
+
+def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
+    """Suspect specimens (issue 13 point 6), row for row as ``mgaki.engine.specimen.review_specimens``.
+
+    ``spec_flags``: each suspect value with the first rule that marks it (infusion, co-dilution, delta check);
+    ``spec_held``: every value not trustworthy when drawn (those, plus any jump before its repeat), which the
+    alert stages ignore; ``suspect_specimens``: the output, each with its reason and "repeat the sample"."""
+    rules = kb.surveillance.specimen
+    names = ", ".join(f"'{a}'" for a in rules.analytes)
+    vc = d.string_type
+    w = "PARTITION BY subject_id, analyte ORDER BY t, value"
+
+    def jump(r: DeltaRule, v: str, ref: str, ref_t: str, t: str) -> str:
+        conds = [f"{ref} IS NOT NULL", f"{t} - {ref_t} <= {r.within_hours * H:g}"]
+        if r.direction == "rise":
+            conds.append(f"{v} - {ref} > 0")
+        elif r.direction == "fall":
+            conds.append(f"{v} - {ref} < 0")
+        if r.abs_change is not None:
+            conds.append(f"ABS({v} - {ref}) >= {r.abs_change} - {_EPS}")
+        if r.rel_change is not None:
+            conds.append(f"{ref} > 0 AND ABS({v} - {ref}) / {ref} >= {r.rel_change} - {_EPS}")
+        return " AND ".join(conds)
+
+    def per_analyte(make: Callable[[DeltaRule], str]) -> str:
+        if not rules.delta:
+            return "0"
+        whens = " ".join(f"WHEN analyte = '{r.analyte}' AND {make(r)} THEN 1" for r in rules.delta)
+        return f"CASE {whens} ELSE 0 END"
+
+    delta_rule = "CASE " + " ".join(f"WHEN analyte = '{r.analyte}' THEN '{r.id}'" for r in rules.delta) + " END" \
+        if rules.delta else "CAST(NULL AS " + vc + ")"
+    infusion = " UNION ALL ".join(f"""
+        SELECT e.subject_id, e.analyte, e.t, e.value, '{r.id}' AS rule, 'infusion' AS kind, 1 AS prio,
+               e.analyte || ' ' || CAST(e.value AS {vc}) || ' drawn during or within {r.after_hours:g} h after an IV '
+                 || m.drug || ' infusion: suspect specimen, repeat the sample' AS reason
+        FROM spec_ev e JOIN (
+          SELECT subject_id, drug, {d.epoch('start')} AS s,
+                 COALESCE({d.epoch('"end"')}, {d.epoch('start')} + {int(r.assumed_hours * H)}) AS en
+          FROM medications WHERE drug IN ({", ".join(f"'{i}'" for i in r.ingredients)}) AND start IS NOT NULL) m
+          ON m.subject_id = e.subject_id AND e.analyte = '{r.analyte}'
+         AND e.t >= m.s AND e.t <= m.en + {int(r.after_hours * H)}
+        WHERE m.en - m.s <= {int(r.max_infusion_hours * H)}""" for r in rules.infusion)
+    codil = " UNION ALL ".join(f"""
+        SELECT f.subject_id, f.analyte, f.t, f.value, '{c.id}', 'co_dilution', 2,
+               f.analyte || ' ' || CAST(f.value AS {vc}) || ' (from ' || CAST(f.p1 AS {vc})
+                 || ') fell with other analytes of the same draw: diluted sample suspected, repeat the sample'
+        FROM (SELECT * FROM spec_seq WHERE analyte IN ({", ".join(f"'{a}'" for a in c.analytes)})
+                AND p1t IS NOT NULL AND t - p1t <= {c.within_hours * H:g} AND p1 > 0
+                AND (p1 - value) / p1 >= {c.rel_fall} - {_EPS}) f
+        JOIN (SELECT subject_id, t FROM spec_seq WHERE analyte IN ({", ".join(f"'{a}'" for a in c.analytes)})
+                AND p1t IS NOT NULL AND t - p1t <= {c.within_hours * H:g} AND p1 > 0
+                AND (p1 - value) / p1 >= {c.rel_fall} - {_EPS}
+              GROUP BY subject_id, t HAVING COUNT(DISTINCT analyte) >= {c.min_analytes}) g
+          ON g.subject_id = f.subject_id AND g.t = f.t
+        WHERE NOT EXISTS (SELECT 1 FROM ev_named r WHERE r.subject_id = f.subject_id AND r.analyte = 'rrt'
+                          AND r.t >= f.t - {c.within_hours * H:g} AND r.t <= f.t)""" for c in rules.co_dilution)
+    empty = f"SELECT CAST(NULL AS {vc}), CAST(NULL AS {vc}), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), " \
+            f"CAST(NULL AS {vc}), CAST(NULL AS {vc}), 0, CAST(NULL AS {vc}) WHERE 1 = 0"
+    return [
+        Stage("spec_ev", f"""
+            SELECT DISTINCT subject_id, analyte, t, time, value FROM ev_named
+            WHERE analyte IN ({names}) AND value IS NOT NULL"""),
+        Stage("spec_seq", f"""
+            SELECT *, LAG(value) OVER ({w}) AS p1, LAG(t) OVER ({w}) AS p1t,
+                   LAG(value, 2) OVER ({w}) AS p2, LAG(t, 2) OVER ({w}) AS p2t, LEAD(value) OVER ({w}) AS nv
+            FROM spec_ev"""),
+        # delta check: the reference is the previous value or, when that was itself a jump, the closer of it and the
+        # value before it (engine/specimen.py)
+        Stage("spec_delta", f"""
+            SELECT *, {per_analyte(lambda r: jump(r, 'value', 'rv', 'rt', 't'))} AS jumped, {delta_rule} AS rule
+            FROM (SELECT *, CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2 ELSE p1 END AS rv,
+                         CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2t ELSE p1t END AS rt
+                  FROM (SELECT *, {per_analyte(lambda r: jump(r, 'p1', 'p2', 'p2t', 'p1t'))} AS jp
+                        FROM spec_seq) x) y"""),
+        Stage("spec_any", f"""
+            {infusion or empty}
+            UNION ALL
+            {codil or empty}
+            UNION ALL
+            SELECT subject_id, analyte, t, value, rule,
+                   CASE WHEN nv IS NULL THEN 'delta_check_unconfirmed' ELSE 'delta_check' END, 3,
+                   analyte || ' ' || CAST(value AS {vc}) || ' jumped from ' || CAST(rv AS {vc})
+                     || CASE WHEN nv IS NULL THEN ' and has no repeat yet: unconfirmed, repeat the sample'
+                             ELSE ' and returned to ' || CAST(nv AS {vc})
+                                  || ' on the next value: suspect specimen, repeat the sample' END
+            FROM spec_delta WHERE jumped = 1 AND (nv IS NULL OR ABS(nv - rv) < ABS(nv - value))"""),
+        Stage("spec_flags", """
+            SELECT subject_id, analyte, t, value, rule, kind, reason FROM (
+              SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, analyte, t, value ORDER BY prio, rule) AS rn
+              FROM spec_any) x WHERE rn = 1"""),
+        Stage("spec_held", """
+            SELECT DISTINCT subject_id, analyte, t, value FROM (
+              SELECT subject_id, analyte, t, value FROM spec_any
+              UNION ALL
+              SELECT subject_id, analyte, t, value FROM spec_delta WHERE jumped = 1) x"""),
+        Stage("suspect_specimens", f"""
+            SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
+                   f.reason, 'repeat the sample' AS action
+            FROM spec_flags f LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
+                                         FROM ev_enc GROUP BY subject_id, analyte, t, value) e
+              ON e.subject_id = f.subject_id AND e.analyte = f.analyte AND e.t = f.t AND e.value = f.value""",
+              output=True),
+    ]
 
 
 def _band_case(kb: KnowledgeBase, direction: str, col: str) -> str:
@@ -535,8 +649,10 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                                CASE WHEN (analyte = 'potassium' AND value < {k_lo})
                                       OR (analyte = 'calcium' AND value < {ca_lo}) THEN 1 ELSE 0 END AS is_low,
                                CAST(NULL AS DOUBLE) AS mg_value, CAST(NULL AS BIGINT) AS mg_time
-                        FROM ev_enc WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
+                        FROM ev_enc e WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
                                                                      OR (analyte = 'calcium' AND value < {ca_lo}))
+                          AND NOT EXISTS (SELECT 1 FROM spec_held f WHERE f.subject_id = e.subject_id
+                                          AND f.analyte = e.analyte AND f.t = e.t AND f.value = e.value)
                         UNION ALL
                         SELECT subject_id, encounter_id, time, t, 'magnesium', 'magnesium', value, 0, 0, value, t
                         FROM mg) u) w"""),
