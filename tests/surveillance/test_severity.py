@@ -86,3 +86,31 @@ def test_bedside_and_sql_rate_the_same_aki_alike(tmp_path: Path, series: list[tu
     assert aki.data["stage"] == stage
     sql = _alerts(tmp_path, Patient().ev("creatinine", *series), "aki_onset")
     assert [a["severity"] for a in sql] == [aki.severity] == [load().severity("aki", stage)]
+
+
+# --- mg_falling: only a fall that leaves the range before the next measurement (or has left it) ---------------
+
+def test_a_fall_that_stays_in_range_is_no_alert(tmp_path: Path) -> None:
+    # 2.5 -> 2.1 -> 2.0 daily: 0.4-0.5 below the 48-h maximum, but 0.1/day projects 1.9 by the next value
+    p = Patient().ev("magnesium", (0, 2.5), (24, 2.1), (48, 2.0))
+    assert _alerts(tmp_path, p, "mg_falling") == []
+
+
+def test_a_fall_projected_out_of_range_by_the_next_measurement_alerts(tmp_path: Path) -> None:
+    # 2.4 -> 2.0 in 12 h: the next value, 12 h on at that rate, would be 1.6
+    p = Patient().ev("magnesium", (0, 2.4), (12, 2.0))
+    got = _alerts(tmp_path, p, "mg_falling")
+    assert [(a["time"], a["severity"]) for a in got] == [(at(12), "warning")]
+    assert "projected 1.6" in str(got[0]["detail"])
+
+
+def test_the_projection_horizon_is_at_most_a_day(tmp_path: Path) -> None:
+    # 2.3 -> 1.95 in 42 h: continued 24 h (not the 42-h interval, which would give 1.6) it is 1.75: no alert
+    p = Patient().ev("magnesium", (30, 2.3), (72, 1.95))
+    assert _alerts(tmp_path, p, "mg_falling") == []
+
+
+def test_a_fall_that_crosses_out_of_range_alerts(tmp_path: Path) -> None:
+    p = Patient().ev("magnesium", (0, 2.0), (48, 1.6))  # slow (0.4 in 48 h) but now below 1.7
+    got = _alerts(tmp_path, p, "mg_falling")
+    assert [a["time"] for a in got] == [at(48)] and "below range" in str(got[0]["detail"])

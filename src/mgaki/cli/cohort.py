@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that r
     import pyarrow as pa
 
     from mgaki.events import EventStore, IngestSummary
+    from mgaki.surveillance import SurveillanceResult
 
 __all__ = ["FORMATS", "Engine", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
@@ -169,6 +170,7 @@ def surveil_cmd(
             runner = store_runner(EventStore(store), spark_master)
         res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_alert_rates(EventStore(store), res)
     if out:
         for p in export_tables(res.tables, out, fmt):
             err.print(f"[dim]wrote {p}[/dim]")
@@ -207,6 +209,19 @@ def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomp
         for kind, by in sorted(counts.items()):
             a.add_row(kind, str(by.get("critical", 0)), str(by.get("warning", 0)))
         c.print(a)
+
+
+def print_alert_rates(store: EventStore, res: SurveillanceResult) -> None:
+    """Alerts (the whole log) per 100 patient-days, by kind and severity (docs/surveillance.md#alert-rates)."""
+    from mgaki.surveillance import alert_rates
+
+    days, rates = alert_rates(store.read("encounters"), res.tables["alerts"], res.as_of)
+    t = Table(title=f"alerts per 100 patient-days ({days:,.1f} patient-days)")
+    for col in ("kind", "severity", "alerts", "per 100 patient-days"):
+        t.add_column(col, justify="left" if col in ("kind", "severity") else "right")
+    for r in rates.to_pylist():
+        t.add_row(r["kind"], r["severity"], str(r["n"]), f"{r['per_100_patient_days']:.2f}")
+    console().print(t)
 
 
 def demo(
@@ -251,6 +266,7 @@ def demo(
         res = surveil(EventStore(store_dir),
                       progress=lambda st, i, n: bar.update(task, total=n, completed=i, description=f"stage {st}"))
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_alert_rates(EventStore(store_dir), res)
     print_truth(cohort.truth, res.tables)
     export_tables(res.tables, out / "results", OutFmt.csv)
     if plots:

@@ -1,5 +1,5 @@
 """Hospital-wide surveillance: KDIGO episodes, Mg trajectories, evidence flags and alerts in SQL."""
 
-from mgaki.surveillance.pipeline import OUTPUTS, SurveillanceResult, run, studies_table, surveil
+from mgaki.surveillance.pipeline import OUTPUTS, SurveillanceResult, alert_rates, run, studies_table, surveil
 
-__all__ = ["OUTPUTS", "SurveillanceResult", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "SurveillanceResult", "alert_rates", "run", "studies_table", "surveil"]

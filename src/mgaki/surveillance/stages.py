@@ -600,6 +600,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     """Alert candidates with their de-duplication; docs/surveillance.md states each rule."""
     v = kb.value
     fall, fall_w = v("mg_fall_abs"), int(v("mg_fall_window_hours") * H)
+    proj_h = f"{v('mg_fall_projection_max_hours') * H:g}"
     ref_w, ref_gap = int(v("refractory_window_hours") * H), int(v("refractory_min_gap_hours") * H)
     gap = int(v("mg_monitoring_gap_hours") * H)
     drug_h = int(v("drug_exposure_default_hours") * H)
@@ -619,7 +620,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
                       OVER ({enc} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run
             FROM (SELECT *, LAG(status) OVER ({enc}) AS prev_status,
-                         LAG(value) OVER ({enc}) AS prev_value,
+                         LAG(value) OVER ({enc}) AS prev_value, LAG(t) OVER ({enc}) AS prev_t,
                          MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                                           RANGE BETWEEN {fall_w} PRECEDING AND 1 PRECEDING) AS max_prior_fall
                   FROM (SELECT m.*, CASE WHEN value < {mg_lo} THEN 'low' WHEN value > {mg_hi} THEN 'high'
@@ -631,10 +632,16 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, MAX(grade) OVER (PARTITION BY subject_id, encounter_id, run ORDER BY t, value
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_run_grade
             FROM mg_status"""),
+        # A fall matters when it is below range now, or when the fall since the previous value, continued
+        # until the next expected measurement (the patient's own last interval, at most mg_fall_projection_max_hours),
+        # takes it below range (issue 13 point 9: a fall inside 1.7-2.5 that stays there is no alert).
         Stage("mg_fall_cand", f"""
             SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS prev_cand_t
-            FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
-              AND prev_value IS NOT NULL AND value < prev_value"""),
+            FROM (SELECT *, value - (prev_value - value)
+                            * LEAST(CAST(1 AS DOUBLE), {proj_h} / CAST(t - prev_t AS DOUBLE)) AS projected
+                  FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
+                    AND prev_value IS NOT NULL AND value < prev_value AND t > prev_t) x
+            WHERE value < {mg_lo} OR projected < {mg_lo}"""),
         # K or Ca low twice (>= min gap apart, within the window) with Mg low or unmeasured in 48 h
         Stage("kca", f"""
             SELECT subject_id, encounter_id, time, t, analyte, value, mg_v, mg_t,
@@ -709,7 +716,10 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             UNION ALL
             SELECT subject_id, encounter_id, 'mg_falling', time, {sev['mg_falling']},
                    'Mg fell to ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL from '
-                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h',
+                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h'
+                     || CASE WHEN value < {mg_lo} THEN ' (below range)'
+                             ELSE '; projected ' || CAST(ROUND(projected, 2) AS {vc})
+                                  || ' mg/dL by the next expected measurement' END,
                    value
             FROM mg_fall_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_fall}
             UNION ALL
