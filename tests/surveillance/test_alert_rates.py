@@ -40,7 +40,7 @@ def test_patient_days_and_rates() -> None:
     ])
     alerts = pa.table({"kind": ["aki_onset", "aki_onset", "mg_falling"],
                        "severity": ["warning", "critical", "warning"]})
-    days, rates = alert_rates(enc, alerts, datetime(2024, 1, 4))
+    days, rates = alert_rates(enc, alerts, datetime(2024, 1, 4))  # noqa: DTZ001 - naive UTC (MEDS)
     assert days == pytest.approx(5.5)
     got = {(r["kind"], r["severity"]): (r["n"], r["per_100_patient_days"]) for r in rates.to_pylist()}
     assert got[("aki_onset", "critical")] == (1, pytest.approx(100 / 5.5))
