@@ -195,3 +195,12 @@ def test_random_patients_engine_and_sql_mark_the_same_values(tmp_path: Path) -> 
     assert _suspects(res) == sorted(expected)
     kinds = {e[5] for e in expected}
     assert kinds == {"infusion", "co_dilution", "delta_check", "delta_check_unconfirmed"}, kinds
+
+
+def test_a_suspect_draw_still_counts_as_monitoring(tmp_path: Path) -> None:
+    """no_mg_48h asks for a measurement; a draw whose value is set aside was one (its repeat is asked for)."""
+    p = (Patient(days=5).icu(0, 120).ev("magnesium", (0, 1.9), (40, 6.0), (80, 1.9))
+         .drug("magnesium sulfate", 39.5, 41.0))
+    res = _run(tmp_path, p)
+    assert [s[4] for s in _suspects(res)] == ["infusion_magnesium"]
+    assert _alerts(res, "no_mg_48h") == []

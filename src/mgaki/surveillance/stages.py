@@ -667,14 +667,20 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id, analyte ORDER BY t) AS prev_cand_t
             FROM kca WHERE analyte <> 'magnesium' AND is_low = 1 AND prior_low_t IS NOT NULL
               AND (mg_t IS NULL OR t - mg_t > {gap} OR mg_v < {mg_lo})"""),
-        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of)
+        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of). Every draw
+        # counts, a suspect one too: Mg is being monitored (its repeat is asked for by suspect_specimens)
+        Stage("mg_drawn", """
+            SELECT subject_id, encounter_id, t,
+                   LEAD(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS next_t
+            FROM (SELECT DISTINCT subject_id, encounter_id, t FROM ev_enc
+                  WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x"""),
         Stage("mg_gaps", f"""
             SELECT h.subject_id, h.encounter_id, h.t0 AS gap_start, COALESCE(MIN(m.t), LEAST(h.t1, {as_of})) AS gap_end
-            FROM hosp h LEFT JOIN mg m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
+            FROM hosp h LEFT JOIN mg_drawn m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
             GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1
             UNION ALL
             SELECT m.subject_id, m.encounter_id, m.t, COALESCE(m.next_t, LEAST(h.t1, {as_of}))
-            FROM mg m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
+            FROM mg_drawn m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
         Stage("risk_windows", f"""
             SELECT subject_id, parent_id AS encounter_id, t0 AS r0, t1 AS r1, 'icu' AS why FROM icu
             UNION ALL
