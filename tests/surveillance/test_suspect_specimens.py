@@ -79,7 +79,9 @@ def test_bedside_the_infused_sample_is_no_critical_finding_and_says_repeat() -> 
     assert len(sus) == 1 and "repeat the sample" in sus[0].message and sus[0].severity == "warning"
     assert sus[0].data["rule"] == "infusion_magnesium"
     assert not any("dialysis" in f.message for f in a.findings)
-    assert a.magnesium is not None and a.magnesium.value_mg_dl == 1.7  # the last value fit to act on
+    # no status or dose from the 1.7 drawn before the infusion either: the repeat decides
+    assert a.magnesium is None and a.plan.action == "none" and not a.plan.doses
+    assert any("suspect specimen" in w and "wait for the repeat" in w for w in a.warnings)
 
 
 def test_bedside_after_the_repeat_the_spike_is_only_a_warning_line() -> None:

@@ -52,20 +52,25 @@ class _Out:
                                      evidence=[Evidence.of(s) for s in sources], data=data))
 
 
-def _set_aside_suspect_specimens(kb: KnowledgeBase, rec: PatientRecord, out: _Out) -> PatientRecord:
-    """The record without its suspect specimens (engine/specimen.py): a suspect value is in no baseline,
-    status, grade or critical finding. The latest value of an analyte, if suspect, is a ``suspect_specimen``
-    finding that says to repeat the sample; older ones are warnings."""
+def _set_aside_suspect_specimens(kb: KnowledgeBase, rec: PatientRecord,
+                                 out: _Out) -> tuple[PatientRecord, frozenset[str]]:
+    """(the record without its suspect specimens, the analytes whose latest value is suspect).
+
+    A suspect value (engine/specimen.py) is in no baseline, status, grade or critical finding. The latest value
+    of an analyte, if suspect, is a ``suspect_specimen`` finding that says to repeat the sample; older ones are
+    warnings."""
     rules = kb.surveillance.specimen
     series = {a: [(m.time, m.value) for m in rec.series(a)] for a in rules.analytes}
     infusions = [Infusion(m.ingredient, m.start, m.end) for m in rec.medications
                  if m.ingredient and m.start and m.active and m.kind == "administration"]
     review = review_specimens(kb, series, infusions, rec.rrt_times)
     if not review.suspects:
-        return rec
+        return rec, frozenset()
+    unconfirmed: set[str] = set()
     for s in sorted(review.suspects.values(), key=lambda s: (s.time, s.analyte)):
         latest = rec.latest(s.analyte)
         if latest is not None and (latest.time, latest.value) == (s.time, s.value):
+            unconfirmed.add(s.analyte)
             out.add("suspect_specimen", kb.severity("suspect_specimen"),
                     f"{s.reason} (at {s.time.isoformat()}; not used for status, baselines or alerts until a repeat "
                     "confirms it)", [rules.source(s.rule)], analyte=s.analyte, value=s.value, time=s.time.isoformat(),
@@ -73,7 +78,7 @@ def _set_aside_suspect_specimens(kb: KnowledgeBase, rec: PatientRecord, out: _Ou
         else:
             out.warnings.append(f"Set aside as a suspect specimen: {s.reason} (at {s.time.isoformat()})")
     keep = tuple(m for m in rec.measurements if not review.is_suspect(m.analyte, m.time, m.value))
-    return replace(rec, measurements=keep, _series={})
+    return replace(rec, measurements=keep, _series={}), frozenset(unconfirmed)
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -85,7 +90,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kb = kb or load()
     opts = opts or AssessOptions()
     out = _Out(warnings=list(rec.warnings))
-    rec = _set_aside_suspect_specimens(kb, rec, out)  # issue 13 point 6: never acted on until repeated
+    last_mg_draw = rec.latest("magnesium")  # a suspect draw is still a draw (monitoring gap)
+    rec, unconfirmed = _set_aside_suspect_specimens(kb, rec, out)  # issue 13 point 6: not acted on until repeated
     contexts = frozenset(opts.contexts) | rec.contexts
     now = opts.now or rec.as_of()
     age = rec.age_years(now) if now else None
@@ -96,7 +102,9 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kidney, kstate = _kidney(kb, rec, opts, now, out, pediatric)
 
     # --- magnesium status (C2) --------------------------------------------------
-    mg_m = rec.latest("magnesium")
+    # The latest Mg is suspect: no status, grade or dose from an older value it may have superseded (a value drawn
+    # before an infusion says nothing of the level after it) until the repeat.
+    mg_m = None if "magnesium" in unconfirmed else rec.latest("magnesium")
     mg_val = mg_m.value if mg_m else None
     mg_res: MagnesiumResult | None = None
     status: str | None = None
@@ -145,6 +153,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             out.add("hypermagnesemia", sev, msg, srcs, grade=grade.grade)
         for text, src in caveats:
             out.warnings.append(text + f" [{src.citation}]")
+    elif "magnesium" in unconfirmed:
+        out.warnings.append("The latest serum Mg is a suspect specimen: status, grade and plan wait for the repeat")
     else:
         out.warnings.append("No serum magnesium in the record: status, grade and plan need one")
 
@@ -247,9 +257,10 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                    if d and (d.nephrotoxic or d.effect == "renal_wasting")]
     gap = kb.threshold("mg_monitoring_gap_hours")
     high_risk = bool(contexts & set(kb.magnesium.high_risk_contexts)) or bool(nephrotoxic) or kidney.aki_stage >= 1
-    if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=gap.value)):
-        last = ("no serum Mg on record" if mg_m is None
-                else f"last serum Mg {(now - mg_m.time).total_seconds() / 3600:.0f} h ago")
+    drawn = last_mg_draw
+    if high_risk and now is not None and (drawn is None or now - drawn.time > timedelta(hours=gap.value)):
+        last = ("no serum Mg on record" if drawn is None
+                else f"last serum Mg {(now - drawn.time).total_seconds() / 3600:.0f} h ago")
         out.add("monitoring_gap", kb.severity("monitoring_gap"),
                 f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and {last}: "
                 f"measure Mg (no value in {gap.value:g} h)", [kb.magnesium.high_risk_source, gap.source])
