@@ -206,3 +206,24 @@ def test_a_suspect_draw_still_counts_as_monitoring(tmp_path: Path) -> None:
     res = _run(tmp_path, p)
     assert [s[4] for s in _suspects(res)] == ["infusion_magnesium"]
     assert _alerts(res, "no_mg_48h") == []
+
+
+def test_what_is_not_suspect(tmp_path: Path) -> None:
+    """A value unchanged by the infusion (not the infusate), a fall across a dialysis session, a 'return' seen only
+    weeks later, and a small fall at the assay's floor: none is set aside (real patterns of the MIMIC subset)."""
+    p1 = Patient(subject="A").ev("magnesium", (0, 1.8), (5, 1.8)).drug("magnesium sulfate", 3, None)
+    p2 = (Patient(subject="B").ev("creatinine", (0, 3.3), (11, 1.5), (24, 2.7)).ev("rrt", (6, None)))
+    p3 = Patient(subject="C", days=40).ev("creatinine", (0, 3.0), (24, 1.2), (24 * 30, 3.1))
+    p4 = Patient(subject="D").ev("creatinine", (0, 0.6), (12, 0.3), (24, 0.7))
+    res = _run(tmp_path, p1, p2, p3, p4)
+    assert _suspects(res) == []
+    kb = load()
+    for p in (p1, p2, p3, p4):
+        ev = p.rows["events"]
+        series: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
+        for r in ev:
+            if r["numeric_value"] is not None:
+                series[str(r["analyte"])].append((r["time"], r["numeric_value"]))
+        rrt = [r["time"] for r in ev if r["analyte"] == "rrt"]
+        inf = [Infusion("magnesium sulfate", m["start"], m["end"]) for m in p.rows["medications"]]
+        assert not review_specimens(kb, series, inf, rrt).suspects, p.subject

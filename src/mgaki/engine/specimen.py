@@ -3,10 +3,12 @@
 Three rules, all knowledge data (surveillance.yaml ``specimen``), the SQL stages mirror them row for row
 (``surveillance/stages.py`` ``spec_*``):
 
-- infusion: drawn during, or within ``after_hours`` after, an intermittent infusion of the analyte it measures
-  (an infusion with no recorded end lasts ``assumed_hours``; longer than ``max_infusion_hours`` is a continuous
-  infusion, monitored during it on purpose, and not suspect);
-- delta check: a jump from the previous value (within ``within_hours``) that returns on the next value. The
+- infusion: drawn during, or within ``after_hours`` after, an intermittent infusion of the analyte it measures,
+  and above the previous value by more than ``min_rise`` (infusate reads high; an infusion with no recorded end
+  lasts ``assumed_hours``; longer than ``max_infusion_hours`` is a continuous infusion, monitored during it on
+  purpose, and not suspect);
+- delta check: a jump from the previous value (within ``within_hours``, no renal replacement therapy between
+  them) that returns on the next value (drawn within ``within_hours``; a later one tells nothing). The
   reference is the previous value; when that one was itself a jump, the closer of it and the value before it (a
   repeat that confirms a jump, or returns from it, is no jump). A jump with no next value yet is unconfirmed;
   one whose next value stays is confirmed and not suspect;
@@ -97,8 +99,9 @@ def review_specimens(kb: KnowledgeBase, series: Mapping[str, Iterable[tuple[date
             if end - inf.start > timedelta(hours=r.max_infusion_hours):
                 continue
             until = end + timedelta(hours=r.after_hours)
-            for t, v in pts.get(r.analyte, ()):
-                if inf.start <= t <= until:
+            vals = pts.get(r.analyte, [])
+            for i, (t, v) in enumerate(vals):
+                if inf.start <= t <= until and (i == 0 or v > vals[i - 1][1] + r.min_rise):
                     mark(Suspect(r.analyte, t, v, r.id, "infusion",
                                  f"{r.analyte} {v:g} drawn during or within {r.after_hours:g} h after an IV "
                                  f"{inf.ingredient} infusion ({inf.start.isoformat()} to {end.isoformat()}): "
@@ -126,19 +129,25 @@ def review_specimens(kb: KnowledgeBase, series: Mapping[str, Iterable[tuple[date
 
     for d in rules.delta:
         p = pts.get(d.analyte, [])
+        window = timedelta(hours=d.within_hours)
+
+        def jump(v: float, t: datetime, rv: float, rt: datetime, d: DeltaRule = d) -> bool:
+            """A jump, unless renal replacement therapy ran between the two draws (dialysis moves them)."""
+            return _jump(d, v, rv, t - rt) and not any(rt <= x <= t for x in rrt_times)
+
         for i, (t, v) in enumerate(p):
             if i == 0:
                 continue
-            prev_jump = i >= 2 and _jump(d, p[i - 1][1], p[i - 2][1], p[i - 1][0] - p[i - 2][0])
+            prev_jump = i >= 2 and jump(p[i - 1][1], p[i - 1][0], p[i - 2][1], p[i - 2][0])
             # after a jump, the reference is the closer of the jump and the value before it (confirm or return)
             use_before = prev_jump and abs(v - p[i - 2][1]) < abs(v - p[i - 1][1])
             rt, rv = p[i - 2] if use_before else p[i - 1]
-            if not _jump(d, v, rv, t - rt):
+            if not jump(v, t, rv, rt):
                 continue
             held.add((d.analyte, t, v))
             if i + 1 < len(p):
-                nv = p[i + 1][1]
-                if abs(nv - rv) < abs(nv - v):
+                nt, nv = p[i + 1]
+                if nt - t <= window and abs(nv - rv) < abs(nv - v):  # a repeat long after tells nothing
                     mark(Suspect(d.analyte, t, v, d.id, "delta_check",
                                  f"{d.analyte} {v:g} jumped from {rv:g} and returned to {nv:g} on the next value: "
                                  f"suspect specimen, {REPEAT}"))

@@ -509,10 +509,12 @@ class InfusionRule(Cited):
     after_hours: float  # suspect from the infusion's start to this long after its end
     assumed_hours: float  # the infusion's length when its record has no end
     max_infusion_hours: float  # a longer (continuous) infusion is monitored during it on purpose: not suspect
+    min_rise: float = 0.0  # suspect only if above the previous value by more than this (infusate reads high)
 
 
 class DeltaRule(Cited):
-    """A jump from the previous value (within ``within_hours``) that returns on the next value."""
+    """A jump from the previous value (within ``within_hours``, no RRT between) that returns on the next value
+    (also within ``within_hours``)."""
 
     id: str
     analyte: str

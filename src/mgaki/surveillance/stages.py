@@ -410,8 +410,10 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
     vc = d.string_type
     w = "PARTITION BY subject_id, analyte ORDER BY t, value"
 
-    def jump(r: DeltaRule, v: str, ref: str, ref_t: str, t: str) -> str:
-        conds = [f"{ref} IS NOT NULL", f"{t} - {ref_t} <= {r.within_hours * H:g}"]
+    def jump(r: DeltaRule, v: str, ref: str, ref_t: str, t: str, last_rrt: str) -> str:
+        # no RRT between the two draws (last_rrt: the latest RRT at or before the later draw)
+        conds = [f"{ref} IS NOT NULL", f"{t} - {ref_t} <= {r.within_hours * H:g}",
+                 f"({last_rrt} IS NULL OR {last_rrt} < {ref_t})"]
         if r.direction == "rise":
             conds.append(f"{v} - {ref} > 0")
         elif r.direction == "fall":
@@ -428,19 +430,21 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
         whens = " ".join(f"WHEN analyte = '{r.analyte}' AND {make(r)} THEN 1" for r in rules.delta)
         return f"CASE {whens} ELSE 0 END"
 
+    next_near = per_analyte(lambda r: f"nt - t <= {r.within_hours * H:g}")  # a repeat long after tells nothing
     delta_rule = "CASE " + " ".join(f"WHEN analyte = '{r.analyte}' THEN '{r.id}'" for r in rules.delta) + " END" \
         if rules.delta else "CAST(NULL AS " + vc + ")"
     infusion = " UNION ALL ".join(f"""
         SELECT e.subject_id, e.analyte, e.t, e.value, '{r.id}' AS rule, 'infusion' AS kind, 1 AS prio,
                e.analyte || ' ' || CAST(e.value AS {vc}) || ' drawn during or within {r.after_hours:g} h after an IV '
                  || m.drug || ' infusion: suspect specimen, repeat the sample' AS reason
-        FROM spec_ev e JOIN (
+        FROM spec_seq e JOIN (
           SELECT subject_id, drug, {d.epoch('start')} AS s,
                  COALESCE({d.epoch('"end"')}, {d.epoch('start')} + {int(r.assumed_hours * H)}) AS en
           FROM medications WHERE drug IN ({", ".join(f"'{i}'" for i in r.ingredients)}) AND start IS NOT NULL) m
           ON m.subject_id = e.subject_id AND e.analyte = '{r.analyte}'
          AND e.t >= m.s AND e.t <= m.en + {int(r.after_hours * H)}
-        WHERE m.en - m.s <= {int(r.max_infusion_hours * H)}""" for r in rules.infusion)
+        WHERE m.en - m.s <= {int(r.max_infusion_hours * H)} AND (e.p1 IS NULL OR e.value > e.p1 + {r.min_rise})"""
+        for r in rules.infusion)
     codil = " UNION ALL ".join(f"""
         SELECT f.subject_id, f.analyte, f.t, f.value, '{c.id}', 'co_dilution', 2,
                f.analyte || ' ' || CAST(f.value AS {vc}) || ' (from ' || CAST(f.p1 AS {vc})
@@ -461,17 +465,25 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
         Stage("spec_ev", f"""
             SELECT DISTINCT subject_id, analyte, t, time, value FROM ev_named
             WHERE analyte IN ({names}) AND value IS NOT NULL"""),
+        # the latest RRT at or before each value (dialysis between two draws explains a change)
+        Stage("spec_rrt", """
+            SELECT e.subject_id, e.analyte, e.t, e.time, e.value, MAX(r.t) AS last_rrt
+            FROM spec_ev e LEFT JOIN (SELECT DISTINCT subject_id, t FROM ev_named WHERE analyte = 'rrt') r
+              ON r.subject_id = e.subject_id AND r.t <= e.t
+            GROUP BY e.subject_id, e.analyte, e.t, e.time, e.value"""),
         Stage("spec_seq", f"""
-            SELECT *, LAG(value) OVER ({w}) AS p1, LAG(t) OVER ({w}) AS p1t,
-                   LAG(value, 2) OVER ({w}) AS p2, LAG(t, 2) OVER ({w}) AS p2t, LEAD(value) OVER ({w}) AS nv
-            FROM spec_ev"""),
+            SELECT *, LAG(value) OVER ({w}) AS p1, LAG(t) OVER ({w}) AS p1t, LAG(last_rrt) OVER ({w}) AS p1_rrt,
+                   LAG(value, 2) OVER ({w}) AS p2, LAG(t, 2) OVER ({w}) AS p2t, LEAD(value) OVER ({w}) AS nv,
+                   LEAD(t) OVER ({w}) AS nt
+            FROM spec_rrt"""),
         # delta check: the reference is the previous value or, when that was itself a jump, the closer of it and the
         # value before it (engine/specimen.py)
         Stage("spec_delta", f"""
-            SELECT *, {per_analyte(lambda r: jump(r, 'value', 'rv', 'rt', 't'))} AS jumped, {delta_rule} AS rule
+            SELECT *, {per_analyte(lambda r: jump(r, 'value', 'rv', 'rt', 't', 'last_rrt'))} AS jumped,
+                   {delta_rule} AS rule
             FROM (SELECT *, CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2 ELSE p1 END AS rv,
                          CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2t ELSE p1t END AS rt
-                  FROM (SELECT *, {per_analyte(lambda r: jump(r, 'p1', 'p2', 'p2t', 'p1t'))} AS jp
+                  FROM (SELECT *, {per_analyte(lambda r: jump(r, 'p1', 'p2', 'p2t', 'p1t', 'p1_rrt'))} AS jp
                         FROM spec_seq) x) y"""),
         Stage("spec_any", f"""
             {infusion or empty}
@@ -484,7 +496,8 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
                      || CASE WHEN nv IS NULL THEN ' and has no repeat yet: unconfirmed, repeat the sample'
                              ELSE ' and returned to ' || CAST(nv AS {vc})
                                   || ' on the next value: suspect specimen, repeat the sample' END
-            FROM spec_delta WHERE jumped = 1 AND (nv IS NULL OR ABS(nv - rv) < ABS(nv - value))"""),
+            FROM spec_delta
+            WHERE jumped = 1 AND (nv IS NULL OR ({next_near} = 1 AND ABS(nv - rv) < ABS(nv - value)))"""),
         Stage("spec_flags", """
             SELECT subject_id, analyte, t, value, rule, kind, reason FROM (
               SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, analyte, t, value ORDER BY prio, rule) AS rn
