@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from tests.surveillance.build import Patient, at, tables
 
@@ -183,3 +184,35 @@ def test_before_and_after_charting_at_the_same_rate_is_unaffected(tmp_path: Path
     got = _compare(tmp_path, [p])
     assert max(s for _, s, _ in got["P1"]) == 3  # 15 mL/h at 80 kg = 0.19 mL/kg/h for 24 h
     assert at(29) in [t for t, _, _ in got["P1"]]
+
+
+REAL = Path(__file__).parents[1] / "data" / "mimic-iv-demo-10007818"
+
+
+def test_real_patient_10007818_irrigation_is_read_netted_and_anuria_still_staged(tmp_path: Path) -> None:
+    """The real MIMIC-IV stay with bladder irrigation: 25 mL irrigant/urine out at 10:00, 25 mL irrigant in at
+    10:13 (paired, net 0 mL). Reading the pair changes nothing else (every other charting stages as without it),
+    the patient's real oligo-anuria is still staged, and the SQL equals the engine row for row."""
+    raw = read_mimic(REAL)
+    ev = normalize(raw)["events"].to_pylist()
+    irr = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_irrigant"]
+    assert irr == [(datetime(2146, 6, 24, 10, 13), 25.0)]  # noqa: DTZ001 - naive UTC (MEDS)
+    assert sum(1 for r in ev if r["code"] == "MIMIC-IV/outputevents/227489") == 1
+    store = EventStore(tmp_path / "with")
+    store.append(normalize(raw))
+    with_irr = run(store).tables["kdigo_urine"].to_pylist()
+    weight = with_irr[0]["weight_kg"]
+    uo = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_output"]
+    ref = stage_urine_output(load(), uo, weight, irr)
+    assert [(x.time, x.stage) for x in ref] == sorted((r["time"], r["stage"]) for r in with_irr)
+    # the same stay with the irrigation pair dropped (as mgaki read it before)
+    dropped = {k: v for k, v in raw.items()}
+    codes = raw["events"].column("code").to_pylist()
+    keep = [c not in ("MIMIC-IV/outputevents/227488", "MIMIC-IV/outputevents/227489") for c in codes]
+    dropped["events"] = raw["events"].filter(pa.array(keep))
+    store2 = EventStore(tmp_path / "without")
+    store2.append(normalize(dropped))
+    without = {r["time"]: r["stage"] for r in run(store2).tables["kdigo_urine"].to_pylist()}
+    pair_time = datetime(2146, 6, 24, 10, 0)  # noqa: DTZ001
+    assert {r["time"]: r["stage"] for r in with_irr if r["time"] != pair_time} == without
+    assert max(without.values()) == 3  # real anuria (hours of 0 mL on the Foley) is still stage 3

@@ -125,8 +125,9 @@ def stage_urine_output(
     one. The rates reported are those of the windows ending at this charting. Zero volume is real anuria.
 
     Urine that is not urine (docs/kdigo.md#irrigation): bladder irrigant instilled (``irrigant_in``) is subtracted
-    at its charting time, so a window holds true urine = output - irrigant in over the same interval (the MIMIC
-    code repository's urine_output concept). A window is not assessable, and stages nothing, when it overlaps an
+    from the output charted with it (the nearest output charting within ``uo_irrigant_pair_hours``, else at its
+    own time), so a window holds true urine = output - irrigant in over the same interval (the MIMIC code
+    repository's urine_output concept). A window is not assessable, and stages nothing, when it overlaps an
     interval whose net volume is negative (irrigant instilled and not yet drained at that charting: the windows
     around it cannot be netted) or an interval between chartings longer than ``uo_max_interval_hours`` (the
     volume charted after a gap may have accrued anywhere in it): a gap in charting is never oliguria or anuria.
@@ -134,8 +135,13 @@ def stage_urine_output(
     summed: dict[datetime, float] = {}
     for t, v in events:  # two drains charted at one time: both volumes count
         summed[t] = summed.get(t, 0.0) + v
-    for t, v in irrigant_in:  # irrigant instilled: not urine
-        summed[t] = summed.get(t, 0.0) - v
+    out_times = sorted(summed)
+    pair = timedelta(hours=kb.value("uo_irrigant_pair_hours"))
+    for t, v in irrigant_in:  # irrigant instilled: not urine; netted against the output charted with it
+        i = bisect_left(out_times, t)
+        near = [x for x in out_times[max(i - 1, 0):i + 1] if abs(x - t) <= pair]
+        at = min(near, key=lambda x: (abs(x - t), x)) if near else t
+        summed[at] = summed.get(at, 0.0) - v
     pts = sorted(summed.items())
     if len(pts) < 2 or weight_kg <= 0:
         return []

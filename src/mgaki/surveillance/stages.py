@@ -156,14 +156,28 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # --- KDIGO urine output ----------------------------------------------------------------
     # Volumes charted at the same time are summed (two drains, one hour); each charted volume
     # accrued since the previous charting of the same stay.
-    # Bladder irrigant instilled is not urine: it is subtracted at its charting time, so windows hold
+    # Bladder irrigant instilled is not urine: it is subtracted from the output charted with it (the
+    # nearest output charting within uo_irrigant_pair_hours, else its own time), so windows hold
     # output - irrigant in (docs/kdigo.md#irrigation).
+    pair = int(v("uo_irrigant_pair_hours") * H)
+    add("uo_irr", f"""
+        SELECT subject_id, encounter_id, COALESCE(out_t, t) AS t, COALESCE(out_time, time) AS time, value FROM (
+          SELECT r.subject_id, r.encounter_id, r.t, r.time, r.value, o.t AS out_t, o.time AS out_time,
+                 ROW_NUMBER() OVER (PARTITION BY r.subject_id, r.rid ORDER BY ABS(o.t - r.t), o.t) AS rn
+          FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t, value, encounter_id) AS rid
+                FROM ev_enc WHERE analyte = 'urine_irrigant') r
+          LEFT JOIN (SELECT subject_id, t, MIN(time) AS time FROM ev_enc WHERE analyte = 'urine_output'
+                     GROUP BY subject_id, t) o
+            ON o.subject_id = r.subject_id AND o.t >= r.t - {pair} AND o.t <= r.t + {pair}) x
+        WHERE rn = 1""")
     add("uo_stay", """
         SELECT u.subject_id, u.t, u.time, u.vol, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
-          SELECT subject_id, encounter_id, t, MIN(time) AS time,
-                 SUM(CASE WHEN analyte = 'urine_irrigant' THEN -value ELSE value END) AS vol FROM ev_enc
-          WHERE analyte IN ('urine_output', 'urine_irrigant') GROUP BY subject_id, encounter_id, t) u
+          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol FROM (
+            SELECT subject_id, encounter_id, t, time, value AS v FROM ev_enc WHERE analyte = 'urine_output'
+            UNION ALL
+            SELECT subject_id, encounter_id, t, time, -value FROM uo_irr) e
+          GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
         WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
     add("stay_bounds", """
