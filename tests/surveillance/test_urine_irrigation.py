@@ -95,7 +95,8 @@ def test_without_the_irrigant_rows_the_gap_is_not_assessable_never_anuria(tmp_pa
 def test_engine_and_sql_agree_on_the_irrigated_stay(tmp_path: Path) -> None:
     rows = _irrigated_stay()
     p = Patient(days=5).icu(0, 24 * 5).weight(WEIGHT)
-    p.ev("urine_output", *[(h, v) for h, item, v in rows if item != "227488"])
+    p.ev("urine_output", *[(h, v) for h, item, v in rows if item == "226559"])
+    p.ev("urine_irrigant_out", *[(h, v) for h, item, v in rows if item == "227489"])
     p.ev("urine_irrigant", *[(h, v) for h, item, v in rows if item == "227488"])
     _compare(tmp_path, [p])
 
@@ -121,8 +122,9 @@ def _compare(tmp_path: Path, patients: list[Patient]) -> dict[str, list[tuple[da
         ev = p.rows["events"]
         uo = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_output"]
         irr = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_irrigant"]
+        irr_out = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_irrigant_out"]
         weight = p.rows["weights"][0]["weight_kg"]
-        ref = stage_urine_output(kb, uo, weight, irr)
+        ref = stage_urine_output(kb, uo, weight, irr, irr_out)
         got = sorted(sql[p.subject])
         assert [(x.time, x.stage) for x in ref] == [(t, s) for t, s, _ in got], p.subject
         for x, (_, _, r6) in zip(ref, got, strict=True):
@@ -137,17 +139,19 @@ def test_random_gaps_and_irrigation_agree_row_for_row(tmp_path: Path) -> None:
     patients = []
     for i in range(40):
         p = Patient(subject=f"S{i:02d}", days=6, encounter=f"E{i:02d}").weight(float(rng.uniform(50, 110)))
-        h, uo, irr = 0.0, [], []
+        h, uo, irr, irr_out = 0.0, [], [], []
         while h < 24 * 5:
             h += float(rng.choice([0.5, 1, 1, 1, 2, 4, 7, 12, 20], p=[.1, .3, .2, .1, .1, .08, .06, .04, .02]))
-            if rng.random() < 0.08:  # irrigation: in and out, at one time or minutes apart
+            if rng.random() < 0.08:  # irrigation: in and out, at one time, minutes or hours apart, or out only
                 instil = float(rng.choice([250, 1000, 3000]))
-                lag = float(rng.choice([0, 0, 0.25, -0.2]))
-                irr.append((h + lag, instil))
-                uo.append((h, instil + float(rng.uniform(-50, 200))))
+                lag = float(rng.choice([0, 0, 0.25, -0.2, 2.5]))
+                if rng.random() < 0.8:
+                    irr.append((h + lag, instil))
+                irr_out.append((h, instil + float(rng.uniform(-50, 200))))
             else:
                 uo.append((h, float(rng.choice([0, 5, 20, 40, 80, 150]))))
-        p.ev("urine_output", *[(t, max(v, 0.0)) for t, v in uo]).ev("urine_irrigant", *irr)
+        p.ev("urine_output", *uo).ev("urine_irrigant", *irr)
+        p.ev("urine_irrigant_out", *[(t, max(v, 0.0)) for t, v in irr_out])
         patients.append(p)
     got = _compare(tmp_path, patients)
     stages = {s for rows in got.values() for _, s, _ in rows}
@@ -159,9 +163,10 @@ def test_fhir_bundle_with_irrigant_is_netted_at_the_bedside() -> None:
     """A hand-built FHIR bundle: urine output (LOINC 9187-6) and irrigant instilled (mgaki's local code)."""
     b = BundleBuilder("male", "1950-01-01").obs("weight", WEIGHT, "kg", 0)
     b.series("creatinine", "mg/dL", [(0, 1.0), (30, 1.0)])
+    local = {"227488": "urine-irrigant-in", "227489": "urine-irrigant-out"}
     for h, item, v in _irrigated_stay():
-        if item == "227488":
-            b.obs("urine_output", v, "mL", h, code="urine-irrigant-in")
+        if item in local:
+            b.obs("urine_output", v, "mL", h, code=local[item])
             b.entries[-1]["resource"]["code"]["coding"][0]["system"] = "urn:mgaki:code"
         else:
             b.obs("urine_output", v, "mL", h)
@@ -197,13 +202,14 @@ def test_real_patient_10007818_irrigation_is_read_netted_and_anuria_still_staged
     ev = normalize(raw)["events"].to_pylist()
     irr = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_irrigant"]
     assert irr == [(datetime(2146, 6, 24, 10, 13), 25.0)]  # noqa: DTZ001 - naive UTC (MEDS)
-    assert sum(1 for r in ev if r["code"] == "MIMIC-IV/outputevents/227489") == 1
     store = EventStore(tmp_path / "with")
     store.append(normalize(raw))
     with_irr = run(store).tables["kdigo_urine"].to_pylist()
     weight = with_irr[0]["weight_kg"]
     uo = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_output"]
-    ref = stage_urine_output(load(), uo, weight, irr)
+    irr_out = [(r["time"], r["numeric_value"]) for r in ev if r["analyte"] == "urine_irrigant_out"]
+    assert irr_out == [(datetime(2146, 6, 24, 10, 0), 25.0)]  # noqa: DTZ001
+    ref = stage_urine_output(load(), uo, weight, irr, irr_out)
     assert [(x.time, x.stage) for x in ref] == sorted((r["time"], r["stage"]) for r in with_irr)
     # the same stay with the irrigation pair dropped (as mgaki read it before)
     dropped = {k: v for k, v in raw.items()}
@@ -216,3 +222,20 @@ def test_real_patient_10007818_irrigation_is_read_netted_and_anuria_still_staged
     pair_time = datetime(2146, 6, 24, 10, 0)  # noqa: DTZ001
     assert {r["time"]: r["stage"] for r in with_irr if r["time"] != pair_time} == without
     assert max(without.values()) == 3  # real anuria (hours of 0 mL on the Foley) is still stage 3
+
+
+def test_irrigant_output_with_no_instillation_is_not_assessable(tmp_path: Path) -> None:
+    """'Urine and GU Irrigant Out' (226566) with no irrigant-in charted: its urine is unknown, so the windows
+    over it stage nothing (neither the 2,275 mL-as-urine overcount hides oliguria, nor a gap invents it)."""
+    rows = [(float(h), "226559", 80.0) for h in range(1, 11)]
+    rows += [(float(h), "226566", 1227.5) for h in range(12, 31, 2)]
+    rows += [(31.0, "226559", 125.0)] + [(float(h), "226559", 80.0) for h in range(32, 60)]
+    res = _surveil(_mimic_root(tmp_path / "mimic", rows), tmp_path / "store")
+    uo = res["kdigo_urine"]
+    assert max(r["stage"] for r in uo) == 0
+    during = [r for r in uo if r["volume_ml"] == 1227.5]
+    assert len(during) == 10 and all(r["rate_6h"] is None for r in during)
+    p = Patient(days=5).icu(0, 24 * 5).weight(WEIGHT)
+    p.ev("urine_output", *[(h, v) for h, item, v in rows if item == "226559"])
+    p.ev("urine_irrigant_out", *[(h, v) for h, item, v in rows if item == "226566"])
+    _compare(tmp_path, [p])

@@ -316,8 +316,9 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     weight = rec.latest("weight")
     uo = rec.series("urine_output")
     irrigant = [(m.time, m.value) for m in rec.series("urine_irrigant")]  # not urine: subtracted
-    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value, irrigant)
-               if weight and uo else [])
+    irrigant_out = [(m.time, m.value) for m in rec.series("urine_irrigant_out")]  # urine + irrigant
+    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value, irrigant, irrigant_out)
+               if weight and (uo or irrigant_out) else [])
     if uo and not weight:
         out.warnings.append("Urine output present but no body weight: UO criteria not applied")
     peak_c = max(stages, key=lambda s: (s.stage, s.time), default=None)

@@ -116,6 +116,7 @@ def stage_urine_output(
     events: Sequence[tuple[datetime, float]],
     weight_kg: float,
     irrigant_in: Sequence[tuple[datetime, float]] = (),
+    irrigant_out: Sequence[tuple[datetime, float]] = (),
 ) -> list[UrineStage]:
     """KDIGO urine-output stage at each charting time.
 
@@ -127,21 +128,28 @@ def stage_urine_output(
     Urine that is not urine (docs/kdigo.md#irrigation): bladder irrigant instilled (``irrigant_in``) is subtracted
     from the output charted with it (the nearest output charting within ``uo_irrigant_pair_hours``, else at its
     own time), so a window holds true urine = output - irrigant in over the same interval (the MIMIC code
-    repository's urine_output concept). A window is not assessable, and stages nothing, when it overlaps an
-    interval whose net volume is negative (irrigant instilled and not yet drained at that charting: the windows
-    around it cannot be netted) or an interval between chartings longer than ``uo_max_interval_hours`` (the
-    volume charted after a gap may have accrued anywhere in it): a gap in charting is never oliguria or anuria.
+    repository's urine_output concept). ``irrigant_out`` are outputs that hold irrigant (urine plus irrigant):
+    they count as output, netted by the instillation paired with them. A window is not assessable, and stages
+    nothing, when it overlaps an interval whose net volume is negative (irrigant instilled and not yet drained at
+    that charting: the windows around it cannot be netted), one that ends with an irrigant output no instillation
+    was netted against (its urine is unknown), or an interval between chartings longer than
+    ``uo_max_interval_hours`` (the volume charted after a gap may have accrued anywhere in it): a gap in charting
+    is never oliguria or anuria.
     """
     summed: dict[datetime, float] = {}
-    for t, v in events:  # two drains charted at one time: both volumes count
+    for t, v in (*events, *irrigant_out):  # two drains charted at one time: both volumes count
         summed[t] = summed.get(t, 0.0) + v
     out_times = sorted(summed)
     pair = timedelta(hours=kb.value("uo_irrigant_pair_hours"))
+    netted: set[datetime] = set()
     for t, v in irrigant_in:  # irrigant instilled: not urine; netted against the output charted with it
         i = bisect_left(out_times, t)
         near = [x for x in out_times[max(i - 1, 0):i + 1] if abs(x - t) <= pair]
         at = min(near, key=lambda x: (abs(x - t), x)) if near else t
         summed[at] = summed.get(at, 0.0) - v
+        netted.add(at)
+    # an output that holds irrigant with no instillation netted against it: its urine is unknown
+    unknown = {t for t, _ in irrigant_out} - netted
     pts = sorted(summed.items())
     if len(pts) < 2 or weight_kg <= 0:
         return []
@@ -166,7 +174,7 @@ def stage_urine_output(
         cum_end.append(running)
     long_before = [0]  # long_before[j]: unusable intervals (longer than max_gap, or net negative) among the first j
     for a, b, vol in intervals:
-        long_before.append(long_before[-1] + (1 if b - a > max_gap or vol < -ZERO_ML else 0))
+        long_before.append(long_before[-1] + (1 if b - a > max_gap or vol < -ZERO_ML or b in unknown else 0))
 
     def cum(x: datetime) -> float:
         i = bisect_left(ends, x)

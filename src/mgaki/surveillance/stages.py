@@ -166,17 +166,21 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                  ROW_NUMBER() OVER (PARTITION BY r.subject_id, r.rid ORDER BY ABS(o.t - r.t), o.t) AS rn
           FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t, value, encounter_id) AS rid
                 FROM ev_enc WHERE analyte = 'urine_irrigant') r
-          LEFT JOIN (SELECT subject_id, t, MIN(time) AS time FROM ev_enc WHERE analyte = 'urine_output'
-                     GROUP BY subject_id, t) o
+          LEFT JOIN (SELECT subject_id, t, MIN(time) AS time FROM ev_enc
+                     WHERE analyte IN ('urine_output', 'urine_irrigant_out') GROUP BY subject_id, t) o
             ON o.subject_id = r.subject_id AND o.t >= r.t - {pair} AND o.t <= r.t + {pair}) x
         WHERE rn = 1""")
+    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it
     add("uo_stay", """
-        SELECT u.subject_id, u.t, u.time, u.vol, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
+        SELECT u.subject_id, u.t, u.time, u.vol, u.unknown, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
-          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol FROM (
-            SELECT subject_id, encounter_id, t, time, value AS v FROM ev_enc WHERE analyte = 'urine_output'
+          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol,
+                 CASE WHEN MAX(irr_out) = 1 AND MAX(irr_in) = 0 THEN 1 ELSE 0 END AS unknown FROM (
+            SELECT subject_id, encounter_id, t, time, value AS v,
+                   CASE WHEN analyte = 'urine_irrigant_out' THEN 1 ELSE 0 END AS irr_out, 0 AS irr_in
+            FROM ev_enc WHERE analyte IN ('urine_output', 'urine_irrigant_out')
             UNION ALL
-            SELECT subject_id, encounter_id, t, time, -value FROM uo_irr) e
+            SELECT subject_id, encounter_id, t, time, -value, 0, 1 FROM uo_irr) e
           GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
         WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
@@ -197,8 +201,8 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # not assessable (engine/kidney.py stage_urine_output).
     max_gap = int(v("uo_max_interval_hours") * H)
     add("uo_iv", f"""
-        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS}) THEN 1 ELSE 0 END
-                    AS long_iv FROM (
+        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
+                       ELSE 0 END AS long_iv FROM (
           SELECT u.*, w.weight_kg, b.first_t,
                  LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
           FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
