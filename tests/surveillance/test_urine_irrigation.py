@@ -239,3 +239,15 @@ def test_irrigant_output_with_no_instillation_is_not_assessable(tmp_path: Path) 
     p.ev("urine_output", *[(h, v) for h, item, v in rows if item == "226559"])
     p.ev("urine_irrigant_out", *[(h, v) for h, item, v in rows if item == "226566"])
     _compare(tmp_path, [p])
+
+
+def test_a_creatinine_only_run_leaves_out_every_urine_analyte(tmp_path: Path) -> None:
+    """The study's creatinine-only sensitivity (exclude_analytes=URINE_ANALYTES) sees no irrigation either."""
+    from mgaki.surveillance import URINE_ANALYTES
+
+    p = Patient(days=5).icu(0, 24 * 5).weight(WEIGHT)
+    p.ev("urine_irrigant_out", *[(float(h), 1000.0) for h in range(1, 30)]).ev("urine_irrigant", (2, 900.0))
+    store = EventStore(tmp_path)
+    store.append(tables(p))
+    assert run(store).tables["kdigo_urine"].num_rows > 0
+    assert run(store, exclude_analytes=URINE_ANALYTES).tables["kdigo_urine"].num_rows == 0

@@ -1,5 +1,13 @@
 """Hospital-wide surveillance: KDIGO episodes, Mg trajectories, evidence flags and alerts in SQL."""
 
-from mgaki.surveillance.pipeline import OUTPUTS, SurveillanceResult, alert_rates, run, studies_table, surveil
+from mgaki.surveillance.pipeline import (
+    OUTPUTS,
+    URINE_ANALYTES,
+    SurveillanceResult,
+    alert_rates,
+    run,
+    studies_table,
+    surveil,
+)
 
-__all__ = ["OUTPUTS", "SurveillanceResult", "alert_rates", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "URINE_ANALYTES", "SurveillanceResult", "alert_rates", "run", "studies_table", "surveil"]

@@ -31,12 +31,14 @@ from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "alert_rates", "last_use", "needed", "run", "studies_table",
-           "surveil"]
+__all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "SurveillanceResult", "alert_rates", "last_use", "needed", "run",
+           "studies_table", "surveil"]
 
 OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes", "mg_trajectory",
            "evidence_flags", "alerts", "suspect_specimens")
 RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
+# every analyte the urine-output criteria read (docs/kdigo.md#irrigation): what a creatinine-only run leaves out
+URINE_ANALYTES = ("urine_output", "urine_irrigant", "urine_irrigant_out")
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
 
 Progress = Callable[[str, int, int], None]
@@ -127,7 +129,7 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
         exclude_analytes: Iterable[str] = ()) -> SurveillanceResult:
     """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
 
-    `exclude_analytes` leaves those analytes' events out (e.g. ``("urine_output",)``: the creatinine-only
+    `exclude_analytes` leaves those analytes' events out (e.g. ``URINE_ANALYTES``: the creatinine-only
     KDIGO definition the study reports as a sensitivity analysis, docs/research.md#outcomes).
 
     Only the stages the requested outputs depend on run: `outputs=("kdigo_creatinine",)` stages
