@@ -33,6 +33,8 @@ FINDING_CODES: dict[str, str] = {
     "pediatric_adjustment": "Patient <18 y: adult equations, nomograms and evidence set aside; bedside Schwartz used",
     "pk_overshoot_risk": "Population PK predicts the planned doses may raise serum Mg above a toxicity level",
     "pk_prediction_unavailable": "No PK model can predict the planned doses for this patient (the reason is given)",
+    "suspect_specimen": "The latest result is more likely the sample than the patient (drawn during an infusion of "
+                        "the analyte, a jump not yet repeated, co-dilution): set aside, repeat the sample",
 }
 
 

@@ -83,15 +83,17 @@ def test_mg_out_of_range_fires_once_per_entry_and_again_on_worse_grade(tmp_path:
     res = _run(tmp_path, p)
     assert [a["time"] for a in _alerts(res, "mg_out_of_range")] == [at(24), at(144)]
     worse = _alerts(res, "mg_grade_worsened")
-    assert [(a["time"], a["severity"]) for a in worse] == [(at(72), "critical"), (at(96), "critical")]
+    # severity from the cited mapping: grade 2 (1.1 mg/dL) asks for action within hours, grade 3 (0.8) now
+    assert [(a["time"], a["severity"]) for a in worse] == [(at(72), "warning"), (at(96), "critical")]
     assert "grade 3" in str(worse[1]["detail"])
 
 
 def test_falling_trend_is_suppressed_for_24h(tmp_path: Path) -> None:
-    p = Patient().ev("magnesium", (0, 2.4), (12, 2.2), (20, 2.05), (30, 1.9), (60, 1.8), (70, 1.5))
+    p = Patient().ev("magnesium", (0, 2.5), (12, 2.3), (20, 1.95), (30, 1.8), (60, 1.72), (70, 1.5))
     res = _run(tmp_path, p)
-    # 2.05 <= 2.4 - 0.3 at 20 h fires; 1.9 at 30 h meets the rule within 24 h of that: silent;
-    # 1.8 at 60 h (2.2 at 12 h is in its 48-h window) comes 30 h after the last time the rule was met:
+    # 1.95 at 20 h: 0.55 below 2.5, and its fall since 12 h (0.35 in 8 h) projects 1.6 by the next measurement
+    # (8 h on): fires; 1.8 at 30 h meets the rule within 24 h of that: silent; 1.72 at 60 h (2.3 at 12 h is in its
+    # 48-h window; 0.08 in 30 h, projected over 24 h: 1.656) comes 30 h after the last time the rule was met:
     # fires; 1.5 at 70 h is 10 h after that: silent
     assert [a["time"] for a in _alerts(res, "mg_falling")] == [at(20), at(60)]
 

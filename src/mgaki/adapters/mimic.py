@@ -128,7 +128,8 @@ SELECT l.subject_id, l.hadm_id AS encounter_id, l.charttime AS time,
        'labevents:labevent_id=' || l.labevent_id AS source
 FROM src_labevents l JOIN codemap m ON m.tbl = 'labevents' AND m.maps_to = 'analyte' AND m.key = l.itemid
 UNION ALL
-SELECT o.subject_id, o.stay_id, o.charttime, 'MIMIC-IV/outputevents/' || o.itemid, m.target, o.value,
+SELECT o.subject_id, o.stay_id, o.charttime, 'MIMIC-IV/outputevents/' || o.itemid, m.target,
+       CASE WHEN m.target = 'urine_irrigant' THEN ltrim(o.value, '-') ELSE o.value END,
        {_UNIT.format(u='o.valueuom')},
        'outputevents:stay_id=' || coalesce(o.stay_id, '') || ',charttime=' || coalesce(o.charttime, '')
            || ',itemid=' || o.itemid

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that r
     import pyarrow as pa
 
     from mgaki.events import EventStore, IngestSummary
+    from mgaki.surveillance import SurveillanceResult
 
 __all__ = ["FORMATS", "Engine", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
@@ -176,6 +177,7 @@ def surveil_cmd(
             runner = store_runner(EventStore(store), spark_master)
         res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner, baseline_rule=rule)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_alert_rates(EventStore(store), res)
     if baseline_sensitivity:
         from mgaki.surveillance import baseline_sensitivity as sensitivity
 
@@ -216,6 +218,11 @@ def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomp
         t.add_row(f"  peak stage {s}", str(sum(1 for e in eps if e["peak_stage"] == s)))
     t.add_row("  recovered in hospital", str(sum(1 for e in eps if e["recovered"])))
     t.add_row("evidence flags", str(tables["evidence_flags"].num_rows))
+    if "suspect_specimens" in tables:  # issue 13 point 6: set aside, never acted on until repeated
+        sus = tables["suspect_specimens"].to_pylist()
+        t.add_row("suspect specimens (repeat the sample)", str(len(sus)))
+        for kind in sorted({r["kind"] for r in sus}):
+            t.add_row(f"  {kind}", str(sum(1 for r in sus if r["kind"] == kind)))
     t.add_row("alerts emitted now", str(new_alerts.num_rows))
     c.print(t)
     if new_alerts.num_rows:
@@ -231,6 +238,19 @@ def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomp
         for kind, by in sorted(counts.items()):
             a.add_row(kind, str(by.get("critical", 0)), str(by.get("warning", 0)), str(by.get("info", 0)))
         c.print(a)
+
+
+def print_alert_rates(store: EventStore, res: SurveillanceResult) -> None:
+    """Alerts (the whole log) per 100 patient-days, by kind and severity (docs/surveillance.md#alert-rates)."""
+    from mgaki.surveillance import alert_rates
+
+    days, rates = alert_rates(store.read("encounters"), res.tables["alerts"], res.as_of)
+    t = Table(title=f"alerts per 100 patient-days ({days:,.1f} patient-days)")
+    for col in ("kind", "severity", "alerts", "per 100 patient-days"):
+        t.add_column(col, justify="left" if col in ("kind", "severity") else "right")
+    for r in rates.to_pylist():
+        t.add_row(r["kind"], r["severity"], str(r["n"]), f"{r['per_100_patient_days']:.2f}")
+    console().print(t)
 
 
 def demo(
@@ -275,6 +295,7 @@ def demo(
         res = surveil(EventStore(store_dir),
                       progress=lambda st, i, n: bar.update(task, total=n, completed=i, description=f"stage {st}"))
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_alert_rates(EventStore(store_dir), res)
     print_truth(cohort.truth, res.tables)
     export_tables(res.tables, out / "results", OutFmt.csv)
     if plots:

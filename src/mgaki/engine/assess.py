@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from mgaki.engine import kidney as kd
 from mgaki.engine import magnesium as mgs
 from mgaki.engine import risk, workup
 from mgaki.engine.repletion import PlanRequest, plan_repletion, predict_plan, therapeutic_range
+from mgaki.engine.specimen import Infusion, review_specimens
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
 from mgaki.record import KidneyState, Measurement, PatientRecord
@@ -52,6 +53,35 @@ class _Out:
                                      evidence=[Evidence.of(s) for s in sources], data=data))
 
 
+def _set_aside_suspect_specimens(kb: KnowledgeBase, rec: PatientRecord,
+                                 out: _Out) -> tuple[PatientRecord, frozenset[str]]:
+    """(the record without its suspect specimens, the analytes whose latest value is suspect).
+
+    A suspect value (engine/specimen.py) is in no baseline, status, grade or critical finding. The latest value
+    of an analyte, if suspect, is a ``suspect_specimen`` finding that says to repeat the sample; older ones are
+    warnings."""
+    rules = kb.surveillance.specimen
+    series = {a: [(m.time, m.value) for m in rec.series(a)] for a in rules.analytes}
+    infusions = [Infusion(m.ingredient, m.start, m.end) for m in rec.medications
+                 if m.ingredient and m.start and m.active and m.kind == "administration"]
+    review = review_specimens(kb, series, infusions, rec.rrt_times)
+    if not review.suspects:
+        return rec, frozenset()
+    unconfirmed: set[str] = set()
+    for s in sorted(review.suspects.values(), key=lambda s: (s.time, s.analyte)):
+        latest = rec.latest(s.analyte)
+        if latest is not None and (latest.time, latest.value) == (s.time, s.value):
+            unconfirmed.add(s.analyte)
+            out.add("suspect_specimen", kb.severity("suspect_specimen"),
+                    f"{s.reason} (at {s.time.isoformat()}; not used for status, baselines or alerts until a repeat "
+                    "confirms it)", [rules.source(s.rule)], analyte=s.analyte, value=s.value, time=s.time.isoformat(),
+                    rule=s.rule, kind=s.kind)
+        else:
+            out.warnings.append(f"Set aside as a suspect specimen: {s.reason} (at {s.time.isoformat()})")
+    keep = tuple(m for m in rec.measurements if not review.is_suspect(m.analyte, m.time, m.value))
+    return replace(rec, measurements=keep, _series={}), frozenset(unconfirmed)
+
+
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
 
@@ -61,6 +91,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kb = kb or load()
     opts = opts or AssessOptions()
     out = _Out(warnings=list(rec.warnings))
+    last_mg_draw = rec.latest("magnesium")  # a suspect draw is still a draw (monitoring gap)
+    rec, unconfirmed = _set_aside_suspect_specimens(kb, rec, out)  # issue 13 point 6: not acted on until repeated
     contexts = frozenset(opts.contexts) | rec.contexts
     now = opts.now or rec.as_of()
     age = rec.age_years(now) if now else None
@@ -71,7 +103,9 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kidney, kstate = _kidney(kb, rec, opts, now, out, pediatric)
 
     # --- magnesium status (C2) --------------------------------------------------
-    mg_m = rec.latest("magnesium")
+    # The latest Mg is suspect: no status, grade or dose from an older value it may have superseded (a value drawn
+    # before an infusion says nothing of the level after it) until the repeat.
+    mg_m = None if "magnesium" in unconfirmed else rec.latest("magnesium")
     mg_val = mg_m.value if mg_m else None
     mg_res: MagnesiumResult | None = None
     status: str | None = None
@@ -96,14 +130,14 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         ctcae = next(s.source for s in kb.magnesium.grades)
         rr = kb.magnesium.reference_range.source
         if status == "low":
-            sev: Severity = "critical" if grade.grade >= 3 else "warning"
+            sev: Severity = kb.severity("hypomagnesemia", grade.grade)
             out.add("hypomagnesemia", sev,
                     f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL, "
                     f"{mg_res.value_mmol_l:.2f} mmol/L): low, CTCAE grade {grade.grade} "
                     f"({grade.label})", [rr, ctcae], grade=grade.grade)
         elif status == "high":
             tox = mgs.toxicity_levels(kb, mg_m.value)
-            sev = "critical" if tox or grade.grade >= 3 else "warning"
+            sev = kb.severity("hypermagnesemia", grade.grade)
             msg = (f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL): high, CTCAE "
                    f"grade {grade.grade}")
             srcs = [rr, ctcae]
@@ -120,6 +154,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             out.add("hypermagnesemia", sev, msg, srcs, grade=grade.grade)
         for text, src in caveats:
             out.warnings.append(text + f" [{src.citation}]")
+    elif "magnesium" in unconfirmed:
+        out.warnings.append("The latest serum Mg is a suspect specimen: status, grade and plan wait for the repeat")
     else:
         out.warnings.append("No serum magnesium in the record: status, grade and plan need one")
 
@@ -169,7 +205,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if mg_val is not None:
         sym = kb.threshold("mg_symptomatic_below")
         if status == "low" and mg_val < convert(sym.value, "magnesium", sym.unit, "mg/dL"):
-            out.add("neuromuscular_risk", "critical",
+            out.add("neuromuscular_risk", kb.severity("neuromuscular_risk"),
                     f"Mg {mg_val:.2f} mg/dL < {sym.value:g} {sym.unit}: tremor, tetany and seizures "
                     "(loss of the NMDA-receptor Mg block); check Chvostek/Trousseau, ECG", [sym.source])
         elif status == "high" and mgs.toxicity_levels(kb, mg_val):
@@ -177,24 +213,24 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             # Toxicity thresholds still apply inside a therapeutic range (eclampsia), where
             # reduced reflexes are the sign to watch rather than an emergency.
             expected = ther is not None and mg_val <= ther[1]
-            out.add("neuromuscular_risk", "warning" if expected else "critical",
+            out.add("neuromuscular_risk", "warning" if expected else kb.severity("neuromuscular_risk"),
                     f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration"
                     + (" before each dose (expected at therapeutic levels)" if expected else ""),
                     [t.source])
         qtc = _current(kb, rec, "qtc", now, out)
         qt = kb.threshold("qtc_prolonged_above")
         if status == "low" and qtc is not None and qtc.value > qt.value:
-            out.add("arrhythmia_risk", "critical",
+            out.add("arrhythmia_risk", kb.severity("arrhythmia_risk"),
                     f"QTc {qtc.value:.0f} ms > {qt.value:g} ms with low Mg: torsades risk", [qt.source])
         elif status == "high" and "mg_toxicity_cardiac_above" in mgs.toxicity_levels(kb, mg_val):
             t = kb.threshold("mg_toxicity_cardiac_above")
-            out.add("arrhythmia_risk", "critical", f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}",
+            out.add("arrhythmia_risk", kb.severity("arrhythmia_risk"), f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}",
                     [t.source])
 
     # --- AKI (C5) and Mg-AKI evidence (C6) ----------------------------------------
     if kidney.aki_stage >= 1:
         src = kb.threshold("kdigo_abs_rise").source
-        out.add("aki", "critical" if kidney.aki_stage >= 2 else "warning",
+        out.add("aki", kb.severity("aki", kidney.aki_stage),
                 f"KDIGO AKI stage {kidney.aki_stage} ({kidney.criterion}); current stage "
                 f"{kidney.current_stage}", [src], stage=kidney.aki_stage)
     # each study reads the Mg of its own exposure time (evidence.yaml exposure_times), not the latest
@@ -226,10 +262,11 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                    if d and (d.nephrotoxic or d.effect == "renal_wasting")]
     gap = kb.threshold("mg_monitoring_gap_hours")
     high_risk = bool(contexts & set(kb.magnesium.high_risk_contexts)) or bool(nephrotoxic) or kidney.aki_stage >= 1
-    if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=gap.value)):
-        last = ("no serum Mg on record" if mg_m is None
-                else f"last serum Mg {(now - mg_m.time).total_seconds() / 3600:.0f} h ago")
-        out.add("monitoring_gap", "warning",
+    drawn = last_mg_draw
+    if high_risk and now is not None and (drawn is None or now - drawn.time > timedelta(hours=gap.value)):
+        last = ("no serum Mg on record" if drawn is None
+                else f"last serum Mg {(now - drawn.time).total_seconds() / 3600:.0f} h ago")
+        out.add("monitoring_gap", kb.severity("monitoring_gap"),
                 f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and {last}: "
                 f"measure Mg (no value in {gap.value:g} h)", [kb.magnesium.high_risk_source, gap.source])
 
@@ -243,7 +280,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         out.add("renal_dose_adjustment", "warning", "; ".join(po.adjusted),
                 po.adjusted_sources, egfr=kidney.egfr, crcl=kidney.crcl)
     if po.holds:
-        out.add("hold_magnesium", "critical" if status == "high" else "warning",
+        # rated by the CTCAE grade of a high Mg (grade 1, e.g. 2.6 mg/dL: hold and recheck, not critical)
+        out.add("hold_magnesium", kb.severity("hold_magnesium", mg_res.grade if mg_res and status == "high" else None),
                 "; ".join(r.meaning for r in po.holds), [r.source for r in po.holds])
     out.warnings.extend(po.warnings)
     plan = po.plan
@@ -287,10 +325,14 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
                                  admission=max(admitted) if admitted else None)
     weight = rec.latest("weight")
     uo = rec.series("urine_output")
+    irrigant = [(m.time, m.value) for m in rec.series("urine_irrigant")]  # not urine: subtracted
+    irrigant_out = [(m.time, m.value) for m in rec.series("urine_irrigant_out")]  # urine + irrigant
+    charted = sorted([m.time for m in uo] + [t for t, _ in irrigant_out])
     chosen = (kd.choose_weight(kb, [(m.time, m.value, m.source_id) for m in rec.series("weight")],
-                               uo[0].time, uo[-1].time) if uo else None)
-    ustages = kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], chosen.weight_kg) if chosen else []
-    if uo and not chosen:
+                               charted[0], charted[-1]) if charted else None)
+    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], chosen.weight_kg, irrigant, irrigant_out)
+               if chosen else [])
+    if charted and not chosen:
         out.warnings.append("Urine output present but no body weight: UO criteria not applied")
     for t_w, kg, src, why in chosen.rejected if chosen else ():
         out.warnings.append(f"Weight {kg:g} kg ({src}, {t_w.isoformat()}) not used for urine output: {why}")

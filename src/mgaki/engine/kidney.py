@@ -158,6 +158,8 @@ def stage_urine_output(
     kb: KnowledgeBase,
     events: Sequence[tuple[datetime, float]],
     weight_kg: float,
+    irrigant_in: Sequence[tuple[datetime, float]] = (),
+    irrigant_out: Sequence[tuple[datetime, float]] = (),
 ) -> list[UrineStage]:
     """KDIGO urine-output stage at each charting time.
 
@@ -165,10 +167,32 @@ def stage_urine_output(
     charting, evenly (partial intervals prorated); a window counts only once charting covers all of it. The stage at
     a charting is that of the worst window it reveals: every window ending between the previous charting and this
     one. The rates reported are those of the windows ending at this charting. Zero volume is real anuria.
+
+    Urine that is not urine (docs/kdigo.md#irrigation): bladder irrigant instilled (``irrigant_in``) is subtracted
+    from the output charted with it (the nearest output charting within ``uo_irrigant_pair_hours``, else at its
+    own time), so a window holds true urine = output - irrigant in over the same interval (the MIMIC code
+    repository's urine_output concept). ``irrigant_out`` are outputs that hold irrigant (urine plus irrigant):
+    they count as output, netted by the instillation paired with them. A window is not assessable, and stages
+    nothing, when it overlaps an interval whose net volume is negative (irrigant instilled and not yet drained at
+    that charting: the windows around it cannot be netted), one that ends with an irrigant output no instillation
+    was netted against (its urine is unknown), or an interval between chartings longer than
+    ``uo_max_interval_hours`` (the volume charted after a gap may have accrued anywhere in it): a gap in charting
+    is never oliguria or anuria.
     """
     summed: dict[datetime, float] = {}
-    for t, v in events:  # two drains charted at one time: both volumes count
+    for t, v in (*events, *irrigant_out):  # two drains charted at one time: both volumes count
         summed[t] = summed.get(t, 0.0) + v
+    out_times = sorted(summed)
+    pair = timedelta(hours=kb.value("uo_irrigant_pair_hours"))
+    netted: set[datetime] = set()
+    for t, v in irrigant_in:  # irrigant instilled: not urine; netted against the output charted with it
+        i = bisect_left(out_times, t)
+        near = [x for x in out_times[max(i - 1, 0):i + 1] if abs(x - t) <= pair]
+        at = min(near, key=lambda x: (abs(x - t), x)) if near else t
+        summed[at] = summed.get(at, 0.0) - v
+        netted.add(at)
+    # an output that holds irrigant with no instillation netted against it: its urine is unknown
+    unknown = {t for t, _ in irrigant_out} - netted
     pts = sorted(summed.items())
     if len(pts) < 2 or weight_kg <= 0:
         return []
@@ -177,6 +201,7 @@ def stage_urine_output(
     h1, h2, h3 = (kb.value(k) for k in ("kdigo_uo_stage1_hours", "kdigo_uo_stage2_hours",
                                          "kdigo_uo_stage3_hours"))
     h_anuria = kb.value("kdigo_anuria_hours")
+    max_gap = timedelta(hours=kb.value("uo_max_interval_hours"))
     intervals = [(pts[i - 1][0], pts[i][0], pts[i][1]) for i in range(1, len(pts))
                  if pts[i][0] > pts[i - 1][0]]
     if not intervals:
@@ -190,6 +215,9 @@ def stage_urine_output(
     for _, _, charted in intervals:
         running += charted
         cum_end.append(running)
+    long_before = [0]  # long_before[j]: unusable intervals (longer than max_gap, or net negative) among the first j
+    for a, b, vol in intervals:
+        long_before.append(long_before[-1] + (1 if b - a > max_gap or vol < -ZERO_ML or b in unknown else 0))
 
     def cum(x: datetime) -> float:
         i = bisect_left(ends, x)
@@ -197,31 +225,43 @@ def stage_urine_output(
         before = cum_end[i] - vol
         return before + vol * (x - a).total_seconds() / (b - a).total_seconds()
 
+    def assessable(first: int, last: int, vol: float) -> float | None:
+        """The volume of a window over intervals first..last, None when it is not assessable."""
+        if long_before[last + 1] - long_before[first] > 0 or vol < -ZERO_ML:
+            return None
+        return vol
+
     points = [start, *ends]  # charting times; cumulative volume 0 at the first
     cum_points = [0.0, *cum_end]
 
+    def ending_at(k: int, hours: float) -> float | None:
+        """Volume of the window of `hours` ending at interval k's end (None: not covered or not assessable)."""
+        b = intervals[k][1]
+        lo = b - timedelta(hours=hours)
+        if start > lo:
+            return None
+        return assessable(bisect_right(ends, lo), k, cum(b) - cum(lo) if lo > start else cum(b))
+
     def lowest_volume(k: int, hours: float) -> float | None:
-        """Least volume over any `hours`-long window ending in interval k, i.e. knowable at its end.
+        """Least volume over any `hours`-long assessable window ending in interval k, i.e. knowable at its end.
 
         Volume is piecewise linear in the window's position (proration), so the least one
         ends at the charting itself or starts at an earlier charting (KDIGO: any 6 hours,
         not only those that end at a charting)."""
         a, b, _ = intervals[k]
         span = timedelta(hours=hours)
-        lo = b - span
-        best = None if start > lo else (cum(b) - cum(lo) if lo > start else cum(b))
-        for i in range(bisect_right(points, a - span), bisect_left(points, lo)):
-            v = cum(points[i] + span) - cum_points[i]
-            best = v if best is None or v < best else best
+        best = ending_at(k, hours)
+        for i in range(bisect_right(points, a - span), bisect_left(points, b - span)):
+            v = assessable(i, k, cum(points[i] + span) - cum_points[i])
+            if v is not None and (best is None or v < best):
+                best = v
         return best
 
     out: list[UrineStage] = []
     for k, (_, t, _v) in enumerate(intervals):
-        def rate(hours: float, t: datetime = t) -> float | None:
-            lo = t - timedelta(hours=hours)
-            if start > lo:
-                return None
-            return (cum(t) - cum(lo) if lo > start else cum(t)) / weight_kg / hours
+        def rate(hours: float, k: int = k) -> float | None:
+            v = ending_at(k, hours)
+            return None if v is None else v / weight_kg / hours
 
         low = {h: lowest_volume(k, h) for h in {h1, h2, h3, h_anuria}}
         worst = {h: None if v is None else v / weight_kg / h for h, v in low.items()}

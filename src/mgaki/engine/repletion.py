@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mgaki.engine.magnesium import toxicity_levels
 from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, Tier
 from mgaki.record import KidneyState
@@ -182,6 +183,8 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     if status == "high" and not in_target:
         rule = kb.renal_rule("hold_hypermagnesemia")
         holds.append(rule)
+        if mg is not None and toxicity_levels(kb, mg):  # calcium and dialysis only at a toxic level, never at 2.6
+            holds.append(kb.renal_rule("treat_mg_toxicity"))
         why = ("Hold magnesium: serum Mg above the therapeutic range" if rng is not None
                else "Hold magnesium: serum Mg above the reference range")
         return empty("hold", why, [Evidence.of(rule.source)])

@@ -41,6 +41,8 @@ from mgaki.knowledge.schema import (
     RegimensFile,
     RenalRule,
     Salt,
+    SeverityLevelName,
+    SeverityRule,
     Source,
     Strict,
     SurveillanceFile,
@@ -161,6 +163,14 @@ class KnowledgeBase:
 
     def alert(self, alert_id: str) -> AlertRule:
         return self._get("alert", alert_id)  # type: ignore[no-any-return]
+
+    def severity(self, kind: str, measure: float | None = None) -> SeverityLevelName:
+        """Severity of an alert kind or finding code at a measure (AKI stage, CTCAE grade), from the
+        cited mapping of surveillance.yaml ``severity``; KnowledgeError for a kind it does not rate."""
+        return self.severity_rule(kind).of(measure)
+
+    def severity_rule(self, kind: str) -> SeverityRule:
+        return self._get("severity", kind)  # type: ignore[no-any-return]
 
     def renal_rule(self, rule_id: str) -> RenalRule:
         return self._get("renal_rule", rule_id)  # type: ignore[no-any-return]
@@ -286,6 +296,7 @@ def load() -> KnowledgeBase:
         "drug_name": _drug_names(drugs.drugs),
         "drug_class": {name: c for c in drugs.classes for name in c.drug_classes},
         "alert": _index(sv.alerts, "alert"),
+        "severity": {k: r for r in sv.severity for k in r.kinds},
         "current_window": _current_windows(el, units),
         "context": dict.fromkeys(sorted(
             {c for st in ev.studies for c in (*st.contexts, *st.not_in_contexts)}
@@ -294,6 +305,11 @@ def load() -> KnowledgeBase:
         "pk_model": _index(pk.models, "pk_model"),
         "pk_context": _index(pk.contexts, "pk_context"),
     }
+    spec = sv.specimen  # every analyte and ingredient a specimen rule names must exist
+    for a in spec.analytes:
+        _lookup(by_id["analyte"], a, "analyte (surveillance.yaml specimen)")
+    for ing in (i for r in spec.infusion for i in r.ingredients):
+        _lookup(by_id["drug_name"], ing, "drug ingredient (surveillance.yaml specimen)")
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
         magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,

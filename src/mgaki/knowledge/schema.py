@@ -488,20 +488,137 @@ class KidneyFile(Strict):
     schwartz_bedside: tuple[Coefficient, ...]
 
 
-class AlertRule(Cited):
-    """One surveillance alert kind: when it fires once, and what silences repeats."""
+SeverityLevelName = Literal["info", "warning", "critical"]
+
+
+class SeverityLevel(Strict):
+    """What a severity asks of the clinician, and how fast (issue 13 point 9)."""
+
+    level: SeverityLevelName
+    meaning: str
+
+
+class SeverityStep(Strict):
+    at_least: float  # the measure (AKI stage, CTCAE grade) reaches this ...
+    severity: SeverityLevelName  # ... then this severity, unless a higher step is reached
+
+
+class SeverityRule(Cited):
+    """The severity of alert kinds and bedside findings, from what the clinician must do."""
 
     id: str
-    severity: Literal["info", "warning", "critical"]
+    kinds: tuple[str, ...]  # surveillance alert kinds and bedside finding codes it rates
+    by: Literal["none", "aki_stage", "mg_grade"]  # the measure the steps read ('none': the first step)
+    steps: tuple[SeverityStep, ...]
+    action: str  # what the clinician must do, and how fast, at each step (docs/surveillance.md#severity)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeverityRule:
+        lows = [s.at_least for s in self.steps]
+        if not lows or lows != sorted(set(lows)):
+            raise ValueError(f"severity rule {self.id!r}: steps must be non-empty with rising at_least")
+        return self
+
+    def of(self, measure: float | None) -> SeverityLevelName:
+        """The severity of a measure (None or below every step: the first step's severity)."""
+        sev = self.steps[0].severity
+        for s in self.steps:
+            if measure is not None and measure >= s.at_least:
+                sev = s.severity
+        return sev
+
+
+class AlertRule(Cited):
+    """One surveillance alert kind: when it fires once, and what silences repeats.
+
+    Its severity is not here: ``SurveillanceFile.severity`` rates every kind by what the clinician must do."""
+
+    id: str
     fires_when: str
     once_per: str  # the de-duplication key, in words (documented in docs/surveillance.md)
     suppress_hours: float = 0.0  # no repeat of this kind for the encounter within this time
+
+
+class InfusionRule(Cited):
+    """A sample drawn during, or shortly after, an infusion of the analyte it measures (issue 13 point 6)."""
+
+    id: str
+    analyte: str
+    ingredients: tuple[str, ...]  # drugs.yaml ingredients that carry the analyte
+    after_hours: float  # suspect from the infusion's start to this long after its end
+    assumed_hours: float  # the infusion's length when its record has no end
+    max_infusion_hours: float  # a longer (continuous) infusion is monitored during it on purpose: not suspect
+    min_rise: float = 0.0  # suspect only if above the previous value by more than this (infusate reads high)
+
+
+class DeltaRule(Cited):
+    """A jump from the previous value (within ``within_hours``, no RRT between) that returns on the next value
+    (also within ``within_hours``)."""
+
+    id: str
+    analyte: str
+    direction: Literal["rise", "fall", "both"]
+    abs_change: float | None = None  # |change| at least this (canonical unit) ...
+    rel_change: float | None = None  # ... and |change| / previous at least this
+    unit: str
+    within_hours: float
+
+    @model_validator(mode="after")
+    def _has_a_size(self) -> DeltaRule:
+        if self.abs_change is None and self.rel_change is None:
+            raise ValueError(f"delta rule {self.id!r} needs abs_change or rel_change")
+        return self
+
+
+class CoDilutionRule(Cited):
+    """Several analytes of one draw falling together: a sample diluted by an infusion line."""
+
+    id: str
+    analytes: tuple[str, ...]
+    min_analytes: int  # at least this many of them, drawn at the same time, ...
+    rel_fall: float  # ... each at least this fraction below its previous value ...
+    within_hours: float  # ... drawn at most this long before (and no RRT in that time: dialysis lowers them)
+
+
+class SpecimenRules(Strict):
+    infusion: tuple[InfusionRule, ...]
+    delta: tuple[DeltaRule, ...]
+    co_dilution: tuple[CoDilutionRule, ...]
+
+    @property
+    def analytes(self) -> list[str]:
+        """Every analyte a rule reads, sorted."""
+        return sorted({r.analyte for r in self.infusion} | {r.analyte for r in self.delta}
+                      | {a for c in self.co_dilution for a in c.analytes})
+
+    def source(self, rule_id: str) -> Source:
+        rules: tuple[InfusionRule | DeltaRule | CoDilutionRule, ...] = (*self.infusion, *self.delta,
+                                                                         *self.co_dilution)
+        return next(r.source for r in rules if r.id == rule_id)
 
 
 class SurveillanceFile(Strict):
     version: str
     parameters: tuple[Threshold, ...]
     alerts: tuple[AlertRule, ...]
+    severity_levels: tuple[SeverityLevel, ...]
+    severity: tuple[SeverityRule, ...]
+    specimen: SpecimenRules
+
+    @model_validator(mode="after")
+    def _every_alert_rated_once(self) -> SurveillanceFile:
+        seen: dict[str, str] = {}
+        for r in self.severity:
+            for k in r.kinds:
+                if k in seen:
+                    raise ValueError(f"kind {k!r} is rated by both {seen[k]!r} and {r.id!r}")
+                seen[k] = r.id
+        unrated = [a.id for a in self.alerts if a.id not in seen]
+        if unrated:
+            raise ValueError(f"alert kinds without a severity rule: {unrated}")
+        if {lv.level for lv in self.severity_levels} != {"info", "warning", "critical"}:
+            raise ValueError("severity_levels must define info, warning and critical")
+        return self
 
 
 # --- alert evaluation (evaluation.yaml) ------------------------------------------

@@ -2,11 +2,14 @@
 
 from mgaki.surveillance.pipeline import (
     OUTPUTS,
+    URINE_ANALYTES,
     SurveillanceResult,
+    alert_rates,
     baseline_sensitivity,
     run,
     studies_table,
     surveil,
 )
 
-__all__ = ["OUTPUTS", "SurveillanceResult", "baseline_sensitivity", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "URINE_ANALYTES", "SurveillanceResult", "alert_rates", "baseline_sensitivity", "run",
+           "studies_table", "surveil"]

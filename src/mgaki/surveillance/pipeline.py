@@ -31,12 +31,14 @@ from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "FullRun", "SurveillanceResult", "baseline_sensitivity", "last_use", "needed", "run",
-           "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "SurveillanceResult", "alert_rates", "baseline_sensitivity",
+           "last_use", "needed", "run", "studies_table", "surveil"]
 
 OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
-           "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts")
+           "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
 RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
+# every analyte the urine-output criteria read (docs/kdigo.md#irrigation): what a creatinine-only run leaves out
+URINE_ANALYTES = ("urine_output", "urine_irrigant", "urine_irrigant_out")
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
 
 Progress = Callable[[str, int, int], None]
@@ -84,6 +86,35 @@ def studies_table(kb: KnowledgeBase) -> pa.Table:
     ]))
 
 
+def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) -> tuple[float, pa.Table]:
+    """(patient-days, alerts per 100 patient-days by kind and severity, with an 'all' row per severity).
+
+    Patient-days: every hospital encounter (an ICU stay counts within its admission) from its start to its end,
+    an open one to ``as_of``; an encounter sent twice (open, then closed) counts once, closed (issue 13 point 9)."""
+    con = duckdb.connect()
+    try:
+        con.register("enc", encounters)
+        con.register("al", alerts if alerts.num_rows else pa.table({
+            "kind": pa.array([], pa.string()), "severity": pa.array([], pa.string())}))
+        cap = "CAST(? AS TIMESTAMP)"
+        days = con.execute(f"""
+            SELECT COALESCE(SUM(GREATEST(epoch(LEAST(COALESCE(e, {cap}), {cap})) - epoch(s), 0)), 0) / 86400.0
+            FROM (SELECT subject_id, encounter_id, MIN(start) AS s,
+                         CASE WHEN COUNT("end") > 0 THEN MAX("end") END AS e
+                  FROM enc WHERE kind <> 'icu' OR parent_id IS NULL GROUP BY subject_id, encounter_id) x""",
+                           [as_of, as_of]).fetchall()[0][0]
+        per = 100.0 / days if days else float("nan")
+        tab = con.sql("""
+            SELECT kind, severity, n, n * ? AS per_100_patient_days FROM (
+              SELECT kind, severity, COUNT(*) AS n FROM al GROUP BY kind, severity
+              UNION ALL
+              SELECT 'all', severity, COUNT(*) FROM al GROUP BY severity) x
+            ORDER BY kind = 'all', kind, severity""", params=[per]).to_arrow_table()
+        return float(days), tab
+    finally:
+        con.close()
+
+
 def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """The latest time the data speaks of: a closed encounter's gaps run to its end."""
     row = con.sql("""SELECT greatest((SELECT max(time) FROM events), (SELECT max(start) FROM medications),
@@ -99,7 +130,7 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
     """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
 
     `baseline_rule` chooses the reference creatinine (kidney.yaml ``baseline_rules``; default ``nhs_england``).
-    `exclude_analytes` leaves those analytes' events out (e.g. ``("urine_output",)``: the creatinine-only
+    `exclude_analytes` leaves those analytes' events out (e.g. ``URINE_ANALYTES``: the creatinine-only
     KDIGO definition the study reports as a sensitivity analysis, docs/research.md#outcomes).
 
     Only the stages the requested outputs depend on run: `outputs=("kdigo_creatinine",)` stages

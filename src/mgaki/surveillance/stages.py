@@ -11,10 +11,12 @@ are documented in docs/surveillance.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mgaki.engine.kidney import THRESHOLD_EPS, ZERO_ML
 from mgaki.knowledge import KnowledgeBase
+from mgaki.knowledge.schema import DeltaRule
 from mgaki.surveillance.dialect import Dialect
 from mgaki.units import convert, normalize_unit
 
@@ -115,11 +117,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                 FROM ev_named WHERE encounter_id IS NULL) e
           LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.ta0 AND h.t1
         ) x WHERE rn = 1""")
+    out += _specimen_stages(kb, d)
     # Pre-admission baseline: median creatinine 7-365 days before admission (Siew 2015).
     add("baseline", f"""
         SELECT h.subject_id, h.encounter_id, h.t0, h.t1,
                {d.median('e.value')} AS preadmission_baseline, COUNT(e.value) AS n_baseline_values
-        FROM hosp h LEFT JOIN (SELECT DISTINCT subject_id, t, value FROM ev_named WHERE analyte = 'creatinine') e
+        FROM hosp h LEFT JOIN (SELECT DISTINCT subject_id, t, value FROM ev_named en WHERE analyte = 'creatinine'
+                               AND NOT EXISTS (SELECT 1 FROM spec_flags f WHERE f.subject_id = en.subject_id
+                                               AND f.analyte = en.analyte AND f.t = en.t AND f.value = en.value)) e
              ON e.subject_id = h.subject_id AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
         GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
     # Maintenance dialysis (ESKD, docs/kdigo.md#maintenance-dialysis): KDIGO staging does not apply to the
@@ -160,7 +165,9 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                CASE WHEN x.encounter_id IS NOT NULL OR (c.encounter_id IS NULL AND s.subject_id IS NOT NULL
                                                         AND (s.timeless = 1 OR s.first_t <= c.t))
                     THEN 1 ELSE 0 END AS on_dialysis
-        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc WHERE analyte = 'creatinine') c
+        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc e WHERE analyte = 'creatinine'
+              AND NOT EXISTS (SELECT 1 FROM spec_flags f WHERE f.subject_id = e.subject_id
+                              AND f.analyte = 'creatinine' AND f.t = e.t AND f.value = e.value)) c
         LEFT JOIN baseline b ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
         LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id
         LEFT JOIN eskd x ON x.subject_id = c.subject_id AND x.encounter_id = c.encounter_id
@@ -233,11 +240,32 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
     # --- KDIGO urine output ----------------------------------------------------------------
     # Volumes charted at the same time are summed (two drains, one hour); each charted volume
     # accrued since the previous charting of the same stay.
+    # Bladder irrigant instilled is not urine: it is subtracted from the output charted with it (the
+    # nearest output charting within uo_irrigant_pair_hours, else its own time), so windows hold
+    # output - irrigant in (docs/kdigo.md#irrigation).
+    pair = int(v("uo_irrigant_pair_hours") * H)
+    add("uo_irr", f"""
+        SELECT subject_id, encounter_id, COALESCE(out_t, t) AS t, COALESCE(out_time, time) AS time, value FROM (
+          SELECT r.subject_id, r.encounter_id, r.t, r.time, r.value, o.t AS out_t, o.time AS out_time,
+                 ROW_NUMBER() OVER (PARTITION BY r.subject_id, r.rid ORDER BY ABS(o.t - r.t), o.t) AS rn
+          FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t, value, encounter_id) AS rid
+                FROM ev_enc WHERE analyte = 'urine_irrigant') r
+          LEFT JOIN (SELECT subject_id, t, MIN(time) AS time FROM ev_enc
+                     WHERE analyte IN ('urine_output', 'urine_irrigant_out') GROUP BY subject_id, t) o
+            ON o.subject_id = r.subject_id AND o.t >= r.t - {pair} AND o.t <= r.t + {pair}) x
+        WHERE rn = 1""")
+    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it
     add("uo_stay", """
-        SELECT u.subject_id, u.t, u.time, u.vol, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
+        SELECT u.subject_id, u.t, u.time, u.vol, u.unknown, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
-          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(value) AS vol FROM ev_enc
-          WHERE analyte = 'urine_output' GROUP BY subject_id, encounter_id, t) u
+          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol,
+                 CASE WHEN MAX(irr_out) = 1 AND MAX(irr_in) = 0 THEN 1 ELSE 0 END AS unknown FROM (
+            SELECT subject_id, encounter_id, t, time, value AS v,
+                   CASE WHEN analyte = 'urine_irrigant_out' THEN 1 ELSE 0 END AS irr_out, 0 AS irr_in
+            FROM ev_enc WHERE analyte IN ('urine_output', 'urine_irrigant_out')
+            UNION ALL
+            SELECT subject_id, encounter_id, t, time, -value, 0, 1 FROM uo_irr) e
+          GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
         WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
     add("stay_bounds", """
@@ -274,23 +302,32 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                'outlier: ' || CAST(ROUND(100 * ABS(weight_kg - med) / med) AS {d.string_type})
                  || '% from the median of the candidate weights' AS reason
         FROM w_judged WHERE rejected = 1""", output=True)
-    add("uo_iv", """
-        SELECT u.*, w.weight_kg, w.weight_time, w.weight_source, w.weights_considered,
-               w.n_rejected AS weights_rejected, b.first_t,
-               LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
-        FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
-        LEFT JOIN stay_weight w ON w.stay_id = u.stay_id""")
+    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
+    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
+    # not assessable (engine/kidney.py stage_urine_output).
+    max_gap = int(v("uo_max_interval_hours") * H)
+    add("uo_iv", f"""
+        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
+                       ELSE 0 END AS long_iv FROM (
+          SELECT u.*, w.weight_kg, w.weight_time, w.weight_source, w.weights_considered,
+                 w.n_rejected AS weights_rejected, b.first_t,
+                 LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
+          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
+          LEFT JOIN stay_weight w ON w.stay_id = u.stay_id) x""")
     hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
     win_cols, vol_cols = [], []
     for h in hours:
         sec, k = int(h * H), _k(h)
         frame = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec} PRECEDING AND CURRENT ROW)"
+        inside = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec - 1} PRECEDING AND CURRENT ROW)"
         win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE(vol) {frame} AS fv{k}, "
-                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}")
-        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated.
-        vol_cols.append(f"CASE WHEN first_t > t - {sec} THEN NULL ELSE "
-                        f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
-                        f" END AS vol{k}")
+                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}, "
+                        f"MAX(long_iv) {inside} AS lg{k}")
+        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated;
+        # NULL when not assessable (a long interval overlaps the window, or the net is negative).
+        raw = f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
+        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR lg{k} > 0 OR {raw} < -{_VOL_EPS} THEN NULL ELSE "
+                        f"{raw} END AS vol{k}")
     add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
     add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
     # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
@@ -299,23 +336,28 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
     # evaluated at the first charting that closes it (the moment it is knowable).
     add("uo_cum", """
         SELECT stay_id, t, pt, vol, SUM(CASE WHEN pt IS NULL THEN 0 ELSE vol END)
-               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum
+               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum,
+               SUM(long_iv) OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                 AS cum_long
         FROM uo_iv""")
     starts = " UNION ALL ".join(
-        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, 0 AS kind, CAST(NULL AS BIGINT) AS ct,"
-        " CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol, CAST(NULL AS DOUBLE) AS ccum FROM uo_cum"
+        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, cum_long AS cl_i, 0 AS kind,"
+        " CAST(NULL AS BIGINT) AS ct, CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol,"
+        " CAST(NULL AS DOUBLE) AS ccum, CAST(NULL AS BIGINT) AS ccl FROM uo_cum"
         for h in hours)
     def nxt(col: str) -> str:  # the next charting's value (ties in (e, kind) only among starts: nulls)
         return d.bfill_over(col, "stay_id", ("e", "kind"))
+    cand_vol = "ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i"
     add("uo_cand", f"""
-        SELECT stay_id, nt AS t, k,
-               MIN(ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i) AS low_vol
-        FROM (SELECT stay_id, e, k, cum_i, kind,
+        SELECT stay_id, nt AS t, k, MIN({cand_vol}) AS low_vol
+        FROM (SELECT stay_id, e, k, cum_i, cl_i, kind,
                 {nxt('ct')} AS nt, {nxt('cpt')} AS npt,
-                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum
+                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum, {nxt('ccl')} AS ncl
               FROM ({starts} UNION ALL
-                    SELECT stay_id, t, NULL, NULL, 1, t, pt, vol, cum FROM uo_cum WHERE pt IS NOT NULL) u) x
+                    SELECT stay_id, t, NULL, NULL, NULL, 1, t, pt, vol, cum, cum_long FROM uo_cum
+                    WHERE pt IS NOT NULL) u) x
         WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
+          AND ncl - cl_i = 0 AND {cand_vol} >= -{_VOL_EPS}
         GROUP BY stay_id, nt, k""")
     low = ", ".join(f"MIN(CASE WHEN k = '{_k(h)}' THEN low_vol END) AS c{_k(h)}" for h in hours)
     add("uo_cand_min", f"SELECT stay_id, t, {low} FROM uo_cand GROUP BY stay_id, t")
@@ -421,6 +463,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
         SELECT a.subject_id, a.encounter_id, a.episode,
           MIN(a.time) AS onset, MIN(a.t) AS onset_t,
           MAX(CASE WHEN a.is_start = 1 THEN a.criterion END) AS onset_criterion,
+          MAX(CASE WHEN a.is_start = 1 THEN a.stage_now END) AS onset_stage,
           MAX(a.stage_now) AS peak_stage,
           COUNT(DISTINCT a.raw_episode) - 1 AS relapses,
           CASE WHEN SUM(CASE WHEN a.end_t IS NULL THEN 1 ELSE 0 END) > 0 THEN NULL
@@ -490,8 +533,10 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                            RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS min_prior,
           MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                            RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS max_prior
-        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc
-              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x""")
+        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc e
+              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM spec_held f WHERE f.subject_id = e.subject_id
+                                AND f.analyte = 'magnesium' AND f.t = e.t AND f.value = e.value)) x""")
     add("mg_trajectory", f"""
         SELECT g.*, CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status
         FROM (SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
@@ -515,6 +560,124 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
     out += _evidence_stages(kb, d)
     out += _alert_stages(kb, d, as_of_epoch, mg_lo, mg_hi)
     return out
+
+
+def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
+    """Suspect specimens (issue 13 point 6), row for row as ``mgaki.engine.specimen.review_specimens``.
+
+    ``spec_flags``: each suspect value with the first rule that marks it (infusion, co-dilution, delta check);
+    ``spec_held``: every value not trustworthy when drawn (those, plus any jump before its repeat), which the
+    alert stages ignore; ``suspect_specimens``: the output, each with its reason and "repeat the sample"."""
+    rules = kb.surveillance.specimen
+    names = ", ".join(f"'{a}'" for a in rules.analytes)
+    vc = d.string_type
+    w = "PARTITION BY subject_id, analyte ORDER BY t, value"
+
+    def jump(r: DeltaRule, v: str, ref: str, ref_t: str, t: str, last_rrt: str) -> str:
+        # no RRT between the two draws (last_rrt: the latest RRT at or before the later draw)
+        conds = [f"{ref} IS NOT NULL", f"{t} - {ref_t} <= {r.within_hours * H:g}",
+                 f"({last_rrt} IS NULL OR {last_rrt} < {ref_t})"]
+        if r.direction == "rise":
+            conds.append(f"{v} - {ref} > 0")
+        elif r.direction == "fall":
+            conds.append(f"{v} - {ref} < 0")
+        if r.abs_change is not None:
+            conds.append(f"ABS({v} - {ref}) >= {r.abs_change} - {_EPS}")
+        if r.rel_change is not None:
+            conds.append(f"{ref} > 0 AND ABS({v} - {ref}) / {ref} >= {r.rel_change} - {_EPS}")
+        return " AND ".join(conds)
+
+    def per_analyte(make: Callable[[DeltaRule], str]) -> str:
+        if not rules.delta:
+            return "0"
+        whens = " ".join(f"WHEN analyte = '{r.analyte}' AND {make(r)} THEN 1" for r in rules.delta)
+        return f"CASE {whens} ELSE 0 END"
+
+    next_near = per_analyte(lambda r: f"nt - t <= {r.within_hours * H:g}")  # a repeat long after tells nothing
+    delta_rule = "CASE " + " ".join(f"WHEN analyte = '{r.analyte}' THEN '{r.id}'" for r in rules.delta) + " END" \
+        if rules.delta else "CAST(NULL AS " + vc + ")"
+    infusion = " UNION ALL ".join(f"""
+        SELECT e.subject_id, e.analyte, e.t, e.value, '{r.id}' AS rule, 'infusion' AS kind, 1 AS prio,
+               e.analyte || ' ' || CAST(e.value AS {vc}) || ' drawn during or within {r.after_hours:g} h after an IV '
+                 || m.drug || ' infusion: suspect specimen, repeat the sample' AS reason
+        FROM spec_seq e JOIN (
+          SELECT subject_id, drug, {d.epoch('start')} AS s,
+                 COALESCE({d.epoch('"end"')}, {d.epoch('start')} + {int(r.assumed_hours * H)}) AS en
+          FROM medications WHERE drug IN ({", ".join(f"'{i}'" for i in r.ingredients)}) AND start IS NOT NULL) m
+          ON m.subject_id = e.subject_id AND e.analyte = '{r.analyte}'
+         AND e.t >= m.s AND e.t <= m.en + {int(r.after_hours * H)}
+        WHERE m.en - m.s <= {int(r.max_infusion_hours * H)} AND (e.p1 IS NULL OR e.value > e.p1 + {r.min_rise})"""
+        for r in rules.infusion)
+    codil = " UNION ALL ".join(f"""
+        SELECT f.subject_id, f.analyte, f.t, f.value, '{c.id}', 'co_dilution', 2,
+               f.analyte || ' ' || CAST(f.value AS {vc}) || ' (from ' || CAST(f.p1 AS {vc})
+                 || ') fell with other analytes of the same draw: diluted sample suspected, repeat the sample'
+        FROM (SELECT * FROM spec_seq WHERE analyte IN ({", ".join(f"'{a}'" for a in c.analytes)})
+                AND p1t IS NOT NULL AND t - p1t <= {c.within_hours * H:g} AND p1 > 0
+                AND (p1 - value) / p1 >= {c.rel_fall} - {_EPS}) f
+        JOIN (SELECT subject_id, t FROM spec_seq WHERE analyte IN ({", ".join(f"'{a}'" for a in c.analytes)})
+                AND p1t IS NOT NULL AND t - p1t <= {c.within_hours * H:g} AND p1 > 0
+                AND (p1 - value) / p1 >= {c.rel_fall} - {_EPS}
+              GROUP BY subject_id, t HAVING COUNT(DISTINCT analyte) >= {c.min_analytes}) g
+          ON g.subject_id = f.subject_id AND g.t = f.t
+        WHERE NOT EXISTS (SELECT 1 FROM ev_named r WHERE r.subject_id = f.subject_id AND r.analyte = 'rrt'
+                          AND r.t >= f.t - {c.within_hours * H:g} AND r.t <= f.t)""" for c in rules.co_dilution)
+    empty = f"SELECT CAST(NULL AS {vc}), CAST(NULL AS {vc}), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), " \
+            f"CAST(NULL AS {vc}), CAST(NULL AS {vc}), 0, CAST(NULL AS {vc}) WHERE 1 = 0"
+    return [
+        Stage("spec_ev", f"""
+            SELECT DISTINCT subject_id, analyte, t, time, value FROM ev_named
+            WHERE analyte IN ({names}) AND value IS NOT NULL"""),
+        # the latest RRT at or before each value (dialysis between two draws explains a change)
+        Stage("spec_rrt", """
+            SELECT e.subject_id, e.analyte, e.t, e.time, e.value, MAX(r.t) AS last_rrt
+            FROM spec_ev e LEFT JOIN (SELECT DISTINCT subject_id, t FROM ev_named WHERE analyte = 'rrt') r
+              ON r.subject_id = e.subject_id AND r.t <= e.t
+            GROUP BY e.subject_id, e.analyte, e.t, e.time, e.value"""),
+        Stage("spec_seq", f"""
+            SELECT *, LAG(value) OVER ({w}) AS p1, LAG(t) OVER ({w}) AS p1t, LAG(last_rrt) OVER ({w}) AS p1_rrt,
+                   LAG(value, 2) OVER ({w}) AS p2, LAG(t, 2) OVER ({w}) AS p2t, LEAD(value) OVER ({w}) AS nv,
+                   LEAD(t) OVER ({w}) AS nt
+            FROM spec_rrt"""),
+        # delta check: the reference is the previous value or, when that was itself a jump, the closer of it and the
+        # value before it (engine/specimen.py)
+        Stage("spec_delta", f"""
+            SELECT *, {per_analyte(lambda r: jump(r, 'value', 'rv', 'rt', 't', 'last_rrt'))} AS jumped,
+                   {delta_rule} AS rule
+            FROM (SELECT *, CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2 ELSE p1 END AS rv,
+                         CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2t ELSE p1t END AS rt
+                  FROM (SELECT *, {per_analyte(lambda r: jump(r, 'p1', 'p2', 'p2t', 'p1t', 'p1_rrt'))} AS jp
+                        FROM spec_seq) x) y"""),
+        Stage("spec_any", f"""
+            {infusion or empty}
+            UNION ALL
+            {codil or empty}
+            UNION ALL
+            SELECT subject_id, analyte, t, value, rule,
+                   CASE WHEN nv IS NULL THEN 'delta_check_unconfirmed' ELSE 'delta_check' END, 3,
+                   analyte || ' ' || CAST(value AS {vc}) || ' jumped from ' || CAST(rv AS {vc})
+                     || CASE WHEN nv IS NULL THEN ' and has no repeat yet: unconfirmed, repeat the sample'
+                             ELSE ' and returned to ' || CAST(nv AS {vc})
+                                  || ' on the next value: suspect specimen, repeat the sample' END
+            FROM spec_delta
+            WHERE jumped = 1 AND (nv IS NULL OR ({next_near} = 1 AND ABS(nv - rv) < ABS(nv - value)))"""),
+        Stage("spec_flags", """
+            SELECT subject_id, analyte, t, value, rule, kind, reason FROM (
+              SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, analyte, t, value ORDER BY prio, rule) AS rn
+              FROM spec_any) x WHERE rn = 1"""),
+        Stage("spec_held", """
+            SELECT DISTINCT subject_id, analyte, t, value FROM (
+              SELECT subject_id, analyte, t, value FROM spec_any
+              UNION ALL
+              SELECT subject_id, analyte, t, value FROM spec_delta WHERE jumped = 1) x"""),
+        Stage("suspect_specimens", f"""
+            SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
+                   f.reason, 'repeat the sample' AS action
+            FROM spec_flags f LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
+                                         FROM ev_enc GROUP BY subject_id, analyte, t, value) e
+              ON e.subject_id = f.subject_id AND e.analyte = f.analyte AND e.t = f.t AND e.value = f.value""",
+              output=True),
+    ]
 
 
 def _band_case(kb: KnowledgeBase, direction: str, col: str) -> str:
@@ -615,6 +778,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     """Alert candidates with their de-duplication; docs/surveillance.md states each rule."""
     v = kb.value
     fall, fall_w = v("mg_fall_abs"), int(v("mg_fall_window_hours") * H)
+    proj_h = f"{v('mg_fall_projection_max_hours') * H:g}"
     ref_w, ref_gap = int(v("refractory_window_hours") * H), int(v("refractory_min_gap_hours") * H)
     gap = int(v("mg_monitoring_gap_hours") * H)
     drug_h = int(v("drug_exposure_default_hours") * H)
@@ -625,7 +789,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     risky = ", ".join(f"'{c}'" for c in kb.magnesium.high_risk_contexts)
     wasting = ", ".join(sorted(f"'{dr.ingredient}'" for dr in kb.drugs.drugs
                                if dr.nephrotoxic or dr.effect in ("renal_wasting", "nephrotoxic")))
-    sev = {a.id: a.severity for a in kb.surveillance.alerts}
+    sev = {a.id: _sev_case(kb, a.id, "NULL") for a in kb.surveillance.alerts}  # kinds rated without a measure
     enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
     lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
     vc = d.string_type
@@ -634,7 +798,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
                       OVER ({enc} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run
             FROM (SELECT *, LAG(status) OVER ({enc}) AS prev_status,
-                         LAG(value) OVER ({enc}) AS prev_value,
+                         LAG(value) OVER ({enc}) AS prev_value, LAG(t) OVER ({enc}) AS prev_t,
                          MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                                           RANGE BETWEEN {fall_w} PRECEDING AND 1 PRECEDING) AS max_prior_fall
                   FROM (SELECT m.*, CASE WHEN value < {mg_lo} THEN 'low' WHEN value > {mg_hi} THEN 'high'
@@ -646,10 +810,16 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, MAX(grade) OVER (PARTITION BY subject_id, encounter_id, run ORDER BY t, value
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_run_grade
             FROM mg_status"""),
+        # A fall matters when it is below range now, or when the fall since the previous value, continued
+        # until the next expected measurement (the patient's own last interval, at most mg_fall_projection_max_hours),
+        # takes it below range (issue 13 point 9: a fall inside 1.7-2.5 that stays there is no alert).
         Stage("mg_fall_cand", f"""
             SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS prev_cand_t
-            FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
-              AND prev_value IS NOT NULL AND value < prev_value"""),
+            FROM (SELECT *, value - (prev_value - value)
+                            * LEAST(CAST(1 AS DOUBLE), {proj_h} / CAST(t - prev_t AS DOUBLE)) AS projected
+                  FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
+                    AND prev_value IS NOT NULL AND value < prev_value AND t > prev_t) x
+            WHERE value < {mg_lo} OR projected < {mg_lo}"""),
         # K or Ca low twice (>= min gap apart, within the window) with Mg low or unmeasured in 48 h
         Stage("kca", f"""
             SELECT subject_id, encounter_id, time, t, analyte, value, mg_v, mg_t,
@@ -664,8 +834,10 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                                CASE WHEN (analyte = 'potassium' AND value < {k_lo})
                                       OR (analyte = 'calcium' AND value < {ca_lo}) THEN 1 ELSE 0 END AS is_low,
                                CAST(NULL AS DOUBLE) AS mg_value, CAST(NULL AS BIGINT) AS mg_time
-                        FROM ev_enc WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
+                        FROM ev_enc e WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
                                                                      OR (analyte = 'calcium' AND value < {ca_lo}))
+                          AND NOT EXISTS (SELECT 1 FROM spec_held f WHERE f.subject_id = e.subject_id
+                                          AND f.analyte = e.analyte AND f.t = e.t AND f.value = e.value)
                         UNION ALL
                         SELECT subject_id, encounter_id, time, t, 'magnesium', 'magnesium', value, 0, 0, value, t
                         FROM mg) u) w"""),
@@ -673,14 +845,20 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id, analyte ORDER BY t) AS prev_cand_t
             FROM kca WHERE analyte <> 'magnesium' AND is_low = 1 AND prior_low_t IS NOT NULL
               AND (mg_t IS NULL OR t - mg_t > {gap} OR mg_v < {mg_lo})"""),
-        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of)
+        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of). Every draw
+        # counts, a suspect one too: Mg is being monitored (its repeat is asked for by suspect_specimens)
+        Stage("mg_drawn", """
+            SELECT subject_id, encounter_id, t,
+                   LEAD(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS next_t
+            FROM (SELECT DISTINCT subject_id, encounter_id, t FROM ev_enc
+                  WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x"""),
         Stage("mg_gaps", f"""
             SELECT h.subject_id, h.encounter_id, h.t0 AS gap_start, COALESCE(MIN(m.t), LEAST(h.t1, {as_of})) AS gap_end
-            FROM hosp h LEFT JOIN mg m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
+            FROM hosp h LEFT JOIN mg_drawn m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
             GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1
             UNION ALL
             SELECT m.subject_id, m.encounter_id, m.t, COALESCE(m.next_t, LEAST(h.t1, {as_of}))
-            FROM mg m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
+            FROM mg_drawn m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
         Stage("risk_windows", f"""
             SELECT subject_id, parent_id AS encounter_id, t0 AS r0, t1 AS r1, 'icu' AS why FROM icu
             UNION ALL
@@ -709,43 +887,46 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
         Stage("alerts", f"""
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
-                   CASE WHEN grade >= 3 THEN 'critical' ELSE '{sev['mg_out_of_range']}' END AS severity,
+                   {_sev_case(kb, 'mg_out_of_range', 'grade')} AS severity,
                    'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL ' || status
                      || ' (CTCAE grade ' || CAST(grade AS {vc}) || ')' AS detail, value
             FROM mg_status_run WHERE status <> 'normal' AND COALESCE(prev_status, '') <> status
             UNION ALL
-            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, '{sev['mg_grade_worsened']}',
+            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, {_sev_case(kb, 'mg_grade_worsened', 'grade')},
                    'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL: CTCAE grade ' || CAST(grade AS {vc})
                      || ' (was ' || CAST(prior_run_grade AS {vc}) || ')', value
             FROM mg_status_run WHERE status <> 'normal' AND prior_run_grade IS NOT NULL
               AND grade > prior_run_grade
             UNION ALL
-            SELECT subject_id, encounter_id, 'mg_falling', time, '{sev['mg_falling']}',
+            SELECT subject_id, encounter_id, 'mg_falling', time, {sev['mg_falling']},
                    'Mg fell to ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL from '
-                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h',
+                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h'
+                     || CASE WHEN value < {mg_lo} THEN ' (below range)'
+                             ELSE '; projected ' || CAST(ROUND(projected, 2) AS {vc})
+                                  || ' mg/dL by the next expected measurement' END,
                    value
             FROM mg_fall_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_fall}
             UNION ALL
-            SELECT subject_id, encounter_id, 'aki_onset', onset, '{sev['aki_onset']}',
+            SELECT subject_id, encounter_id, 'aki_onset', onset, {_sev_case(kb, 'aki_onset', 'onset_stage')},
                    'KDIGO AKI episode ' || CAST(episode AS {vc}) || ' began (' || onset_criterion || ')',
                    CAST(NULL AS DOUBLE)
             FROM aki_episodes
             UNION ALL
-            SELECT subject_id, encounter_id, 'aki_worsening', time, '{sev['aki_worsening']}',
+            SELECT subject_id, encounter_id, 'aki_worsening', time, {_sev_case(kb, 'aki_worsening', 'stage_now')},
                    'KDIGO stage ' || CAST(stage_now AS {vc}) || ' (' || criterion || ')',
                    CAST(stage_now AS DOUBLE)
             FROM (SELECT *, MAX(stage_now) OVER (PARTITION BY subject_id, encounter_id, episode ORDER BY t, src
                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max FROM asmt_in) w
             WHERE is_start = 0 AND stage_now > prior_max
             UNION ALL
-            SELECT subject_id, encounter_id, 'refractory_k_ca', time, '{sev['refractory_k_ca']}',
+            SELECT subject_id, encounter_id, 'refractory_k_ca', time, {sev['refractory_k_ca']},
                    analyte || ' ' || CAST(ROUND(value, 2) AS {vc}) || ' low again; Mg '
                      || CASE WHEN mg_t IS NULL OR t - mg_t > {gap}
                              THEN 'not measured in {v('mg_monitoring_gap_hours'):g} h'
                              ELSE CAST(ROUND(mg_v, 2) AS {vc}) || ' mg/dL (low)' END, value
             FROM kca_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_ref}
             UNION ALL
-            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, '{sev['no_mg_48h']}',
+            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, {sev['no_mg_48h']},
                    'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
                    CAST(NULL AS DOUBLE)
             FROM no_mg_cand
@@ -755,6 +936,16 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             FROM eskd x JOIN hosp h ON h.subject_id = x.subject_id AND h.encounter_id = x.encounter_id) a""",
               output=True),
     ]
+
+
+def _sev_case(kb: KnowledgeBase, kind: str, measure: str) -> str:
+    """The severity of an alert kind as SQL, from the cited mapping (surveillance.yaml ``severity``);
+    ``measure`` is the column the rule reads (AKI stage, CTCAE grade), unused by rules read by none."""
+    rule = kb.severity_rule(kind)
+    if rule.by == "none" or len(rule.steps) == 1:
+        return f"'{rule.steps[0].severity}'"
+    whens = " ".join(f"WHEN {measure} >= {s.at_least:g} THEN '{s.severity}'" for s in reversed(rule.steps[1:]))
+    return f"CASE {whens} ELSE '{rule.steps[0].severity}' END"
 
 
 def _k(hours: float) -> str:
