@@ -190,3 +190,17 @@ def test_degenerate_samples_give_no_test_not_a_warning() -> None:
     assert math.isnan(logrank(one, np.array([True]), one, np.array([True])))
     assert math.isnan(logrank(np.array([]), np.array([], bool), one, np.array([True])))
     assert math.isnan(risk_difference(1, 0, 1, 3)[0]) and math.isnan(rate_ratio(0, 0, 1, 1)[0])
+
+
+def test_an_informational_kind_has_no_target_and_an_actionable_one_must(kb: KnowledgeBase) -> None:
+    """kdigo_not_applicable asks for nothing: no PPV target; a kind asking for an action must name one."""
+    from mgaki.errors import KnowledgeError
+    from mgaki.knowledge import _check_evaluation
+
+    info = next(a for a in kb.evaluation.alerts if a.kind == "kdigo_not_applicable")
+    assert info.action == "none" and info.target is None
+    assert kb.severity("kdigo_not_applicable", None) == "info"
+    dose = kb.evaluation.alerts[0].model_copy(update={"target": None})
+    wrong = kb.evaluation.model_copy(update={"alerts": (dose, *kb.evaluation.alerts[1:])})
+    with pytest.raises(KnowledgeError, match="names no target outcome"):
+        _check_evaluation(wrong, kb.surveillance)

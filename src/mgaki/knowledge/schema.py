@@ -641,8 +641,10 @@ class AlertEvaluation(Cited):
 
     kind: str  # a surveillance.yaml alert id
     label: str  # the kind in words, for clinicians
-    action: Literal["dose", "hold", "measure", "review"]  # what the alert asks: lab-to-action counts this
-    target: OutcomeId  # the outcome the alert exists to prevent: PPV = share of alerts followed by it
+    action: Literal["dose", "hold", "measure", "review", "none"]  # what the alert asks: lab-to-action counts this
+    # the outcome the alert exists to prevent: PPV = share of alerts followed by it; None for an informational
+    # kind (e.g. kdigo_not_applicable) that asks for nothing and so has no PPV
+    target: OutcomeId | None = None
     target_why: str
 
 

@@ -931,7 +931,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                    CAST(NULL AS DOUBLE)
             FROM no_mg_cand
             UNION ALL
-            SELECT x.subject_id, x.encounter_id, 'kdigo_not_applicable', h.start, '{sev['kdigo_not_applicable']}',
+            SELECT x.subject_id, x.encounter_id, 'kdigo_not_applicable', h.start, {sev['kdigo_not_applicable']},
                    '{kb.kidney.maintenance_dialysis.status.replace("'", "''")} (' || x.why || ')', CAST(NULL AS DOUBLE)
             FROM eskd x JOIN hosp h ON h.subject_id = x.subject_id AND h.encounter_id = x.encounter_id) a""",
               output=True),
