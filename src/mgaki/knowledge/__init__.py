@@ -258,7 +258,8 @@ def _check_evaluation(evf: EvaluationFile, sv: SurveillanceFile) -> None:
             raise KnowledgeError(f"evaluation.yaml alerts: {k!r} listed twice")
     for a in evf.alerts:
         if a.target is None and a.action != "none":
-            raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} asks for {a.action!r} but names no target outcome")
+            raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} asks for {a.action!r} "
+                                 "but names no target outcome")
         if a.target is not None and a.target not in outcomes:
             raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} targets undefined outcome {a.target!r}")
     if "lab_to_action" not in outcomes:

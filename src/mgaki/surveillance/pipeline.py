@@ -89,8 +89,10 @@ def studies_table(kb: KnowledgeBase) -> pa.Table:
 def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) -> tuple[float, pa.Table]:
     """(patient-days, alerts per 100 patient-days by kind and severity, with an 'all' row per severity).
 
-    Patient-days: every hospital encounter (an ICU stay counts within its admission) from its start to its end,
-    an open one to ``as_of``; an encounter sent twice (open, then closed) counts once, closed (issue 13 point 9)."""
+    Patient-days: every hospital encounter from its start to its end, an open one to ``as_of``; an ICU stay
+    counts within its admission, and the emergency visit that led to an admission (its labs are staged with it,
+    docs/kdigo.md) extends the admission back to the visit's start; an encounter sent twice (open, then closed)
+    counts once, closed (issue 13 point 9)."""
     con = duckdb.connect()
     try:
         con.register("enc", encounters)
@@ -99,9 +101,10 @@ def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) 
         cap = "CAST(? AS TIMESTAMP)"
         days = con.execute(f"""
             SELECT COALESCE(SUM(GREATEST(epoch(LEAST(COALESCE(e, {cap}), {cap})) - epoch(s), 0)), 0) / 86400.0
-            FROM (SELECT subject_id, encounter_id, MIN(start) AS s,
-                         CASE WHEN COUNT("end") > 0 THEN MAX("end") END AS e
-                  FROM enc WHERE kind <> 'icu' OR parent_id IS NULL GROUP BY subject_id, encounter_id) x""",
+            FROM (SELECT subject_id, COALESCE(parent_id, encounter_id) AS adm, MIN(start) AS s,
+                         CASE WHEN COUNT(CASE WHEN parent_id IS NULL THEN "end" END) > 0
+                              THEN MAX(CASE WHEN parent_id IS NULL THEN "end" END) END AS e
+                  FROM enc GROUP BY subject_id, COALESCE(parent_id, encounter_id)) x""",
                            [as_of, as_of]).fetchall()[0][0]
         per = 100.0 / days if days else float("nan")
         tab = con.sql("""
