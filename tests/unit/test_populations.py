@@ -162,3 +162,24 @@ def test_general_bands_scope(kb, contexts, age, applies):
     assert (CHEUNG in _ids(matches)) is applies
     if not applies and not ({"icu"} & set(contexts)):
         assert CHEUNG in [s.id for s, _ in skipped]
+
+
+@pytest.mark.parametrize(("mg", "unit", "grade", "severity"), [(1.1, "mg/dL", 2, "warning"),
+                                                             (0.8, "mg/dL", 3, "critical"),
+                                                             (0.45, "mmol/L", 2, "warning")])
+def test_neuromuscular_risk_of_a_low_mg_is_rated_by_its_grade(mg, unit, grade, severity):
+    # a real-patient review found Mg 1.1 mg/dL (CTCAE grade 2, no symptoms, no ECG) rated critical ("act now")
+    a = mgaki.assess(B(birth="1960-06-01").obs("creatinine", 0.9, "mg/dL").obs("magnesium", mg, unit).build())
+    assert a.magnesium.grade == grade
+    nm = next(f for f in a.findings if f.code == "neuromuscular_risk")
+    assert nm.severity == severity == next(f for f in a.findings if f.code == "hypomagnesemia").severity
+    assert "risk of tremor" in nm.message
+
+
+@pytest.mark.parametrize(("mg", "unit", "shown"), [(1.3, "mg/dL", "Serum Mg 1.3 mg/dL (0.53 mmol/L): low"),
+                                                   (0.55, "mmol/L", "Serum Mg 0.55 mmol/L (1.34 mg/dL): low"),
+                                                   (1.1, "meq/L", "Serum Mg 1.1 meq/L (1.34 mg/dL, 0.55 mmol/L)")])
+def test_the_mg_finding_names_each_unit_once(mg, unit, shown):
+    a = mgaki.assess(B(birth="1960-06-01").obs("creatinine", 0.9, "mg/dL").obs("magnesium", mg, unit).build())
+    msg = next(f for f in a.findings if f.code == "hypomagnesemia").message
+    assert msg.startswith(shown), msg

@@ -22,7 +22,7 @@ from mgaki.result import (
     MagnesiumResult,
     Severity,
 )
-from mgaki.units import convert
+from mgaki.units import convert, normalize_unit
 
 __all__ = ["AssessOptions", "assess_record"]
 
@@ -132,13 +132,13 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         if status == "low":
             sev: Severity = kb.severity("hypomagnesemia", grade.grade)
             out.add("hypomagnesemia", sev,
-                    f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL, "
-                    f"{mg_res.value_mmol_l:.2f} mmol/L): low, CTCAE grade {grade.grade} "
+                    f"Serum Mg {mg_res.reported}{_other_units(mg_m.reported_unit, mg_res)}: low, CTCAE grade "
+                    f"{grade.grade} "
                     f"({grade.label})", [rr, ctcae], grade=grade.grade)
         elif status == "high":
             tox = mgs.toxicity_levels(kb, mg_m.value)
             sev = kb.severity("hypermagnesemia", grade.grade)
-            msg = (f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL): high, CTCAE "
+            msg = (f"Serum Mg {mg_res.reported}{_other_units(mg_m.reported_unit, mg_res)}: high, CTCAE "
                    f"grade {grade.grade}")
             srcs = [rr, ctcae]
             if ther is not None and mg_m.value <= ther[1]:
@@ -205,15 +205,17 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if mg_val is not None:
         sym = kb.threshold("mg_symptomatic_below")
         if status == "low" and mg_val < convert(sym.value, "magnesium", sym.unit, "mg/dL"):
-            out.add("neuromuscular_risk", kb.severity("neuromuscular_risk"),
-                    f"Mg {mg_val:.2f} mg/dL < {sym.value:g} {sym.unit}: tremor, tetany and seizures "
+            # a risk, not an observed sign: rated by the Mg's CTCAE grade (critical from grade 3), as the
+            # hypomagnesaemia itself (surveillance.yaml sev_mg_grade)
+            out.add("neuromuscular_risk", kb.severity("neuromuscular_risk", grade.grade),
+                    f"Mg {mg_val:.2f} mg/dL < {sym.value:g} {sym.unit}: risk of tremor, tetany and seizures "
                     "(loss of the NMDA-receptor Mg block); check Chvostek/Trousseau, ECG", [sym.source])
         elif status == "high" and mgs.toxicity_levels(kb, mg_val):
             t = kb.threshold(mgs.toxicity_levels(kb, mg_val)[-1])
             # Toxicity thresholds still apply inside a therapeutic range (eclampsia), where
             # reduced reflexes are the sign to watch rather than an emergency.
             expected = ther is not None and mg_val <= ther[1]
-            out.add("neuromuscular_risk", "warning" if expected else kb.severity("neuromuscular_risk"),
+            out.add("neuromuscular_risk", "warning" if expected else kb.severity("neuromuscular_risk", grade.grade),
                     f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration"
                     + (" before each dose (expected at therapeutic levels)" if expected else ""),
                     [t.source])
@@ -308,6 +310,15 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     return Assessment(patient_id=rec.patient_id, as_of=_iso(now), contexts=sorted(contexts),
                       magnesium=mg_res, kidney=kidney, findings=out.findings, plan=plan,
                       warnings=out.warnings, disclaimer=DISCLAIMER, knowledge_version=kb.version)
+
+
+def _other_units(reported_unit: str, mg: MagnesiumResult) -> str:
+    """The Mg in the units it was not reported in, once each: " (0.54 mmol/L)" after "1.3 mg/dL"."""
+    unit = normalize_unit(reported_unit)
+    # from the mg/dL value, not from value_mmol_l (rounded to 3 places: 0.535 would print 0.54 for 0.5349)
+    other = [f"{convert(mg.value_mg_dl, 'magnesium', 'mg/dL', u):.2f} {u}" for u in ("mg/dL", "mmol/L")
+             if normalize_unit(u) != unit]
+    return f" ({', '.join(other)})" if other else ""
 
 
 def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: datetime | None,
