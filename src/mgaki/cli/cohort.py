@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import datetime
 from enum import StrEnum
@@ -130,7 +131,10 @@ def export_tables(tables: dict[str, pa.Table], out: Path, fmt: OutFmt) -> list[P
         elif fmt is OutFmt.csv:
             pacsv.write_csv(tab, path)
         else:
-            path.write_text(json.dumps(tab.to_pylist(), default=str, indent=1) + "\n", encoding="utf-8")
+            # JSON has no NaN: a value that is not a number (the slope of a single Mg) is written as null
+            rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+                    for r in tab.to_pylist()]
+            path.write_text(json.dumps(rows, default=str, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         written.append(path)
     return written
 
