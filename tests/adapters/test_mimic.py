@@ -206,9 +206,12 @@ def test_weights_found_for_every_subject(canon: dict[str, pa.Table]) -> None:
 
 def test_medications_from_emar_and_orders(canon: dict[str, pa.Table]) -> None:
     meds = canon["medications"].to_pylist()
-    assert len(meds) == 6771
+    mapped = {e.code.removeprefix("inputevents/") for e in load_map("mimic_iv").entries
+              if e.maps_to == "drug" and e.code.startswith("inputevents/")}
+    icu = [r for r in _csv_rows("icu/inputevents") if r["itemid"] in mapped and r["statusdescription"] != "Rewritten"]
+    assert len(meds) == 6771 + len(icu) and len(icu) > 100
     src = Counter(m["source"].split(":")[0] for m in meds)
-    assert src == {"emar": 5651, "prescriptions": 1143 - 23}
+    assert src == {"emar": 5651, "prescriptions": 1143 - 23, "inputevents": len(icu)}
     mg = next(m for m in meds if m["source"] == "emar:emar_id=10014354-1600")
     assert (mg["drug"], mg["dose_value"], mg["dose_unit"]) == ("magnesium sulfate", 2.0, "g")  # 'gm' in MIMIC
     assert mg["mg_mmol"] == pytest.approx(2000 / 246.47, rel=1e-4)
@@ -217,6 +220,16 @@ def test_medications_from_emar_and_orders(canon: dict[str, pa.Table]) -> None:
     not_given = next(m for m in _csv_rows("hosp/emar") if m["emar_id"] == "10014354-2213")
     assert not_given["event_txt"] == "Not Given"
     assert not [m for m in meds if m["source"] == "emar:emar_id=10014354-2213"]
+
+
+def test_icu_infusions_are_read_from_inputevents(canon: dict[str, pa.Table]) -> None:
+    # the ICU charts its MgSO4 infusions in icu/inputevents, not the eMAR: a Mg of 2.7 drawn at 02:56 while
+    # 2 g ran 02:40-03:40 (subject 10019003) must be seen as drawn during an infusion
+    meds = canon["medications"].to_pylist()
+    mg = [m for m in meds if m["subject_id"] == "10019003" and m["source"].startswith("inputevents")
+          and m["start"] == _naive_utc(2153, 4, 14, 2, 40)]
+    assert [(m["drug"], m["end"], round(m["dose_value"], 3), m["dose_unit"], m["route"]) for m in mg] == [
+        ("magnesium sulfate", _naive_utc(2153, 4, 14, 3, 40), 2.0, "g", "iv")]
 
 
 def test_every_emar_status_in_the_subset_is_classified() -> None:

@@ -50,7 +50,8 @@ FILES: dict[str, tuple[str, ...]] = {
     "icu/outputevents": ("subject_id", "hadm_id", "stay_id", "charttime", "itemid", "value", "valueuom"),
     "icu/procedureevents": ("subject_id", "hadm_id", "stay_id", "starttime", "endtime", "itemid", "value",
                             "orderid"),
-    "icu/inputevents": ("subject_id", "hadm_id", "stay_id", "starttime", "orderid", "patientweight"),
+    "icu/inputevents": ("subject_id", "hadm_id", "stay_id", "starttime", "endtime", "itemid", "amount", "amountuom",
+                        "statusdescription", "orderid", "patientweight"),
 }
 # Without these two there is no cohort: a wrong root fails loudly instead of reading nothing.
 REQUIRED = ("hosp/patients", "hosp/admissions")
@@ -109,7 +110,8 @@ def _dose_units(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Each distinct dose-unit string -> its UCUM code where the unit layer knows it (e.g. 'gm' -> 'g')."""
     units = [r[0] for r in con.execute("""
         SELECT DISTINCT dose_given_unit FROM src_emar_detail WHERE dose_given_unit IS NOT NULL
-        UNION SELECT DISTINCT dose_unit_rx FROM src_prescriptions WHERE dose_unit_rx IS NOT NULL""").fetchall()]
+        UNION SELECT DISTINCT dose_unit_rx FROM src_prescriptions WHERE dose_unit_rx IS NOT NULL
+        UNION SELECT DISTINCT amountuom FROM src_inputevents WHERE amountuom IS NOT NULL""").fetchall()]
     ucum: list[str | None] = []
     for u in units:
         try:
@@ -189,6 +191,16 @@ SELECT r.subject_id, r.hadm_id, r.starttime, r.stoptime, r.drug, NULL, r.route, 
        'prescriptions:pharmacy_id=' || coalesce(r.pharmacy_id, '') || ',drug=' || coalesce(r.drug, '')
 FROM src_prescriptions r LEFT JOIN dose_units u ON u.unit = r.dose_unit_rx
 WHERE NOT EXISTS (SELECT 1 FROM src_emar e WHERE e.hadm_id = r.hadm_id)
+UNION ALL
+-- ICU infusions and pushes (icu/inputevents; the ICU charts them here, not in the eMAR): start to end, the
+-- amount given; a 'Rewritten' row was replaced by a corrected one and is not read
+SELECT i.subject_id, i.hadm_id, i.starttime, i.endtime, m.target, NULL, 'IV', i.amount,
+       coalesce(u.ucum, i.amountuom),
+       'inputevents:orderid=' || coalesce(i.orderid, '') || ',itemid=' || i.itemid || ',starttime='
+           || coalesce(i.starttime, '')
+FROM src_inputevents i JOIN codemap m ON m.tbl = 'inputevents' AND m.maps_to = 'drug' AND m.key = i.itemid
+LEFT JOIN dose_units u ON u.unit = i.amountuom
+WHERE coalesce(i.statusdescription, '') <> 'Rewritten'
 """
 
 _ENCOUNTERS_SQL = """
@@ -282,7 +294,7 @@ def _check_writable(con: duckdb.DuckDBPyConnection) -> None:
         "deaths": ("SELECT DISTINCT subject_id FROM death_route WHERE hadm_id IS NULL",
                    "death(s) outside every admission (MIMIC-IV holds in-hospital deaths, admissions.deathtime) "
                    "for subject(s): {}"),
-        "medications": ("SELECT DISTINCT encounter_id FROM med_route GROUP BY encounter_id "
+        "medications": ("SELECT DISTINCT encounter_id FROM med_route WHERE tbl <> 'inputevents' GROUP BY encounter_id "
                         "HAVING count(DISTINCT tbl) > 1 AND encounter_id IS NOT NULL",
                         "admission(s) mix administrations (no end) with orders (with an end); the reader takes "
                         "prescriptions only for admissions without eMAR rows: {}"),
@@ -307,7 +319,9 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
     Values are written in mgaki's canonical units (``valueuom`` = canonical UCUM unit), weights with
     a clock time to ``icu/inputevents.patientweight`` without a stay (the weights table has no
     encounter; the reader keeps stay-less rows one by one), date-only weights to ``hosp/omr`` in lbs,
-    medications without an end to ``hosp/emar`` and those with an end to ``hosp/prescriptions``.
+    medications without an end to ``hosp/emar``, IV ones with an end that the map reads from ICU infusions
+    (``inputevents/<itemid>``, maps_to drug) to ``icu/inputevents``, the others with an end to
+    ``hosp/prescriptions``.
     Fresh row ids are assigned, so ``source`` does not survive the round trip; MIMIC has no RxCUI.
     """
     codes = codes or load_map(_MAP)
@@ -353,9 +367,13 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
         """, {"death": DEATH})
         con.execute("""
             CREATE TEMP TABLE med_route AS
-            SELECT *, row_number() OVER () AS rid,
-                   CASE WHEN "end" IS NULL THEN 'emar' ELSE 'prescriptions' END AS tbl
-            FROM w_medications
+            SELECT m.*, row_number() OVER () AS rid, ic.key AS itemid,
+                   CASE WHEN m."end" IS NULL THEN 'emar'
+                        WHEN ic.key IS NOT NULL AND lower(m.route) = 'iv' THEN 'inputevents'
+                        ELSE 'prescriptions' END AS tbl
+            FROM w_medications m
+            LEFT JOIN (SELECT target, arg_min(key, ord) AS key FROM codemap
+                       WHERE tbl = 'inputevents' AND maps_to = 'drug' GROUP BY target) ic ON ic.target = m.name
         """)
         con.register("dialysis_codes", _dialysis_codes())
         _check_writable(con)
@@ -411,9 +429,15 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                    {_quote(str(omr_name[0]))} AS result_name, weight_kg * {lb_per_kg!r} AS result_value
             FROM w_route WHERE date_only ORDER BY rid""")
         _copy(con, root, "icu/inputevents", f"""
-            SELECT subject_id, NULL AS hadm_id, NULL AS stay_id, {ts.format('time')} AS starttime, rid AS orderid,
+            SELECT subject_id, NULL AS hadm_id, NULL AS stay_id, {ts.format('time')} AS starttime, NULL AS endtime,
+                   NULL AS itemid, NULL AS amount, NULL AS amountuom, NULL AS statusdescription, rid AS orderid,
                    weight_kg AS patientweight
-            FROM w_route WHERE NOT date_only ORDER BY rid""")
+            FROM w_route WHERE NOT date_only
+            UNION ALL  -- ICU infusions (an IV drug with an end that the map reads from inputevents)
+            SELECT subject_id, encounter_id, NULL, {ts.format('start')}, {ts.format('"end"')}, itemid, dose_value,
+                   dose_unit, 'FinishedRunning', 'm' || rid, NULL
+            FROM med_route WHERE tbl = 'inputevents'
+            ORDER BY orderid""")
         _copy(con, root, "hosp/emar", f"""
             SELECT subject_id, encounter_id AS hadm_id, subject_id || '-' || rid AS emar_id,
                    {ts.format('start')} AS charttime, name AS medication, {_quote(str(given[0]))} AS event_txt
