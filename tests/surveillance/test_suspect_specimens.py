@@ -82,6 +82,8 @@ def test_bedside_the_infused_sample_is_no_critical_finding_and_says_repeat() -> 
     # no status or dose from the 1.7 drawn before the infusion either: the repeat decides
     assert a.magnesium is None and a.plan.action == "none" and not a.plan.doses
     assert any("suspect specimen" in w and "wait for the repeat" in w for w in a.warnings)
+    # the plan says why there is none (a clinician review read "No serum magnesium" beside a quoted Mg)
+    assert "suspect specimen: repeat the sample" in (a.plan.regimen or ""), a.plan.regimen
 
 
 def test_bedside_after_the_repeat_the_spike_is_only_a_warning_line() -> None:

@@ -274,7 +274,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
 
     # --- plan (C8) ------------------------------------------------------------------
     weight = rec.latest("weight")
-    po = plan_repletion(kb, PlanRequest(mg_mg_dl=mg_val, contexts=contexts, nomogram_id=opts.nomogram,
+    po = plan_repletion(kb, PlanRequest(mg_mg_dl=mg_val, mg_suspect="magnesium" in unconfirmed,
+                                        contexts=contexts, nomogram_id=opts.nomogram,
                                         kidney=kstate, weight_kg=weight.value if weight else None,
                                         jurisdiction=opts.jurisdiction, pediatric=pediatric,
                                         operation_hours=opts.operation_hours), status)

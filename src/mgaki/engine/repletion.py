@@ -38,6 +38,7 @@ class PlanRequest:
     jurisdiction: str = "us"
     pediatric: bool = False  # <18 y: adult nomograms and regimens are never used
     operation_hours: float | None = None  # replaces the default duration of intraoperative infusions
+    mg_suspect: bool = False  # the latest Mg is a suspect specimen (set aside until a repeat confirms it)
 
 
 @dataclass
@@ -212,7 +213,8 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
         action = {"emergency": "emergency", "aki_prevention": "prevent", "treatment": "replete"}[regimen.purpose]
     else:
         if mg is None:
-            return empty("none", "No serum magnesium: measure before planning", [])
+            return empty("none", "The latest serum Mg is a suspect specimen: repeat the sample before planning"
+                         if req.mg_suspect else "No serum magnesium: measure before planning", [])
         nomogram = kb.nomogram(req.nomogram_id)
         if not _population_ok(nomogram.population, req.pediatric):
             peds = [n for n in kb.regimens.nomograms if _population_ok(n.population, req.pediatric)]
