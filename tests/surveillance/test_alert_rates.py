@@ -104,3 +104,21 @@ def test_real_patients_alerts_follow_the_severity_mapping(tmp_path: Path) -> Non
     episodes = json.loads((out / "aki_episodes.json").read_text())
     onset = {(a["subject_id"], a["encounter_id"], a["time"]): a["severity"] for a in alerts if a["kind"] == "aki_onset"}
     assert len(onset) == len(episodes)
+
+
+def test_icu_risk_lasts_as_long_as_the_icu_stay_on_real_patients(tmp_path: Path) -> None:
+    """A clinician review found no_mg_48h '(context:icu)' fired before the ICU admission and days after the ICU
+    discharge (the ICU context stuck to the whole admission): ICU risk holds only during a recorded stay."""
+    store, out = tmp_path / "store", tmp_path / "out"
+    assert runner.invoke(app, ["ingest", str(MIMIC), "--store", str(store)]).exit_code == 0
+    assert runner.invoke(app, ["surveil", "--store", str(store), "--out", str(out), "--format", "json"]
+                         ).exit_code == 0
+    with gzip.open(MIMIC / "icu" / "icustays.csv.gz", "rt") as f:
+        stays = [(r["hadm_id"], datetime.fromisoformat(r["intime"]), datetime.fromisoformat(r["outtime"]))
+                 for r in csv.DictReader(f)]
+    gaps = [a for a in json.loads((out / "alerts.json").read_text()) if a["kind"] == "no_mg_48h"]
+    assert len(gaps) >= 3  # drugs and AKI still make patients high-risk
+    # before: 6 '(context:icu)' alerts outside every ICU stay (e.g. 10022880 the day before its ICU admission)
+    for a in (a for a in gaps if "icu" in a["detail"]):
+        t = datetime.fromisoformat(a["time"])
+        assert any(h == a["encounter_id"] and t0 <= t <= t1 for h, t0, t1 in stays), a

@@ -873,7 +873,11 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT c.subject_id, c.encounter_id, COALESCE({d.epoch('c.ctx_time')}, h.t0), h.t1,
                    'context:' || c.context
             FROM enc_ctx c JOIN hosp h ON h.subject_id = c.subject_id AND h.encounter_id = c.encounter_id
-            WHERE c.context IN ({risky})"""),
+            WHERE c.context IN ({risky})
+              -- an admission with ICU stays is at ICU risk during them (the first branch), not from the first
+              -- ICU context to discharge: the 'icu' context stands only where no stay is recorded
+              AND NOT (c.context = 'icu' AND EXISTS (SELECT 1 FROM icu i WHERE i.subject_id = c.subject_id
+                                                     AND i.parent_id = c.encounter_id))"""),
         Stage("no_mg_cand", f"""
             SELECT subject_id, encounter_id, gap_start, due, why FROM (
               SELECT g.subject_id, g.encounter_id, g.gap_start, GREATEST(g.gap_start + {gap}, r.r0) AS due, r.why,
