@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -116,7 +117,7 @@ def print_ingest(summary: IngestSummary, store: Path) -> None:
     console().print(f"subjects with new data: {len(summary.affected_subjects)}")
 
 
-def export_tables(tables: dict[str, pa.Table], out: Path, fmt: OutFmt) -> list[Path]:
+def export_tables(tables: Mapping[str, pa.Table], out: Path, fmt: OutFmt) -> list[Path]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -174,7 +175,7 @@ def surveil_cmd(
             err.print(f"[dim]wrote {p}[/dim]")
 
 
-def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
+def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
     c = console()
     eps = tables["aki_episodes"].to_pylist()
     traj = tables["mg_trajectory"]
@@ -256,7 +257,7 @@ def demo(
     console().print(f"results (CSV): {out / 'results'}; event store: {store_dir}")
 
 
-def truth_agreement(truth: pa.Table, results: dict[str, pa.Table]) -> dict[str, dict[str, float]]:
+def truth_agreement(truth: pa.Table, results: Mapping[str, pa.Table]) -> dict[str, dict[str, float]]:
     """Planted vs detected, per admission: AKI, its peak stage, hypomagnesemia, monitoring gaps."""
     import duckdb
 
@@ -291,7 +292,7 @@ def truth_agreement(truth: pa.Table, results: dict[str, pa.Table]) -> dict[str, 
     return {r[0]: {"tp": r[1], "fn": r[2], "fp": r[3], "tn": r[4]} for r in rows}
 
 
-def print_truth(truth: pa.Table, results: dict[str, pa.Table]) -> None:
+def print_truth(truth: pa.Table, results: Mapping[str, pa.Table]) -> None:
     t = Table(title="planted truth vs what surveillance found (per admission)")
     for col in ("finding", "found", "missed", "not planted", "true negative", "sensitivity", "PPV"):
         t.add_column(col, justify="left" if col == "finding" else "right")
@@ -306,7 +307,7 @@ def print_truth(truth: pa.Table, results: dict[str, pa.Table]) -> None:
                     "[/dim]")
 
 
-def demo_plots(store: EventStore, results: dict[str, pa.Table], truth: pa.Table, out: Path) -> list[Path]:
+def demo_plots(store: EventStore, results: Mapping[str, pa.Table], truth: pa.Table, out: Path) -> list[Path]:
     """Cohort chart plus the timelines of three instructive admissions."""
     import duckdb
 

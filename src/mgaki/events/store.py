@@ -486,7 +486,7 @@ def _set_aside(con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
 
 def given_null_subject(tab: pa.Table) -> bool:
     """Whether some row of `tab` names no subject (a quarantine row may not)."""
-    return tab.column("subject_id").null_count > 0
+    return bool(tab.column("subject_id").null_count > 0)
 
 
 ROW_GROUP = 1 << 17  # rows per Parquet row group: a one-subject read decodes about this many rows

@@ -10,6 +10,7 @@ already in the log is never emitted again, so re-running changes nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import shutil
 import time as _time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events import EventStore
-from mgaki.events.store import write_parquet_atomic
+from mgaki.events.store import ROW_GROUP, _fsync, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
@@ -224,7 +226,13 @@ def _epoch(t: datetime | None) -> int:
 
 
 def _reads(st: Stage, other: Stage) -> bool:
-    return other.name != st.name and re.search(rf'(?<![\w"]){re.escape(other.name)}(?![\w"])', st.sql) is not None
+    return other.name != st.name and other.name in _names(st.sql)
+
+
+@functools.lru_cache(maxsize=512)
+def _names(sql: str) -> frozenset[str]:
+    """The bare words of a stage's SQL (a table it reads appears as one; quoted names do not count)."""
+    return frozenset(re.findall(r'(?<![\w"])(\w+)(?![\w"])', sql))
 
 
 def needed(plan: list[Stage], outputs: Iterable[str]) -> list[Stage]:
@@ -285,7 +293,7 @@ def bucket_count(n_subjects: int) -> int:
 
 def bucket_of(subject_id: str, buckets: int) -> int:
     """The bucket of a subject: the first 32 bits of the MD5 of its id, modulo the bucket count."""
-    return int(hashlib.md5(subject_id.encode()).hexdigest()[:8], 16) % buckets  # noqa: S324 - not security
+    return int(hashlib.md5(subject_id.encode()).hexdigest()[:8], 16) % buckets
 
 
 def _bucket_sql(col: str, buckets: int) -> str:
@@ -457,9 +465,9 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
         if name != "alerts":
             _write_all(con, name, out / RESULT_NAMES.get(name, name), buckets)
     # the log keys, re-bucketed from the log itself (the log is the record; the index only speeds it up)
-    log_files = result_files(out, _LOG) or []
+    log_src = result_sql(out, _LOG) if result_files(out, _LOG) else None
     con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {', '.join(ALERT_KEY)} FROM "
-                + (result_sql(out, _LOG) if log_files else f"({_log_empty_sql()} WHERE false)"))
+                + (log_src or f"({_log_empty_sql()} WHERE false)"))
     new = _new_alerts(con)
     if new.num_rows:
         con.register("_new", new)
@@ -573,12 +581,13 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     return SurveillanceResult(ResultTables(out), new, len(subjects), as_of, seconds)
 
 
+LOG_SCHEMA = pa.schema([("subject_id", pa.string()), ("encounter_id", pa.string()), ("kind", pa.string()),
+                        ("time", pa.timestamp("us")), ("severity", pa.string()), ("detail", pa.string()),
+                        ("value", pa.float64()), ("emitted_at", pa.timestamp("us"))])
+
+
 def _empty_log() -> pa.Table:
-    con = duckdb.connect()
-    try:
-        return con.sql(f"{_log_empty_sql()} WHERE false").to_arrow_table()
-    finally:
-        con.close()
+    return LOG_SCHEMA.empty_table()
 
 
 def _due_subjects(out: Path, state: dict[str, Any], a: int) -> set[str]:
@@ -602,11 +611,12 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
     by_bucket: dict[int, set[str]] = {}
     for s in subjects:
         by_bucket.setdefault(bucket_of(s, buckets), set()).add(s)
+    batch = _Batch()
     for name in OUTPUTS:
         if name == "alerts":
             continue
         fresh = _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
-        _replace_rows(out / RESULT_NAMES.get(name, name), fresh, by_bucket, buckets)
+        _replace_rows(out / RESULT_NAMES.get(name, name), fresh, by_bucket, buckets, batch)
     # what the log holds for these subjects: their buckets of the index
     index = [_bucket_file(out / _INDEX, b) for b in by_bucket]
     index = [f for f in index if f.exists()]
@@ -615,16 +625,18 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
     con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT * FROM {src} "
                 "WHERE subject_id IN (SELECT subject_id FROM affected)")
     new = _new_alerts(con)
-    _append_log(out, new)  # the log first: a crash before the index is written re-finds them there
+    fresh_timers = con.sql("SELECT subject_id, due, after FROM _timers_out").to_arrow_table()
+    _replace_rows(out / _TIMERS, fresh_timers, by_bucket, buckets, batch)
+    batch.commit()
+    _append_log(out, new)  # the log before its index: a crash between them re-finds the alerts in the log
     if new.num_rows:
         keys = new.select(list(ALERT_KEY))
         touched = {bucket_of(s, buckets) for s in keys.column("subject_id").to_pylist()}
-        _replace_rows(out / _INDEX, keys, {b: set() for b in touched}, buckets)
-    fresh_timers = con.sql("SELECT subject_id, due, after FROM _timers_out").to_arrow_table()
-    _replace_rows(out / _TIMERS, fresh_timers, by_bucket, buckets)
+        index_batch = _Batch()
+        _replace_rows(out / _INDEX, keys, {b: set() for b in touched}, buckets, index_batch)
+        index_batch.commit()
     for b in by_bucket:
-        path = _bucket_file(out / _TIMERS, b)
-        left = pq.read_table(path, columns=["due"]) if path.exists() else None
+        left = next((t for t, p in batch.writes if p == _bucket_file(out / _TIMERS, b)), None)
         if left is None or left.num_rows == 0:
             timers.pop(str(b), None)
         else:
@@ -632,7 +644,37 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
     return new
 
 
-def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str]], buckets: int) -> None:
+class _Batch:
+    """Files replaced together: each written under a temporary name, all synced at once (in threads, so
+    the file system commits them together), then renamed into place, then their folders synced."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[pa.Table, Path]] = []
+        self.deletes: list[Path] = []
+
+    def write(self, tab: pa.Table, path: Path) -> None:
+        self.writes.append((tab, path))
+
+    def delete(self, path: Path) -> None:
+        self.deletes.append(path)
+
+    def commit(self) -> None:
+        tmps = []
+        for tab, path in self.writes:
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(tab, tmp, row_group_size=ROW_GROUP)
+            tmps.append(tmp)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(_fsync, tmps))
+            for tmp, (_, path) in zip(tmps, self.writes, strict=True):
+                os.replace(tmp, path)
+            for path in self.deletes:
+                path.unlink(missing_ok=True)
+            list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
+
+
+def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str]], buckets: int,
+                  batch: _Batch) -> None:
     """In each bucket of `by_bucket`: drop the rows of its subjects, add `fresh`'s rows of that bucket."""
     folder.mkdir(exist_ok=True)
     if not (folder / _SCHEMA).exists():
@@ -654,9 +696,9 @@ def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str
             mine = mine.cast(parts[0].schema)
         tab = pa.concat_tables([*parts, mine]) if parts else mine
         if tab.num_rows == 0:
-            path.unlink(missing_ok=True)
+            batch.delete(path)
         else:
-            write_parquet_atomic(tab, path)
+            batch.write(tab, path)
 
 
 def _migrate(out: Path) -> None:

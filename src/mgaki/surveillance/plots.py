@@ -7,6 +7,7 @@ carries a few dozen rows whatever the cohort size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def mg_bands(kb: KnowledgeBase) -> list[tuple[str, float, float]]:
     return out
 
 
-def cohort_mg_aki(results: dict[str, pa.Table], kb: KnowledgeBase | None = None) -> alt.VConcatChart:
+def cohort_mg_aki(results: Mapping[str, pa.Table], kb: KnowledgeBase | None = None) -> alt.VConcatChart:
     """AKI rate by lowest Mg of the encounter (is the review's U shape there?), and Mg by peak stage."""
     kb = kb or load()
     con = duckdb.connect()
@@ -83,7 +84,7 @@ def cohort_mg_aki(results: dict[str, pa.Table], kb: KnowledgeBase | None = None)
     return alt.vconcat(bars + labels, (whisk + box + med).properties(width=_WIDTH, height=220))
 
 
-def patient_timeline(tables: dict[str, pa.Table], results: dict[str, pa.Table], subject_id: str,
+def patient_timeline(tables: dict[str, pa.Table], results: Mapping[str, pa.Table], subject_id: str,
                      encounter_id: str, kb: KnowledgeBase | None = None) -> alt.VConcatChart:
     """Creatinine with KDIGO stage, AKI episodes shaded; Mg with range, MgSO4 doses and alerts; urine rate."""
     kb = kb or load()
