@@ -145,6 +145,9 @@ def surveil_cmd(
     engine: Annotated[Engine, typer.Option(help="duckdb (incremental) | spark (recomputes everyone; "
                                                 "needs mgaki\\[spark] and Java)")] = Engine.duckdb,
     spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
+    memory: Annotated[str | None, typer.Option(help="DuckDB memory limit, e.g. 8GB; beyond it DuckDB spills "
+                                                    "to disk (default for a full run: a quarter of RAM, at most "
+                                                    "3 GB)")] = None,
 ) -> None:
     """KDIGO episodes, Mg trajectories, evidence flags and alerts for every encounter in the store."""
     from mgaki.events import EventStore
@@ -168,7 +171,8 @@ def surveil_cmd(
             require_extra("spark", "surveil --engine spark")
             from mgaki.surveillance.spark import store_runner
             runner = store_runner(EventStore(store), spark_master)
-        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner)
+        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner,
+                      duckdb_settings={"memory_limit": memory} if memory else None)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
     if out:
         for p in export_tables(res.tables, out, fmt):
