@@ -140,7 +140,7 @@ def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
     con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
     for t in ("events", "encounters", "weights", "medications", "contexts"):
         con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
-        con.execute(f'CREATE VIEW "{t}" AS SELECT * FROM "all_{t}" '
+        con.execute(f'CREATE TEMP VIEW "{t}" AS SELECT * FROM "all_{t}" '
                     "WHERE subject_id IN (SELECT subject_id FROM affected)")
 
 
@@ -412,11 +412,11 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     if state and state.get("layout") != LAYOUT:
         _migrate(out)
         state = {}
+    first = full or not state or engine is not None
     with snapshot_lock or contextlib.nullcontext():
-        con = store.connect()  # the views list the files present now
+        con = store.connect(shared=not first)  # the views list the files present now
         pending, pending_files = store.pending()
     try:
-        first = full or not state or engine is not None
         for key, value in {**(default_settings() if first else {}), **(duckdb_settings or {})}.items():
             if not re.fullmatch(r"[a-z_]+", key):
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
@@ -635,12 +635,13 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         index_batch = _Batch()
         _replace_rows(out / _INDEX, keys, {b: set() for b in touched}, buckets, index_batch)
         index_batch.commit()
-    for b in by_bucket:
-        left = next((t for t, p in batch.writes if p == _bucket_file(out / _TIMERS, b)), None)
-        if left is None or left.num_rows == 0:
-            timers.pop(str(b), None)
-        else:
+    for b in by_bucket:  # each rewritten timer file's earliest timer (a file left as it was keeps its entry)
+        path = _bucket_file(out / _TIMERS, b)
+        left = next((t for t, p in batch.writes if p == path), None)
+        if left is not None:
             timers[str(b)] = int(pc.min(left["due"]).as_py())
+        elif path in batch.deletes or not path.exists():
+            timers.pop(str(b), None)
     return new
 
 
@@ -685,20 +686,37 @@ def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str
     for b in [*by_bucket, *sorted(extra)]:
         drop = by_bucket.get(b, set())
         path = _bucket_file(folder, b)
+        mine = fresh.filter(pc.equal(fresh_b, b)) if fresh.num_rows else fresh
         parts = []
         if path.exists():
             old = pq.read_table(path)
+            mine = mine.cast(old.schema)
             if drop:
-                old = old.filter(pc.invert(pc.is_in(old["subject_id"], pa.array(sorted(drop), pa.string()))))
+                theirs = pc.is_in(old["subject_id"], pa.array(sorted(drop), pa.string()))
+                if _same_rows(old.filter(theirs), mine):
+                    continue  # the recomputed subjects' rows did not change: the file stays as it is
+                old = old.filter(pc.invert(theirs))
             parts.append(old)
-        mine = fresh.filter(pc.equal(fresh_b, b)) if fresh.num_rows else fresh
-        if parts:
-            mine = mine.cast(parts[0].schema)
+        elif mine.num_rows == 0:
+            continue
         tab = pa.concat_tables([*parts, mine]) if parts else mine
         if tab.num_rows == 0:
             batch.delete(path)
         else:
             batch.write(tab, path)
+
+
+def _same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Whether two small tables hold the same rows in any order (NaN never equal: then rewrite)."""
+    if a.num_rows != b.num_rows or a.schema != b.schema:
+        return False
+    if a.num_rows == 0:
+        return True
+    keys = [(c, "ascending") for c in a.column_names]
+    try:
+        return bool(a.sort_by(keys).equals(b.sort_by(keys)))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # a column type arrow cannot sort
+        return False
 
 
 def _migrate(out: Path) -> None:
