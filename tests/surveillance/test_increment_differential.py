@@ -22,7 +22,8 @@ from tests.surveillance.cohort import random_cohort
 
 from mgaki.adapters.mimic import read_mimic
 from mgaki.events import EventStore, normalize
-from mgaki.surveillance import pipeline, surveil
+from mgaki.knowledge import KnowledgeBase
+from mgaki.surveillance import SurveillanceResult, pipeline, run, surveil
 from mgaki.surveillance.pipeline import RESULT_TABLES
 
 MIMIC = Path(__file__).parents[1] / "data" / "mimic-iv-demo-subset"
@@ -107,17 +108,26 @@ def test_mimic_subset_increments_equal_full_recomputation(tmp_path: Path) -> Non
 
 
 @pytest.mark.usefixtures("small_buckets")
-def test_a_due_timer_alone_recomputes_its_subject(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine_first", [False, True], ids=["duckdb", "engine-without-timers"])
+def test_a_due_timer_alone_recomputes_its_subject(tmp_path: Path, engine_first: bool) -> None:
     """A monitoring gap falls due while the patient's own data is unchanged: another patient's result
-    moves the clock, the timer recomputes the first patient, and the gap alert is the full run's."""
+    moves the clock, the timer recomputes the first patient, and the gap alert is the full run's.
+    After an engine's full run (Spark sets no timers), the subjects open then are recomputed instead."""
     tables = random_cohort(12, seed=3)
     enc = tables["encounters"]
     store = EventStore(tmp_path / "s")
     first_cut = min(enc["start"].to_pylist()) + (max(enc["end"].to_pylist()) - min(enc["start"].to_pylist())) / 3
     store.append(_known_at(tables, first_cut))
-    surveil(store)
+
+    def engine(as_of: datetime | None, kb: KnowledgeBase, progress: object) -> SurveillanceResult:
+        return run(store, as_of=as_of, kb=kb)
+
+    surveil(store, engine=engine if engine_first else None)
     state = pipeline._read_state(store.root / "results")
-    assert state["timers"], "an open encounter at risk has a monitoring-gap timer"
+    if engine_first:
+        assert state["timers"] == {} and not state["timers_known"]
+    else:
+        assert state["timers"], "an open encounter at risk has a monitoring-gap timer"
     # one later result for one subject moves as-of past some timers of the others
     ev = tables["events"]
     later = ev.filter(pc.greater(ev["time"], first_cut))
