@@ -12,11 +12,13 @@ and synthetic cohorts, with buckets small enough that a subject's neighbours sha
 from __future__ import annotations
 
 import math
+import shutil
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from tests.surveillance.cohort import random_cohort
 
@@ -141,3 +143,27 @@ def test_a_due_timer_alone_recomputes_its_subject(tmp_path: Path, engine_first: 
     full = surveil(ref, full=True)
     assert got.as_of == full.as_of
     assert _rows(got.tables["alerts"].select(list(KEY))) == _rows(full.tables["alerts"].select(list(KEY)))
+
+
+def test_results_of_the_one_file_layout_are_migrated_and_their_alerts_not_emitted_again(tmp_path: Path) -> None:
+    """A store surveilled before issue 18 (results/<table>.parquet, results/alerts.parquet): the next run
+    keeps that log as its first part, recomputes the tables, and emits none of the logged alerts again."""
+    store = EventStore(tmp_path / "s")
+    store.append(random_cohort(10, seed=2))
+    first = surveil(store)
+    out = store.root / "results"
+    log = first.tables["alerts"]
+    assert log.num_rows > 0
+    # rebuild the earlier layout from this run's results
+    for name in RESULT_TABLES:
+        pq.write_table(first.tables[name], out / f"{name}.parquet")
+    pq.write_table(log, out / "alerts.parquet")
+    for folder in out.iterdir():
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    (out / "state.json").write_text('{"as_of": null, "knowledge": "old"}')
+    again = surveil(store)
+    assert again.new_alerts.num_rows == 0
+    assert _rows(again.tables["alerts"]) == _rows(log)
+    assert not (out / "alerts.parquet").exists() and not (out / "kdigo_urine.parquet").exists()
+    assert _rows(again.tables["kdigo_urine"]) == _rows(first.tables["kdigo_urine"])

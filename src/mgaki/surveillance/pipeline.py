@@ -474,6 +474,7 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
         con.execute(f"INSERT INTO _logged SELECT {', '.join(ALERT_KEY)} FROM _new")
     _write_all(con, "_logged", out / _INDEX, buckets)
     timers: dict[str, int] = {}
+    shutil.rmtree(out / _TIMERS, ignore_errors=True)  # the timers of the earlier run describe older data
     if engine is None:
         _write_all(con, "_timers_out", out / _TIMERS, buckets)
         timers = {str(b): int(d) for b, d in con.sql(

@@ -335,7 +335,8 @@ class Ingestor:
         one patient at a time, a row the database cannot hold set aside with its reason)."""
         if log.num_rows == 0:
             return 0
-        subjects = sorted({s for s in log.column("subject_id").to_pylist() if s is not None})
+        # the patients whose held alerts can match (an id no column can hold, e.g. with NUL, is held by none)
+        subjects = sorted({s for s in log.column("subject_id").to_pylist() if s is not None and "\x00" not in s})
         with self.engine.begin() as con:  # a write transaction (BEGIN IMMEDIATE on SQLite): read, then insert
             q = sa.select(*(alerts.c[k] for k in ALERT_KEY))
             if len(subjects) <= 500:  # only these patients' alerts can match (a log of a few runs)
