@@ -111,3 +111,19 @@ def test_a_state_without_events_is_left_out_with_a_note() -> None:
     assert any("mg_high has no AKI events" in x for x in notes)
     assert list(out["term"]) == ["mg_low", "age"] and np.isfinite(out["hr"]).all()
     assert out.set_index("term").loc["mg_low", "lo"] > 1.0
+
+
+def test_a_continuous_distance_without_events_away_from_zero_is_left_out_with_a_note() -> None:
+    # the MIMIC-subset case: no AKI ever follows a Mg above the range, so "distance above" has all its events
+    # at 0 (its lowest value): the partial likelihood rises without bound; left out, not "not estimable"
+    rng = np.random.default_rng(3)
+    n = 200
+    mg = rng.uniform(1.4, 2.3, n)
+    mg[:10] = rng.uniform(2.6, 3.0, 10)
+    ev = np.where(mg < LOW, rng.random(n) < 0.6, rng.random(n) < 0.3) & (mg < 2.5)
+    tv = pd.DataFrame({"id": np.arange(n), "start": 0.0, "stop": rng.uniform(5, 100, n), "mg": mg, "event": ev})
+    frame = pd.DataFrame({"age": rng.normal(60, 10, n)})
+    out, notes = cox_time_varying(tv, frame, LOW, HIGH, ("age",), continuous_mg=True)
+    assert any("mg_above has no AKI events away from its lowest or highest value" in x for x in notes)
+    assert list(out["term"]) == ["mg_below", "age"] and np.isfinite(out["hr"]).all()
+    assert out.set_index("term").loc["mg_below", "hr"] > 1.0  # per 0.1 mg/dL below the range

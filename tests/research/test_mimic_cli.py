@@ -62,6 +62,8 @@ def test_study_runs_end_to_end_on_the_mimic_subset(tmp_path: Path) -> None:
     # the human-readable form prints the band table and the report path
     r2 = runner.invoke(app, ["study", "--store", str(store), "--out", str(tmp_path / "s2")])
     assert r2.exit_code == 0 and "1 (ref)" in r2.output
+    # the U-shaped spline score is a model score, not a Mg value: no "cut-off ... mg/dL" for it
+    assert re.search(r"U-shaped.*: AUC [\d.]+, a two-sided risk score: no Mg cut-off", r2.output)
     assert re.search(r"n = \d+", r2.output)
     # each stage is printed as it finishes, with its wall time and peak memory, in order
     done = re.findall(r"done (\w+)\s+(\d+\.\d) s\s+peak memory (\d+\.\d\d) GB", r2.stderr)

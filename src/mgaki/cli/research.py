@@ -121,8 +121,9 @@ def study(
     sp = summary["spline"]
     c.print(f"spline non-linearity: chi2 {sp['lr_stat']:.2f} on {sp['df']} df, p = {sp['p_nonlinear']:.3g}")
     for r in summary["roc"]:
-        c.print(f"ROC {r['predictor']}: AUC {r['auc']:.3f}, Youden cut-off {r['cutoff']:.2f} mg/dL "
-                f"(sens {r['sensitivity']:.2f}, spec {r['specificity']:.2f})")
+        cut = (f"Youden cut-off {r['cutoff']:.2f} mg/dL (sens {r['sensitivity']:.2f}, spec {r['specificity']:.2f})"
+               if r["cutoff"] is not None else "a two-sided risk score: no Mg cut-off")
+        c.print(f"ROC {r['predictor']}: AUC {r['auc']:.3f}, {cut}")
     c.print(f"report: {paths['report']}")
 
 

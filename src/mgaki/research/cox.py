@@ -194,7 +194,8 @@ def cox_time_varying(tv: pd.DataFrame, cohort: pd.DataFrame, low: float, high: f
     change_point_intervals). ``continuous_mg`` replaces the two 0/1 states by the current Mg's distance
     below and above the range (mg/dL, linear: a U allowed), reported per 0.1 mg/dL. The table has the
     term, its meaning and unit, and HR, CI and p per that unit. A 0/1 term without events in one of its
-    levels has no finite estimate (its likelihood keeps rising): it is left out and the notes say so.
+    levels has no finite estimate (its likelihood keeps rising): it is left out and the notes say so; so is a
+    continuous term whose events all sit at its lowest or highest value (e.g. no event while Mg is above range).
     """
     from mgaki.research.stats import design
 
@@ -228,8 +229,11 @@ def cox_time_varying(tv: pd.DataFrame, cohort: pd.DataFrame, low: float, high: f
         v = x[c].to_numpy(float)
         if np.unique(v).size < 2:
             notes.append(f"{c} does not vary among the intervals: left out")
-        elif np.isin(v, (0.0, 1.0)).all() and (ev[v == 1].sum() == 0 or ev[v == 0].sum() == 0):
-            notes.append(f"{c} has no AKI events in one of its levels (no finite hazard ratio): left out")
+        elif (v[ev] == v.min()).all() or (v[ev] == v.max()).all():
+            # every event at the term's lowest (or highest) value: each event has the extreme value of its
+            # risk set, so the partial likelihood keeps rising (monotone likelihood, no finite HR)
+            notes.append(f"{c} has no AKI events away from its lowest or highest value (no finite hazard ratio): "
+                         "left out")
         else:
             keep.append(c)
     if not ev.any() or not keep:

@@ -50,7 +50,9 @@ class StudyResult:
             "adjusted_for": self.adjusted[o].adjusted_for,
             "spline": {"knots": self.spline.knots, "lr_stat": self.spline.lr_stat, "df": self.spline.lr_df,
                        "p_nonlinear": self.spline.p_nonlinear},
-            "roc": [{"predictor": r.name, "auc": r.auc, "auc_ci": r.auc_ci, "cutoff": r.cutoff,
+            # a 'high' ROC ranks a model score (the U-shaped spline risk), not Mg: its cut-off has no Mg unit
+            "roc": [{"predictor": r.name, "auc": r.auc, "auc_ci": r.auc_ci,
+                     "cutoff": r.cutoff if r.direction == "low" else None,
                      "sensitivity": r.sensitivity, "specificity": r.specificity} for r in self.rocs],
             "cox": _records(self.cox), "seconds": self.seconds, "notes": self.notes,
             "prediction": self.prediction.summary() if self.prediction else None,
