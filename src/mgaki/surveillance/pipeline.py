@@ -296,6 +296,22 @@ def bucket_of(subject_id: str, buckets: int) -> int:
     return int(hashlib.md5(subject_id.encode()).hexdigest()[:8], 16) % buckets
 
 
+_FEW_ROWS = frozenset({"aki_episodes", "mg_trajectory", "evidence_flags", _TIMERS})  # about a row per subject
+_FEW_ROWS_SHARE = 16  # such a table has 16 times fewer buckets: fewer, still small, files
+
+
+def table_buckets(name: str, buckets: int) -> int:
+    """The bucket count of result table (or folder) `name` in a results layout of `buckets` buckets."""
+    return max(1, buckets // _FEW_ROWS_SHARE) if name in _FEW_ROWS else buckets
+
+
+def _by_bucket(subjects: Iterable[str], buckets: int) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for s in subjects:
+        out.setdefault(bucket_of(s, buckets), set()).add(s)
+    return out
+
+
 def _bucket_sql(col: str, buckets: int) -> str:
     """`bucket_of` in DuckDB SQL (the same number)."""
     return f"CAST(CAST(('0x' || left(md5(COALESCE({col}, '')), 8)) AS UBIGINT) % {buckets} AS INTEGER)"
@@ -319,7 +335,7 @@ def result_files(root: Path, name: str, subject_id: str | None = None) -> list[P
         return None
     if subject_id is not None:
         state = _read_state(root)
-        hit = _bucket_file(folder, bucket_of(subject_id, int(state.get("buckets", 1))))
+        hit = _bucket_file(folder, bucket_of(subject_id, table_buckets(name, int(state.get("buckets", 1)))))
         return [hit] if hit.exists() else [folder / _SCHEMA]
     return sorted(folder.glob("b*.parquet")) or [folder / _SCHEMA]
 
@@ -463,7 +479,8 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     t0 = _time.perf_counter()
     for name in OUTPUTS:
         if name != "alerts":
-            _write_all(con, name, out / RESULT_NAMES.get(name, name), buckets)
+            rn = RESULT_NAMES.get(name, name)
+            _write_all(con, name, out / rn, table_buckets(rn, buckets))
     # the log keys, re-bucketed from the log itself (the log is the record; the index only speeds it up)
     log_src = result_sql(out, _LOG) if result_files(out, _LOG) else None
     con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {', '.join(ALERT_KEY)} FROM "
@@ -476,9 +493,10 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     timers: dict[str, int] = {}
     shutil.rmtree(out / _TIMERS, ignore_errors=True)  # the timers of the earlier run describe older data
     if engine is None:
-        _write_all(con, "_timers_out", out / _TIMERS, buckets)
+        tb = table_buckets(_TIMERS, buckets)
+        _write_all(con, "_timers_out", out / _TIMERS, tb)
         timers = {str(b): int(d) for b, d in con.sql(
-            f"SELECT {_bucket_sql('subject_id', buckets)}, MIN(due) FROM _timers_out GROUP BY 1").fetchall()}
+            f"SELECT {_bucket_sql('subject_id', tb)}, MIN(due) FROM _timers_out GROUP BY 1").fetchall()}
     _append_log(out, new)
     _write_state(out, {"layout": LAYOUT, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
@@ -609,15 +627,15 @@ def _due_subjects(out: Path, state: dict[str, Any], a: int) -> set[str]:
 def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], buckets: int,
                 timers: dict[str, int]) -> pa.Table:
     """Replace the recomputed subjects' rows in their buckets; log their new alerts; update their timers."""
-    by_bucket: dict[int, set[str]] = {}
-    for s in subjects:
-        by_bucket.setdefault(bucket_of(s, buckets), set()).add(s)
+    by_bucket = _by_bucket(subjects, buckets)
     batch = _Batch()
     for name in OUTPUTS:
         if name == "alerts":
             continue
         fresh = _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
-        _replace_rows(out / RESULT_NAMES.get(name, name), fresh, by_bucket, buckets, batch)
+        rn = RESULT_NAMES.get(name, name)
+        nb = table_buckets(rn, buckets)
+        _replace_rows(out / rn, fresh, _by_bucket(subjects, nb), nb, batch)
     # what the log holds for these subjects: their buckets of the index
     index = [_bucket_file(out / _INDEX, b) for b in by_bucket]
     index = [f for f in index if f.exists()]
@@ -627,7 +645,9 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
                 "WHERE subject_id IN (SELECT subject_id FROM affected)")
     new = _new_alerts(con)
     fresh_timers = con.sql("SELECT subject_id, due, after FROM _timers_out").to_arrow_table()
-    _replace_rows(out / _TIMERS, fresh_timers, by_bucket, buckets, batch)
+    tb = table_buckets(_TIMERS, buckets)
+    timer_buckets = _by_bucket(subjects, tb)
+    _replace_rows(out / _TIMERS, fresh_timers, timer_buckets, tb, batch)
     batch.commit()
     _append_log(out, new)  # the log before its index: a crash between them re-finds the alerts in the log
     if new.num_rows:
@@ -636,7 +656,7 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         index_batch = _Batch()
         _replace_rows(out / _INDEX, keys, {b: set() for b in touched}, buckets, index_batch)
         index_batch.commit()
-    for b in by_bucket:  # each rewritten timer file's earliest timer (a file left as it was keeps its entry)
+    for b in timer_buckets:  # each rewritten timer file's earliest timer (a file left as it was keeps its entry)
         path = _bucket_file(out / _TIMERS, b)
         left = next((t for t, p in batch.writes if p == path), None)
         if left is not None:
