@@ -514,7 +514,12 @@ def _write_all(con: duckdb.DuckDBPyConnection, table: str, folder: Path, buckets
     stage.mkdir(parents=True)
     con.execute(f"COPY (SELECT {sel} FROM \"{table}\" LIMIT 0) TO '{(stage / _SCHEMA).as_posix()}' (FORMAT parquet)")
     parts = stage / "_parts"
-    con.execute(f"""COPY (SELECT {sel}, {_bucket_sql('subject_id', buckets)} AS _b FROM "{table}"
+    # the bucket hashed once per subject, not per row (MD5 of every row cost more than the write)
+    sel_x = ", ".join(f'x."{c}"' for c in cols)
+    con.execute(f"""COPY (SELECT {sel_x}, COALESCE(k._b, {bucket_of('', buckets)}) AS _b FROM "{table}" x
+                          LEFT JOIN (SELECT subject_id, {_bucket_sql('subject_id', buckets)} AS _b
+                                     FROM (SELECT DISTINCT subject_id FROM "{table}") d) k
+                            ON k.subject_id = x.subject_id
                     ) TO '{parts.as_posix()}'
                     (FORMAT parquet, PARTITION_BY (_b), WRITE_PARTITION_COLUMNS false, ROW_GROUP_SIZE 65536)""")
     if parts.is_dir():
