@@ -433,7 +433,8 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         con = store.connect(shared=not first)  # the views list the files present now
         pending, pending_files = store.pending()
     try:
-        for key, value in {**(default_settings() if first else {}), **(duckdb_settings or {})}.items():
+        spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
+        for key, value in {**(default_settings() if first else {}), **spill, **(duckdb_settings or {})}.items():
             if not re.fullmatch(r"[a-z_]+", key):
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
