@@ -1,10 +1,12 @@
 """Run the surveillance stages over an event store, in full or incrementally.
 
 Incremental mode recomputes only the subjects whose data changed since the last
-run (the store records them at ingest) plus those still admitted, whose
-monitoring gaps move with time; every other subject's results are kept as
-they are. Alerts are logged by key (subject, encounter, kind, time): a key
-already in the log is never emitted again, so re-running changes nothing.
+run (the store records them at ingest) plus those whose timer is due (an alert
+that falls due as time passes, such as a monitoring gap); every other subject's
+results are kept as they are, and only the buckets of the recomputed subjects
+are rewritten (docs/surveillance.md#results-layout). Alerts are logged by key
+(subject, encounter, kind, time): a key already in the log is never emitted
+again, so re-running changes nothing.
 """
 
 from __future__ import annotations
