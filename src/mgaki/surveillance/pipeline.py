@@ -432,7 +432,9 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         state = {}
     first = full or not state or engine is not None
     with snapshot_lock or contextlib.nullcontext():
-        con = store.connect(shared=not first)  # the views list the files present now
+        # the views list the files present now; an incremental run with no settings of its own uses a
+        # cursor on the process's open database (settings would be that database's, everyone's)
+        con = store.connect(shared=not first and not duckdb_settings)
         pending, pending_files = store.pending()
     try:
         spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
