@@ -172,13 +172,15 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     plan = needed(all_stages, outputs)
     timed: list[Stage] = _timer_stages(kb, all_stages) if timers and "alerts" in outputs else []
     keep = {o.name for st in timed for o in plan if _reads(st, o)}
-    done_after = last_use(plan, (*outputs, *keep))
+    views = _views(plan + timed, {*outputs, *keep})
+    done_after = last_use(plan, (*outputs, *keep), views)
     seconds: dict[str, float] = {}
     for i, st in enumerate(plan + timed):
         t0 = _time.perf_counter()
-        con.execute(f'CREATE OR REPLACE TEMP TABLE "{st.name}" AS {st.sql}')
+        kind = "VIEW" if st.name in views else "TABLE"
+        con.execute(f'CREATE OR REPLACE TEMP {kind} "{st.name}" AS {st.sql}')
         for name in done_after.get(st.name, ()):  # intermediate tables no later stage reads: free them
-            con.execute(f'DROP TABLE "{name}"')
+            con.execute(f'DROP {"VIEW" if name in views else "TABLE"} "{name}"')
         seconds[st.name] = _time.perf_counter() - t0
         if progress:
             progress(st.name, i + 1, len(plan) + len(timed))
@@ -189,8 +191,8 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
               SELECT subject_id, {DUCKDB.epoch('time')} AS due FROM (
                 SELECT {key} FROM "alerts{_LATER}" EXCEPT SELECT {key} FROM alerts) x) y
             WHERE due >= {as_of_epoch} GROUP BY subject_id""")
-        for st in timed:
-            con.execute(f'DROP TABLE "{st.name}"')
+        for st in reversed(timed):
+            con.execute(f'DROP {"VIEW" if st.name in views else "TABLE"} "{st.name}"')
     return as_of, seconds
 
 
@@ -246,14 +248,35 @@ def needed(plan: list[Stage], outputs: Iterable[str]) -> list[Stage]:
     return [st for st in plan if st.name in want]
 
 
-def last_use(plan: list[Stage], outputs: Iterable[str] = OUTPUTS) -> dict[str, list[str]]:
-    """For each stage, the intermediate tables whose last reader it is (outputs are kept)."""
+def _views(plan: list[Stage], keep: set[str]) -> dict[str, str]:
+    """Intermediate stages read by exactly one later stage, once: {stage: its reader}. They run as views,
+    evaluated inside their reader (as on Spark, which checkpoints only what two stages read), so a wide
+    intermediate table (the urine-output windows) is never materialised and written to spill."""
+    out: dict[str, str] = {}
+    for st in plan:
+        if st.name in keep:
+            continue
+        readers = [r for r in plan if _reads(r, st)]
+        if len(readers) == 1 and len(re.findall(rf'(?<![\w"]){re.escape(st.name)}(?![\w"])', readers[0].sql)) == 1:
+            out[st.name] = readers[0].name
+    return out
+
+
+def last_use(plan: list[Stage], outputs: Iterable[str] = OUTPUTS,
+             views: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """For each stage, the intermediate tables whose last reader it is (outputs are kept). A table a view
+    reads lives until the view's own reader (`views`: view -> reader) has run."""
     keep = set(outputs)
+    views = views or {}
+    pos = {st.name: i for i, st in enumerate(plan)}
     last: dict[str, str] = {}
     for st in plan:
+        reader = st.name
+        while reader in views and views[reader] in pos:
+            reader = views[reader]
         for other in plan:
-            if _reads(st, other):
-                last[other.name] = st.name
+            if _reads(st, other) and (other.name not in last or pos[reader] > pos[last[other.name]]):
+                last[other.name] = reader
     out: dict[str, list[str]] = {}
     for name, reader in last.items():
         if name not in keep:
