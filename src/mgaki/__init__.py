@@ -52,22 +52,26 @@ def assess(
     baseline_creatinine_mg_dl: float | None = None,
     jurisdiction: str = "us",
     operation_hours: float | None = None,
+    baseline_rule: str | None = None,
 ) -> Assessment:
     """Assess one patient from a FHIR R4 Bundle (JSON text, dict or path) or a record.
 
     ``contexts`` are knowledge contexts (``mgaki.knowledge.load().contexts``), in any case.
+    ``baseline_rule`` chooses the reference creatinine (kidney.yaml ``baseline_rules``; default
+    ``nhs_england``).
     Raises an ``InputError`` subclass naming the offending resource (or context) on bad input.
     """
     if isinstance(contexts, str):
         contexts = (contexts,)
     kb = _load()
     known = frozenset(kb.context(c) for c in contexts)  # 'ICU' -> 'icu'; an unknown one is an InputError
+    rule = kb.baseline_rule(baseline_rule).id  # kidney.yaml baseline_rules; an unknown one is an InputError
     if isinstance(bundle, Path):
         bundle = bundle.read_bytes()
     record = bundle if isinstance(bundle, PatientRecord) else _record_from_bundle(bundle)
     opts = AssessOptions(contexts=known, nomogram=nomogram,
                          baseline_creatinine_mg_dl=baseline_creatinine_mg_dl,
-                         jurisdiction=jurisdiction, operation_hours=operation_hours)
+                         jurisdiction=jurisdiction, operation_hours=operation_hours, baseline_rule=rule)
     return _assess_record(record, opts)
 
 

@@ -44,6 +44,8 @@ class Condition:
     code: str | None
     text: str
     source_id: str
+    codings: tuple[tuple[str, str], ...] = ()  # every (system, code) of the Condition
+    active: bool = True  # False: resolved/inactive, refuted or entered in error
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +110,4 @@ class KidneyState:
     creatinine_mg_dl: float | None = None
     rrt: bool = False
     anuric: bool = False
+    maintenance_dialysis: bool = False  # ESKD on maintenance dialysis: no AKI staging, no eGFR/CrCl dosing

@@ -33,6 +33,8 @@ FINDING_CODES: dict[str, str] = {
     "pediatric_adjustment": "Patient <18 y: adult equations, nomograms and evidence set aside; bedside Schwartz used",
     "pk_overshoot_risk": "Population PK predicts the planned doses may raise serum Mg above a toxicity level",
     "pk_prediction_unavailable": "No PK model can predict the planned doses for this patient (the reason is given)",
+    "suspect_specimen": "The latest result is more likely the sample than the patient (drawn during an infusion of "
+                        "the analyte, a jump not yet repeated, co-dilution): set aside, repeat the sample",
 }
 
 
@@ -78,7 +80,9 @@ class MagnesiumResult(Out):
 class Baseline(Out):
     value_mg_dl: float | None
     method: str
-    time: str | None = None
+    time: str | None = None  # the lowest value's time, or the latest value of a median
+    rule: str | None = None  # the baseline rule (kidney.yaml baseline_rules)
+    n_values: int | None = None  # values behind it (a median's count)
 
 
 class KidneyResult(Out):
@@ -95,6 +99,11 @@ class KidneyResult(Out):
     crcl_note: str | None
     kinetic_egfr: float | None
     rrt: bool
+    status: str | None = None  # set when KDIGO staging does not apply (maintenance dialysis), in words
+    maintenance_dialysis: list[str] = []  # what showed maintenance dialysis, each naming its source
+    uo_weight_kg: float | None = None  # the weight urine output was staged with (engine.kidney.choose_weight)
+    uo_weight_source: str | None = None
+    uo_weights_rejected: list[str] = []  # weights set aside, each with its reason
 
 
 class Dose(Out):

@@ -113,16 +113,22 @@ def _mini_root(tmp: Path, tables: dict[str, list[dict[str, str]]]) -> Path:
     return tmp
 
 
-def test_irrigant_excluded_and_negative_urine_quarantined(tmp_path: Path) -> None:
+def test_irrigant_read_for_netting_and_negative_urine_quarantined(tmp_path: Path) -> None:
+    """GU irrigation (issue 13 point 2): outputs holding irrigant (227489, 226566) and irrigant in (227488: a
+    positive volume whatever its sign, as mimic-code reads it) are read, each as its own analyte, for KDIGO to
+    net."""
     def oe(item: str, value: str, minute: int) -> dict[str, str]:
         return {"subject_id": "1", "hadm_id": "20000001", "stay_id": "30000001",
                 "charttime": f"2150-01-02 10:{minute:02d}:00", "itemid": item, "value": value, "valueuom": "ml"}
 
     root = _mini_root(tmp_path, {"icu/outputevents": [
         oe("226559", "100", 0), oe("227488", "500", 1), oe("227489", "600", 2), oe("226566", "50", 3),
-        oe("226559", "-20", 4)]})
+        oe("226559", "-20", 4), oe("227488", "-40", 5)]})
     out = normalize(read_mimic(root))
-    assert out["events"].column("numeric_value").to_pylist() == [100.0]
+    got = sorted(zip(out["events"].column("analyte").to_pylist(), out["events"].column("numeric_value").to_pylist(),
+                     strict=True))
+    assert got == [("urine_irrigant", 40.0), ("urine_irrigant", 500.0), ("urine_irrigant_out", 50.0),
+                   ("urine_irrigant_out", 600.0), ("urine_output", 100.0)]
     q = out["quarantine"].to_pylist()
     assert len(q) == 1 and "urine_output -20 ml" in q[0]["reason"] and "outside the possible range" in q[0]["reason"]
     assert q[0]["source"] == "outputevents:stay_id=30000001,charttime=2150-01-02 10:04:00,itemid=226559"
@@ -173,10 +179,11 @@ def test_creatinine_series_of_a_known_patient(canon: dict[str, pa.Table]) -> Non
 def test_encounters_icu_stays_contexts_subjects(canon: dict[str, pa.Table]) -> None:
     enc = canon["encounters"].to_pylist()
     kinds = Counter(e["kind"] for e in enc)
-    assert kinds == {"inpatient": 49, "icu": 22}
+    assert kinds == {"inpatient": 49, "icu": 22, "emergency": 35}
     assert kinds["inpatient"] == sum(1 for _ in _csv_rows("hosp/admissions"))
+    assert kinds["emergency"] == sum(1 for r in _csv_rows("hosp/admissions") if r["edregtime"])  # ED stays
     hadm = {e["encounter_id"] for e in enc if e["kind"] == "inpatient"}
-    assert all(e["parent_id"] in hadm for e in enc if e["kind"] == "icu")
+    assert all(e["parent_id"] in hadm for e in enc if e["kind"] in ("icu", "emergency"))
     ctx = canon["contexts"].to_pylist()
     assert len(ctx) == 22 and {c["context"] for c in ctx} == {"icu"}
     subj = {s["subject_id"]: s for s in canon["subjects"].to_pylist()}

@@ -293,12 +293,18 @@ def canonical_tables(creat: pd.DataFrame, uo: pd.DataFrame, weights: pd.DataFram
     return {name: pa.Table.from_pandas(df, schema=TABLES[name], preserve_index=False) for name, df in out.items()}
 
 
+# The deviation catalogue (docs/peers.md) was written against the outpatient-median baseline rule, mgaki's
+# only rule before issue 13.4; the comparison keeps it (the NHS England default reaches past 7 days as the
+# peers do, which would merge the 'ratio_at_170h' class into agreement).
+PEER_BASELINE_RULE = "outpatient_median"
+
+
 def run_pipeline(tables: Mapping[str, pa.Table], kb: KnowledgeBase) -> SurveillanceResult:
     """``mgaki.surveillance.run`` over a throw-away event store holding ``tables``."""
     with tempfile.TemporaryDirectory(prefix="mgaki-peers-") as d:
         store = EventStore(d)
         store.append(tables)
-        return run(store, kb=kb)
+        return run(store, kb=kb, baseline_rule=PEER_BASELINE_RULE)
 
 
 def max_stages(res: SurveillanceResult) -> tuple[pd.Series, pd.Series]:
@@ -340,7 +346,7 @@ def engine_stages(kb: KnowledgeBase, creat: pd.DataFrame, uo: pd.DataFrame, weig
     for sid, g in creat.groupby("stay_id", sort=True):
         rt = _utc(pd.Series([rrt_first[sid]])) if sid in rrt_first else []
         st = stage_creatinine(kb, list(zip(_utc(g["charttime"]), g["creat"].astype(float), strict=True)),
-                              rrt_times=rt)
+                              rrt_times=rt, rule=PEER_BASELINE_RULE)
         rows.setdefault(sid, {})["mgaki_creat_max"] = float(max(s.stage for s in st))
     wt = weights.set_index("stay_id")["weight"].to_dict()
     for sid, g in uo.groupby("stay_id", sort=True):

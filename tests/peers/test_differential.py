@@ -336,17 +336,18 @@ def mimic(kb, peer_env, tmp_path_factory):
     return (mc, quarantine, *_pipeline_run(kb, mc, tmp_path_factory.mktemp("mimic")))
 
 
-MIMIC_COUNTS = {"creatinine_events": 645, "creatinine_values_staged_in_an_encounter": 474,
-                "encounters_with_creatinine": 47, "urine_chartings": 1360, "urine_chartings_outside_their_icu_stay": 2,
+# issue 13.3: emergency-department creatinine (no hadm_id in MIMIC-IV) now belongs to its admission
+MIMIC_COUNTS = {"creatinine_events": 645, "creatinine_values_staged_in_an_encounter": 503,
+                "encounters_with_creatinine": 49, "urine_chartings": 1360, "urine_chartings_outside_their_icu_stay": 2,
                 "urine_rows_placed_differently": 0, "urine_stays": 22, "urine_stays_not_staged": 1}
 MIMIC_QUARANTINE = {"ends before it starts": 23}
 MIMIC_AGREEMENT: Records = {
-    "akiflagger creatinine": {"admission_only": (2, 2, []), "history": (45, 42, [(1, 0), (2, 0), (2, 1)])},
-    "pyaki creatinine+RRT": {"admission_only": (2, 2, []), "history": (45, 42, [(1, 0), (2, 0), (2, 1)])},
+    "akiflagger creatinine": {"admission_only": (2, 2, []), "history": (47, 41, [(1, 0), (2, 0), (2, 1), (3, 0)])},
+    "pyaki creatinine+RRT": {"admission_only": (2, 2, []), "history": (47, 41, [(1, 0), (2, 0), (2, 1), (3, 0)])},
     "pyaki urine output": {"icu": (20, 18, [(0, 1), (2, 1)]),  # class 12 (charting discretisation)
                            "low_window_between_chartings": (1, 1, [])},  # class 14, resolved: stay 34600477
 }
-MIMIC_STAGES = {"creatinine": {0.0: 32, 1.0: 6, 2.0: 8, 3.0: 1}, "urine": {0.0: 6, 1.0: 4, 2.0: 9, 3.0: 2}}
+MIMIC_STAGES = {"creatinine": {0.0: 31, 1.0: 7, 2.0: 9, 3.0: 2}, "urine": {0.0: 6, 1.0: 4, 2.0: 9, 3.0: 2}}
 
 
 def test_mimic_subset_agreement(mimic, capsys):
@@ -377,20 +378,27 @@ def test_mimic_subset_agreement(mimic, capsys):
 
 def test_history_before_admission(mimic):
     """KDIGO 2.1.1: 'Increase in SCr to >=1.5 times baseline'. mgaki's baseline can be the median creatinine of
-    7-365 days before admission (docs/surveillance.md), and its 48-h / 7-day windows reach across the admission
-    boundary; a peer given one admission's values sees neither. MIMIC-IV subset, the only 3 creatinine
-    disagreements: hadm 25742920 opens at 0.6 mg/dL against a pre-admission median of 0.4 (1.5x, stage 1);
-    27487226 at 1.9 against 0.9 (2.1x, stage 2; the peers find stage 1 later, 1.2 -> 2.0 within 48 h);
-    29279905 at 2.5 against 0.95 (2.6x, stage 2; the peers see 2.5 falling to 0.8: no AKI)."""
+    7-365 days before admission (docs/surveillance.md; the outpatient-median rule these peers are compared
+    under), and its 48-h / 7-day windows reach across the admission boundary; a peer given one admission's
+    values sees neither. MIMIC-IV subset, the only 6 creatinine disagreements, each opening on the
+    emergency-department creatinine that issue 13.3 attaches to the admission: 22841357 at 0.6 mg/dL against
+    0.3 three days before (2x); 25742920 at 0.6 against a pre-admission median of 0.4 (1.5x); 26228185 at 1.7
+    against 1.1; 27487226 at 1.9 against 0.9 (the peers find stage 1 later, 1.2 -> 2.0 within 48 h); 29079034
+    at 0.7 against 0.3; 29279905 at 3.2 against 0.95 (3.4x, stage 3; the peers see 3.2 falling: no AKI)."""
     mc, _, t_creat, _ = mimic
     kc = mc.result.tables["kdigo_creatinine"].to_pandas().sort_values("time")
     num = mc.ids.set_index("encounter_id")["stay_id"]
-    expect = {"25742920": (1, 0, 0, 0.6, 0.4), "27487226": (2, 1, 1, 1.9, 0.9), "29279905": (2, 0, 0, 2.5, 0.95)}
-    for hadm, (mg, ak, py, value, ref) in expect.items():
+    expect = {"22841357": (2, 0, 0, 0.6, 0.3, "ratio_lowest_prior_7d"),
+              "25742920": (1, 0, 0, 0.6, 0.4, "ratio_preadmission_median"),
+              "26228185": (1, 0, 0, 1.7, 1.1, "ratio_preadmission_median"),
+              "27487226": (2, 1, 1, 1.9, 0.9, "ratio_preadmission_median"),
+              "29079034": (2, 0, 0, 0.7, 0.3, "ratio_preadmission_median"),
+              "29279905": (3, 0, 0, 3.2, 0.95, "ratio_preadmission_median")}
+    for hadm, (mg, ak, py, value, ref, criterion) in expect.items():
         r = t_creat.loc[num[hadm]]
         assert (r.mgaki_creat_max, r.akiflagger_creat_max, r.pyaki_creat_rrt_max) == (mg, ak, py), hadm
         first = kc[(kc["encounter_id"] == hadm) & (kc["stage"] == mg)].iloc[0]
-        assert first["criterion"] == "ratio_preadmission_median", hadm
+        assert first["criterion"] == criterion, hadm
         assert (first["value"], first["reference"]) == pytest.approx((value, ref)), hadm
     assert set(t_creat[t_creat["creat_class"] == "history"].index) >= set(num[list(expect)])
 

@@ -92,7 +92,9 @@ def test_export_is_a_valid_meds_0_4_dataset(mimic: tuple[Path, Path]) -> None:
     # every encounter has its start and (when closed) its end row; the derived KDIGO rows are surveillance's
     enc = EventStore(store).read("encounters")
     n_code = {c: n for c, n in zip(*pl.from_arrow(data.select(["code"]))["code"].value_counts(), strict=True)}
-    assert n_code["VISIT//inpatient"] == n_code["VISIT_END//inpatient"] == 49 == enc.num_rows - 22
+    kinds = enc.column("kind").to_pylist()  # 49 admissions, 22 ICU stays, 35 ED stays (issue 13.3)
+    assert n_code["VISIT//inpatient"] == n_code["VISIT_END//inpatient"] == 49 == kinds.count("inpatient")
+    assert (kinds.count("icu"), kinds.count("emergency")) == (22, 35)
     res = run(EventStore(store), outputs=("kdigo_creatinine", "aki_stage_changes")).tables
     assert n_code["MGAKI_KDIGO//CREATININE_STAGE"] == res["kdigo_creatinine"].num_rows
     assert n_code["MGAKI_KDIGO//STAGE"] == res["aki_stage_changes"].num_rows

@@ -49,7 +49,9 @@ def test_order_sign_hold_suggests_removing_the_draft(client):
     cards = CdsResponse.model_validate(r.json()).cards
     assert len(cards) == 1
     card = cards[0]
-    assert card.indicator == "critical" and card.summary.startswith("Hold magnesium sulfate")
+    # mild (CTCAE grade 1) hypermagnesaemia: hold and recheck, not an emergency (issue 13 point 9)
+    assert card.indicator == "warning" and card.summary.startswith("Hold magnesium sulfate")
+    assert "dialysis" not in (card.detail or "") and "calcium" not in (card.detail or "")
     action = card.suggestions[0].actions[0]
     assert (action.type, action.resourceId) == ("delete", "MedicationRequest/draft-mg")
 

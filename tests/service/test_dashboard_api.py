@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,7 +55,7 @@ def _audit(c: TestClient) -> list[tuple[Any, ...]]:
 
 def test_patient_list_counts_ranks_filters_and_sorts(loaded: TestClient) -> None:
     held = _get(loaded, "/patients/dash1/alerts")["alerts"]
-    res = _get(loaded, "/dashboard/patients")
+    res = _get(loaded, "/dashboard/patients?scope=active")
     assert res["total"] == 3 and _ids(res)[0] == "dash1"
     rows = {p["patient_id"]: p for p in res["patients"]}
     assert rows["dash1"]["alerts"] == len(held) and rows["dash1"]["highest_severity"] == "critical"
@@ -68,16 +70,16 @@ def test_patient_list_counts_ranks_filters_and_sorts(loaded: TestClient) -> None
     assert res["reference_ranges"]["magnesium"]["high"] > res["reference_ranges"]["magnesium"]["low"]
     every = {p["patient_id"]: p for p in _get(loaded, "/dashboard/patients?scope=all")["patients"]}
     assert every["gone"]["highest_severity"] == "warning" and every["gone"]["last_alert_kind"] == "mg_out_of_range"
-    assert _ids(_get(loaded, "/dashboard/patients?severity=critical")) == ["dash1"]
+    assert _ids(_get(loaded, "/dashboard/patients?scope=active&severity=critical")) == ["dash1"]
     assert _ids(_get(loaded, "/dashboard/patients?scope=all&severity=warning")) == ["dash1", "gone"]
     assert _ids(_get(loaded, "/dashboard/patients?scope=all&kind=mg_out_of_range")) == ["dash1", "gone"]
-    assert _ids(_get(loaded, "/dashboard/patients?with_alerts=true")) == ["dash1"]
+    assert _ids(_get(loaded, "/dashboard/patients?scope=active&with_alerts=true")) == ["dash1"]
     assert _ids(_get(loaded, "/dashboard/patients?q=ALM")) == ["calm"]
     assert _ids(_get(loaded, "/dashboard/patients?sort=patient_id&order=asc")) == ["calm", "dash1", "gone"]
     assert _ids(_get(loaded, "/dashboard/patients?sort=latest_mg")) == ["calm", "gone", "dash1"]
     page = _get(loaded, "/dashboard/patients?sort=patient_id&order=asc&limit=1&offset=1")
     assert _ids(page) == ["dash1"] and page["total"] == 3
-    for bad in ("severity=urgent", "sort=age", "order=up", "limit=0", "scope=mine"):
+    for bad in ("severity=urgent", "sort=height", "order=up", "limit=0", "scope=mine"):
         r = loaded.get(f"/dashboard/patients?{bad}", headers=auth(READER))
         assert r.status_code == 422, bad
         assert bad.split("=")[0] in r.text
@@ -122,9 +124,25 @@ def test_timeline_series_doses_bands_ranges(loaded: TestClient, kb: KnowledgeBas
     assert bands and {b["stage"] for b in bands} <= {1, 2, 3} and max(b["stage"] for b in bands) == 2
     assert all(b["start"] < b["end"] for b in bands)
     assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(bands))
-    assert tl["alerts"] == _get(loaded, "/patients/dash1/alerts")["alerts"]
+    held = _get(loaded, "/patients/dash1/alerts")["alerts"]
+    assert [{k: v for k, v in a.items() if k not in ("label", "state", "detail")} for a in tl["alerts"]] == \
+        [{k: v for k, v in a.items() if k not in ("state", "detail")} for a in held]
+    assert all(a["label"] and "_" not in a["label"] for a in tl["alerts"])  # words, not internal ids
+    assert all(not re.search(r"\b[a-z]+_[a-z0-9_.]+\b", a["detail"]) for a in tl["alerts"]), \
+        [a["detail"] for a in tl["alerts"]]
+    # the timeline recorded who saw each alert: the next read shows it
+    assert all([s["who"] for s in a["state"]["seen_by"]] == ["nurse-station"] for a in held)
     spec = tl["vega_lite"]
-    assert len(spec["vconcat"]) == 6  # Mg, creatinine, K, Ca, urine, doses
+    assert len(spec["vconcat"]) == 7  # AKI stage strip, Mg, creatinine, K, Ca, urine, doses
+    assert spec["vconcat"][0]["title"]["text"] == "AKI stage (KDIGO)"
+    # criteria in words in the data the tooltips show, not surveillance's ids
+    crit = [r["criterion_text"] for r in spec["datasets"]["aki_bands"]]
+    assert crit and all("_" not in c for c in crit), crit
+    # the creatinine axis is not zoomed into noise: it spans at least half the largest value
+    cr_panel = next(v for v in spec["vconcat"] if "Creatinine" in json.dumps(v))
+    lo, hi = next(la["encoding"]["y"]["scale"]["domain"] for la in cr_panel["layer"] if "y" in la["encoding"]
+                  and "scale" in la["encoding"]["y"])
+    assert hi - lo >= 0.5 * max(v for _, v in CREATININE)
     assert spec["params"][0]["bind"] == "scales"
     vega = vlc.vegalite_to_vega(spec)  # compiles: the browser will draw it
     assert any(s["name"] == "x" for s in vega.get("scales", []))
@@ -297,7 +315,54 @@ def test_static_files_are_package_data() -> None:
 
 def test_empty_service(client: TestClient) -> None:
     """Nothing ingested yet: an empty list, and 404 for any patient (no surveillance results either)."""
-    assert _get(client, "/dashboard/patients") | {"reference_ranges": None} == {
-        "total": 0, "scope": "active", "patients": [], "severities": ["info", "warning", "critical"],
-        "reference_ranges": None}
+    assert _get(client, "/dashboard/patients") | {"reference_ranges": None, "alert_labels": None} == {
+        "total": 0, "scope": "action", "patients": [], "severities": ["info", "warning", "critical"],
+        "reference_ranges": None, "alert_labels": None, "timezone": "UTC"}
     assert client.get("/dashboard/patients/p1/timeline", headers=auth(READER)).status_code == 404
+
+
+def test_chart_words_time_zone_and_flat_series(loaded: TestClient) -> None:
+    """Issue 17 point 6: criteria in words, the site's time zone on the time axis, a flat creatinine drawn flat."""
+    from mgaki.service.dashboard.charts import criterion_text, local_times
+
+    assert criterion_text("uo_lt_0.5_6h") == "urine output < 0.5 mL/kg/h for 6 h"
+    assert criterion_text("ratio_lowest_prior_7d") == "creatinine ratio to the lowest value of the prior 7 days"
+    assert criterion_text("rise_0.3_48h") == "creatinine rise of at least 0.3 mg/dL within 48 h"
+    assert local_times([{"time": "2024-07-01T12:00:00"}], "Europe/London") == [{"time": "2024-07-01T13:00:00"}]
+    assert local_times([{"time": "2024-01-01T12:00:00"}], "America/New_York") == [{"time": "2024-01-01T07:00:00"}]
+    spec = _get(loaded, "/dashboard/patients/calm/timeline")["vega_lite"]
+    cr_panel = next(v for v in spec["vconcat"] if "Creatinine" in json.dumps(v))
+    lo, hi = next(la["encoding"]["y"]["scale"]["domain"] for la in cr_panel["layer"] if "y" in la["encoding"]
+                  and "scale" in la["encoding"]["y"])
+    assert lo <= 0.9 - 0.2 and hi >= 0.9 + 0.2  # 0.90 -> 0.90 is not stretched over the whole panel
+    assert "time (UTC)" in json.dumps(spec)
+
+
+def test_sources_link_and_carry_no_internal_notes(loaded: TestClient) -> None:
+    """Issue 17 point 6: every source link is a URL (a DailyMed 'document' is an address and a note), and the
+    project's internal notes ("knowledge-brief section 4, U", "SPEC C7") are not shown to clinicians."""
+    res = _get(loaded, "/dashboard/patients/dash1/assessment")
+    text = json.dumps(res)
+    assert "knowledge-brief" not in text and "SPEC C" not in text and "SPEC.md" not in text
+    urls = [s["url"] for s in res["sources"] if s["url"]] + [
+        e["document"] for f in res["assessment"]["findings"] for e in f["evidence"]
+        if e["document"] and e["document"].startswith("http")]
+    assert urls and all(re.fullmatch(r"https?://[^\s()]+", u) for u in urls), urls
+    # the bedside JSON keeps the full provenance: only the dashboard's view is cleaned
+    raw = mgaki.assess(dashboard_bundle()).model_dump_json()
+    assert "knowledge-brief" in raw or "dailymed.nlm.nih.gov (" in raw
+
+
+def test_values_shown_at_lab_precision(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 17 point 6: a Mg reported in mmol/L is stored in mg/dL (1.0937...); the dashboard shows 1.09, not
+    'SERUM MG 1.09373 mg/dL'."""
+    from mgaki.synth.fhir import BundleBuilder
+
+    b = BundleBuilder(pid="si1", id_prefix="si1-").series("magnesium", "mmol/L", [(0.0, 0.45)]) \
+        .series("creatinine", "mg/dL", [(0.0, 0.9)]).build()
+    b["type"] = "batch"
+    with TestClient(create_app(make_config(tmp_path_factory.mktemp("si"))), raise_server_exceptions=False) as c:
+        assert c.post("/fhir", json=b, headers=auth(WRITER)).status_code == 200
+        mg = _get(c, "/dashboard/patients/si1/assessment")["assessment"]["magnesium"]
+    assert mg["value_mg_dl"] == pytest.approx(convert(0.45, "magnesium", "mmol/L", "mg/dL"), abs=1e-3)
+    assert mg["reported"] == "1.09 mg/dL"

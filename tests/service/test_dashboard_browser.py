@@ -163,13 +163,22 @@ def test_list_sign_in_severity_filters_and_sort(server: str, laptop: tuple[Page,
     page.fill("#token", READER)
     page.click("#login-form button[type=submit]")
     rows = page.locator("#patients tbody tr")
-    expect(rows).to_have_count(3)
-    # default: alerts of open encounters, most severe first
+    # default: what needs action, most severe first; the discharged patient's alert still needs action
+    expect(rows).to_have_count(2)
+    expect(page.locator("#f-scope")).to_have_value("action")
     expect(rows.nth(0)).to_have_attribute("data-patient", "dash1")
     expect(rows.nth(0).locator(".badge")).to_have_text("critical")
-    expect(page.locator('tr[data-patient="gone"] .badge')).to_have_text("none")  # its encounter has ended
+    expect(page.locator('tr[data-patient="gone"] .badge')).to_have_text("warning")
     expect(page.locator('tr[data-patient="dash1"] td.low')).to_contain_text("1.30")  # below the KB range
+    expect(page.locator('tr[data-patient="dash1"] td.low')).to_contain_text("UTC")  # its time, site zone
+    expect(page.locator('tr[data-patient="dash1"] td.aki')).to_have_text("2")  # KDIGO stage column
+    expect(page.locator('tr[data-patient="gone"]')).to_contain_text("discharged")
+    expect(page.locator('tr[data-patient="dash1"]')).to_contain_text("Mg")  # latest alert in words
+    page.uncheck("#f-with-alerts")
+    expect(rows).to_have_count(3)
     expect(page.locator('tr[data-patient="calm"] td.low')).to_have_count(0)
+    page.select_option("#f-scope", "active")
+    expect(page.locator('tr[data-patient="gone"] .badge')).to_have_text("none")  # its encounter has ended
     page.select_option("#f-scope", "all")
     expect(page.locator('tr[data-patient="gone"] .badge')).to_have_text("warning")
     page.select_option("#f-severity", "critical")
@@ -196,7 +205,7 @@ def test_patient_page_alerts_timeline_assessment(server: str, laptop: tuple[Page
     page, errors = laptop
     _open_dash1(page, server)
     alerts = page.locator("#alerts li")
-    expect(alerts.filter(has_text="mg out of range").locator(".badge")).to_have_text("critical")
+    expect(alerts.filter(has_text="Mg out of range").locator(".badge")).to_have_text("critical")
     expect(page.locator("#patient-meta .badge")).to_have_text("critical")
     svg = page.locator("#timeline svg.marks")
     expect(svg).to_have_count(1)
@@ -272,7 +281,7 @@ def test_dose_planner_curve_band_and_overshoot(server: str, laptop: tuple[Page, 
 def test_tablet_viewport(server: str, tablet: tuple[Page, list[str]]) -> None:
     page, errors = tablet
     _sign_in(page, server)
-    expect(page.locator("#patients tbody tr")).to_have_count(3)
+    expect(page.locator("#patients tbody tr")).to_have_count(2)  # needing action: dash1 and gone
     assert page.evaluate("document.documentElement.scrollWidth") <= TABLET["width"]
     _shot(page, "list-tablet.png")
     page.click('tr[data-patient="dash1"] a')
@@ -285,4 +294,73 @@ def test_tablet_viewport(server: str, tablet: tuple[Page, list[str]]) -> None:
     expect(page.locator("#dose-chart")).to_have_attribute("data-rendered", "true", timeout=15000)
     assert page.evaluate("document.documentElement.scrollWidth") <= TABLET["width"]
     _shot(page, "patient-tablet.png")
+    assert errors == [], errors
+
+
+def test_alert_workflow_in_the_browser(server: str, laptop: tuple[Page, list[str]]) -> None:
+    """Acknowledge, snooze with a reason, assign, resolve from the patient page; the list's default view follows.
+    Last in this module: it changes the shared server's alert states."""
+    page, errors = laptop
+    _sign_in(page, server)
+    expect(page.locator('tr[data-patient="gone"]')).to_have_count(1)
+    page.click('tr[data-patient="gone"] a')
+    page.wait_for_url("**/ui/patients/gone")
+    item = page.locator("#alerts li[data-alert-id]").first
+    expect(item).to_have_attribute("data-status", "open")
+    expect(item.locator(".state")).to_contain_text("Needs action")
+    expect(item.locator(".state")).to_contain_text("seen by nurse-station")  # opening the page recorded it
+    item.locator('button[data-action="acknowledge"]').click()
+    item = page.locator("#alerts li[data-alert-id]").first
+    expect(item).to_have_attribute("data-status", "acknowledged")
+    expect(item.locator(".state")).to_contain_text("Acknowledged by nurse-station")
+    item.locator('button[data-action="assign"]').click()
+    item.locator(".alert-form input[name=assignee]").fill("renal registrar")
+    item.locator(".alert-form button[type=submit]").click()
+    expect(page.locator("#alerts li[data-alert-id]").first.locator(".state")).to_contain_text(
+        "assigned to renal registrar")
+    page.locator("#alerts li[data-alert-id]").first.locator('button[data-action="reopen"]').click()
+    item = page.locator("#alerts li[data-alert-id]").first
+    expect(item).to_have_attribute("data-status", "open")
+    # a snooze needs a reason: the browser's own check keeps the empty form from being sent
+    item.locator('button[data-action="snooze"]').click()
+    item.locator(".alert-form button[type=submit]").click()
+    expect(item).to_have_attribute("data-status", "open")
+    item.locator(".alert-form input[name=reason]").fill("repeat level due this afternoon")
+    item.locator(".alert-form select[name=hours]").select_option("8")
+    item.locator(".alert-form button[type=submit]").click()
+    item = page.locator("#alerts li[data-alert-id]").first
+    expect(item).to_have_attribute("data-status", "snoozed")
+    expect(item.locator(".state")).to_contain_text("repeat level due this afternoon")
+    _shot(page, "alert-workflow.png")
+    for li in page.locator("#alerts li[data-alert-id]").all():  # resolve every alert of this patient
+        if li.get_attribute("data-status") == "resolved":
+            continue
+        li.locator('button[data-action="resolve"]').click()
+        li.locator(".alert-form input[name=reason]").fill("Mg replaced orally before discharge")
+        li.locator(".alert-form button[type=submit]").click()
+        expect(page.locator(f'#alerts li[data-alert-id="{li.get_attribute("data-alert-id")}"]')).to_have_attribute(
+            "data-status", "resolved")
+    expect(page.locator("#alerts-count")).to_have_text("none needs action")
+    # the default list no longer shows the patient; 'all' still does
+    page.click("a.back")
+    expect(page.locator('tr[data-patient="dash1"]')).to_have_count(1)
+    expect(page.locator('tr[data-patient="gone"]')).to_have_count(0)
+    page.select_option("#f-scope", "all")
+    expect(page.locator('tr[data-patient="gone"]')).to_have_count(1)
+    assert errors == [], errors
+
+
+def test_evaluation_report_page(server: str, laptop: tuple[Page, list[str]]) -> None:
+    page, errors = laptop
+    _sign_in(page, server, "/ui/evaluation")
+    report = page.locator("#report")
+    expect(report).to_have_attribute("data-rendered", "true", timeout=30000)
+    for heading in ("Alert burden", "Positive predictive value", "Live against silent", "Outcome definitions"):
+        expect(report.locator("h2", has_text=heading)).to_have_count(1)
+    expect(report).to_contain_text("per 100 patient-days")
+    expect(report).to_contain_text("No alert kind has both a live and a silent arm")  # every kind live here
+    imgs = report.locator("img")
+    assert imgs.count() >= 2
+    assert all(page.evaluate("(i) => i.complete && i.naturalWidth > 100", i.element_handle()) for i in imgs.all())
+    _shot(page, "evaluation.png")
     assert errors == [], errors

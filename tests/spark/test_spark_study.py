@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from mgaki.events import EventStore
 from mgaki.research import StudyConfig, build_cohort, connect_tables
 from mgaki.research.cohort import ALTERNATIVE, StudyCohort
-from mgaki.surveillance import run
+from mgaki.surveillance import URINE_ANALYTES, run
 from mgaki.synth import generate
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime (java not on PATH)")
@@ -88,7 +88,7 @@ def data() -> Data:
         res = run(store)
         # the creatinine-only episodes: the sens_* columns (and outcome_definition: creatinine) are compared too
         res.tables[ALTERNATIVE] = run(store, outputs=("aki_episodes_out",),
-                                      exclude_analytes=("urine_output",)).tables["aki_episodes"]
+                                      exclude_analytes=URINE_ANALYTES).tables["aki_episodes"]
     return Data(t, res.tables)
 
 

@@ -24,7 +24,7 @@ class Patient:
 
     def ev(self, analyte: str, *points: tuple[float, float | None]) -> Patient:
         unit = {"creatinine": "mg/dL", "magnesium": "mg/dL", "potassium": "mmol/L", "calcium": "mg/dL",
-                "urine_output": "mL", "rrt": None}[analyte]
+                "urine_output": "mL", "urine_irrigant": "mL", "urine_irrigant_out": "mL", "rrt": None}[analyte]
         for h, v in points:
             self.rows["events"].append({"subject_id": self.subject, "encounter_id": self.encounter, "time": at(h),
                                         "code": analyte, "analyte": analyte, "numeric_value": v, "unit": unit,

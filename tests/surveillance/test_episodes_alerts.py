@@ -11,10 +11,10 @@ from mgaki.events import EventStore
 from mgaki.surveillance import SurveillanceResult, run
 
 
-def _run(tmp_path: Path, *patients: Patient) -> SurveillanceResult:
+def _run(tmp_path: Path, *patients: Patient, baseline_rule: str | None = None) -> SurveillanceResult:
     store = EventStore(tmp_path)
     store.append(tables(*patients))
-    return run(store)
+    return run(store, baseline_rule=baseline_rule)
 
 
 def _alerts(res: SurveillanceResult, kind: str) -> list[dict[str, object]]:
@@ -39,9 +39,10 @@ def test_episode_onset_peak_recovery_and_second_episode(tmp_path: Path) -> None:
 
 
 def test_preadmission_baseline_is_the_median_7_to_365_days_before(tmp_path: Path) -> None:
+    """The outpatient-median rule (issue 13.4 keeps it as a named option; the default is NHS England)."""
     p = Patient().ev("creatinine", (-24 * 200, 0.8), (-24 * 100, 1.0), (-24 * 30, 0.9), (-24 * 3, 5.0),
                      (2, 1.4), (30, 1.45))
-    res = _run(tmp_path, p)
+    res = _run(tmp_path, p, baseline_rule="outpatient_median")
     rows = {r["time"]: r for r in res.tables["kdigo_creatinine"].to_pylist()}
     # the value 3 days before admission is inside KDIGO's 7-day window, not part of the median
     assert rows[at(2)]["reference"] == pytest.approx(5.0 if False else 0.9)
@@ -82,15 +83,17 @@ def test_mg_out_of_range_fires_once_per_entry_and_again_on_worse_grade(tmp_path:
     res = _run(tmp_path, p)
     assert [a["time"] for a in _alerts(res, "mg_out_of_range")] == [at(24), at(144)]
     worse = _alerts(res, "mg_grade_worsened")
-    assert [(a["time"], a["severity"]) for a in worse] == [(at(72), "critical"), (at(96), "critical")]
+    # severity from the cited mapping: grade 2 (1.1 mg/dL) asks for action within hours, grade 3 (0.8) now
+    assert [(a["time"], a["severity"]) for a in worse] == [(at(72), "warning"), (at(96), "critical")]
     assert "grade 3" in str(worse[1]["detail"])
 
 
 def test_falling_trend_is_suppressed_for_24h(tmp_path: Path) -> None:
-    p = Patient().ev("magnesium", (0, 2.4), (12, 2.2), (20, 2.05), (30, 1.9), (60, 1.8), (70, 1.5))
+    p = Patient().ev("magnesium", (0, 2.5), (12, 2.3), (20, 1.95), (30, 1.8), (60, 1.72), (70, 1.5))
     res = _run(tmp_path, p)
-    # 2.05 <= 2.4 - 0.3 at 20 h fires; 1.9 at 30 h meets the rule within 24 h of that: silent;
-    # 1.8 at 60 h (2.2 at 12 h is in its 48-h window) comes 30 h after the last time the rule was met:
+    # 1.95 at 20 h: 0.55 below 2.5, and its fall since 12 h (0.35 in 8 h) projects 1.6 by the next measurement
+    # (8 h on): fires; 1.8 at 30 h meets the rule within 24 h of that: silent; 1.72 at 60 h (2.3 at 12 h is in its
+    # 48-h window; 0.08 in 30 h, projected over 24 h: 1.656) comes 30 h after the last time the rule was met:
     # fires; 1.5 at 70 h is 10 h after that: silent
     assert [a["time"] for a in _alerts(res, "mg_falling")] == [at(20), at(60)]
 

@@ -61,7 +61,7 @@ def _bedside_flags(store: EventStore, onsets: dict[tuple[str, str], datetime], a
         series[r["subject_id"]][r["analyte"]].append((_utc(r["time"]), r["numeric_value"]))
     out: dict[tuple[str, str], set[tuple[str, float]]] = {}
     for h in enc:
-        if h["kind"] == "icu" and h["parent_id"] is not None:
+        if h["kind"] in ("icu", "emergency") and h["parent_id"] is not None:  # part of an admission
             continue
         sid, eid = h["subject_id"], h["encounter_id"]
         start, end = _utc(h["start"]), _utc(h["end"])

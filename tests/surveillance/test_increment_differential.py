@@ -5,15 +5,18 @@ The feed is replayed in time order: at each cut the store holds what the hospita
 increment the incremental run (only the subjects whose data changed or whose timer came due, only
 their buckets rewritten) must give row for row what a full recomputation of a fresh store with the
 same data gives, and its alert log must hold exactly the alerts the full recomputations gave at the
-successive cuts (alerts are logged once and never withdrawn). Real-shaped (MIMIC-IV demo subset)
-and synthetic cohorts, with buckets small enough that a subject's neighbours share its files.
+successive cuts (alerts are logged once and never withdrawn). Real-shaped (MIMIC-IV demo subset, with
+the maintenance-haemodialysis and bladder-irrigation patients) and synthetic cohorts, with buckets small
+enough that a subject's neighbours share its files. Every result table is compared, the issue-13 ones
+(kidney_status, uo_weight_rejected, suspect_specimens) included; a change of baseline rule recomputes
+everyone and gives that rule's full run.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,9 +29,12 @@ from mgaki.adapters.mimic import read_mimic
 from mgaki.events import EventStore, normalize
 from mgaki.knowledge import KnowledgeBase
 from mgaki.surveillance import SurveillanceResult, pipeline, run, surveil
-from mgaki.surveillance.pipeline import RESULT_TABLES
+from mgaki.surveillance.pipeline import RESULT_TABLES, ResultTables
 
-MIMIC = Path(__file__).parents[1] / "data" / "mimic-iv-demo-subset"
+DATA = Path(__file__).parents[1] / "data"
+MIMIC = DATA / "mimic-iv-demo-subset"
+MIMIC_ESKD = DATA / "mimic-iv-demo-10010471"  # maintenance haemodialysis: kidney_status not applicable
+MIMIC_IRRIGATION = DATA / "mimic-iv-demo-10007818"  # GU irrigation netted from urine output
 KEY = ("subject_id", "encounter_id", "kind", "time")
 TIME_OF = {"events": "time", "weights": "time", "medications": "start", "contexts": "time"}
 
@@ -66,22 +72,28 @@ def _cuts(events: pa.Table, n: int) -> list[datetime]:
     return [times[len(times) * (i + 1) // (n + 1)] for i in range(n)]
 
 
-def _replay(tmp: Path, tables: dict[str, pa.Table], steps: int) -> list[int]:
+def _replay(tmp: Path, tables: dict[str, pa.Table], steps: int, rules: list[str | None] | None = None,
+            seen: dict[str, int] | None = None) -> list[int]:
+    """Replay in `steps` + 1 increments; `rules`: the baseline rule of each run (None: the default);
+    `seen`: filled with the most rows each result table had at a cut."""
     inc = EventStore(tmp / "inc")
     cuts = [*_cuts(tables["events"], steps), max(tables["events"]["time"].to_pylist())]
+    rules = rules or [None] * len(cuts)
     expected_log: set[tuple[object, ...]] = set()
     emitted = 0
     recomputed = []
-    for i, cut in enumerate(cuts):
+    for i, (cut, rule) in enumerate(zip(cuts, rules, strict=True)):
         now = _known_at(tables, cut)
         inc.append(now)
-        got = surveil(inc)
+        got = surveil(inc, baseline_rule=rule)
         ref_store = EventStore(tmp / f"full{i}")
         ref_store.append(now)
-        ref = surveil(ref_store, full=True)
+        ref = surveil(ref_store, full=True, baseline_rule=rule)
         assert got.as_of == ref.as_of, cut
         for name in RESULT_TABLES:
             assert _rows(got.tables[name]) == _rows(ref.tables[name]), (cut, name)
+            if seen is not None:
+                seen[name] = max(seen.get(name, 0), got.tables[name].num_rows)
         expected_log |= {tuple(r.values()) for r in ref.tables["alerts"].select(list(KEY)).to_pylist()}
         log = got.tables["alerts"].select(list(KEY))
         assert sorted(map(repr, (tuple(r.values()) for r in log.to_pylist()))) == sorted(map(repr, expected_log)), cut
@@ -97,9 +109,34 @@ def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "_FEW_ROWS_SHARE", 2)  # the tables of about a row per subject too
 
 
+def _plant_issue13(tables: dict[str, pa.Table], n: int = 4) -> dict[str, pa.Table]:
+    """In the first `n` admissions with weights: a Mg spike that returns (a suspect specimen by the delta check)
+    and an outlying weight just before urine charting begins among consistent earlier ones (rejected)."""
+    enc = {r["subject_id"]: r for r in tables["encounters"].to_pylist()}
+    wts = tables["weights"].to_pylist()
+    ev, wt = [], []
+    for w in wts[:n]:
+        s, start, kg = w["subject_id"], w["time"], w["weight_kg"]
+        e = enc[s]["encounter_id"]
+        for h, v in ((3, 10.0), (5, 2.3)):  # Mg at start + 2 h is the cohort's own
+            ev.append({"subject_id": s, "encounter_id": e, "time": start + timedelta(hours=h),
+                       "code": "test/magnesium", "analyte": "magnesium", "numeric_value": v, "unit": "mg/dL",
+                       "source": f"spike{s}{h}"})
+        for days, f in ((60, 1.0), (20, 1.02), (2, 0.99)):
+            wt.append({"subject_id": s, "time": start - timedelta(days=days), "weight_kg": kg * f, "source": "test"})
+        wt.append({"subject_id": s, "time": start + timedelta(minutes=30), "weight_kg": kg * 0.7, "source": "test"})
+    return {**tables,
+            "events": pa.concat_tables([tables["events"], pa.Table.from_pylist(ev, schema=tables["events"].schema)]),
+            "weights": pa.concat_tables([tables["weights"],
+                                         pa.Table.from_pylist(wt, schema=tables["weights"].schema)])}
+
+
 @pytest.mark.usefixtures("small_buckets")
 def test_synthetic_increments_equal_full_recomputation(tmp_path: Path) -> None:
-    recomputed = _replay(tmp_path, random_cohort(40, seed=18), steps=5)
+    seen: dict[str, int] = {}
+    recomputed = _replay(tmp_path, _plant_issue13(random_cohort(40, seed=18)), steps=5, seen=seen)
+    # the issue-13 tables were compared on rows, not only on being empty alike
+    assert seen["kidney_status"] and seen["suspect_specimens"] and seen["uo_weight_rejected"], seen
     assert recomputed[0] == -1  # the first run computes everyone
     assert any(0 <= r < 40 for r in recomputed[1:])  # later ones only whom the increment touched
     results = tmp_path / "inc" / "results"
@@ -107,9 +144,31 @@ def test_synthetic_increments_equal_full_recomputation(tmp_path: Path) -> None:
     assert files["kdigo_urine"] > files["mg_trajectory"] > 1, files
 
 
+def _mimic() -> dict[str, pa.Table]:
+    parts = [normalize(read_mimic(p)) for p in (MIMIC, MIMIC_ESKD, MIMIC_IRRIGATION)]
+    return {name: pa.concat_tables([p[name] for p in parts if name in p], promote_options="permissive")
+            for name in {n for p in parts for n in p}}
+
+
 @pytest.mark.usefixtures("small_buckets")
 def test_mimic_subset_increments_equal_full_recomputation(tmp_path: Path) -> None:
-    _replay(tmp_path, normalize(read_mimic(MIMIC)), steps=4)
+    seen: dict[str, int] = {}
+    _replay(tmp_path, _mimic(), steps=4, seen=seen)
+    # the issue-13 tables were compared on rows, not only on being empty alike
+    assert seen["kidney_status"] > 0, seen
+    status = ResultTables(tmp_path / "inc" / "results")["kidney_status"]
+    assert "10010471" in status.filter(pc.not_equal(status["kdigo_status"], "applicable"))["subject_id"].to_pylist()
+
+
+@pytest.mark.usefixtures("small_buckets")
+def test_a_baseline_rule_change_recomputes_everyone(tmp_path: Path) -> None:
+    """Results of one baseline rule are never completed with another's: the run that changes the rule
+    recomputes everyone (and equals that rule's full run); the runs after it are incremental again."""
+    recomputed = _replay(tmp_path, random_cohort(30, seed=13), steps=3,
+                         rules=[None, None, "kdigo_7day", "kdigo_7day"])
+    assert recomputed[0] == recomputed[2] == -1, recomputed
+    assert 0 <= recomputed[1] < 30 and 0 <= recomputed[3] < 30, recomputed
+    assert pipeline._read_state(tmp_path / "inc" / "results")["baseline_rule"] == "kdigo_7day"
 
 
 @pytest.mark.usefixtures("small_buckets")
@@ -170,3 +229,21 @@ def test_results_of_the_one_file_layout_are_migrated_and_their_alerts_not_emitte
     assert _rows(again.tables["alerts"]) == _rows(log)
     assert not (out / "alerts.parquet").exists() and not (out / "kdigo_urine.parquet").exists()
     assert _rows(again.tables["kdigo_urine"]) == _rows(first.tables["kdigo_urine"])
+
+
+def test_results_lacking_a_table_are_recomputed_in_full(tmp_path: Path) -> None:
+    """Results written before an output existed (e.g. issue 13's suspect_specimens): the next run recomputes
+    everyone instead of filling the new table for the changed subjects only."""
+    tables = _plant_issue13(random_cohort(8, seed=5))
+    store = EventStore(tmp_path / "s")
+    store.append(tables)
+    first = surveil(store)
+    before = _rows(first.tables["suspect_specimens"])
+    assert before
+    shutil.rmtree(store.root / "results" / "suspect_specimens")
+    ev = tables["events"]
+    store.append({"events": ev.slice(ev.num_rows - 1, 1).set_column(
+        ev.schema.get_field_index("source"), "source", pa.array(["again"], pa.string()))})
+    again = surveil(store)
+    assert again.subjects_recomputed == -1
+    assert _rows(again.tables["suspect_specimens"]) == before

@@ -45,3 +45,19 @@ def test_knowledge_catalogue_lists_every_file_with_sources():
 def test_missing_file_exit_2():
     r = runner.invoke(app, ["assess", "/nonexistent.json"])
     assert r.exit_code == 2
+
+
+def test_text_report_names_each_unit_once_and_shows_the_pk_peak_and_trough():
+    """Issue 17 point 6: no '0.52 mmol/L = 1.26 mg/dL = 0.52 mmol/L'; the text has the PK trough the JSON has."""
+    import re
+
+    r = runner.invoke(app, ["assess"])
+    line = next(x for x in r.output.splitlines() if "Magnesium " in x)
+    for unit in ("mmol/L", "mg/dL", "mEq/L"):
+        assert line.count(unit) == 1, line
+    j = json.loads(runner.invoke(app, ["assess", "--format", "json"]).stdout)
+    pr = j["plan"]["prediction"]
+    if pr is not None:
+        text = " ".join(r.output.split())
+        assert f"peak {pr['peak_mg_dl']:.2f} mg/dL" in text and f"trough {pr['trough_mg_dl']:.2f} mg/dL" in text, \
+            re.findall(r"PK .{0,200}", text)

@@ -223,7 +223,7 @@ def test_renal_adjustment_names_the_criterion_met(kb, kidney: KidneyState, says:
 def test_contexts_come_from_every_knowledge_file(kb) -> None:
     named = ({c for s in kb.evidence.studies for c in (*s.contexts, *s.not_in_contexts)}
              | {c for r in kb.regimens.regimens for c in r.contexts} | set(kb.magnesium.high_risk_contexts)
-             | {d.context for d in kb.drugs.drugs if d.context})
+             | {d.context for d in kb.drugs.drugs if d.context} | {kb.kidney.maintenance_dialysis.context})
     assert set(kb.contexts) == named and list(kb.contexts) == sorted(named)
 
 

@@ -37,8 +37,22 @@ def test_ratio_stages_within_7_days(kb):
     assert peak(kb, [(0, 1.0), (100, 3.0)]).stage == 3
 
 
-def test_ratio_outside_7_days_not_counted(kb):
-    assert peak(kb, [(0, 1.0), (169, 2.0)]).stage == 0
+def test_ratio_outside_7_days_not_counted_by_the_kdigo_7day_rule(kb):
+    assert peak(kb, [(0, 1.0), (169, 2.0)], rule="kdigo_7day").stage == 0
+
+
+def test_nhs_rule_uses_the_median_8_to_365_days_only_without_a_recent_value(kb):
+    # no value in the prior 7 days: RV2 = median of the older values (1.0) -> ratio 2.0
+    s = peak(kb, [(0, 1.0), (169, 2.0)])
+    assert s.stage == 2 and s.rule == "nhs_england" and "8-365" in s.reference_method and s.reference_n == 1
+    # values of the prior 7 days (0.6 three days before admission) take precedence over an old low
+    # median (0.4): the in-hospital 0.6s show no rise, so no false AKI
+    pts = [(h(-24 * d), 0.4) for d in (30, 60, 90)] + [(h(x), v) for x, v in ((-72, 0.6), (0, 0.6), (48, 0.62))]
+    inpatient = [x for x in kd.stage_creatinine(kb, pts) if x.time >= h(0)]
+    assert [x.stage for x in inpatient] == [0, 0] and all("prior 7 days" in x.reference_method for x in inpatient)
+    # the outpatient-median rule (before issue 13) calls the same values stage 1
+    old_rule = [x for x in kd.stage_creatinine(kb, pts, rule="outpatient-median", admission=h(0)) if x.time >= h(0)]
+    assert [x.stage for x in old_rule] == [1, 1] and old_rule[0].reference == 0.4
 
 
 def test_supplied_baseline_used_without_prior_values(kb):

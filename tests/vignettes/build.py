@@ -78,7 +78,7 @@ ALL_CODES = (
     "extrarenal_mg_loss", "gitelman_like_pattern", "drug_mg_loss", "refractory_hypokalemia_risk",
     "mg_dependent_hypocalcemia", "neuromuscular_risk", "arrhythmia_risk", "aki", "mg_aki_risk",
     "monitoring_gap", "renal_dose_adjustment", "hold_magnesium", "urine_index_not_interpretable",
-    "pediatric_adjustment", "urine_mg_index",
+    "pediatric_adjustment", "urine_mg_index", "suspect_specimen",
 )
 
 # Vanderbilt tier actions and NHS tier actions (substrings of plan.regimen).
@@ -255,6 +255,18 @@ def vignettes() -> list[dict[str, Any]]:
           present=("hypermagnesemia", "mg_aki_risk", "hold_magnesium"),
           mg={"status": "high", "grade": 1}, plan={"action": "hold", "regimen_id": None},
           cites={"mg_aki_risk": [DOI["cheungpasitporn_2015"]]}))
+
+    # Mg 10.0 mg/dL drawn at T0, 1 h after a 2 g MgSO4 administration started (no end recorded: 2 h assumed,
+    # surveillance.yaml infusion_magnesium; suspect from the start to 0.5 h after the end, -1 h to +1.5 h): a
+    # suspect specimen (warning), not G4 hyperMg, no hold, no calcium or dialysis. The 1.9 drawn 4 h before the
+    # infusion says nothing of the level after it: no status, grade or plan until the repeat.
+    add(V("mg_drawn_during_infusion_suspect",
+          "Mg 10 mg/dL drawn during a 2 g MgSO4 infusion: suspect specimen, repeat the sample, no critical finding",
+          B().obs("creatinine", 0.8, "mg/dL").obs("magnesium", 1.9, "mg/dL", -4)
+          .med("magnesium sulfate 2 g IV", "6585", kind="MedicationAdministration", hours=-1, dose_g=2)
+          .obs("magnesium", 10.0, "mg/dL"),
+          present=("suspect_specimen",), plan={"action": "none", "regimen_id": None},
+          warnings_contain=("wait for the repeat",)))
 
     # Eclampsia infusion overdose: Mg 11 mg/dL = 9.05 mEq/L: G4 (>8.0 mg/dL); >8 mEq/L -> arrhythmia_risk;
     # neuromuscular_risk. 11 mg/dL > the therapeutic range's top 3.5 mmol/L = 8.51 mg/dL: hold.

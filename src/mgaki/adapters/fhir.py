@@ -475,7 +475,9 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
                     if res.code else None
                 text = (res.code.text if res.code and res.code.text else None) or " ".join(
                     c.display or "" for c in ((res.code.coding or []) if res.code else []))
-                conds.append(Condition(code, text, where))
+                codings = tuple((c.system or "", c.code) for c in ((res.code.coding or []) if res.code else [])
+                                if c.code)
+                conds.append(Condition(code, text, where, codings, _condition_active(res)))
             elif rtype == "Encounter":
                 words = " ".join(
                     [(res.class_fhir.display or res.class_fhir.code or "") if getattr(res, "class_fhir", None) else ""]
@@ -507,6 +509,18 @@ def record_from_bundle(data: str | bytes | dict[str, Any], kb: KnowledgeBase | N
                          conditions=tuple(conds), rrt_times=tuple(rrt),
                          contexts=frozenset(contexts), warnings=tuple(warnings), stays=tuple(stays),
                          context_times=tuple(context_times))
+
+
+_INACTIVE = frozenset({"inactive", "resolved", "remission"})
+_NOT_TRUE = frozenset({"refuted", "entered-in-error"})
+
+
+def _condition_active(res: Any) -> bool:
+    """A Condition counts unless it is resolved/inactive, refuted or entered in error (no status: active)."""
+    def codes(cc: Any) -> set[str]:
+        return {c.code for c in (cc.coding or [])} if cc is not None else set()
+    return not (codes(getattr(res, "clinicalStatus", None)) & _INACTIVE
+                or codes(getattr(res, "verificationStatus", None)) & _NOT_TRUE)
 
 
 def _stay(res: Any, kind: str, where: str, warnings: list[str]) -> Stay | None:

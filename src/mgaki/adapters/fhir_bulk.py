@@ -24,6 +24,7 @@ from mgaki.adapters.maps import CONTEXT_SYSTEM, KIND_SYSTEM, load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
 from mgaki.events.schema import DEATH, DEATH_CODE, TABLES
+from mgaki.knowledge import load
 
 __all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "RXNORM", "UCUM", "read_fhir", "write_fhir"]
 
@@ -236,6 +237,10 @@ def read_fhir(path: str | Path, per_source: bool = False) -> dict[str, pa.Table]
         con.register("kind_map", pa.table({
             "code": [e.code for e in load_map("fhir").by("encounter_kind").values()],
             "kind": [e.target for e in load_map("fhir").by("encounter_kind").values()]}))
+        md = load().kidney.maintenance_dialysis
+        con.register("dialysis_codes", pa.table({
+            "system": [c.system for c in md.codes], "code": [c.code.replace(".", "").upper() for c in md.codes],
+            "context": [md.context] * len(md.codes)}))
         broken = _load(con, Path(path), Path(scratch.name), per_source)
         _reftype_macro(con)
         void = {f"'{t}'": ss for t, ss in _VOID.items()}
@@ -304,7 +309,18 @@ def read_fhir(path: str | Path, per_source: bool = False) -> dict[str, pa.Table]
             SELECT refid(res->>'$.subject.reference') AS subject_id, refid(res->>'$.encounter.reference')
                    AS encounter_id, res->>'$.period.start' AS time, c->>'code' AS context, src AS source
             FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
-                  FROM live WHERE rtype = 'Flag') WHERE (c->>'system') = '{CONTEXT_SYSTEM}'""")
+                  FROM live WHERE rtype = 'Flag') WHERE (c->>'system') = '{CONTEXT_SYSTEM}'
+            UNION ALL
+            -- maintenance dialysis from an active, not refuted Condition (kidney.yaml codes; ICD without dots)
+            SELECT DISTINCT refid(res->>'$.subject.reference'), refid(res->>'$.encounter.reference'),
+                   coalesce(res->>'onsetDateTime', res->>'$.onsetPeriod.start', res->>'recordedDate'), k.context, src
+            FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
+                  FROM live WHERE rtype = 'Condition') x
+            JOIN dialysis_codes k ON k.system = (x.c->>'system') AND k.code = upper(replace(x.c->>'code', '.', ''))
+            WHERE coalesce(res->>'$.clinicalStatus.coding[0].code', 'active') NOT IN ('inactive', 'resolved',
+                                                                                      'remission')
+              AND coalesce(res->>'$.verificationStatus.coding[0].code', '') NOT IN ('refuted', 'entered-in-error')
+            """)
         out = {"events": events, "subjects": subjects, "encounters": encounters, "medications": meds,
                "contexts": contexts}
         tables = {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}

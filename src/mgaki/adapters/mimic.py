@@ -29,6 +29,7 @@ from mgaki.adapters.maps import CodeMapFile, load_map
 from mgaki.errors import InputError, UnitError
 from mgaki.events.normalize import connect
 from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
+from mgaki.knowledge import load
 from mgaki.units import factor, normalize_unit
 
 __all__ = ["FILES", "read_mimic", "write_mimic"]
@@ -36,7 +37,8 @@ __all__ = ["FILES", "read_mimic", "write_mimic"]
 # The files (module/table) and the columns the adapter reads; write_mimic writes exactly these.
 FILES: dict[str, tuple[str, ...]] = {
     "hosp/patients": ("subject_id", "gender", "anchor_age", "anchor_year"),
-    "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime"),
+    "hosp/admissions": ("subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "edregtime", "edouttime"),
+    "hosp/diagnoses_icd": ("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version"),
     "hosp/labevents": ("labevent_id", "subject_id", "hadm_id", "itemid", "charttime", "value", "valuenum",
                        "valueuom"),
     "hosp/omr": ("subject_id", "chartdate", "seq_num", "result_name", "result_value"),
@@ -126,7 +128,8 @@ SELECT l.subject_id, l.hadm_id AS encounter_id, l.charttime AS time,
        'labevents:labevent_id=' || l.labevent_id AS source
 FROM src_labevents l JOIN codemap m ON m.tbl = 'labevents' AND m.maps_to = 'analyte' AND m.key = l.itemid
 UNION ALL
-SELECT o.subject_id, o.stay_id, o.charttime, 'MIMIC-IV/outputevents/' || o.itemid, m.target, o.value,
+SELECT o.subject_id, o.stay_id, o.charttime, 'MIMIC-IV/outputevents/' || o.itemid, m.target,
+       CASE WHEN m.target = 'urine_irrigant' THEN ltrim(o.value, '-') ELSE o.value END,
        {_UNIT.format(u='o.valueuom')},
        'outputevents:stay_id=' || coalesce(o.stay_id, '') || ',charttime=' || coalesce(o.charttime, '')
            || ',itemid=' || o.itemid
@@ -191,7 +194,13 @@ WHERE NOT EXISTS (SELECT 1 FROM src_emar e WHERE e.hadm_id = r.hadm_id)
 _ENCOUNTERS_SQL = """
 SELECT a.subject_id, a.hadm_id AS encounter_id, m.target AS kind, a.admittime AS start, a.dischtime AS "end",
        NULL::VARCHAR AS parent_id, 'admissions:hadm_id=' || coalesce(a.hadm_id, '') AS source
-FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'encounter_kind'
+FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'encounter_kind' AND m.key IS NULL
+UNION ALL
+-- the emergency-department stay before the admission: its labs carry no hadm_id
+SELECT a.subject_id, a.hadm_id || '-ed', m.target, a.edregtime, coalesce(a.edouttime, a.admittime), a.hadm_id,
+       'admissions:hadm_id=' || a.hadm_id || ',edregtime'
+FROM src_admissions a JOIN codemap m ON m.tbl = 'admissions' AND m.maps_to = 'encounter_kind' AND m.key = 'edregtime'
+WHERE a.edregtime IS NOT NULL AND a.hadm_id IS NOT NULL
 UNION ALL
 SELECT s.subject_id, s.stay_id, m.target, s.intime, s.outtime, s.hadm_id,
        'icustays:stay_id=' || coalesce(s.stay_id, '')
@@ -210,7 +219,24 @@ _CONTEXTS_SQL = """
 SELECT s.subject_id, s.stay_id AS encounter_id, s.intime AS time, m.target AS context,
        'icustays:stay_id=' || coalesce(s.stay_id, '') AS source
 FROM src_icustays s JOIN codemap m ON m.tbl = 'icustays' AND m.maps_to = 'context'
+UNION ALL
+-- maintenance dialysis from the admission's diagnoses (kidney.yaml codes): billing codes are assigned at
+-- discharge, so the context is placed at the admission's start (a chronic state present on admission)
+SELECT d.subject_id, d.hadm_id, a.admittime, k.context,
+       'diagnoses_icd:hadm_id=' || d.hadm_id || ',icd_code=' || d.icd_code || ',icd_version=' || d.icd_version
+FROM src_diagnoses_icd d JOIN dialysis_codes k ON k.icd_version = d.icd_version
+     AND k.code = upper(replace(d.icd_code, '.', ''))
+LEFT JOIN src_admissions a ON a.hadm_id = d.hadm_id
 """
+
+
+def _dialysis_codes() -> pa.Table:
+    """ICD-9-CM / ICD-10-CM codes of maintenance dialysis (kidney.yaml) as MIMIC writes them: no dot."""
+    md = load().kidney.maintenance_dialysis
+    versions = {"http://hl7.org/fhir/sid/icd-9-cm": "9", "http://hl7.org/fhir/sid/icd-10-cm": "10"}
+    rows = [(versions[c.system], c.code.replace(".", "").upper()) for c in md.codes if c.system in versions]
+    return pa.table({"icd_version": [r[0] for r in rows], "code": [r[1] for r in rows],
+                     "context": [md.context] * len(rows)})
 
 
 def read_mimic(root: Path, codes: CodeMapFile | None = None) -> dict[str, pa.Table]:
@@ -221,6 +247,7 @@ def read_mimic(root: Path, codes: CodeMapFile | None = None) -> dict[str, pa.Tab
         _register_sources(con, Path(root))
         con.register("codemap", _codemap_table(codes))
         con.register("dose_units", _dose_units(con))
+        con.register("dialysis_codes", _dialysis_codes())
         sql = {"events": _EVENTS_SQL, "medications": _MEDS_SQL, "encounters": _ENCOUNTERS_SQL,
                "subjects": _SUBJECTS_SQL, "contexts": _CONTEXTS_SQL}
         return {name: con.sql(q).to_arrow_table().rename_columns(RAW[name].names).cast(RAW[name])
@@ -243,10 +270,13 @@ def _check_writable(con: duckdb.DuckDBPyConnection) -> None:
         "events": ("SELECT DISTINCT analyte FROM ev_route WHERE tbl IS NULL",
                    "analyte(s) with no MIMIC-IV item in adapters/maps/mimic_iv.yaml: {}"),
         "encounters": ("SELECT DISTINCT kind FROM w_encounters WHERE kind NOT IN (SELECT target FROM codemap "
-                       "WHERE maps_to = 'encounter_kind')",
-                       "encounter kind(s) MIMIC-IV cannot hold (admissions and ICU stays only): {}"),
+                       "WHERE maps_to = 'encounter_kind') OR (kind IN (SELECT target FROM codemap WHERE "
+                       "tbl = 'admissions' AND key = 'edregtime') AND parent_id IS NULL)",
+                       "encounter kind(s) MIMIC-IV cannot hold (admissions, ICU stays, and emergency-department "
+                       "stays that name their admission): {}"),
         "contexts": ("SELECT DISTINCT context FROM w_contexts WHERE context NOT IN (SELECT target FROM codemap "
-                     "WHERE maps_to = 'context')",
+                     "WHERE maps_to = 'context') AND context NOT IN (SELECT context FROM dialysis_codes) "
+                     "OR (context IN (SELECT context FROM dialysis_codes) AND encounter_id IS NULL)",
                      "context(s) MIMIC-IV does not record (the reader derives 'icu' from ICU stays); "
                      "drop them before writing: {}"),
         "deaths": ("SELECT DISTINCT subject_id FROM death_route WHERE hadm_id IS NULL",
@@ -315,7 +345,8 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
             FROM (SELECT * FROM w_events WHERE analyte = $death) d
             LEFT JOIN w_encounters icu ON icu.encounter_id = d.encounter_id AND icu.parent_id IS NOT NULL
             LEFT JOIN w_encounters a ON a.subject_id = d.subject_id AND a.parent_id IS NULL
-                 AND a.kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND maps_to = 'encounter_kind')
+                 AND a.kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND maps_to = 'encounter_kind'
+                                AND key IS NULL)
                  AND (a.encounter_id = coalesce(icu.parent_id, d.encounter_id)
                       OR d.time BETWEEN a.start AND coalesce(a."end", d.time))
             GROUP BY d.subject_id, d.time
@@ -326,6 +357,7 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                    CASE WHEN "end" IS NULL THEN 'emar' ELSE 'prescriptions' END AS tbl
             FROM w_medications
         """)
+        con.register("dialysis_codes", _dialysis_codes())
         _check_writable(con)
         ts = f"strftime({{}}, {_TS})"
         _copy(con, root, "hosp/patients", """
@@ -337,16 +369,27 @@ def write_mimic(tables: Mapping[str, pa.Table | None], root: Path, codes: CodeMa
                 GROUP BY s2.subject_id) y ON y.subject_id = s.subject_id AND s.birth_year IS NOT NULL""")
         _copy(con, root, "hosp/admissions", f"""
             SELECT e.subject_id, e.encounter_id AS hadm_id, {ts.format('e.start')} AS admittime,
-                   {ts.format('e."end"')} AS dischtime, {ts.format('d.time')} AS deathtime
+                   {ts.format('e."end"')} AS dischtime, {ts.format('d.time')} AS deathtime,
+                   {ts.format('ed.start')} AS edregtime, {ts.format('ed."end"')} AS edouttime
             FROM w_encounters e LEFT JOIN (SELECT hadm_id, min(time) AS time FROM death_route GROUP BY hadm_id) d
               ON d.hadm_id = e.encounter_id
+            LEFT JOIN (SELECT parent_id, min(start) AS start, max("end") AS "end" FROM w_encounters
+                       WHERE kind = (SELECT target FROM codemap WHERE tbl = 'admissions' AND key = 'edregtime')
+                       GROUP BY parent_id) ed ON ed.parent_id = e.encounter_id
             WHERE kind = (SELECT target FROM codemap WHERE tbl = 'admissions'
-                                            AND maps_to = 'encounter_kind')""")
+                                            AND maps_to = 'encounter_kind' AND key IS NULL)""")
         _copy(con, root, "icu/icustays", f"""
             SELECT subject_id, parent_id AS hadm_id, encounter_id AS stay_id, {ts.format('start')} AS intime,
                    {ts.format('"end"')} AS outtime
             FROM w_encounters WHERE kind = (SELECT target FROM codemap WHERE tbl = 'icustays'
                                             AND maps_to = 'encounter_kind')""")
+        # maintenance dialysis -> a dependence-on-dialysis diagnosis of the admission (ICU stay: its parent)
+        _copy(con, root, "hosp/diagnoses_icd", """
+            SELECT c.subject_id, coalesce(e.parent_id, c.encounter_id) AS hadm_id,
+                   row_number() OVER (PARTITION BY coalesce(e.parent_id, c.encounter_id) ORDER BY c.time) AS seq_num,
+                   (SELECT max(code) FROM dialysis_codes WHERE icd_version = '10') AS icd_code, '10' AS icd_version
+            FROM w_contexts c LEFT JOIN w_encounters e ON e.encounter_id = c.encounter_id AND e.parent_id IS NOT NULL
+            WHERE c.context IN (SELECT context FROM dialysis_codes)""")
         _copy(con, root, "hosp/labevents", f"""
             SELECT rid AS labevent_id, subject_id, encounter_id AS hadm_id, itemid, {ts.format('time')} AS charttime,
                    numeric_value AS value, numeric_value AS valuenum, unit AS valueuom

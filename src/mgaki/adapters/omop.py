@@ -25,7 +25,7 @@ from mgaki.adapters.maps import load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
 from mgaki.events.schema import DEATH, DEATH_CODE
-from mgaki.knowledge import load_validated
+from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Source
 
 __all__ = ["COLUMNS", "OmopVocab", "load_vocab", "read_omop", "write_omop"]
@@ -34,7 +34,8 @@ __all__ = ["COLUMNS", "OmopVocab", "load_vocab", "read_omop", "write_omop"]
 COLUMNS: dict[str, tuple[str, ...]] = {
     "person": ("person_id", "gender_concept_id", "year_of_birth", "gender_source_value", "person_source_value"),
     "visit_occurrence": ("visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date",
-                         "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_source_value"),
+                         "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_source_value",
+                         "preceding_visit_occurrence_id"),
     "visit_detail": ("visit_detail_id", "person_id", "visit_detail_concept_id", "visit_detail_start_date",
                      "visit_detail_start_datetime", "visit_detail_end_date", "visit_detail_end_datetime",
                      "visit_occurrence_id", "visit_detail_source_value"),
@@ -50,6 +51,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                              "procedure_source_value"),
     "observation": ("observation_id", "person_id", "observation_concept_id", "observation_date",
                     "observation_datetime", "visit_occurrence_id", "visit_detail_id", "observation_source_value"),
+    "condition_occurrence": ("condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
+                             "condition_start_datetime", "visit_occurrence_id", "visit_detail_id",
+                             "condition_source_value"),
     "death": ("person_id", "death_date", "death_datetime", "death_type_concept_id"),
     "concept": ("concept_id", "concept_name", "vocabulary_id", "concept_code"),
 }
@@ -136,6 +140,12 @@ def read_omop(root: str | Path) -> dict[str, pa.Table]:
     try:
         register(con, {})
         _register_maps(con)
+        md = load().kidney.maintenance_dialysis
+        vocab = {"http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM", "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+                 "http://hl7.org/fhir/sid/icd-10": "ICD10", "http://snomed.info/sct": "SNOMED"}
+        con.register("dialysis_codes", pa.table({
+            "vocabulary": [vocab.get(c.system) for c in md.codes],
+            "code": [c.code.replace(".", "").upper() for c in md.codes], "context": [md.context] * len(md.codes)}))
         found = [t for t in COLUMNS if _scan(con, root, t)]
         if not set(found) - {"concept"}:
             raise InputError(str(root), f"no OMOP CDM tables ({', '.join(t for t in COLUMNS if t != 'concept')})")
@@ -153,10 +163,14 @@ def read_omop(root: str | Path) -> dict[str, pa.Table]:
                     TRY_CAST(year_of_birth AS INTEGER) AS birth_year, 'omop:person/' || person_id AS source
                 FROM t_person p LEFT JOIN gender_concepts g ON g.concept_id = p.gender_concept_id"""),
             "encounters": con.sql(f"""
-                SELECT person_id AS subject_id, visit_occurrence_id AS encounter_id,
-                       coalesce(k.target, 'omop:' || visit_concept_id) AS kind,
-                       {ts.format('visit_start')} AS start, {ts.format('visit_end')} AS "end",
-                       NULL AS parent_id, 'omop:visit_occurrence/' || visit_occurrence_id AS source
+                SELECT v.person_id AS subject_id, v.visit_occurrence_id AS encounter_id,
+                       coalesce(k.target, 'omop:' || v.visit_concept_id) AS kind,
+                       {ts.format('v.visit_start')} AS start, {ts.format('v.visit_end')} AS "end",
+                       -- an ER visit the admission names as its preceding visit is part of that admission
+                       CASE WHEN k.target = 'emergency' THEN (
+                         SELECT min(a.visit_occurrence_id) FROM t_visit_occurrence a
+                         WHERE a.person_id = v.person_id AND a.preceding_visit_occurrence_id = v.visit_occurrence_id)
+                       END AS parent_id, 'omop:visit_occurrence/' || v.visit_occurrence_id AS source
                 FROM t_visit_occurrence v LEFT JOIN concept_map k
                   ON k.maps_to = 'encounter_kind' AND k.concept_id = v.visit_concept_id
                 UNION ALL
@@ -198,7 +212,16 @@ def read_omop(root: str | Path) -> dict[str, pa.Table]:
                 SELECT person_id AS subject_id, {enc} AS encounter_id, {ts.format('observation')} AS time,
                        substr(observation_source_value, {len(CONTEXT_PREFIX) + 1}) AS context,
                        'omop:observation/' || coalesce(observation_id, '?') AS source
-                FROM t_observation WHERE observation_source_value LIKE '{CONTEXT_PREFIX}%'"""),
+                FROM t_observation WHERE observation_source_value LIKE '{CONTEXT_PREFIX}%'
+                UNION ALL
+                -- maintenance dialysis (kidney.yaml codes): the condition's concept through the shipped
+                -- vocabulary (SNOMED / ICD10CM / ICD9CM concept_code), or its source value (an ICD code)
+                SELECT DISTINCT x.person_id, {enc.replace('visit_', 'x.visit_')}, {ts.format('x.condition_start')},
+                       k.context, 'omop:condition_occurrence/' || coalesce(x.condition_occurrence_id, '?')
+                FROM t_condition_occurrence x LEFT JOIN t_concept c ON c.concept_id = x.condition_concept_id
+                JOIN dialysis_codes k ON (k.vocabulary = c.vocabulary_id AND k.code = upper(replace(c.concept_code,
+                                                                                                      '.', '')))
+                  OR k.code = upper(replace(x.condition_source_value, '.', ''))"""),
         }
         return {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
     finally:

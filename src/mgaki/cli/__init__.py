@@ -5,6 +5,7 @@
 - ``store``: ``quarantine``
 - ``pk``: ``pk simulate | fit | find``
 - ``research``: ``study``
+- ``evaluate``: ``evaluate`` (do the alerts help? docs/evaluation.md)
 - ``meds``: ``export meds``, ``labels``
 - ``service``: ``serve``
 - ``audit``: ``audit verify | grants`` (the service's audit trail)
@@ -20,13 +21,13 @@ from typing import Annotated
 import typer
 
 from mgaki._version import __version__
-from mgaki.cli import audit, bedside, cohort, meds, pk, research, service, store
+from mgaki.cli import audit, bedside, cohort, evaluate, meds, pk, research, service, store
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mgaki: magnesium disorders and AKI — decision support and analytics.")
-for _group in (bedside, cohort, store, pk, research, meds, service, audit):
+for _group in (bedside, cohort, store, pk, research, evaluate, meds, service, audit):
     _group.register(app)
 
 

@@ -43,6 +43,9 @@ def assess(
         help="Known pre-admission creatinine, mg/dL")] = None,
     operation_hours: Annotated[float | None, typer.Option(
         help="Duration of the operation, h (perioperative infusion; default in regimens.yaml)")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", help="Reference creatinine rule: nhs-england (default) | kdigo-7day | outpatient-median "
+                           "(kidney.yaml baseline_rules)")] = None,
     strict_fhir: Annotated[bool, typer.Option(
         "--strict-fhir", help="Validate every resource with fhir.resources (slower); by default "
                               "only the elements mgaki reads are validated")] = False,
@@ -61,7 +64,8 @@ def assess(
     def go() -> Assessment:
         source = record_from_bundle(data, strict=True) if strict_fhir else data
         return assess_api(source, tuple(context or ()), nomogram=nomogram,
-                          baseline_creatinine_mg_dl=baseline_creatinine, operation_hours=operation_hours)
+                          baseline_creatinine_mg_dl=baseline_creatinine, operation_hours=operation_hours,
+                          baseline_rule=baseline)
 
     result = run_or_exit(go)
     if fmt is Fmt.json:

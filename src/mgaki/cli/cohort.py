@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pyarrow (and the store) are imported by the commands that r
     import pyarrow as pa
 
     from mgaki.events import EventStore, IngestSummary
+    from mgaki.surveillance import SurveillanceResult
 
 __all__ = ["FORMATS", "Engine", "OutFmt", "demo", "export_tables", "ingest", "surveil_cmd", "truth_agreement"]
 
@@ -148,12 +149,19 @@ def surveil_cmd(
     memory: Annotated[str | None, typer.Option(help="DuckDB memory limit, e.g. 8GB; beyond it DuckDB spills "
                                                     "to disk (default for a full run: a quarter of RAM, at most "
                                                     "3 GB)")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        "--baseline", help="Reference creatinine rule: nhs-england (default) | kdigo-7day | outpatient-median "
+                           "(kidney.yaml baseline_rules; a change recomputes everyone)")] = None,
+    baseline_sensitivity: Annotated[bool, typer.Option(
+        "--baseline-sensitivity", help="Also print AKI episodes by peak stage under every baseline rule")] = False,
 ) -> None:
     """KDIGO episodes, Mg trajectories, evidence flags and alerts for every encounter in the store."""
     from mgaki.events import EventStore
+    from mgaki.knowledge import load
     from mgaki.surveillance import surveil
 
     require_store(store)
+    rule = run_or_exit(lambda: load().baseline_rule(baseline).id)
     when = None
     if as_of:
         try:
@@ -172,11 +180,26 @@ def surveil_cmd(
             from mgaki.surveillance.spark import store_runner
             runner = store_runner(EventStore(store), spark_master)
         res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner,
-                      duckdb_settings={"memory_limit": memory} if memory else None)
+                      duckdb_settings={"memory_limit": memory} if memory else None, baseline_rule=rule)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_alert_rates(EventStore(store), res)
+    if baseline_sensitivity:
+        from mgaki.surveillance import baseline_sensitivity as sensitivity
+
+        print_baseline_sensitivity(sensitivity(EventStore(store), as_of=when))
     if out:
         for p in export_tables(res.tables, out, fmt):
             err.print(f"[dim]wrote {p}[/dim]")
+
+
+def print_baseline_sensitivity(tab: pa.Table) -> None:
+    t = Table(title="AKI episodes by baseline rule (kidney.yaml baseline_rules)")
+    for col in ("baseline rule", "episodes", "peak stage 1", "peak stage 2", "peak stage 3", "encounters with AKI"):
+        t.add_column(col, justify="left" if col == "baseline rule" else "right")
+    for r in tab.to_pylist():
+        t.add_row(r["baseline_rule"] + (" (default)" if r["default"] else ""), str(r["episodes"]),
+                  *(str(r[f"peak_stage_{k}"]) for k in (1, 2, 3)), str(r["encounters_with_aki"]))
+    console().print(t)
 
 
 def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
@@ -188,11 +211,23 @@ def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, rec
     t.add_column("value", justify="right")
     t.add_row("subjects recomputed", "all" if recomputed < 0 else str(recomputed))
     t.add_row("encounters with Mg measured", str(traj.num_rows))
+    status = tables["kidney_status"].to_pylist() if "kidney_status" in tables else []
+    t.add_row("encounters not staged: maintenance dialysis",
+              str(sum(1 for r in status if r["kdigo_status"] != "applicable")))
+    rules = sorted({e["baseline_rule"] for e in eps if e.get("baseline_rule")})
+    t.add_row("baseline rule", ", ".join(rules) or "-")
+    if "uo_weight_rejected" in tables:
+        t.add_row("weights rejected for urine output", str(tables["uo_weight_rejected"].num_rows))
     t.add_row("AKI episodes", str(len(eps)))
     for s in (1, 2, 3):
         t.add_row(f"  peak stage {s}", str(sum(1 for e in eps if e["peak_stage"] == s)))
     t.add_row("  recovered in hospital", str(sum(1 for e in eps if e["recovered"])))
     t.add_row("evidence flags", str(tables["evidence_flags"].num_rows))
+    if "suspect_specimens" in tables:  # issue 13 point 6: set aside, never acted on until repeated
+        sus = tables["suspect_specimens"].to_pylist()
+        t.add_row("suspect specimens (repeat the sample)", str(len(sus)))
+        for kind in sorted({r["kind"] for r in sus}):
+            t.add_row(f"  {kind}", str(sum(1 for r in sus if r["kind"] == kind)))
     t.add_row("alerts emitted now", str(new_alerts.num_rows))
     c.print(t)
     if new_alerts.num_rows:
@@ -200,13 +235,27 @@ def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, rec
         a.add_column("kind")
         a.add_column("critical", justify="right")
         a.add_column("warning", justify="right")
+        a.add_column("info", justify="right")
         counts: dict[str, dict[str, int]] = {}
         for r in new_alerts.select(["kind", "severity"]).to_pylist():
             counts.setdefault(r["kind"], {}).setdefault(r["severity"], 0)
             counts[r["kind"]][r["severity"]] += 1
         for kind, by in sorted(counts.items()):
-            a.add_row(kind, str(by.get("critical", 0)), str(by.get("warning", 0)))
+            a.add_row(kind, str(by.get("critical", 0)), str(by.get("warning", 0)), str(by.get("info", 0)))
         c.print(a)
+
+
+def print_alert_rates(store: EventStore, res: SurveillanceResult) -> None:
+    """Alerts (the whole log) per 100 patient-days, by kind and severity (docs/surveillance.md#alert-rates)."""
+    from mgaki.surveillance import alert_rates
+
+    days, rates = alert_rates(store.read("encounters"), res.tables["alerts"], res.as_of)
+    t = Table(title=f"alerts per 100 patient-days ({days:,.1f} patient-days)")
+    for col in ("kind", "severity", "alerts", "per 100 patient-days"):
+        t.add_column(col, justify="left" if col in ("kind", "severity") else "right")
+    for r in rates.to_pylist():
+        t.add_row(r["kind"], r["severity"], str(r["n"]), f"{r['per_100_patient_days']:.2f}")
+    console().print(t)
 
 
 def demo(
@@ -251,6 +300,7 @@ def demo(
         res = surveil(EventStore(store_dir),
                       progress=lambda st, i, n: bar.update(task, total=n, completed=i, description=f"stage {st}"))
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_alert_rates(EventStore(store_dir), res)
     print_truth(cohort.truth, res.tables)
     export_tables(res.tables, out / "results", OutFmt.csv)
     if plots:

@@ -194,7 +194,10 @@ class PatientOpts:
 
 
 def _plot(pred: Any, path: Path, title: str, target: tuple[float, float] | None = None,
-          levels: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+          levels: tuple[np.ndarray, np.ndarray] | None = None, toxicity: tuple[float, str] | None = None,
+          target_label: str = "target") -> None:
+    """The predicted course (typical line, prediction band), the target band labelled, the toxicity line
+    marked, measured levels: each named on the chart."""
     import altair as alt
     import pandas as pd
 
@@ -208,14 +211,26 @@ def _plot(pred: Any, path: Path, title: str, target: tuple[float, float] | None 
         alt.Chart(df).mark_area(opacity=0.25, color="#4c78a8").encode(x=x, y="lower:Q", y2="upper:Q"),
         alt.Chart(df).mark_line(color="#4c78a8").encode(x=x, y=alt.Y("typical:Q", title="serum Mg, mg/dL")),
     ]
+    t_end = float(pred.times_h[-1])
     if target:
-        band = pd.DataFrame({"lo": [target[0]], "hi": [target[1]]})
+        band = pd.DataFrame({"lo": [target[0]], "hi": [target[1]], "t": [t_end],
+                             "label": [f"{target_label} {target[0]:.1f}–{target[1]:.1f} mg/dL"]})
         layers.append(alt.Chart(band).mark_rect(opacity=0.12, color="#54a24b").encode(y="lo:Q", y2="hi:Q"))
+        layers.append(alt.Chart(band).mark_text(align="right", baseline="bottom", dy=-2, color="#2e7d32").encode(
+            x="t:Q", y="hi:Q", text="label:N"))
+    if toxicity is not None:
+        tox = pd.DataFrame({"y": [toxicity[0]], "t": [t_end], "label": [f"toxicity {toxicity[0]:.1f} mg/dL: "
+                                                                        f"{toxicity[1]}"[:80]]})
+        layers.append(alt.Chart(tox).mark_rule(color="#d62728", strokeDash=[6, 4], strokeWidth=2).encode(y="y:Q"))
+        layers.append(alt.Chart(tox).mark_text(align="right", baseline="bottom", dy=-2, color="#d62728").encode(
+            x="t:Q", y="y:Q", text="label:N"))
     if levels is not None:
         pts = pd.DataFrame({"time_h": levels[0], "level": levels[1]})
         layers.append(alt.Chart(pts).mark_point(color="#e45756", filled=True, size=60).encode(x=x, y="level:Q"))
-    level = f" ({pred.level:.0%} band)" if pred.level else ""
-    save(alt.layer(*layers).properties(width=560, height=280, title=title + level), path)
+    band_words = f"shaded: {pred.level:.0%} prediction band" if pred.level else "no band (typical course only)"
+    subtitle = f"line: typical course; {band_words}" + ("; points: measured levels" if levels is not None else "")
+    save(alt.layer(*layers).properties(width=560, height=280,
+                                       title=alt.TitleParams(title, subtitle=subtitle)), path)
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -315,7 +330,8 @@ def _emit(kind: str, reg: Any, pop: Any, pred: Any, tg: Any, fmt: Fmt, plot: Pat
            "disclaimer": f"Population model built in {pop.population_label}; outside that population mgaki widens "
                          "the uncertainty (docs/pk.md). Supports, does not replace, clinical judgement."}
     if plot is not None:
-        _plot(pred, plot, f"mgaki pk {kind}: {pop.spec.id}", (tg.low_mg_dl, tg.high_mg_dl), levels)
+        _plot(pred, plot, f"mgaki pk {kind}: {pop.spec.id}", (tg.low_mg_dl, tg.high_mg_dl), levels,
+              (tg.harm_mg_dl, tg.harm_meaning), f"target ({tg.name})")
     if fmt is Fmt.json:
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return

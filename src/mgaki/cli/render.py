@@ -18,15 +18,22 @@ def render(a: Assessment, console: Console) -> None:
         head.append(f"context: {', '.join(a.contexts)}\n")
     mg = a.magnesium
     if mg:
-        head.append(f"Magnesium {mg.reported} = {mg.value_mg_dl:.2f} mg/dL = {mg.value_mmol_l:.2f} "
-                    f"mmol/L = {mg.value_meq_l:.2f} mEq/L  [{mg.status}, CTCAE grade {mg.grade}]\n",
+        reported_unit = mg.reported.partition(" ")[2].strip().lower()
+        others = [f"{v:.2f} {u}" for v, u in ((mg.value_mg_dl, "mg/dL"), (mg.value_mmol_l, "mmol/L"),
+                                               (mg.value_meq_l, "mEq/L")) if u.lower() != reported_unit]
+        head.append(f"Magnesium {mg.reported} = {' = '.join(others)}  [{mg.status}, CTCAE grade {mg.grade}]\n",
                     STYLE["critical"] if mg.grade >= 3 else "")
     k = a.kidney
-    head.append(f"Kidney: KDIGO stage {k.aki_stage}"
-                + (f" ({k.criterion})" if k.criterion else "")
-                + f"; creatinine {k.creatinine_mg_dl} mg/dL; baseline {k.baseline.value_mg_dl} "
-                  f"({k.baseline.method}); eGFR {k.egfr}; CrCl {k.crcl}"
-                + (f"; kinetic eGFR {k.kinetic_egfr}" if k.kinetic_egfr is not None else "") + "\n")
+    if k.status:  # KDIGO staging not applicable (maintenance dialysis): say so instead of a stage
+        head.append(f"Kidney: {k.status}; creatinine {k.creatinine_mg_dl} mg/dL; no eGFR or CrCl\n")
+    else:
+        head.append(f"Kidney: KDIGO stage {k.aki_stage}"
+                    + (f" ({k.criterion})" if k.criterion else "")
+                    + f"; creatinine {k.creatinine_mg_dl} mg/dL; baseline {k.baseline.value_mg_dl} "
+                      f"({k.baseline.method}, rule {k.baseline.rule}); eGFR {k.egfr}; CrCl {k.crcl}"
+                    + (f"; kinetic eGFR {k.kinetic_egfr}" if k.kinetic_egfr is not None else "")
+                    + (f"; urine output staged at {k.uo_weight_kg} kg" if k.uo_weight_kg is not None else "")
+                    + "\n")
     console.print(Panel(head, title="Summary"))
     t = Table(title="Findings", show_lines=True)
     for col in ("severity", "code", "finding", "source"):
@@ -57,15 +64,18 @@ def render(a: Assessment, console: Console) -> None:
         lines.append(Text(f"  also: {alt}", "dim"))
     pr = p.prediction
     if pr is not None:
-        band = (f" (90% {pr.peak_interval_mg_dl[0]:g}-{pr.peak_interval_mg_dl[1]:g})"
+        band = (f" (90% {pr.peak_interval_mg_dl[0]:.2f}-{pr.peak_interval_mg_dl[1]:.2f})"
                 if pr.peak_interval_mg_dl else "")
         target = (f"P(in {pr.target_mg_dl[0]:.2f}-{pr.target_mg_dl[1]:.2f} mg/dL at {pr.target_at_h:g} h) "
                   f"{pr.p_target:.0%}; " if pr.target_mg_dl and pr.p_target is not None else "")
         harm = ("not sampled" if pr.p_peak_above_toxicity is None
                 else f"< {pr.p_harm_upper_95:.1%}" if pr.p_peak_above_toxicity == 0 and pr.p_harm_upper_95
                 else f"{pr.p_peak_above_toxicity:.0%}")
-        lines.append(Text(f"  PK {pr.model} (built in {pr.population}): peak {pr.peak_mg_dl:g} mg/dL at "
-                          f"{pr.peak_time_h:g} h{band}; {target}P(peak > {pr.toxicity_mg_dl:.2f} mg/dL) {harm}",
+        at_recheck = (f"; at the recheck {pr.at_recheck_mg_dl:.2f} mg/dL" if pr.at_recheck_mg_dl is not None
+                      else "")
+        lines.append(Text(f"  PK {pr.model} (built in {pr.population}): peak {pr.peak_mg_dl:.2f} mg/dL at "
+                          f"{pr.peak_time_h:g} h{band}; trough {pr.trough_mg_dl:.2f} mg/dL within "
+                          f"{pr.horizon_h:g} h{at_recheck}; {target}P(peak > {pr.toxicity_mg_dl:.2f} mg/dL) {harm}",
                           "red" if pr.overshoot else ""))
     elif p.prediction_unavailable:
         lines.append(Text(f"  PK: no prediction: {p.prediction_unavailable}", "yellow"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from mgaki.engine import kidney as kd
 from mgaki.engine import magnesium as mgs
 from mgaki.engine import risk, workup
 from mgaki.engine.repletion import PlanRequest, plan_repletion, predict_plan, therapeutic_range
+from mgaki.engine.specimen import Infusion, review_specimens
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.knowledge.schema import Source
 from mgaki.record import KidneyState, Measurement, PatientRecord
@@ -37,6 +38,7 @@ class AssessOptions:
     jurisdiction: str = "us"
     now: datetime | None = None  # "as of" time; default: latest observation
     operation_hours: float | None = None  # intraoperative infusions run this long (default in regimens.yaml)
+    baseline_rule: str | None = None  # reference creatinine rule (kidney.yaml baseline_rules); None: the default
 
 
 @dataclass
@@ -51,6 +53,35 @@ class _Out:
                                      evidence=[Evidence.of(s) for s in sources], data=data))
 
 
+def _set_aside_suspect_specimens(kb: KnowledgeBase, rec: PatientRecord,
+                                 out: _Out) -> tuple[PatientRecord, frozenset[str]]:
+    """(the record without its suspect specimens, the analytes whose latest value is suspect).
+
+    A suspect value (engine/specimen.py) is in no baseline, status, grade or critical finding. The latest value
+    of an analyte, if suspect, is a ``suspect_specimen`` finding that says to repeat the sample; older ones are
+    warnings."""
+    rules = kb.surveillance.specimen
+    series = {a: [(m.time, m.value) for m in rec.series(a)] for a in rules.analytes}
+    infusions = [Infusion(m.ingredient, m.start, m.end) for m in rec.medications
+                 if m.ingredient and m.start and m.active and m.kind == "administration"]
+    review = review_specimens(kb, series, infusions, rec.rrt_times)
+    if not review.suspects:
+        return rec, frozenset()
+    unconfirmed: set[str] = set()
+    for s in sorted(review.suspects.values(), key=lambda s: (s.time, s.analyte)):
+        latest = rec.latest(s.analyte)
+        if latest is not None and (latest.time, latest.value) == (s.time, s.value):
+            unconfirmed.add(s.analyte)
+            out.add("suspect_specimen", kb.severity("suspect_specimen"),
+                    f"{s.reason} (at {s.time.isoformat()}; not used for status, baselines or alerts until a repeat "
+                    "confirms it)", [rules.source(s.rule)], analyte=s.analyte, value=s.value, time=s.time.isoformat(),
+                    rule=s.rule, kind=s.kind)
+        else:
+            out.warnings.append(f"Set aside as a suspect specimen: {s.reason} (at {s.time.isoformat()})")
+    keep = tuple(m for m in rec.measurements if not review.is_suspect(m.analyte, m.time, m.value))
+    return replace(rec, measurements=keep, _series={}), frozenset(unconfirmed)
+
+
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
 
@@ -60,6 +91,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kb = kb or load()
     opts = opts or AssessOptions()
     out = _Out(warnings=list(rec.warnings))
+    last_mg_draw = rec.latest("magnesium")  # a suspect draw is still a draw (monitoring gap)
+    rec, unconfirmed = _set_aside_suspect_specimens(kb, rec, out)  # issue 13 point 6: not acted on until repeated
     contexts = frozenset(opts.contexts) | rec.contexts
     now = opts.now or rec.as_of()
     age = rec.age_years(now) if now else None
@@ -70,7 +103,9 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     kidney, kstate = _kidney(kb, rec, opts, now, out, pediatric)
 
     # --- magnesium status (C2) --------------------------------------------------
-    mg_m = rec.latest("magnesium")
+    # The latest Mg is suspect: no status, grade or dose from an older value it may have superseded (a value drawn
+    # before an infusion says nothing of the level after it) until the repeat.
+    mg_m = None if "magnesium" in unconfirmed else rec.latest("magnesium")
     mg_val = mg_m.value if mg_m else None
     mg_res: MagnesiumResult | None = None
     status: str | None = None
@@ -95,14 +130,14 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         ctcae = next(s.source for s in kb.magnesium.grades)
         rr = kb.magnesium.reference_range.source
         if status == "low":
-            sev: Severity = "critical" if grade.grade >= 3 else "warning"
+            sev: Severity = kb.severity("hypomagnesemia", grade.grade)
             out.add("hypomagnesemia", sev,
                     f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL, "
                     f"{mg_res.value_mmol_l:.2f} mmol/L): low, CTCAE grade {grade.grade} "
                     f"({grade.label})", [rr, ctcae], grade=grade.grade)
         elif status == "high":
             tox = mgs.toxicity_levels(kb, mg_m.value)
-            sev = "critical" if tox or grade.grade >= 3 else "warning"
+            sev = kb.severity("hypermagnesemia", grade.grade)
             msg = (f"Serum Mg {mg_res.reported} ({mg_res.value_mg_dl:.2f} mg/dL): high, CTCAE "
                    f"grade {grade.grade}")
             srcs = [rr, ctcae]
@@ -119,6 +154,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             out.add("hypermagnesemia", sev, msg, srcs, grade=grade.grade)
         for text, src in caveats:
             out.warnings.append(text + f" [{src.citation}]")
+    elif "magnesium" in unconfirmed:
+        out.warnings.append("The latest serum Mg is a suspect specimen: status, grade and plan wait for the repeat")
     else:
         out.warnings.append("No serum magnesium in the record: status, grade and plan need one")
 
@@ -168,7 +205,7 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     if mg_val is not None:
         sym = kb.threshold("mg_symptomatic_below")
         if status == "low" and mg_val < convert(sym.value, "magnesium", sym.unit, "mg/dL"):
-            out.add("neuromuscular_risk", "critical",
+            out.add("neuromuscular_risk", kb.severity("neuromuscular_risk"),
                     f"Mg {mg_val:.2f} mg/dL < {sym.value:g} {sym.unit}: tremor, tetany and seizures "
                     "(loss of the NMDA-receptor Mg block); check Chvostek/Trousseau, ECG", [sym.source])
         elif status == "high" and mgs.toxicity_levels(kb, mg_val):
@@ -176,24 +213,24 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
             # Toxicity thresholds still apply inside a therapeutic range (eclampsia), where
             # reduced reflexes are the sign to watch rather than an emergency.
             expected = ther is not None and mg_val <= ther[1]
-            out.add("neuromuscular_risk", "warning" if expected else "critical",
+            out.add("neuromuscular_risk", "warning" if expected else kb.severity("neuromuscular_risk"),
                     f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}; check reflexes and respiration"
                     + (" before each dose (expected at therapeutic levels)" if expected else ""),
                     [t.source])
         qtc = _current(kb, rec, "qtc", now, out)
         qt = kb.threshold("qtc_prolonged_above")
         if status == "low" and qtc is not None and qtc.value > qt.value:
-            out.add("arrhythmia_risk", "critical",
+            out.add("arrhythmia_risk", kb.severity("arrhythmia_risk"),
                     f"QTc {qtc.value:.0f} ms > {qt.value:g} ms with low Mg: torsades risk", [qt.source])
         elif status == "high" and "mg_toxicity_cardiac_above" in mgs.toxicity_levels(kb, mg_val):
             t = kb.threshold("mg_toxicity_cardiac_above")
-            out.add("arrhythmia_risk", "critical", f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}",
+            out.add("arrhythmia_risk", kb.severity("arrhythmia_risk"), f"Mg {mg_val:.2f} mg/dL: {t.meaning.lower()}",
                     [t.source])
 
     # --- AKI (C5) and Mg-AKI evidence (C6) ----------------------------------------
     if kidney.aki_stage >= 1:
         src = kb.threshold("kdigo_abs_rise").source
-        out.add("aki", "critical" if kidney.aki_stage >= 2 else "warning",
+        out.add("aki", kb.severity("aki", kidney.aki_stage),
                 f"KDIGO AKI stage {kidney.aki_stage} ({kidney.criterion}); current stage "
                 f"{kidney.current_stage}", [src], stage=kidney.aki_stage)
     # each study reads the Mg of its own exposure time (evidence.yaml exposure_times), not the latest
@@ -202,6 +239,10 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     onset = datetime.fromisoformat(kidney.onset) if kidney.onset else None
     matches, skipped = risk.match_evidence(kb, contexts, series, kidney.aki_stage >= 1, age,
                                            risk.anchors_of(rec, onset, now))
+    if kidney.status:  # AKI-risk evidence does not apply to a patient on maintenance dialysis
+        if matches:
+            out.warnings.append(f"Mg-AKI evidence not applied: {kidney.status}")
+        matches = []
     for m in matches:
         s, e = m.study, m.exposure
         marker_only = e.rule.pick == "median"  # a stay median includes values after AKI: severity, not prediction
@@ -221,10 +262,11 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
                    if d and (d.nephrotoxic or d.effect == "renal_wasting")]
     gap = kb.threshold("mg_monitoring_gap_hours")
     high_risk = bool(contexts & set(kb.magnesium.high_risk_contexts)) or bool(nephrotoxic) or kidney.aki_stage >= 1
-    if high_risk and now is not None and (mg_m is None or now - mg_m.time > timedelta(hours=gap.value)):
-        last = ("no serum Mg on record" if mg_m is None
-                else f"last serum Mg {(now - mg_m.time).total_seconds() / 3600:.0f} h ago")
-        out.add("monitoring_gap", "warning",
+    drawn = last_mg_draw
+    if high_risk and now is not None and (drawn is None or now - drawn.time > timedelta(hours=gap.value)):
+        last = ("no serum Mg on record" if drawn is None
+                else f"last serum Mg {(now - drawn.time).total_seconds() / 3600:.0f} h ago")
+        out.add("monitoring_gap", kb.severity("monitoring_gap"),
                 f"High-risk patient (ICU/AKI/nephrotoxic or Mg-wasting drugs) and {last}: "
                 f"measure Mg (no value in {gap.value:g} h)", [kb.magnesium.high_risk_source, gap.source])
 
@@ -238,7 +280,8 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         out.add("renal_dose_adjustment", "warning", "; ".join(po.adjusted),
                 po.adjusted_sources, egfr=kidney.egfr, crcl=kidney.crcl)
     if po.holds:
-        out.add("hold_magnesium", "critical" if status == "high" else "warning",
+        # rated by the CTCAE grade of a high Mg (grade 1, e.g. 2.6 mg/dL: hold and recheck, not critical)
+        out.add("hold_magnesium", kb.severity("hold_magnesium", mg_res.grade if mg_res and status == "high" else None),
                 "; ".join(r.meaning for r in po.holds), [r.source for r in po.holds])
     out.warnings.extend(po.warnings)
     plan = po.plan
@@ -270,17 +313,35 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
 def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: datetime | None,
             out: _Out, pediatric: bool) -> tuple[KidneyResult, KidneyState]:
     cr = rec.series("creatinine")
+    dialysis = kd.maintenance_dialysis(kb, rec, frozenset(opts.contexts) | rec.contexts, now)
+    if dialysis:
+        return _on_maintenance_dialysis(kb, out, cr, dialysis)
     height = rec.latest("height")
     peds_height = height.value if (pediatric and height) else None
+    admitted = [s.start for s in rec.stays if s.kind == "hospital" and (now is None or s.start <= now)]
     stages = kd.stage_creatinine(kb, [(m.time, m.value) for m in cr],
                                  baseline=opts.baseline_creatinine_mg_dl, rrt_times=rec.rrt_times,
-                                 pediatric_height_cm=peds_height)
+                                 pediatric_height_cm=peds_height, rule=opts.baseline_rule,
+                                 admission=max(admitted) if admitted else None)
     weight = rec.latest("weight")
     uo = rec.series("urine_output")
-    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], weight.value)
-               if weight and uo else [])
-    if uo and not weight:
+    irrigant = [(m.time, m.value) for m in rec.series("urine_irrigant")]  # not urine: subtracted
+    irrigant_out = [(m.time, m.value) for m in rec.series("urine_irrigant_out")]  # urine + irrigant
+    charted = sorted([m.time for m in uo] + [t for t, _ in irrigant_out])
+    chosen = (kd.choose_weight(kb, [(m.time, m.value, m.source_id) for m in rec.series("weight")],
+                               charted[0], charted[-1]) if charted else None)
+    ustages = (kd.stage_urine_output(kb, [(m.time, m.value) for m in uo], chosen.weight_kg, irrigant, irrigant_out)
+               if chosen else [])
+    if charted and not chosen:
         out.warnings.append("Urine output present but no body weight: UO criteria not applied")
+    for t_w, kg, src, why in chosen.rejected if chosen else ():
+        out.warnings.append(f"Weight {kg:g} kg ({src}, {t_w.isoformat()}) not used for urine output: {why}")
+    # The episode is the current admission's (as the batch stages count it): values from the same visit on,
+    # i.e. from `pre_admission_attach_hours` before admission; earlier values are history for the windows.
+    if admitted:
+        since = max(admitted) - timedelta(hours=kb.value("pre_admission_attach_hours"))
+        stages = [x for x in stages if x.time >= since]
+        ustages = [x for x in ustages if x.time >= since]
     peak_c = max(stages, key=lambda s: (s.stage, s.time), default=None)
     peak_u = max(ustages, key=lambda s: (s.stage, s.time), default=None)
     stage, criterion, onset = 0, None, None
@@ -295,9 +356,9 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
             criterion = "renal replacement therapy started"
         stage, current = 3, 3
     last = cr[-1] if cr else None
-    ref = peak_c.reference if peak_c and peak_c.stage >= 1 else (stages[-1].reference if stages else None)
-    method = (peak_c.reference_method if peak_c and peak_c.stage >= 1
-              else stages[-1].reference_method if stages else "no creatinine")
+    behind = peak_c if peak_c and peak_c.stage >= 1 else (stages[-1] if stages else None)
+    ref = behind.reference if behind else None
+    method = behind.reference_method if behind else "no creatinine"
     age = rec.age_years(now) if now else None
     female = rec.sex == "female"
     egfr = crcl = kgfr = None
@@ -332,11 +393,17 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     anuric = bool(ustages and ustages[-1].criterion and "anuria" in ustages[-1].criterion)
     result = KidneyResult(
         aki_stage=stage, criterion=criterion, onset=_iso(onset), current_stage=current,
-        baseline=Baseline(value_mg_dl=round(ref, 3) if ref else None, method=method),
+        baseline=Baseline(value_mg_dl=round(ref, 3) if ref else None, method=method,
+                          time=_iso(behind.reference_time) if behind else None,
+                          rule=kb.baseline_rule(opts.baseline_rule).id,
+                          n_values=behind.reference_n if behind else None),
         creatinine_mg_dl=round(last.value, 3) if last else None,
         creatinine_umol_l=round(convert(last.value, "creatinine", "mg/dL", "umol/L"), 1) if last else None,
         egfr=egfr, egfr_note=egfr_note, crcl=crcl, crcl_note=crcl_note, kinetic_egfr=kgfr,
         rrt=bool(rec.rrt_times),
+        uo_weight_kg=round(chosen.weight_kg, 2) if chosen else None,
+        uo_weight_source=chosen.source if chosen else None,
+        uo_weights_rejected=[f"{kg:g} kg ({src}): {why}" for _, kg, src, why in chosen.rejected] if chosen else [],
     )
     # Kinetic GFR is the better dosing estimate while creatinine moves.
     kinetic = bool(stage and kgfr is not None)
@@ -345,6 +412,27 @@ def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: dat
     return result, KidneyState(egfr=dosing_gfr, crcl=crcl, aki_stage=stage,
                                creatinine_mg_dl=last.value if last else None,
                                rrt=bool(rec.rrt_times), anuric=anuric, egfr_label=label)
+
+
+def _on_maintenance_dialysis(kb: KnowledgeBase, out: _Out, cr: tuple[Measurement, ...],
+                             reasons: tuple[str, ...]) -> tuple[KidneyResult, KidneyState]:
+    """ESKD on maintenance dialysis: no KDIGO stage, no eGFR/CrCl, dialysis hold rules for Mg."""
+    md = kb.kidney.maintenance_dialysis
+    last = cr[-1] if cr else None
+    out.add("maintenance_dialysis", "info",
+            f"{md.status} ({'; '.join(reasons)}). Creatinine reflects dialysis, not kidney function: "
+            "no eGFR or creatinine clearance, no renal dose adjustment by them",
+            [md.source, *([md.rrt_lookback_source] if any(r.startswith("RRT") for r in reasons) else [])])
+    result = KidneyResult(
+        aki_stage=0, criterion=None, onset=None, current_stage=0,
+        baseline=Baseline(value_mg_dl=None, method="not applicable: maintenance dialysis"),
+        creatinine_mg_dl=round(last.value, 3) if last else None,
+        creatinine_umol_l=round(convert(last.value, "creatinine", "mg/dL", "umol/L"), 1) if last else None,
+        egfr=None, egfr_note="not computed: ESKD on maintenance dialysis", crcl=None,
+        crcl_note="not computed: ESKD on maintenance dialysis", kinetic_egfr=None, rrt=True,
+        status=md.status, maintenance_dialysis=list(reasons))
+    return result, KidneyState(aki_stage=0, creatinine_mg_dl=last.value if last else None, rrt=True,
+                               maintenance_dialysis=True, egfr_label="eGFR (not applicable: dialysis)")
 
 
 def _pediatric_kidney_finding(kb: KnowledgeBase, out: _Out, age: float, height_cm: float | None,

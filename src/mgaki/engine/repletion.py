@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mgaki.engine.magnesium import toxicity_levels
 from mgaki.knowledge import KnowledgeBase
 from mgaki.knowledge.schema import Nomogram, Regimen, RenalRule, Source, Step, Tier
 from mgaki.record import KidneyState
@@ -182,10 +183,20 @@ def plan_repletion(kb: KnowledgeBase, req: PlanRequest, status: str | None) -> P
     if status == "high" and not in_target:
         rule = kb.renal_rule("hold_hypermagnesemia")
         holds.append(rule)
+        if mg is not None and toxicity_levels(kb, mg):  # calcium and dialysis only at a toxic level, never at 2.6
+            holds.append(kb.renal_rule("treat_mg_toxicity"))
         why = ("Hold magnesium: serum Mg above the therapeutic range" if rng is not None
                else "Hold magnesium: serum Mg above the reference range")
         return empty("hold", why, [Evidence.of(rule.source)])
-    if req.kidney.rrt or req.kidney.anuric:
+    if req.kidney.maintenance_dialysis:
+        rule = kb.renal_rule("hold_maintenance_dialysis")
+        if regimen is None or regimen.purpose != "emergency":
+            holds.append(rule)
+            return empty("hold", "No empiric magnesium: ESKD on maintenance dialysis (Mg is removed by dialysis, "
+                                 "not the kidneys)", [Evidence.of(rule.source)])
+        warnings.append("Maintenance dialysis: emergency dose given once; further Mg only with a level before "
+                        "the next dose and the next session [" + rule.source.citation + "]")
+    elif req.kidney.rrt or req.kidney.anuric:
         rule = kb.renal_rule("hold_rrt")
         if regimen is None or regimen.purpose != "emergency":
             holds.append(rule)

@@ -22,11 +22,13 @@ from mgaki.knowledge.schema import (
     FILES,
     AlertRule,
     Analyte,
+    BaselineRule,
     CodesFile,
     Drug,
     DrugClass,
     DrugsFile,
     ElectrolytesFile,
+    EvaluationFile,
     EvidenceFile,
     KidneyFile,
     Limit,
@@ -39,6 +41,8 @@ from mgaki.knowledge.schema import (
     RegimensFile,
     RenalRule,
     Salt,
+    SeverityLevelName,
+    SeverityRule,
     Source,
     Strict,
     SurveillanceFile,
@@ -104,6 +108,7 @@ class KnowledgeBase:
     kidney: KidneyFile
     surveillance: SurveillanceFile
     pk: PkFile
+    evaluation: EvaluationFile
     _by_id: dict[str, dict[str, Any]] = field(repr=False, compare=False)
 
     def files(self) -> dict[str, Strict]:
@@ -119,6 +124,7 @@ class KnowledgeBase:
             "kidney.yaml": self.kidney,
             "surveillance.yaml": self.surveillance,
             "pk.yaml": self.pk,
+            "evaluation.yaml": self.evaluation,
         }
 
     @property
@@ -158,6 +164,14 @@ class KnowledgeBase:
     def alert(self, alert_id: str) -> AlertRule:
         return self._get("alert", alert_id)  # type: ignore[no-any-return]
 
+    def severity(self, kind: str, measure: float | None = None) -> SeverityLevelName:
+        """Severity of an alert kind or finding code at a measure (AKI stage, CTCAE grade), from the
+        cited mapping of surveillance.yaml ``severity``; KnowledgeError for a kind it does not rate."""
+        return self.severity_rule(kind).of(measure)
+
+    def severity_rule(self, kind: str) -> SeverityRule:
+        return self._get("severity", kind)  # type: ignore[no-any-return]
+
     def renal_rule(self, rule_id: str) -> RenalRule:
         return self._get("renal_rule", rule_id)  # type: ignore[no-any-return]
 
@@ -182,6 +196,17 @@ class KnowledgeBase:
         """How old (h) a result of ``analyte`` may be to stand for the patient now; None: no window."""
         w = self._by_id["current_window"].get(analyte)
         return w.hours if w is not None else None
+
+    def baseline_rule(self, rule_id: str | None = None) -> BaselineRule:
+        """A baseline rule by id (kidney.yaml; ``kdigo-7day`` = ``kdigo_7day``); the default if none is named.
+
+        InputError naming the rule and the valid ones when it is unknown (a user's ``--baseline``)."""
+        key = (rule_id or self.kidney.default_baseline_rule).strip().lower().replace("-", "_")
+        for r in self.kidney.baseline_rules:
+            if r.id == key:
+                return r
+        valid = ", ".join(r.id for r in self.kidney.baseline_rules)
+        raise InputError(f"baseline rule {rule_id!r}", f"unknown; valid rules: {valid}")
 
     def pk_context(self, context_id: str | None = None) -> PkContext:
         """A PK target/harm context by id (pk.yaml); the default context if none is named."""
@@ -220,6 +245,27 @@ def _current_windows(el: ElectrolytesFile, units: UnitsFile) -> dict[str, Any]:
     return out
 
 
+def _check_evaluation(evf: EvaluationFile, sv: SurveillanceFile) -> None:
+    """Each evaluation entry names a surveillance alert kind, once, and a defined outcome. A kind without an entry
+    loads (evaluated without a PPV target, named by its id); tests/research/test_alert_eval.py asks for one."""
+    kinds = [a.kind for a in evf.alerts]
+    known = {a.id for a in sv.alerts}
+    outcomes = {o.id for o in evf.outcomes}
+    for k in kinds:
+        if k not in known:
+            raise KnowledgeError(f"evaluation.yaml alerts: {k!r} is not a surveillance.yaml alert")
+        if kinds.count(k) > 1:
+            raise KnowledgeError(f"evaluation.yaml alerts: {k!r} listed twice")
+    for a in evf.alerts:
+        if a.target is None and a.action != "none":
+            raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} asks for {a.action!r} "
+                                 "but names no target outcome")
+        if a.target is not None and a.target not in outcomes:
+            raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} targets undefined outcome {a.target!r}")
+    if "lab_to_action" not in outcomes:
+        raise KnowledgeError("evaluation.yaml outcomes: lab_to_action is required")
+
+
 @cache
 def load() -> KnowledgeBase:
     """Load and validate every knowledge file (once per process)."""
@@ -234,6 +280,8 @@ def load() -> KnowledgeBase:
     ev: EvidenceFile = p["evidence.yaml"]  # type: ignore[assignment]
     sv: SurveillanceFile = p["surveillance.yaml"]  # type: ignore[assignment]
     pk: PkFile = p["pk.yaml"]  # type: ignore[assignment]
+    evf: EvaluationFile = p["evaluation.yaml"]  # type: ignore[assignment]
+    _check_evaluation(evf, sv)
     by_id = {
         "analyte": _index(units.analytes, "analyte"),
         "threshold": _index((*mg.thresholds, *el.thresholds, *ur.thresholds, *kid.kdigo,
@@ -251,18 +299,24 @@ def load() -> KnowledgeBase:
         "drug_name": _drug_names(drugs.drugs),
         "drug_class": {name: c for c in drugs.classes for name in c.drug_classes},
         "alert": _index(sv.alerts, "alert"),
+        "severity": {k: r for r in sv.severity for k in r.kinds},
         "current_window": _current_windows(el, units),
         "context": dict.fromkeys(sorted(
             {c for st in ev.studies for c in (*st.contexts, *st.not_in_contexts)}
             | {c for r in reg.regimens for c in r.contexts} | set(mg.high_risk_contexts)
-            | {d.context for d in drugs.drugs if d.context})),
+            | {d.context for d in drugs.drugs if d.context} | {kid.maintenance_dialysis.context})),
         "pk_model": _index(pk.models, "pk_model"),
         "pk_context": _index(pk.contexts, "pk_context"),
     }
+    spec = sv.specimen  # every analyte and ingredient a specimen rule names must exist
+    for a in spec.analytes:
+        _lookup(by_id["analyte"], a, "analyte (surveillance.yaml specimen)")
+    for ing in (i for r in spec.infusion for i in r.ingredients):
+        _lookup(by_id["drug_name"], ing, "drug ingredient (surveillance.yaml specimen)")
     return KnowledgeBase(
         units=units, codes=p["codes.yaml"],  # type: ignore[arg-type]
         magnesium=mg, electrolytes=el, urine=ur, drugs=drugs, evidence=ev,
-        regimens=reg, kidney=kid, surveillance=sv, pk=pk, _by_id=by_id,
+        regimens=reg, kidney=kid, surveillance=sv, pk=pk, evaluation=evf, _by_id=by_id,
     )
 
 

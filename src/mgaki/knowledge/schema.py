@@ -440,29 +440,237 @@ class Coefficient(Cited):
     meaning: str
 
 
+class DialysisCode(Cited):
+    """A code that records end-stage kidney disease or dependence on maintenance dialysis."""
+
+    system: str  # FHIR system URI (ICD-9-CM, ICD-10-CM, SNOMED CT); dots in ICD codes are optional in data
+    code: str
+    display: str
+    meaning: Literal["eskd", "dialysis_dependence", "dialysis_encounter"]
+
+
+class MaintenanceDialysis(Cited):
+    """Maintenance dialysis (ESKD): KDIGO AKI staging does not apply (docs/kdigo.md#maintenance-dialysis)."""
+
+    context: str  # the clinical context adapters record for it (contexts table, --context)
+    status: str  # the status every output shows instead of a KDIGO stage
+    codes: tuple[DialysisCode, ...]
+    rrt_lookback_days: float  # an RRT session outside hospital this long before admission: chronic dialysis
+    rrt_lookback_source: Source
+
+
+BaselineRuleId = Literal["nhs_england", "kdigo_7day", "outpatient_median"]
+
+
+class BaselineRule(Cited):
+    """How the reference creatinine of KDIGO's ratio criterion is chosen (docs/kdigo.md#baseline)."""
+
+    id: BaselineRuleId
+    name: str
+    meaning: str
+
+
 class KidneyFile(Strict):
     version: str
     kdigo: tuple[Threshold, ...]
+    maintenance_dialysis: MaintenanceDialysis
+    baseline_rules: tuple[BaselineRule, ...]
+    default_baseline_rule: BaselineRuleId
+
+    @model_validator(mode="after")
+    def _default_rule_listed(self) -> KidneyFile:
+        if self.default_baseline_rule not in {r.id for r in self.baseline_rules}:
+            raise ValueError(f"default_baseline_rule {self.default_baseline_rule!r} is not in baseline_rules")
+        return self
     ckd_epi_2021: tuple[Coefficient, ...]
     cockcroft_gault: tuple[Coefficient, ...]
     kinetic_gfr: tuple[Coefficient, ...]
     schwartz_bedside: tuple[Coefficient, ...]
 
 
-class AlertRule(Cited):
-    """One surveillance alert kind: when it fires once, and what silences repeats."""
+SeverityLevelName = Literal["info", "warning", "critical"]
+
+
+class SeverityLevel(Strict):
+    """What a severity asks of the clinician, and how fast (issue 13 point 9)."""
+
+    level: SeverityLevelName
+    meaning: str
+
+
+class SeverityStep(Strict):
+    at_least: float  # the measure (AKI stage, CTCAE grade) reaches this ...
+    severity: SeverityLevelName  # ... then this severity, unless a higher step is reached
+
+
+class SeverityRule(Cited):
+    """The severity of alert kinds and bedside findings, from what the clinician must do."""
 
     id: str
-    severity: Literal["info", "warning", "critical"]
+    kinds: tuple[str, ...]  # surveillance alert kinds and bedside finding codes it rates
+    by: Literal["none", "aki_stage", "mg_grade"]  # the measure the steps read ('none': the first step)
+    steps: tuple[SeverityStep, ...]
+    action: str  # what the clinician must do, and how fast, at each step (docs/surveillance.md#severity)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeverityRule:
+        lows = [s.at_least for s in self.steps]
+        if not lows or lows != sorted(set(lows)):
+            raise ValueError(f"severity rule {self.id!r}: steps must be non-empty with rising at_least")
+        return self
+
+    def of(self, measure: float | None) -> SeverityLevelName:
+        """The severity of a measure (None or below every step: the first step's severity)."""
+        sev = self.steps[0].severity
+        for s in self.steps:
+            if measure is not None and measure >= s.at_least:
+                sev = s.severity
+        return sev
+
+
+class AlertRule(Cited):
+    """One surveillance alert kind: when it fires once, and what silences repeats.
+
+    Its severity is not here: ``SurveillanceFile.severity`` rates every kind by what the clinician must do."""
+
+    id: str
     fires_when: str
     once_per: str  # the de-duplication key, in words (documented in docs/surveillance.md)
     suppress_hours: float = 0.0  # no repeat of this kind for the encounter within this time
+
+
+class InfusionRule(Cited):
+    """A sample drawn during, or shortly after, an infusion of the analyte it measures (issue 13 point 6)."""
+
+    id: str
+    analyte: str
+    ingredients: tuple[str, ...]  # drugs.yaml ingredients that carry the analyte
+    after_hours: float  # suspect from the infusion's start to this long after its end
+    assumed_hours: float  # the infusion's length when its record has no end
+    max_infusion_hours: float  # a longer (continuous) infusion is monitored during it on purpose: not suspect
+    min_rise: float = 0.0  # suspect only if above the previous value by more than this (infusate reads high)
+
+
+class DeltaRule(Cited):
+    """A jump from the previous value (within ``within_hours``, no RRT between) that returns on the next value
+    (also within ``within_hours``)."""
+
+    id: str
+    analyte: str
+    direction: Literal["rise", "fall", "both"]
+    abs_change: float | None = None  # |change| at least this (canonical unit) ...
+    rel_change: float | None = None  # ... and |change| / previous at least this
+    unit: str
+    within_hours: float
+
+    @model_validator(mode="after")
+    def _has_a_size(self) -> DeltaRule:
+        if self.abs_change is None and self.rel_change is None:
+            raise ValueError(f"delta rule {self.id!r} needs abs_change or rel_change")
+        return self
+
+
+class CoDilutionRule(Cited):
+    """Several analytes of one draw falling together: a sample diluted by an infusion line."""
+
+    id: str
+    analytes: tuple[str, ...]
+    min_analytes: int  # at least this many of them, drawn at the same time, ...
+    rel_fall: float  # ... each at least this fraction below its previous value ...
+    within_hours: float  # ... drawn at most this long before (and no RRT in that time: dialysis lowers them)
+
+
+class SpecimenRules(Strict):
+    infusion: tuple[InfusionRule, ...]
+    delta: tuple[DeltaRule, ...]
+    co_dilution: tuple[CoDilutionRule, ...]
+
+    @property
+    def analytes(self) -> list[str]:
+        """Every analyte a rule reads, sorted."""
+        return sorted({r.analyte for r in self.infusion} | {r.analyte for r in self.delta}
+                      | {a for c in self.co_dilution for a in c.analytes})
+
+    def source(self, rule_id: str) -> Source:
+        rules: tuple[InfusionRule | DeltaRule | CoDilutionRule, ...] = (*self.infusion, *self.delta,
+                                                                         *self.co_dilution)
+        return next(r.source for r in rules if r.id == rule_id)
 
 
 class SurveillanceFile(Strict):
     version: str
     parameters: tuple[Threshold, ...]
     alerts: tuple[AlertRule, ...]
+    severity_levels: tuple[SeverityLevel, ...]
+    severity: tuple[SeverityRule, ...]
+    specimen: SpecimenRules
+
+    @model_validator(mode="after")
+    def _every_alert_rated_once(self) -> SurveillanceFile:
+        seen: dict[str, str] = {}
+        for r in self.severity:
+            for k in r.kinds:
+                if k in seen:
+                    raise ValueError(f"kind {k!r} is rated by both {seen[k]!r} and {r.id!r}")
+                seen[k] = r.id
+        unrated = [a.id for a in self.alerts if a.id not in seen]
+        if unrated:
+            raise ValueError(f"alert kinds without a severity rule: {unrated}")
+        if {lv.level for lv in self.severity_levels} != {"info", "warning", "critical"}:
+            raise ValueError("severity_levels must define info, warning and critical")
+        return self
+
+
+# --- alert evaluation (evaluation.yaml) ------------------------------------------
+
+OutcomeId = Literal["lab_to_action", "mg_in_range_24h", "mg_out_of_range_24h", "aki_progression", "rrt", "death"]
+
+
+class OutcomeDef(Cited):
+    """An outcome ``mgaki evaluate`` measures after each alert, from data the service already ingests."""
+
+    id: OutcomeId
+    label: str
+    kind: Literal["time", "binary"]
+    window_hours: float  # looked for in (alert time, alert time + window]
+    meaning: str
+
+
+class AlertEvaluation(Cited):
+    """What an alert kind is for: the action it asks for and the outcome it exists to prevent (its PPV)."""
+
+    kind: str  # a surveillance.yaml alert id
+    label: str  # the kind in words, for clinicians
+    action: Literal["dose", "hold", "measure", "review", "none"]  # what the alert asks: lab-to-action counts this
+    # the outcome the alert exists to prevent: PPV = share of alerts followed by it; None for an informational
+    # kind (e.g. kdigo_not_applicable) that asks for nothing and so has no PPV
+    target: OutcomeId | None = None
+    target_why: str
+
+
+class OverrideReason(Cited):
+    """A coded reason a clinician gives for not following a card (CDS Hooks feedback ``overrideReason``)."""
+
+    code: str
+    display: str
+
+
+class PublishedTrial(Cited):
+    """A published trial of alerts, quoted in the evaluation report for scale."""
+
+    id: str
+    population: str
+    n: int
+    finding: str
+
+
+class EvaluationFile(Strict):
+    version: str
+    override_system: str  # the code system of the override reasons the cards offer
+    outcomes: tuple[OutcomeDef, ...]
+    alerts: tuple[AlertEvaluation, ...]
+    override_reasons: tuple[OverrideReason, ...]
+    trials: tuple[PublishedTrial, ...] = ()
 
 
 # --- pharmacokinetics (pk.yaml) ------------------------------------------------
@@ -641,5 +849,6 @@ FILES: dict[str, type[Strict]] = {
     "kidney.yaml": KidneyFile,
     "surveillance.yaml": SurveillanceFile,
     "pk.yaml": PkFile,
+    "evaluation.yaml": EvaluationFile,
 }
 

@@ -370,7 +370,7 @@ def build_cohort(con: duckdb.DuckDBPyConnection | SparkSession, results: Mapping
     has_alt = ALTERNATIVE in results
     if not has_alt and config.outcome_definition == "creatinine":
         raise InputError("study", f"outcome_definition 'creatinine' needs the surveillance output {ALTERNATIVE!r} "
-                                  "(surveillance run with exclude_analytes=('urine_output',))")
+                                  "(surveillance run with exclude_analytes=URINE_ANALYTES)")
     results = {**results, ALTERNATIVE: results[ALTERNATIVE] if has_alt else results["aki_episodes"].slice(0, 0)}
     if engine == "duckdb":
         if not isinstance(con, duckdb.DuckDBPyConnection):

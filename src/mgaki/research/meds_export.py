@@ -201,12 +201,12 @@ def task_labels(store: EventStore, config: StudyConfig | None = None,
                 kb: KnowledgeBase | None = None) -> dict[str, pa.Table]:
     """mgaki's labels of every task in ``TASKS``: subject_id (mgaki's), encounter_id, prediction_time,
     boolean_value; sorted by subject and prediction time."""
-    from mgaki.surveillance import run
+    from mgaki.surveillance import URINE_ANALYTES, run
 
     config = config or StudyConfig()
     kb = kb or load()
     full = run(store, kb=kb, outputs=("aki_episodes_out",)).tables["aki_episodes"]
-    cr = run(store, kb=kb, outputs=("aki_episodes_out",), exclude_analytes=("urine_output",)).tables["aki_episodes"]
+    cr = run(store, kb=kb, outputs=("aki_episodes_out",), exclude_analytes=URINE_ANALYTES).tables["aki_episodes"]
     rr = kb.magnesium.reference_range
     low = convert(rr.low, "magnesium", rr.unit, "mg/dL")
     con = store.connect()

@@ -41,14 +41,14 @@ def study_store(store: EventStore, config: StudyConfig | None = None, progress: 
     `engine="spark"` runs surveillance and the cohort stages on Spark (`spark_master`, local mode by
     default) from the store's Parquet files; the statistics after the cohort run here, as for DuckDB.
     """
-    from mgaki.surveillance import run
+    from mgaki.surveillance import URINE_ANALYTES, run
 
     kb = kb or load()
     if engine == "spark":
         return _study_spark(store, config, progress, kb, spark_master)
     t0 = time.perf_counter()
     res = run(store, kb=kb)
-    alt = run(store, kb=kb, outputs=("aki_episodes_out",), exclude_analytes=("urine_output",))
+    alt = run(store, kb=kb, outputs=("aki_episodes_out",), exclude_analytes=URINE_ANALYTES)
     res.tables = {**res.tables, ALTERNATIVE: alt.tables["aki_episodes"]}
     took = time.perf_counter() - t0
     if progress:
@@ -68,6 +68,7 @@ def _study_spark(store: EventStore, config: StudyConfig | None, progress: Progre
     import tempfile
 
     from mgaki.research.cohort import spark_tables
+    from mgaki.surveillance import URINE_ANALYTES
     from mgaki.surveillance.spark import CANONICAL, run_spark, session
 
     config = config or StudyConfig()
@@ -78,7 +79,7 @@ def _study_spark(store: EventStore, config: StudyConfig | None, progress: Progre
         res = run_spark({k: files[k] for k in CANONICAL}, spark, kb=kb,
                         outputs=("kdigo_creatinine", "aki_episodes_out", "mg_trajectory"))
         alt = run_spark({k: files[k] for k in CANONICAL}, spark, kb=kb, outputs=("aki_episodes_out",),
-                        exclude_analytes=("urine_output",))
+                        exclude_analytes=URINE_ANALYTES)
         res.tables = {**res.tables, ALTERNATIVE: alt.tables["aki_episodes"]}
         took = time.perf_counter() - t0
         if progress:

@@ -18,7 +18,8 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,6 +66,7 @@ from mgaki.service.persistence.db import (
 )
 from mgaki.service.persistence.ids import ID_MAX, find_nul, id_problem
 from mgaki.service.persistence.locks import FileLock
+from mgaki.service.persistence.workflow import AlertState, WorkflowError, alert_states, live_only, record_action
 from mgaki.service.security import (
     AuthError,
     CdsCaller,
@@ -82,7 +84,7 @@ from mgaki.service.security import (
 from mgaki.service.statuses import document_statuses
 from mgaki.service.supervision import SUPERVISOR_ENV, die_with_parent
 
-__all__ = ["CONFIG_ENV", "RequestLog", "app_from_env", "create_app", "log"]
+__all__ = ["CONFIG_ENV", "AlertActionBody", "RequestLog", "app_from_env", "create_app", "log"]
 
 log = logging.getLogger("mgaki.service")
 _MAX_LIMIT = 1000
@@ -114,6 +116,15 @@ _CDS_BODY = {"requestBody": {"content": {"application/json": {"schema": {"$ref":
 # Feedback too: its JWT is checked from the headers before its body is read (FastAPI reads a model body first).
 _FEEDBACK_BODY = {"requestBody": {"content": {"application/json": {"schema": {
     "$ref": "#/components/schemas/FeedbackRequest"}}}, "required": True}}
+
+
+class AlertActionBody(BaseModel):
+    """What an alert action carries: a snooze's reason and expiry, an assign's assignee, any action's reason."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=500)
+    until: datetime | None = None  # snooze expiry (UTC when no offset is given)
+    assignee: str | None = Field(default=None, max_length=200)
 
 
 class RequestLog:
@@ -224,7 +235,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     prepare_database(cfg, engine)
     wr = writer(engine)  # every write transaction: on SQLite it takes the write lock at BEGIN
     ingestor = Ingestor(cfg.data_dir, wr, cfg.surveil_on_ingest, cfg.hl7_surveillance_delay_s,
-                        cfg.identity_per_source)
+                        cfg.identity_per_source, cfg.alerts)
     in_flight = [0]  # CDS calls admitted in this worker (event-loop only: no lock needed)
     # CDS calls computed at once in this worker (cds_threads), the others waiting in arrival order
     cds_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = \
@@ -519,18 +530,34 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     # --- alerts --------------------------------------------------------------------------------
 
-    def _alerts(where: list[sa.ColumnElement[bool]], limit: int, offset: int) -> list[dict[str, Any]]:
-        q = sa.select(alerts).where(*where).order_by(alerts.c.time.desc(), alerts.c.id).limit(limit).offset(offset)
+    def _alerts(where: list[sa.ColumnElement[bool]], limit: int, offset: int,
+                status: str | None = None) -> list[dict[str, Any]]:
+        """Live alerts (silent and suppressed ones are never shown), newest first, each with its workflow state."""
+        q = sa.select(alerts).where(live_only(), *where).order_by(alerts.c.time.desc(), alerts.c.id)
         with engine.connect() as con:
-            rows = con.execute(q).mappings().all()
-        return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()} for r in rows]
+            if status is None:
+                rows = con.execute(q.limit(limit).offset(offset)).mappings().all()
+                states = alert_states(con, [r["id"] for r in rows])
+            else:  # the state is folded from the action log: filtered here, then paged
+                every = con.execute(q).mappings().all()
+                states = alert_states(con, [r["id"] for r in every])
+                rows = [r for r in every if states.get(r["id"], AlertState()).status == status][offset:offset + limit]
+        out = []
+        for r in rows:
+            item = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()
+                    if k not in ("mode", "allocation_id")}
+            item["state"] = states.get(r["id"], AlertState()).as_json()
+            out.append(item)
+        return out
 
     @app.get("/alerts", tags=["alerts"])
     def list_alerts(who: Annotated[Principal, Depends(need("reader"))],
                     severity: Annotated[str | None, Query(pattern="^(info|warning|critical)$")] = None,
-                    kind: str | None = None, limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
+                    kind: str | None = None,
+                    status: Annotated[str | None, Query(pattern="^(open|acknowledged|snoozed|resolved)$")] = None,
+                    limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
                     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
-        """Alerts raised by surveillance, newest first."""
+        """Live alerts raised by surveillance, newest first, with their workflow state (``status`` filters)."""
         where = []
         if severity:
             where.append(alerts.c.severity == severity)
@@ -539,7 +566,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         allowed = allowed_patients(who)
         if allowed is not None:
             where.append(alerts.c.subject_id.in_(sorted(allowed)))
-        rows = _alerts(where, limit, offset)
+        rows = _alerts(where, limit, offset, status)
         # one row per patient whose alerts were returned (none returned: one row without a patient)
         shown = sorted({r["subject_id"] for r in rows})
         write_audit(engine, who.name, "read", "GET /alerts", shown or [None], f"{len(rows)} alerts")
@@ -550,11 +577,28 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
                        who: Annotated[Principal, Depends(need("reader"))],
                        limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 100,
                        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> dict[str, Any]:
-        """One patient's alerts, newest first."""
+        """One patient's live alerts, newest first, with their workflow state."""
         check_patient(who, patient_id)
         rows = _alerts([alerts.c.subject_id == patient_id], limit, offset)
         _audit(who.name, "read", "GET /patients/{patient_id}/alerts", patient_id, f"{len(rows)} alerts")
         return {"patient_id": patient_id, "alerts": rows}
+
+    @app.post("/alerts/{alert_id}/{action}", tags=["alerts"], response_model=None)
+    def alert_action(alert_id: Annotated[int, Path(ge=1, le=MAX_OFFSET)],
+                     action: Literal["acknowledge", "snooze", "assign", "resolve", "reopen"],
+                     who: Annotated[Principal, Depends(need("reader"))],
+                     body: AlertActionBody | None = None) -> dict[str, Any] | JSONResponse:
+        """Act on a live alert: acknowledge, snooze (reason and expiry), assign (to whom), resolve, reopen.
+
+        Appended to the alert's action log with an audit row in one transaction; the answer is the new state.
+        """
+        b = body or AlertActionBody()
+        try:
+            st = record_action(engine, alert_id, who.name, action, reason=b.reason, until=b.until,
+                               assignee=b.assignee, allowed=allowed_patients(who))
+        except WorkflowError as exc:
+            return _error(exc.status, exc.message)
+        return {"alert_id": alert_id, "state": st.as_json()}
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

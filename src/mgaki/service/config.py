@@ -11,11 +11,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mgaki.errors import InputError
+from mgaki.research.alert_trial import AlertPolicy
 
 __all__ = ["ROLES", "BodyLimits", "IssuerConfig", "Role", "ServiceConfig", "TokenConfig", "load_config"]
 
@@ -137,6 +139,25 @@ class ServiceConfig(BaseModel):
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=60.0, gt=0)
     max_connections_per_client: int = Field(default=64, ge=0)
+    # Deployment mode of each alert kind (off | silent | live | randomised) and the randomised rollout's
+    # allocation (docs/evaluation.md): what clinicians are shown, and what a pragmatic trial compares.
+    alerts: AlertPolicy = AlertPolicy()
+    # The site's time zone (IANA name): the dashboard shows times in it; times are stored in UTC.
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _known_timezone_and_kinds(self) -> ServiceConfig:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone name (e.g. Europe/London)") from None
+        from mgaki.knowledge import load
+
+        known = {a.id for a in load().surveillance.alerts}
+        if unknown := sorted(set(self.alerts.modes) - known):
+            raise ValueError(f"alerts.modes names unknown alert kind(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}")
+        return self
 
     @model_validator(mode="after")
     def _audience_when_jwt_required(self) -> ServiceConfig:

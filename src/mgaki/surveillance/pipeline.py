@@ -40,12 +40,15 @@ from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "FullRun", "ResultTables", "SurveillanceResult", "bucket_count", "bucket_of", "default_settings",
-           "last_use", "needed", "result_files", "result_sql", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "ResultTables", "SurveillanceResult", "alert_rates",
+           "baseline_sensitivity", "bucket_count", "bucket_of", "default_settings", "last_use", "needed",
+           "result_files", "result_sql", "run", "studies_table", "surveil"]
 
-OUTPUTS = ("kdigo_creatinine", "kdigo_urine", "aki_episodes_out", "aki_stage_changes", "mg_trajectory",
-           "evidence_flags", "alerts")
+OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
+           "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
 RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
+# every analyte the urine-output criteria read (docs/kdigo.md#irrigation): what a creatinine-only run leaves out
+URINE_ANALYTES = ("urine_output", "urine_irrigant", "urine_irrigant_out")
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
 
 Progress = Callable[[str, int, int], None]
@@ -93,6 +96,38 @@ def studies_table(kb: KnowledgeBase) -> pa.Table:
     ]))
 
 
+def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) -> tuple[float, pa.Table]:
+    """(patient-days, alerts per 100 patient-days by kind and severity, with an 'all' row per severity).
+
+    Patient-days: every hospital encounter from its start to its end, an open one to ``as_of``; an ICU stay
+    counts within its admission, and the emergency visit that led to an admission (its labs are staged with it,
+    docs/kdigo.md) extends the admission back to the visit's start; an encounter sent twice (open, then closed)
+    counts once, closed (issue 13 point 9)."""
+    con = duckdb.connect()
+    try:
+        con.register("enc", encounters)
+        con.register("al", alerts if alerts.num_rows else pa.table({
+            "kind": pa.array([], pa.string()), "severity": pa.array([], pa.string())}))
+        cap = "CAST(? AS TIMESTAMP)"
+        days = con.execute(f"""
+            SELECT COALESCE(SUM(GREATEST(epoch(LEAST(COALESCE(e, {cap}), {cap})) - epoch(s), 0)), 0) / 86400.0
+            FROM (SELECT subject_id, COALESCE(parent_id, encounter_id) AS adm, MIN(start) AS s,
+                         CASE WHEN COUNT(CASE WHEN parent_id IS NULL THEN "end" END) > 0
+                              THEN MAX(CASE WHEN parent_id IS NULL THEN "end" END) END AS e
+                  FROM enc GROUP BY subject_id, COALESCE(parent_id, encounter_id)) x""",
+                           [as_of, as_of]).fetchall()[0][0]
+        per = 100.0 / days if days else float("nan")
+        tab = con.sql("""
+            SELECT kind, severity, n, n * ? AS per_100_patient_days FROM (
+              SELECT kind, severity, COUNT(*) AS n FROM al GROUP BY kind, severity
+              UNION ALL
+              SELECT 'all', severity, COUNT(*) FROM al GROUP BY severity) x
+            ORDER BY kind = 'all', kind, severity""", params=[per]).to_arrow_table()
+        return float(days), tab
+    finally:
+        con.close()
+
+
 def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """The latest time the data speaks of: a closed encounter's gaps run to its end."""
     row = con.sql("""SELECT greatest((SELECT max(time) FROM events), (SELECT max(start) FROM medications),
@@ -104,10 +139,11 @@ def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
 def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetime | None = None,
         kb: KnowledgeBase | None = None, progress: Progress | None = None,
         outputs: Iterable[str] = OUTPUTS, duckdb_settings: Mapping[str, str] | None = None,
-        exclude_analytes: Iterable[str] = ()) -> SurveillanceResult:
+        exclude_analytes: Iterable[str] = (), baseline_rule: str | None = None) -> SurveillanceResult:
     """Compute the output tables (default: all) for `subjects` (default: everyone) from the store's events.
 
-    `exclude_analytes` leaves those analytes' events out (e.g. ``("urine_output",)``: the creatinine-only
+    `baseline_rule` chooses the reference creatinine (kidney.yaml ``baseline_rules``; default ``nhs_england``).
+    `exclude_analytes` leaves those analytes' events out (e.g. ``URINE_ANALYTES``: the creatinine-only
     KDIGO definition the study reports as a sensitivity analysis, docs/research.md#outcomes).
 
     Only the stages the requested outputs depend on run: `outputs=("kdigo_creatinine",)` stages
@@ -122,15 +158,17 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
         return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress,
-                    tuple(outputs), tuple(exclude_analytes))
+                    tuple(outputs), tuple(exclude_analytes), baseline_rule)
     finally:
         con.close()
 
 
 def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
          as_of: datetime | None, progress: Progress | None,
-         outputs: tuple[str, ...] = OUTPUTS, exclude_analytes: tuple[str, ...] = ()) -> SurveillanceResult:
-    as_of, seconds = _compute(con, kb, subjects, as_of, progress, outputs, exclude_analytes)
+         outputs: tuple[str, ...] = OUTPUTS, exclude_analytes: tuple[str, ...] = (),
+         baseline_rule: str | None = None) -> SurveillanceResult:
+    as_of, seconds = _compute(con, kb, subjects, as_of, progress, outputs, exclude_analytes,
+                              baseline_rule=baseline_rule)
     tables = {RESULT_NAMES.get(n, n): _drop_internal(con.sql(f'SELECT * FROM "{n}"').to_arrow_table())
               for n in outputs}
     alerts = tables["alerts"] if "alerts" in tables else pa.table({})
@@ -149,8 +187,10 @@ def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
 def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
              as_of: datetime | None, progress: Progress | None, outputs: tuple[str, ...] = OUTPUTS,
              exclude_analytes: tuple[str, ...] = (), timers: bool = False,
-             restricted: bool = False) -> tuple[datetime | None, dict[str, float]]:
+             restricted: bool = False, baseline_rule: str | None = None) -> tuple[datetime | None, dict[str, float]]:
     """Materialise the stages the outputs need as temp tables named after them; (as-of, seconds per stage).
+
+    `baseline_rule`: the reference creatinine rule (kidney.yaml ``baseline_rules``; None: the default).
 
     `timers`: also table ``_timers_out`` (subject_id, due, after): per subject, the earliest time an
     alert not yet due at `as_of` becomes due when nothing but the clock moves (``_timer_stages``).
@@ -168,9 +208,9 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"unknown surveillance output(s) {sorted(unknown)}; known: {', '.join(OUTPUTS)}")
-    all_stages = stages(kb, DUCKDB, as_of_epoch)
+    all_stages = stages(kb, DUCKDB, as_of_epoch, baseline_rule)
     plan = needed(all_stages, outputs)
-    timed: list[Stage] = _timer_stages(kb, all_stages) if timers and "alerts" in outputs else []
+    timed: list[Stage] = _timer_stages(kb, all_stages, baseline_rule) if timers and "alerts" in outputs else []
     keep = {o.name for st in timed for o in plan if _reads(st, o)}
     views = _views(plan + timed, {*outputs, *keep})
     done_after = last_use(plan, (*outputs, *keep), views)
@@ -199,7 +239,7 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
 _LATER = "__later"  # suffix of the time-driven stages evaluated with the clock at its end
 
 
-def _timer_stages(kb: KnowledgeBase, plan: list[Stage]) -> list[Stage]:
+def _timer_stages(kb: KnowledgeBase, plan: list[Stage], baseline_rule: str | None = None) -> list[Stage]:
     """The stages whose result moves with the as-of time alone, evaluated with no as-of bound.
 
     Found, not listed: a stage whose SQL differs between two as-of times, and every stage reading one.
@@ -208,12 +248,12 @@ def _timer_stages(kb: KnowledgeBase, plan: list[Stage]) -> list[Stage]:
     come: each subject's earliest such time is its timer, and a run recomputes a subject when its timer
     is due instead of every subject with an open encounter (the differential test checks the claim).
     """
-    other = {s.name: s.sql for s in stages(kb, DUCKDB, 0)}
+    other = {s.name: s.sql for s in stages(kb, DUCKDB, 0, baseline_rule)}
     timed = {s.name for s in plan if other.get(s.name) != s.sql}
     for st in plan:
         if any(_reads(st, o) for o in plan if o.name in timed):
             timed.add(st.name)
-    later = {s.name: s.sql for s in stages(kb, DUCKDB, OPEN_END)}
+    later = {s.name: s.sql for s in stages(kb, DUCKDB, OPEN_END, baseline_rule)}
     out = []
     for st in plan:
         if st.name not in timed:
@@ -227,6 +267,23 @@ def _timer_stages(kb: KnowledgeBase, plan: list[Stage]) -> list[Stage]:
 
 def _epoch(t: datetime | None) -> int:
     return int(t.replace(tzinfo=UTC).timestamp()) if t else OPEN_END
+
+
+def baseline_sensitivity(store: EventStore, kb: KnowledgeBase | None = None, as_of: datetime | None = None,
+                         ) -> pa.Table:
+    """AKI episodes by peak stage under each baseline rule of kidney.yaml (one row per rule, default first).
+
+    Nothing is written: each rule is a fresh in-memory run of the KDIGO stages over every subject."""
+    kb = kb or load()
+    default = kb.baseline_rule().id
+    rows = []
+    for r in sorted(kb.kidney.baseline_rules, key=lambda r: r.id != default):
+        eps = run(store, as_of=as_of, kb=kb, outputs=("aki_episodes_out",), baseline_rule=r.id
+                  ).tables["aki_episodes"].to_pylist()
+        rows.append({"baseline_rule": r.id, "default": r.id == default, "episodes": len(eps),
+                     **{f"peak_stage_{k}": sum(1 for e in eps if e["peak_stage"] == k) for k in (1, 2, 3)},
+                     "encounters_with_aki": len({(e["subject_id"], e["encounter_id"]) for e in eps})})
+    return pa.Table.from_pylist(rows)
 
 
 def _reads(st: Stage, other: Stage) -> bool:
@@ -321,7 +378,9 @@ def bucket_of(subject_id: str, buckets: int) -> int:
     return int(hashlib.md5(subject_id.encode()).hexdigest()[:8], 16) % buckets
 
 
-_FEW_ROWS = frozenset({"aki_episodes", "mg_trajectory", "evidence_flags", _TIMERS})  # about a row per subject
+# about a row per subject (or encounter), or rarer
+_FEW_ROWS = frozenset({"aki_episodes", "mg_trajectory", "evidence_flags", "kidney_status", "uo_weight_rejected",
+                       "suspect_specimens", _TIMERS})
 _FEW_ROWS_SHARE = 16  # such a table has 16 times fewer buckets: fewer, still small, files
 
 
@@ -431,7 +490,8 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
             kb: KnowledgeBase | None = None, progress: Progress | None = None,
             engine: FullRun | None = None,
             snapshot_lock: AbstractContextManager[object] | None = None,
-            duckdb_settings: Mapping[str, str] | None = None) -> SurveillanceResult:
+            duckdb_settings: Mapping[str, str] | None = None,
+            baseline_rule: str | None = None) -> SurveillanceResult:
     """Bring the stored results up to date; return them (read from disk when asked for) and the alerts
     emitted by this call.
 
@@ -444,16 +504,25 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     subjects are listed: the run then reads that snapshot while appends go on, and an append it did
     not see leaves its pending file for the next run. Runs themselves must not overlap (the service
     holds a lock of its own around each). `duckdb_settings`: as for `run`; by default a full run
-    caps DuckDB's memory (`default_settings`).
+    caps DuckDB's memory (`default_settings`). `baseline_rule`: the reference creatinine rule
+    (kidney.yaml ``baseline_rules``; None: the default); results of another rule cannot be merged
+    with these, so a run whose rule differs from the stored results' recomputes everyone.
     """
     kb = kb or load()
+    rule = kb.baseline_rule(baseline_rule).id
+    if engine is not None and rule != kb.baseline_rule().id:
+        raise ValueError(f"baseline rule {rule!r}: the Spark engine runs the default rule only "
+                         f"({kb.baseline_rule().id}); use DuckDB for another rule")
     out = _results_dir(store)
     out.mkdir(parents=True, exist_ok=True)
     state = _read_state(out)
     if state and state.get("layout") != LAYOUT:
         _migrate(out)
         state = {}
-    first = full or not state or engine is not None
+    # results of another baseline rule cannot be merged with these, nor results lacking a table (an output
+    # added since they were written) completed subject by subject: recompute everyone
+    first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
+             or any(result_files(out, t) is None for t in RESULT_TABLES))
     with snapshot_lock or contextlib.nullcontext():
         # the views list the files present now; an incremental run with no settings of its own uses a
         # cursor on the process's open database (settings would be that database's, everyone's)
@@ -466,9 +535,9 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
         if first:
-            res = _surveil_all(con, out, kb, as_of, progress, engine)
+            res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
         else:
-            res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress)
+            res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
     finally:
         con.close()
     store.clear_pending(pending_files)
@@ -490,7 +559,7 @@ def default_settings() -> dict[str, str]:
 
 
 def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, as_of: datetime | None,
-                 progress: Progress | None, engine: FullRun | None) -> SurveillanceResult:
+                 progress: Progress | None, engine: FullRun | None, rule: str) -> SurveillanceResult:
     data_max = _as_of(con)
     as_of = as_of or data_max
     n = con.sql("SELECT count(DISTINCT subject_id) FROM (SELECT subject_id FROM events UNION ALL "
@@ -503,7 +572,7 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
             con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS SELECT * FROM "_fresh_{name}"')
         seconds = res.seconds
     else:
-        as_of, seconds = _compute(con, kb, None, as_of, progress, timers=True)
+        as_of, seconds = _compute(con, kb, None, as_of, progress, timers=True, baseline_rule=rule)
     t0 = _time.perf_counter()
     for name in OUTPUTS:
         if name != "alerts":
@@ -528,7 +597,8 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     _append_log(out, new)
     _write_state(out, {"layout": LAYOUT, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
-                       "buckets": buckets, "timers": timers, "timers_known": engine is None})
+                       "buckets": buckets, "timers": timers, "timers_known": engine is None,
+                       "baseline_rule": rule})
     seconds["write_results"] = _time.perf_counter() - t0
     return SurveillanceResult(ResultTables(out), new, -1, as_of, seconds)
 
@@ -592,7 +662,8 @@ def _append_log(out: Path, new: pa.Table) -> None:
 
 
 def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, Any], pending: list[str],
-                  kb: KnowledgeBase, as_of: datetime | None, progress: Progress | None) -> SurveillanceResult:
+                  kb: KnowledgeBase, as_of: datetime | None, progress: Progress | None,
+                  rule: str) -> SurveillanceResult:
     buckets = int(state["buckets"])
     t0 = _time.perf_counter()
     data_max = datetime.fromisoformat(state["data_max"]) if state.get("data_max") else None
@@ -620,14 +691,14 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
             _restrict(con, subjects)
         elif subjects != pending:  # the views read this table by name
             con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-        _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True)
+        _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True, baseline_rule=rule)
         seconds.update(sec)
         t1 = _time.perf_counter()
         new = _write_some(con, out, subjects, buckets, timers)
         seconds["write_results"] = _time.perf_counter() - t1
     _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
-                       "timers": timers, "timers_known": True})
+                       "timers": timers, "timers_known": True, "baseline_rule": rule})
     if new.num_rows == 0:
         new = _empty_log()
     return SurveillanceResult(ResultTables(out), new, len(subjects), as_of, seconds)

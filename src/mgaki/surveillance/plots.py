@@ -7,6 +7,7 @@ carries a few dozen rows whatever the cohort size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
@@ -68,12 +69,23 @@ def cohort_mg_aki(results: Mapping[str, pa.Table], kb: KnowledgeBase | None = No
         FROM ({per_enc}) GROUP BY peak_stage ORDER BY peak_stage""").df()
     con.close()
     order = list(by_band["band"])
-    bars = alt.Chart(by_band, title="AKI (any stage) by lowest serum Mg of the encounter").mark_bar().encode(
-        x=alt.X("band:N", sort=order, title="lowest Mg, mg/dL", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("aki_rate:Q", axis=alt.Axis(format="%"), title="encounters with AKI"),
-        tooltip=["band", "encounters", alt.Tooltip("aki_rate:Q", format=".1%")],
+    cis = [_wilson(round(r * n), int(n)) for r, n in zip(by_band["aki_rate"], by_band["encounters"], strict=True)]
+    by_band["lo"] = [c[0] for c in cis]
+    by_band["hi"] = [c[1] for c in cis]
+    by_band["label"] = [f"n={int(n)}" for n in by_band["encounters"]]
+    title = alt.TitleParams("AKI (any stage) by lowest serum Mg of the encounter",
+                            subtitle="Bars: share of encounters with AKI in each Mg band (one encounter counted once); "
+                                     "lines: 95% Wilson CI; n: encounters in the band")
+    x = alt.X("band:N", sort=order, title="lowest Mg of the encounter, mg/dL", axis=alt.Axis(labelAngle=0))
+    bars = alt.Chart(by_band, title=title).mark_bar(color="#4c78a8").encode(
+        x=x, y=alt.Y("aki_rate:Q", axis=alt.Axis(format="%"), title="encounters with AKI (95% CI)",
+                     scale=alt.Scale(domain=[0, 1])),
+        tooltip=["band", "encounters", alt.Tooltip("aki_rate:Q", format=".1%"), alt.Tooltip("lo:Q", format=".1%"),
+                 alt.Tooltip("hi:Q", format=".1%")],
     ).properties(width=_WIDTH, height=220)
-    labels = bars.mark_text(dy=-6).encode(text="encounters:Q")
+    ci = alt.Chart(by_band).mark_rule(color="#222", strokeWidth=1.5).encode(x=x, y="lo:Q", y2="hi:Q")
+    labels = alt.Chart(by_band).mark_text(dy=-6).encode(x=x, y="hi:Q", text="label:N")
+    bars = bars + ci
     base = alt.Chart(by_stage, title="Time-weighted mean Mg by peak KDIGO stage (box 25–75%, whiskers 5–95%)")
     x = alt.X("stage:N", title="peak KDIGO stage (0 = no AKI)", axis=alt.Axis(labelAngle=0))
     color = alt.Color("stage:N", scale=STAGE_SCALE, legend=None)
@@ -82,6 +94,18 @@ def cohort_mg_aki(results: Mapping[str, pa.Table], kb: KnowledgeBase | None = No
                                         tooltip=["stage", "n", "med", "q1", "q3"])
     med = base.mark_tick(color="black", size=28).encode(x=x, y="med:Q")
     return alt.vconcat(bars + labels, (whisk + box + med).properties(width=_WIDTH, height=220))
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson score 95% interval of k/n (the same as research.alert_eval.wilson; surveillance imports no research)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    z = 1.959963984540054
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 def patient_timeline(tables: dict[str, pa.Table], results: Mapping[str, pa.Table], subject_id: str,
@@ -111,6 +135,8 @@ def patient_timeline(tables: dict[str, pa.Table], results: Mapping[str, pa.Table
                      params=params).df()
     uo = con.sql("""SELECT time, rate_6h FROM kdigo_urine WHERE subject_id = $s AND encounter_id = $e
                     AND rate_6h IS NOT NULL ORDER BY time""", params=params).df()
+    rrt = con.sql(f"""SELECT min(time) AS time FROM events WHERE subject_id = $s AND analyte = 'rrt'
+                      AND time BETWEEN {window} HAVING min(time) IS NOT NULL""", params=params).df()
     con.close()
     rr = kb.magnesium.reference_range
     lo, hi = (convert(x, "magnesium", rr.unit, "mg/dL") for x in (rr.low, rr.high))
@@ -121,7 +147,15 @@ def patient_timeline(tables: dict[str, pa.Table], results: Mapping[str, pa.Table
         x=x, y="value:Q", color=alt.Color("stage:N", title="KDIGO stage", scale=STAGE_SCALE),
         tooltip=["time:T", "value:Q", "stage:N", "criterion:N"])
     title = f"{subject_id} / {encounter_id}: creatinine (AKI episodes shaded)"
-    top = (shade + cr_line + cr_pts).properties(width=_WIDTH, height=160, title=title)
+    cr_layers: list[Any] = [shade, cr_line, cr_pts]
+    if len(rrt):  # dialysis start: the KDIGO stage-3 criterion, and the end of what creatinine means
+        rrt["label"] = "dialysis (RRT) start"
+        cr_layers += [alt.Chart(rrt).mark_rule(color="#6a3d9a", strokeWidth=2).encode(x="time:T",
+                                                                                     tooltip=["label:N", "time:T"]),
+                      alt.Chart(rrt).mark_text(align="left", dx=4, dy=-70, color="#6a3d9a").encode(
+                          x="time:T", text="label:N")]
+        title += "; purple line: dialysis (RRT) start"
+    top = alt.layer(*cr_layers).properties(width=_WIDTH, height=160, title=title)
     band = alt.Chart(pd.DataFrame({"lo": [lo], "hi": [hi]})).mark_rect(opacity=0.12, color="#54a24b").encode(
         y="lo:Q", y2="hi:Q")
     mg_line = alt.Chart(mg).mark_line(point=True, color="#4c78a8").encode(
@@ -131,12 +165,17 @@ def patient_timeline(tables: dict[str, pa.Table], results: Mapping[str, pa.Table
         layers.append(alt.Chart(doses).mark_rule(color="#54a24b", strokeDash=[4, 2]).encode(
             x="time:T", tooltip=["time:T", "name:N", alt.Tooltip("mg_mmol:Q", format=".1f", title="mmol Mg")]))
     if len(alerts):
-        layers.append(alt.Chart(alerts).mark_point(shape="triangle-down", size=90, filled=True).encode(
-            x="time:T", y=alt.value(4), color=alt.Color("severity:N", scale=alt.Scale(
-                domain=["critical", "warning", "info"], range=["#e45756", "#f58518", "#999"])),
-            tooltip=["time:T", "kind:N", "detail:N"]))
+        words = {a.kind: a.label for a in kb.evaluation.alerts}
+        alerts["alert"] = [words.get(k, k) for k in alerts["kind"]]
+        # which alert each marker is: shape and colour by kind (legend), severity in the tooltip
+        layers.append(alt.Chart(alerts).mark_point(size=110, filled=True).encode(
+            x="time:T", y=alt.value(6),
+            shape=alt.Shape("alert:N", title="alert", legend=alt.Legend(orient="right")),
+            color=alt.Color("alert:N", title="alert", scale=alt.Scale(scheme="dark2")),
+            tooltip=["time:T", "alert:N", "severity:N", "detail:N"]))
     middle = alt.layer(*layers).properties(width=_WIDTH, height=160,
-                                           title="Mg (range shaded), MgSO4 doses (dashed), alerts (triangles)")
+                                           title="Mg (range shaded), MgSO4 doses (dashed green lines), alerts "
+                                                 "(markers at the top, by kind)")
     charts: list[Any] = [top, middle]
     if len(uo):
         thr = kb.value("kdigo_uo_stage1_rate")

@@ -11,10 +11,12 @@ are documented in docs/surveillance.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mgaki.engine.kidney import THRESHOLD_EPS, ZERO_ML
 from mgaki.knowledge import KnowledgeBase
+from mgaki.knowledge.schema import DeltaRule
 from mgaki.surveillance.dialect import Dialect
 from mgaki.units import convert, normalize_unit
 
@@ -34,9 +36,13 @@ class Stage:
     output: bool = False  # a result table the user gets (others are intermediate)
 
 
-def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
-    """All stages in dependency order; `as_of_epoch` closes open encounters and monitoring gaps."""
+def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str | None = None) -> list[Stage]:
+    """All stages in dependency order; `as_of_epoch` closes open encounters and monitoring gaps.
+
+    `baseline_rule` (kidney.yaml ``baseline_rules``; default ``nhs_england``) chooses the reference
+    creatinine of the ratio criterion, as ``engine.kidney.stage_creatinine(rule=...)`` does."""
     v = kb.value
+    rule = kb.baseline_rule(baseline_rule).id
     ep = d.epoch
     ratio1, ratio2, ratio3 = v("kdigo_ratio_stage1"), v("kdigo_ratio_stage2"), v("kdigo_ratio_stage3")
     w48, w7d = int(v("kdigo_abs_window") * H), int(v("kdigo_ratio_window") * H)
@@ -58,39 +64,95 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, encounter_id
                                        ORDER BY CASE WHEN "end" IS NULL THEN 1 ELSE 0 END, "end" DESC) AS rn
           FROM encounters) x WHERE rn = 1""")
+    # The emergency-department visit that led to an admission belongs to it (docs/surveillance.md): an ED
+    # encounter naming the admission (MIMIC edregtime, FHIR Encounter.partOf, OMOP visit_detail), or an ED
+    # visit the admission started during or within `ed_admission_link_hours` after (OMOP: preceding visit).
+    link = int(v("ed_admission_link_hours") * H)
+    attach = int(v("pre_admission_attach_hours") * H)
+    add("ed_link", f"""
+        SELECT subject_id, ed_id, adm_id, ed_t0 FROM (
+          SELECT e.subject_id, e.encounter_id AS ed_id, a.encounter_id AS adm_id, {ep('e.start')} AS ed_t0,
+                 ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.encounter_id
+                   ORDER BY CASE WHEN e.parent_id = a.encounter_id THEN 0 ELSE 1 END, a.start, a.encounter_id) AS rn
+          FROM enc e JOIN enc a ON a.subject_id = e.subject_id AND a.encounter_id <> e.encounter_id
+            AND a.kind NOT IN ('icu', 'emergency') AND a.parent_id IS NULL
+          WHERE e.kind = 'emergency' AND (e.parent_id = a.encounter_id OR (e.parent_id IS NULL
+            AND {ep('a.start')} >= {ep('e.start')}
+            AND {ep('a.start')} <= COALESCE({ep('e."end"')}, {ep('e.start')}) + {link}))) x
+        WHERE rn = 1""")
+    # t0: admission; ta0: from when a row naming no encounter is attached to it (the linked ED visit's
+    # start, else `pre_admission_attach_hours` before admission)
     add("hosp", f"""
-        SELECT subject_id, encounter_id, start, "end", {ep('start')} AS t0,
-               COALESCE({ep('"end"')}, {OPEN_END}) AS t1
-        FROM enc WHERE kind <> 'icu' OR parent_id IS NULL""")
+        SELECT h.subject_id, h.encounter_id, h.start, h."end", {ep('h.start')} AS t0,
+               COALESCE({ep('h."end"')}, {OPEN_END}) AS t1,
+               CASE WHEN l.ed_t0 IS NULL THEN {ep('h.start')} - {attach}
+                    WHEN l.ed_t0 < {ep('h.start')} THEN l.ed_t0 ELSE {ep('h.start')} END AS ta0
+        FROM enc h LEFT JOIN (SELECT subject_id, adm_id, MIN(ed_t0) AS ed_t0 FROM ed_link
+                              GROUP BY subject_id, adm_id) l
+          ON l.subject_id = h.subject_id AND l.adm_id = h.encounter_id
+        WHERE (h.kind <> 'icu' OR h.parent_id IS NULL)
+          AND NOT EXISTS (SELECT 1 FROM ed_link x WHERE x.subject_id = h.subject_id AND x.ed_id = h.encounter_id)""")
     add("icu", f"""
         SELECT subject_id, encounter_id, parent_id, {ep('start')} AS t0,
                COALESCE({ep('"end"')}, {OPEN_END}) AS t1
         FROM enc WHERE kind = 'icu'""")
-    # A row belongs to the hospital encounter its source names (an ICU stay: that stay's admission);
-    # a row naming none, or one mgaki does not know, to the latest-starting one containing its time.
+    # A row belongs to the hospital encounter its source names (an ICU stay or a linked ED visit: that
+    # admission); a row naming none, or one mgaki does not know, to the latest-starting one containing its
+    # time, else to the one whose pre-admission part [ta0, t0) contains it (ED labs without an admission id).
     add("ev_named", f"""
         SELECT e.subject_id, e.time, {ep('e.time')} AS t, e.analyte, e.numeric_value AS value,
-               COALESCE(h.encounter_id, i.parent_id) AS encounter_id, e.encounter_id AS named
+               COALESCE(h.encounter_id, i.parent_id, l.adm_id) AS encounter_id, e.encounter_id AS named
         FROM events e LEFT JOIN hosp h ON h.subject_id = e.subject_id AND h.encounter_id = e.encounter_id
-        LEFT JOIN icu i ON i.subject_id = e.subject_id AND i.encounter_id = e.encounter_id""")
+        LEFT JOIN icu i ON i.subject_id = e.subject_id AND i.encounter_id = e.encounter_id
+        LEFT JOIN ed_link l ON l.subject_id = e.subject_id AND l.ed_id = e.encounter_id""")
     add("ev_enc", """
         SELECT subject_id, time, t, analyte, value, encounter_id FROM ev_named WHERE encounter_id IS NOT NULL
         UNION ALL
         SELECT subject_id, time, t, analyte, value, encounter_id FROM (
           SELECT e.subject_id, e.time, e.t, e.analyte, e.value, h.encounter_id,
                  ROW_NUMBER() OVER (PARTITION BY e.subject_id, e.t, e.analyte, e.value, e.named, e.rid
-                                    ORDER BY h.t0 DESC, h.encounter_id) AS rn
+                                    ORDER BY CASE WHEN e.t >= h.t0 THEN 0 ELSE 1 END, h.t0 DESC,
+                                             h.encounter_id) AS rn
           FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t) AS rid
                 FROM ev_named WHERE encounter_id IS NULL) e
-          LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.t0 AND h.t1
+          LEFT JOIN hosp h ON h.subject_id = e.subject_id AND e.t BETWEEN h.ta0 AND h.t1
         ) x WHERE rn = 1""")
+    out += _specimen_stages(kb, d)
     # Pre-admission baseline: median creatinine 7-365 days before admission (Siew 2015).
     add("baseline", f"""
         SELECT h.subject_id, h.encounter_id, h.t0, h.t1,
                {d.median('e.value')} AS preadmission_baseline, COUNT(e.value) AS n_baseline_values
-        FROM hosp h LEFT JOIN ev_named e ON e.subject_id = h.subject_id AND e.analyte = 'creatinine'
-             AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
+        FROM hosp h LEFT JOIN (SELECT DISTINCT subject_id, t, value FROM ev_named en WHERE analyte = 'creatinine'
+                               AND NOT EXISTS (SELECT 1 FROM spec_flags f WHERE f.subject_id = en.subject_id
+                                               AND f.analyte = en.analyte AND f.t = en.t AND f.value = en.value)) e
+             ON e.subject_id = h.subject_id AND e.t BETWEEN h.t0 - {bl_max} AND h.t0 - {bl_min}
         GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1""")
+    # Maintenance dialysis (ESKD, docs/kdigo.md#maintenance-dialysis): KDIGO staging does not apply to the
+    # encounter. Evidence: a maintenance_dialysis context (a diagnosis, problem-list Condition or flag) of
+    # this encounter or recorded by its end, or an RRT session outside every hospital encounter within
+    # the look-back before admission (outpatient dialysis).
+    md = kb.kidney.maintenance_dialysis
+    md_ctx, md_back = md.context.replace("'", "''"), int(md.rrt_lookback_days * DAY)
+    vc = d.string_type
+    add("eskd_ev", f"""
+        SELECT c.subject_id, c.encounter_id AS c_enc, COALESCE({ep('c.time')}, ce.t0) AS ct,
+               'context ' || c.context || ' (' || COALESCE(c.source, 'no source') || ')' AS why
+        FROM contexts c LEFT JOIN hosp ce ON ce.subject_id = c.subject_id AND ce.encounter_id = c.encounter_id
+        WHERE c.context = '{md_ctx}'""")
+    add("eskd", f"""
+        SELECT subject_id, encounter_id, MIN(why) AS why FROM (
+          SELECT h.subject_id, h.encounter_id, x.why FROM hosp h JOIN eskd_ev x ON x.subject_id = h.subject_id
+            AND (x.c_enc = h.encounter_id OR x.ct IS NULL OR x.ct <= h.t1)
+          UNION ALL
+          SELECT h.subject_id, h.encounter_id,
+                 'RRT session outside hospital at ' || CAST(e.time AS {vc}) || ' (before admission)'
+          FROM hosp h JOIN ev_enc e ON e.subject_id = h.subject_id AND e.analyte = 'rrt'
+            AND e.encounter_id IS NULL AND e.t >= h.t0 - {md_back} AND e.t < h.t0) x
+        GROUP BY subject_id, encounter_id""")
+    # a value outside every encounter: not applicable once the patient is known to be on dialysis
+    add("eskd_subject", """
+        SELECT subject_id, MIN(ct) AS first_t, MAX(CASE WHEN ct IS NULL THEN 1 ELSE 0 END) AS timeless
+        FROM eskd_ev GROUP BY subject_id""")
     add("rrt_first", """
         SELECT subject_id, encounter_id, MIN(t) AS first_rrt_t FROM ev_enc
         WHERE analyte = 'rrt' AND encounter_id IS NOT NULL GROUP BY subject_id, encounter_id""")
@@ -99,12 +161,19 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # Identical results count once; the windows hold strictly earlier values (1 PRECEDING).
     cr = """
         SELECT DISTINCT c.subject_id, c.encounter_id, c.time, c.t, c.value,
-               b.preadmission_baseline AS baseline, r.first_rrt_t
-        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc WHERE analyte = 'creatinine') c
+               b.preadmission_baseline AS baseline, r.first_rrt_t,
+               CASE WHEN x.encounter_id IS NOT NULL OR (c.encounter_id IS NULL AND s.subject_id IS NOT NULL
+                                                        AND (s.timeless = 1 OR s.first_t <= c.t))
+                    THEN 1 ELSE 0 END AS on_dialysis
+        FROM (SELECT subject_id, encounter_id, time, t, value FROM ev_enc e WHERE analyte = 'creatinine'
+              AND NOT EXISTS (SELECT 1 FROM spec_flags f WHERE f.subject_id = e.subject_id
+                              AND f.analyte = 'creatinine' AND f.t = e.t AND f.value = e.value)) c
         LEFT JOIN baseline b ON b.subject_id = c.subject_id AND b.encounter_id = c.encounter_id
-        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id"""
+        LEFT JOIN rrt_first r ON r.subject_id = c.subject_id AND r.encounter_id = c.encounter_id
+        LEFT JOIN eskd x ON x.subject_id = c.subject_id AND x.encounter_id = c.encounter_id
+        LEFT JOIN eskd_subject s ON s.subject_id = c.subject_id"""
     # One statement from the windows to the stage (nested selects, no intermediate tables).
-    win = f"""
+    add("cr_win", f"""
         SELECT *,
           MIN(value) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN {w48} PRECEDING AND 1 PRECEDING)
             AS min48,
@@ -112,18 +181,36 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
             AS min7d,
           MIN(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                            RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run_min
-        FROM ({cr}) c"""
+        FROM ({cr}) c""")
+    # NHS England RV2: the median of the values more than 7 days and at most 365 days before a value that
+    # has none in the prior 7 days (identical results count once); computed only for those values.
+    add("cr_rv2", f"""
+        SELECT c.subject_id, c.t, {d.median('o.value')} AS rv2, COUNT(*) AS rv2_n, MAX(o.t) AS rv2_t
+        FROM (SELECT DISTINCT subject_id, t FROM cr_win WHERE min7d IS NULL) c
+        JOIN (SELECT DISTINCT subject_id, t, value FROM ev_enc WHERE analyte = 'creatinine') o
+          ON o.subject_id = c.subject_id AND o.t < c.t - {w7d} AND o.t >= c.t - {bl_max}
+        GROUP BY c.subject_id, c.t""")
+    if rule == "nhs_england":
+        reference = ("CASE WHEN min7d IS NOT NULL THEN min7d ELSE rv2 END",
+                     "CASE WHEN min7d IS NOT NULL THEN 'lowest_prior_7d' WHEN rv2 IS NOT NULL THEN 'median_8_365d' "
+                     "ELSE 'none' END")
+        src = """(SELECT w.*, r.rv2, r.rv2_n, r.rv2_t FROM cr_win w
+                  LEFT JOIN cr_rv2 r ON r.subject_id = w.subject_id AND r.t = w.t)"""
+    elif rule == "kdigo_7day":
+        reference = ("min7d", "CASE WHEN min7d IS NOT NULL THEN 'lowest_prior_7d' ELSE 'none' END")
+        src = "cr_win"
+    else:  # outpatient_median: the lower of the prior 7 days' lowest and the pre-admission median
+        reference = ("CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN min7d "
+                     "ELSE baseline END",
+                     "CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d' "
+                     "WHEN baseline IS NOT NULL THEN 'preadmission_median' ELSE 'none' END")
+        src = "cr_win"
     ref = f"""
-        SELECT *,
-          CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN min7d
-               ELSE baseline END AS reference,
-          CASE WHEN min7d IS NOT NULL AND (baseline IS NULL OR min7d <= baseline) THEN 'lowest_prior_7d'
-               WHEN baseline IS NOT NULL THEN 'preadmission_median'
-               ELSE 'none' END AS reference_method,
+        SELECT *, {reference[0]} AS reference, {reference[1]} AS reference_method,
           COALESCE(baseline, run_min) AS recovery_baseline,
           CASE WHEN baseline IS NOT NULL THEN 'preadmission_median' ELSE 'lowest_in_encounter_so_far' END
             AS recovery_baseline_method
-        FROM ({win}) w"""
+        FROM {src} w"""
     stage0 = f"""
         SELECT *,
           CASE WHEN min48 IS NOT NULL AND value - min48 >= {v('kdigo_abs_rise')} - {_EPS} THEN 1 ELSE 0 END
@@ -133,13 +220,17 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                WHEN value / reference >= {ratio2} - {_EPS} THEN 2
                WHEN value / reference >= {ratio1} - {_EPS} THEN 1 ELSE 0 END AS ratio_stage
         FROM ({ref}) r"""
+    md_status = md.status.replace("'", "''")
     add("kdigo_creatinine", f"""
-        SELECT subject_id, encounter_id, time, t, value, reference, reference_method,
+        SELECT subject_id, encounter_id, time, t, value, '{rule}' AS baseline_rule, reference, reference_method,
                value / reference AS ratio, value - min48 AS rise_48h, recovery_baseline, recovery_baseline_method,
-          CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 3
+          CASE WHEN on_dialysis = 1 THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
+          CASE WHEN on_dialysis = 1 THEN NULL
+               WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 3
                WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')} THEN 3
                ELSE GREATEST(abs_stage, ratio_stage) END AS stage,
-          CASE WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 'rrt'
+          CASE WHEN on_dialysis = 1 THEN NULL
+               WHEN first_rrt_t IS NOT NULL AND t >= first_rrt_t THEN 'rrt'
                WHEN GREATEST(abs_stage, ratio_stage) >= 1 AND value >= {v('kdigo_scr_stage3')}
                     AND GREATEST(abs_stage, ratio_stage) < 3 THEN 'scr_ge_4_during_aki'
                WHEN ratio_stage > abs_stage THEN 'ratio_' || reference_method
@@ -149,41 +240,94 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # --- KDIGO urine output ----------------------------------------------------------------
     # Volumes charted at the same time are summed (two drains, one hour); each charted volume
     # accrued since the previous charting of the same stay.
+    # Bladder irrigant instilled is not urine: it is subtracted from the output charted with it (the
+    # nearest output charting within uo_irrigant_pair_hours, else its own time), so windows hold
+    # output - irrigant in (docs/kdigo.md#irrigation).
+    pair = int(v("uo_irrigant_pair_hours") * H)
+    add("uo_irr", f"""
+        SELECT subject_id, encounter_id, COALESCE(out_t, t) AS t, COALESCE(out_time, time) AS time, value FROM (
+          SELECT r.subject_id, r.encounter_id, r.t, r.time, r.value, o.t AS out_t, o.time AS out_time,
+                 ROW_NUMBER() OVER (PARTITION BY r.subject_id, r.rid ORDER BY ABS(o.t - r.t), o.t) AS rn
+          FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id ORDER BY t, value, encounter_id) AS rid
+                FROM ev_enc WHERE analyte = 'urine_irrigant') r
+          LEFT JOIN (SELECT subject_id, t, MIN(time) AS time FROM ev_enc
+                     WHERE analyte IN ('urine_output', 'urine_irrigant_out') GROUP BY subject_id, t) o
+            ON o.subject_id = r.subject_id AND o.t >= r.t - {pair} AND o.t <= r.t + {pair}) x
+        WHERE rn = 1""")
+    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it
     add("uo_stay", """
-        SELECT u.subject_id, u.t, u.time, u.vol, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
+        SELECT u.subject_id, u.t, u.time, u.vol, u.unknown, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
-          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(value) AS vol FROM ev_enc
-          WHERE analyte = 'urine_output' GROUP BY subject_id, encounter_id, t) u
+          SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol,
+                 CASE WHEN MAX(irr_out) = 1 AND MAX(irr_in) = 0 THEN 1 ELSE 0 END AS unknown FROM (
+            SELECT subject_id, encounter_id, t, time, value AS v,
+                   CASE WHEN analyte = 'urine_irrigant_out' THEN 1 ELSE 0 END AS irr_out, 0 AS irr_in
+            FROM ev_enc WHERE analyte IN ('urine_output', 'urine_irrigant_out')
+            UNION ALL
+            SELECT subject_id, encounter_id, t, time, -value, 0, 1 FROM uo_irr) e
+          GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
         WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
     add("stay_bounds", """
-        SELECT stay_id, subject_id, MIN(t) AS first_t FROM uo_stay GROUP BY stay_id, subject_id""")
-    # Weight: the latest at or before the first charting, else the first one after it.
-    add("stay_weight", f"""
-        SELECT stay_id, weight_kg FROM (
-          SELECT s.stay_id, w.weight_kg,
-                 ROW_NUMBER() OVER (PARTITION BY s.stay_id
-                   ORDER BY CASE WHEN {ep('w.time')} <= s.first_t THEN 0 ELSE 1 END,
-                            CASE WHEN {ep('w.time')} <= s.first_t THEN -{ep('w.time')} ELSE {ep('w.time')} END)
-                   AS rn
-          FROM stay_bounds s JOIN weights w ON w.subject_id = s.subject_id) x
+        SELECT stay_id, subject_id, MIN(t) AS first_t, MAX(t) AS last_t FROM uo_stay GROUP BY stay_id, subject_id""")
+    # Weight (docs/kdigo.md#weight, engine.kidney.choose_weight): candidates from the look-back before the
+    # first charting to the last; with enough of them, one far from their median is rejected as an outlier;
+    # then a candidate before an older weight, the latest at or before the first charting, else the first after.
+    wt_back = int(v("uo_weight_lookback_days") * DAY)
+    wt_frac, wt_min_n = v("uo_weight_outlier_fraction"), v("uo_weight_outlier_min_n")
+    add("w_cand", f"""
+        SELECT s.stay_id, s.subject_id, s.first_t, w.time AS weight_time, {ep('w.time')} AS wt, w.weight_kg,
+               w.source, CASE WHEN {ep('w.time')} >= s.first_t - {wt_back} AND {ep('w.time')} <= s.last_t
+                              THEN 1 ELSE 0 END AS in_win
+        FROM stay_bounds s JOIN (SELECT DISTINCT subject_id, time, weight_kg, source FROM weights) w
+          ON w.subject_id = s.subject_id""")
+    add("w_judged", f"""
+        SELECT c.*, m.med, COALESCE(m.n, 0) AS n,
+               CASE WHEN c.in_win = 1 AND m.n >= {wt_min_n} AND ABS(c.weight_kg - m.med) > {wt_frac} * m.med + {_EPS}
+                    THEN 1 ELSE 0 END AS rejected
+        FROM w_cand c LEFT JOIN (SELECT stay_id, {d.median('weight_kg')} AS med, COUNT(*) AS n FROM w_cand
+                                 WHERE in_win = 1 GROUP BY stay_id) m ON m.stay_id = c.stay_id""")
+    add("stay_weight", """
+        SELECT stay_id, weight_kg, weight_time, source AS weight_source, n AS weights_considered, n_rejected
+        FROM (SELECT *, SUM(rejected) OVER (PARTITION BY stay_id) AS n_rejected,
+                     ROW_NUMBER() OVER (PARTITION BY stay_id
+                       ORDER BY rejected, 1 - in_win, CASE WHEN wt <= first_t THEN 0 ELSE 1 END,
+                                CASE WHEN wt <= first_t THEN -wt ELSE wt END, weight_kg, source) AS rn
+              FROM w_judged) x
         WHERE rn = 1""")
-    add("uo_iv", """
-        SELECT u.*, w.weight_kg, b.first_t,
-               LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
-        FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
-        LEFT JOIN stay_weight w ON w.stay_id = u.stay_id""")
+    # every weight set aside, with the reason (an output: what the urine-output stage did not use)
+    add("uo_weight_rejected", f"""
+        SELECT subject_id, stay_id, weight_time AS time, weight_kg, source, med AS median_kg,
+               CAST(n AS INTEGER) AS weights_considered,
+               'outlier: ' || CAST(ROUND(100 * ABS(weight_kg - med) / med) AS {d.string_type})
+                 || '% from the median of the candidate weights' AS reason
+        FROM w_judged WHERE rejected = 1""", output=True)
+    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
+    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
+    # not assessable (engine/kidney.py stage_urine_output).
+    max_gap = int(v("uo_max_interval_hours") * H)
+    add("uo_iv", f"""
+        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
+                       ELSE 0 END AS long_iv FROM (
+          SELECT u.*, w.weight_kg, w.weight_time, w.weight_source, w.weights_considered,
+                 w.n_rejected AS weights_rejected, b.first_t,
+                 LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
+          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
+          LEFT JOIN stay_weight w ON w.stay_id = u.stay_id) x""")
     hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
     win_cols, vol_cols = [], []
     for h in hours:
         sec, k = int(h * H), _k(h)
         frame = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec} PRECEDING AND CURRENT ROW)"
+        inside = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec - 1} PRECEDING AND CURRENT ROW)"
         win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE(vol) {frame} AS fv{k}, "
-                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}")
-        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated.
-        vol_cols.append(f"CASE WHEN first_t > t - {sec} THEN NULL ELSE "
-                        f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
-                        f" END AS vol{k}")
+                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}, "
+                        f"MAX(long_iv) {inside} AS lg{k}")
+        # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated;
+        # NULL when not assessable (a long interval overlaps the window, or the net is negative).
+        raw = f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
+        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR lg{k} > 0 OR {raw} < -{_VOL_EPS} THEN NULL ELSE "
+                        f"{raw} END AS vol{k}")
     add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
     add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
     # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
@@ -192,11 +336,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     # evaluated at the first charting that closes it (the moment it is knowable).
     add("uo_cum", """
         SELECT stay_id, t, pt, vol, SUM(CASE WHEN pt IS NULL THEN 0 ELSE vol END)
-               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum
+               OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum,
+               SUM(long_iv) OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                 AS cum_long
         FROM uo_iv""")
     starts = " UNION ALL ".join(
-        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, 0 AS kind, CAST(NULL AS BIGINT) AS ct,"
-        " CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol, CAST(NULL AS DOUBLE) AS ccum FROM uo_cum"
+        f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, cum_long AS cl_i, 0 AS kind,"
+        " CAST(NULL AS BIGINT) AS ct, CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol,"
+        " CAST(NULL AS DOUBLE) AS ccum, CAST(NULL AS BIGINT) AS ccl FROM uo_cum"
         for h in hours)
     def nxt(col: str) -> str:  # the next charting's value (ties in (e, kind) only among starts: nulls)
         return d.bfill_over(col, "stay_id", ("e", "kind"))
@@ -208,16 +355,17 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         JOIN (SELECT stay_id, MAX(t) AS last_t FROM uo_cum GROUP BY stay_id) m
           ON m.stay_id = s.stay_id AND s.e < m.last_t
         WHERE NOT EXISTS (SELECT 1 FROM uo_cum c WHERE c.stay_id = s.stay_id AND c.t = s.e)""")
+    cand_vol = "ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i"
     add("uo_cand", f"""
-        SELECT stay_id, nt AS t, k,
-               MIN(ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i) AS low_vol
-        FROM (SELECT stay_id, e, k, cum_i, kind,
+        SELECT stay_id, nt AS t, k, MIN({cand_vol}) AS low_vol
+        FROM (SELECT stay_id, e, k, cum_i, cl_i, kind,
                 {nxt('ct')} AS nt, {nxt('cpt')} AS npt,
-                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum
+                {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum, {nxt('ccl')} AS ncl
               FROM (SELECT * FROM uo_start UNION ALL
-                    SELECT stay_id, t, NULL, NULL, 1, t, pt, vol, cum FROM uo_cum
+                    SELECT stay_id, t, NULL, NULL, NULL, 1, t, pt, vol, cum, cum_long FROM uo_cum
                     WHERE pt IS NOT NULL AND stay_id IN (SELECT stay_id FROM uo_start)) u) x
         WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
+          AND ncl - cl_i = 0 AND {cand_vol} >= -{_VOL_EPS}
         GROUP BY stay_id, nt, k""")
     low = ", ".join(f"MIN(CASE WHEN k = '{_k(h)}' THEN low_vol END) AS c{_k(h)}" for h in hours)
     add("uo_cand_min", f"SELECT stay_id, t, {low} FROM uo_cand GROUP BY stay_id, t")
@@ -229,20 +377,25 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
     r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
     k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
     add("kdigo_urine", f"""
-        SELECT subject_id, encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg,
+        SELECT u.subject_id, u.encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg, weight_time,
+               weight_source, CAST(weights_considered AS INTEGER) AS weights_considered,
+               CAST(weights_rejected AS INTEGER) AS weights_rejected,
                vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
                vol{k3} / weight_kg / {uo_h3} AS rate_{k3}h,
-          CASE WHEN weight_kg IS NULL THEN NULL
+          CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
+          CASE WHEN x.encounter_id IS NOT NULL OR weight_kg IS NULL THEN NULL
                WHEN w{ka} < {_VOL_EPS} THEN 3
                WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 3
                WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 2
                WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 1 ELSE 0 END AS stage,
-          CASE WHEN weight_kg IS NULL THEN 'no_weight'
+          CASE WHEN x.encounter_id IS NOT NULL THEN NULL
+               WHEN weight_kg IS NULL THEN 'no_weight'
                WHEN w{ka} < {_VOL_EPS} THEN 'anuria_{ka}h'
                WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
                WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
                WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
-        FROM uo_worst""", output=True)
+        FROM uo_worst u LEFT JOIN eskd x ON x.subject_id = u.subject_id AND x.encounter_id = u.encounter_id""",
+        output=True)
 
     # --- AKI episodes ------------------------------------------------------------------------
     # A creatinine stage holds until the next creatinine; a urine-output stage until the next
@@ -318,6 +471,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         SELECT a.subject_id, a.encounter_id, a.episode,
           MIN(a.time) AS onset, MIN(a.t) AS onset_t,
           MAX(CASE WHEN a.is_start = 1 THEN a.criterion END) AS onset_criterion,
+          MAX(CASE WHEN a.is_start = 1 THEN a.stage_now END) AS onset_stage,
           MAX(a.stage_now) AS peak_stage,
           COUNT(DISTINCT a.raw_episode) - 1 AS relapses,
           CASE WHEN SUM(CASE WHEN a.end_t IS NULL THEN 1 ELSE 0 END) > 0 THEN NULL
@@ -330,10 +484,33 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
           MAX(CASE WHEN a.is_start = 1 THEN a.rbm_ff END) AS baseline_method
         FROM asmt_in a
         GROUP BY a.subject_id, a.encounter_id, a.episode""")
-    add("aki_episodes_out", """
+    # The reference creatinine behind each episode: that of its first creatinine staged >= 1 (rule, value,
+    # how it was chosen, the time of the value it is, or of the latest value of a median, and their number).
+    cond = {
+        "lowest_prior_7d": f"o.value = k.reference AND o.t >= k.t - {w7d}",
+        "median_8_365d": f"o.t < k.t - {w7d} AND o.t >= k.t - {bl_max}",
+        "preadmission_median": f"o.t >= h.t0 - {bl_max} AND o.t <= h.t0 - {bl_min}",
+    }
+    when = " ".join(f"WHEN k.reference_method = '{m}' AND {c} THEN 1" for m, c in cond.items())
+    add("ep_ref", f"""
+        SELECT k.subject_id, k.encounter_id, a.episode, k.baseline_rule, k.reference, k.reference_method,
+               {d.from_epoch(f'MAX(CASE {when} ELSE NULL END * o.t)')} AS reference_time,
+               SUM(CASE {when} ELSE 0 END) AS reference_n
+        FROM (SELECT subject_id, encounter_id, episode, MIN(t) AS t FROM asmt_in WHERE src = 0 AND cr_stage >= 1
+              GROUP BY subject_id, encounter_id, episode) a
+        JOIN kdigo_creatinine k ON k.subject_id = a.subject_id AND k.encounter_id = a.encounter_id AND k.t = a.t
+        JOIN hosp h ON h.subject_id = k.subject_id AND h.encounter_id = k.encounter_id
+        LEFT JOIN (SELECT DISTINCT subject_id, t, value FROM ev_enc WHERE analyte = 'creatinine') o
+          ON o.subject_id = k.subject_id AND o.t < k.t AND o.t >= LEAST(k.t, h.t0) - {bl_max}
+        GROUP BY k.subject_id, k.encounter_id, a.episode, k.baseline_rule, k.reference, k.reference_method""")
+    add("aki_episodes_out", f"""
         SELECT e.subject_id, e.encounter_id, e.episode, e.onset, e.onset_criterion, e.peak_stage,
-               p.peak_time, e.relapses, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method
-        FROM aki_episodes e JOIN (
+               p.peak_time, e.relapses, e.recovery, e.recovered, e.rrt, e.baseline, e.baseline_method,
+               '{rule}' AS baseline_rule, r.reference, r.reference_method, r.reference_time,
+               CAST(r.reference_n AS INTEGER) AS reference_n
+        FROM aki_episodes e LEFT JOIN ep_ref r ON r.subject_id = e.subject_id AND r.encounter_id = e.encounter_id
+          AND r.episode = e.episode
+        JOIN (
           SELECT a.subject_id, a.encounter_id, x.episode, MIN(a.time) AS peak_time
           FROM asmt_in a JOIN aki_episodes x ON x.subject_id = a.subject_id
             AND x.encounter_id = a.encounter_id AND x.episode = a.episode AND a.stage_now = x.peak_stage
@@ -344,6 +521,14 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
         SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM (
           SELECT *, LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x
         WHERE stage_now <> COALESCE(prev_stage, 0)""", output=True)
+
+    # One row per hospital encounter: whether KDIGO staging applies, and why not.
+    add("kidney_status", f"""
+        SELECT h.subject_id, h.encounter_id,
+               CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status,
+               x.why AS status_evidence
+        FROM hosp h LEFT JOIN eskd x ON x.subject_id = h.subject_id AND x.encounter_id = h.encounter_id""",
+        output=True)
 
     # --- magnesium trajectories (C7) ----------------------------------------------------------
     chg = int(v("mg_change_window_hours") * H)
@@ -356,10 +541,13 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                            RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS min_prior,
           MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                            RANGE BETWEEN {chg} PRECEDING AND 1 PRECEDING) AS max_prior
-        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc
-              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x""")
+        FROM (SELECT DISTINCT subject_id, encounter_id, time, t, value FROM ev_enc e
+              WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM spec_held f WHERE f.subject_id = e.subject_id
+                                AND f.analyte = 'magnesium' AND f.t = e.t AND f.value = e.value)) x""")
     add("mg_trajectory", f"""
-        SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
+        SELECT g.*, CASE WHEN x.encounter_id IS NOT NULL THEN '{md_status}' ELSE 'applicable' END AS kdigo_status
+        FROM (SELECT subject_id, encounter_id, COUNT(*) AS n_measurements,
           MAX(CASE WHEN i = 1 THEN value END) AS first_mg, MIN(value) AS min_mg, MAX(value) AS max_mg,
           MAX(CASE WHEN j = 1 THEN value END) AS last_mg,
           MIN(time) AS first_time, MAX(time) AS last_time,
@@ -375,10 +563,129 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int) -> list[Stage]:
                / CAST(MAX(t) - MIN(t) AS DOUBLE) END AS share_above,
           MAX(GREATEST(ABS(value - min_prior), ABS(max_prior - value))) AS max_change_24h,
           {d.slope('value', f'CAST(t AS DOUBLE) / {DAY}')} AS slope_per_day
-        FROM mg GROUP BY subject_id, encounter_id""", output=True)
+        FROM mg GROUP BY subject_id, encounter_id) g
+        LEFT JOIN eskd x ON x.subject_id = g.subject_id AND x.encounter_id = g.encounter_id""", output=True)
     out += _evidence_stages(kb, d)
     out += _alert_stages(kb, d, as_of_epoch, mg_lo, mg_hi)
     return out
+
+
+def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
+    """Suspect specimens (issue 13 point 6), row for row as ``mgaki.engine.specimen.review_specimens``.
+
+    ``spec_flags``: each suspect value with the first rule that marks it (infusion, co-dilution, delta check);
+    ``spec_held``: every value not trustworthy when drawn (those, plus any jump before its repeat), which the
+    alert stages ignore; ``suspect_specimens``: the output, each with its reason and "repeat the sample"."""
+    rules = kb.surveillance.specimen
+    names = ", ".join(f"'{a}'" for a in rules.analytes)
+    vc = d.string_type
+    w = "PARTITION BY subject_id, analyte ORDER BY t, value"
+
+    def jump(r: DeltaRule, v: str, ref: str, ref_t: str, t: str, last_rrt: str) -> str:
+        # no RRT between the two draws (last_rrt: the latest RRT at or before the later draw)
+        conds = [f"{ref} IS NOT NULL", f"{t} - {ref_t} <= {r.within_hours * H:g}",
+                 f"({last_rrt} IS NULL OR {last_rrt} < {ref_t})"]
+        if r.direction == "rise":
+            conds.append(f"{v} - {ref} > 0")
+        elif r.direction == "fall":
+            conds.append(f"{v} - {ref} < 0")
+        if r.abs_change is not None:
+            conds.append(f"ABS({v} - {ref}) >= {r.abs_change} - {_EPS}")
+        if r.rel_change is not None:
+            conds.append(f"{ref} > 0 AND ABS({v} - {ref}) / {ref} >= {r.rel_change} - {_EPS}")
+        return " AND ".join(conds)
+
+    def per_analyte(make: Callable[[DeltaRule], str]) -> str:
+        if not rules.delta:
+            return "0"
+        whens = " ".join(f"WHEN analyte = '{r.analyte}' AND {make(r)} THEN 1" for r in rules.delta)
+        return f"CASE {whens} ELSE 0 END"
+
+    next_near = per_analyte(lambda r: f"nt - t <= {r.within_hours * H:g}")  # a repeat long after tells nothing
+    delta_rule = "CASE " + " ".join(f"WHEN analyte = '{r.analyte}' THEN '{r.id}'" for r in rules.delta) + " END" \
+        if rules.delta else "CAST(NULL AS " + vc + ")"
+    infusion = " UNION ALL ".join(f"""
+        SELECT e.subject_id, e.analyte, e.t, e.value, '{r.id}' AS rule, 'infusion' AS kind, 1 AS prio,
+               e.analyte || ' ' || CAST(e.value AS {vc}) || ' drawn during or within {r.after_hours:g} h after an IV '
+                 || m.drug || ' infusion: suspect specimen, repeat the sample' AS reason
+        FROM spec_seq e JOIN (
+          SELECT subject_id, drug, {d.epoch('start')} AS s,
+                 COALESCE({d.epoch('"end"')}, {d.epoch('start')} + {int(r.assumed_hours * H)}) AS en
+          FROM medications WHERE drug IN ({", ".join(f"'{i}'" for i in r.ingredients)}) AND start IS NOT NULL) m
+          ON m.subject_id = e.subject_id AND e.analyte = '{r.analyte}'
+         AND e.t >= m.s AND e.t <= m.en + {int(r.after_hours * H)}
+        WHERE m.en - m.s <= {int(r.max_infusion_hours * H)} AND (e.p1 IS NULL OR e.value > e.p1 + {r.min_rise})"""
+        for r in rules.infusion)
+    codil = " UNION ALL ".join(f"""
+        SELECT f.subject_id, f.analyte, f.t, f.value, '{c.id}', 'co_dilution', 2,
+               f.analyte || ' ' || CAST(f.value AS {vc}) || ' (from ' || CAST(f.p1 AS {vc})
+                 || ') fell with other analytes of the same draw: diluted sample suspected, repeat the sample'
+        FROM (SELECT * FROM spec_seq WHERE analyte IN ({", ".join(f"'{a}'" for a in c.analytes)})
+                AND p1t IS NOT NULL AND t - p1t <= {c.within_hours * H:g} AND p1 > 0
+                AND (p1 - value) / p1 >= {c.rel_fall} - {_EPS}) f
+        JOIN (SELECT subject_id, t FROM spec_seq WHERE analyte IN ({", ".join(f"'{a}'" for a in c.analytes)})
+                AND p1t IS NOT NULL AND t - p1t <= {c.within_hours * H:g} AND p1 > 0
+                AND (p1 - value) / p1 >= {c.rel_fall} - {_EPS}
+              GROUP BY subject_id, t HAVING COUNT(DISTINCT analyte) >= {c.min_analytes}) g
+          ON g.subject_id = f.subject_id AND g.t = f.t
+        WHERE NOT EXISTS (SELECT 1 FROM ev_named r WHERE r.subject_id = f.subject_id AND r.analyte = 'rrt'
+                          AND r.t >= f.t - {c.within_hours * H:g} AND r.t <= f.t)""" for c in rules.co_dilution)
+    empty = f"SELECT CAST(NULL AS {vc}), CAST(NULL AS {vc}), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), " \
+            f"CAST(NULL AS {vc}), CAST(NULL AS {vc}), 0, CAST(NULL AS {vc}) WHERE 1 = 0"
+    return [
+        Stage("spec_ev", f"""
+            SELECT DISTINCT subject_id, analyte, t, time, value FROM ev_named
+            WHERE analyte IN ({names}) AND value IS NOT NULL"""),
+        # the latest RRT at or before each value (dialysis between two draws explains a change)
+        Stage("spec_rrt", """
+            SELECT e.subject_id, e.analyte, e.t, e.time, e.value, MAX(r.t) AS last_rrt
+            FROM spec_ev e LEFT JOIN (SELECT DISTINCT subject_id, t FROM ev_named WHERE analyte = 'rrt') r
+              ON r.subject_id = e.subject_id AND r.t <= e.t
+            GROUP BY e.subject_id, e.analyte, e.t, e.time, e.value"""),
+        Stage("spec_seq", f"""
+            SELECT *, LAG(value) OVER ({w}) AS p1, LAG(t) OVER ({w}) AS p1t, LAG(last_rrt) OVER ({w}) AS p1_rrt,
+                   LAG(value, 2) OVER ({w}) AS p2, LAG(t, 2) OVER ({w}) AS p2t, LEAD(value) OVER ({w}) AS nv,
+                   LEAD(t) OVER ({w}) AS nt
+            FROM spec_rrt"""),
+        # delta check: the reference is the previous value or, when that was itself a jump, the closer of it and the
+        # value before it (engine/specimen.py)
+        Stage("spec_delta", f"""
+            SELECT *, {per_analyte(lambda r: jump(r, 'value', 'rv', 'rt', 't', 'last_rrt'))} AS jumped,
+                   {delta_rule} AS rule
+            FROM (SELECT *, CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2 ELSE p1 END AS rv,
+                         CASE WHEN jp = 1 AND ABS(value - p2) < ABS(value - p1) THEN p2t ELSE p1t END AS rt
+                  FROM (SELECT *, {per_analyte(lambda r: jump(r, 'p1', 'p2', 'p2t', 'p1t', 'p1_rrt'))} AS jp
+                        FROM spec_seq) x) y"""),
+        Stage("spec_any", f"""
+            {infusion or empty}
+            UNION ALL
+            {codil or empty}
+            UNION ALL
+            SELECT subject_id, analyte, t, value, rule,
+                   CASE WHEN nv IS NULL THEN 'delta_check_unconfirmed' ELSE 'delta_check' END, 3,
+                   analyte || ' ' || CAST(value AS {vc}) || ' jumped from ' || CAST(rv AS {vc})
+                     || CASE WHEN nv IS NULL THEN ' and has no repeat yet: unconfirmed, repeat the sample'
+                             ELSE ' and returned to ' || CAST(nv AS {vc})
+                                  || ' on the next value: suspect specimen, repeat the sample' END
+            FROM spec_delta
+            WHERE jumped = 1 AND (nv IS NULL OR ({next_near} = 1 AND ABS(nv - rv) < ABS(nv - value)))"""),
+        Stage("spec_flags", """
+            SELECT subject_id, analyte, t, value, rule, kind, reason FROM (
+              SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, analyte, t, value ORDER BY prio, rule) AS rn
+              FROM spec_any) x WHERE rn = 1"""),
+        Stage("spec_held", """
+            SELECT DISTINCT subject_id, analyte, t, value FROM (
+              SELECT subject_id, analyte, t, value FROM spec_any
+              UNION ALL
+              SELECT subject_id, analyte, t, value FROM spec_delta WHERE jumped = 1) x"""),
+        Stage("suspect_specimens", f"""
+            SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
+                   f.reason, 'repeat the sample' AS action
+            FROM spec_flags f LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
+                                         FROM ev_enc GROUP BY subject_id, analyte, t, value) e
+              ON e.subject_id = f.subject_id AND e.analyte = f.analyte AND e.t = f.t AND e.value = f.value""",
+              output=True),
+    ]
 
 
 def _band_case(kb: KnowledgeBase, direction: str, col: str) -> str:
@@ -466,6 +773,8 @@ def _evidence_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
             FROM ev_exposure m JOIN studies s ON s.study_id = m.study_id AND s.context = m.context
             WHERE (NOT s.requires_aki OR EXISTS (SELECT 1 FROM aki_episodes a
                    WHERE a.subject_id = m.subject_id AND a.encounter_id = m.encounter_id))
+              AND NOT EXISTS (SELECT 1 FROM eskd x  -- AKI-risk evidence: not for maintenance dialysis
+                              WHERE x.subject_id = m.subject_id AND x.encounter_id = m.encounter_id)
               AND (s.lower IS NULL OR (CASE WHEN s.lower_exclusive THEN m.value * s.to_study_unit > s.lower
                                             ELSE m.value * s.to_study_unit >= s.lower END))
               AND (s.upper IS NULL OR (CASE WHEN s.upper_inclusive THEN m.value * s.to_study_unit <= s.upper
@@ -477,6 +786,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     """Alert candidates with their de-duplication; docs/surveillance.md states each rule."""
     v = kb.value
     fall, fall_w = v("mg_fall_abs"), int(v("mg_fall_window_hours") * H)
+    proj_h = f"{v('mg_fall_projection_max_hours') * H:g}"
     ref_w, ref_gap = int(v("refractory_window_hours") * H), int(v("refractory_min_gap_hours") * H)
     gap = int(v("mg_monitoring_gap_hours") * H)
     drug_h = int(v("drug_exposure_default_hours") * H)
@@ -487,7 +797,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     risky = ", ".join(f"'{c}'" for c in kb.magnesium.high_risk_contexts)
     wasting = ", ".join(sorted(f"'{dr.ingredient}'" for dr in kb.drugs.drugs
                                if dr.nephrotoxic or dr.effect in ("renal_wasting", "nephrotoxic")))
-    sev = {a.id: a.severity for a in kb.surveillance.alerts}
+    sev = {a.id: _sev_case(kb, a.id, "NULL") for a in kb.surveillance.alerts}  # kinds rated without a measure
     enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
     lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
     vc = d.string_type
@@ -496,7 +806,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
                       OVER ({enc} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run
             FROM (SELECT *, LAG(status) OVER ({enc}) AS prev_status,
-                         LAG(value) OVER ({enc}) AS prev_value,
+                         LAG(value) OVER ({enc}) AS prev_value, LAG(t) OVER ({enc}) AS prev_t,
                          MAX(value) OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                                           RANGE BETWEEN {fall_w} PRECEDING AND 1 PRECEDING) AS max_prior_fall
                   FROM (SELECT m.*, CASE WHEN value < {mg_lo} THEN 'low' WHEN value > {mg_hi} THEN 'high'
@@ -508,10 +818,16 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, MAX(grade) OVER (PARTITION BY subject_id, encounter_id, run ORDER BY t, value
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_run_grade
             FROM mg_status"""),
+        # A fall matters when it is below range now, or when the fall since the previous value, continued
+        # until the next expected measurement (the patient's own last interval, at most mg_fall_projection_max_hours),
+        # takes it below range (issue 13 point 9: a fall inside 1.7-2.5 that stays there is no alert).
         Stage("mg_fall_cand", f"""
             SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS prev_cand_t
-            FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
-              AND prev_value IS NOT NULL AND value < prev_value"""),
+            FROM (SELECT *, value - (prev_value - value)
+                            * LEAST(CAST(1 AS DOUBLE), {proj_h} / CAST(t - prev_t AS DOUBLE)) AS projected
+                  FROM mg_status WHERE max_prior_fall IS NOT NULL AND value <= max_prior_fall - {fall} + {_EPS}
+                    AND prev_value IS NOT NULL AND value < prev_value AND t > prev_t) x
+            WHERE value < {mg_lo} OR projected < {mg_lo}"""),
         # K or Ca low twice (>= min gap apart, within the window) with Mg low or unmeasured in 48 h
         Stage("kca", f"""
             SELECT subject_id, encounter_id, time, t, analyte, value, mg_v, mg_t,
@@ -526,8 +842,10 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                                CASE WHEN (analyte = 'potassium' AND value < {k_lo})
                                       OR (analyte = 'calcium' AND value < {ca_lo}) THEN 1 ELSE 0 END AS is_low,
                                CAST(NULL AS DOUBLE) AS mg_value, CAST(NULL AS BIGINT) AS mg_time
-                        FROM ev_enc WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
+                        FROM ev_enc e WHERE encounter_id IS NOT NULL AND ((analyte = 'potassium' AND value < {k_lo})
                                                                      OR (analyte = 'calcium' AND value < {ca_lo}))
+                          AND NOT EXISTS (SELECT 1 FROM spec_held f WHERE f.subject_id = e.subject_id
+                                          AND f.analyte = e.analyte AND f.t = e.t AND f.value = e.value)
                         UNION ALL
                         SELECT subject_id, encounter_id, time, t, 'magnesium', 'magnesium', value, 0, 0, value, t
                         FROM mg) u) w"""),
@@ -535,14 +853,20 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
             SELECT *, LAG(t) OVER (PARTITION BY subject_id, encounter_id, analyte ORDER BY t) AS prev_cand_t
             FROM kca WHERE analyte <> 'magnesium' AND is_low = 1 AND prior_low_t IS NOT NULL
               AND (mg_t IS NULL OR t - mg_t > {gap} OR mg_v < {mg_lo})"""),
-        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of)
+        # monitoring gaps: admission -> first Mg, Mg -> next Mg, last Mg -> discharge (or as-of). Every draw
+        # counts, a suspect one too: Mg is being monitored (its repeat is asked for by suspect_specimens)
+        Stage("mg_drawn", """
+            SELECT subject_id, encounter_id, t,
+                   LEAD(t) OVER (PARTITION BY subject_id, encounter_id ORDER BY t) AS next_t
+            FROM (SELECT DISTINCT subject_id, encounter_id, t FROM ev_enc
+                  WHERE analyte = 'magnesium' AND encounter_id IS NOT NULL) x"""),
         Stage("mg_gaps", f"""
             SELECT h.subject_id, h.encounter_id, h.t0 AS gap_start, COALESCE(MIN(m.t), LEAST(h.t1, {as_of})) AS gap_end
-            FROM hosp h LEFT JOIN mg m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
+            FROM hosp h LEFT JOIN mg_drawn m ON m.subject_id = h.subject_id AND m.encounter_id = h.encounter_id
             GROUP BY h.subject_id, h.encounter_id, h.t0, h.t1
             UNION ALL
             SELECT m.subject_id, m.encounter_id, m.t, COALESCE(m.next_t, LEAST(h.t1, {as_of}))
-            FROM mg m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
+            FROM mg_drawn m JOIN hosp h ON h.subject_id = m.subject_id AND h.encounter_id = m.encounter_id"""),
         Stage("risk_windows", f"""
             SELECT subject_id, parent_id AS encounter_id, t0 AS r0, t1 AS r1, 'icu' AS why FROM icu
             UNION ALL
@@ -571,47 +895,65 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
         Stage("alerts", f"""
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
-                   CASE WHEN grade >= 3 THEN 'critical' ELSE '{sev['mg_out_of_range']}' END AS severity,
+                   {_sev_case(kb, 'mg_out_of_range', 'grade')} AS severity,
                    'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL ' || status
                      || ' (CTCAE grade ' || CAST(grade AS {vc}) || ')' AS detail, value
             FROM mg_status_run WHERE status <> 'normal' AND COALESCE(prev_status, '') <> status
             UNION ALL
-            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, '{sev['mg_grade_worsened']}',
+            SELECT subject_id, encounter_id, 'mg_grade_worsened', time, {_sev_case(kb, 'mg_grade_worsened', 'grade')},
                    'Mg ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL: CTCAE grade ' || CAST(grade AS {vc})
                      || ' (was ' || CAST(prior_run_grade AS {vc}) || ')', value
             FROM mg_status_run WHERE status <> 'normal' AND prior_run_grade IS NOT NULL
               AND grade > prior_run_grade
             UNION ALL
-            SELECT subject_id, encounter_id, 'mg_falling', time, '{sev['mg_falling']}',
+            SELECT subject_id, encounter_id, 'mg_falling', time, {sev['mg_falling']},
                    'Mg fell to ' || CAST(ROUND(value, 2) AS {vc}) || ' mg/dL from '
-                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h',
+                     || CAST(ROUND(max_prior_fall, 2) AS {vc}) || ' within {v('mg_fall_window_hours'):g} h'
+                     || CASE WHEN value < {mg_lo} THEN ' (below range)'
+                             ELSE '; projected ' || CAST(ROUND(projected, 2) AS {vc})
+                                  || ' mg/dL by the next expected measurement' END,
                    value
             FROM mg_fall_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_fall}
             UNION ALL
-            SELECT subject_id, encounter_id, 'aki_onset', onset, '{sev['aki_onset']}',
+            SELECT subject_id, encounter_id, 'aki_onset', onset, {_sev_case(kb, 'aki_onset', 'onset_stage')},
                    'KDIGO AKI episode ' || CAST(episode AS {vc}) || ' began (' || onset_criterion || ')',
                    CAST(NULL AS DOUBLE)
             FROM aki_episodes
             UNION ALL
-            SELECT subject_id, encounter_id, 'aki_worsening', time, '{sev['aki_worsening']}',
+            SELECT subject_id, encounter_id, 'aki_worsening', time, {_sev_case(kb, 'aki_worsening', 'stage_now')},
                    'KDIGO stage ' || CAST(stage_now AS {vc}) || ' (' || criterion || ')',
                    CAST(stage_now AS DOUBLE)
             FROM (SELECT *, MAX(stage_now) OVER (PARTITION BY subject_id, encounter_id, episode ORDER BY t, src
                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max FROM asmt_in) w
             WHERE is_start = 0 AND stage_now > prior_max
             UNION ALL
-            SELECT subject_id, encounter_id, 'refractory_k_ca', time, '{sev['refractory_k_ca']}',
+            SELECT subject_id, encounter_id, 'refractory_k_ca', time, {sev['refractory_k_ca']},
                    analyte || ' ' || CAST(ROUND(value, 2) AS {vc}) || ' low again; Mg '
                      || CASE WHEN mg_t IS NULL OR t - mg_t > {gap}
                              THEN 'not measured in {v('mg_monitoring_gap_hours'):g} h'
                              ELSE CAST(ROUND(mg_v, 2) AS {vc}) || ' mg/dL (low)' END, value
             FROM kca_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_ref}
             UNION ALL
-            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, '{sev['no_mg_48h']}',
+            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, {sev['no_mg_48h']},
                    'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
                    CAST(NULL AS DOUBLE)
-            FROM no_mg_cand) a""", output=True),
+            FROM no_mg_cand
+            UNION ALL
+            SELECT x.subject_id, x.encounter_id, 'kdigo_not_applicable', h.start, {sev['kdigo_not_applicable']},
+                   '{kb.kidney.maintenance_dialysis.status.replace("'", "''")} (' || x.why || ')', CAST(NULL AS DOUBLE)
+            FROM eskd x JOIN hosp h ON h.subject_id = x.subject_id AND h.encounter_id = x.encounter_id) a""",
+              output=True),
     ]
+
+
+def _sev_case(kb: KnowledgeBase, kind: str, measure: str) -> str:
+    """The severity of an alert kind as SQL, from the cited mapping (surveillance.yaml ``severity``);
+    ``measure`` is the column the rule reads (AKI stage, CTCAE grade), unused by rules read by none."""
+    rule = kb.severity_rule(kind)
+    if rule.by == "none" or len(rule.steps) == 1:
+        return f"'{rule.steps[0].severity}'"
+    whens = " ".join(f"WHEN {measure} >= {s.at_least:g} THEN '{s.severity}'" for s in reversed(rule.steps[1:]))
+    return f"CASE {whens} ELSE '{rule.steps[0].severity}' END"
 
 
 def _k(hours: float) -> str:

@@ -31,6 +31,7 @@ from mgaki.service.cds.models import (
     Card,
     CdsRequest,
     CdsResponse,
+    Coding,
     Link,
     ServiceDefinition,
     Source,
@@ -39,8 +40,22 @@ from mgaki.service.cds.models import (
 from mgaki.service.config import ServiceConfig
 from mgaki.units import display, dose_in_unit, dose_unit, rate_unit, salt_amounts, unit_kind
 
-__all__ = ["MGSO4", "ORDER_SELECT", "ORDER_SIGN", "PATIENT_VIEW", "RXNORM", "SERVICES", "CdsInputError",
-           "bundle_from_prefetch", "call_service", "discovery", "order_hook", "patient_view", "resolve_prefetch"]
+__all__ = [
+    "MGSO4",
+    "ORDER_SELECT",
+    "ORDER_SIGN",
+    "PATIENT_VIEW",
+    "RXNORM",
+    "SERVICES",
+    "CdsInputError",
+    "bundle_from_prefetch",
+    "call_service",
+    "discovery",
+    "order_hook",
+    "override_reasons",
+    "patient_view",
+    "resolve_prefetch",
+]
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 MGSO4 = "magnesium sulfate"  # drugs.yaml ingredient whose orders order-sign checks
@@ -547,4 +562,16 @@ def call_service(service_id: str, req: CdsRequest, cfg: ServiceConfig | None = N
         raise CdsInputError(f"unknown CDS service {service_id!r}; known: {', '.join(SERVICES)}")
     if req.hook != hook:
         raise CdsInputError(f"service {service_id!r} answers the {hook!r} hook, not {req.hook!r}")
-    return patient_view(req, cfg) if hook == "patient-view" else order_hook(req, hook, cfg)
+    res = patient_view(req, cfg) if hook == "patient-view" else order_hook(req, hook, cfg)
+    reasons = override_reasons()
+    for card in res.cards:  # every card may be overridden with one of the coded reasons (CDS Hooks feedback)
+        card.overrideReasons = list(reasons)
+    return res
+
+
+@cache
+def override_reasons() -> tuple[Coding, ...]:
+    """The coded override reasons the cards offer (knowledge data, evaluation.yaml); ``mgaki evaluate`` counts the
+    ones clinicians send back in feedback."""
+    ev = load().evaluation
+    return tuple(Coding(system=ev.override_system, code=r.code, display=r.display) for r in ev.override_reasons)

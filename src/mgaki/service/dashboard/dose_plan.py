@@ -217,7 +217,7 @@ def plan_dose(req: PlanRequest, pt: PatientInputs, kb: KnowledgeBase, seed: int 
     for c in limits:
         if not c.ok:
             value = f"{c.value:.3g}" if math.isfinite(c.value) else "a push (no infusion time)"
-            warnings.append(f"Exceeds {c.limit_id}: {value} > {c.limit:g} {c.unit} ({c.meaning})")
+            warnings.append(f"Exceeds the limit: {c.meaning}: {value} > {c.limit:g} {c.unit}")
     level = pred.level
     q = (1.0 - (level or 0.0)) / 2.0
     peak_interval = None

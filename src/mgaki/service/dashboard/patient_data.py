@@ -22,11 +22,12 @@ from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
 from mgaki.record import Measurement, Medication, PatientRecord, Stay
 from mgaki.result import Severity
-from mgaki.service.persistence.db import alerts
+from mgaki.service.persistence.db import alert_actions, alerts, utcnow
+from mgaki.service.persistence.workflow import live_only
 from mgaki.surveillance.pipeline import result_sql
 from mgaki.units import convert, salt_amounts
 
-__all__ = ["MGSO4", "SERIES", "SEVERITIES", "DoseHistory", "ListQuery", "dose_history", "patient_exists",
+__all__ = ["MGSO4", "SERIES", "SEVERITIES", "DoseHistory", "ListQuery", "Scope", "dose_history", "patient_exists",
            "patient_list", "record_from_store", "reference_ranges", "timeline"]
 
 # The analytes the timeline plots, in panel order (ids of units.yaml / codes.yaml).
@@ -35,7 +36,7 @@ SEVERITIES: tuple[str, ...] = get_args(Severity)  # least to most severe, as res
 MGSO4 = "magnesium sulfate"  # drugs.yaml ingredient whose doses the PK model knows
 _NOT_IV = ("oral", "po", "enteral", "im", "intramuscular", "by mouth")  # routes the PK model does not cover
 
-SortKey = Literal["severity", "last_alert", "patient_id", "alerts", "latest_mg"]
+SortKey = Literal["severity", "last_alert", "patient_id", "alerts", "latest_mg", "aki_stage", "age"]
 
 
 def _rank_sql(col: str) -> str:
@@ -62,9 +63,9 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str,
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 
 
-def _results(store: EventStore, name: str, patient_id: str) -> str | None:
-    """A FROM source for one patient's surveillance output (the bucket holding the patient), or None
-    when surveillance has not run yet."""
+def _results(store: EventStore, name: str, patient_id: str | None = None) -> str | None:
+    """A FROM source for one patient's surveillance output (the bucket holding the patient; every bucket
+    when no patient is given), or None when surveillance has not run yet."""
     return result_sql(store.root / "results", name, patient_id)
 
 
@@ -84,9 +85,14 @@ def patient_exists(store: EventStore, engine: sa.Engine, patient_id: str) -> boo
 # --- the patient list -------------------------------------------------------------------------
 
 
+Scope = Literal["action", "active", "all"]
+
+
 @dataclass(frozen=True)
 class ListQuery:
-    scope: Literal["active", "all"] = "active"  # active: alerts of encounters still open
+    # action: alerts that need action (not acknowledged, snoozed or resolved); active: alerts of encounters
+    # still open; all: every live alert
+    scope: Scope = "action"
     severity: str | None = None  # at least this severity among the counted alerts
     kind: str | None = None  # has a counted alert of this kind
     q: str | None = None  # patient id contains
@@ -98,22 +104,39 @@ class ListQuery:
     only: frozenset[str] | None = None  # the patients the caller may see (None: all)
 
 
+def _needs_action(now: datetime) -> sa.ColumnElement[bool]:
+    """An alert needs action: no workflow action yet, reopened, or its snooze has expired (persistence.workflow)."""
+    ranked = sa.select(alert_actions.c.alert_id, alert_actions.c.action, alert_actions.c.until,
+                       sa.func.row_number().over(partition_by=alert_actions.c.alert_id,
+                                                 order_by=(alert_actions.c.at.desc(), alert_actions.c.id.desc())
+                                                 ).label("rn")
+                       ).where(alert_actions.c.action.in_(("acknowledge", "snooze", "resolve", "reopen"))).subquery()
+    latest = sa.select(ranked.c.alert_id).where(
+        ranked.c.rn == 1, sa.or_(ranked.c.action.in_(("acknowledge", "resolve")),
+                                 sa.and_(ranked.c.action == "snooze", ranked.c.until > now)))
+    return alerts.c.id.not_in(latest)
+
+
 def _alert_groups(engine: sa.Engine) -> pa.Table:
-    """Alerts grouped in the database by (subject, encounter, kind, severity), as an Arrow table for DuckDB."""
-    q = sa.select(alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind, alerts.c.severity,
+    """Live alerts grouped in the database by (subject, encounter, kind, severity, needs action), as an Arrow
+    table for DuckDB; silent and suppressed alerts are never shown."""
+    needs = _needs_action(utcnow()).label("needs_action")
+    q = sa.select(alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind, alerts.c.severity, needs,
                   sa.func.count().label("n"), sa.func.max(alerts.c.time).label("last_time")
-                  ).group_by(alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind, alerts.c.severity)
+                  ).where(live_only()).group_by(alerts.c.subject_id, alerts.c.encounter_id, alerts.c.kind,
+                                                alerts.c.severity, needs)
     with engine.connect() as con:
         rows = con.execute(q).all()
-    types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.timestamp("us"))
+    types = (pa.string(), pa.string(), pa.string(), pa.string(), pa.bool_(), pa.int64(), pa.timestamp("us"))
     cols = list(zip(*rows, strict=True)) if rows else [() for _ in types]
-    names = ("subject_id", "encounter_id", "kind", "severity", "n", "last_time")
+    names = ("subject_id", "encounter_id", "kind", "severity", "needs_action", "n", "last_time")
     return pa.table({n: pa.array(c, t) for n, c, t in zip(names, cols, types, strict=True)})
 
 
 _SORT_SQL = {"severity": "sev_rank {d} NULLS LAST, last_alert {d} NULLS LAST",
              "last_alert": "last_alert {d} NULLS LAST", "patient_id": "patient_id {d}",
-             "alerts": "alerts {d}, sev_rank {d} NULLS LAST", "latest_mg": "latest_mg_mg_dl {d} NULLS LAST"}
+             "alerts": "alerts {d}, sev_rank {d} NULLS LAST", "latest_mg": "latest_mg_mg_dl {d} NULLS LAST",
+             "aki_stage": "aki_stage {d} NULLS LAST, sev_rank {d} NULLS LAST", "age": "age_years {d} NULLS LAST"}
 
 
 def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict[str, Any]:
@@ -121,6 +144,11 @@ def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict
     con = store.connect(("subjects", "events", "encounters"))
     try:
         con.register("alert_groups", _alert_groups(engine))
+        stages = _results(store, "aki_stage_changes")
+        stage_sql = (f"SELECT subject_id, arg_max(stage, time) AS aki_stage, max(time) AS aki_stage_time "
+                     f"FROM {stages} GROUP BY subject_id" if stages else
+                     "SELECT NULL::VARCHAR AS subject_id, NULL::INTEGER AS aki_stage, "
+                     "NULL::TIMESTAMP AS aki_stage_time WHERE FALSE")
         where: list[str] = []
         params: dict[str, Any] = {}
         if query.severity:
@@ -136,12 +164,15 @@ def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict
         if query.only is not None:
             con.register("visible", pa.table({"subject_id": pa.array(sorted(query.only), pa.string())}))
             where.append("patient_id IN (SELECT subject_id FROM visible)")
-        counted = "TRUE" if query.scope == "all" else "a.encounter_open"
+        counted = {"all": "TRUE", "active": "a.encounter_open", "action": "a.needs_action"}[query.scope]
         order = _SORT_SQL[query.sort].format(d="DESC" if query.descending else "ASC")
         sql = f"""
         WITH enc AS (  -- an encounter ingested open and later closed is closed
             SELECT subject_id, encounter_id, bool_and("end" IS NULL) AS open FROM encounters
             WHERE parent_id IS NULL GROUP BY ALL),
+        icu AS (SELECT subject_id, bool_and("end" IS NULL) AS open FROM encounters
+                WHERE kind = 'icu' GROUP BY subject_id, encounter_id),
+        stage AS ({stage_sql}),
         ppl AS (SELECT subject_id FROM subjects UNION SELECT subject_id FROM events
                 UNION SELECT subject_id FROM alert_groups),
         latest AS (
@@ -165,6 +196,12 @@ def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict
         rows AS (
             SELECT p.subject_id AS patient_id, s.sex, s.birth_year,
                    EXISTS (SELECT 1 FROM enc WHERE enc.subject_id = p.subject_id AND enc.open) AS admitted,
+                   CASE WHEN EXISTS (SELECT 1 FROM icu WHERE icu.subject_id = p.subject_id AND icu.open) THEN 'ICU'
+                        WHEN EXISTS (SELECT 1 FROM enc WHERE enc.subject_id = p.subject_id AND enc.open)
+                        THEN 'ward' END AS ward,
+                   CASE WHEN s.birth_year IS NOT NULL AND l.last_data IS NOT NULL
+                        THEN year(l.last_data) - s.birth_year END AS age_years,
+                   st.aki_stage, st.aki_stage_time,
                    l.last_data, l.latest_mg_mg_dl, l.latest_mg_time, l.latest_creatinine_mg_dl,
                    coalesce(agg.alerts, 0) AS alerts, coalesce(agg.alerts_total, 0) AS alerts_total,
                    agg.sev_rank, agg.last_alert, agg.last_alert_kind, coalesce(agg.kinds, []) AS kinds
@@ -172,6 +209,7 @@ def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict
             LEFT JOIN (SELECT subject_id, any_value(sex) AS sex, any_value(birth_year) AS birth_year
                        FROM subjects GROUP BY subject_id) s ON s.subject_id = p.subject_id
             LEFT JOIN latest l ON l.subject_id = p.subject_id
+            LEFT JOIN stage st ON st.subject_id = p.subject_id
             LEFT JOIN agg ON agg.subject_id = p.subject_id)
         SELECT *, count(*) OVER () AS total FROM rows
         {"WHERE " + " AND ".join(where) if where else ""}
@@ -186,7 +224,7 @@ def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict
         rank = r.pop("sev_rank")
         r.pop("total")
         r["highest_severity"] = SEVERITIES[rank - 1] if rank else None
-        for k in ("last_data", "latest_mg_time", "last_alert"):
+        for k in ("last_data", "latest_mg_time", "last_alert", "aki_stage_time"):
             r[k] = _iso(r[k])
         r["alerts"], r["alerts_total"] = int(r["alerts"]), int(r["alerts_total"])
         out.append(r)
@@ -309,6 +347,11 @@ def _aki_bands(con: duckdb.DuckDBPyConnection, store: EventStore, pid: str,
 # --- the record the bedside engine reads, and the dosing history the PK fit reads --------------
 
 
+def _as_reported(v: float) -> float:
+    """A canonical value at a lab's precision: 2 decimals (1.09373 mg/dL -> 1.09), 1 from 100 up."""
+    return round(v, 2) if abs(v) < 100 else round(v, 1)
+
+
 def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> PatientRecord:
     """The canonical record of one patient, rebuilt from stored rows (values already canonical).
 
@@ -338,8 +381,9 @@ def record_from_store(store: EventStore, kb: KnowledgeBase, patient_id: str) -> 
         if analyte == "rrt":
             rrt.append(_utc(t))
         elif value is not None:
+            # the store keeps the canonical value (converted from the lab's unit); shown rounded as labs report
             meas.append(Measurement(analyte, float(value), unit, _utc(t), source or "event store",
-                                    float(value), unit))
+                                    _as_reported(float(value)), unit))
     w_unit = kb.analyte("weight").canonical_unit
     meas += [Measurement("weight", float(w), w_unit, _utc(t), s or "event store", float(w), w_unit)
              for w, t, s in wt]

@@ -6,6 +6,10 @@ API (bearer token, reader role; an audit row per call, like every endpoint of th
 - ``GET  /dashboard/patients/{id}/timeline``               series, doses, AKI bands, ranges, alerts
 - ``GET  /dashboard/patients/{id}/assessment``             ``mgaki.assess`` on the stored record
 - ``POST /dashboard/patients/{id}/dose-plan``              ``mgaki.pk`` prediction for a regimen/target
+- ``GET  /dashboard/evaluation``                           ``mgaki evaluate`` on the service's data
+
+Alert actions (acknowledge, snooze, assign, resolve, reopen) are ``POST /alerts/{id}/{action}`` (app.py);
+the timeline records who saw which alert.
 
 Pages: ``/ui/`` (list) and ``/ui/patients/{id}``: static HTML and JS (vendored Vega), no patient
 data in the page itself; the page asks once for a bearer token, keeps it in ``sessionStorage``
@@ -27,12 +31,15 @@ from fastapi.staticfiles import StaticFiles
 
 import mgaki
 from mgaki.knowledge import KnowledgeBase, load
+from mgaki.research.alert_eval import run
+from mgaki.research.alert_report import clean, inline_images, render_fragment
 from mgaki.result import Assessment
-from mgaki.service.dashboard.charts import dose_chart, timeline_chart
+from mgaki.service.dashboard.charts import clinician_text, dose_chart, link_of, timeline_chart, words_for_ids
 from mgaki.service.dashboard.dose_plan import PatientInputs, PlanRequest, plan_dose
 from mgaki.service.dashboard.patient_data import (
     SEVERITIES,
     ListQuery,
+    Scope,
     SortKey,
     data_dir_store,
     dose_history,
@@ -44,6 +51,14 @@ from mgaki.service.dashboard.patient_data import (
 )
 from mgaki.service.persistence.db import MAX_OFFSET, alerts, write_audit
 from mgaki.service.persistence.ids import ID_MAX
+from mgaki.service.persistence.workflow import (
+    AlertState,
+    alert_states,
+    evaluation_alerts,
+    feedback_counts,
+    live_only,
+    record_seen,
+)
 from mgaki.service.security import AuthError, Principal, allowed_patients, check_bearer, check_patient
 
 __all__ = ["STATIC", "VENDOR", "authorize_patient", "install_dashboard", "router", "visible_patients"]
@@ -104,8 +119,9 @@ def _patient(request: Request, who: Principal, patient_id: str) -> JSONResponse 
 
 @router.get("/dashboard/patients", tags=["dashboard"])
 def list_patients(request: Request, who: Reader,
-                  scope: Annotated[Literal["active", "all"], Query(
-                      description="active: alerts of encounters still open; all: every alert")] = "active",
+                  scope: Annotated[Scope, Query(
+                      description="action: alerts that need action (not acknowledged, snoozed or resolved); "
+                                  "active: alerts of encounters still open; all: every alert")] = "action",
                   severity: Annotated[Literal["info", "warning", "critical"] | None, Query(
                       description="only patients with an alert of at least this severity")] = None,
                   kind: Annotated[str | None, Query(max_length=50)] = None,
@@ -125,6 +141,8 @@ def list_patients(request: Request, who: Reader,
     write_audit(request.app.state.engine, who.name, "read", "GET /dashboard/patients", shown or [None],
                 f"{len(shown)} patients listed")
     res["severities"] = list(SEVERITIES)
+    res["timezone"] = request.app.state.cfg.timezone
+    res["alert_labels"] = {a.kind: a.label for a in _kb().evaluation.alerts}
     res["reference_ranges"] = reference_ranges(_kb(), ("magnesium", "creatinine"))
     return res
 
@@ -134,11 +152,22 @@ def patient_timeline(request: Request, patient_id: PatientId, who: Reader) -> di
     """Mg, creatinine, K, Ca, urine output, Mg doses, AKI stage bands, reference ranges and alerts."""
     if (missing := _patient(request, who, patient_id)) is not None:
         return missing
-    tl = timeline(data_dir_store(request.app.state.cfg.data_dir), _kb(), patient_id)
-    q = sa.select(alerts).where(alerts.c.subject_id == patient_id).order_by(alerts.c.time.desc(), alerts.c.id)
-    with request.app.state.engine.connect() as con:
+    kb = _kb()
+    tl = timeline(data_dir_store(request.app.state.cfg.data_dir), kb, patient_id)
+    q = sa.select(alerts).where(alerts.c.subject_id == patient_id, live_only()).order_by(
+        alerts.c.time.desc(), alerts.c.id)
+    engine = request.app.state.engine
+    with engine.connect() as con:
         rows = con.execute(q).mappings().all()
-    tl["alerts"] = [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()} for r in rows]
+    record_seen(engine, who.name, [(r["id"], patient_id) for r in rows])  # "seen by": who was shown which alert
+    with engine.connect() as con:
+        states = alert_states(con, [r["id"] for r in rows])
+    labels = {a.kind: a.label for a in kb.evaluation.alerts}
+    tl["alerts"] = [{**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()
+                        if k not in ("mode", "allocation_id")},
+                     "label": labels.get(r["kind"], r["kind"]), "detail": words_for_ids(r["detail"]),
+                     "state": states.get(r["id"], AlertState()).as_json()} for r in rows]
+    tl["timezone"] = request.app.state.cfg.timezone
     tl["vega_lite"] = timeline_chart(tl)
     _audit(request, who, "GET /dashboard/patients/{patient_id}/timeline", patient_id, None)
     return tl
@@ -150,16 +179,33 @@ def _assessment(request: Request, patient_id: str) -> tuple[Any, Assessment]:
 
 
 def _sources(a: Assessment) -> list[dict[str, Any]]:
-    """Every distinct source the findings and the plan cite, with a link when there is a DOI or URL."""
+    """Every distinct source the findings and the plan cite, with a working link when there is a DOI or URL, and
+    without the project's internal notes."""
     seen: dict[str, dict[str, Any]] = {}
     for ev in [e for f in a.findings for e in f.evidence] + list(a.plan.evidence):
         key = ev.doi or ev.document or ev.source
         if key not in seen:
-            url = f"https://doi.org/{ev.doi}" if ev.doi else (ev.document if ev.document and
-                                                                 ev.document.startswith("http") else None)
-            seen[key] = {"citation": ev.source, "doi": ev.doi, "document": ev.document, "url": url,
-                         "verification": ev.verification}
+            link, note = link_of(ev.document)
+            url = f"https://doi.org/{ev.doi}" if ev.doi else link
+            citation = clinician_text(ev.source) or ev.source
+            seen[key] = {"citation": citation + (f" ({note})" if note and link else ""), "doi": ev.doi,
+                         "document": link or clinician_text(note), "url": url, "verification": ev.verification}
     return list(seen.values())
+
+
+def _for_clinicians(assessment: dict[str, Any]) -> dict[str, Any]:
+    """The assessment's evidence with working links and without internal notes (the JSON of mgaki assess keeps
+    them: they are the provenance of each number)."""
+    def fix(ev: dict[str, Any]) -> dict[str, Any]:
+        link, note = link_of(ev.get("document"))
+        return {**ev, "source": clinician_text(ev.get("source")) or ev.get("source"),
+                "document": link or clinician_text(note), "document_note": note if link else None}
+
+    out = dict(assessment)
+    out["findings"] = [{**f, "evidence": [fix(e) for e in f["evidence"]]} for f in assessment["findings"]]
+    if out.get("plan"):
+        out["plan"] = {**out["plan"], "evidence": [fix(e) for e in out["plan"].get("evidence", [])]}
+    return out
 
 
 @router.get("/dashboard/patients/{patient_id}/assessment", tags=["dashboard"], response_model=None)
@@ -169,7 +215,7 @@ def patient_assessment(request: Request, patient_id: PatientId, who: Reader) -> 
         return missing
     _, a = _assessment(request, patient_id)
     _audit(request, who, "GET /dashboard/patients/{patient_id}/assessment", patient_id, f"{len(a.findings)} findings")
-    return {"assessment": a.model_dump(mode="json"), "sources": _sources(a)}
+    return {"assessment": _for_clinicians(a.model_dump(mode="json")), "sources": _sources(a)}
 
 
 @router.post("/dashboard/patients/{patient_id}/dose-plan", tags=["dashboard"], response_model=None)
@@ -201,6 +247,30 @@ def dose_plan(request: Request, patient_id: PatientId, body: PlanRequest, who: R
     return plan
 
 
+@router.get("/dashboard/evaluation", tags=["dashboard"])
+def evaluation(request: Request, who: Reader) -> dict[str, Any]:
+    """``mgaki evaluate`` on the service's data: burden, PPV, live against silent (docs/evaluation.md).
+
+    Aggregates only (no patient is named); the report's HTML body, its charts inline, and the numbers."""
+    if "reader" not in who.roles and "admin" not in who.roles:
+        raise AuthError(f"token {who.name!r} may not read patient data", 403)
+    cfg = request.app.state.cfg
+    if visible_patients(who) is not None:  # a token limited to some patients sees no cohort-wide figures
+        raise AuthError(f"token {who.name!r} is limited to some patients: the evaluation covers every patient", 403)
+    kb = _kb()
+    policy = cfg.alerts
+    res, _ = run(data_dir_store(cfg.data_dir), kb, evaluation_alerts(request.app.state.engine),
+                 policy.allocation.unit if policy.randomised() else None, feedback_counts(request.app.state.engine))
+    modes = ", ".join(f"{a.label}: {policy.mode(a.kind)}" for a in kb.evaluation.alerts)
+    source = f"Service data; modes: {modes}" + (
+        f"; allocation by {policy.allocation.unit}, seed {policy.allocation.seed}, label "
+        f"{policy.allocation.label}" if policy.randomised() else "")
+    body = render_fragment(res, inline_images(res), source)
+    write_audit(request.app.state.engine, who.name, "read", "GET /dashboard/evaluation", [None],
+                f"{res['alerts']} alerts evaluated")
+    return {"html": body, "result": clean(res)}
+
+
 # --- pages --------------------------------------------------------------------------------------
 
 
@@ -220,6 +290,11 @@ def ui_root() -> RedirectResponse:
 @router.get("/ui/", include_in_schema=False)
 def ui_list() -> Response:
     return _page("list.html")
+
+
+@router.get("/ui/evaluation", include_in_schema=False)
+def ui_evaluation() -> Response:
+    return _page("evaluation.html")
 
 
 @router.get("/ui/patients/{patient_id}", include_in_schema=False)

@@ -35,9 +35,12 @@ from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
 from mgaki.events.schema import TABLES
+from mgaki.research.alert_eval import care_units
+from mgaki.research.alert_trial import AlertPolicy, assign_mode
 from mgaki.service.persistence.db import ALERT_KEY, alert_key_hash, alert_rejects, alerts, insert_alerts
 from mgaki.service.persistence.ids import FHIR_ID_RE2, ID_MAX, find_nul
 from mgaki.service.persistence.locks import FileLock
+from mgaki.service.persistence.workflow import DbLedger
 from mgaki.surveillance import surveil
 
 __all__ = ["INCOMING", "IngestResult", "Ingestor", "check_bundle", "check_ndjson", "clear_incoming",
@@ -202,8 +205,9 @@ def clear_incoming(data_dir: Path, wait_s: float = 60.0) -> int | None:
 
 class Ingestor:
     def __init__(self, data_dir: Path, engine: sa.Engine, run_surveillance: bool = True,
-                 delay_s: float = 1.0, per_source: bool = False) -> None:
+                 delay_s: float = 1.0, per_source: bool = False, policy: AlertPolicy | None = None) -> None:
         self.store = EventStore(data_dir / "events")
+        self.policy = policy or AlertPolicy()  # each alert kind's mode, the rollout's allocation
         self.per_source = per_source  # record identities include the source system (docs/service.md#identity)
         self.engine = engine
         self.run_surveillance = run_surveillance
@@ -332,7 +336,8 @@ class Ingestor:
 
     def sync_alerts(self, log: pa.Table) -> int:
         """Copy the alert log's rows the database holds neither as alerts nor as rejects (``insert_alerts``:
-        one patient at a time, a row the database cannot hold set aside with its reason)."""
+        one patient at a time, a row the database cannot hold set aside with its reason), each with its mode.
+        Returns the number of new live alerts."""
         if log.num_rows == 0:
             return 0
         # the patients whose held alerts can match (an id no column can hold, e.g. with NUL, is held by none)
@@ -347,4 +352,28 @@ class Ingestor:
             if rows:
                 rejected = set(con.execute(sa.select(alert_rejects.c.key_hash)).scalars())
                 rows = [r for r in rows if alert_key_hash(r) not in rejected]
-            return insert_alerts(con, rows)[0] if rows else 0
+            if not rows:
+                return 0
+            rows = self._modes(con, rows)
+            # counted: the live alerts only (a silent or suppressed alert is never shown, nor counted to callers)
+            insert_alerts(con, [r for r in rows if r["mode"] != "live"])
+            return insert_alerts(con, [r for r in rows if r["mode"] == "live"])[0]
+
+    def _modes(self, con: sa.Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each new alert's mode (off | silent | live) from the policy; a randomised kind's unit is allocated at
+        its first eligible alert, in time order, and the alert names that allocation (docs/evaluation.md)."""
+        rows = sorted(rows, key=lambda r: (r["time"], r["subject_id"], r["kind"]))
+        units: dict[tuple[str, Any], str] = {}
+        if self.policy.randomised():
+            pairs = pa.table({"subject_id": pa.array([r["subject_id"] for r in rows], pa.string()),
+                              "time": pa.array([r["time"] for r in rows], pa.timestamp("us"))})
+            units = care_units(self.store, pairs)
+        ledger = DbLedger(con, self.policy.allocation.policy_id())
+        out = []
+        for r in rows:
+            unit = units.get((r["subject_id"], r["time"]), "ward")
+            ledger.first = (r["kind"], r["time"])
+            mode, alloc, _ = assign_mode(self.policy, ledger, r["subject_id"], r["kind"], unit)
+            alloc_id = ledger.allocation_id(alloc.unit, alloc.unit_id) if alloc is not None else None
+            out.append({**r, "mode": mode, "allocation_id": alloc_id})
+        return out

@@ -31,9 +31,11 @@ __all__ = [
     "MAX_OFFSET",
     "METADATA",
     "AuditCheck",
+    "alert_actions",
     "alert_key_hash",
     "alert_rejects",
     "alerts",
+    "allocations",
     "append_audit",
     "audit",
     "audit_row",
@@ -85,6 +87,40 @@ alerts = sa.Table(
     sa.Column("detail", sa.String(500)),
     sa.Column("value", sa.Float),
     sa.Column("emitted_at", sa.DateTime, nullable=False),
+    # migration 0003 (issue 17): the mode the alert was stored in (live: shown; silent: a shadow run, evaluated
+    # but never shown; off: suppressed), and the unit's allocation when its kind is randomised. NULL: live
+    sa.Column("mode", sa.String(10)),
+    sa.Column("allocation_id", sa.Integer),
+)
+
+# what clinicians did with an alert (migration 0003), append-only: the state is the latest action
+alert_actions = sa.Table(
+    "alert_actions", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alert_id", sa.Integer, sa.ForeignKey("alerts.id"), nullable=False, index=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(20), nullable=False),  # seen | acknowledge | snooze | assign | resolve | reopen
+    sa.Column("reason", sa.String(500)),
+    sa.Column("until", sa.DateTime),  # snooze expiry
+    sa.Column("assignee", sa.String(200)),
+)
+
+# the randomised rollout's allocations (migration 0003): one row per unit, made at its first eligibility
+allocations = sa.Table(
+    "allocations", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("policy", sa.String(16), nullable=False),  # AllocationSettings.policy_id(): seed, label, blocks
+    sa.Column("unit", sa.String(10), nullable=False),  # patient | ward
+    sa.Column("unit_id", sa.String(200), nullable=False),
+    sa.Column("stratum", sa.String(200), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),  # order of eligibility within the stratum, from 1
+    sa.Column("arm", sa.String(10), nullable=False),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("first_kind", sa.String(50), nullable=False),
+    sa.Column("first_time", sa.DateTime, nullable=False),  # the triggering result of the first eligible alert
+    sa.UniqueConstraint("policy", "unit", "unit_id", name="ux_allocation_unit"),
+    sa.UniqueConstraint("policy", "stratum", "seq", name="ux_allocation_seq"),
 )
 
 # alert rows the database refused or that cannot be stored (migration 0002): set aside with the reason,
@@ -438,6 +474,7 @@ def writer(engine: sa.Engine) -> sa.Engine:
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # what the service does with each table, and no more: the audit is read and appended to, never changed
 _PRIVILEGES = {"audit": "SELECT, INSERT", "alerts": "SELECT, INSERT", "alert_rejects": "SELECT, INSERT",
+               "alert_actions": "SELECT, INSERT", "allocations": "SELECT, INSERT",
                "cds_jti": "SELECT, INSERT, DELETE", "cds_feedback": "SELECT, INSERT", "alembic_version": "SELECT"}
 
 
@@ -449,7 +486,7 @@ def service_grants(role: str, schema: str = "public") -> list[str]:
     out = [f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}";']
     out += [f'GRANT {priv} ON "{schema}"."{table}" TO "{role}";' for table, priv in _PRIVILEGES.items()]
     out += [f'GRANT USAGE ON SEQUENCE "{schema}"."{t}_id_seq" TO "{role}";'
-            for t in ("audit", "alerts", "alert_rejects", "cds_feedback")]
+            for t in ("audit", "alerts", "alert_rejects", "cds_feedback", "alert_actions", "allocations")]
     return out
 
 

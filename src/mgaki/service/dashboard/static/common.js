@@ -88,11 +88,16 @@
     if (sessionStorage.getItem(KEY)) { showContent(); start(); } else { showLogin(); }
   }
 
+  let zone = "UTC";  // the site's time zone (service config `timezone`), sent with every page's data
+
+  function setZone(tz) { if (tz) zone = tz; }
+
+  /** A stored (UTC) time in the site's time zone, with the zone's short name. */
   function fmtTime(iso) {
     if (!iso) return "";
     const d = new Date(iso.endsWith("Z") || /[+-]\d\d:\d\d$/.test(iso) ? iso : iso + "Z");
-    return d.toLocaleString(undefined, { timeZone: "UTC", day: "2-digit", month: "short", year: "numeric",
-                                         hour: "2-digit", minute: "2-digit" }) + " UTC";
+    return d.toLocaleString("en-GB", { timeZone: zone, day: "2-digit", month: "short", year: "numeric",
+                                       hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
   }
 
   function fmtNum(v, digits) {
@@ -103,5 +108,5 @@
     return el("span", { class: "badge " + (severity || "none"), text: severity || "none" });
   }
 
-  window.Mgaki = { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded, showLogin };
+  window.Mgaki = { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded, showLogin, setZone };
 })();

@@ -1,7 +1,7 @@
 /* Patient list: filters and sort go to the API (the server sorts and filters every patient). */
 "use strict";
 (function () {
-  const { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded } = window.Mgaki;
+  const { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded, setZone } = window.Mgaki;
   const state = { sort: "severity", order: "desc" };
   let timer = null;
 
@@ -19,6 +19,7 @@
   }
 
   let ranges = {};
+  let labels = {};
 
   /** Latest Mg, marked low or high against the knowledge base's reference range the API sends. */
   function mgCell(r) {
@@ -26,8 +27,9 @@
     if (v === null || v === undefined) return el("td", { class: "num" });
     const rr = ranges.magnesium;
     const flag = rr ? (v < rr.low ? "low" : (v > rr.high ? "high" : "")) : "";
-    return el("td", { class: "num " + flag, title: fmtTime(r.latest_mg_time) + (flag ? " · " + flag : "") },
-      fmtNum(v), flag ? el("small", { text: flag === "low" ? " L" : " H" }) : null);
+    return el("td", { class: "num " + flag, title: flag ? flag : "" },
+      fmtNum(v), flag ? el("small", { text: flag === "low" ? " L" : " H" }) : null,
+      el("br"), el("small", { class: "muted", text: fmtTime(r.latest_mg_time) }));
   }
 
   function row(r) {
@@ -36,11 +38,14 @@
       el("td", {}, el("a", { href, text: r.patient_id })),
       el("td", {}, badge(r.highest_severity)),
       el("td", { class: "num" }, String(r.alerts)),
-      el("td", {}, r.last_alert_kind ? el("span", {}, r.last_alert_kind.replaceAll("_", " "), el("br"),
+      el("td", {}, r.last_alert_kind ? el("span", {}, labels[r.last_alert_kind] || r.last_alert_kind.replaceAll("_", " "), el("br"),
         el("small", { class: "muted", text: fmtTime(r.last_alert) })) : ""),
       mgCell(r),
+      el("td", { class: "num aki" + (r.aki_stage ? " stage" + r.aki_stage : "") },
+        r.aki_stage === null || r.aki_stage === undefined ? "" : String(r.aki_stage)),
       el("td", { class: "num opt" }, fmtNum(r.latest_creatinine_mg_dl)),
-      el("td", { class: "opt" }, r.admitted ? "yes" : "no"));
+      el("td", { class: "opt" }, r.ward || (r.admitted ? "admitted" : "discharged")),
+      el("td", { class: "num opt" }, r.age_years === null || r.age_years === undefined ? "" : String(r.age_years)));
   }
 
   async function load() {
@@ -52,6 +57,8 @@
     try {
       const data = await api("/dashboard/patients?" + params().toString());
       ranges = data.reference_ranges || {};
+      labels = data.alert_labels || {};
+      setZone(data.timezone);
       const body = document.querySelector("#patients tbody");
       body.replaceChildren(...data.patients.map(row));
       document.getElementById("empty").hidden = data.patients.length > 0;

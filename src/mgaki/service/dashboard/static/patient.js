@@ -1,7 +1,7 @@
 /* Patient page: alerts, interactive timeline (Vega-Lite spec from the server), assessment, dose planner. */
 "use strict";
 (function () {
-  const { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded } = window.Mgaki;
+  const { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded, setZone } = window.Mgaki;
   const pid = decodeURIComponent(location.pathname.replace(/^\/ui\/patients\//, "").replace(/\/$/, ""));
   const base = "/dashboard/patients/" + encodeURIComponent(pid);
   const EMBED = { actions: { export: true, source: false, compiled: false, editor: false }, renderer: "svg" };
@@ -36,17 +36,104 @@
     box.dataset.rendered = "true";
   }
 
+  const STATUS = { open: "Needs action", acknowledged: "Acknowledged", snoozed: "Snoozed", resolved: "Resolved" };
+
+  function stateLine(st) {
+    const bits = [el("span", { class: "status " + st.status, text: STATUS[st.status] || st.status })];
+    if (st.status !== "open" && st.updated_by) bits.push(" by " + st.updated_by);
+    if (st.status === "snoozed" && st.snoozed_until) bits.push(" until " + fmtTime(st.snoozed_until));
+    if (st.reason) bits.push(": " + st.reason);
+    if (st.assignee) bits.push(el("span", { class: "assignee", text: " · assigned to " + st.assignee }));
+    if (st.seen_by.length) bits.push(el("span", { class: "muted", text: " · seen by " + st.seen_by.map((s) => s.who).join(", ") }));
+    return el("div", { class: "state" }, bits);
+  }
+
+  /** One small form per action that needs more than a click (snooze: reason and how long; assign: to whom). */
+  function actionForm(a, action) {
+    const fields = [];
+    if (action === "snooze") {
+      fields.push(el("label", {}, "Reason ", el("input", { name: "reason", required: true, maxlength: "500",
+        placeholder: "e.g. repeat level due at 14:00" })));
+      fields.push(el("label", {}, "for ", el("select", { name: "hours" },
+        [1, 4, 8, 12, 24, 48].map((h) => el("option", { value: String(h), selected: h === 4, text: h + " h" })))));
+    } else if (action === "assign") {
+      fields.push(el("label", {}, "To ", el("input", { name: "assignee", required: true, maxlength: "200",
+        placeholder: "name or team" })));
+    } else if (action === "resolve") {
+      fields.push(el("label", {}, "Reason ", el("input", { name: "reason", maxlength: "500",
+        placeholder: "optional, e.g. Mg replaced" })));
+    }
+    const form = el("form", { class: "alert-form", "data-action": action }, fields,
+      el("button", { type: "submit", text: { snooze: "Snooze", assign: "Assign", resolve: "Resolve" }[action] }),
+      el("button", { type: "button", class: "link-button cancel", text: "Cancel" }));
+    form.querySelector(".cancel").addEventListener("click", () => form.remove());
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = {};
+      if (form.reason && form.reason.value.trim()) body.reason = form.reason.value.trim();
+      if (form.assignee) body.assignee = form.assignee.value.trim();
+      if (form.hours) body.until = new Date(Date.now() + Number(form.hours.value) * 3600e3).toISOString();
+      await act(a, action, body, form);
+    });
+    return form;
+  }
+
+  async function act(a, action, body, where) {
+    const err = document.getElementById("alerts-error");
+    err.hidden = true;
+    try {
+      await api("/alerts/" + a.id + "/" + action, { method: "POST", headers: { "Content-Type": "application/json" },
+                                                    body: JSON.stringify(body || {}) });
+      await loadTimeline();
+    } catch (e) {
+      if (e instanceof AuthNeeded) return;
+      err.textContent = "Could not " + action + " the alert: " + e.message;
+      err.hidden = false;
+      if (where) where.querySelector("button[type=submit]").disabled = false;
+    }
+  }
+
+  function actions(a) {
+    const st = a.state.status;
+    const box = el("div", { class: "alert-actions" });
+    const button = (action, text, withForm) => {
+      const b = el("button", { type: "button", class: "small", "data-action": action, text });
+      b.addEventListener("click", () => {
+        if (!withForm) { b.disabled = true; act(a, action, {}); return; }
+        const li = b.closest("li");
+        li.querySelectorAll(".alert-form").forEach((f) => f.remove());
+        li.append(actionForm(a, action));
+        const first = li.querySelector(".alert-form input, .alert-form select");
+        if (first) first.focus();
+      });
+      return b;
+    };
+    if (st === "open") box.append(button("acknowledge", "Acknowledge", false), button("snooze", "Snooze…", true));
+    if (st !== "resolved") box.append(button("assign", "Assign…", true), button("resolve", "Resolve…", true));
+    if (st !== "open") box.append(button("reopen", "Reopen", false));
+    return box;
+  }
+
   function renderAlerts(alerts) {
     const list = document.getElementById("alerts");
     if (!alerts.length) { list.replaceChildren(el("li", { class: "muted" }, "No alert raised by surveillance.")); return; }
-    list.replaceChildren(...alerts.map((a) => el("li", { class: "alert " + a.severity },
+    const open = alerts.filter((a) => a.state.needs_action).length;
+    document.getElementById("alerts-count").textContent = open ? open + " need action" : "none needs action";
+    // what needs action first, then newest first
+    const sorted = alerts.slice().sort((x, y) => (y.state.needs_action - x.state.needs_action) || (x.time < y.time ? 1 : -1));
+    list.replaceChildren(...sorted.map((a) => el("li", { class: "alert " + a.severity + " " + a.state.status,
+                                                        "data-alert-id": String(a.id), "data-status": a.state.status },
       badge(a.severity),
-      el("span", {}, el("strong", { text: a.kind.replaceAll("_", " ") }), " ", el("span", { class: "when", text: fmtTime(a.time) })),
-      el("span", { class: "detail", text: a.detail || "" }))));
+      el("span", {}, el("strong", { text: a.label || a.kind.replaceAll("_", " ") }), " ", el("span", { class: "when", text: fmtTime(a.time) })),
+      el("span", { class: "detail", text: a.detail || "" }),
+      stateLine(a.state),
+      actions(a))));
   }
 
   async function loadTimeline() {
     const tl = await api(base + "/timeline");
+    setZone(tl.timezone);
+    document.getElementById("tz-note").textContent = "Times in the site's time zone (" + tl.timezone + ").";
     renderAlerts(tl.alerts);
     const top = tl.alerts.reduce((m, a) => Math.max(m, ["info", "warning", "critical"].indexOf(a.severity)), -1);
     const meta = document.getElementById("patient-meta");
