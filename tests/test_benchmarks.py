@@ -131,3 +131,24 @@ def test_ingest_body_size_benchmark_smoke() -> None:
     rows = [json.loads(x) for x in lines[1:]]
     assert [(x["kind"], x["status"]) for x in rows] == [("bundle", 200), ("ndjson", 200)]
     assert all(x["resources"] > 100 and x["peak_rss_above_start_mib"] >= 0 for x in rows)
+
+
+def test_floor_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/floor.py at 100 patients with 3 increments: every figure and verdict it promises."""
+    out = tmp_path / "floor.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--patients", "100",
+                        "--increments", "3", "--out", str(out), "--scratch", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    [size] = res["sizes"]
+    assert size["build"]["rows"] == 100 * 250  # 50 creatinine + 194 urine output + 6 Mg per patient
+    staged = size["floor"]["staged"]
+    assert staged["cr_stage"][1] == 100 * 50 and staged["uo_stage"][1] == 100 * 194
+    assert 0 < staged["cr_stage"][0] < staged["cr_stage"][1]  # planted rises are found by the floor too
+    assert size["ratio"] == size["mgaki"]["seconds"] / size["floor"]["seconds"]
+    assert {"kdigo_urine", "uo_cand", "write_results"} <= set(size["mgaki"]["stages"])
+    inc = size["increments"]
+    assert inc["k"] == 3 and inc["recomputed_max"] >= 1 and inc["p50"] <= inc["p99"] <= inc["max"]
+    for line in ("1.5x the floor query", "peak RSS < 4.0 GB", "p99 < 200.0 ms"):
+        assert line in r.stdout and ("PASS" in r.stdout or "FAIL" in r.stdout)

@@ -79,7 +79,7 @@ def test_an_append_during_a_run_stays_pending_for_the_next(tmp_path: Path, monke
     """The run reads a snapshot: data stored after it listed the store is surveilled by the next run."""
     ing = _ingestor(tmp_path, delay_s=0.0)
     ing.ingest_raw(_raw("p1"), surveil=False)
-    original = pipeline._run
+    original = pipeline._compute
     calls: list[int] = []
 
     def run_with_concurrent_append(*args: Any, **kw: Any) -> Any:
@@ -88,7 +88,7 @@ def test_an_append_during_a_run_stays_pending_for_the_next(tmp_path: Path, monke
             ing.ingest_raw(_raw("p2"), surveil=False)
         return original(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "_run", run_with_concurrent_append)
+    monkeypatch.setattr(pipeline, "_compute", run_with_concurrent_append)
     assert ing._surveil() >= 1
     assert _alert_subjects(ing) == {"p1"}
     assert ing.store.pending()[0] == {"p2"}  # its pending file was not cleared by the run that missed it

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from mgaki.events import EventStore
 from mgaki.surveillance import SurveillanceResult, run, surveil
+from mgaki.surveillance.pipeline import ResultTables
 from mgaki.synth import generate
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="Spark needs a Java runtime (java not on PATH)")
@@ -181,10 +182,10 @@ def test_cli_surveil_engine_spark_writes_what_duckdb_writes(spark: SparkSession,
     r = CliRunner().invoke(app, ["surveil", "--store", str(tmp_path / "b"), "--engine", "spark",
                                  "--spark-master", "local[2]"])
     assert r.exit_code == 0, r.output
+    res_a, res_b = (ResultTables(s.root / "results") for s in (a, b))
     for name in ("kdigo_creatinine", "aki_episodes", "mg_trajectory"):
-        assert_same({name: pq.read_table(a.root / "results" / f"{name}.parquet")},
-                    {name: pq.read_table(b.root / "results" / f"{name}.parquet")})
-    log_a, log_b = (pq.read_table(s.root / "results" / "alerts.parquet").drop(["emitted_at"]) for s in (a, b))
+        assert_same({name: res_a[name]}, {name: res_b[name]})
+    log_a, log_b = (r["alerts"].drop(["emitted_at"]) for r in (res_a, res_b))
     assert log_b.num_rows > 0
     assert_same({"alerts": log_a}, {"alerts": log_b})
 

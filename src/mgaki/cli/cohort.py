@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -118,7 +119,7 @@ def print_ingest(summary: IngestSummary, store: Path) -> None:
     console().print(f"subjects with new data: {len(summary.affected_subjects)}")
 
 
-def export_tables(tables: dict[str, pa.Table], out: Path, fmt: OutFmt) -> list[Path]:
+def export_tables(tables: Mapping[str, pa.Table], out: Path, fmt: OutFmt) -> list[Path]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -149,6 +150,9 @@ def surveil_cmd(
     engine: Annotated[Engine, typer.Option(help="duckdb (incremental) | spark (recomputes everyone; "
                                                 "needs mgaki\\[spark] and Java)")] = Engine.duckdb,
     spark_master: Annotated[str, typer.Option(help="Spark master URL, with --engine spark")] = "local[*]",
+    memory: Annotated[str | None, typer.Option(help="DuckDB memory limit, e.g. 8GB; beyond it DuckDB spills "
+                                                    "to disk (default for a full run: a quarter of RAM, at most "
+                                                    "3 GB)")] = None,
     baseline: Annotated[str | None, typer.Option(
         "--baseline", help="Reference creatinine rule: nhs-england (default) | kdigo-7day | outpatient-median "
                            "(kidney.yaml baseline_rules; a change recomputes everyone)")] = None,
@@ -179,7 +183,8 @@ def surveil_cmd(
             require_extra("spark", "surveil --engine spark")
             from mgaki.surveillance.spark import store_runner
             runner = store_runner(EventStore(store), spark_master)
-        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner, baseline_rule=rule)
+        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner,
+                      duckdb_settings={"memory_limit": memory} if memory else None, baseline_rule=rule)
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
     print_alert_rates(EventStore(store), res)
     if baseline_sensitivity:
@@ -201,7 +206,7 @@ def print_baseline_sensitivity(tab: pa.Table) -> None:
     console().print(t)
 
 
-def print_surveillance(tables: dict[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
+def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
     c = console()
     eps = tables["aki_episodes"].to_pylist()
     traj = tables["mg_trajectory"]
@@ -310,7 +315,7 @@ def demo(
     console().print(f"results (CSV): {out / 'results'}; event store: {store_dir}")
 
 
-def truth_agreement(truth: pa.Table, results: dict[str, pa.Table]) -> dict[str, dict[str, float]]:
+def truth_agreement(truth: pa.Table, results: Mapping[str, pa.Table]) -> dict[str, dict[str, float]]:
     """Planted vs detected, per admission: AKI, its peak stage, hypomagnesemia, monitoring gaps."""
     import duckdb
 
@@ -345,7 +350,7 @@ def truth_agreement(truth: pa.Table, results: dict[str, pa.Table]) -> dict[str, 
     return {r[0]: {"tp": r[1], "fn": r[2], "fp": r[3], "tn": r[4]} for r in rows}
 
 
-def print_truth(truth: pa.Table, results: dict[str, pa.Table]) -> None:
+def print_truth(truth: pa.Table, results: Mapping[str, pa.Table]) -> None:
     t = Table(title="planted truth vs what surveillance found (per admission)")
     for col in ("finding", "found", "missed", "not planted", "true negative", "sensitivity", "PPV"):
         t.add_column(col, justify="left" if col == "finding" else "right")
@@ -360,7 +365,7 @@ def print_truth(truth: pa.Table, results: dict[str, pa.Table]) -> None:
                     "[/dim]")
 
 
-def demo_plots(store: EventStore, results: dict[str, pa.Table], truth: pa.Table, out: Path) -> list[Path]:
+def demo_plots(store: EventStore, results: Mapping[str, pa.Table], truth: pa.Table, out: Path) -> list[Path]:
     """Cohort chart plus the timelines of three instructive admissions."""
     import duckdb
 

@@ -150,13 +150,19 @@ class EventStore:
         cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in schema)
         return f"(SELECT {cols} WHERE false)"
 
-    def connect(self, tables: Iterable[str] = TABLES) -> duckdb.DuckDBPyConnection:
-        """DuckDB connection with one view per stored table: current record versions only."""
-        con = connect()
+    def connect(self, tables: Iterable[str] = TABLES, shared: bool = False) -> duckdb.DuckDBPyConnection:
+        """DuckDB connection with one view per stored table: current record versions only.
+
+        ``shared``: a cursor on this process's open database (``normalize.cursor``) with TEMP views, its
+        own; opening a database costs tens of milliseconds, a cursor nothing. Not for callers that
+        change global settings (memory limit) or create persistent objects.
+        """
+        con = cursor() if shared else connect()
         where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
             if self._hidden(con) else ""
+        temp = "TEMP " if shared else ""
         for t in tables:
-            con.execute(f'CREATE OR REPLACE VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
+            con.execute(f'CREATE OR REPLACE {temp}VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
         return con
 
     def _hidden(self, con: duckdb.DuckDBPyConnection) -> int:
@@ -262,8 +268,13 @@ class EventStore:
                 # versioned rows: only those of versions this append accepts (see _versions)
                 keep = (f"WHERE source IS NULL OR NOT contains(source, '{HISTORY}') "
                         "OR source IN (SELECT source FROM accepted)")
-                new = con.sql(f'SELECT * FROM incoming {keep} EXCEPT SELECT * FROM {self.scan_sql(name)}'
-                              ).to_arrow_table().cast(TABLES[name])
+                # only the incoming subjects' stored rows can be equal: DuckDB reads those row groups only
+                # (parts are written sorted by subject), so an append costs what it brings, not the store's size
+                stored = self.scan_sql(name)
+                if name != "quarantine" or not given_null_subject(tab):
+                    stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
+                new = con.sql(f'SELECT * FROM (SELECT * FROM incoming {keep} EXCEPT SELECT * FROM {stored}) n '
+                              'ORDER BY subject_id').to_arrow_table().cast(TABLES[name])
                 con.unregister("incoming")
                 summary.added[name] = new.num_rows
                 if new.num_rows == 0:
@@ -295,10 +306,12 @@ class EventStore:
             self.compact(name)
         return summary
 
-    def compact(self, table: str, at: int = COMPACT_AT, now: float | None = None) -> Path | None:
+    def compact(self, table: str, at: int = COMPACT_AT, now: float | None = None,
+                schema: pa.Schema | None = None) -> Path | None:
         """Merge ``table``'s small parts once there are ``at`` of them; delete what a grace period freed.
 
         Callers hold the writers' lock (an append does). Returns the merged part, if one was made.
+        ``schema``: of a folder that is not a canonical table (the surveillance alert log).
         """
         folder = self.root / table
         now = time.time() if now is None else now
@@ -306,12 +319,14 @@ class EventStore:
         small = [p for p in self.files(table) if p.stat().st_size < SMALL_PART_BYTES]
         if len(small) < at:
             return None
-        schema = _LEDGER if table == _VERSIONS else TABLES[table]
+        schema = schema or (_LEDGER if table == _VERSIONS else TABLES[table])
         merged = pa.concat_tables([pq.read_table(p).cast(schema) for p in small])
+        if "subject_id" in merged.column_names:  # sorted, like every part: row groups prune by subject
+            merged = merged.sort_by([("subject_id", "ascending")])
         cid = uuid.uuid4().hex
         final = folder / f"part-{cid}.parquet"
         tmp = folder / f".{final.name}.tmp"
-        pq.write_table(merged, tmp)
+        pq.write_table(merged, tmp, row_group_size=ROW_GROUP)
         _fsync(tmp)
         _Record(folder / _COMPACTED / f"{cid}.json", final.name, tuple(p.name for p in small), now).write()
         os.replace(tmp, final)  # the switch: readers listing from now on see the merged part only
@@ -475,10 +490,18 @@ def _set_aside(con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
     return out
 
 
+def given_null_subject(tab: pa.Table) -> bool:
+    """Whether some row of `tab` names no subject (a quarantine row may not)."""
+    return bool(tab.column("subject_id").null_count > 0)
+
+
+ROW_GROUP = 1 << 17  # rows per Parquet row group: a one-subject read decodes about this many rows
+
+
 def write_parquet_atomic(tab: pa.Table, path: Path) -> Path:
     """Write `path` so that readers see the old file or the whole new one, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(tab, tmp)
+    pq.write_table(tab, tmp, row_group_size=ROW_GROUP)
     _fsync(tmp)
     os.replace(tmp, path)
     _fsync(path.parent)  # the rename itself survives a power loss only once the folder is synced

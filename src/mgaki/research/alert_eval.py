@@ -27,6 +27,7 @@ from scipy import stats
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
 from mgaki.research.alert_trial import AlertPolicy, MemoryLedger, assign_mode
+from mgaki.surveillance.pipeline import ResultTables, result_files, result_sql
 from mgaki.units import convert
 
 __all__ = ["ALERT_COLUMNS", "ALPHA", "Comparison", "care_units", "evaluate", "exposure", "km_median", "logrank",
@@ -39,8 +40,8 @@ ALERT_COLUMNS = ("alert_id", "subject_id", "encounter_id", "kind", "time", "seve
 
 
 def _results(store: EventStore, name: str) -> str | None:
-    path = store.root / "results" / f"{name}.parquet"
-    return f"read_parquet('{path.as_posix()}')" if path.exists() else None
+    """A FROM source for a surveillance output (every bucket), or None when surveillance has not run yet."""
+    return result_sql(store.root / "results", name)
 
 
 def care_units(store: EventStore, pairs: pa.Table) -> dict[tuple[str, Any], str]:
@@ -364,14 +365,13 @@ def exposure(store: EventStore) -> tuple[float, int]:
 
 
 def retrospective_alerts(store: EventStore, policy: AlertPolicy) -> pa.Table:
-    """A cohort's surveillance alerts (``results/alerts.parquet``) with the mode ``policy`` gives each, allocated
-    in time order as the service would have: a retrospective shadow run (no alert was shown to anyone)."""
-    src = store.root / "results" / "alerts.parquet"
-    if not src.exists():
-        raise FileNotFoundError(f"{src} not found: run `mgaki surveil` on the store first")
-    import pyarrow.parquet as pq
-
-    tab = pq.read_table(src).sort_by([("time", "ascending"), ("subject_id", "ascending"), ("kind", "ascending")])
+    """A cohort's surveillance alerts (the alert log, ``results/alerts/``) with the mode ``policy`` gives each,
+    allocated in time order as the service would have: a retrospective shadow run (no alert was shown to anyone)."""
+    root = store.root / "results"
+    if result_files(root, "alerts") is None:
+        raise FileNotFoundError(f"{root / 'alerts'} not found: run `mgaki surveil` on the store first")
+    tab = ResultTables(root)["alerts"].sort_by([("time", "ascending"), ("subject_id", "ascending"),
+                                               ("kind", "ascending")])
     units = care_units(store, tab.select(["subject_id", "time"])) if policy.randomised() else {}
     ledger = MemoryLedger()
     modes = [assign_mode(policy, ledger, r["subject_id"], r["kind"],

@@ -49,13 +49,13 @@ def study_store(store: EventStore, config: StudyConfig | None = None, progress: 
     t0 = time.perf_counter()
     res = run(store, kb=kb)
     alt = run(store, kb=kb, outputs=("aki_episodes_out",), exclude_analytes=URINE_ANALYTES)
-    res.tables[ALTERNATIVE] = alt.tables["aki_episodes"]
+    res.tables = {**res.tables, ALTERNATIVE: alt.tables["aki_episodes"]}
     took = time.perf_counter() - t0
     if progress:
         progress("surveillance", 1, len(STAGES))
     con = store.connect()
     try:
-        out = run_study(con, res.tables, config, progress, kb)
+        out = run_study(con, dict(res.tables), config, progress, kb)
     finally:
         con.close()
     out.seconds = {"surveillance": took, **out.seconds}
@@ -80,16 +80,16 @@ def _study_spark(store: EventStore, config: StudyConfig | None, progress: Progre
                         outputs=("kdigo_creatinine", "aki_episodes_out", "mg_trajectory"))
         alt = run_spark({k: files[k] for k in CANONICAL}, spark, kb=kb, outputs=("aki_episodes_out",),
                         exclude_analytes=URINE_ANALYTES)
-        res.tables[ALTERNATIVE] = alt.tables["aki_episodes"]
+        res.tables = {**res.tables, ALTERNATIVE: alt.tables["aki_episodes"]}
         took = time.perf_counter() - t0
         if progress:
             progress("surveillance", 1, len(STAGES))
         t0 = time.perf_counter()
         spark_tables(spark, files)
-        cohort = build_cohort(spark, res.tables, config, kb, engine="spark")
+        cohort = build_cohort(spark, dict(res.tables), config, kb, engine="spark")
     con = store.connect()
     try:
-        out = run_study(con, res.tables, config, progress, kb, cohort=cohort, cohort_started=t0)
+        out = run_study(con, dict(res.tables), config, progress, kb, cohort=cohort, cohort_started=t0)
     finally:
         con.close()
     out.seconds = {"surveillance": took, **out.seconds}

@@ -1,23 +1,32 @@
 """Run the surveillance stages over an event store, in full or incrementally.
 
 Incremental mode recomputes only the subjects whose data changed since the last
-run (the store records them at ingest) plus those still admitted, whose
-monitoring gaps move with time; every other subject's results are kept as
-they are. Alerts are logged by key (subject, encounter, kind, time): a key
-already in the log is never emitted again, so re-running changes nothing.
+run (the store records them at ingest) plus those whose timer is due (an alert
+that falls due as time passes, such as a monitoring gap); every other subject's
+results are kept as they are, and only the buckets of the recomputed subjects
+are rewritten (docs/surveillance.md#results-layout). Alerts are logged by key
+(subject, encounter, kind, time): a key already in the log is never emitted
+again, so re-running changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
+import os
 import re
+import shutil
 import time as _time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -25,14 +34,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events import EventStore
-from mgaki.events.store import write_parquet_atomic
+from mgaki.events.store import ROW_GROUP, _fsync, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
 
-__all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "SurveillanceResult", "alert_rates", "baseline_sensitivity",
-           "last_use", "needed", "run", "studies_table", "surveil"]
+__all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "ResultTables", "SurveillanceResult", "alert_rates",
+           "baseline_sensitivity", "bucket_count", "bucket_of", "default_settings", "last_use", "needed",
+           "result_files", "result_sql", "run", "studies_table", "surveil"]
 
 OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
            "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
@@ -46,7 +56,7 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class SurveillanceResult:
-    tables: dict[str, pa.Table]
+    tables: Mapping[str, pa.Table]
     new_alerts: pa.Table
     subjects_recomputed: int
     as_of: datetime | None
@@ -157,38 +167,106 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
          as_of: datetime | None, progress: Progress | None,
          outputs: tuple[str, ...] = OUTPUTS, exclude_analytes: tuple[str, ...] = (),
          baseline_rule: str | None = None) -> SurveillanceResult:
+    as_of, seconds = _compute(con, kb, subjects, as_of, progress, outputs, exclude_analytes,
+                              baseline_rule=baseline_rule)
+    tables = {RESULT_NAMES.get(n, n): _drop_internal(con.sql(f'SELECT * FROM "{n}"').to_arrow_table())
+              for n in outputs}
+    alerts = tables["alerts"] if "alerts" in tables else pa.table({})
+    return SurveillanceResult(tables, alerts, len(subjects) if subjects is not None else -1, as_of, seconds)
+
+
+def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
+    """The canonical views show `subjects` only (DuckDB prunes the Parquet row groups by subject)."""
+    con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
+    for t in ("events", "encounters", "weights", "medications", "contexts"):
+        con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
+        con.execute(f'CREATE TEMP VIEW "{t}" AS SELECT * FROM "all_{t}" '
+                    "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
+             as_of: datetime | None, progress: Progress | None, outputs: tuple[str, ...] = OUTPUTS,
+             exclude_analytes: tuple[str, ...] = (), timers: bool = False,
+             restricted: bool = False, baseline_rule: str | None = None) -> tuple[datetime | None, dict[str, float]]:
+    """Materialise the stages the outputs need as temp tables named after them; (as-of, seconds per stage).
+
+    `baseline_rule`: the reference creatinine rule (kidney.yaml ``baseline_rules``; None: the default).
+
+    `timers`: also table ``_timers_out`` (subject_id, due, after): per subject, the earliest time an
+    alert not yet due at `as_of` becomes due when nothing but the clock moves (``_timer_stages``).
+    """
     as_of = as_of or _as_of(con)
     if exclude_analytes:
         con.register("excluded_analytes", pa.table({"analyte": pa.array(exclude_analytes, pa.string())}))
         con.execute('ALTER VIEW "events" RENAME TO "events_all_analytes"')
         con.execute('CREATE VIEW "events" AS SELECT * FROM "events_all_analytes" '
                     "WHERE analyte NOT IN (SELECT analyte FROM excluded_analytes)")
-    as_of_epoch = int(as_of.replace(tzinfo=UTC).timestamp()) if as_of else OPEN_END
-    if subjects is not None:
-        con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-        for t in ("events", "encounters", "weights", "medications", "contexts"):
-            con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
-            con.execute(f'CREATE VIEW "{t}" AS SELECT * FROM "all_{t}" '
-                        "WHERE subject_id IN (SELECT subject_id FROM affected)")
+    as_of_epoch = _epoch(as_of)
+    if subjects is not None and not restricted:
+        _restrict(con, subjects)
     con.register("studies", studies_table(kb))
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"unknown surveillance output(s) {sorted(unknown)}; known: {', '.join(OUTPUTS)}")
-    plan = needed(stages(kb, DUCKDB, as_of_epoch, baseline_rule), outputs)
-    done_after = last_use(plan, outputs)
+    all_stages = stages(kb, DUCKDB, as_of_epoch, baseline_rule)
+    plan = needed(all_stages, outputs)
+    timed: list[Stage] = _timer_stages(kb, all_stages, baseline_rule) if timers and "alerts" in outputs else []
+    keep = {o.name for st in timed for o in plan if _reads(st, o)}
+    views = _views(plan + timed, {*outputs, *keep})
+    done_after = last_use(plan, (*outputs, *keep), views)
     seconds: dict[str, float] = {}
-    for i, st in enumerate(plan):
+    for i, st in enumerate(plan + timed):
         t0 = _time.perf_counter()
-        con.execute(f'CREATE OR REPLACE TEMP TABLE "{st.name}" AS {st.sql}')
+        kind = "VIEW" if st.name in views else "TABLE"
+        con.execute(f'CREATE OR REPLACE TEMP {kind} "{st.name}" AS {st.sql}')
         for name in done_after.get(st.name, ()):  # intermediate tables no later stage reads: free them
-            con.execute(f'DROP TABLE "{name}"')
+            con.execute(f'DROP {"VIEW" if name in views else "TABLE"} "{name}"')
         seconds[st.name] = _time.perf_counter() - t0
         if progress:
-            progress(st.name, i + 1, len(plan))
-    tables = {RESULT_NAMES.get(n, n): _drop_internal(con.sql(f'SELECT * FROM "{n}"').to_arrow_table())
-              for n in outputs}
-    alerts = tables["alerts"] if "alerts" in tables else pa.table({})
-    return SurveillanceResult(tables, alerts, len(subjects) if subjects is not None else -1, as_of, seconds)
+            progress(st.name, i + 1, len(plan) + len(timed))
+    if timed:
+        key = ", ".join(ALERT_KEY)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _timers_out AS
+            SELECT subject_id, MIN(due) AS due, CAST({as_of_epoch} AS BIGINT) AS after FROM (
+              SELECT subject_id, {DUCKDB.epoch('time')} AS due FROM (
+                SELECT {key} FROM "alerts{_LATER}" EXCEPT SELECT {key} FROM alerts) x) y
+            WHERE due >= {as_of_epoch} GROUP BY subject_id""")
+        for st in reversed(timed):
+            con.execute(f'DROP {"VIEW" if st.name in views else "TABLE"} "{st.name}"')
+    return as_of, seconds
+
+
+_LATER = "__later"  # suffix of the time-driven stages evaluated with the clock at its end
+
+
+def _timer_stages(kb: KnowledgeBase, plan: list[Stage], baseline_rule: str | None = None) -> list[Stage]:
+    """The stages whose result moves with the as-of time alone, evaluated with no as-of bound.
+
+    Found, not listed: a stage whose SQL differs between two as-of times, and every stage reading one.
+    Their rules are thresholds on the clock (a monitoring gap is due once it is `mg_monitoring_gap_hours`
+    old), so the alerts they add as time passes are those of the unbounded evaluation whose time has
+    come: each subject's earliest such time is its timer, and a run recomputes a subject when its timer
+    is due instead of every subject with an open encounter (the differential test checks the claim).
+    """
+    other = {s.name: s.sql for s in stages(kb, DUCKDB, 0, baseline_rule)}
+    timed = {s.name for s in plan if other.get(s.name) != s.sql}
+    for st in plan:
+        if any(_reads(st, o) for o in plan if o.name in timed):
+            timed.add(st.name)
+    later = {s.name: s.sql for s in stages(kb, DUCKDB, OPEN_END, baseline_rule)}
+    out = []
+    for st in plan:
+        if st.name not in timed:
+            continue
+        sql = later[st.name]
+        for name in timed:
+            sql = re.sub(rf'(?<![\w"]){re.escape(name)}(?![\w"])', name + _LATER, sql)
+        out.append(Stage(st.name + _LATER, sql, st.output))
+    return out
+
+
+def _epoch(t: datetime | None) -> int:
+    return int(t.replace(tzinfo=UTC).timestamp()) if t else OPEN_END
 
 
 def baseline_sensitivity(store: EventStore, kb: KnowledgeBase | None = None, as_of: datetime | None = None,
@@ -209,7 +287,13 @@ def baseline_sensitivity(store: EventStore, kb: KnowledgeBase | None = None, as_
 
 
 def _reads(st: Stage, other: Stage) -> bool:
-    return other.name != st.name and re.search(rf'(?<![\w"]){re.escape(other.name)}(?![\w"])', st.sql) is not None
+    return other.name != st.name and other.name in _names(st.sql)
+
+
+@functools.lru_cache(maxsize=512)
+def _names(sql: str) -> frozenset[str]:
+    """The bare words of a stage's SQL (a table it reads appears as one; quoted names do not count)."""
+    return frozenset(re.findall(r'(?<![\w"])(\w+)(?![\w"])', sql))
 
 
 def needed(plan: list[Stage], outputs: Iterable[str]) -> list[Stage]:
@@ -221,14 +305,35 @@ def needed(plan: list[Stage], outputs: Iterable[str]) -> list[Stage]:
     return [st for st in plan if st.name in want]
 
 
-def last_use(plan: list[Stage], outputs: Iterable[str] = OUTPUTS) -> dict[str, list[str]]:
-    """For each stage, the intermediate tables whose last reader it is (outputs are kept)."""
+def _views(plan: list[Stage], keep: set[str]) -> dict[str, str]:
+    """Intermediate stages read by exactly one later stage, once: {stage: its reader}. They run as views,
+    evaluated inside their reader (as on Spark, which checkpoints only what two stages read), so a wide
+    intermediate table (the urine-output windows) is never materialised and written to spill."""
+    out: dict[str, str] = {}
+    for st in plan:
+        if st.name in keep:
+            continue
+        readers = [r for r in plan if _reads(r, st)]
+        if len(readers) == 1 and len(re.findall(rf'(?<![\w"]){re.escape(st.name)}(?![\w"])', readers[0].sql)) == 1:
+            out[st.name] = readers[0].name
+    return out
+
+
+def last_use(plan: list[Stage], outputs: Iterable[str] = OUTPUTS,
+             views: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """For each stage, the intermediate tables whose last reader it is (outputs are kept). A table a view
+    reads lives until the view's own reader (`views`: view -> reader) has run."""
     keep = set(outputs)
+    views = views or {}
+    pos = {st.name: i for i, st in enumerate(plan)}
     last: dict[str, str] = {}
     for st in plan:
+        reader = st.name
+        while reader in views and views[reader] in pos:
+            reader = views[reader]
         for other in plan:
-            if _reads(st, other):
-                last[other.name] = st.name
+            if _reads(st, other) and (other.name not in last or pos[reader] > pos[last[other.name]]):
+                last[other.name] = reader
     out: dict[str, list[str]] = {}
     for name, reader in last.items():
         if name not in keep:
@@ -243,25 +348,165 @@ def _drop_internal(tab: pa.Table) -> pa.Table:
 
 
 # --- incremental mode ---------------------------------------------------------------------------
+#
+# Layout of ``<store>/results`` (docs/surveillance.md#results-layout):
+#   state.json                      as-of, data's latest time, bucket count, timers per bucket
+#   <table>/b<k>.parquet            the rows of the subjects whose hash falls in bucket k; _schema.parquet
+#   alerts/part-*.parquet           the alert log: append-only parts, compacted like the event store
+#   _alert_index/b<k>.parquet       the log's keys by bucket (what is already logged, read per bucket)
+#   _timers/b<k>.parquet            per subject, when an alert becomes due with no new data
+# A run rewrites only the buckets of the subjects it recomputed, so its cost follows the subjects it
+# touches, not the store's size.
+
+LAYOUT = 2
+SUBJECTS_PER_BUCKET = 256  # the bucket count grows with the cohort so that a bucket stays small
+RESULT_TABLES = tuple(RESULT_NAMES.get(n, n) for n in OUTPUTS if n != "alerts")
+_INDEX, _TIMERS, _LOG = "_alert_index", "_timers", "alerts"
+_SCHEMA = "_schema.parquet"
+
+
+def bucket_count(n_subjects: int) -> int:
+    """Buckets for a cohort: a power of two, about `SUBJECTS_PER_BUCKET` subjects each."""
+    b = 1
+    while b * SUBJECTS_PER_BUCKET < n_subjects:
+        b *= 2
+    return b
+
+
+def bucket_of(subject_id: str, buckets: int) -> int:
+    """The bucket of a subject: the first 32 bits of the MD5 of its id, modulo the bucket count."""
+    return int(hashlib.md5(subject_id.encode()).hexdigest()[:8], 16) % buckets
+
+
+# about a row per subject (or encounter), or rarer
+_FEW_ROWS = frozenset({"aki_episodes", "mg_trajectory", "evidence_flags", "kidney_status", "uo_weight_rejected",
+                       "suspect_specimens", _TIMERS})
+_FEW_ROWS_SHARE = 16  # such a table has 16 times fewer buckets: fewer, still small, files
+
+
+def table_buckets(name: str, buckets: int) -> int:
+    """The bucket count of result table (or folder) `name` in a results layout of `buckets` buckets."""
+    return max(1, buckets // _FEW_ROWS_SHARE) if name in _FEW_ROWS else buckets
+
+
+def _by_bucket(subjects: Iterable[str], buckets: int) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for s in subjects:
+        out.setdefault(bucket_of(s, buckets), set()).add(s)
+    return out
+
+
+def _bucket_sql(col: str, buckets: int) -> str:
+    """`bucket_of` in DuckDB SQL (the same number)."""
+    return f"CAST(CAST(('0x' || left(md5(COALESCE({col}, '')), 8)) AS UBIGINT) % {buckets} AS INTEGER)"
+
+
+def _bucket_file(folder: Path, b: int) -> Path:
+    return folder / f"b{b:05d}.parquet"
 
 
 def _results_dir(store: EventStore) -> Path:
     return store.root / "results"
 
 
+def result_files(root: Path, name: str, subject_id: str | None = None) -> list[Path] | None:
+    """The Parquet files of result table `name` under a results folder (all, or the one holding
+    `subject_id`); None when surveillance has not written it yet. The alert log: its live parts."""
+    folder = root / name
+    if name == _LOG:
+        return EventStore(root).files(_LOG) if folder.is_dir() else None
+    if not (folder / _SCHEMA).exists():
+        return None
+    if subject_id is not None:
+        state = _read_state(root)
+        hit = _bucket_file(folder, bucket_of(subject_id, table_buckets(name, int(state.get("buckets", 1)))))
+        return [hit] if hit.exists() else [folder / _SCHEMA]
+    return sorted(folder.glob("b*.parquet")) or [folder / _SCHEMA]
+
+
+def result_sql(root: Path, name: str, subject_id: str | None = None) -> str | None:
+    """A DuckDB FROM source for result table `name` (see `result_files`), or None before the first run."""
+    files = result_files(root, name, subject_id)
+    if files is None:
+        return None
+    if not files:
+        return f"(SELECT * FROM ({_log_empty_sql()}) WHERE false)"
+    return "read_parquet([" + ", ".join(f"'{f.as_posix()}'" for f in files) + "], union_by_name = true)"
+
+
+def _log_empty_sql() -> str:
+    return ("SELECT NULL::VARCHAR AS subject_id, NULL::VARCHAR AS encounter_id, NULL::VARCHAR AS kind, "
+            "NULL::TIMESTAMP AS time, NULL::VARCHAR AS severity, NULL::VARCHAR AS detail, NULL::DOUBLE AS value, "
+            "NULL::TIMESTAMP AS emitted_at")
+
+
+class ResultTables(Mapping[str, pa.Table]):
+    """The stored results, read from disk when a table is asked for (an incremental run reads none)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[str, pa.Table] = {}
+
+    def __getitem__(self, name: str) -> pa.Table:
+        if name not in (*RESULT_TABLES, _LOG):
+            raise KeyError(name)
+        if name not in self._cache:
+            files = result_files(self.root, name)
+            if name == _LOG and not files:
+                self._cache[name] = _empty_log()
+            elif files is None:
+                raise KeyError(name)
+            elif name == _LOG:
+                con = duckdb.connect()
+                try:
+                    self._cache[name] = con.sql(f"SELECT * FROM {result_sql(self.root, name)}").to_arrow_table()
+                finally:
+                    con.close()
+            else:
+                tabs = [pq.read_table(f) for f in files]
+                self._cache[name] = pa.concat_tables(tabs, promote_options="permissive") if len(tabs) > 1 \
+                    else tabs[0]
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(n for n in (*RESULT_TABLES, _LOG) if n == _LOG or result_files(self.root, n) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    path = out / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_state(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / ".state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, out / "state.json")
+
+
 def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None,
             kb: KnowledgeBase | None = None, progress: Progress | None = None,
             engine: FullRun | None = None,
             snapshot_lock: AbstractContextManager[object] | None = None,
+            duckdb_settings: Mapping[str, str] | None = None,
             baseline_rule: str | None = None) -> SurveillanceResult:
-    """Bring the stored results up to date; return them and the alerts emitted by this call.
+    """Bring the stored results up to date; return them (read from disk when asked for) and the alerts
+    emitted by this call.
 
-    `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`) recomputes everyone in place of
-    DuckDB; the results and the alert log are kept exactly as for DuckDB.
-    `snapshot_lock` (the writers' lock) is held only while the store's files and pending
-    subjects are listed: the run then reads that snapshot while appends go on, and an append
-    it did not see leaves its pending file for the next run. Runs themselves must not overlap
-    (the service holds a lock of its own around each).
+    An incremental run recomputes the subjects whose data changed since the last run (the store
+    records them at ingest) and those whose timer is due (an alert that becomes due as time passes,
+    such as a monitoring gap); everyone else's results are kept as they are, and only the buckets of
+    the recomputed subjects are rewritten. `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`)
+    recomputes everyone in place of DuckDB; the results and the alert log are kept exactly as for
+    DuckDB. `snapshot_lock` (the writers' lock) is held only while the store's files and pending
+    subjects are listed: the run then reads that snapshot while appends go on, and an append it did
+    not see leaves its pending file for the next run. Runs themselves must not overlap (the service
+    holds a lock of its own around each). `duckdb_settings`: as for `run`; by default a full run
+    caps DuckDB's memory (`default_settings`). `baseline_rule`: the reference creatinine rule
+    (kidney.yaml ``baseline_rules``; None: the default); results of another rule cannot be merged
+    with these, so a run whose rule differs from the stored results' recomputes everyone.
     """
     kb = kb or load()
     rule = kb.baseline_rule(baseline_rule).id
@@ -270,76 +515,342 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
                          f"({kb.baseline_rule().id}); use DuckDB for another rule")
     out = _results_dir(store)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = _read_state(out)
+    if state and state.get("layout") != LAYOUT:
+        _migrate(out)
+        state = {}
+    # results of another baseline rule cannot be merged with these, nor results lacking a table (an output
+    # added since they were written) completed subject by subject: recompute everyone
+    first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
+             or any(result_files(out, t) is None for t in RESULT_TABLES))
     with snapshot_lock or contextlib.nullcontext():
-        con = store.connect()  # the views list the files present now
+        # the views list the files present now; an incremental run with no settings of its own uses a
+        # cursor on the process's open database (settings would be that database's, everyone's)
+        con = store.connect(shared=not first and not duckdb_settings)
         pending, pending_files = store.pending()
     try:
-        as_of = as_of or _as_of(con)
-        # results of another baseline rule cannot be merged with these: recompute everyone
-        first = full or not state or engine is not None or state.get("baseline_rule", rule) != rule
-        subjects: list[str] | None = None
-        if not first:
-            prev = datetime.fromisoformat(state["as_of"]) if state.get("as_of") else None
-            open_now = _open_subjects(con, prev)
-            subjects = sorted(pending | open_now)
-        res = engine(as_of, kb, progress) if engine else _run(con, kb, subjects, as_of, progress,
-                                                               baseline_rule=rule)
+        spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
+        for key, value in {**(default_settings() if first else {}), **spill, **(duckdb_settings or {})}.items():
+            if not re.fullmatch(r"[a-z_]+", key):
+                raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
+            con.execute(f"SET {key} = ?", [value])
+        if first:
+            res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
+        else:
+            res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
     finally:
         con.close()
-    merged: dict[str, pa.Table] = {}
-    for name, fresh in res.tables.items():
-        path = out / f"{name}.parquet"
+    store.clear_pending(pending_files)
+    return res
+
+
+def default_settings() -> dict[str, str]:
+    """DuckDB settings of a full run when the caller gives none: memory capped at a quarter of RAM
+    (at most 3 GB) so that the whole process stays under the 4 GB of issue 18; DuckDB spills to a
+    temporary folder beyond it. ``MGAKI_DUCKDB_MEMORY`` overrides the cap (e.g. ``8GB``)."""
+    env = os.environ.get("MGAKI_DUCKDB_MEMORY")
+    if env:
+        return {"memory_limit": env}
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return {}
+    return {"memory_limit": f"{max(256, min(3072, ram // 4 // 2**20))}MB"}
+
+
+def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, as_of: datetime | None,
+                 progress: Progress | None, engine: FullRun | None, rule: str) -> SurveillanceResult:
+    data_max = _as_of(con)
+    as_of = as_of or data_max
+    n = con.sql("SELECT count(DISTINCT subject_id) FROM (SELECT subject_id FROM events UNION ALL "
+                "SELECT subject_id FROM encounters)").fetchall()[0][0]
+    buckets = bucket_count(int(n))
+    if engine is not None:
+        res = engine(as_of, kb, progress)
+        for name in OUTPUTS:
+            con.register(f"_fresh_{name}", res.tables[RESULT_NAMES.get(name, name)])
+            con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS SELECT * FROM "_fresh_{name}"')
+        seconds = res.seconds
+    else:
+        as_of, seconds = _compute(con, kb, None, as_of, progress, timers=True, baseline_rule=rule)
+    t0 = _time.perf_counter()
+    for name in OUTPUTS:
+        if name != "alerts":
+            rn = RESULT_NAMES.get(name, name)
+            _write_all(con, name, out / rn, table_buckets(rn, buckets))
+    # the log keys, re-bucketed from the log itself (the log is the record; the index only speeds it up)
+    log_src = result_sql(out, _LOG) if result_files(out, _LOG) else None
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {', '.join(ALERT_KEY)} FROM "
+                + (log_src or f"({_log_empty_sql()} WHERE false)"))
+    new = _new_alerts(con)
+    if new.num_rows:
+        con.register("_new", new)
+        con.execute(f"INSERT INTO _logged SELECT {', '.join(ALERT_KEY)} FROM _new")
+    _write_all(con, "_logged", out / _INDEX, buckets)
+    timers: dict[str, int] = {}
+    shutil.rmtree(out / _TIMERS, ignore_errors=True)  # the timers of the earlier run describe older data
+    if engine is None:
+        tb = table_buckets(_TIMERS, buckets)
+        _write_all(con, "_timers_out", out / _TIMERS, tb)
+        timers = {str(b): int(d) for b, d in con.sql(
+            f"SELECT {_bucket_sql('subject_id', tb)}, MIN(due) FROM _timers_out GROUP BY 1").fetchall()}
+    _append_log(out, new)
+    _write_state(out, {"layout": LAYOUT, "as_of": as_of.isoformat() if as_of else None,
+                       "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
+                       "buckets": buckets, "timers": timers, "timers_known": engine is None,
+                       "baseline_rule": rule})
+    seconds["write_results"] = _time.perf_counter() - t0
+    return SurveillanceResult(ResultTables(out), new, -1, as_of, seconds)
+
+
+def _write_all(con: duckdb.DuckDBPyConnection, table: str, folder: Path, buckets: int) -> None:
+    """Replace `folder` with `table` written by bucket (DuckDB writes the partitions; then one swap)."""
+    cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall() if r[0] not in ("t", "src")]
+    sel = ", ".join(f'"{c}"' for c in cols)
+    stage = folder.with_name(f".{folder.name}.new")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    con.execute(f"COPY (SELECT {sel} FROM \"{table}\" LIMIT 0) TO '{(stage / _SCHEMA).as_posix()}' (FORMAT parquet)")
+    parts = stage / "_parts"
+    # the bucket hashed once per subject, not per row (MD5 of every row cost more than the write)
+    sel_x = ", ".join(f'x."{c}"' for c in cols)
+    con.execute(f"""COPY (SELECT {sel_x}, COALESCE(k._b, {bucket_of('', buckets)}) AS _b FROM "{table}" x
+                          LEFT JOIN (SELECT subject_id, {_bucket_sql('subject_id', buckets)} AS _b
+                                     FROM (SELECT DISTINCT subject_id FROM "{table}") d) k
+                            ON k.subject_id = x.subject_id
+                    ) TO '{parts.as_posix()}'
+                    (FORMAT parquet, PARTITION_BY (_b), WRITE_PARTITION_COLUMNS false, ROW_GROUP_SIZE 65536)""")
+    if parts.is_dir():
+        for d in parts.iterdir():
+            files = sorted(d.glob("*.parquet"))
+            b = int(d.name.split("=", 1)[1])
+            if len(files) == 1:
+                os.replace(files[0], _bucket_file(stage, b))
+            elif files:
+                pq.write_table(pa.concat_tables([pq.read_table(f) for f in files]), _bucket_file(stage, b))
+        shutil.rmtree(parts)
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(stage, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    legacy = folder.with_name(f"{folder.name}.parquet")
+    legacy.unlink(missing_ok=True)
+
+
+def _new_alerts(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Candidates (temp table ``alerts``) not in ``_logged``, once per key, stamped now."""
+    keys = ", ".join(ALERT_KEY)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return con.sql(f"""
+        SELECT DISTINCT ON ({keys}) subject_id, encounter_id, kind, time, severity, detail, value,
+               CAST(? AS TIMESTAMP) AS emitted_at FROM alerts c
+        WHERE NOT EXISTS (SELECT 1 FROM _logged l WHERE l.subject_id = c.subject_id
+          AND l.encounter_id IS NOT DISTINCT FROM c.encounter_id AND l.kind = c.kind AND l.time = c.time)
+        ORDER BY {keys}, severity""", params=[now]).to_arrow_table()
+
+
+def _append_log(out: Path, new: pa.Table) -> None:
+    """One new part of the alert log (nothing when no alert is new); small parts merged now and then."""
+    if new.num_rows == 0:
+        return
+    folder = out / _LOG
+    folder.mkdir(exist_ok=True)
+    write_parquet_atomic(new, folder / f"part-{_time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet")
+    EventStore(out).compact(_LOG, schema=new.schema)
+
+
+def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, Any], pending: list[str],
+                  kb: KnowledgeBase, as_of: datetime | None, progress: Progress | None,
+                  rule: str) -> SurveillanceResult:
+    buckets = int(state["buckets"])
+    t0 = _time.perf_counter()
+    data_max = datetime.fromisoformat(state["data_max"]) if state.get("data_max") else None
+    if pending:
+        _restrict(con, pending)
+        seen = _as_of(con)  # the changed subjects' latest time: the store's only moves with theirs
+        data_max = max((t for t in (data_max, seen) if t is not None), default=None)
+    as_of = as_of or data_max
+    a = _epoch(as_of)
+    due = _due_subjects(out, state, a)
+    if not state.get("timers_known", True) and state.get("as_of"):
+        # results an engine wrote carry no timers: the subjects still admitted then, once, as before
+        prev = datetime.fromisoformat(state["as_of"])
+        rows = con.execute('SELECT DISTINCT subject_id FROM all_encounters WHERE "end" IS NULL OR "end" > ?'
+                           if pending else
+                           'SELECT DISTINCT subject_id FROM encounters WHERE "end" IS NULL OR "end" > ?',
+                           [prev]).fetchall()
+        due |= {r[0] for r in rows}
+    subjects = sorted(set(pending) | due)
+    seconds: dict[str, float] = {"plan": _time.perf_counter() - t0}
+    new = pa.table({})
+    timers = dict(state.get("timers", {}))
+    if subjects:
+        if not pending:
+            _restrict(con, subjects)
+        elif subjects != pending:  # the views read this table by name
+            con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
+        _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True, baseline_rule=rule)
+        seconds.update(sec)
+        t1 = _time.perf_counter()
+        new = _write_some(con, out, subjects, buckets, timers)
+        seconds["write_results"] = _time.perf_counter() - t1
+    _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
+                       "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
+                       "timers": timers, "timers_known": True, "baseline_rule": rule})
+    if new.num_rows == 0:
+        new = _empty_log()
+    return SurveillanceResult(ResultTables(out), new, len(subjects), as_of, seconds)
+
+
+LOG_SCHEMA = pa.schema([("subject_id", pa.string()), ("encounter_id", pa.string()), ("kind", pa.string()),
+                        ("time", pa.timestamp("us")), ("severity", pa.string()), ("detail", pa.string()),
+                        ("value", pa.float64()), ("emitted_at", pa.timestamp("us"))])
+
+
+def _empty_log() -> pa.Table:
+    return LOG_SCHEMA.empty_table()
+
+
+def _due_subjects(out: Path, state: dict[str, Any], a: int) -> set[str]:
+    """Subjects with a timer due at as-of `a` that was set at an earlier as-of (only due buckets are read)."""
+    due: set[str] = set()
+    for b, when in state.get("timers", {}).items():
+        if when > a:
+            continue
+        path = _bucket_file(out / _TIMERS, int(b))
+        if not path.exists():
+            continue
+        t = pq.read_table(path)
+        hit = pc.and_(pc.less_equal(t["due"], a), pc.greater(pa.scalar(a, pa.int64()), t["after"]))
+        due.update(t.filter(hit).column("subject_id").to_pylist())
+    return due
+
+
+def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], buckets: int,
+                timers: dict[str, int]) -> pa.Table:
+    """Replace the recomputed subjects' rows in their buckets; log their new alerts; update their timers."""
+    by_bucket = _by_bucket(subjects, buckets)
+    batch = _Batch()
+    for name in OUTPUTS:
         if name == "alerts":
             continue
-        tab = fresh
-        if subjects is not None and path.exists():
-            old = pq.read_table(path)
-            keep = pc.invert(pc.is_in(old.column("subject_id"), pa.array(subjects, pa.string())))
-            tab = pa.concat_tables([old.filter(keep), fresh.cast(old.schema)])
-        write_parquet_atomic(tab, path)
-        merged[name] = tab
-    new_alerts, log = _log_alerts(out / "alerts.parquet", res.tables["alerts"])
-    merged["alerts"] = log
-    state_path.write_text(json.dumps({"as_of": as_of.isoformat() if as_of else None,
-                                      "knowledge": kb.version, "baseline_rule": rule}))
-    store.clear_pending(pending_files)
-    return SurveillanceResult(merged, new_alerts, len(subjects) if subjects is not None else -1, as_of,
-                              res.seconds)
+        fresh = _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
+        rn = RESULT_NAMES.get(name, name)
+        nb = table_buckets(rn, buckets)
+        _replace_rows(out / rn, fresh, _by_bucket(subjects, nb), nb, batch)
+    # what the log holds for these subjects: their buckets of the index
+    index = [_bucket_file(out / _INDEX, b) for b in by_bucket]
+    index = [f for f in index if f.exists()]
+    src = ("read_parquet([" + ", ".join(f"'{f.as_posix()}'" for f in index) + "])") if index else \
+        f"(SELECT {', '.join(ALERT_KEY)} FROM ({_log_empty_sql()}) WHERE false)"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT * FROM {src} "
+                "WHERE subject_id IN (SELECT subject_id FROM affected)")
+    new = _new_alerts(con)
+    fresh_timers = con.sql("SELECT subject_id, due, after FROM _timers_out").to_arrow_table()
+    tb = table_buckets(_TIMERS, buckets)
+    timer_buckets = _by_bucket(subjects, tb)
+    _replace_rows(out / _TIMERS, fresh_timers, timer_buckets, tb, batch)
+    batch.commit()
+    _append_log(out, new)  # the log before its index: a crash between them re-finds the alerts in the log
+    if new.num_rows:
+        keys = new.select(list(ALERT_KEY))
+        touched = {bucket_of(s, buckets) for s in keys.column("subject_id").to_pylist()}
+        index_batch = _Batch()
+        _replace_rows(out / _INDEX, keys, {b: set() for b in touched}, buckets, index_batch)
+        index_batch.commit()
+    for b in timer_buckets:  # each rewritten timer file's earliest timer (a file left as it was keeps its entry)
+        path = _bucket_file(out / _TIMERS, b)
+        left = next((t for t, p in batch.writes if p == path), None)
+        if left is not None:
+            timers[str(b)] = int(pc.min(left["due"]).as_py())
+        elif path in batch.deletes or not path.exists():
+            timers.pop(str(b), None)
+    return new
 
 
-def _open_subjects(con: duckdb.DuckDBPyConnection, prev_as_of: datetime | None) -> set[str]:
-    """Subjects whose encounter was still open at the previous run: their monitoring gaps moved."""
-    if prev_as_of is None:
-        return set()
-    rows = con.execute('SELECT DISTINCT subject_id FROM encounters WHERE "end" IS NULL OR "end" > ?',
-                       [prev_as_of]).fetchall()
-    return {r[0] for r in rows}
+class _Batch:
+    """Files replaced together: each written under a temporary name, all synced at once (in threads, so
+    the file system commits them together), then renamed into place, then their folders synced."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[pa.Table, Path]] = []
+        self.deletes: list[Path] = []
+
+    def write(self, tab: pa.Table, path: Path) -> None:
+        self.writes.append((tab, path))
+
+    def delete(self, path: Path) -> None:
+        self.deletes.append(path)
+
+    def commit(self) -> None:
+        tmps = []
+        for tab, path in self.writes:
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(tab, tmp, row_group_size=ROW_GROUP)
+            tmps.append(tmp)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(_fsync, tmps))
+            for tmp, (_, path) in zip(tmps, self.writes, strict=True):
+                os.replace(tmp, path)
+            for path in self.deletes:
+                path.unlink(missing_ok=True)
+            list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
 
 
-def _log_alerts(path: Path, candidates: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(alerts new to the log, the whole log). The log only grows."""
-    con = duckdb.connect()
-    try:
-        con.register("cand", candidates)
-        keys = ", ".join(ALERT_KEY)
+def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str]], buckets: int,
+                  batch: _Batch) -> None:
+    """In each bucket of `by_bucket`: drop the rows of its subjects, add `fresh`'s rows of that bucket."""
+    folder.mkdir(exist_ok=True)
+    if not (folder / _SCHEMA).exists():
+        pq.write_table(fresh.slice(0, 0), folder / _SCHEMA)
+    fresh_b = pa.array([bucket_of(s or "", buckets) for s in fresh.column("subject_id").to_pylist()], pa.int32()) \
+        if fresh.num_rows else pa.array([], pa.int32())
+    extra = {bucket_of(s or "", buckets) for s in fresh.column("subject_id").to_pylist()} - set(by_bucket)
+    for b in [*by_bucket, *sorted(extra)]:
+        drop = by_bucket.get(b, set())
+        path = _bucket_file(folder, b)
+        mine = fresh.filter(pc.equal(fresh_b, b)) if fresh.num_rows else fresh
+        parts = []
         if path.exists():
-            con.execute(f"CREATE TABLE log AS SELECT * FROM read_parquet('{path.as_posix()}')")
+            old = pq.read_table(path)
+            mine = mine.cast(old.schema)
+            if drop:
+                theirs = pc.is_in(old["subject_id"], pa.array(sorted(drop), pa.string()))
+                if _same_rows(old.filter(theirs), mine):
+                    continue  # the recomputed subjects' rows did not change: the file stays as it is
+                old = old.filter(pc.invert(theirs))
+            parts.append(old)
+        elif mine.num_rows == 0:
+            continue
+        tab = pa.concat_tables([*parts, mine]) if parts else mine
+        if tab.num_rows == 0:
+            batch.delete(path)
         else:
-            con.execute("CREATE TABLE log AS SELECT *, CAST(NULL AS TIMESTAMP) AS emitted_at FROM cand WHERE false")
-        now = datetime.now(UTC).replace(tzinfo=None)
-        new = con.sql(f"""
-            SELECT DISTINCT ON ({keys}) *, CAST(? AS TIMESTAMP) AS emitted_at FROM cand c
-            WHERE NOT EXISTS (SELECT 1 FROM log l WHERE l.subject_id = c.subject_id
-              AND l.encounter_id IS NOT DISTINCT FROM c.encounter_id AND l.kind = c.kind AND l.time = c.time)
-            ORDER BY {keys}, severity""", params=[now]).to_arrow_table() if candidates.num_rows else None
-        if new is None or new.num_rows == 0:
-            log = con.sql("SELECT * FROM log").to_arrow_table()
-            return log.slice(0, 0), log
-        con.register("new_rows", new)
-        log = con.sql("SELECT * FROM log UNION ALL SELECT * FROM new_rows").to_arrow_table()
-        write_parquet_atomic(log, path)
-        return new, log
-    finally:
-        con.close()
+            batch.write(tab, path)
+
+
+def _same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Whether two small tables hold the same rows in any order (NaN never equal: then rewrite)."""
+    if a.num_rows != b.num_rows or a.schema != b.schema:
+        return False
+    if a.num_rows == 0:
+        return True
+    keys = [(c, "ascending") for c in a.column_names]
+    try:
+        return bool(a.sort_by(keys).equals(b.sort_by(keys)))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # a column type arrow cannot sort
+        return False
+
+
+def _migrate(out: Path) -> None:
+    """Results of the one-file-per-table layout: the alert log becomes the first log part, the rest
+    is recomputed by the full run that follows."""
+    legacy_log = out / "alerts.parquet"
+    if legacy_log.exists():
+        (out / _LOG).mkdir(exist_ok=True)
+        os.replace(legacy_log, out / _LOG / "part-00000000000000000000-legacy.parquet")
+    for name in RESULT_TABLES:
+        (out / f"{name}.parquet").unlink(missing_ok=True)
+    (out / "state.json").unlink(missing_ok=True)

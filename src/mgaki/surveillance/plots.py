@@ -8,6 +8,7 @@ carries a few dozen rows whatever the cohort size.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def mg_bands(kb: KnowledgeBase) -> list[tuple[str, float, float]]:
     return out
 
 
-def cohort_mg_aki(results: dict[str, pa.Table], kb: KnowledgeBase | None = None) -> alt.VConcatChart:
+def cohort_mg_aki(results: Mapping[str, pa.Table], kb: KnowledgeBase | None = None) -> alt.VConcatChart:
     """AKI rate by lowest Mg of the encounter (is the review's U shape there?), and Mg by peak stage."""
     kb = kb or load()
     con = duckdb.connect()
@@ -107,7 +108,7 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
-def patient_timeline(tables: dict[str, pa.Table], results: dict[str, pa.Table], subject_id: str,
+def patient_timeline(tables: dict[str, pa.Table], results: Mapping[str, pa.Table], subject_id: str,
                      encounter_id: str, kb: KnowledgeBase | None = None) -> alt.VConcatChart:
     """Creatinine with KDIGO stage, AKI episodes shaded; Mg with range, MgSO4 doses and alerts; urine rate."""
     kb = kb or load()

@@ -347,15 +347,23 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
         for h in hours)
     def nxt(col: str) -> str:  # the next charting's value (ties in (e, kind) only among starts: nulls)
         return d.bfill_over(col, "stay_id", ("e", "kind"))
+    # Only a window ending strictly between two chartings can be a candidate: one ending on a charting
+    # (every window when charting is hourly) or at or after the stay's last charting never is, so those
+    # starts, and the chartings of stays left without a start, are dropped before the ordering.
+    add("uo_start", f"""
+        SELECT s.* FROM ({starts}) s
+        JOIN (SELECT stay_id, MAX(t) AS last_t FROM uo_cum GROUP BY stay_id) m
+          ON m.stay_id = s.stay_id AND s.e < m.last_t
+        WHERE NOT EXISTS (SELECT 1 FROM uo_cum c WHERE c.stay_id = s.stay_id AND c.t = s.e)""")
     cand_vol = "ncum - nvol + nvol * CAST(e - npt AS DOUBLE) / CAST(nt - npt AS DOUBLE) - cum_i"
     add("uo_cand", f"""
         SELECT stay_id, nt AS t, k, MIN({cand_vol}) AS low_vol
         FROM (SELECT stay_id, e, k, cum_i, cl_i, kind,
                 {nxt('ct')} AS nt, {nxt('cpt')} AS npt,
                 {nxt('cvol')} AS nvol, {nxt('ccum')} AS ncum, {nxt('ccl')} AS ncl
-              FROM ({starts} UNION ALL
+              FROM (SELECT * FROM uo_start UNION ALL
                     SELECT stay_id, t, NULL, NULL, NULL, 1, t, pt, vol, cum, cum_long FROM uo_cum
-                    WHERE pt IS NOT NULL) u) x
+                    WHERE pt IS NOT NULL AND stay_id IN (SELECT stay_id FROM uo_start)) u) x
         WHERE kind = 0 AND nt IS NOT NULL AND e > npt AND e < nt
           AND ncl - cl_i = 0 AND {cand_vol} >= -{_VOL_EPS}
         GROUP BY stay_id, nt, k""")

@@ -24,6 +24,7 @@ from mgaki.record import Measurement, Medication, PatientRecord, Stay
 from mgaki.result import Severity
 from mgaki.service.persistence.db import alert_actions, alerts, utcnow
 from mgaki.service.persistence.workflow import live_only
+from mgaki.surveillance.pipeline import result_sql
 from mgaki.units import convert, salt_amounts
 
 __all__ = ["MGSO4", "SERIES", "SEVERITIES", "DoseHistory", "ListQuery", "Scope", "dose_history", "patient_exists",
@@ -62,10 +63,10 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str,
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 
 
-def _results(store: EventStore, name: str) -> str | None:
-    """A FROM source for a surveillance output, or None when surveillance has not run yet."""
-    path = store.root / "results" / f"{name}.parquet"
-    return f"read_parquet('{path.as_posix()}')" if path.exists() else None
+def _results(store: EventStore, name: str, patient_id: str | None = None) -> str | None:
+    """A FROM source for one patient's surveillance output (the bucket holding the patient; every bucket
+    when no patient is given), or None when surveillance has not run yet."""
+    return result_sql(store.root / "results", name, patient_id)
 
 
 def patient_exists(store: EventStore, engine: sa.Engine, patient_id: str) -> bool:
@@ -252,7 +253,7 @@ def timeline(store: EventStore, kb: KnowledgeBase, patient_id: str) -> dict[str,
     """The series, Mg doses, AKI stage bands and reference ranges of one patient (store units)."""
     con = store.connect(("events", "medications", "encounters"))
     try:
-        cr = _results(store, "kdigo_creatinine")
+        cr = _results(store, "kdigo_creatinine", patient_id)
         cr_join = (f"""LEFT JOIN (SELECT time, value, any_value(stage) AS aki_stage, any_value(criterion) AS criterion,
                                          any_value(reference) AS kdigo_reference FROM {cr}
                                   WHERE subject_id = $pid GROUP BY time, value) k
@@ -306,7 +307,7 @@ def timeline(store: EventStore, kb: KnowledgeBase, patient_id: str) -> dict[str,
 def _urine_rate(con: duckdb.DuckDBPyConnection, store: EventStore, kb: KnowledgeBase,
                 pid: str) -> list[dict[str, Any]]:
     """Urine output rate over the KDIGO stage-1 window at each charting (surveillance), mL/kg/h."""
-    src = _results(store, "kdigo_urine")
+    src = _results(store, "kdigo_urine", pid)
     if src is None:
         return []
     col = f"rate_{kb.value('kdigo_uo_stage1_hours'):g}h".replace(".", "_")  # surveillance.stages._k
@@ -324,7 +325,7 @@ def _urine_rate(con: duckdb.DuckDBPyConnection, store: EventStore, kb: Knowledge
 def _aki_bands(con: duckdb.DuckDBPyConnection, store: EventStore, pid: str,
                last_data: datetime | None) -> list[dict[str, Any]]:
     """Stage > 0 intervals: each stage change holds until the next, the encounter's end or the last data."""
-    src = _results(store, "aki_stage_changes")
+    src = _results(store, "aki_stage_changes", pid)
     if src is None:
         return []
     rows = _rows(con, f"""

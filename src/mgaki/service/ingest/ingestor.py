@@ -214,6 +214,7 @@ class Ingestor:
         self.delay_s = delay_s  # deferred surveillance: how long messages are gathered into one run
         self._lock = FileLock(data_dir / "ingest.lock")  # writers, across worker processes (--workers)
         self._surveil_lock = FileLock(data_dir / "surveil.lock")  # one surveillance run at a time
+        self._log_synced = False  # set once this process copied the whole alert log into the database
         self._tmp = data_dir / INCOMING
         # held while this process may write request files: clear_incoming (at the next start) waits for it
         self._serving = FileLock(data_dir / INCOMING_LOCK, shared=True)
@@ -268,7 +269,15 @@ class Ingestor:
         """
         with self._surveil_lock:
             res = surveil(self.store, snapshot_lock=self._lock)
-            return self.sync_alerts(res.tables["alerts"])
+            try:
+                if self._log_synced:  # the log up to the last run is in the database: copy what is new
+                    return self.sync_alerts(res.new_alerts)
+                n = self.sync_alerts(res.tables["alerts"])  # first run of this process: the whole log, once
+            except Exception:
+                self._log_synced = False  # the next run copies the whole log again
+                raise
+            self._log_synced = True
+            return n
 
     # --- deferred surveillance (HL7) ---------------------------------------------------------
 
@@ -331,8 +340,13 @@ class Ingestor:
         Returns the number of new live alerts."""
         if log.num_rows == 0:
             return 0
+        # the patients whose held alerts can match (an id no column can hold, e.g. with NUL, is held by none)
+        subjects = sorted({s for s in log.column("subject_id").to_pylist() if s is not None and "\x00" not in s})
         with self.engine.begin() as con:  # a write transaction (BEGIN IMMEDIATE on SQLite): read, then insert
-            held = {tuple(r) for r in con.execute(sa.select(*(alerts.c[k] for k in ALERT_KEY))).all()}
+            q = sa.select(*(alerts.c[k] for k in ALERT_KEY))
+            if len(subjects) <= 500:  # only these patients' alerts can match (a log of a few runs)
+                q = q.where(alerts.c.subject_id.in_(subjects))
+            held = {tuple(r) for r in con.execute(q).all()}
             rows = [r for r in log.select([*ALERT_KEY, "severity", "detail", "value"]).to_pylist()
                     if tuple(r[k] for k in ALERT_KEY) not in held]
             if rows:

@@ -1,0 +1,261 @@
+"""Full surveillance against the floor: a plain DuckDB KDIGO query on the same data (issue 18, point 3).
+
+    nice -n 15 python benchmarks/floor.py --patients 10000          # one size
+    nice -n 15 python benchmarks/floor.py --patients 1000,10000     # several, side by side
+
+Per size, on the ICU-shaped cohort of ``benchmarks/icu_cohort.py`` (seed 18: 50 creatinine + 194
+hourly urine-output + 6 Mg rows per patient), each step in its own process so that each peak RSS
+(``ru_maxrss``) is its own:
+
+1. build: the cohort appended chunk by chunk to a fresh ``EventStore`` (rows/s and peak RSS);
+2. floor: the plain query below on the store's Parquet files, results written to Parquet:
+   creatinine staged by the lowest value in 48 h / 7 days (window functions), urine output binned
+   by hour with 6/12/24-h sums (RANGE windows) against the patient's weight;
+3. mgaki: ``surveil(store, full=True)``, everything (KDIGO creatinine and urine output with
+   prorated windows, episodes, trajectories, evidence, alerts, timers), results written, with no
+   memory setting given by the caller (the default cap of ``surveillance.pipeline.default_settings``).
+
+Prints time, peak RSS and the ratio mgaki / floor with PASS/FAIL against issue 18's targets
+(ratio <= 1.5, peak RSS < 4 GB), the slowest stages, and the load average before and after (the
+machine may be shared). JSON to ``benchmarks/results/floor-<date>.json`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TARGET_RATIO = 1.5
+TARGET_RSS_GB = 4.0
+TARGET_P99_MS = 200.0
+OPEN_SHARE = 0.5  # half the admissions still open: their monitoring gaps move with the clock
+TARGET_SPREAD = 0.20
+GB = 1024**3
+
+FLOOR_SQL = """
+CREATE TABLE cr_stage AS
+SELECT subject_id, time, v,
+  CASE WHEN v >= 4.0 AND (v - m48 >= 0.3 OR v / m7 >= 1.5) THEN 3
+       WHEN v / m7 >= 3.0 THEN 3 WHEN v / m7 >= 2.0 THEN 2
+       WHEN v / m7 >= 1.5 OR v - m48 >= 0.3 THEN 1 ELSE 0 END AS stage
+FROM (SELECT subject_id, time, v,
+        MIN(v) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN 172800 PRECEDING AND 1 PRECEDING) AS m48,
+        MIN(v) OVER (PARTITION BY subject_id ORDER BY t RANGE BETWEEN 604800 PRECEDING AND 1 PRECEDING) AS m7
+      FROM (SELECT subject_id, time, CAST(epoch(time) AS BIGINT) AS t, numeric_value AS v
+            FROM events WHERE analyte = 'creatinine') c) w;
+CREATE TABLE uo_stage AS
+SELECT subject_id, h,
+  CASE WHEN s24 / kg / 24 < 0.3 OR s12 = 0 THEN 3 WHEN s12 / kg / 12 < 0.5 THEN 2
+       WHEN s6 / kg / 6 < 0.5 THEN 1 ELSE 0 END AS stage
+FROM (SELECT b.subject_id, b.h, w.kg,
+        SUM(vol) OVER (PARTITION BY b.subject_id ORDER BY b.t RANGE BETWEEN 18000 PRECEDING AND CURRENT ROW) AS s6,
+        SUM(vol) OVER (PARTITION BY b.subject_id ORDER BY b.t RANGE BETWEEN 39600 PRECEDING AND CURRENT ROW) AS s12,
+        SUM(vol) OVER (PARTITION BY b.subject_id ORDER BY b.t RANGE BETWEEN 82800 PRECEDING AND CURRENT ROW) AS s24
+      FROM (SELECT subject_id, time_bucket(INTERVAL 1 HOUR, time) AS h,
+                   CAST(epoch(time_bucket(INTERVAL 1 HOUR, time)) AS BIGINT) AS t, SUM(numeric_value) AS vol
+            FROM events WHERE analyte = 'urine_output' GROUP BY ALL) b
+      JOIN (SELECT subject_id, any_value(weight_kg) AS kg FROM weights GROUP BY subject_id) w
+        ON w.subject_id = b.subject_id) x;
+"""
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def child_build(root: Path, n: int, seed: int) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE))
+    from icu_cohort import build_store
+
+    rows, s = build_store(root, n, seed, open_share=OPEN_SHARE)
+    return {"rows": rows, "seconds": s, "rows_per_s": rows / s, "peak_rss": _maxrss()}
+
+
+def child_floor(root: Path, out: Path) -> dict[str, Any]:
+    from mgaki.events import EventStore
+
+    con = EventStore(root).connect(("events", "weights"))
+    t0 = time.perf_counter()
+    for stmt in FLOOR_SQL.split(";"):
+        if stmt.strip():
+            con.execute(stmt)
+    for t in ("cr_stage", "uo_stage"):
+        con.execute(f"COPY {t} TO '{(out / t).as_posix()}.parquet' (FORMAT parquet)")
+    s = time.perf_counter() - t0
+    staged = {t: con.sql(f"SELECT count(*) FILTER (WHERE stage > 0), count(*) FROM {t}").fetchall()[0]
+              for t in ("cr_stage", "uo_stage")}
+    con.close()
+    return {"seconds": s, "peak_rss": _maxrss(), "staged": staged}
+
+
+def child_mgaki(root: Path) -> dict[str, Any]:
+    from mgaki.events import EventStore
+    from mgaki.surveillance import surveil
+
+    t0 = time.perf_counter()
+    res = surveil(EventStore(root), full=True)
+    s = time.perf_counter() - t0
+    return {"seconds": s, "peak_rss": _maxrss(), "stages": res.seconds}
+
+
+def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
+    """`k` times: one new creatinine for one random patient, stored, then incremental surveillance."""
+    import numpy as np
+    import pyarrow as pa
+
+    from mgaki.events import EventStore
+    from mgaki.events.schema import TABLES
+    from mgaki.surveillance import surveil
+    from mgaki.surveillance.pipeline import _read_state
+
+    store = EventStore(root)
+    state = _read_state(root / "results")
+    n = int(store.connect(("encounters",)).sql("SELECT count(DISTINCT subject_id) FROM encounters").fetchall()[0][0])
+    rng = np.random.default_rng(seed)
+    clock = datetime.fromisoformat(state["data_max"])
+    lat, app, sur, recomputed, alerts = [], [], [], [], 0
+    for i in range(k):
+        clock = clock.replace(microsecond=0) + timedelta(minutes=1)
+        pid = f"P{int(rng.integers(0, n)):08d}"
+        row = pa.table({"subject_id": [pid], "encounter_id": [f"H{pid[1:]}"], "time": [clock],
+                        "code": ["LOINC/2160-0"], "analyte": ["creatinine"],
+                        "numeric_value": [round(float(rng.uniform(0.5, 4.0)), 2)], "unit": ["mg/dL"],
+                        "source": [f"bench/{i}"]}).cast(TABLES["events"])
+        t0 = time.perf_counter()
+        store.append({"events": row})
+        t1 = time.perf_counter()
+        res = surveil(store)
+        t2 = time.perf_counter()
+        app.append(t1 - t0)
+        sur.append(t2 - t1)
+        lat.append(t2 - t0)
+        recomputed.append(res.subjects_recomputed)
+        alerts += res.new_alerts.num_rows
+    q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
+    return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "append_p50": q(app, 50),
+            "surveil_p50": q(sur, 50), "recomputed_max": max(recomputed), "new_alerts": alerts,
+            "peak_rss": _maxrss()}
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = Path(f.name)
+    subprocess.run([sys.executable, __file__, *args, "--child-out", str(path)], check=True)
+    out = json.loads(path.read_text())
+    path.unlink()
+    return out
+
+
+def run_size(n: int, seed: int, scratch: Path, increments: int = 0) -> dict[str, Any]:
+    root = scratch / f"store-{n}"
+    shutil.rmtree(root, ignore_errors=True)
+    build = _child(["--child", "build", "--n", str(n), "--seed", str(seed), "--root", str(root)])
+    floor = _child(["--child", "floor", "--root", str(root)])
+    load_mid = _load()
+    mgaki = _child(["--child", "mgaki", "--root", str(root)])
+    inc = _child(["--child", "increments", "--root", str(root), "--n", str(increments), "--seed", str(seed)]) \
+        if increments else None
+    shutil.rmtree(root, ignore_errors=True)
+    return {"patients": n, "build": build, "floor": floor, "mgaki": mgaki, "load_mid": load_mid,
+            "ratio": mgaki["seconds"] / floor["seconds"], "increments": inc, "load_after_increments": _load()}
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def report(res: dict[str, Any]) -> None:
+    print(f"\nfloor benchmark, ICU-shaped cohort (seed {res['seed']}), load before {res['load_start']}, "
+          f"after {res['load_end']}, {os.cpu_count()} cores")
+    print(f"{'patients':>9} {'rows':>11} {'build s':>8} {'rows/s':>10} {'floor s':>8} {'floor GB':>8} "
+          f"{'mgaki s':>8} {'mgaki GB':>8} {'ratio':>6}  load")
+    for r in res["sizes"]:
+        b, f, m = r["build"], r["floor"], r["mgaki"]
+        print(f"{r['patients']:>9} {b['rows']:>11} {b['seconds']:>8.1f} {b['rows_per_s']:>10.0f} {f['seconds']:>8.2f} "
+              f"{f['peak_rss'] / GB:>8.2f} {m['seconds']:>8.2f} {m['peak_rss'] / GB:>8.2f} {r['ratio']:>6.2f}  "
+              f"{r['load_mid']}")
+    big = res["sizes"][-1]
+    print(f"\ntargets (issue 18 point 3) at {big['patients']} patients:")
+    print(f"  mgaki full surveillance <= {TARGET_RATIO}x the floor query, same run: {big['ratio']:.2f}x "
+          f"{_verdict(big['ratio'] <= TARGET_RATIO)}")
+    print(f"  peak RSS < {TARGET_RSS_GB} GB with no memory setting: {big['mgaki']['peak_rss'] / GB:.2f} GB "
+          f"{_verdict(big['mgaki']['peak_rss'] < TARGET_RSS_GB * GB)}")
+    slow = sorted(big["mgaki"]["stages"].items(), key=lambda kv: -kv[1])[:8]
+    print("  slowest stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in slow))
+    inc = [r for r in res["sizes"] if r.get("increments")]
+    if inc:
+        print("\nincremental latency: one new creatinine for one patient -> append + incremental surveillance "
+              "(Python API)")
+        print(f"{'store':>9} {'runs':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'append p50':>10} "
+              f"{'surveil p50':>11} {'recomputed':>10}  load after")  # ms
+        for r in inc:
+            x = r["increments"]
+            print(f"{r['patients']:>9} {x['k']:>5} {x['p50'] * 1e3:>7.0f} {x['p99'] * 1e3:>7.0f} "
+                  f"{x['max'] * 1e3:>7.0f} {x['append_p50'] * 1e3:>10.0f} {x['surveil_p50'] * 1e3:>11.0f} "
+                  f"{x['recomputed_max']:>10}  "
+                  f"{r['load_after_increments']}")
+        p99 = [r["increments"]["p99"] for r in inc]
+        worst = max(p99) * 1e3
+        print(f"  p99 < {TARGET_P99_MS} ms at every size: {worst:.0f} ms {_verdict(worst < TARGET_P99_MS)}")
+        if len(p99) > 1:
+            spread = max(p99) / min(p99) - 1
+            print(f"  p99 within {TARGET_SPREAD:.0%} across store sizes: {spread:.0%} "
+                  f"{_verdict(spread <= TARGET_SPREAD)}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", default="10000", help="comma-separated sizes")
+    ap.add_argument("--seed", type=int, default=18)
+    ap.add_argument("--scratch", type=Path, default=None, help="folder for the temporary stores")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--increments", type=int, default=0,
+                    help="after the full run, this many single-result increments on the same store (latency)")
+    ap.add_argument("--child", choices=["build", "floor", "mgaki", "increments"])
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--root", type=Path)
+    ap.add_argument("--child-out", type=Path)
+    a = ap.parse_args()
+    if a.child:
+        if a.child == "build":
+            out = child_build(a.root, a.n, a.seed)
+        elif a.child == "increments":
+            out = child_increments(a.root, a.n, a.seed)
+        elif a.child == "floor":
+            with tempfile.TemporaryDirectory() as d:
+                out = child_floor(a.root, Path(d))
+        else:
+            out = child_mgaki(a.root)
+        a.child_out.write_text(json.dumps(out))
+        return 0
+    sizes = [int(x) for x in a.patients.split(",")]
+    res: dict[str, Any] = {"seed": a.seed, "load_start": _load(), "started": datetime.now(UTC).isoformat()}
+    with tempfile.TemporaryDirectory(dir=a.scratch) as d:
+        res["sizes"] = [run_size(n, a.seed, Path(d), a.increments) for n in sizes]
+    res["load_end"] = _load()
+    report(res)
+    RESULTS.mkdir(exist_ok=True)
+    path = a.out or RESULTS / f"floor-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(res, indent=1))
+    print(f"\nJSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
