@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from mgaki.knowledge.schema import Source
+from mgaki.units import convert, normalize_unit
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -75,6 +76,13 @@ class MagnesiumResult(Out):
     ionized_mmol_l: float | None = None
     ionized_status: Literal["low", "normal", "high"] | None = None
     caveats: list[str] = []
+
+    def in_other_units(self, units: tuple[str, ...] = ("mg/dL", "mmol/L", "mEq/L")) -> list[str]:
+        """The value in each of ``units`` it was not reported in, once each ("0.53 mmol/L" beside "1.3 mg/dL"),
+        converted from the mg/dL value (value_mmol_l is rounded to 3 places: 0.535 would print 0.54)."""
+        reported = normalize_unit(self.reported.partition(" ")[2], "reported magnesium unit")
+        return [f"{convert(self.value_mg_dl, 'magnesium', 'mg/dL', u):.2f} {u}" for u in units
+                if normalize_unit(u) != reported]
 
 
 class Baseline(Out):

@@ -18,10 +18,8 @@ def render(a: Assessment, console: Console) -> None:
         head.append(f"context: {', '.join(a.contexts)}\n")
     mg = a.magnesium
     if mg:
-        reported_unit = mg.reported.partition(" ")[2].strip().lower()
-        others = [f"{v:.2f} {u}" for v, u in ((mg.value_mg_dl, "mg/dL"), (mg.value_mmol_l, "mmol/L"),
-                                               (mg.value_meq_l, "mEq/L")) if u.lower() != reported_unit]
-        head.append(f"Magnesium {mg.reported} = {' = '.join(others)}  [{mg.status}, CTCAE grade {mg.grade}]\n",
+        head.append(f"Magnesium {mg.reported} = {' = '.join(mg.in_other_units())}  [{mg.status}, CTCAE grade "
+                    f"{mg.grade}]\n",
                     STYLE["critical"] if mg.grade >= 3 else "")
     k = a.kidney
     if k.status:  # KDIGO staging not applicable (maintenance dialysis): say so instead of a stage

@@ -22,7 +22,7 @@ from mgaki.result import (
     MagnesiumResult,
     Severity,
 )
-from mgaki.units import convert, normalize_unit
+from mgaki.units import convert
 
 __all__ = ["AssessOptions", "assess_record"]
 
@@ -129,17 +129,15 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
         )
         ctcae = next(s.source for s in kb.magnesium.grades)
         rr = kb.magnesium.reference_range.source
+        shown = f"Serum Mg {mg_res.reported} ({', '.join(mg_res.in_other_units(('mg/dL', 'mmol/L')))})"
         if status == "low":
             sev: Severity = kb.severity("hypomagnesemia", grade.grade)
             out.add("hypomagnesemia", sev,
-                    f"Serum Mg {mg_res.reported}{_other_units(mg_m.reported_unit, mg_res)}: low, CTCAE grade "
-                    f"{grade.grade} "
-                    f"({grade.label})", [rr, ctcae], grade=grade.grade)
+                    f"{shown}: low, CTCAE grade {grade.grade} ({grade.label})", [rr, ctcae], grade=grade.grade)
         elif status == "high":
             tox = mgs.toxicity_levels(kb, mg_m.value)
             sev = kb.severity("hypermagnesemia", grade.grade)
-            msg = (f"Serum Mg {mg_res.reported}{_other_units(mg_m.reported_unit, mg_res)}: high, CTCAE "
-                   f"grade {grade.grade}")
+            msg = f"{shown}: high, CTCAE grade {grade.grade}"
             srcs = [rr, ctcae]
             if ther is not None and mg_m.value <= ther[1]:
                 rng = ther[2].therapeutic_range
@@ -311,15 +309,6 @@ def assess_record(rec: PatientRecord, opts: AssessOptions | None = None,
     return Assessment(patient_id=rec.patient_id, as_of=_iso(now), contexts=sorted(contexts),
                       magnesium=mg_res, kidney=kidney, findings=out.findings, plan=plan,
                       warnings=out.warnings, disclaimer=DISCLAIMER, knowledge_version=kb.version)
-
-
-def _other_units(reported_unit: str, mg: MagnesiumResult) -> str:
-    """The Mg in the units it was not reported in, once each: " (0.54 mmol/L)" after "1.3 mg/dL"."""
-    unit = normalize_unit(reported_unit)
-    # from the mg/dL value, not from value_mmol_l (rounded to 3 places: 0.535 would print 0.54 for 0.5349)
-    other = [f"{convert(mg.value_mg_dl, 'magnesium', 'mg/dL', u):.2f} {u}" for u in ("mg/dL", "mmol/L")
-             if normalize_unit(u) != unit]
-    return f" ({', '.join(other)})" if other else ""
 
 
 def _kidney(kb: KnowledgeBase, rec: PatientRecord, opts: AssessOptions, now: datetime | None,
