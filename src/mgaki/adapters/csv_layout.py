@@ -7,17 +7,21 @@ text and parsed once, in ``mgaki.events.normalize``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from mgaki.adapters._cohort import canonical, conform, iso_utc, register, sql_str
+from mgaki.adapters._cohort import canonical, code_table, conform, iso_utc, register, sql_str
 from mgaki.errors import InputError
 from mgaki.events.normalize import connect
 from mgaki.events.schema import RAW
+from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk
 
-__all__ = ["FILES", "REQUIRED", "read_csv_layout", "write_csv_layout"]
+__all__ = ["FILES", "REQUIRED", "iter_csv_layout", "read_csv_layout", "write_csv_layout"]
 
 FILES: dict[str, str] = {name: f"{name}.csv" for name in RAW}
 
@@ -32,46 +36,114 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 
 
 def read_csv_layout(root: str | Path) -> dict[str, pa.Table]:
-    """RAW tables from ``<root>/<table>.csv``; an events row without analyte gets it from its code."""
-    root = Path(root)
+    """RAW tables from ``<root>/<table>.csv``; an events row without analyte gets it from its code.
+
+    The chunks of ``iter_csv_layout`` put together: rows in file order, so a row without a source is
+    named by its position (``events.csv:17``) the same way on every read (re-reading a file adds nothing).
+    """
+    parts: dict[str, list[pa.Table]] = {}
+    for chunk in iter_csv_layout(root):
+        for name, table in chunk.tables.items():
+            parts.setdefault(name, []).append(table)
+    return {name: pa.concat_tables(tables) for name, tables in parts.items()}
+
+
+def _layout(con: duckdb.DuckDBPyConnection, root: Path) -> list[tuple[str, Path, list[str]]]:
+    """(table, file, columns) of every layout file in ``root``, each checked for its required columns first."""
     if not root.is_dir():
         raise InputError(str(root), "not a folder")
     present = {name: root / f for name, f in FILES.items() if (root / f).is_file()}
     if not present:
         raise InputError(str(root), f"no CSV layout files ({', '.join(FILES.values())})")
+    out = []
+    for name, path in present.items():
+        columns = con.sql(f"SELECT * FROM {_scan(path)} LIMIT 0").columns
+        missing = [c for c in REQUIRED[name] if c not in columns]
+        if name == "events" and not {"code", "analyte"} & set(columns):
+            missing.append("code or analyte")
+        if missing:
+            raise InputError(str(path), f"missing column(s) {', '.join(missing)}")
+        out.append((name, path, columns))
+    return out
+
+
+def _scan(path: Path) -> str:
+    return f"read_csv({sql_str(path)}, header = true, all_varchar = true)"
+
+
+def _chunk_sql(name: str, columns: list[str]) -> str:
+    """SQL turning one chunk of a layout file other than events (view ``chunk``, its row numbers in ``_row``)
+    into RAW rows: ``read_csv_layout``'s projection; a row without a source is ``<file>:<row>``."""
+    cols = [c for c in RAW[name].names if c in columns]
+    src = f"'{FILES[name]}:' || _row"
+    src = f"coalesce(source, {src})" if "source" in cols else src
+    sel = ", ".join(f'"{c}"' for c in cols if c != "source")
+    if name == "subjects":
+        sel = sel.replace('"birth_year"', 'TRY_CAST(birth_year AS INTEGER) AS birth_year')
+    return f"SELECT {sel}, {src} AS source FROM chunk"
+
+
+def _events_chunk(batch: pa.RecordBatch, first: int) -> tuple[pa.Table, int]:
+    """One chunk of events.csv as RAW events, in file order, and how many rows it kept.
+
+    ``read_csv_layout``'s projection, vectorised in Arrow so that row order is kept: the analyte from
+    the file, else from the code (``codes.yaml``); a row whose code mgaki does not use is not read (a row
+    with no code at all is kept, for normalize to quarantine); rows without a source are numbered
+    ``events.csv:<n>`` in order among the rows kept, from ``first``, as ``row_number()`` numbers them there.
+    """
+    table = pa.Table.from_batches([batch])
+    cm = code_table()
+    code = table.column("code") if "code" in table.column_names else pa.nulls(table.num_rows, pa.string())
+    analyte = cm.column("analyte").take(pc.index_in(code, value_set=cm.column("key")))
+    if "analyte" in table.column_names:
+        analyte = pc.coalesce(table.column("analyte"), analyte)
+    keep = pc.or_(pc.is_valid(analyte), pc.equal(pc.coalesce(code, ""), ""))
+    table = table.set_column(table.column_names.index("analyte"), "analyte", analyte) \
+        if "analyte" in table.column_names else table.append_column("analyte", analyte)
+    table = table.filter(keep)
+    n = table.num_rows
+    numbered = pc.binary_join_element_wise(
+        "events.csv:", pc.cast(pa.array(np.arange(first, first + n, dtype=np.int64)), pa.string()), "")
+    source = pc.coalesce(table.column("source"), numbered) if "source" in table.column_names else numbered
+    table = table.drop_columns(["source"]) if "source" in table.column_names else table
+    return conform(table.append_column("source", source), "events"), n
+
+
+def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
+    """The CSV layout as chunks of at most ``chunk_rows`` rows of one file each, in file order.
+
+    What ``read_csv_layout`` reads, row for row (the same DuckDB CSV reader, the same projection), with
+    memory bounded by the chunk: every file is checked for its columns before the first chunk. A chunk
+    whose ``source`` column is empty throughout has only generated sources (``events.csv:<n>``).
+    """
+    root = Path(root)
     con = connect()
+    work = connect()
     try:
-        register(con, {})
-        out: dict[str, pa.Table] = {}
-        for name, path in present.items():
-            rel = con.sql(f"SELECT * FROM read_csv({sql_str(path)}, header = true, all_varchar = true)")
-            missing = [c for c in REQUIRED[name] if c not in rel.columns]
-            if name == "events" and not {"code", "analyte"} & set(rel.columns):
-                missing.append("code or analyte")
-            if missing:
-                raise InputError(str(path), f"missing column(s) {', '.join(missing)}")
-            con.register(f"in_{name}", rel.to_arrow_table())
-            cols = [c for c in RAW[name].names if c in rel.columns]
-            src = f"coalesce(source, '{FILES[name]}:' || row_number() OVER ())" if "source" in cols \
-                else f"'{FILES[name]}:' || row_number() OVER ()"
-            sel = ", ".join(f'"{c}"' for c in cols if c != "source")
-            if name == "subjects":
-                sel = sel.replace('"birth_year"', 'TRY_CAST(birth_year AS INTEGER) AS birth_year')
-            if name == "events":
-                # the analyte comes from the file, else from the code ('LOINC/2160-0') via codes.yaml
-                analyte = "coalesce(e.analyte, m.analyte)" if "analyte" in cols else "m.analyte"
-                code = "e.code" if "code" in cols else "NULL"
-                sel = ", ".join(f'e."{c}"' for c in cols if c not in {"source", "analyte"})
-                # a row whose code mgaki does not use is not read; a row with no code at all is kept
-                # (normalize quarantines it as unmapped)
-                table = con.sql(f"""SELECT {sel}, {analyte} AS analyte, {src.replace('source', 'e.source')}
-                    AS source FROM in_events e LEFT JOIN code_map m ON m.key = {code}
-                    WHERE {analyte} IS NOT NULL OR coalesce({code}, '') = ''""").to_arrow_table()
-            else:
-                table = con.sql(f"SELECT {sel}, {src} AS source FROM in_{name}").to_arrow_table()
-            out[name] = conform(table, name)
-        return out
+        layout = _layout(con, root)
+        con.execute("SET preserve_insertion_order = true")  # chunks in file order: rows are numbered in order
+        register(work, {})
+        for name, path, columns in layout:
+            sql = _chunk_sql(name, columns) if name != "events" else ""
+            reader = con.sql(f"SELECT * FROM {_scan(path)}").to_arrow_reader(chunk_rows)
+            offset = 1
+            for batch in reader:
+                n = batch.num_rows
+                if not n:
+                    continue
+                given = "source" in columns and batch.column(batch.schema.get_field_index("source")).null_count < n
+                if name == "events":
+                    out, kept = _events_chunk(batch, offset)
+                    offset += kept
+                else:
+                    rows = pa.array(np.arange(offset, offset + n, dtype=np.int64))
+                    offset += n
+                    work.register("chunk", pa.Table.from_batches([batch]).append_column("_row", rows))
+                    out = conform(work.sql(sql).to_arrow_table(), name)
+                    work.unregister("chunk")
+                yield RawChunk({name: out}, generated_sources=not given, rows=n)
     finally:
+        work.close()
         con.close()
 
 

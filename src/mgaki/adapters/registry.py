@@ -8,15 +8,18 @@ optional adapter-level ``quarantine``); ``write`` takes the canonical tables
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from mgaki.errors import InputError
 
-__all__ = ["FORMATS", "detect_format", "read", "write"]
+if TYPE_CHECKING:
+    from mgaki.events.stream import RawChunk
+
+__all__ = ["CHUNKED", "FORMATS", "detect_format", "read", "read_chunks", "write"]
 
 # format -> (module, reader, writer); modules are imported on first use
 FORMATS: dict[str, tuple[str, str, str]] = {
@@ -25,6 +28,15 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     "meds": ("mgaki.adapters.meds", "read_meds", "write_meds"),
     "csv": ("mgaki.adapters.csv_layout", "read_csv_layout", "write_csv_layout"),
     "mimic": ("mgaki.adapters.mimic", "read_mimic", "write_mimic"),
+}
+
+# formats whose reader can also hand over a source in chunks of bounded size (mgaki.events.stream);
+# the others are read whole, as one chunk (FHIR: its records are versions, decided over the whole read)
+CHUNKED: dict[str, tuple[str, str]] = {
+    "csv": ("mgaki.adapters.csv_layout", "iter_csv_layout"),
+    "mimic": ("mgaki.adapters.mimic", "iter_mimic"),
+    "omop": ("mgaki.adapters.omop", "iter_omop"),
+    "meds": ("mgaki.adapters.meds", "iter_meds"),
 }
 
 
@@ -45,6 +57,18 @@ def _function(fmt: str, which: int) -> Callable[..., Any]:
 def read(fmt: str, path: str | Path) -> dict[str, pa.Table]:
     """RAW tables (schema.RAW, plus ``quarantine`` when the adapter set rows aside) from ``path``."""
     return _function(fmt, 0)(Path(path))  # type: ignore[no-any-return]
+
+
+def read_chunks(fmt: str, path: str | Path, chunk_rows: int) -> Iterator[RawChunk]:
+    """RAW tables from ``path`` as ``RawChunk``s of at most about ``chunk_rows`` rows, or whole (one chunk)."""
+    from mgaki.events.stream import RawChunk
+
+    if fmt in CHUNKED:
+        module_name, name = CHUNKED[fmt]
+        fn = getattr(importlib.import_module(module_name), name, None)
+        if fn is not None:
+            return fn(Path(path), chunk_rows)  # type: ignore[no-any-return]
+    return iter([RawChunk(read(fmt, path))])
 
 
 def write(fmt: str, tables: Mapping[str, pa.Table], path: str | Path) -> None:

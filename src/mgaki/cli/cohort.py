@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -51,14 +51,19 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def ingest_path(source: Path, fmt: str, store_dir: Path, per_source: bool = False) -> IngestSummary:
+def ingest_path(source: Path, fmt: str, store_dir: Path, per_source: bool = False,
+                chunk_rows: int | None = None, progress: Callable[[int], None] | None = None) -> IngestSummary:
     """Read `source` with its adapter, normalise, append to the store; the IngestSummary.
 
-    A record that comes back naming another patient is quarantined with the reason, never moved
-    (``EventStore.append``); ``per_source`` keeps FHIR identities per source system (meta.source).
+    Formats with a chunked reader (``registry.CHUNKED``: the CSV layout, MIMIC-IV, OMOP, MEDS) are read,
+    normalised and stored ``chunk_rows`` raw rows at a time (``mgaki.events.stream``: the same rows and
+    summary as one append of the whole); ``progress`` gets the raw rows read so far. A record that comes
+    back naming another patient is quarantined with the reason, never moved (``EventStore.append``);
+    ``per_source`` keeps FHIR identities per source system (meta.source).
     """
     from mgaki.adapters import registry
     from mgaki.events import EventStore, normalize
+    from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk, ingest_chunks
 
     if fmt == "auto":
         fmt = registry.detect_format(source)
@@ -67,10 +72,12 @@ def ingest_path(source: Path, fmt: str, store_dir: Path, per_source: bool = Fals
     if per_source:
         from mgaki.adapters.fhir_bulk import read_fhir
 
-        raw = read_fhir(source, per_source=True)
-    else:
-        raw = registry.read(fmt, source)
-    return EventStore(store_dir).append(normalize(raw))
+        return EventStore(store_dir).append(normalize(read_fhir(source, per_source=True)))
+    if fmt not in registry.CHUNKED:
+        return EventStore(store_dir).append(normalize(registry.read(fmt, source)))
+    chunks = registry.read_chunks(fmt, source, chunk_rows or DEFAULT_CHUNK_ROWS)
+    return ingest_chunks(EventStore(store_dir), (c if isinstance(c, RawChunk) else RawChunk(c) for c in chunks),
+                         progress)
 
 
 def ingest(
@@ -81,14 +88,27 @@ def ingest(
     identity_per_source: Annotated[bool, typer.Option(
         "--identity-per-source", help="FHIR: a record's identity includes its source system (meta.source), for "
                                       "exports whose ids are unique per system only")] = False,
+    chunk_rows: Annotated[int, typer.Option(
+        "--chunk-rows", min=1000, help="Rows read, normalised and stored at a time (CSV layout, MIMIC, OMOP, "
+                                       "MEDS): memory grows with it, not with the files")] = 1_000_000,
 ) -> None:
     """Read EHR data into the event store; unusable rows go to quarantine, with the reason."""
+    import time
+
     if fmt not in FORMATS:
         raise _fail(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not source.exists():
         raise _fail(f"{source}: no such file or folder")
-    with err.status(f"reading {source} ({fmt})"):
-        summary = run_or_exit(lambda: ingest_path(source, fmt, store, identity_per_source))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rows]} rows"),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(f"ingesting {source} ({fmt})", total=None, rows="0", rate="")
+        t0 = time.perf_counter()
+
+        def tick(rows: int) -> None:
+            rate = rows / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
+
+        summary = run_or_exit(lambda: ingest_path(source, fmt, store, identity_per_source, chunk_rows, tick))
     print_ingest(summary, store)
 
 

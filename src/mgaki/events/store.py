@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,8 +62,8 @@ from mgaki.errors import InputError
 from mgaki.events.normalize import connect, cursor
 from mgaki.events.schema import TABLES
 
-__all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError", "IngestSummary", "versioned_source",
-           "write_parquet_atomic"]
+__all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError", "IngestSummary", "reason_kind",
+           "versioned_source", "write_parquet_atomic"]
 
 HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
 _VERSIONS = "versions"  # the ledger folder (not a canonical table)
@@ -120,6 +121,30 @@ class IngestSummary:
     def duplicates(self) -> dict[str, int]:
         return {k: self.received[k] - self.added.get(k, 0) for k in self.received}
 
+    def merge(self, other: IngestSummary) -> IngestSummary:
+        """The summary of two appends made one after the other, as if they had been one append.
+
+        Counts add up; quarantine reasons are merged by kind (``reason_kind``), each kind keeping its
+        smallest example, as one append's ``_reason_kinds`` would; tables keep ``TABLES`` order.
+        """
+        kinds: dict[str, tuple[str, int]] = {}
+        for reasons in (self.quarantine_reasons, other.quarantine_reasons):
+            for reason, n in reasons.items():
+                k = reason_kind(reason)
+                seen = kinds.get(k)
+                kinds[k] = (min(seen[0], reason), seen[1] + n) if seen else (reason, n)
+        names = [*TABLES, *(n for n in (*self.received, *other.received) if n not in TABLES)]
+
+        def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {n: a.get(n, 0) + b.get(n, 0) for n in names if n in a or n in b}
+
+        return IngestSummary(
+            received=add(self.received, other.received), added=add(self.added, other.added),
+            quarantined=self.quarantined + other.quarantined, superseded=self.superseded + other.superseded,
+            stale=self.stale + other.stale, quarantine_reasons=dict(kinds.values()),
+            affected_subjects=self.affected_subjects | other.affected_subjects,
+            identity_conflicts=self.identity_conflicts + other.identity_conflicts)
+
 
 class EventStore:
     """Parquet folder ``<root>/<table>/*.parquet`` for each table of ``schema.TABLES``."""
@@ -142,7 +167,9 @@ class EventStore:
 
     def scan_sql(self, table: str, schema: pa.Schema | None = None) -> str:
         """A FROM-clause source for ``table``: its Parquet files, or an empty typed relation."""
-        files = self.files(table)
+        return self._parts_sql(self.files(table), table, schema)
+
+    def _parts_sql(self, files: Sequence[Path], table: str, schema: pa.Schema | None = None) -> str:
         if files:
             listed = ", ".join(f"'{f.as_posix()}'" for f in files)
             return f"read_parquet([{listed}], union_by_name = true)"
@@ -228,7 +255,7 @@ class EventStore:
             con.close()
 
     def append(self, tables: Mapping[str, pa.Table], conflicts: Literal["quarantine", "refuse"] = "quarantine",
-               ) -> IngestSummary:
+               *, against: Mapping[str, Sequence[Path]] | None = None, distinct: bool = False) -> IngestSummary:
         """Write the rows not already stored; report what was new and whose data changed.
 
         A version naming another patient than its identity's (module docstring) is set aside in
@@ -241,6 +268,12 @@ class EventStore:
         rows are not yet visible, and the next surveillance run still recomputes whoever
         may have changed. Re-running the same append after a crash writes only what is
         missing. When this returns, what it added is on disk.
+
+        Streaming ingest (``mgaki.events.stream``) appends a file chunk by chunk and knows more than
+        the store: ``against`` names, per table, the only parts an incoming row can equal (the parts
+        that were stored before the ingest began, when no row written since can equal an incoming
+        one), and ``distinct`` says the incoming rows of each table are pairwise distinct (each comes
+        from its own source row). Both only skip comparisons that cannot find anything.
         """
         summary = IngestSummary()
         subjects: set[str] = set()
@@ -270,11 +303,16 @@ class EventStore:
                         "OR source IN (SELECT source FROM accepted)")
                 # only the incoming subjects' stored rows can be equal: DuckDB reads those row groups only
                 # (parts are written sorted by subject), so an append costs what it brings, not the store's size
-                stored = self.scan_sql(name)
-                if name != "quarantine" or not given_null_subject(tab):
-                    stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
-                new = con.sql(f'SELECT * FROM (SELECT * FROM incoming {keep} EXCEPT SELECT * FROM {stored}) n '
-                              'ORDER BY subject_id').to_arrow_table().cast(TABLES[name])
+                parts = self.files(name) if against is None else list(against.get(name, ()))
+                if not parts and distinct:  # nothing stored to compare with, no two rows alike: all new
+                    new = con.sql(f"SELECT * FROM incoming {keep} ORDER BY subject_id").to_arrow_table()
+                else:
+                    stored = self._parts_sql(parts, name)
+                    if name != "quarantine" or not given_null_subject(tab):
+                        stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
+                    new = con.sql(f"SELECT * FROM (SELECT * FROM incoming {keep} EXCEPT SELECT * FROM {stored}) n "
+                                  "ORDER BY subject_id").to_arrow_table()
+                new = new.cast(TABLES[name])
                 con.unregister("incoming")
                 summary.added[name] = new.num_rows
                 if new.num_rows == 0:
@@ -601,6 +639,14 @@ def _collect(folder: Path, now: float) -> None:
         elif rec.deleted_at is not None and now - rec.deleted_at > GRACE_S:
             rec.path.unlink(missing_ok=True)
             _MERGES.pop(str(rec.path), None)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason, as ``_reason_kinds`` groups them: the ``(known: ...)`` tail dropped,
+    quoted text and numbers blanked (the same three regular expressions, in Python)."""
+    kind = re.sub(r" [(]known: .*$", "", reason, count=1)
+    kind = re.sub(r"'[^']*'", "'...'", kind)
+    return re.sub(r"[0-9]+([.][0-9]+)?", "#", kind)
 
 
 def _reason_kinds(con: duckdb.DuckDBPyConnection, quarantined: pa.Table) -> dict[str, int]:

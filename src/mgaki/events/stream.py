@@ -1,0 +1,113 @@
+"""Streaming ingest: a source read in chunks of bounded size, each normalised and appended in turn.
+
+Peak memory is that of one chunk, not of the file. The store ends up with exactly the rows (and the
+``IngestSummary`` reports exactly the counts) of one ``EventStore.append(normalize(whole source))``;
+what makes that hold, and where each piece of the pipeline stands:
+
+- **normalize is row-local.** Every canonical row comes from one raw row and the knowledge base:
+  times, values, units (a factor per analyte/unit pair, from ``units.yaml``: no unit needs a weight
+  at ingest), drug names and plausibility; nothing joins one raw row to another. Encounter
+  assignment, weights for urine output and every other cross-row step belong to surveillance, which
+  reads the store. So chunk boundaries (an encounter read before or after its events, a weight in
+  another chunk) change nothing.
+- **Duplicates.** ``append`` keeps the rows not already stored (SQL EXCEPT: set semantics, so
+  duplicates inside one batch collapse too). Chunk by chunk, a row equal to one of an earlier chunk
+  finds it stored: the rows kept are the same set. Reader-generated sources (``events.csv:<line>``)
+  are unique per row, so rows of chunks whose sources are all generated cannot equal each other:
+  they are compared with the parts stored before the ingest began only (none on a fresh store), and
+  the events of such a chunk are pairwise distinct (one canonical row per raw row). A chunk that
+  carries sources of its own is compared with everything stored, like one append.
+- **Record versions and identities** (sources ``<identity>/_history/<version>``): which version is
+  current, which is stale and which identity two patients claim are decided over the whole append.
+  Those rows are therefore held back from every chunk and appended together at the end, as one
+  append, after the unversioned rows; no rule compares a versioned row with an unversioned one, so
+  the result is that of one append. Bulk files (the CSV layout, MIMIC, OMOP, MEDS) carry none;
+  formats made of versions (FHIR) are read whole (``registry.read_chunks``).
+- **Summary.** Counts add up; quarantine reasons are merged by kind (``IngestSummary.merge``).
+
+An ingest that fails part-way (a malformed line in the middle of a file) leaves the chunks before it
+stored, as whole parts; running it again adds only what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mgaki.events.normalize import normalize
+from mgaki.events.schema import TABLES
+from mgaki.events.store import HISTORY, EventStore, IngestSummary
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "RawChunk", "ingest_chunks"]
+
+DEFAULT_CHUNK_ROWS = 1_000_000  # raw rows per chunk: ~0.5 GB of working memory for CSV-layout events
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """RAW tables (``schema.RAW``) read from one stretch of a source.
+
+    ``generated_sources``: every row's ``source`` was made by the reader from its file and position
+    (``events.csv:17``), so it is unique in this ingest; ``rows``: raw rows read (for progress).
+    """
+
+    tables: dict[str, pa.Table]
+    generated_sources: bool = False
+    rows: int = field(default=-1)
+
+    @property
+    def size(self) -> int:
+        return self.rows if self.rows >= 0 else sum(t.num_rows for t in self.tables.values() if t is not None)
+
+
+def _versioned(tab: pa.Table) -> pa.Array | None:
+    """Mask of the rows whose source names a record version, or None when there are none."""
+    if tab.num_rows == 0:
+        return None
+    mask = pc.fill_null(pc.match_substring(tab.column("source"), HISTORY), False)
+    return mask if pc.any(mask).as_py() else None
+
+
+def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
+                  progress: Callable[[int], None] | None = None) -> IngestSummary:
+    """Normalise and append each chunk; the summary of the whole, as one append would give it.
+
+    ``progress`` is called with the raw rows read so far after each chunk is stored.
+    """
+    before = {name: store.files(name) for name in TABLES}  # what an incoming row may equal, for generated sources
+    summary = IngestSummary(received=dict.fromkeys(TABLES, 0), added=dict.fromkeys(TABLES, 0))
+    held: dict[str, list[pa.Table]] = {}
+    own_sources = False  # a chunk with sources of its own was stored: later rows may equal its rows
+    done = 0
+    for chunk in _nonempty(chunks):
+        tables = normalize(chunk.tables)
+        for name, tab in tables.items():
+            mask = _versioned(tab)
+            if mask is not None:
+                held.setdefault(name, []).append(tab.filter(mask))
+                tables[name] = tab.filter(pc.invert(mask))
+        fast = chunk.generated_sources and not own_sources
+        # events (and weights, and their quarantine rows) are one canonical row per raw row
+        distinct = fast and set(chunk.tables) <= {"events"}
+        summary = summary.merge(store.append(tables, against=before if fast else None, distinct=distinct))
+        own_sources = own_sources or not chunk.generated_sources
+        done += chunk.size
+        if progress is not None:
+            progress(done)
+    if held:
+        summary = summary.merge(store.append({name: pa.concat_tables(parts).cast(TABLES[name])
+                                              for name, parts in held.items()}))
+    return summary
+
+
+def _nonempty(chunks: Iterable[RawChunk]) -> Iterator[RawChunk]:
+    """The chunks, or one empty chunk when there are none (an empty source still gives a summary)."""
+    any_ = False
+    for c in chunks:
+        any_ = True
+        yield c
+    if not any_:
+        yield RawChunk({}, generated_sources=True, rows=0)
