@@ -83,7 +83,22 @@ def _chunk_sql(name: str, columns: list[str]) -> str:
     return f"SELECT {sel}, {src} AS source FROM chunk"
 
 
-def _events_chunk(batch: pa.RecordBatch, first: int) -> tuple[pa.Table, int]:
+def _gather(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """The reader's batches gathered into tables of about ``rows`` rows (the last one smaller), in order."""
+    batches: list[pa.RecordBatch] = []
+    n = 0
+    for batch in reader:
+        if batch.num_rows:
+            batches.append(batch)
+            n += batch.num_rows
+        if n >= rows:
+            yield pa.Table.from_batches(batches)
+            batches, n = [], 0
+    if n:
+        yield pa.Table.from_batches(batches)
+
+
+def _events_chunk(table: pa.Table, first: int) -> tuple[pa.Table, int]:
     """One chunk of events.csv as RAW events, in file order, and how many rows it kept.
 
     ``read_csv_layout``'s projection, vectorised in Arrow so that row order is kept: the analyte from
@@ -91,7 +106,6 @@ def _events_chunk(batch: pa.RecordBatch, first: int) -> tuple[pa.Table, int]:
     with no code at all is kept, for normalize to quarantine); rows without a source are numbered
     ``events.csv:<n>`` in order among the rows kept, from ``first``, as ``row_number()`` numbers them there.
     """
-    table = pa.Table.from_batches([batch])
     cm = code_table()
     code = table.column("code") if "code" in table.column_names else pa.nulls(table.num_rows, pa.string())
     analyte = cm.column("analyte").take(pc.index_in(code, value_set=cm.column("key")))
@@ -100,7 +114,8 @@ def _events_chunk(batch: pa.RecordBatch, first: int) -> tuple[pa.Table, int]:
     keep = pc.or_(pc.is_valid(analyte), pc.equal(pc.coalesce(code, ""), ""))
     table = table.set_column(table.column_names.index("analyte"), "analyte", analyte) \
         if "analyte" in table.column_names else table.append_column("analyte", analyte)
-    table = table.filter(keep)
+    if not pc.all(keep).as_py():
+        table = table.filter(keep)
     n = table.num_rows
     numbered = pc.binary_join_element_wise(
         "events.csv:", pc.cast(pa.array(np.arange(first, first + n, dtype=np.int64)), pa.string()), "")
@@ -125,20 +140,18 @@ def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> I
         register(work, {})
         for name, path, columns in layout:
             sql = _chunk_sql(name, columns) if name != "events" else ""
-            reader = con.sql(f"SELECT * FROM {_scan(path)}").to_arrow_reader(chunk_rows)
+            reader = con.sql(f"SELECT * FROM {_scan(path)}").to_arrow_reader(min(chunk_rows, 1 << 17))
             offset = 1
-            for batch in reader:
+            for batch in _gather(reader, chunk_rows):
                 n = batch.num_rows
-                if not n:
-                    continue
-                given = "source" in columns and batch.column(batch.schema.get_field_index("source")).null_count < n
+                given = "source" in columns and batch.column("source").null_count < n
                 if name == "events":
                     out, kept = _events_chunk(batch, offset)
                     offset += kept
                 else:
                     rows = pa.array(np.arange(offset, offset + n, dtype=np.int64))
                     offset += n
-                    work.register("chunk", pa.Table.from_batches([batch]).append_column("_row", rows))
+                    work.register("chunk", batch.append_column("_row", rows))
                     out = conform(work.sql(sql).to_arrow_table(), name)
                     work.unregister("chunk")
                 yield RawChunk({name: out}, generated_sources=not given, rows=n)

@@ -20,6 +20,7 @@ from functools import cache
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mgaki.errors import MgakiError
 from mgaki.events.schema import DEATH, RAW, TABLES
@@ -118,6 +119,28 @@ def _unit_map(pairs: tuple[tuple[str, str | None], ...]) -> pa.Table:
     ]))
 
 
+def _literal(v: object) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):  # as text: DuckDB reads a decimal text to the nearest double, the value repr wrote
+        return f"CAST('{v!r}' AS DOUBLE)"
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def _lookup(table: pa.Table, analyte: str, unit: str, row: str) -> tuple[str, dict[str, str]]:
+    """A left join of the (few) rows of ``_unit_map`` on analyte and unit (not distinct), without the join,
+    which would cost the rows their order (streaming ingest keeps a file's patient order): SQL of the
+    matching row's number (``row``, NULL for none), and per column SQL of its value given that number."""
+    rows = table.to_pylist()
+    conds = [f"{analyte} = {_literal(r['analyte'])} AND "
+             + (f"{unit} IS NULL" if r["unit"] is None else f"{unit} = {_literal(r['unit'])}") for r in rows]
+    idx = "CASE " + " ".join(f"WHEN {c} THEN {i + 1}" for i, c in enumerate(conds)) + " END" if rows else "NULL"
+    types = {"factor": "DOUBLE", "lo": "DOUBLE", "hi": "DOUBLE", "canonical": "VARCHAR", "reason": "VARCHAR"}
+    return f"CAST({idx} AS INTEGER)", {
+        c: f"CAST([{', '.join(_literal(r[c]) for r in rows)}] AS {t}[])[{row}]" if rows else f"NULL::{t}"
+        for c, t in types.items()}
+
+
 @cache
 def drug_regex(kb: KnowledgeBase) -> str:
     """One RE2/Java-compatible pattern matching every ingredient and synonym as a whole word."""
@@ -202,14 +225,17 @@ def _quarantine_sql(table: str, raw_cols: list[str], reason_expr: str, src: str)
 
 
 def normalize(raw: Mapping[str, pa.Table | None], kb: KnowledgeBase | None = None, *,
-              now: datetime | None = None) -> dict[str, pa.Table]:
+              now: datetime | None = None, db: duckdb.DuckDBPyConnection | None = None) -> dict[str, pa.Table]:
     """Canonical tables (schema.TABLES) from raw adapter tables (schema.RAW).
 
     ``now``: the clock of a live feed (the service): times and birth dates after it (plus the tolerance) are
     quarantined too. Batch ingest leaves it None: a research set's dates may be shifted into the future.
+    ``db``: the database to work in (a cursor of it is used), e.g. one that keeps row order
+    (``preserve_insertion_order``: streaming ingest keeps a file's subject order, so parts need no sort);
+    default this process's shared one.
     """
     kb = kb or load()
-    con = cursor()  # registered tables only
+    con = cursor() if db is None else db.cursor()  # registered tables only
     try:
         return _normalize(con, raw, kb, time_window(kb, now))
     finally:
@@ -228,14 +254,7 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
 
     # --- events (and weights, which arrive as events of analyte 'weight') -------------------
     pairs = con.execute("SELECT DISTINCT analyte, unit FROM raw_events WHERE analyte IS NOT NULL").fetchall()
-    con.register("unit_map", _unit_map(tuple(sorted(pairs, key=lambda p: (p[0], p[1] or "")))))
-    con.execute(f"""
-        CREATE TEMP TABLE ev AS
-        SELECT r.*, {_time_sql('r.time')} AS t, TRY_CAST(r.value AS DOUBLE) AS v,
-               u.factor, u.canonical, u.reason AS unit_reason, u.lo, u.hi
-        FROM raw_events r LEFT JOIN unit_map u
-          ON r.analyte = u.analyte AND r.unit IS NOT DISTINCT FROM u.unit
-    """)
+    match, unit = _lookup(_unit_map(tuple(sorted(pairs, key=lambda p: (p[0], p[1] or "")))), "analyte", "unit", "r._u")
     no_value = ", ".join(f"'{a}'" for a in sorted(NO_VALUE_ANALYTES))
     ev_reason = f"""CASE
         WHEN subject_id IS NULL OR subject_id = '' THEN 'no subject id'
@@ -249,18 +268,29 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
             analyte || ' ' || value || ' ' || coalesce(unit, '') || ' (= ' || round(v * factor, 4)
             || ' ' || canonical || ') is outside the possible range ' || lo || ' to ' || hi || ' ' || canonical
         END"""
-    con.execute(f"CREATE TEMP TABLE ev2 AS SELECT *, {ev_reason} AS why FROM ev")
-    quarantine.append(_quarantine_sql("events", ["time", "code", "value", "unit"], "why", "ev2"))
-    out["events"] = con.sql(f"""
+    # One pass over the rows (no intermediate table: each costs a copy of every column), split after:
+    # usable rows to events or weights, the others to the quarantine with their raw fields.
+    both = con.sql(f"""
         SELECT subject_id, nullif(encounter_id, '') AS encounter_id, t AS time, code, analyte,
                CASE WHEN analyte NOT IN ({no_value}) THEN v * factor END AS numeric_value, canonical AS unit,
-               source
-        FROM ev2 WHERE why IS NULL AND analyte <> 'weight'
+               source, v * factor AS weight_kg, why,
+               CASE WHEN why IS NOT NULL THEN to_json(struct_pack(time := "time_raw", code := code, value := value,
+                                                                    unit := unit_raw)) END AS raw
+        FROM (SELECT *, {ev_reason} AS why FROM (
+            SELECT r.subject_id, r.encounter_id, r.time, r.time AS time_raw, r.code, r.analyte, r.value, r.unit,
+                   r.unit AS unit_raw, r.source, {_time_sql('r.time')} AS t, TRY_CAST(r.value AS DOUBLE) AS v,
+                   {unit['factor']} AS factor, {unit['canonical']} AS canonical, {unit['reason']} AS unit_reason,
+                   {unit['lo']} AS lo, {unit['hi']} AS hi
+            FROM (SELECT *, {match} AS _u FROM raw_events) r) ev) ev2
     """).to_arrow_table()
-    out["weights"] = con.sql("""
-        SELECT subject_id, t AS time, v * factor AS weight_kg, source
-        FROM ev2 WHERE why IS NULL AND analyte = 'weight'
-    """).to_arrow_table()
+    ok = pc.is_null(both.column("why"))
+    weight = pc.fill_null(pc.equal(both.column("analyte"), "weight"), False)
+    out["events"] = _where(both.select(TABLES["events"].names), pc.and_(ok, pc.invert(weight)))
+    out["weights"] = _where(both.select(["subject_id", "time", "weight_kg", "source"]), pc.and_(ok, weight))
+    bad = _where(both.select(["subject_id", "source", "raw", "why"]), pc.invert(ok))
+    given = [pa.table({"table": pa.array(["events"] * bad.num_rows, pa.string()),
+                       "subject_id": bad.column("subject_id"), "source": bad.column("source"),
+                       "raw": bad.column("raw").cast(pa.string()), "reason": bad.column("why")})]
 
     if "medications" in present:
         _medications(con, kb, out, quarantine, window)
@@ -269,13 +299,21 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
     _subjects(con, out, quarantine, window)
     if "contexts" in present:
         _contexts(con, out, quarantine, window)
-    out["quarantine"] = con.sql(" UNION ALL ".join(quarantine)).to_arrow_table()
+    if quarantine:
+        given.append(con.sql(" UNION ALL ".join(quarantine)).to_arrow_table())
     # rows an adapter already set aside (e.g. a FHIR status 'entered-in-error'), with its reason
-    given = raw.get("quarantine")
-    if given is not None and given.num_rows:
-        out["quarantine"] = pa.concat_tables([
-            out["quarantine"].cast(TABLES["quarantine"]), _conform(given, TABLES["quarantine"])])
+    if raw.get("quarantine") is not None and raw["quarantine"].num_rows:
+        given.append(raw["quarantine"])
+    out["quarantine"] = pa.concat_tables([_conform(q, TABLES["quarantine"]) for q in given])
     return {name: out[name].cast(TABLES[name]) for name in TABLES}
+
+
+def _where(table: pa.Table, mask: pa.ChunkedArray) -> pa.Table:
+    """``table.filter(mask)``, without the copy when every row or none is kept (the usual cases)."""
+    kept = pc.sum(mask).as_py() or 0
+    if kept == table.num_rows:
+        return table
+    return table.slice(0, 0) if kept == 0 else table.filter(mask)
 
 
 def _subjects(con: duckdb.DuckDBPyConnection, out: dict[str, pa.Table], quarantine: list[str],

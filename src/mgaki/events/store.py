@@ -288,24 +288,26 @@ class EventStore:
                     summary.received[name] = summary.added[name] = 0
                     continue
                 incoming[name] = given.cast(TABLES[name])
-            found = self._identity_conflicts(con, incoming)
+            # no row names a record version (bulk files): no identity or version to decide
+            versioned = any(pc.any(pc.match_substring(t.column("source"), HISTORY)).as_py() for t in incoming.values())
+            found = self._identity_conflicts(con, incoming) if versioned else []
             if found and conflicts == "refuse":
                 raise IdentityConflictError(found)
             if found:
                 incoming = _set_aside(con, incoming, found)
                 summary.identity_conflicts = tuple(found)
-            ledger = self._versions(con, incoming, summary, subjects)
+            ledger = self._versions(con, incoming, summary, subjects) if versioned else _LEDGER.empty_table()
             for name, tab in incoming.items():
                 summary.received[name] = tab.num_rows
                 con.register("incoming", tab)
                 # versioned rows: only those of versions this append accepts (see _versions)
                 keep = (f"WHERE source IS NULL OR NOT contains(source, '{HISTORY}') "
-                        "OR source IN (SELECT source FROM accepted)")
+                        "OR source IN (SELECT source FROM accepted)") if versioned else ""
                 # only the incoming subjects' stored rows can be equal: DuckDB reads those row groups only
                 # (parts are written sorted by subject), so an append costs what it brings, not the store's size
                 parts = self.files(name) if against is None else list(against.get(name, ()))
-                if not parts and distinct:  # nothing stored to compare with, no two rows alike: all new
-                    new = con.sql(f"SELECT * FROM incoming {keep} ORDER BY subject_id").to_arrow_table()
+                if not parts and distinct and not keep:  # nothing stored to compare with, no two rows alike
+                    new = tab if _sorted_by_subject(tab) else tab.sort_by("subject_id")
                 else:
                     stored = self._parts_sql(parts, name)
                     if name != "quarantine" or not given_null_subject(tab):
@@ -526,6 +528,14 @@ def _set_aside(con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
     if q:
         out["quarantine"] = pa.concat_tables([*([out["quarantine"]] if "quarantine" in out else []), *q])
     return out
+
+
+def _sorted_by_subject(tab: pa.Table) -> bool:
+    """Whether the rows are in subject order already (an extract sorted by patient): no sort needed."""
+    ids = tab.column("subject_id")
+    if tab.num_rows < 2 or ids.null_count:
+        return tab.num_rows < 2
+    return bool(pc.all(pc.less_equal(ids.slice(0, tab.num_rows - 1), ids.slice(1))).as_py())
 
 
 def given_null_subject(tab: pa.Table) -> bool:

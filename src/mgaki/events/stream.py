@@ -33,11 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mgaki.events.normalize import normalize
+from mgaki.events.normalize import connect, normalize
 from mgaki.events.schema import TABLES
 from mgaki.events.store import HISTORY, EventStore, IngestSummary
 
@@ -82,25 +84,36 @@ def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
     held: dict[str, list[pa.Table]] = {}
     own_sources = False  # a chunk with sources of its own was stored: later rows may equal its rows
     done = 0
-    for chunk in _nonempty(chunks):
-        tables = normalize(chunk.tables)
-        for name, tab in tables.items():
-            mask = _versioned(tab)
-            if mask is not None:
-                held.setdefault(name, []).append(tab.filter(mask))
-                tables[name] = tab.filter(pc.invert(mask))
-        fast = chunk.generated_sources and not own_sources
-        # events (and weights, and their quarantine rows) are one canonical row per raw row
-        distinct = fast and set(chunk.tables) <= {"events"}
-        summary = summary.merge(store.append(tables, against=before if fast else None, distinct=distinct))
-        own_sources = own_sources or not chunk.generated_sources
-        done += chunk.size
-        if progress is not None:
-            progress(done)
+    db = connect()  # rows keep their order (a file sorted by patient is stored without a sort)
+    db.execute("SET GLOBAL preserve_insertion_order = true")
+    try:
+        for chunk in _nonempty(chunks):
+            summary, own_sources = _one(store, chunk, db, before, held, summary, own_sources)
+            done += chunk.size
+            if progress is not None:
+                progress(done)
+    finally:
+        db.close()
     if held:
         summary = summary.merge(store.append({name: pa.concat_tables(parts).cast(TABLES[name])
                                               for name, parts in held.items()}))
     return summary
+
+
+def _one(store: EventStore, chunk: RawChunk, db: duckdb.DuckDBPyConnection, before: dict[str, list[Path]],
+         held: dict[str, list[pa.Table]], summary: IngestSummary, own_sources: bool) -> tuple[IngestSummary, bool]:
+    """Normalise and append one chunk (versioned rows to ``held``); the summary so far and ``own_sources``."""
+    tables = normalize(chunk.tables, db=db)
+    for name, tab in tables.items():
+        mask = _versioned(tab)
+        if mask is not None:
+            held.setdefault(name, []).append(tab.filter(mask))
+            tables[name] = tab.filter(pc.invert(mask))
+    fast = chunk.generated_sources and not own_sources
+    # events (and weights, and their quarantine rows) are one canonical row per raw row
+    distinct = fast and set(chunk.tables) <= {"events"}
+    summary = summary.merge(store.append(tables, against=before if fast else None, distinct=distinct))
+    return summary, own_sources or not chunk.generated_sources
 
 
 def _nonempty(chunks: Iterable[RawChunk]) -> Iterator[RawChunk]:
