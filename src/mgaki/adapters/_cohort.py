@@ -7,7 +7,7 @@ added there is understood by all adapters at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -23,10 +23,12 @@ __all__ = [
     "canonical",
     "code_table",
     "conform",
+    "gather",
     "iso_utc",
     "quarantine_table",
     "register",
     "sql_str",
+    "stream",
 ]
 
 # FHIR system URI -> OMOP vocabulary_id, which MEDS also uses as the code prefix ("LOINC/2160-0").
@@ -97,6 +99,31 @@ def register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table], pre
     for name, t in tables.items():
         con.register(f"{prefix}{name}", t)
     con.register("code_map", code_table())
+
+
+def gather(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """The reader's batches as tables of exactly ``rows`` rows (the last one fewer), in order."""
+    batches: list[pa.RecordBatch] = []
+    n = 0
+    for batch in reader:
+        if not batch.num_rows:
+            continue
+        batches.append(batch)
+        n += batch.num_rows
+        while n >= rows:
+            table = pa.Table.from_batches(batches)
+            yield table.slice(0, rows)
+            rest = table.slice(rows)
+            batches, n = rest.to_batches(), rest.num_rows
+    if n:
+        yield pa.Table.from_batches(batches)
+
+
+def stream(rel: duckdb.DuckDBPyRelation, name: str, rows: int) -> Iterator[pa.Table]:
+    """A reader's relation as RAW tables ``name`` (``conform``) of ``rows`` rows each (the last fewer): DuckDB
+    runs the query as the chunks are taken, so only one chunk of its result is held at a time."""
+    for table in gather(rel.to_arrow_reader(min(rows, 1 << 17)), rows):
+        yield conform(table, name)
 
 
 def iso_utc(col: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mgaki.adapters._cohort import canonical, code_table, conform, iso_utc, register, sql_str
+from mgaki.adapters._cohort import canonical, code_table, conform, gather, iso_utc, register, sql_str
 from mgaki.errors import InputError
 from mgaki.events.normalize import connect
 from mgaki.events.schema import RAW
@@ -83,21 +83,6 @@ def _chunk_sql(name: str, columns: list[str]) -> str:
     return f"SELECT {sel}, {src} AS source FROM chunk"
 
 
-def _gather(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
-    """The reader's batches gathered into tables of about ``rows`` rows (the last one smaller), in order."""
-    batches: list[pa.RecordBatch] = []
-    n = 0
-    for batch in reader:
-        if batch.num_rows:
-            batches.append(batch)
-            n += batch.num_rows
-        if n >= rows:
-            yield pa.Table.from_batches(batches)
-            batches, n = [], 0
-    if n:
-        yield pa.Table.from_batches(batches)
-
-
 def _events_chunk(table: pa.Table, first: int) -> tuple[pa.Table, int]:
     """One chunk of events.csv as RAW events, in file order, and how many rows it kept.
 
@@ -142,7 +127,7 @@ def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> I
             sql = _chunk_sql(name, columns) if name != "events" else ""
             reader = con.sql(f"SELECT * FROM {_scan(path)}").to_arrow_reader(min(chunk_rows, 1 << 17))
             offset = 1
-            for batch in _gather(reader, chunk_rows):
+            for batch in gather(reader, chunk_rows):
                 n = batch.num_rows
                 given = "source" in columns and batch.column("source").null_count < n
                 if name == "events":

@@ -19,20 +19,22 @@ In-hospital death is ``admissions.deathtime``, read as the death row of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
+from mgaki.adapters._cohort import gather
 from mgaki.adapters.maps import CodeMapFile, load_map
 from mgaki.errors import InputError, UnitError
 from mgaki.events.normalize import connect
 from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
+from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk
 from mgaki.knowledge import load
 from mgaki.units import factor, normalize_unit
 
-__all__ = ["FILES", "read_mimic", "write_mimic"]
+__all__ = ["FILES", "iter_mimic", "read_mimic", "write_mimic"]
 
 # The files (module/table) and the columns the adapter reads; write_mimic writes exactly these.
 FILES: dict[str, tuple[str, ...]] = {
@@ -251,19 +253,46 @@ def _dialysis_codes() -> pa.Table:
                      "context": [md.context] * len(rows)})
 
 
-def read_mimic(root: Path, codes: CodeMapFile | None = None) -> dict[str, pa.Table]:
-    """RAW tables (events, medications, encounters, subjects, contexts) from a MIMIC-IV root folder."""
-    codes = codes or load_map(_MAP)
+_SQL = {"events": _EVENTS_SQL, "medications": _MEDS_SQL, "encounters": _ENCOUNTERS_SQL,
+        "subjects": _SUBJECTS_SQL, "contexts": _CONTEXTS_SQL}
+
+
+def _open(root: Path, codes: CodeMapFile | None) -> duckdb.DuckDBPyConnection:
     con = connect()
     try:
         _register_sources(con, Path(root))
-        con.register("codemap", _codemap_table(codes))
+        con.register("codemap", _codemap_table(codes or load_map(_MAP)))
         con.register("dose_units", _dose_units(con))
         con.register("dialysis_codes", _dialysis_codes())
-        sql = {"events": _EVENTS_SQL, "medications": _MEDS_SQL, "encounters": _ENCOUNTERS_SQL,
-               "subjects": _SUBJECTS_SQL, "contexts": _CONTEXTS_SQL}
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def read_mimic(root: Path, codes: CodeMapFile | None = None) -> dict[str, pa.Table]:
+    """RAW tables (events, medications, encounters, subjects, contexts) from a MIMIC-IV root folder."""
+    con = _open(root, codes)
+    try:
         return {name: con.sql(q).to_arrow_table().rename_columns(RAW[name].names).cast(RAW[name])
-                for name, q in sql.items()}
+                for name, q in _SQL.items()}
+    finally:
+        con.close()
+
+
+def iter_mimic(root: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, codes: CodeMapFile | None = None,
+               ) -> Iterator[RawChunk]:
+    """``read_mimic``'s rows as chunks of at most ``chunk_rows`` rows of one table each (streaming ingest).
+
+    DuckDB reads the files as the chunks are taken, so memory holds one chunk, not labevents. Sources are
+    MIMIC's own ids (``labevents:labevent_id=...``): each chunk is compared with everything stored.
+    """
+    con = _open(root, codes)
+    try:
+        for name, q in _SQL.items():
+            rel = con.sql(q)
+            for table in gather(rel.to_arrow_reader(min(chunk_rows, 1 << 17)), chunk_rows):
+                yield RawChunk({name: table.rename_columns(RAW[name].names).cast(RAW[name])}, rows=table.num_rows)
     finally:
         con.close()
 

@@ -10,7 +10,7 @@ unit_source_value. See docs/adapters/omop.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -20,15 +20,16 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from mgaki.adapters._cohort import canonical, conform, register, sql_str
+from mgaki.adapters._cohort import canonical, conform, register, sql_str, stream
 from mgaki.adapters.maps import load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
 from mgaki.events.schema import DEATH, DEATH_CODE
+from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk
 from mgaki.knowledge import load, load_validated
 from mgaki.knowledge.schema import Source
 
-__all__ = ["COLUMNS", "OmopVocab", "load_vocab", "read_omop", "write_omop"]
+__all__ = ["COLUMNS", "OmopVocab", "iter_omop", "load_vocab", "read_omop", "write_omop"]
 
 # The CDM columns mgaki reads (and writes); others in the files are ignored.
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -133,99 +134,115 @@ def _scan(con: duckdb.DuckDBPyConnection, root: Path, table: str) -> bool:
 
 def read_omop(root: str | Path) -> dict[str, pa.Table]:
     """RAW tables from an OMOP CDM folder (``<table>.csv`` or ``<table>.parquet`` / ``<table>/*.parquet``)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(str(root), "not a folder")
     con = connect()
     try:
-        register(con, {})
-        _register_maps(con)
-        md = load().kidney.maintenance_dialysis
-        vocab = {"http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM", "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
-                 "http://hl7.org/fhir/sid/icd-10": "ICD10", "http://snomed.info/sct": "SNOMED"}
-        con.register("dialysis_codes", pa.table({
-            "vocabulary": [vocab.get(c.system) for c in md.codes],
-            "code": [c.code.replace(".", "").upper() for c in md.codes], "context": [md.context] * len(md.codes)}))
-        found = [t for t in COLUMNS if _scan(con, root, t)]
-        if not set(found) - {"concept"}:
-            raise InputError(str(root), f"no OMOP CDM tables ({', '.join(t for t in COLUMNS if t != 'concept')})")
-        # concept_id -> analyte: the map, else the shipped vocabulary's code through codes.yaml
-        con.execute("""CREATE TEMP TABLE concept_analyte AS
-            SELECT concept_id, target AS analyte FROM concept_map WHERE maps_to = 'analyte'
-            UNION ALL
-            SELECT c.concept_id, m.analyte FROM t_concept c
-            JOIN code_map m ON m.key = c.vocabulary_id || '/' || c.concept_code
-            WHERE c.concept_id NOT IN (SELECT concept_id FROM concept_map WHERE maps_to = 'analyte')""")
-        ts = "coalesce({0}_datetime, {0}_date)"
-        enc = "coalesce(visit_detail_id, visit_occurrence_id)"
-        out = {
-            "subjects": con.sql("""SELECT person_id AS subject_id, coalesce(g.sex, gender_source_value) AS sex,
-                    TRY_CAST(year_of_birth AS INTEGER) AS birth_year, 'omop:person/' || person_id AS source
-                FROM t_person p LEFT JOIN gender_concepts g ON g.concept_id = p.gender_concept_id"""),
-            "encounters": con.sql(f"""
-                SELECT v.person_id AS subject_id, v.visit_occurrence_id AS encounter_id,
-                       coalesce(k.target, 'omop:' || v.visit_concept_id) AS kind,
-                       {ts.format('v.visit_start')} AS start, {ts.format('v.visit_end')} AS "end",
-                       -- an ER visit the admission names as its preceding visit is part of that admission
-                       CASE WHEN k.target = 'emergency' THEN (
-                         SELECT min(a.visit_occurrence_id) FROM t_visit_occurrence a
-                         WHERE a.person_id = v.person_id AND a.preceding_visit_occurrence_id = v.visit_occurrence_id)
-                       END AS parent_id, 'omop:visit_occurrence/' || v.visit_occurrence_id AS source
-                FROM t_visit_occurrence v LEFT JOIN concept_map k
-                  ON k.maps_to = 'encounter_kind' AND k.concept_id = v.visit_concept_id
-                UNION ALL
-                SELECT person_id, visit_detail_id, coalesce(k.target, 'omop:' || visit_detail_concept_id),
-                       {ts.format('visit_detail_start')}, {ts.format('visit_detail_end')}, visit_occurrence_id,
-                       'omop:visit_detail/' || visit_detail_id
-                FROM t_visit_detail v LEFT JOIN concept_map k
-                  ON k.maps_to = 'encounter_kind' AND k.concept_id = v.visit_detail_concept_id"""),
-            "events": con.sql(f"""
-                SELECT person_id AS subject_id, {enc} AS encounter_id, {ts.format('measurement')} AS time,
-                       'OMOP/' || measurement_concept_id AS code, coalesce(a.analyte, s.analyte) AS analyte,
-                       coalesce(value_as_number, value_source_value) AS value,
-                       coalesce(u.ucum, nullif(unit_source_value, '')) AS unit,
-                       'omop:measurement/' || coalesce(measurement_id, '?') AS source
-                FROM t_measurement x LEFT JOIN concept_analyte a ON a.concept_id = x.measurement_concept_id
-                     LEFT JOIN code_map s ON s.key = x.measurement_source_value
-                     LEFT JOIN unit_concepts u ON u.concept_id = x.unit_concept_id
-                WHERE coalesce(a.analyte, s.analyte) IS NOT NULL
-                UNION ALL
-                SELECT person_id, {enc}, {ts.format('procedure')}, 'OMOP/' || procedure_concept_id, 'rrt', NULL, NULL,
-                       'omop:procedure_occurrence/' || coalesce(procedure_occurrence_id, '?')
-                FROM t_procedure_occurrence x
-                WHERE procedure_concept_id IN (SELECT concept_id FROM concept_map WHERE maps_to = 'rrt'
-                                               UNION SELECT concept_id FROM concept_analyte WHERE analyte = 'rrt')
-                   OR procedure_source_value IN (SELECT key FROM code_map WHERE analyte = 'rrt')
-                UNION ALL
-                SELECT person_id, NULL, {ts.format('death')}, '{DEATH_CODE}', '{DEATH}', NULL, NULL,
-                       'omop:death/' || coalesce(person_id, '?')
-                FROM t_death"""),
-            "medications": con.sql(f"""
-                SELECT person_id AS subject_id, {enc} AS encounter_id,
-                       {ts.format('drug_exposure_start')} AS start, {ts.format('drug_exposure_end')} AS "end",
-                       coalesce(nullif(drug_source_value, ''), c.concept_name) AS name,
-                       CASE WHEN c.vocabulary_id = 'RxNorm' THEN c.concept_code END AS rxcui,
-                       route_source_value AS route, quantity AS dose_value, dose_unit_source_value AS dose_unit,
-                       'omop:drug_exposure/' || coalesce(drug_exposure_id, '?') AS source
-                FROM t_drug_exposure d LEFT JOIN t_concept c ON c.concept_id = d.drug_concept_id"""),
-            "contexts": con.sql(f"""
-                SELECT person_id AS subject_id, {enc} AS encounter_id, {ts.format('observation')} AS time,
-                       substr(observation_source_value, {len(CONTEXT_PREFIX) + 1}) AS context,
-                       'omop:observation/' || coalesce(observation_id, '?') AS source
-                FROM t_observation WHERE observation_source_value LIKE '{CONTEXT_PREFIX}%'
-                UNION ALL
-                -- maintenance dialysis (kidney.yaml codes): the condition's concept through the shipped
-                -- vocabulary (SNOMED / ICD10CM / ICD9CM concept_code), or its source value (an ICD code)
-                SELECT DISTINCT x.person_id, {enc.replace('visit_', 'x.visit_')}, {ts.format('x.condition_start')},
-                       k.context, 'omop:condition_occurrence/' || coalesce(x.condition_occurrence_id, '?')
-                FROM t_condition_occurrence x LEFT JOIN t_concept c ON c.concept_id = x.condition_concept_id
-                JOIN dialysis_codes k ON (k.vocabulary = c.vocabulary_id AND k.code = upper(replace(c.concept_code,
-                                                                                                      '.', '')))
-                  OR k.code = upper(replace(x.condition_source_value, '.', ''))"""),
-        }
-        return {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
+        return {name: conform(rel.to_arrow_table(), name) for name, rel in _relations(con, Path(root)).items()}
     finally:
         con.close()
+
+
+def iter_omop(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
+    """``read_omop``'s rows as chunks of at most ``chunk_rows`` rows of one table each (streaming ingest);
+    DuckDB reads the tables as the chunks are taken. Sources are OMOP ids: compared with everything stored."""
+    con = connect()
+    try:
+        for name, rel in _relations(con, Path(root)).items():
+            for table in stream(rel, name, chunk_rows):
+                yield RawChunk({name: table}, rows=table.num_rows)
+    finally:
+        con.close()
+
+
+def _relations(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, duckdb.DuckDBPyRelation]:
+    """The RAW tables of an OMOP folder as DuckDB relations on ``con`` (not yet run)."""
+    if not root.is_dir():
+        raise InputError(str(root), "not a folder")
+    register(con, {})
+    _register_maps(con)
+    md = load().kidney.maintenance_dialysis
+    vocab = {"http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM", "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+             "http://hl7.org/fhir/sid/icd-10": "ICD10", "http://snomed.info/sct": "SNOMED"}
+    con.register("dialysis_codes", pa.table({
+        "vocabulary": [vocab.get(c.system) for c in md.codes],
+        "code": [c.code.replace(".", "").upper() for c in md.codes], "context": [md.context] * len(md.codes)}))
+    found = [t for t in COLUMNS if _scan(con, root, t)]
+    if not set(found) - {"concept"}:
+        raise InputError(str(root), f"no OMOP CDM tables ({', '.join(t for t in COLUMNS if t != 'concept')})")
+    # concept_id -> analyte: the map, else the shipped vocabulary's code through codes.yaml
+    con.execute("""CREATE TEMP TABLE concept_analyte AS
+        SELECT concept_id, target AS analyte FROM concept_map WHERE maps_to = 'analyte'
+        UNION ALL
+        SELECT c.concept_id, m.analyte FROM t_concept c
+        JOIN code_map m ON m.key = c.vocabulary_id || '/' || c.concept_code
+        WHERE c.concept_id NOT IN (SELECT concept_id FROM concept_map WHERE maps_to = 'analyte')""")
+    ts = "coalesce({0}_datetime, {0}_date)"
+    enc = "coalesce(visit_detail_id, visit_occurrence_id)"
+    out = {
+        "subjects": con.sql("""SELECT person_id AS subject_id, coalesce(g.sex, gender_source_value) AS sex,
+                TRY_CAST(year_of_birth AS INTEGER) AS birth_year, 'omop:person/' || person_id AS source
+            FROM t_person p LEFT JOIN gender_concepts g ON g.concept_id = p.gender_concept_id"""),
+        "encounters": con.sql(f"""
+            SELECT v.person_id AS subject_id, v.visit_occurrence_id AS encounter_id,
+                   coalesce(k.target, 'omop:' || v.visit_concept_id) AS kind,
+                   {ts.format('v.visit_start')} AS start, {ts.format('v.visit_end')} AS "end",
+                   -- an ER visit the admission names as its preceding visit is part of that admission
+                   CASE WHEN k.target = 'emergency' THEN (
+                     SELECT min(a.visit_occurrence_id) FROM t_visit_occurrence a
+                     WHERE a.person_id = v.person_id AND a.preceding_visit_occurrence_id = v.visit_occurrence_id)
+                   END AS parent_id, 'omop:visit_occurrence/' || v.visit_occurrence_id AS source
+            FROM t_visit_occurrence v LEFT JOIN concept_map k
+              ON k.maps_to = 'encounter_kind' AND k.concept_id = v.visit_concept_id
+            UNION ALL
+            SELECT person_id, visit_detail_id, coalesce(k.target, 'omop:' || visit_detail_concept_id),
+                   {ts.format('visit_detail_start')}, {ts.format('visit_detail_end')}, visit_occurrence_id,
+                   'omop:visit_detail/' || visit_detail_id
+            FROM t_visit_detail v LEFT JOIN concept_map k
+              ON k.maps_to = 'encounter_kind' AND k.concept_id = v.visit_detail_concept_id"""),
+        "events": con.sql(f"""
+            SELECT person_id AS subject_id, {enc} AS encounter_id, {ts.format('measurement')} AS time,
+                   'OMOP/' || measurement_concept_id AS code, coalesce(a.analyte, s.analyte) AS analyte,
+                   coalesce(value_as_number, value_source_value) AS value,
+                   coalesce(u.ucum, nullif(unit_source_value, '')) AS unit,
+                   'omop:measurement/' || coalesce(measurement_id, '?') AS source
+            FROM t_measurement x LEFT JOIN concept_analyte a ON a.concept_id = x.measurement_concept_id
+                 LEFT JOIN code_map s ON s.key = x.measurement_source_value
+                 LEFT JOIN unit_concepts u ON u.concept_id = x.unit_concept_id
+            WHERE coalesce(a.analyte, s.analyte) IS NOT NULL
+            UNION ALL
+            SELECT person_id, {enc}, {ts.format('procedure')}, 'OMOP/' || procedure_concept_id, 'rrt', NULL, NULL,
+                   'omop:procedure_occurrence/' || coalesce(procedure_occurrence_id, '?')
+            FROM t_procedure_occurrence x
+            WHERE procedure_concept_id IN (SELECT concept_id FROM concept_map WHERE maps_to = 'rrt'
+                                           UNION SELECT concept_id FROM concept_analyte WHERE analyte = 'rrt')
+               OR procedure_source_value IN (SELECT key FROM code_map WHERE analyte = 'rrt')
+            UNION ALL
+            SELECT person_id, NULL, {ts.format('death')}, '{DEATH_CODE}', '{DEATH}', NULL, NULL,
+                   'omop:death/' || coalesce(person_id, '?')
+            FROM t_death"""),
+        "medications": con.sql(f"""
+            SELECT person_id AS subject_id, {enc} AS encounter_id,
+                   {ts.format('drug_exposure_start')} AS start, {ts.format('drug_exposure_end')} AS "end",
+                   coalesce(nullif(drug_source_value, ''), c.concept_name) AS name,
+                   CASE WHEN c.vocabulary_id = 'RxNorm' THEN c.concept_code END AS rxcui,
+                   route_source_value AS route, quantity AS dose_value, dose_unit_source_value AS dose_unit,
+                   'omop:drug_exposure/' || coalesce(drug_exposure_id, '?') AS source
+            FROM t_drug_exposure d LEFT JOIN t_concept c ON c.concept_id = d.drug_concept_id"""),
+        "contexts": con.sql(f"""
+            SELECT person_id AS subject_id, {enc} AS encounter_id, {ts.format('observation')} AS time,
+                   substr(observation_source_value, {len(CONTEXT_PREFIX) + 1}) AS context,
+                   'omop:observation/' || coalesce(observation_id, '?') AS source
+            FROM t_observation WHERE observation_source_value LIKE '{CONTEXT_PREFIX}%'
+            UNION ALL
+            -- maintenance dialysis (kidney.yaml codes): the condition's concept through the shipped
+            -- vocabulary (SNOMED / ICD10CM / ICD9CM concept_code), or its source value (an ICD code)
+            SELECT DISTINCT x.person_id, {enc.replace('visit_', 'x.visit_')}, {ts.format('x.condition_start')},
+                   k.context, 'omop:condition_occurrence/' || coalesce(x.condition_occurrence_id, '?')
+            FROM t_condition_occurrence x LEFT JOIN t_concept c ON c.concept_id = x.condition_concept_id
+            JOIN dialysis_codes k ON (k.vocabulary = c.vocabulary_id AND k.code = upper(replace(c.concept_code,
+                                                                                                  '.', '')))
+              OR k.code = upper(replace(x.condition_source_value, '.', ''))"""),
+    }
+    return out
 
 
 def write_omop(tables: Mapping[str, pa.Table | None], root: str | Path) -> None:

@@ -31,6 +31,9 @@ stored, as whole parts; running it again adds only what is missing.
 
 from __future__ import annotations
 
+import dataclasses
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +90,7 @@ def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
     db = connect()  # rows keep their order (a file sorted by patient is stored without a sort)
     db.execute("SET GLOBAL preserve_insertion_order = true")
     try:
-        for chunk in _nonempty(chunks):
+        for chunk in _nonempty(_ahead(chunks)):
             summary, own_sources = _one(store, chunk, db, before, held, summary, own_sources)
             done += chunk.size
             if progress is not None:
@@ -97,7 +100,10 @@ def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
     if held:
         summary = summary.merge(store.append({name: pa.concat_tables(parts).cast(TABLES[name])
                                               for name, parts in held.items()}))
-    return summary
+    # tables in the order one append lists them (the CLI's table): those that received nothing first
+    order = sorted(summary.received, key=lambda n: (summary.received[n] > 0, list(TABLES).index(n)))
+    return dataclasses.replace(summary, received={n: summary.received[n] for n in order},
+                               added={n: summary.added.get(n, 0) for n in order})
 
 
 def _one(store: EventStore, chunk: RawChunk, db: duckdb.DuckDBPyConnection, before: dict[str, list[Path]],
@@ -114,6 +120,45 @@ def _one(store: EventStore, chunk: RawChunk, db: duckdb.DuckDBPyConnection, befo
     distinct = fast and set(chunk.tables) <= {"events"}
     summary = summary.merge(store.append(tables, against=before if fast else None, distinct=distinct))
     return summary, own_sources or not chunk.generated_sources
+
+
+def _ahead(chunks: Iterable[RawChunk]) -> Iterator[RawChunk]:
+    """The chunks, the next one read in a thread while the caller stores this one (one chunk ahead at most).
+
+    Reading (DuckDB's CSV parser) and storing (normalize, Parquet) both release the GIL: on two cores the
+    two overlap. An error of the reader is raised here, in order, after the chunks read before it.
+    """
+    box: queue.Queue[tuple[RawChunk | None, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for c in chunks:
+                if stop.is_set():
+                    return
+                box.put((c, None))
+            box.put((None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            box.put((None, exc))
+
+    thread = threading.Thread(target=read, name="mgaki-ingest-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            c, exc = box.get()
+            if exc is not None:
+                raise exc
+            if c is None:
+                return
+            yield c
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting to put, then let it finish
+            try:
+                box.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def _nonempty(chunks: Iterable[RawChunk]) -> Iterator[RawChunk]:
