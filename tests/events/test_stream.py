@@ -215,3 +215,26 @@ def test_reason_kinds_merge_like_one_grouping(reasons: list[str]) -> None:
         merged = merged.merge(IngestSummary(quarantine_reasons=_reason_kinds(con, pa.table({"reason": reasons[i:i + 2]}))))
     assert merged.quarantine_reasons == whole
     assert len({reason_kind(r) for r in reasons}) == len(whole) == 4
+
+
+def test_arrow_reader_reads_the_layout_as_duckdb_does(tmp_path: Path) -> None:
+    """The documented dialect is read by Arrow's streaming reader; another (here ';') by DuckDB's sniffing
+    read_csv. Both give the same RAW rows: quoted commas, quotes and line breaks, empty and quoted-empty
+    fields (NULL), untrimmed spaces, a byte-order mark, CRLF line ends, a trailing empty line."""
+    rows = [['"a,b"', "2024-01-01T10:00:00Z", "LOINC/2160-0", "1.0", "mg/dL", ""],
+            ['"q""e"', " 2024-01-01T11:00:00Z ", '""', "", '"mg/dL"', '""'],
+            ["x", '"2024-01-01\n12:00:00"', "LOINC/2160-0", " 1.0 ", "mg/dL", "s1"],
+            ["NULL", "null", "", "NA", "\u00b5mol/L", ""],
+            ["y", "2024-01-01T13:00:00Z", "", "0.9", "mg/dL", ""]]
+    header = ["subject_id", "time", "code", "value", "unit", "source"]
+    for sep, folder in ((",", "comma"), (";", "semicolon")):
+        text = "\r\n".join(sep.join(r) for r in [header, *rows]) + "\r\n\r\n"
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "events.csv").write_text("\ufeff" + text, encoding="utf-8")
+    comma, semi = (list(iter_csv_layout(tmp_path / f)) for f in ("comma", "semicolon"))
+    assert comma[0].tables["events"].to_pylist() == semi[0].tables["events"].to_pylist()
+    got = comma[0].tables["events"].to_pylist()
+    assert [r["subject_id"] for r in got] == ["a,b", 'q"e', "x", "NULL", "y"]
+    assert got[1]["code"] is None and got[1]["value"] is None and got[1]["time"] == " 2024-01-01T11:00:00Z "
+    assert got[2]["time"] == "2024-01-01\n12:00:00" and got[2]["source"] == "s1" and got[3]["value"] == "NA"
+    assert [r["source"] for r in got] == ["events.csv:1", "events.csv:2", "s1", "events.csv:4", "events.csv:5"]

@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from mgaki.adapters._cohort import canonical, code_table, conform, gather, iso_utc, register, sql_str
 from mgaki.errors import InputError
@@ -109,6 +110,31 @@ def _events_chunk(table: pa.Table, first: int) -> tuple[pa.Table, int]:
     return conform(table.append_column("source", source), "events"), n
 
 
+def _reader(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str], rows: int) -> pa.RecordBatchReader:
+    """Batches of the file's rows, as text, in file order.
+
+    A file in the documented dialect (comma, ``"`` quoting with ``""`` inside, a header: what DuckDB's
+    sniffer finds) is read by Arrow's streaming CSV reader, about twice as fast, with DuckDB's reading
+    of it: an empty field, quoted or not, is NULL, nothing is trimmed, a quoted field may span lines.
+    Any other dialect is read by DuckDB's ``read_csv``, which sniffs it.
+    """
+    sniffed = con.sql(f"SELECT Delimiter, Quote, Escape, HasHeader FROM sniff_csv({sql_str(path)})").fetchall()
+    wanted = [c for c in columns if c in _WANTED]
+    if sniffed and sniffed[0][:2] == (",", '"') and sniffed[0][2] in ('"', "") and sniffed[0][3] \
+            and len(set(columns)) == len(columns):
+        return pacsv.open_csv(
+            path, read_options=pacsv.ReadOptions(block_size=1 << 23),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()),
+                                                 include_columns=wanted, strings_can_be_null=True,
+                                                 null_values=[""], quoted_strings_can_be_null=True))
+    return con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in wanted)} FROM {_scan(path)}"
+                   ).to_arrow_reader(rows)
+
+
+_WANTED = frozenset(c for schema in RAW.values() for c in schema.names)
+
+
 def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
     """The CSV layout as chunks of at most ``chunk_rows`` rows of one file each, in file order.
 
@@ -125,9 +151,8 @@ def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> I
         register(work, {})
         for name, path, columns in layout:
             sql = _chunk_sql(name, columns) if name != "events" else ""
-            reader = con.sql(f"SELECT * FROM {_scan(path)}").to_arrow_reader(min(chunk_rows, 1 << 17))
             offset = 1
-            for batch in gather(reader, chunk_rows):
+            for batch in gather(_reader(con, path, columns, min(chunk_rows, 1 << 17)), chunk_rows):
                 n = batch.num_rows
                 given = "source" in columns and batch.column("source").null_count < n
                 if name == "events":
