@@ -85,8 +85,9 @@ def run_ingest(src: Path, store: Path, chunk_rows: int | None, profile: Path | N
     s = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(f"ingest failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return {"seconds": s, "peak_rss": peak, "stdout": r.stdout, "command": " ".join(cmd)}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"seconds": s, "peak_rss": usage.ru_maxrss * 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "stdout": r.stdout, "command": " ".join(cmd)}
 
 
 def main() -> int:
@@ -116,7 +117,7 @@ def main() -> int:
         shutil.rmtree(store, ignore_errors=True)
     rate = total / res["seconds"]
     out = {"patients": a.patients, "seed": a.seed, "rows": rows, "csv_bytes": size, "write_s": wrote,
-           "ingest_s": res["seconds"], "rows_per_s": rate, "peak_rss": res["peak_rss"], "load_start": load_start,
+           "ingest_s": res["seconds"], "rows_per_s": rate, "cpu_s": res["cpu_s"], "peak_rss": res["peak_rss"], "load_start": load_start,
            "load_end": load_end, "command": res["command"], "chunk_rows": a.chunk_rows, "cores": os.cpu_count(),
            "started": datetime.now(UTC).isoformat(), "profiled": a.profile}
     print(res["stdout"])
@@ -124,7 +125,8 @@ def main() -> int:
           f"{size / GB:.2f} GB ({src}{', written in %.0f s' % wrote if wrote > 1 else ', cached'})")
     print(f"  command: {res['command']}")
     print(f"  rows: {total:,} ({', '.join(f'{k} {v:,}' for k, v in rows.items() if v)})")
-    print(f"  seconds: {res['seconds']:.1f}   rows/s: {rate:,.0f}   peak RSS: {res['peak_rss'] / GB:.2f} GB")
+    print(f"  seconds: {res['seconds']:.1f}   rows/s: {rate:,.0f}   peak RSS: {res['peak_rss'] / GB:.2f} GB   "
+          f"CPU (user+sys): {res['cpu_s']:.1f} s = {total / res['cpu_s']:,.0f} rows per CPU-second")
     print(f"  load average before {load_start}, after {load_end}, {os.cpu_count()} cores"
           + ("  [profiled: times inflated]" if a.profile else ""))
     print(f"  peak RSS < {TARGET_RSS_GB:g} GB: {'PASS' if res['peak_rss'] < TARGET_RSS_GB * GB else 'FAIL'}")

@@ -13,7 +13,7 @@ the KDIGO stages `mgaki export meds` adds). See docs/adapters/meds.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgaki._version import __version__
-from mgaki.adapters._cohort import canonical, conform, register, sql_str
+from mgaki.adapters._cohort import canonical, conform, register, sql_str, stream
 from mgaki.errors import InputError, KnowledgeError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
+from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk
 
-__all__ = ["EXTRA_SCHEMA", "MEDS_VERSION", "SUBJECT_MAP", "read_meds", "write_meds"]
+__all__ = ["EXTRA_SCHEMA", "MEDS_VERSION", "SUBJECT_MAP", "iter_meds", "read_meds", "write_meds"]
 
 MEDS_VERSION = "0.4.1"  # layout: data/<split>/*.parquet, metadata/{codes,subject_splits}.parquet, dataset.json
 SUBJECT_MAP = "metadata/mgaki_subject_ids.parquet"  # only when the mgaki ids are not integers
@@ -52,67 +53,83 @@ def _lab_codes() -> pa.Table:
 
 def read_meds(root: str | Path) -> dict[str, pa.Table]:
     """RAW tables from a MEDS dataset; codes mgaki does not use are not read."""
-    root = Path(root)
+    con = connect()
+    try:
+        return {name: conform(rel.to_arrow_table(), name) for name, rel in _relations(con, Path(root)).items()}
+    finally:
+        con.close()
+
+
+def iter_meds(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
+    """``read_meds``'s rows as chunks of at most ``chunk_rows`` rows of one table each (streaming ingest);
+    DuckDB reads the Parquet files as the chunks are taken (each table's query scans them once)."""
+    con = connect()
+    try:
+        for name, rel in _relations(con, Path(root)).items():
+            for table in stream(rel, name, chunk_rows):
+                yield RawChunk({name: table}, rows=table.num_rows)
+    finally:
+        con.close()
+
+
+def _relations(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, duckdb.DuckDBPyRelation]:
+    """The RAW tables of a MEDS dataset as DuckDB relations on ``con`` (views: nothing is read yet)."""
     data = sorted((root / "data").glob("**/*.parquet"))
     if not data:
         raise InputError(str(root), "no MEDS data files (data/**/*.parquet)")
-    con = connect()
-    try:
-        register(con, {})
-        con.register("lab_map", _lab_codes())
-        files = "[" + ", ".join(sql_str(f) for f in data) + "]"
-        con.execute(f"CREATE TEMP VIEW m0 AS SELECT * FROM read_parquet({files}, union_by_name = true, "
-                    "filename = true, file_row_number = true)")
-        cols = set(con.sql("SELECT * FROM m0 LIMIT 0").columns)
-        for need in ("subject_id", "time", "code"):
-            if need not in cols:
-                raise InputError(str(root / "data"), f"MEDS data has no {need!r} column")
-        extra = ", ".join(f'NULL::{t} AS "{c}"' for c, t in _OPTIONAL.items() if c not in cols)
-        value = "numeric_value" if "numeric_value" in cols else "NULL::FLOAT"
-        subject = "CAST(d.subject_id AS VARCHAR)"
-        idmap = root / SUBJECT_MAP
-        join = ""
-        if idmap.is_file():
-            con.execute(f"CREATE TEMP VIEW idmap AS SELECT * FROM read_parquet({sql_str(idmap)})")
-            join = "LEFT JOIN idmap ON idmap.subject_id = d.subject_id"
-            subject = f"coalesce(idmap.mgaki_subject_id, {subject})"
-        root_len = len(root.as_posix()) + 2
-        con.execute(f"""CREATE TEMP TABLE m AS
-            SELECT {subject} AS sid, d.*, {value} AS nv{',' if extra else ''} {extra},
-                   'meds:' || substr(replace(d.filename, '\\', '/'), {root_len}) || '#' || d.file_row_number AS src
-            FROM m0 d {join}""")
-        # LAB//<id>//<unit>: the middle part is the test, the last part its unit
-        con.execute("""CREATE TEMP TABLE ev AS
-            SELECT m.*, coalesce(c.analyte, c2.analyte, l.analyte) AS analyte,
-                   CASE WHEN m.code LIKE 'LAB//%//%' THEN split_part(m.code, '//', 3) END AS code_unit
-            FROM m LEFT JOIN code_map c ON c.key = m.code
-                   LEFT JOIN code_map c2 ON m.code LIKE 'LAB//%' AND c2.key = split_part(m.code, '//', 2)
-                   LEFT JOIN lab_map l ON m.code LIKE 'LAB//%' AND l.key = 'LAB//' || split_part(m.code, '//', 2)
-            WHERE coalesce(c.analyte, c2.analyte, l.analyte) IS NOT NULL""")
-        out = {
-            "events": con.sql("""SELECT sid AS subject_id, encounter_id, CAST(time AS VARCHAR) AS time, code,
-                    analyte, coalesce(CAST(nv AS VARCHAR), text_value) AS value,
-                    coalesce(nullif(unit, ''), nullif(code_unit, '')) AS unit, src AS source FROM ev"""),
-            "encounters": con.sql("""SELECT sid AS subject_id, encounter_id, split_part(code, '//', 2) AS kind,
-                    CAST(time AS VARCHAR) AS start, CAST("end" AS VARCHAR) AS "end", text_value AS parent_id,
-                    src AS source FROM m WHERE code LIKE 'VISIT//%'"""),
-            "medications": con.sql("""SELECT sid AS subject_id, encounter_id, CAST(time AS VARCHAR) AS start,
-                    CAST("end" AS VARCHAR) AS "end",
-                    coalesce(text_value, CASE WHEN code LIKE 'MEDICATION//%' THEN substr(code, 13) END) AS name,
-                    CASE WHEN code LIKE 'RxNorm/%' THEN substr(code, 8) END AS rxcui, route,
-                    CAST(nv AS VARCHAR) AS dose_value, unit AS dose_unit, src AS source
-                    FROM m WHERE code LIKE 'MEDICATION//%' OR code LIKE 'RxNorm/%'"""),
-            "subjects": con.sql("""SELECT sid AS subject_id,
-                    max(CASE code WHEN 'GENDER//F' THEN 'female' WHEN 'GENDER//M' THEN 'male' END) AS sex,
-                    CAST(year(min(time) FILTER (WHERE code = 'MEDS_BIRTH')) AS INTEGER) AS birth_year,
-                    'meds:' || sid AS source
-                    FROM m WHERE code LIKE 'GENDER//%' OR code = 'MEDS_BIRTH' GROUP BY sid"""),
-            "contexts": con.sql("""SELECT sid AS subject_id, encounter_id, CAST(time AS VARCHAR) AS time,
-                    substr(code, 16) AS context, src AS source FROM m WHERE code LIKE 'MGAKI_CONTEXT//%'"""),
-        }
-        return {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
-    finally:
-        con.close()
+    register(con, {})
+    con.register("lab_map", _lab_codes())
+    files = "[" + ", ".join(sql_str(f) for f in data) + "]"
+    con.execute(f"CREATE TEMP VIEW m0 AS SELECT * FROM read_parquet({files}, union_by_name = true, "
+                "filename = true, file_row_number = true)")
+    cols = set(con.sql("SELECT * FROM m0 LIMIT 0").columns)
+    for need in ("subject_id", "time", "code"):
+        if need not in cols:
+            raise InputError(str(root / "data"), f"MEDS data has no {need!r} column")
+    extra = ", ".join(f'NULL::{t} AS "{c}"' for c, t in _OPTIONAL.items() if c not in cols)
+    value = "numeric_value" if "numeric_value" in cols else "NULL::FLOAT"
+    subject = "CAST(d.subject_id AS VARCHAR)"
+    idmap = root / SUBJECT_MAP
+    join = ""
+    if idmap.is_file():
+        con.execute(f"CREATE TEMP VIEW idmap AS SELECT * FROM read_parquet({sql_str(idmap)})")
+        join = "LEFT JOIN idmap ON idmap.subject_id = d.subject_id"
+        subject = f"coalesce(idmap.mgaki_subject_id, {subject})"
+    root_len = len(root.as_posix()) + 2
+    con.execute(f"""CREATE TEMP VIEW m AS
+        SELECT {subject} AS sid, d.*, {value} AS nv{',' if extra else ''} {extra},
+               'meds:' || substr(replace(d.filename, '\\', '/'), {root_len}) || '#' || d.file_row_number AS src
+        FROM m0 d {join}""")
+    # LAB//<id>//<unit>: the middle part is the test, the last part its unit
+    con.execute("""CREATE TEMP VIEW ev AS
+        SELECT m.*, coalesce(c.analyte, c2.analyte, l.analyte) AS analyte,
+               CASE WHEN m.code LIKE 'LAB//%//%' THEN split_part(m.code, '//', 3) END AS code_unit
+        FROM m LEFT JOIN code_map c ON c.key = m.code
+               LEFT JOIN code_map c2 ON m.code LIKE 'LAB//%' AND c2.key = split_part(m.code, '//', 2)
+               LEFT JOIN lab_map l ON m.code LIKE 'LAB//%' AND l.key = 'LAB//' || split_part(m.code, '//', 2)
+        WHERE coalesce(c.analyte, c2.analyte, l.analyte) IS NOT NULL""")
+    out = {
+        "events": con.sql("""SELECT sid AS subject_id, encounter_id, CAST(time AS VARCHAR) AS time, code,
+                analyte, coalesce(CAST(nv AS VARCHAR), text_value) AS value,
+                coalesce(nullif(unit, ''), nullif(code_unit, '')) AS unit, src AS source FROM ev"""),
+        "encounters": con.sql("""SELECT sid AS subject_id, encounter_id, split_part(code, '//', 2) AS kind,
+                CAST(time AS VARCHAR) AS start, CAST("end" AS VARCHAR) AS "end", text_value AS parent_id,
+                src AS source FROM m WHERE code LIKE 'VISIT//%'"""),
+        "medications": con.sql("""SELECT sid AS subject_id, encounter_id, CAST(time AS VARCHAR) AS start,
+                CAST("end" AS VARCHAR) AS "end",
+                coalesce(text_value, CASE WHEN code LIKE 'MEDICATION//%' THEN substr(code, 13) END) AS name,
+                CASE WHEN code LIKE 'RxNorm/%' THEN substr(code, 8) END AS rxcui, route,
+                CAST(nv AS VARCHAR) AS dose_value, unit AS dose_unit, src AS source
+                FROM m WHERE code LIKE 'MEDICATION//%' OR code LIKE 'RxNorm/%'"""),
+        "subjects": con.sql("""SELECT sid AS subject_id,
+                max(CASE code WHEN 'GENDER//F' THEN 'female' WHEN 'GENDER//M' THEN 'male' END) AS sex,
+                CAST(year(min(time) FILTER (WHERE code = 'MEDS_BIRTH')) AS INTEGER) AS birth_year,
+                'meds:' || sid AS source
+                FROM m WHERE code LIKE 'GENDER//%' OR code = 'MEDS_BIRTH' GROUP BY sid"""),
+        "contexts": con.sql("""SELECT sid AS subject_id, encounter_id, CAST(time AS VARCHAR) AS time,
+                substr(code, 16) AS context, src AS source FROM m WHERE code LIKE 'MGAKI_CONTEXT//%'"""),
+    }
+    return out
 
 
 def _rows_sql() -> str:

@@ -36,6 +36,7 @@ CHUNKED: dict[str, tuple[str, str]] = {
     "csv": ("mgaki.adapters.csv_layout", "iter_csv_layout"),
     "mimic": ("mgaki.adapters.mimic", "iter_mimic"),
     "omop": ("mgaki.adapters.omop", "iter_omop"),
+    "meds": ("mgaki.adapters.meds", "iter_meds"),
 }
 
 
