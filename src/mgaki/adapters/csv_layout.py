@@ -92,20 +92,23 @@ def _events_chunk(table: pa.Table, first: int) -> tuple[pa.Table, int]:
     with no code at all is kept, for normalize to quarantine); rows without a source are numbered
     ``events.csv:<n>`` in order among the rows kept, from ``first``, as ``row_number()`` numbers them there.
     """
-    cm = code_table()
-    code = table.column("code") if "code" in table.column_names else pa.nulls(table.num_rows, pa.string())
-    analyte = cm.column("analyte").take(pc.index_in(code, value_set=cm.column("key")))
-    if "analyte" in table.column_names:
-        analyte = pc.coalesce(table.column("analyte"), analyte)
-    keep = pc.or_(pc.is_valid(analyte), pc.equal(pc.coalesce(code, ""), ""))
-    table = table.set_column(table.column_names.index("analyte"), "analyte", analyte) \
-        if "analyte" in table.column_names else table.append_column("analyte", analyte)
-    if not pc.all(keep).as_py():
-        table = table.filter(keep)
+    given = table.column("analyte") if "analyte" in table.column_names else None
+    if given is None or given.null_count:  # some rows name no analyte: from the code, else not read
+        cm = code_table()
+        code = table.column("code") if "code" in table.column_names else pa.nulls(table.num_rows, pa.string())
+        analyte = cm.column("analyte").take(pc.index_in(code, value_set=cm.column("key")))
+        if given is not None:
+            analyte = pc.coalesce(given, analyte)
+        keep = pc.or_(pc.is_valid(analyte), pc.equal(pc.coalesce(code, ""), ""))
+        table = table.set_column(table.column_names.index("analyte"), "analyte", analyte) \
+            if given is not None else table.append_column("analyte", analyte)
+        if not pc.all(keep).as_py():
+            table = table.filter(keep)
     n = table.num_rows
     numbered = pc.binary_join_element_wise(
         "events.csv:", pc.cast(pa.array(np.arange(first, first + n, dtype=np.int64)), pa.string()), "")
-    source = pc.coalesce(table.column("source"), numbered) if "source" in table.column_names else numbered
+    own = table.column("source") if "source" in table.column_names else None
+    source = pc.coalesce(own, numbered) if own is not None and own.null_count < n else numbered
     table = table.drop_columns(["source"]) if "source" in table.column_names else table
     return conform(table.append_column("source", source), "events"), n
 
