@@ -93,7 +93,9 @@ def ingest(
                                        "MEDS): memory grows with it, not with the files")] = 1_000_000,
 ) -> None:
     """Read EHR data into the event store; unusable rows go to quarantine, with the reason."""
+    import gc
     import time
+
 
     if fmt not in FORMATS:
         raise _fail(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -108,7 +110,11 @@ def ingest(
             rate = rows / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, rows=f"{rows:,}", rate=f"{rate:,.0f} rows/s")
 
-        summary = run_or_exit(lambda: ingest_path(source, fmt, store, identity_per_source, chunk_rows, tick))
+        gc.disable()  # collections would walk every imported object again and again during a long ingest
+        try:
+            summary = run_or_exit(lambda: ingest_path(source, fmt, store, identity_per_source, chunk_rows, tick))
+        finally:
+            gc.enable()
     print_ingest(summary, store)
 
 

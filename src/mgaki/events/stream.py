@@ -37,8 +37,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -47,6 +47,8 @@ from mgaki.events.schema import TABLES
 from mgaki.events.store import HISTORY, EventStore, IngestSummary
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "RawChunk", "ingest_chunks"]
+
+T = TypeVar("T")
 
 DEFAULT_CHUNK_ROWS = 1_000_000  # raw rows per chunk: ~0.5 GB of working memory for CSV-layout events
 
@@ -89,9 +91,14 @@ def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
     done = 0
     db = connect()  # rows keep their order (a file sorted by patient is stored without a sort)
     db.execute("SET GLOBAL preserve_insertion_order = true")
+    def normalized(raw: Iterable[RawChunk]) -> Iterator[tuple[RawChunk, dict[str, pa.Table]]]:
+        for chunk in raw:
+            yield chunk, normalize(chunk.tables, db=db)
+
     try:
-        for chunk in _nonempty(_ahead(chunks)):
-            summary, own_sources = _one(store, chunk, db, before, held, summary, own_sources)
+        # three stages, each in its own thread, one chunk handed on at a time: read, normalise, store
+        for chunk, tables in _ahead(normalized(_ahead(_nonempty(chunks)))):
+            summary, own_sources = _one(store, chunk, tables, before, held, summary, own_sources)
             done += chunk.size
             if progress is not None:
                 progress(done)
@@ -106,10 +113,9 @@ def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
                                added={n: summary.added.get(n, 0) for n in order})
 
 
-def _one(store: EventStore, chunk: RawChunk, db: duckdb.DuckDBPyConnection, before: dict[str, list[Path]],
+def _one(store: EventStore, chunk: RawChunk, tables: dict[str, pa.Table], before: dict[str, list[Path]],
          held: dict[str, list[pa.Table]], summary: IngestSummary, own_sources: bool) -> tuple[IngestSummary, bool]:
-    """Normalise and append one chunk (versioned rows to ``held``); the summary so far and ``own_sources``."""
-    tables = normalize(chunk.tables, db=db)
+    """Append one normalised chunk (versioned rows to ``held``); the summary so far and ``own_sources``."""
     for name, tab in tables.items():
         mask = _versioned(tab)
         if mask is not None:
@@ -122,35 +128,41 @@ def _one(store: EventStore, chunk: RawChunk, db: duckdb.DuckDBPyConnection, befo
     return summary, own_sources or not chunk.generated_sources
 
 
-def _ahead(chunks: Iterable[RawChunk]) -> Iterator[RawChunk]:
-    """The chunks, the next one read in a thread while the caller stores this one (one chunk ahead at most).
+def _ahead(items: Iterable[T]) -> Iterator[T]:
+    """The items, the next one made in a thread while the caller works on this one (one ahead at most).
 
-    Reading (DuckDB's CSV parser) and storing (normalize, Parquet) both release the GIL: on two cores the
-    two overlap. An error of the reader is raised here, in order, after the chunks read before it.
+    Reading (Arrow's CSV parser), normalising (DuckDB) and storing (Parquet) release the GIL: chained, the
+    stages overlap on two cores. An error of the producer is raised here, in order, after the items made
+    before it; when the consumer stops early the producer is stopped and closed (its own stages too).
     """
-    box: queue.Queue[tuple[RawChunk | None, BaseException | None]] = queue.Queue(maxsize=1)
+    box: queue.Queue[tuple[T | None, BaseException | None, bool]] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
     def read() -> None:
+        it = iter(items)
         try:
-            for c in chunks:
+            for c in it:
                 if stop.is_set():
                     return
-                box.put((c, None))
-            box.put((None, None))
+                box.put((c, None, False))
+            box.put((None, None, True))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            box.put((None, exc))
+            box.put((None, exc, True))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=read, name="mgaki-ingest-read", daemon=True)
     thread.start()
     try:
         while True:
-            c, exc = box.get()
+            c, exc, end = box.get()
             if exc is not None:
                 raise exc
-            if c is None:
+            if end:
                 return
-            yield c
+            yield c  # type: ignore[misc]
     finally:
         stop.set()
         while thread.is_alive():  # unblock a reader waiting to put, then let it finish
