@@ -247,3 +247,41 @@ def test_results_lacking_a_table_are_recomputed_in_full(tmp_path: Path) -> None:
     again = surveil(store)
     assert again.subjects_recomputed == -1
     assert _rows(again.tables["suspect_specimens"]) == before
+
+
+@pytest.mark.usefixtures("small_buckets")
+def test_increments_on_one_core_equal_those_on_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An incremental run creates its stage tables two at a time on a machine with two cores or more
+    (``_run_dag``) and one after the other on one core; both equal the full recomputation, and neither
+    leaves its scratch database attached to the process's shared DuckDB database."""
+    from mgaki.events.normalize import cursor
+
+    tables = random_cohort(16, seed=7)
+    for cores in (1, 2):
+        monkeypatch.setattr(pipeline.os, "cpu_count", lambda cores=cores: cores)
+        recomputed = _replay(tmp_path / f"cores{cores}", tables, steps=2)
+        assert any(0 < r < 16 for r in recomputed[1:]), recomputed  # an incremental run did happen
+        attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
+        assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+
+
+def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from mgaki.events.normalize import cursor
+
+    tables = random_cohort(6, seed=5)
+    store = EventStore(tmp_path / "s")
+    first = _known_at(tables, _cuts(tables["events"], 1)[0])
+    store.append(first)
+    surveil(store)
+    store.append(tables)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(pipeline, "_run_dag", broken)
+    with pytest.raises(RuntimeError, match="stage failed"):
+        surveil(store)
+    attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
+    assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+    assert store.pending()[0], "the subjects stay pending for the next run"
