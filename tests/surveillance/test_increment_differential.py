@@ -285,3 +285,39 @@ def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
     attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
     assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
     assert store.pending()[0], "the subjects stay pending for the next run"
+
+
+def test_changed_rules_recompute_everyone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results are never completed subject by subject under other rules: when a stage's SQL changes (a
+    threshold in a knowledge file, or a new release), the next run recomputes everyone and equals the full
+    run under the new rules; with the rules unchanged it stays incremental."""
+    tables = random_cohort(10, seed=11)
+    cut = _cuts(tables["events"], 1)[0]
+    store = EventStore(tmp_path / "s")
+    store.append(_known_at(tables, cut))
+    assert surveil(store).subjects_recomputed == -1
+    later = _known_at(tables, cut + timedelta(hours=12))
+    store.append(later)
+    assert surveil(store).subjects_recomputed >= 0  # incremental
+
+    real = pipeline.stages
+
+    def stricter(*args: object, **kwargs: object) -> list[pipeline.Stage]:  # stage 1 from a 1.2x rise
+        return [pipeline.Stage(st.name, st.sql.replace("reference >= 1.5", "reference >= 1.2"), st.output)
+                if st.name == "kdigo_creatinine" else st
+                for st in real(*args, **kwargs)]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "stages", stricter)
+    pipeline.rules_fingerprint.cache_clear()
+    store.append(tables)
+    got = surveil(store)
+    assert got.subjects_recomputed == -1  # everyone, under the new rules
+    ref_store = EventStore(tmp_path / "ref")
+    ref_store.append(tables)
+    ref = surveil(ref_store, full=True)
+    for name in RESULT_TABLES:
+        assert _rows(got.tables[name]) == _rows(ref.tables[name]), name
+    monkeypatch.undo()
+    pipeline.rules_fingerprint.cache_clear()
+    before = run(ref_store).tables["kdigo_creatinine"]  # the planted change did change results
+    assert _rows(before) != _rows(got.tables["kdigo_creatinine"])

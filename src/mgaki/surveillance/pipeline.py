@@ -633,7 +633,9 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         state = {}
     # results of another baseline rule cannot be merged with these, nor results lacking a table (an output
     # added since they were written) completed subject by subject: recompute everyone
+    # nor results of other rules: a knowledge file or a stage changed since they were written
     first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
+             or state.get("rules") != rules_fingerprint(kb, rule)
              or any(result_files(out, t) is None for t in RESULT_TABLES))
     with snapshot_lock or contextlib.nullcontext():
         # the views list the files present now; an incremental run with no settings of its own uses a
@@ -655,6 +657,15 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         con.close()
     store.clear_pending(pending_files)
     return res
+
+
+@functools.lru_cache(maxsize=8)
+def rules_fingerprint(kb: KnowledgeBase, rule: str) -> str:
+    """SHA-256 of every stage's SQL (thresholds, code sets and severities from the knowledge files are
+    written into it) with the baseline rule: results computed under other rules are never completed
+    subject by subject with these; the next run recomputes everyone."""
+    sql = "\n".join(f"{st.name}\n{st.sql}" for st in stages(kb, DUCKDB, 0, rule))
+    return hashlib.sha256(f"{rule}\n{sql}".encode()).hexdigest()
 
 
 def default_settings() -> dict[str, str]:
@@ -710,6 +721,7 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     _append_log(out, new)
     _write_state(out, {"layout": LAYOUT, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
+                       "rules": rules_fingerprint(kb, rule),
                        "buckets": buckets, "timers": timers, "timers_known": engine is None,
                        "baseline_rule": rule})
     seconds["write_results"] = _time.perf_counter() - t0
@@ -811,6 +823,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
         seconds["write_results"] = _time.perf_counter() - t1
     _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
+                       "rules": rules_fingerprint(kb, rule),
                        "timers": timers, "timers_known": True, "baseline_rule": rule})
     if new.num_rows == 0:
         new = _empty_log()
