@@ -315,7 +315,7 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"unknown surveillance output(s) {sorted(unknown)}; known: {', '.join(OUTPUTS)}")
-    shape, timed, keep, views, done_after = _shape(kb, baseline_rule, outputs, timers and "alerts" in outputs)
+    shape, timed, views, done_after = _shape(kb, baseline_rule, outputs, timers and "alerts" in outputs)
     now = {st.name: st for st in stages(kb, DUCKDB, as_of_epoch, baseline_rule)}
     plan = [now[st.name] for st in shape]
     seconds: dict[str, float] = {}
@@ -354,16 +354,16 @@ _SHAPE_AS_OF = 1  # any as-of: which stages run, and how, does not depend on it 
 
 @functools.lru_cache(maxsize=16)
 def _shape(kb: KnowledgeBase, baseline_rule: str | None, outputs: tuple[str, ...],
-           timers: bool) -> tuple[list[Stage], list[Stage], set[str], dict[str, str], dict[str, list[str]]]:
+           timers: bool) -> tuple[list[Stage], list[Stage], dict[str, str], dict[str, list[str]]]:
     """The stages a run executes and how: (plan, at an arbitrary as-of: take each one's SQL at the run's;
-    timer stages, which have no as-of; tables the timers read; views; last uses). Worked out once per
+    timer stages, which have no as-of; views; last uses; the tables the timers read are kept). Worked out once per
     knowledge base and outputs, not per run (it compares every pair of stages). Callers must not modify it."""
     all_stages = stages(kb, DUCKDB, _SHAPE_AS_OF, baseline_rule)
     plan = needed(all_stages, outputs)
     timed = _timer_stages(kb, all_stages, baseline_rule) if timers else []
     keep = {o.name for st in timed for o in plan if _reads(st, o)}
     views = _views(plan + timed, {*outputs, *keep})
-    return plan, timed, keep, views, last_use(plan, (*outputs, *keep), views)
+    return plan, timed, views, last_use(plan, (*outputs, *keep), views)
 
 
 def _inlined(st: Stage, plan: list[Stage], views: Mapping[str, str]) -> str:
