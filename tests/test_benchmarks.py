@@ -152,3 +152,24 @@ def test_floor_benchmark_smoke(tmp_path: Path) -> None:
     assert inc["k"] == 3 and inc["recomputed_max"] >= 1 and inc["p50"] <= inc["p99"] <= inc["max"]
     for line in ("1.5x the floor query", "peak RSS < 4.0 GB", "p99 < 200.0 ms"):
         assert line in r.stdout and ("PASS" in r.stdout or "FAIL" in r.stdout)
+
+
+def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/ingest.py at 100 patients: the CSV layout written once (then reused), `mgaki ingest` of it
+    in a child, every figure and verdict it promises."""
+    out = tmp_path / "ingest.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ingest.py"), "--patients", "100", "--chunk-rows", "5000",
+           "--scratch", str(tmp_path), "--out", str(out)]
+    for _ in range(2):  # the second run reads the cached CSV files
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["rows"]["events"] == 100 * 251 and res["rows"]["encounters"] == 200  # weights are events rows
+    table = {line.split("│")[1].strip(): line.split("│")[2:4] for line in r.stdout.splitlines() if line.count("│") == 5}
+    assert [x.strip() for x in table["events"]] == ["25000", "25000"]  # the ingest's own table: every row new
+    assert [x.strip() for x in table["weights"]] == ["100", "100"]
+    assert res["rows_per_s"] == sum(res["rows"].values()) / res["ingest_s"] and res["peak_rss"] > 0
+    assert "--chunk-rows 5000" in res["command"] and "cached" in r.stdout
+    for line in ("peak RSS < 2 GB", ">= 1,000,000 rows/s", "load average"):
+        assert line in r.stdout
+    assert not (tmp_path / "store-100").exists()  # the store is removed, the CSV files kept
