@@ -47,7 +47,6 @@ def write_csv(root: Path, patients: int, seed: int, size: int = 20_000) -> dict[
     """The cohort in the CSV layout at `root` (data rows per file); written once, by chunks of patients."""
     sys.path.insert(0, str(HERE))
     from icu_cohort import chunks
-
     from mgaki.adapters.csv_layout import write_csv_layout
 
     done = root / "rows.json"
@@ -66,7 +65,7 @@ def write_csv(root: Path, patients: int, seed: int, size: int = 20_000) -> dict[
                     if i == 0:
                         dst.write(header)
                     n = 0
-                    for block in iter(lambda: src.read(1 << 24), b""):  # noqa: B023
+                    for block in iter(lambda: src.read(1 << 24), b""):
                         n += block.count(b"\n")
                         dst.write(block)
                     rows[name] += n
@@ -117,12 +116,14 @@ def main() -> int:
         shutil.rmtree(store, ignore_errors=True)
     rate = total / res["seconds"]
     out = {"patients": a.patients, "seed": a.seed, "rows": rows, "csv_bytes": size, "write_s": wrote,
-           "ingest_s": res["seconds"], "rows_per_s": rate, "cpu_s": res["cpu_s"], "peak_rss": res["peak_rss"], "load_start": load_start,
+           "ingest_s": res["seconds"], "rows_per_s": rate, "cpu_s": res["cpu_s"], "peak_rss": res["peak_rss"],
+           "load_start": load_start,
            "load_end": load_end, "command": res["command"], "chunk_rows": a.chunk_rows, "cores": os.cpu_count(),
            "started": datetime.now(UTC).isoformat(), "profiled": a.profile}
     print(res["stdout"])
+    how = f"written in {wrote:.0f} s" if wrote > 1 else "cached"
     print(f"ingest benchmark, ICU-shaped cohort, {a.patients} patients (seed {a.seed}), CSV layout "
-          f"{size / GB:.2f} GB ({src}{', written in %.0f s' % wrote if wrote > 1 else ', cached'})")
+          f"{size / GB:.2f} GB ({src}, {how})")
     print(f"  command: {res['command']}")
     print(f"  rows: {total:,} ({', '.join(f'{k} {v:,}' for k, v in rows.items() if v)})")
     print(f"  seconds: {res['seconds']:.1f}   rows/s: {rate:,.0f}   peak RSS: {res['peak_rss'] / GB:.2f} GB   "

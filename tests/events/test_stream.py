@@ -120,7 +120,7 @@ def tricky_layout(root: Path) -> None:
 def test_chunked_ingest_equals_one_append(tmp_path: Path, chunk_rows: int) -> None:
     src = tmp_path / "src"
     tricky_layout(src)
-    whole, chunked = whole_and_chunked(src, "csv", tmp_path, chunk_rows)
+    whole, _ = whole_and_chunked(src, "csv", tmp_path, chunk_rows)
     # the cases are really there: duplicates, versions, conflicts, quarantine kinds merged across chunks
     assert whole.duplicates["events"] >= 2 and whole.stale == 2  # versions 1 and 2 of Observation/7
     assert {c.identity for c in whole.identity_conflicts} == {"Observation/8", "Observation/9"}
@@ -212,7 +212,8 @@ def test_reason_kinds_merge_like_one_grouping(reasons: list[str]) -> None:
     whole = _reason_kinds(con, pa.table({"reason": reasons}))
     merged = IngestSummary()
     for i in range(0, len(reasons), 2):
-        merged = merged.merge(IngestSummary(quarantine_reasons=_reason_kinds(con, pa.table({"reason": reasons[i:i + 2]}))))
+        part = _reason_kinds(con, pa.table({"reason": reasons[i:i + 2]}))
+        merged = merged.merge(IngestSummary(quarantine_reasons=part))
     assert merged.quarantine_reasons == whole
     assert len({reason_kind(r) for r in reasons}) == len(whole) == 4
 
@@ -251,3 +252,20 @@ def test_other_cohort_formats_stream_the_same(tmp_path: Path, fmt: str) -> None:
     assert len(chunks) > 5 and max(c.size for c in chunks) == 101
     whole, _ = whole_and_chunked(src, fmt, tmp_path, 101)
     assert whole.received["events"] > 1000
+
+
+def test_a_bad_line_midway_stops_with_the_chunks_before_it_stored(tmp_path: Path) -> None:
+    """A line the CSV reader cannot read (past the first 8 MB block) is an InputError naming the file; the
+    chunks before it are stored, and once the line is fixed, running the ingest again adds only the rest."""
+    from mgaki.errors import InputError
+
+    src, store = tmp_path / "src", tmp_path / "store"
+    lines = [f"p{i:06d},2024-01-01T10:00:00Z,LOINC/2160-0,1.0,mg/dL" for i in range(220_000)]
+    _csv(src / "events.csv", "subject_id,time,code,value,unit", [*lines[:210_000], "p,a,b,c,d,e,f", *lines[210_000:]])
+    with pytest.raises(InputError, match=r"events\.csv: cannot be read as CSV"):
+        ingest_path(src, "csv", store, chunk_rows=50_000)
+    stored = EventStore(store).counts()["events"]
+    assert 0 < stored < 220_000 and stored % 50_000 == 0
+    _csv(src / "events.csv", "subject_id,time,code,value,unit", lines)
+    s = ingest_path(src, "csv", store, chunk_rows=50_000)
+    assert s.added["events"] == 220_000 - stored and EventStore(store).counts()["events"] == 220_000

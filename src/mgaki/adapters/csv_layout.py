@@ -123,7 +123,8 @@ def _reader(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str], rows
     """
     sniffed = con.sql(f"SELECT Delimiter, Quote, Escape, HasHeader FROM sniff_csv({sql_str(path)})").fetchall()
     wanted = [c for c in columns if c in _WANTED]
-    if sniffed and sniffed[0][:2] == (",", '"') and sniffed[0][2] in ('"', "") and sniffed[0][3] \
+    plain = ('"', "", "(empty)")  # '"', or none seen in the sample
+    if sniffed and sniffed[0][0] == "," and sniffed[0][1] in plain and sniffed[0][2] in plain and sniffed[0][3] \
             and len(set(columns)) == len(columns):
         return pacsv.open_csv(
             path, read_options=pacsv.ReadOptions(block_size=1 << 23),
@@ -133,6 +134,15 @@ def _reader(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str], rows
                                                  null_values=[""], quoted_strings_can_be_null=True))
     return con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in wanted)} FROM {_scan(path)}"
                    ).to_arrow_reader(rows)
+
+
+def _checked(tables: Iterator[pa.Table], path: Path) -> Iterator[pa.Table]:
+    """The tables; a line the CSV reader cannot read is an InputError naming the file (the chunks before
+    it were handed on, and are stored by a streaming ingest)."""
+    try:
+        yield from tables
+    except (pa.ArrowInvalid, duckdb.Error, OSError) as exc:  # DuckDB's reader raises through Arrow's stream
+        raise InputError(str(path), f"cannot be read as CSV: {exc}") from None
 
 
 _WANTED = frozenset(c for schema in RAW.values() for c in schema.names)
@@ -155,7 +165,7 @@ def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> I
         for name, path, columns in layout:
             sql = _chunk_sql(name, columns) if name != "events" else ""
             offset = 1
-            for batch in gather(_reader(con, path, columns, min(chunk_rows, 1 << 17)), chunk_rows):
+            for batch in _checked(gather(_reader(con, path, columns, min(chunk_rows, 1 << 17)), chunk_rows), path):
                 n = batch.num_rows
                 given = "source" in columns and batch.column("source").null_count < n
                 if name == "events":

@@ -31,10 +31,11 @@ stored, as whole parts; running it again adds only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -50,7 +51,7 @@ __all__ = ["DEFAULT_CHUNK_ROWS", "RawChunk", "ingest_chunks"]
 
 T = TypeVar("T")
 
-DEFAULT_CHUNK_ROWS = 1_000_000  # raw rows per chunk: ~0.5 GB of working memory for CSV-layout events
+DEFAULT_CHUNK_ROWS = 1_000_000  # raw rows per chunk: 1.1-1.5 GB peak RSS for CSV-layout events (benchmarks/ingest.py)
 
 
 @dataclass(frozen=True)
@@ -91,18 +92,21 @@ def ingest_chunks(store: EventStore, chunks: Iterable[RawChunk],
     done = 0
     db = connect()  # rows keep their order (a file sorted by patient is stored without a sort)
     db.execute("SET GLOBAL preserve_insertion_order = true")
+
     def normalized(raw: Iterable[RawChunk]) -> Iterator[tuple[RawChunk, dict[str, pa.Table]]]:
         for chunk in raw:
             yield chunk, normalize(chunk.tables, db=db)
 
+    # three stages, each in its own thread, one chunk handed on at a time: read, normalise, store (here)
+    stages = _ahead(normalized(_ahead(_nonempty(chunks), "read")), "normalize")
     try:
-        # three stages, each in its own thread, one chunk handed on at a time: read, normalise, store
-        for chunk, tables in _ahead(normalized(_ahead(_nonempty(chunks)))):
+        for chunk, tables in stages:
             summary, own_sources = _one(store, chunk, tables, before, held, summary, own_sources)
             done += chunk.size
             if progress is not None:
                 progress(done)
     finally:
+        stages.close()  # stops and joins the stages' threads (on an error) before their database goes
         db.close()
     if held:
         summary = summary.merge(store.append({name: pa.concat_tables(parts).cast(TABLES[name])
@@ -128,7 +132,7 @@ def _one(store: EventStore, chunk: RawChunk, tables: dict[str, pa.Table], before
     return summary, own_sources or not chunk.generated_sources
 
 
-def _ahead(items: Iterable[T]) -> Iterator[T]:
+def _ahead(items: Iterable[T], stage: str) -> Generator[T, None, None]:
     """The items, the next one made in a thread while the caller works on this one (one ahead at most).
 
     Reading (Arrow's CSV parser), normalising (DuckDB) and storing (Parquet) release the GIL: chained, the
@@ -146,14 +150,14 @@ def _ahead(items: Iterable[T]) -> Iterator[T]:
                     return
                 box.put((c, None, False))
             box.put((None, None, True))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        except BaseException as exc:
             box.put((None, exc, True))
         finally:
             close = getattr(it, "close", None)
             if close is not None:
                 close()
 
-    thread = threading.Thread(target=read, name="mgaki-ingest-read", daemon=True)
+    thread = threading.Thread(target=read, name=f"mgaki-ingest-{stage}", daemon=True)
     thread.start()
     try:
         while True:
@@ -166,10 +170,8 @@ def _ahead(items: Iterable[T]) -> Iterator[T]:
     finally:
         stop.set()
         while thread.is_alive():  # unblock a reader waiting to put, then let it finish
-            try:
+            with contextlib.suppress(queue.Empty):
                 box.get(timeout=0.05)
-            except queue.Empty:
-                pass
         thread.join()
 
 
