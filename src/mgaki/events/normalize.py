@@ -302,8 +302,9 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
     if quarantine:
         given.append(con.sql(" UNION ALL ".join(quarantine)).to_arrow_table())
     # rows an adapter already set aside (e.g. a FHIR status 'entered-in-error'), with its reason
-    if raw.get("quarantine") is not None and raw["quarantine"].num_rows:
-        given.append(raw["quarantine"])
+    set_aside = raw.get("quarantine")
+    if set_aside is not None and set_aside.num_rows:
+        given.append(set_aside)
     out["quarantine"] = pa.concat_tables([_conform(q, TABLES["quarantine"]) for q in given])
     return {name: out[name].cast(TABLES[name]) for name in TABLES}
 

@@ -534,7 +534,7 @@ def _sorted_by_subject(tab: pa.Table) -> bool:
     """Whether the rows are in subject order already (an extract sorted by patient): no sort needed."""
     ids = tab.column("subject_id")
     if tab.num_rows < 2 or ids.null_count:
-        return tab.num_rows < 2
+        return bool(tab.num_rows < 2)
     return bool(pc.all(pc.less_equal(ids.slice(0, tab.num_rows - 1), ids.slice(1))).as_py())
 
 
