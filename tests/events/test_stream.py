@@ -171,6 +171,15 @@ def test_icu_shaped_cohort(tmp_path: Path) -> None:
     write_csv_layout(chunk(0, 12, seed=18, open_share=0.5), src)
     whole, _ = whole_and_chunked(src, "csv", tmp_path, 1000)
     assert whole.added["events"] == 12 * 250 and whole.added["weights"] == 12
+    # sources all generated: each chunk is compared with the parts stored before the ingest only
+    again = ingest_path(src, "csv", tmp_path / "chunked", chunk_rows=700)
+    assert sum(again.added.values()) == 0 and again.received["events"] == 12 * 250
+    half = tmp_path / "half"  # a store holding the first 1,000 events rows: the rest is added, once
+    EventStore(half).append(normalize(next(iter(iter_csv_layout(src, 1000))).tables))
+    first = EventStore(half).counts()["events"]  # a few of the 1,000 rows are weights
+    rest = ingest_path(src, "csv", half, chunk_rows=300)
+    assert 990 < first < 1000 and rest.added["events"] == 12 * 250 - first and rest.duplicates["events"] == first
+    assert_same_store(tmp_path / "whole", half)
 
 
 def test_mimic_subset(tmp_path: Path) -> None:
