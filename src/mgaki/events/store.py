@@ -255,7 +255,8 @@ class EventStore:
             con.close()
 
     def append(self, tables: Mapping[str, pa.Table], conflicts: Literal["quarantine", "refuse"] = "quarantine",
-               *, against: Mapping[str, Sequence[Path]] | None = None, distinct: bool = False) -> IngestSummary:
+               *, against: Mapping[str, Sequence[Path]] | None = None, distinct: bool = False,
+               versioned: bool | None = None) -> IngestSummary:
         """Write the rows not already stored; report what was new and whose data changed.
 
         A version naming another patient than its identity's (module docstring) is set aside in
@@ -273,7 +274,8 @@ class EventStore:
         the store: ``against`` names, per table, the only parts an incoming row can equal (the parts
         that were stored before the ingest began, when no row written since can equal an incoming
         one), and ``distinct`` says the incoming rows of each table are pairwise distinct (each comes
-        from its own source row). Both only skip comparisons that cannot find anything.
+        from its own source row). Both only skip comparisons that cannot find anything. ``versioned=False``:
+        the caller has taken out every row whose source names a record version (default: looked up).
         """
         summary = IngestSummary()
         subjects: set[str] = set()
@@ -289,7 +291,9 @@ class EventStore:
                     continue
                 incoming[name] = given.cast(TABLES[name])
             # no row names a record version (bulk files): no identity or version to decide
-            versioned = any(pc.any(pc.match_substring(t.column("source"), HISTORY)).as_py() for t in incoming.values())
+            if versioned is None:
+                versioned = any(pc.any(pc.match_substring(t.column("source"), HISTORY)).as_py()
+                                for t in incoming.values())
             found = self._identity_conflicts(con, incoming) if versioned else []
             if found and conflicts == "refuse":
                 raise IdentityConflictError(found)
@@ -549,7 +553,9 @@ ROW_GROUP = 1 << 17  # rows per Parquet row group: a one-subject read decodes ab
 def write_parquet_atomic(tab: pa.Table, path: Path) -> Path:
     """Write `path` so that readers see the old file or the whole new one, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(tab, tmp, row_group_size=ROW_GROUP)
+    # no dictionary for ``source`` (one value per row: building one and giving it up cost ~10 % of the write)
+    pq.write_table(tab, tmp, row_group_size=ROW_GROUP,
+                   use_dictionary=[c for c in tab.column_names if c != "source"])
     _fsync(tmp)
     os.replace(tmp, path)
     _fsync(path.parent)  # the rename itself survives a power loss only once the folder is synced

@@ -128,7 +128,8 @@ def _one(store: EventStore, chunk: RawChunk, tables: dict[str, pa.Table], before
     fast = chunk.generated_sources and not own_sources
     # events (and weights, and their quarantine rows) are one canonical row per raw row
     distinct = fast and set(chunk.tables) <= {"events"}
-    summary = summary.merge(store.append(tables, against=before if fast else None, distinct=distinct))
+    summary = summary.merge(store.append(tables, against=before if fast else None, distinct=distinct,
+                                         versioned=False))  # versioned rows are in ``held``
     return summary, own_sources or not chunk.generated_sources
 
 
