@@ -115,3 +115,28 @@ def test_an_interrupted_append_loses_nothing_acknowledged(tmp_path: Path, monkey
     retry = store.append(tables)
     assert retry.added["events"] == 0 and retry.added["medications"] == 1
     assert store.counts()["events"] == 1 and store.counts()["medications"] == 1
+
+
+def test_the_fast_reading_of_iso_z_times_is_the_time_zone_cast() -> None:
+    """``_time_sql`` reads 20-character ``...Z`` texts with strptime: for every such text, valid or not (day 30
+    of February, hour 24, second 60, year 0, signs, wide digits), the result is the time-zone cast's."""
+    import duckdb
+    import numpy as np
+
+    from mgaki.events.normalize import _time_sql
+
+    rng = np.random.default_rng(18)
+    n = 50_000
+    parts = [rng.integers(0, 10_000, n), rng.integers(0, 14, n), rng.integers(0, 33, n), rng.integers(0, 26, n),
+             rng.integers(0, 62, n), rng.integers(0, 62, n)]
+    texts = [f"{y:04d}-{m:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}Z" for y, m, d, h, mi, s in zip(*parts, strict=True)]
+    texts += ["2024-01-01T23:59:60Z", "2024-02-30T00:00:00Z", "2024-01-01t00:00:00z", "+024-01-01T00:00:00Z",
+              "-024-01-01T00:00:00Z", "2024-01-01T00:00:-1Z", "\uff12\uff10\uff12\uff14-01-01T00:00:00Z",
+              "2024-01-01 00:00:00Z", "2024-03-01T20:00:00+01:00", "infinity", "2024-01-01T00:00:00.5Z"]
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("s", pa.table({"t": texts}))
+    cast = "date_trunc('second', TRY_CAST(TRY_CAST(t AS TIMESTAMPTZ) AS TIMESTAMP))"
+    differ, parsed = con.sql(f"SELECT count(*) FILTER (WHERE {_time_sql('t')} IS DISTINCT FROM {cast}), "
+                             f"count({cast}) FROM s").fetchall()[0]
+    assert differ == 0 and 10_000 < parsed < n  # valid and invalid texts both well represented
