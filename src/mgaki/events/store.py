@@ -290,7 +290,8 @@ class EventStore:
                     summary.received[name] = summary.added[name] = 0
                     continue
                 incoming[name] = given.cast(TABLES[name])
-            # no row names a record version (bulk files): no identity or version to decide
+            # rows naming a record version (source ".../_history/<v>"): identities and versions to check;
+            # bulk files and a lab feed's results usually name none, and their append skips both checks
             if versioned is None:
                 versioned = any(pc.any(pc.match_substring(t.column("source"), HISTORY)).as_py()
                                 for t in incoming.values())
