@@ -278,3 +278,25 @@ def test_a_bad_line_midway_stops_with_the_chunks_before_it_stored(tmp_path: Path
     _csv(src / "events.csv", "subject_id,time,code,value,unit", lines)
     s = ingest_path(src, "csv", store, chunk_rows=50_000)
     assert s.added["events"] == 220_000 - stored and EventStore(store).counts()["events"] == 220_000
+
+
+def test_cli_prints_the_same_summary_for_any_chunk_size(tmp_path: Path) -> None:
+    """`mgaki ingest --chunk-rows`: the printed summary (tables, quarantine kinds, versions, conflicts) is the
+    same in chunks of 1,000 rows as in one chunk."""
+    from typer.testing import CliRunner
+
+    from mgaki.cli import app
+    from mgaki.synth import generate, to_raw
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, tab in to_raw(generate(40, seed=3)).items():
+        if name in ("events", "medications", "encounters", "subjects", "contexts"):
+            pacsv.write_csv(tab, src / f"{name}.csv")
+    out = {}
+    for rows in (1000, 10_000_000):
+        store = tmp_path / f"s{rows}"
+        r = CliRunner().invoke(app, ["ingest", str(src), "-f", "csv", "-s", str(store), "--chunk-rows", str(rows)])
+        assert r.exit_code == 0, r.output
+        out[rows] = r.stdout.replace(str(store), "STORE")
+    assert out[1000] == out[10_000_000] and "quarantined:" in out[1000] and "events" in out[1000]

@@ -126,12 +126,15 @@ def _reader(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str], rows
     plain = ('"', "", "(empty)")  # '"', or none seen in the sample
     if sniffed and sniffed[0][0] == "," and sniffed[0][1] in plain and sniffed[0][2] in plain and sniffed[0][3] \
             and len(set(columns)) == len(columns):
-        return pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=1 << 23),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()),
-                                                 include_columns=wanted, strings_can_be_null=True,
-                                                 null_values=[""], quoted_strings_can_be_null=True))
+        try:
+            return pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=1 << 23),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()),
+                                                     include_columns=wanted, strings_can_be_null=True,
+                                                     null_values=[""], quoted_strings_can_be_null=True))
+        except (pa.ArrowInvalid, KeyError):  # a header Arrow reads otherwise than DuckDB: DuckDB reads it
+            pass
     return con.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in wanted)} FROM {_scan(path)}"
                    ).to_arrow_reader(rows)
 
@@ -151,9 +154,10 @@ _WANTED = frozenset(c for schema in RAW.values() for c in schema.names)
 def iter_csv_layout(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
     """The CSV layout as chunks of at most ``chunk_rows`` rows of one file each, in file order.
 
-    What ``read_csv_layout`` reads, row for row (the same DuckDB CSV reader, the same projection), with
-    memory bounded by the chunk: every file is checked for its columns before the first chunk. A chunk
-    whose ``source`` column is empty throughout has only generated sources (``events.csv:<n>``).
+    What ``read_csv_layout`` reads, row for row (``_reader``: Arrow's streaming reader or DuckDB's, which
+    read the layout alike; one projection), with memory bounded by the chunk: every file is checked for
+    its columns before the first chunk. A chunk whose ``source`` column is empty throughout has only
+    generated sources (``events.csv:<n>``).
     """
     root = Path(root)
     con = connect()

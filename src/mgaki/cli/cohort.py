@@ -63,7 +63,7 @@ def ingest_path(source: Path, fmt: str, store_dir: Path, per_source: bool = Fals
     """
     from mgaki.adapters import registry
     from mgaki.events import EventStore, normalize
-    from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk, ingest_chunks
+    from mgaki.events.stream import DEFAULT_CHUNK_ROWS, ingest_chunks
 
     if fmt == "auto":
         fmt = registry.detect_format(source)
@@ -76,8 +76,7 @@ def ingest_path(source: Path, fmt: str, store_dir: Path, per_source: bool = Fals
     if fmt not in registry.CHUNKED:
         return EventStore(store_dir).append(normalize(registry.read(fmt, source)))
     chunks = registry.read_chunks(fmt, source, chunk_rows or DEFAULT_CHUNK_ROWS)
-    return ingest_chunks(EventStore(store_dir), (c if isinstance(c, RawChunk) else RawChunk(c) for c in chunks),
-                         progress)
+    return ingest_chunks(EventStore(store_dir), chunks, progress)
 
 
 def ingest(
@@ -95,7 +94,6 @@ def ingest(
     """Read EHR data into the event store; unusable rows go to quarantine, with the reason."""
     import gc
     import time
-
 
     if fmt not in FORMATS:
         raise _fail(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
