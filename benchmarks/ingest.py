@@ -6,7 +6,7 @@
 1. write: the cohort of ``benchmarks/icu_cohort.py`` (seed 18: 50 creatinine + 194 hourly urine-output
    + 6 Mg rows and one weight per patient, admissions and ICU stays) in the CSV layout
    (``docs/adapters/csv.md``: ``events.csv`` with the weights as events, ``encounters.csv``, ...),
-   chunk by chunk; kept in ``--scratch/csv-<patients>-<seed>`` and reused by later runs;
+   chunk by chunk; kept in ``--scratch/csv-<patients>-<seed>-<hash of icu_cohort.py>`` and reused by later runs;
 2. ingest: ``python -m mgaki ingest <csv> --format csv --store <fresh store>`` in a child process,
    timed from outside; peak RSS is the child's ``ru_maxrss`` (RUSAGE_CHILDREN, one child only).
 
@@ -19,6 +19,7 @@ after, and PASS/FAIL for the targets: peak RSS < 2 GB, >= 1 M rows/s. ``--chunk-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -100,7 +101,9 @@ def main() -> int:
     ap.add_argument("--keep-store", action="store_true")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
-    src = a.scratch / f"csv-{a.patients}-{a.seed}"
+    # the generator's text in the name: a changed cohort is written anew, never read from an old cache
+    tag = hashlib.sha1((HERE / "icu_cohort.py").read_bytes()).hexdigest()[:8]
+    src = a.scratch / f"csv-{a.patients}-{a.seed}-{tag}"
     t0 = time.perf_counter()
     cached = (src / "rows.json").is_file()
     rows = write_csv(src, a.patients, a.seed)
