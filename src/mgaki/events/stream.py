@@ -5,11 +5,12 @@ Peak memory is that of one chunk, not of the file. The store ends up with exactl
 what makes that hold, and where each piece of the pipeline stands:
 
 - **normalize is row-local.** Every canonical row comes from one raw row and the knowledge base:
-  times, values, units (a factor per analyte/unit pair, from ``units.yaml``: no unit needs a weight
-  at ingest), drug names and plausibility; nothing joins one raw row to another. Encounter
-  assignment, weights for urine output and every other cross-row step belong to surveillance, which
-  reads the store. So chunk boundaries (an encounter read before or after its events, a weight in
-  another chunk) change nothing.
+  times, values, units (a factor per analyte/unit pair, from ``units.yaml``), drug names, doses and
+  plausibility; nothing joins one raw row to another. No weight is looked up at ingest: urine output
+  stays in mL, and a dose per kg (``mg/kg``) keeps its mmol unknown (``normalize._dose_map``).
+  Encounter assignment, weights for urine output and every other cross-row step belong to
+  surveillance, which reads the store. So chunk boundaries (an encounter read before or after its
+  events, a weight in another chunk) change nothing.
 - **Duplicates.** ``append`` keeps the rows not already stored (SQL EXCEPT: set semantics, so
   duplicates inside one batch collapse too). Chunk by chunk, a row equal to one of an earlier chunk
   finds it stored: the rows kept are the same set. Reader-generated sources (``events.csv:<line>``)
