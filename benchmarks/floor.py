@@ -349,13 +349,16 @@ def main() -> int:
         return 0
     sizes = [int(x) for x in a.patients.split(",")]
     res: dict[str, Any] = {"seed": a.seed, "load_start": _load(), "started": datetime.now(UTC).isoformat()}
-    with tempfile.TemporaryDirectory(dir=a.scratch) as d:
-        res["sizes"] = [run_size(n, a.seed, Path(d), a.increments, not a.no_service) for n in sizes]
-    res["load_end"] = _load()
-    report(res)
     RESULTS.mkdir(exist_ok=True)
     path = a.out or RESULTS / f"floor-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(res, indent=1))
+    res["sizes"] = []
+    with tempfile.TemporaryDirectory(dir=a.scratch) as d:
+        for n in sizes:  # each size's figures saved as soon as measured (a long run may be stopped)
+            res["sizes"].append(run_size(n, a.seed, Path(d), a.increments, not a.no_service))
+            res["load_end"] = _load()
+            path.write_text(json.dumps(res, indent=1))
+            print(f"{n} patients measured: {path}", flush=True)
+    report(res)
     print(f"\nJSON: {path}")
     if a.plot:
         plot_scale(res, a.plot)
