@@ -247,3 +247,77 @@ def test_results_lacking_a_table_are_recomputed_in_full(tmp_path: Path) -> None:
     again = surveil(store)
     assert again.subjects_recomputed == -1
     assert _rows(again.tables["suspect_specimens"]) == before
+
+
+@pytest.mark.usefixtures("small_buckets")
+def test_increments_on_one_core_equal_those_on_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An incremental run creates its stage tables two at a time on a machine with two cores or more
+    (``_run_dag``) and one after the other on one core; both equal the full recomputation, and neither
+    leaves its scratch database attached to the process's shared DuckDB database."""
+    from mgaki.events.normalize import cursor
+
+    tables = random_cohort(16, seed=7)
+    for cores in (1, 2):
+        monkeypatch.setattr(pipeline.os, "cpu_count", lambda cores=cores: cores)
+        recomputed = _replay(tmp_path / f"cores{cores}", tables, steps=2)
+        assert any(0 < r < 16 for r in recomputed[1:]), recomputed  # an incremental run did happen
+        attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
+        assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+
+
+def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from mgaki.events.normalize import cursor
+
+    tables = random_cohort(6, seed=5)
+    store = EventStore(tmp_path / "s")
+    first = _known_at(tables, _cuts(tables["events"], 1)[0])
+    store.append(first)
+    surveil(store)
+    store.append(tables)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(pipeline, "_run_dag", broken)
+    with pytest.raises(RuntimeError, match="stage failed"):
+        surveil(store)
+    attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
+    assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+    assert store.pending()[0], "the subjects stay pending for the next run"
+
+
+def test_changed_rules_recompute_everyone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results are never completed subject by subject under other rules: when a stage's SQL changes (a
+    threshold in a knowledge file, or a new release), the next run recomputes everyone and equals the full
+    run under the new rules; with the rules unchanged it stays incremental."""
+    tables = random_cohort(10, seed=11)
+    cut = _cuts(tables["events"], 1)[0]
+    store = EventStore(tmp_path / "s")
+    store.append(_known_at(tables, cut))
+    assert surveil(store).subjects_recomputed == -1
+    later = _known_at(tables, cut + timedelta(hours=12))
+    store.append(later)
+    assert surveil(store).subjects_recomputed >= 0  # incremental
+
+    real = pipeline.stages
+
+    def stricter(*args: object, **kwargs: object) -> list[pipeline.Stage]:  # stage 1 from a 1.2x rise
+        return [pipeline.Stage(st.name, st.sql.replace("reference >= 1.5", "reference >= 1.2"), st.output)
+                if st.name == "kdigo_creatinine" else st
+                for st in real(*args, **kwargs)]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "stages", stricter)
+    pipeline.rules_fingerprint.cache_clear()
+    store.append(tables)
+    got = surveil(store)
+    assert got.subjects_recomputed == -1  # everyone, under the new rules
+    ref_store = EventStore(tmp_path / "ref")
+    ref_store.append(tables)
+    ref = surveil(ref_store, full=True)
+    for name in RESULT_TABLES:
+        assert _rows(got.tables[name]) == _rows(ref.tables[name]), name
+    monkeypatch.undo()
+    pipeline.rules_fingerprint.cache_clear()
+    before = run(ref_store).tables["kdigo_creatinine"]  # the planted change did change results
+    assert _rows(before) != _rows(got.tables["kdigo_creatinine"])

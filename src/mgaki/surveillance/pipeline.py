@@ -160,6 +160,7 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
         return _run(con, kb, None if subjects is None else sorted(set(subjects)), as_of, progress,
                     tuple(outputs), tuple(exclude_analytes), baseline_rule)
     finally:
+        _release(con)
         con.close()
 
 
@@ -175,13 +176,101 @@ def _run(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] 
     return SurveillanceResult(tables, alerts, len(subjects) if subjects is not None else -1, as_of, seconds)
 
 
+_BASE = ("events", "encounters", "weights", "medications", "contexts")  # the stored tables the stages read
+
+
 def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
     """The canonical views show `subjects` only (DuckDB prunes the Parquet row groups by subject)."""
     con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-    for t in ("events", "encounters", "weights", "medications", "contexts"):
+    for t in _BASE:
         con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
         con.execute(f'CREATE TEMP VIEW "{t}" AS SELECT * FROM "all_{t}" '
                     "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+_SCRATCH = "_mgaki_inc_"  # prefix of the in-memory database an incremental run computes in
+_PREVIOUS: dict[str, str] = {}  # scratch database -> the database its connection used before
+
+
+def _materialise(con: duckdb.DuckDBPyConnection) -> None:
+    """The restricted views (``_restrict``) become tables of a scratch in-memory database that the
+    connection then uses: each stored table is read once for the few subjects of an incremental run,
+    not once per stage that reads it, and the stages can run on two connections at once (``_run_dag``).
+    ``_release`` detaches it."""
+    db = f"{_SCRATCH}{uuid.uuid4().hex[:16]}"
+    prev = con.sql("SELECT current_database()").fetchall()[0][0]
+    con.execute(f'ATTACH \':memory:\' AS "{db}"')
+    _PREVIOUS[db] = prev
+    con.execute(f'USE "{db}"')
+    for t in _BASE:
+        con.execute(f'DROP VIEW "{t}"')
+        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "all_{t}" '
+                    "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+def _release(con: duckdb.DuckDBPyConnection) -> None:
+    """Detach the scratch database of ``_materialise`` (a shared database would keep it)."""
+    db = con.sql("SELECT current_database()").fetchall()[0][0]
+    if db in _PREVIOUS:
+        con.execute(f'USE "{_PREVIOUS.pop(db)}"')
+        con.execute(f'DETACH "{db}"')
+
+
+def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: Mapping[str, set[str]],
+             seconds: dict[str, float], progress: Progress | None, total: int) -> None:
+    """Create each table of `work` ((name, SQL), in plan order) once the tables it reads (`deps`) exist,
+    two at a time on two connections to the scratch database (DuckDB plans a statement on one core and
+    plans, not rows, are the cost of a few subjects). Results do not depend on the order."""
+    db = con.sql("SELECT current_database()").fetchall()[0][0]
+    workers = max(1, min(2, os.cpu_count() or 1))
+    if workers == 1 or len(work) < 2:
+        for i, (name, sql) in enumerate(work):
+            t0 = _time.perf_counter()
+            con.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
+            seconds[name] = _time.perf_counter() - t0
+            if progress:
+                progress(name, i + 1, total)
+        return
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    cursors: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+    opened = []
+    for _ in range(workers):
+        cur = con.cursor()
+        cur.execute(f'USE "{db}"')
+        opened.append(cur)
+        cursors.put(cur)
+
+    def create(name: str, sql: str) -> None:
+        cur = cursors.get()
+        try:
+            t0 = _time.perf_counter()
+            cur.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
+            seconds[name] = _time.perf_counter() - t0
+        finally:
+            cursors.put(cur)
+
+    left = dict(work)
+    order = [name for name, _ in work]
+    done: set[str] = set()
+    running: dict[Future[None], str] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            while left or running:
+                for name in [n for n in order if n in left and deps[n] <= done]:
+                    running[pool.submit(create, name, left.pop(name))] = name
+                if not running:
+                    raise RuntimeError(f"surveillance stages wait on each other: {sorted(left)}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    fut.result()
+                    done.add(running.pop(fut))
+                    if progress:
+                        progress(next(iter(done)), len(done), total)
+    finally:
+        for cur in opened:
+            cur.close()
 
 
 def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
@@ -196,14 +285,19 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     alert not yet due at `as_of` becomes due when nothing but the clock moves (``_timer_stages``).
     """
     as_of = as_of or _as_of(con)
+    if subjects is not None:
+        if not restricted:
+            _restrict(con, subjects)
+        _materialise(con)
     if exclude_analytes:
         con.register("excluded_analytes", pa.table({"analyte": pa.array(exclude_analytes, pa.string())}))
-        con.execute('ALTER VIEW "events" RENAME TO "events_all_analytes"')
-        con.execute('CREATE VIEW "events" AS SELECT * FROM "events_all_analytes" '
-                    "WHERE analyte NOT IN (SELECT analyte FROM excluded_analytes)")
+        if subjects is not None:  # the subjects' events are a table of their own (_materialise)
+            con.execute('DELETE FROM "events" WHERE analyte IN (SELECT analyte FROM excluded_analytes)')
+        else:
+            con.execute('ALTER VIEW "events" RENAME TO "events_all_analytes"')
+            con.execute('CREATE VIEW "events" AS SELECT * FROM "events_all_analytes" '
+                        "WHERE analyte NOT IN (SELECT analyte FROM excluded_analytes)")
     as_of_epoch = _epoch(as_of)
-    if subjects is not None and not restricted:
-        _restrict(con, subjects)
     con.register("studies", studies_table(kb))
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
@@ -215,7 +309,16 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     views = _views(plan + timed, {*outputs, *keep})
     done_after = last_use(plan, (*outputs, *keep), views)
     seconds: dict[str, float] = {}
-    for i, st in enumerate(plan + timed):
+    # a few subjects' rows (an incremental run): each statement costs its planning, not its rows, so a
+    # stage read once is written into its reader (a CTE: no view to create) and nothing is dropped early
+    small = subjects is not None
+    if small:
+        con.execute("CREATE TABLE studies AS SELECT * FROM temp.main.studies")  # for the other connections
+        work = [(st.name, _inlined(st, plan + timed, views)) for st in plan + timed if st.name not in views]
+        tables = {name for name, _ in work}
+        deps = {name: {o for o in tables if o != name and o in _names(sql)} for name, sql in work}
+        _run_dag(con, work, deps, seconds, progress, len(work))
+    for i, st in enumerate(plan + timed if not small else ()):
         t0 = _time.perf_counter()
         kind = "VIEW" if st.name in views else "TABLE"
         con.execute(f'CREATE OR REPLACE TEMP {kind} "{st.name}" AS {st.sql}')
@@ -231,9 +334,18 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
               SELECT subject_id, {DUCKDB.epoch('time')} AS due FROM (
                 SELECT {key} FROM "alerts{_LATER}" EXCEPT SELECT {key} FROM alerts) x) y
             WHERE due >= {as_of_epoch} GROUP BY subject_id""")
-        for st in reversed(timed):
+        for st in reversed(timed if not small else ()):  # a scratch database goes whole (_release)
             con.execute(f'DROP {"VIEW" if st.name in views else "TABLE"} "{st.name}"')
     return as_of, seconds
+
+
+def _inlined(st: Stage, plan: list[Stage], views: Mapping[str, str]) -> str:
+    """`st`'s SQL with the stages only it reads (`views`: stage -> its one reader) written in as CTEs."""
+    ins = [v for v in plan if views.get(v.name) == st.name]
+    if not ins:
+        return st.sql
+    ctes = ", ".join(f'"{v.name}" AS ({_inlined(v, plan, views)})' for v in ins)
+    return f"WITH {ctes} SELECT * FROM ({st.sql})"
 
 
 _LATER = "__later"  # suffix of the time-driven stages evaluated with the clock at its end
@@ -521,7 +633,9 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         state = {}
     # results of another baseline rule cannot be merged with these, nor results lacking a table (an output
     # added since they were written) completed subject by subject: recompute everyone
+    # nor results of other rules: a knowledge file or a stage changed since they were written
     first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
+             or state.get("rules") != rules_fingerprint(kb, rule)
              or any(result_files(out, t) is None for t in RESULT_TABLES))
     with snapshot_lock or contextlib.nullcontext():
         # the views list the files present now; an incremental run with no settings of its own uses a
@@ -539,9 +653,19 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         else:
             res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
     finally:
+        _release(con)
         con.close()
     store.clear_pending(pending_files)
     return res
+
+
+@functools.lru_cache(maxsize=8)
+def rules_fingerprint(kb: KnowledgeBase, rule: str) -> str:
+    """SHA-256 of every stage's SQL (thresholds, code sets and severities from the knowledge files are
+    written into it) with the baseline rule: results computed under other rules are never completed
+    subject by subject with these; the next run recomputes everyone."""
+    sql = "\n".join(f"{st.name}\n{st.sql}" for st in stages(kb, DUCKDB, 0, rule))
+    return hashlib.sha256(f"{rule}\n{sql}".encode()).hexdigest()
 
 
 def default_settings() -> dict[str, str]:
@@ -597,6 +721,7 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     _append_log(out, new)
     _write_state(out, {"layout": LAYOUT, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
+                       "rules": rules_fingerprint(kb, rule),
                        "buckets": buckets, "timers": timers, "timers_known": engine is None,
                        "baseline_rule": rule})
     seconds["write_results"] = _time.perf_counter() - t0
@@ -698,6 +823,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
         seconds["write_results"] = _time.perf_counter() - t1
     _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
+                       "rules": rules_fingerprint(kb, rule),
                        "timers": timers, "timers_known": True, "baseline_rule": rule})
     if new.num_rows == 0:
         new = _empty_log()
@@ -733,13 +859,16 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
     """Replace the recomputed subjects' rows in their buckets; log their new alerts; update their timers."""
     by_bucket = _by_bucket(subjects, buckets)
     batch = _Batch()
-    for name in OUTPUTS:
-        if name == "alerts":
-            continue
-        fresh = _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
+    fresh_of = {name: _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
+                for name in OUTPUTS if name != "alerts"}
+    # the bucket files these subjects' rows live in (or will): read together, in threads
+    wanted = [_bucket_file(out / RESULT_NAMES.get(n, n), b) for n, fresh in fresh_of.items()
+              for b in _touched(fresh, subjects, table_buckets(RESULT_NAMES.get(n, n), buckets))]
+    cache = _read_many(wanted)
+    for name, fresh in fresh_of.items():
         rn = RESULT_NAMES.get(name, name)
         nb = table_buckets(rn, buckets)
-        _replace_rows(out / rn, fresh, _by_bucket(subjects, nb), nb, batch)
+        _replace_rows(out / rn, fresh, _by_bucket(subjects, nb), nb, batch, cache)
     # what the log holds for these subjects: their buckets of the index
     index = [_bucket_file(out / _INDEX, b) for b in by_bucket]
     index = [f for f in index if f.exists()]
@@ -785,13 +914,11 @@ class _Batch:
         self.deletes.append(path)
 
     def commit(self) -> None:
-        tmps = []
-        for tab, path in self.writes:
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(tab, tmp, row_group_size=ROW_GROUP)
-            tmps.append(tmp)
+        tmps = [path.with_name(f".{path.name}.tmp") for _, path in self.writes]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(_fsync, tmps))
+            # written and synced in threads (Parquet encoding releases the GIL; the syncs go together)
+            list(pool.map(lambda w: _write_synced(*w), [(tab, tmp) for (tab, _), tmp in zip(self.writes, tmps,
+                                                                                            strict=True)]))
             for tmp, (_, path) in zip(tmps, self.writes, strict=True):
                 os.replace(tmp, path)
             for path in self.deletes:
@@ -799,9 +926,29 @@ class _Batch:
             list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
 
 
+def _touched(fresh: pa.Table, subjects: Iterable[str], buckets: int) -> set[int]:
+    """The buckets `_replace_rows` reads: the subjects' own and those of `fresh`'s rows."""
+    return {bucket_of(s or "", buckets) for s in [*subjects, *fresh.column("subject_id").to_pylist()]}
+
+
+def _read_many(paths: Iterable[Path]) -> dict[Path, pa.Table]:
+    """The existing files of `paths`, read in threads (Parquet decoding releases the GIL)."""
+    found = sorted({p for p in paths if p.exists()})
+    if len(found) <= 1:
+        return {p: pq.read_table(p) for p in found}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(found, pool.map(pq.read_table, found), strict=True))
+
+
+def _write_synced(tab: pa.Table, tmp: Path) -> None:
+    pq.write_table(tab, tmp, row_group_size=ROW_GROUP)
+    _fsync(tmp)
+
+
 def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str]], buckets: int,
-                  batch: _Batch) -> None:
-    """In each bucket of `by_bucket`: drop the rows of its subjects, add `fresh`'s rows of that bucket."""
+                  batch: _Batch, cache: Mapping[Path, pa.Table] | None = None) -> None:
+    """In each bucket of `by_bucket`: drop the rows of its subjects, add `fresh`'s rows of that bucket
+    (`cache`: files already read)."""
     folder.mkdir(exist_ok=True)
     if not (folder / _SCHEMA).exists():
         pq.write_table(fresh.slice(0, 0), folder / _SCHEMA)
@@ -813,8 +960,8 @@ def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str
         path = _bucket_file(folder, b)
         mine = fresh.filter(pc.equal(fresh_b, b)) if fresh.num_rows else fresh
         parts = []
-        if path.exists():
-            old = pq.read_table(path)
+        if path in (cache or {}) or path.exists():
+            old = cache[path] if cache and path in cache else pq.read_table(path)
             mine = mine.cast(old.schema)
             if drop:
                 theirs = pc.is_in(old["subject_id"], pa.array(sorted(drop), pa.string()))
