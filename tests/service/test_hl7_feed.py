@@ -117,6 +117,12 @@ def test_a_group_is_checked_for_records_of_another_patient_before_it_is_journale
     # the same answer as the store-per-message path gives (handle_message)
     late = read_ack(handle_message(feed.ingestor, _oru("p2", order="o1", control="p2-c")))
     assert (late.code, late.errors) == ("AE", replies[1].errors)
+    # and once stored: from what the feed remembers it stored, or from the store (a new feed remembers nothing)
+    for f in (feed, Hl7Feed(feed.ingestor)):
+        again = [_prepare(_oru("p2", order="o1", control="p2-c"), "mllp:test", time.time(), False)]
+        f._journal = feed._journal
+        f._commit(again)
+        assert read_ack(again[0].future.result(0)).errors == replies[1].errors
 
 
 def test_a_correction_stored_in_one_batch_with_what_it_corrects_wins(feed: Hl7Feed) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -61,6 +61,7 @@ __all__ = ["Hl7Feed", "conflict_ack", "outside_sender", "replay_journals", "warn
 log = logging.getLogger("mgaki.service.ingest.feed")
 MAX_GROUP = 500  # messages checked and journaled by one fsync, at most
 MAX_BATCH = 2000  # journaled messages stored by one append, at most
+KNOWN = 200_000  # record identities remembered with their patient (saves the store lookup of repeat patients)
 ENDPOINT = "MLLP ORU^R01"
 
 
@@ -154,6 +155,7 @@ class Hl7Feed:
         self._acond = threading.Condition()
         self._olock = threading.Lock()  # the owners below, and the store check against them
         self._owners: dict[str, list[str | int]] = {}  # identity -> [subject, unapplied messages naming it]
+        self._known: OrderedDict[str, str] = OrderedDict()  # identity -> subject, stored by this feed (bounded)
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self.applied = 0  # messages stored by this process's feed (benchmarks, tests)
@@ -269,13 +271,16 @@ class Hl7Feed:
     def _commit(self, group: list[_Message]) -> None:
         assert self._journal is not None
         with self._olock:
-            rows = [(s, src) for m in group for i, s in m.owners.items() for src in m.versions.get(i, ())]
-            stored: dict[str, str] = {}
+            # identities this process stored for a patient stay that patient's (the store never moves one):
+            # only the others are looked up in the store
+            stored: dict[str, str] = {i: self._known[i] for m in group for i in m.owners if i in self._known}
+            rows = [(s, src) for m in group for i, s in m.owners.items() if i not in stored
+                    for src in m.versions.get(i, ())]
             if rows:
                 tab = pa.table({"subject_id": pa.array([r[0] for r in rows], pa.string()),
                                 "source": pa.array([r[1] for r in rows], pa.string())})
-                stored = {c.identity: c.stored for c in self.ingestor.store.identity_conflicts({"events": tab})
-                          if c.stored is not None}
+                stored.update({c.identity: c.stored for c in self.ingestor.store.identity_conflicts({"events": tab})
+                               if c.stored is not None})
             ok, refused = [], []
             for m in group:
                 clash = []
@@ -305,6 +310,16 @@ class Hl7Feed:
             m.future.set_result(conflict_ack(m.msh, clash))
         for m in ok:
             m.future.set_result(ack(m.msh, "AA", m.warnings))
+
+    def _remember(self, msgs: Iterable[_Message]) -> None:
+        """The record identities of ``msgs``, now stored, with their patient (the most recent ``KNOWN``)."""
+        with self._olock:
+            for m in msgs:
+                for i, subject in m.owners.items():
+                    self._known[i] = subject
+                    self._known.move_to_end(i)
+            while len(self._known) > KNOWN:
+                self._known.popitem(last=False)
 
     def _release(self, msgs: Iterable[_Message]) -> None:
         """Forget the owners of messages now stored (or never journaled); callers hold ``_olock``."""
@@ -359,12 +374,15 @@ class Hl7Feed:
                    for name in {n for m in part for n in m.tables}}
             try:
                 subjects |= self.ingestor.store_raw(raw, conflicts="refuse", now=now).affected_subjects
+                self._remember(part)
             except IdentityConflictError:  # written meanwhile by another process: each message on its own
                 for m in part:
                     s = self.ingestor.store_raw(m.tables, conflicts="quarantine",
                                                 now=datetime.fromtimestamp(m.received, UTC))
                     subjects |= s.affected_subjects
-                    if s.identity_conflicts:
+                    if not s.identity_conflicts:
+                        self._remember([m])
+                    else:
                         set_aside[id(m)] = len(s.identity_conflicts)
                         log.warning("journaled HL7 message: %d record(s) set aside in quarantine (the record "
                                     "belongs to another patient)", len(s.identity_conflicts))
