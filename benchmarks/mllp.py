@@ -25,7 +25,7 @@ What runs, in one command:
   ``GET /alerts?kind=mg_out_of_range&limit=100`` poll (every ``--poll-s``, default 0.2 s) that lists the
   alert, so it includes up to one poll interval. The server runs with ``hl7_surveillance_delay_s``
   ``--delay`` (default 0.25 s).
-* **FHIR** (``--fhir-duration`` s, default 60; 0: off): ``--fhir-clients`` closed-loop writers posting
+* **FHIR** (before the feed; ``--fhir-duration`` s, default 60; 0: off): ``--fhir-clients`` closed-loop writers posting
   one-Observation batch Bundles (a creatinine for a random patient) to ``POST /fhir``: requests/s and
   latency. A FHIR POST is answered after its store append *and* its incremental surveillance run.
 
@@ -378,6 +378,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--alert-share", type=float, default=0.02)
     ap.add_argument("--poll-s", type=float, default=0.2, help="GET /alerts interval")
+    ap.add_argument("--settle-s", type=float, default=120.0,
+                    help="after the last send, wait this long at most for the alerts not yet listed")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--delay", type=float, default=0.25,
                     help="hl7_surveillance_delay_s (the service's default is 1 s; under a steady feed runs follow each "
@@ -428,6 +430,12 @@ def main() -> int:
                 res["store"]["copy_s"] = server["copy_s"]
                 print(f"{_now()} server up; warming up (first surveillance run, alert log copy) ...", flush=True)
                 res["warm_up_s"] = warm(server, a.patients, 900.0)
+                if a.fhir_duration > 0:  # before the feed: on a server with no surveillance backlog
+                    print(f"{_now()} FHIR: POST /fhir, {a.fhir_clients} closed-loop client(s), "
+                          f"{a.fhir_duration:g} s ...", flush=True)
+                    cpu0 = cpu_seconds(server["pid"])
+                    res["fhir"] = fhir_phase(server, a.patients, a.fhir_clients, a.fhir_duration)
+                    res["fhir"]["server_cpu_s"] = cpu_seconds(server["pid"]) - cpu0
                 n = int(a.rate * a.duration)
                 start = datetime.now(UTC) - timedelta(seconds=2)
                 msgs = messages(n, a.patients, a.alert_share, run, start, a.rate)
@@ -436,19 +444,13 @@ def main() -> int:
                 load_feed = os.getloadavg()
                 cpu0 = cpu_seconds(server["pid"])
                 t0 = time.monotonic() + 0.5
-                out = asyncio.run(feed(server, msgs, a.rate, a.connections, a.poll_s, t0, 30.0))
+                out = asyncio.run(feed(server, msgs, a.rate, a.connections, a.poll_s, t0, a.settle_s))
                 out["server_cpu_s"] = cpu_seconds(server["pid"]) - cpu0
                 out["wall_s"] = time.monotonic() - t0
                 out["load_avg_before"] = load_feed
                 out["load_avg_after"] = os.getloadavg()
                 out["stored"] = wait_stored(server["data"], run, n, 120.0)
                 res["feed"] = out
-                if a.fhir_duration > 0:
-                    print(f"{_now()} FHIR: POST /fhir, {a.fhir_clients} closed-loop client(s), "
-                          f"{a.fhir_duration:g} s ...", flush=True)
-                    cpu0 = cpu_seconds(server["pid"])
-                    res["fhir"] = fhir_phase(server, a.patients, a.fhir_clients, a.fhir_duration)
-                    res["fhir"]["server_cpu_s"] = cpu_seconds(server["pid"]) - cpu0
                 problems = [ln for ln in server["log"].read_text(errors="replace").splitlines()
                             if "ERROR" in ln or "Traceback" in ln]
                 res["server_log_errors"] = problems[:20]
