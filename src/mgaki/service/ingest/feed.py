@@ -157,6 +157,7 @@ class Hl7Feed:
         self._owners: dict[str, list[str | int]] = {}  # identity -> [subject, unapplied messages naming it]
         self._known: OrderedDict[str, str] = OrderedDict()  # identity -> subject, stored by this feed (bounded)
         self._stopping = False
+        self._commit_done = False  # the commit thread has ended (stopping, its queue journaled)
         self._threads: list[threading.Thread] = []
         self.applied = 0  # messages stored by this process's feed (benchmarks, tests)
 
@@ -168,7 +169,7 @@ class Hl7Feed:
         replayed = self.replay()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._journal = Journal.create(self.root)
-        self._stopping = False
+        self._stopping = self._commit_done = False
         self._threads = [threading.Thread(target=self._commit_loop, name="mgaki-hl7-commit", daemon=True),
                          threading.Thread(target=self._apply_loop, name="mgaki-hl7-apply", daemon=True)]
         for t in self._threads:
@@ -266,6 +267,7 @@ class Hl7Feed:
             with self._qcond:
                 self._qcond.notify_all()  # wait_applied
         with self._acond:
+            self._commit_done = True
             self._acond.notify_all()  # the apply thread ends once the queue is journaled and stored
 
     def _commit(self, group: list[_Message]) -> None:
@@ -336,7 +338,7 @@ class Hl7Feed:
     def _apply_loop(self) -> None:
         while True:
             with self._acond:
-                self._acond.wait_for(lambda: self._unapplied or (self._stopping and not self._committing()))
+                self._acond.wait_for(lambda: self._unapplied or self._commit_done)
                 if not self._unapplied:
                     return
                 batch = [self._unapplied[i] for i in range(min(len(self._unapplied), self.max_batch))]
@@ -358,10 +360,6 @@ class Hl7Feed:
                     self._unapplied.popleft()
                 self.applied += len(batch)
                 self._acond.notify_all()
-
-    def _committing(self) -> bool:
-        with self._qcond:
-            return bool(self._queue) or any(t.name == "mgaki-hl7-commit" and t.is_alive() for t in self._threads)
 
     def _store(self, msgs: list[_Message]) -> None:
         """Store ``msgs`` (journal order) with as few appends as the order allows, audit them, request surveillance."""
