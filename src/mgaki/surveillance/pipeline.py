@@ -197,8 +197,10 @@ def _materialise(con: duckdb.DuckDBPyConnection) -> None:
     connection then uses: each stored table is read once for the few subjects of an incremental run,
     not once per stage that reads it, and the stages can run on two connections at once (``_run_dag``).
     ``_release`` detaches it."""
-    db = f"{_SCRATCH}{uuid.uuid4().hex[:16]}"
     prev = con.sql("SELECT current_database()").fetchall()[0][0]
+    if prev in _PREVIOUS:  # already materialised
+        return
+    db = f"{_SCRATCH}{uuid.uuid4().hex[:16]}"
     con.execute(f'ATTACH \':memory:\' AS "{db}"')
     _PREVIOUS[db] = prev
     con.execute(f'USE "{db}"')
@@ -206,6 +208,17 @@ def _materialise(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f'DROP VIEW "{t}"')
         con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "all_{t}" '
                     "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
+    """Add `subjects` (whose timers fell due) to the materialised subjects (``_materialise``) and to
+    ``affected``."""
+    known = con.sql("SELECT subject_id FROM affected").to_arrow_table().column("subject_id").to_pylist()
+    con.register("_more", pa.table({"subject_id": pa.array(subjects, pa.string())}))
+    for t in _BASE:
+        con.execute(f'INSERT INTO "{t}" SELECT * FROM "all_{t}" WHERE subject_id IN (SELECT subject_id FROM _more)')
+    con.unregister("_more")
+    con.register("affected", pa.table({"subject_id": pa.array(sorted({*known, *subjects}), pa.string())}))
 
 
 def _release(con: duckdb.DuckDBPyConnection) -> None:
@@ -302,12 +315,9 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     unknown = set(outputs) - set(OUTPUTS)
     if unknown:
         raise ValueError(f"unknown surveillance output(s) {sorted(unknown)}; known: {', '.join(OUTPUTS)}")
-    all_stages = stages(kb, DUCKDB, as_of_epoch, baseline_rule)
-    plan = needed(all_stages, outputs)
-    timed: list[Stage] = _timer_stages(kb, all_stages, baseline_rule) if timers and "alerts" in outputs else []
-    keep = {o.name for st in timed for o in plan if _reads(st, o)}
-    views = _views(plan + timed, {*outputs, *keep})
-    done_after = last_use(plan, (*outputs, *keep), views)
+    shape, timed, views, done_after = _shape(kb, baseline_rule, outputs, timers and "alerts" in outputs)
+    now = {st.name: st for st in stages(kb, DUCKDB, as_of_epoch, baseline_rule)}
+    plan = [now[st.name] for st in shape]
     seconds: dict[str, float] = {}
     # a few subjects' rows (an incremental run): each statement costs its planning, not its rows, so a
     # stage read once is written into its reader (a CTE: no view to create) and nothing is dropped early
@@ -337,6 +347,23 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
         for st in reversed(timed if not small else ()):  # a scratch database goes whole (_release)
             con.execute(f'DROP {"VIEW" if st.name in views else "TABLE"} "{st.name}"')
     return as_of, seconds
+
+
+_SHAPE_AS_OF = 1  # any as-of: which stages run, and how, does not depend on it (only their SQL's clock)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape(kb: KnowledgeBase, baseline_rule: str | None, outputs: tuple[str, ...],
+           timers: bool) -> tuple[list[Stage], list[Stage], dict[str, str], dict[str, list[str]]]:
+    """The stages a run executes and how: (plan, at an arbitrary as-of: take each one's SQL at the run's;
+    timer stages, which have no as-of; views; last uses; the tables the timers read are kept). Worked out once per
+    knowledge base and outputs, not per run (it compares every pair of stages). Callers must not modify it."""
+    all_stages = stages(kb, DUCKDB, _SHAPE_AS_OF, baseline_rule)
+    plan = needed(all_stages, outputs)
+    timed = _timer_stages(kb, all_stages, baseline_rule) if timers else []
+    keep = {o.name for st in timed for o in plan if _reads(st, o)}
+    views = _views(plan + timed, {*outputs, *keep})
+    return plan, timed, views, last_use(plan, (*outputs, *keep), views)
 
 
 def _inlined(st: Stage, plan: list[Stage], views: Mapping[str, str]) -> str:
@@ -794,6 +821,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     data_max = datetime.fromisoformat(state["data_max"]) if state.get("data_max") else None
     if pending:
         _restrict(con, pending)
+        _materialise(con)  # their rows, read once: the latest time below and the stages
         seen = _as_of(con)  # the changed subjects' latest time: the store's only moves with theirs
         data_max = max((t for t in (data_max, seen) if t is not None), default=None)
     as_of = as_of or data_max
@@ -814,12 +842,16 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     if subjects:
         if not pending:
             _restrict(con, subjects)
-        elif subjects != pending:  # the views read this table by name
-            con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-        _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True, baseline_rule=rule)
-        seconds.update(sec)
-        t1 = _time.perf_counter()
-        new = _write_some(con, out, subjects, buckets, timers)
+        elif subjects != pending:  # subjects whose timer fell due, with the changed ones
+            _materialise_more(con, sorted(set(subjects) - set(pending)))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the result files these subjects' rows live in are read while their stages compute
+            stored = pool.submit(_read_many, _result_paths(out, subjects, buckets))
+            _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True,
+                              baseline_rule=rule)
+            seconds.update(sec)
+            t1 = _time.perf_counter()
+            new = _write_some(con, out, subjects, buckets, timers, stored.result())
         seconds["write_results"] = _time.perf_counter() - t1
     _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
@@ -854,17 +886,22 @@ def _due_subjects(out: Path, state: dict[str, Any], a: int) -> set[str]:
     return due
 
 
+def _result_paths(out: Path, subjects: Iterable[str], buckets: int) -> list[Path]:
+    """The result files holding `subjects`' rows (the rows of a run restricted to them are theirs only)."""
+    return [_bucket_file(out / rn, b) for rn in (RESULT_NAMES.get(n, n) for n in OUTPUTS if n != "alerts")
+            for b in _by_bucket(subjects, table_buckets(rn, buckets))]
+
+
 def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], buckets: int,
-                timers: dict[str, int]) -> pa.Table:
-    """Replace the recomputed subjects' rows in their buckets; log their new alerts; update their timers."""
+                timers: dict[str, int], cache: Mapping[Path, pa.Table] | None = None) -> pa.Table:
+    """Replace the recomputed subjects' rows in their buckets; log their new alerts; update their timers.
+    `cache`: result files already read (``_result_paths``)."""
     by_bucket = _by_bucket(subjects, buckets)
     batch = _Batch()
     fresh_of = {name: _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
                 for name in OUTPUTS if name != "alerts"}
-    # the bucket files these subjects' rows live in (or will): read together, in threads
-    wanted = [_bucket_file(out / RESULT_NAMES.get(n, n), b) for n, fresh in fresh_of.items()
-              for b in _touched(fresh, subjects, table_buckets(RESULT_NAMES.get(n, n), buckets))]
-    cache = _read_many(wanted)
+    if cache is None:
+        cache = _read_many(_result_paths(out, subjects, buckets))
     for name, fresh in fresh_of.items():
         rn = RESULT_NAMES.get(name, name)
         nb = table_buckets(rn, buckets)
@@ -924,11 +961,6 @@ class _Batch:
             for path in self.deletes:
                 path.unlink(missing_ok=True)
             list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
-
-
-def _touched(fresh: pa.Table, subjects: Iterable[str], buckets: int) -> set[int]:
-    """The buckets `_replace_rows` reads: the subjects' own and those of `fresh`'s rows."""
-    return {bucket_of(s or "", buckets) for s in [*subjects, *fresh.column("subject_id").to_pylist()]}
 
 
 def _read_many(paths: Iterable[Path]) -> dict[Path, pa.Table]:
