@@ -68,6 +68,7 @@ TARGET_ALERT_P99_S = 2.0
 # the newest alerts of the kind per poll: the feed's are the newest (dated now; the cohort's are older), and a
 # poll lists every alert raised since the previous one while fewer than this many arrive between polls
 POLL_LIMIT = 100
+WARM_PATIENTS = 10  # the warm-up's alerts are for patients 0-9, the feed's for the others (one alert each)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -89,7 +90,6 @@ def stats_ms(xs: list[float]) -> dict[str, float]:
 def child_build(root: Path, patients: int) -> dict[str, Any]:
     """The cohort's event store at ``root``, then one full surveillance run (a child process: its memory goes)."""
     from icu_cohort import build_store
-
     from mgaki.events import EventStore
     from mgaki.surveillance import surveil
 
@@ -173,8 +173,8 @@ def serve(tmp: Path, store: Path, workers: int, extra: dict[str, Any]) -> Any:
 # --- messages -------------------------------------------------------------------------------------
 
 
-def messages(n: int, patients: int, alert_share: float, run: str, start: datetime,
-             rate: float) -> list[tuple[str, str, bool, str]]:
+def messages(n: int, patients: int, alert_share: float, run: str, start: datetime, rate: float,
+             alert_pool: range | None = None) -> list[tuple[str, str, bool, str]]:
     """(message, patient, raises an alert, result time ISO) for each scheduled send; results dated at their
     send time (to the second), so each alert is one (patient, time)."""
     from mgaki.service.ingest.hl7 import Result, oru_r01
@@ -183,7 +183,8 @@ def messages(n: int, patients: int, alert_share: float, run: str, start: datetim
     admitted = (start - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     out = []
     # each alert for a patient of its own (a second low Mg of a patient within its episode raises no new alert)
-    alerting = iter(rng.sample(range(patients), min(patients, int(n * alert_share * 1.5) + 10)))
+    pool = alert_pool if alert_pool is not None else range(WARM_PATIENTS, patients)  # the warm-up's are apart
+    alerting = iter(rng.sample(pool, min(len(pool), int(n * alert_share * 1.5) + 10)))
     for i in range(n):
         alert = rng.random() < alert_share
         pid = f"P{next(alerting, rng.randrange(patients)) if alert else rng.randrange(patients):08d}"
@@ -288,7 +289,8 @@ async def feed(server: dict[str, Any], msgs: list[tuple[str, str, bool, str]], r
 
 def warm(server: dict[str, Any], patients: int, timeout_s: float, alerts: bool = True) -> float:
     """A few alert-raising messages until their alerts are listed (the first run copies the alert log)."""
-    msgs = messages(3, patients, 1.0, f"warm{os.getpid()}", datetime.now(UTC) - timedelta(minutes=5), 1.0)
+    msgs = messages(3, patients, 1.0, f"warm{os.getpid()}", datetime.now(UTC) - timedelta(minutes=5), 1.0,
+                    alert_pool=range(WARM_PATIENTS))
     t0 = time.monotonic()
 
     async def go() -> dict[str, Any]:

@@ -159,7 +159,8 @@ def test_mllp_feed_benchmark_smoke(tmp_path: Path) -> None:
     listed, FHIR POSTs answered, and each figure and verdict the report promises."""
     out = tmp_path / "mllp.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mllp.py"), "--quick", "--patients", "200",
-                        "--rate", "20", "--duration", "3", "--alert-share", "0.2", "--fhir-duration", "2", "--settle-s", "60",
+                        "--rate", "20", "--duration", "3", "--alert-share", "0.2", "--fhir-duration", "2",
+                        "--settle-s", "60",
                         "--store-cache", str(tmp_path / "cache"), "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -94,12 +94,13 @@ def warnings_of(reasons: dict[str, int]) -> list[AckError]:
     return [AckError("0", "OBX", f"{n} result(s) not used: {reason}", "W") for reason, n in sorted(reasons.items())]
 
 
-def _identities(tables: dict[str, pa.Table]) -> tuple[dict[str, str], dict[str, frozenset[str]], list[IdentityConflict]]:
+def _identities(tables: dict[str, pa.Table],
+                ) -> tuple[dict[str, str], dict[str, frozenset[str]], list[IdentityConflict]]:
     """Record identity -> its subject, identity -> the versions (sources) the message brings, and the identities
     the message names for two patients at once (refused like the store refuses them)."""
     subjects: dict[str, set[str]] = {}
     sources: dict[str, set[str]] = {}
-    for name, tab in tables.items():
+    for tab in tables.values():
         if tab.num_rows == 0 or "source" not in tab.column_names:
             continue
         for subject, source in zip(tab.column("subject_id").to_pylist(), tab.column("source").to_pylist(),

@@ -22,6 +22,7 @@ reading stops there. The journal holds patient data, like the event store: owner
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -128,12 +129,14 @@ class Journal:
             self._size = 0
             with self._seg_lock:
                 self._segments.append(path)
+        fd = self._fd
+        assert fd is not None
         data = b"".join(e.encode() for e in entries)
         view = memoryview(data)
         while view:
-            n = os.write(self._fd, view)
+            n = os.write(fd, view)
             view = view[n:]
-        os.fsync(self._fd)
+        os.fsync(fd)
         if new_segment:
             _fsync_dir(self.folder)  # the new segment's name is durable too
         self._size += len(data)
@@ -172,7 +175,7 @@ class Journal:
         # a segment is done when the next one starts at or below applied + 1 (the open one is never removed)
         with self._seg_lock:
             segs = list(self._segments)
-        for cur, nxt in zip(segs, segs[1:], strict=False):
+        for cur, nxt in itertools.pairwise(segs):
             if int(nxt.stem.split("-")[1]) <= seq + 1:
                 cur.unlink(missing_ok=True)
                 with self._seg_lock:

@@ -25,8 +25,8 @@ import hl7.mllp
 import sqlalchemy as sa
 
 from mgaki.events.store import IdentityConflictError
-from mgaki.service.ingest.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
 from mgaki.service.ingest.feed import Hl7Feed, conflict_ack, outside_sender, warnings_of
+from mgaki.service.ingest.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
 from mgaki.service.ingest.ingestor import Ingestor
 from mgaki.service.persistence.db import write_audit
 
