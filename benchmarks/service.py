@@ -34,7 +34,9 @@ What runs, all in one run on one machine so that the ratios mean something elsew
   ``POST /fhir/$import-ndjson``; resources/s includes the incremental surveillance run by each request.
 * **HL7 v2 (MLLP)**: ORU^R01 messages (one result each, built by ``mgaki.service.ingest.hl7.oru_r01``) sent one
   after another on one connection to the service's MLLP listener, each after the previous ACK: messages/s
-  and send-to-ACK latency, ACK codes counted (an AA means stored durably, then surveilled).
+  and send-to-ACK latency, ACK codes counted (an AA means durable: journaled, stored right after, then
+  surveilled; docs/service.md#hl7-v251-oru-r01-over-mllp). The lab feed at hospital rates, open loop on a
+  100 k-patient store with alert latency, is ``benchmarks/mllp.py``.
 
 Targets (SPEC, issue 4): patient-view p99 < 50 ms at 100 requests/s on 2 cores, and no errors; printed as
 PASS/FAIL. Exit status 0 either way (a measurement, not a gate); 1 if the server could not be started or

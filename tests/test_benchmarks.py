@@ -173,3 +173,26 @@ def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     for line in ("peak RSS < 2 GB", ">= 1,000,000 rows/s", "load average"):
         assert line in r.stdout
     assert not (tmp_path / "store-100").exists()  # the store is removed, the CSV files kept
+
+
+def test_mllp_feed_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/mllp.py on 200 patients for 3 s: a real server, every message AA and stored, every alert
+    listed, FHIR POSTs answered, and each figure and verdict the report promises."""
+    out = tmp_path / "mllp.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mllp.py"), "--quick", "--patients", "200",
+                        "--rate", "20", "--duration", "3", "--alert-share", "0.2", "--fhir-duration", "2",
+                        "--settle-s", "60",
+                        "--store-cache", str(tmp_path / "cache"), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["store"]["patients"] == 200 and res["store"]["rows"] == 200 * 250 and not res["store"]["reused"]
+    feed = res["feed"]
+    assert feed["sent"] == feed["acked"] == feed["stored"] == 60 and feed["codes"] == {"AA": 60}
+    assert 0 < feed["alerts_expected"] == feed["alerts_seen"] == feed["alert"]["n"]
+    assert feed["ack"]["p50_ms"] <= feed["ack"]["p99_ms"] <= feed["ack"]["max_ms"]
+    assert res["fhir"]["requests"] >= 1 and set(res["fhir"]["codes"]) == {"200"}  # JSON keys
+    assert len(res["load_avg_start"]) == len(res["load_avg_end"]) == 3 and not res["server_log_errors"]
+    for line in ("msg/s sustained for 300 s", "every message acknowledged AA and stored", "alert latency p99 < 2 s",
+                 "load average at start"):
+        assert line in r.stdout, r.stdout

@@ -248,6 +248,11 @@ def test_kill_9_mid_stream_loses_no_acknowledged_result_and_duplicates_none(serv
     with MLLPClient("127.0.0.1", server.mllp) as mllp:
         for i in range(max(hl7_acked) + 2):
             assert read_ack(mllp.send_message(_oru(i))).code == "AA"
+    # an AA means journaled (fsync'd): the store append follows within moments (docs/service.md#hl7-v2)
+    deadline = time.monotonic() + 120
+    while sum(k.startswith("HL7/") for k in _identities(store)) < max(hl7_acked) + 2:
+        assert time.monotonic() < deadline, "acknowledged HL7 messages not stored"
+        time.sleep(0.2)
     after = _identities(store)
     assert all(n == 1 for n in after.values())
     assert sum(k.startswith("Observation/") for k in after) == sent_http

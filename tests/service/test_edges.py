@@ -404,6 +404,7 @@ def test_hl7_sender_limited_to_a_patient_cannot_send_another(tmp_path: Path, pki
         assert not c.app.state.ingestor.store.files("events")
         own = oru_r01("p1", [Result("19123-9", 1.2, "mg/dL", t0)], control_id="c2")
         assert read_ack(_send(port, own, pki["ca"], client)).code == "AA"
+        assert c.app.state.mllp.feed.wait_applied(60)  # AA once journaled; stored (and audited) right after
         assert [e["subject_id"] for e in _records(c, "events")] == ["p1"]
         with c.app.state.engine.connect() as con:
             rows = con.execute(sa.text("SELECT action, patient_id FROM audit ORDER BY id")).all()

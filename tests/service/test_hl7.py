@@ -97,6 +97,9 @@ def test_mllp_round_trip_stores_alerts_corrects_and_survives_bad_input(served, t
         reply = read_ack(mllp.send_message(first))
         assert (reply.code, reply.errors) == ("AA", [])
         assert reply.control_id == parse_oru(first).msh["control_id"]
+        # AA once journaled (fsync'd); the store append follows in the feed's apply thread
+        feed = client.app.state.mllp.feed  # type: ignore[attr-defined]
+        assert feed.wait_applied(60)
         ev = store.read("events").to_pylist()
         assert [(e["subject_id"], e["analyte"], e["numeric_value"]) for e in ev] == [("p1", "magnesium", 1.0)]
         # surveillance follows the ACK in the background (the store says who is pending until it ran)
@@ -108,7 +111,7 @@ def test_mllp_round_trip_stores_alerts_corrects_and_survives_bad_input(served, t
 
         # the same message again: AA, nothing added
         assert read_ack(mllp.send_message(first)).code == "AA"
-        assert store.counts()["events"] == 1
+        assert feed.wait_applied(60) and store.counts()["events"] == 1
 
         # malformed and wrong type: NACK naming the problem, connection still served
         bad = read_ack(mllp.send_message(first.replace("p1^^^HOSP^MR", "")))
@@ -120,13 +123,13 @@ def test_mllp_round_trip_stores_alerts_corrects_and_survives_bad_input(served, t
 
         # a correction (OBX-11 C) replaces the value; a preliminary result is set aside with a warning
         fix = read_ack(mllp.send_message(_msg(1.9, status="C", control_id="fix-1")))
-        assert fix.code == "AA"
+        assert fix.code == "AA" and feed.wait_applied(60)
         assert [e["numeric_value"] for e in store.read("events").to_pylist()] == [1.9]
         prelim = read_ack(mllp.send_message(_msg(0.9, status="P", loinc=CREA, control_id="pre-1")))
         assert prelim.code == "AA" and "preliminary" in prelim.errors[0]
         # a result posted in error (W) removes it
         assert read_ack(mllp.send_message(_msg(1.9, status="W", control_id="w-1"))).code == "AA"
-        assert store.read("events").num_rows == 0
+        assert feed.wait_applied(60) and store.read("events").num_rows == 0
     with client.app.state.engine.connect() as con:  # type: ignore[attr-defined]
         import sqlalchemy as sa
 

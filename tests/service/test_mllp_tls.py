@@ -7,7 +7,9 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -73,19 +75,34 @@ def _msg(pid: str) -> str:
     return oru_r01(pid, [Result("19123-9", 1.1, "mg/dL", T0)], visit=f"{pid}-v", admitted=T0, control_id=f"{pid}-c")
 
 
+class EventStoreAfterAck(EventStore):
+    """The store as read once the feed has stored every message it acknowledged (AA: journaled, then stored)."""
+
+    def __init__(self, root: Path, feed: Any) -> None:
+        super().__init__(root)
+        self.feed = feed
+
+    def read(self, table: str) -> pa.Table:
+        assert self.feed.wait_applied(60)
+        return super().read(table)
+
+
 @pytest.fixture
-def tls_app(tmp_path: Path, pki: dict[str, Path], request: pytest.FixtureRequest) -> Iterator[tuple[int, Path]]:
+def tls_app(tmp_path: Path, pki: dict[str, Path], request: pytest.FixtureRequest,
+            ) -> Iterator[tuple[int, EventStoreAfterAck]]:
     mutual = getattr(request, "param", False)
     cfg = make_config(tmp_path, mllp_port=0, mllp_tls_cert=pki["server"], mllp_tls_key=pki["server_key"],
                       mllp_tls_client_ca=pki["ca"] if mutual else None)
     with TestClient(create_app(cfg)) as c:
-        yield c.app.state.mllp.port, tmp_path / "data" / "events"  # type: ignore[attr-defined]
+        feed = c.app.state.mllp.feed  # type: ignore[attr-defined]
+        yield c.app.state.mllp.port, EventStoreAfterAck(tmp_path / "data" / "events", feed)  # type: ignore[attr-defined]
 
 
-def test_results_over_tls_are_acknowledged_and_stored(tls_app: tuple[int, Path], pki: dict[str, Path]) -> None:
+def test_results_over_tls_are_acknowledged_and_stored(tls_app: tuple[int, EventStoreAfterAck],
+                                                      pki: dict[str, Path]) -> None:
     port, events = tls_app
     assert read_ack(_send(port, _msg("p1"), pki["ca"])).code == "AA"
-    assert [r["subject_id"] for r in EventStore(events).read("events").to_pylist()] == ["p1"]
+    assert [r["subject_id"] for r in events.read("events").to_pylist()] == ["p1"]
     # a sender speaking plain MLLP to the TLS port gets no ACK and stores nothing
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"\x0b" + _msg("p2").encode() + b"\x1c\r")
@@ -95,17 +112,17 @@ def test_results_over_tls_are_acknowledged_and_stored(tls_app: tuple[int, Path],
         except (ConnectionError, TimeoutError):
             reply = b""
     assert b"MSA|AA" not in reply
-    assert [r["subject_id"] for r in EventStore(events).read("events").to_pylist()] == ["p1"]
+    assert [r["subject_id"] for r in events.read("events").to_pylist()] == ["p1"]
 
 
 @pytest.mark.parametrize("tls_app", [True], indirect=True)
-def test_with_a_client_ca_only_senders_with_its_certificates_are_accepted(tls_app: tuple[int, Path],
+def test_with_a_client_ca_only_senders_with_its_certificates_are_accepted(tls_app: tuple[int, EventStoreAfterAck],
                                                                           pki: dict[str, Path]) -> None:
     port, events = tls_app
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _send(port, _msg("p1"), pki["ca"])  # no client certificate: the handshake is refused
     assert read_ack(_send(port, _msg("p2"), pki["ca"], (pki["client"], pki["client_key"]))).code == "AA"
-    assert [r["subject_id"] for r in EventStore(events).read("events").to_pylist()] == ["p2"]
+    assert [r["subject_id"] for r in events.read("events").to_pylist()] == ["p2"]
 
 
 def test_tls_settings_are_checked_at_load(tmp_path: Path, pki: dict[str, Path]) -> None:
@@ -131,6 +148,7 @@ def test_the_audit_actor_is_the_client_certificate_not_msh3(tmp_path: Path, pki:
         spoofed = _msg("p7").replace("MSH|^~\\&|LAB|", "MSH|^~\\&|TRUSTED-LIS|", 1)
         assert "TRUSTED-LIS" in spoofed
         assert read_ack(_send(port, spoofed, pki["ca"], (pki["client"], pki["client_key"]))).code == "AA"
+        assert c.app.state.mllp.feed.wait_applied(60)  # type: ignore[attr-defined]  # audited when stored
         with c.app.state.engine.connect() as con:  # type: ignore[attr-defined]
             rows = con.execute(sa.text("SELECT actor, patient_id, detail FROM audit WHERE action = 'write'")).all()
     assert len(rows) == 1

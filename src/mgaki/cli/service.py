@@ -35,6 +35,7 @@ def serve(
 
     from mgaki.service import create_app, load_config
     from mgaki.service.app import CONFIG_ENV, prepare_database
+    from mgaki.service.ingest.feed import replay_journals
     from mgaki.service.ingest.ingestor import clear_incoming
     from mgaki.service.supervision import SUPERVISOR_ENV
     try:
@@ -45,6 +46,9 @@ def serve(
         # request bodies a killed earlier run left half-read (patient data, never acknowledged): removed, once
         # that run's processes have ended (workers end with their supervisor)
         clear_incoming(cfg.data_dir)
+        if cfg.workers > 1:  # HL7 messages an ended run acknowledged and did not store: stored before any worker
+            # serves (one worker alone does it in its start-up, before it serves)
+            replay_journals(cfg)
         if cfg.workers == 1:
             app = create_app(cfg)
     except MgakiError as exc:

@@ -378,6 +378,15 @@ class EventStore:
         _fsync(folder)
         return final
 
+    def identity_conflicts(self, tables: Mapping[str, pa.Table]) -> list[IdentityConflict]:
+        """What ``append(tables, conflicts="refuse")`` would refuse, without writing (tables need only
+        ``subject_id`` and ``source``): identities stored for another patient, or named for two in ``tables``."""
+        con = cursor()
+        try:
+            return self._identity_conflicts(con, {n: t for n, t in tables.items() if t.num_rows})
+        finally:
+            con.close()
+
     def _identity_conflicts(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
                             ) -> list[IdentityConflict]:
         """Identities the append would move between patients: named by another subject than their current

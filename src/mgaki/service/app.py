@@ -254,7 +254,11 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             listener = MllpListener(ingestor, cfg.mllp_host or cfg.host, cfg.mllp_port, reuse_port=cfg.workers > 1,
                                     tls=tls, idle_timeout_s=cfg.mllp_idle_timeout_s,
                                     senders=cfg.mllp_senders())
+            if cfg.mllp_ack_after == "journal":  # journaled messages of an ended process are stored first
+                from mgaki.service.ingest.feed import Hl7Feed
 
+                listener.feed = Hl7Feed(ingestor)
+                await run_in_threadpool(listener.feed.start)
             await listener.start()
         app_.state.mllp = listener
         app_.state.ingestor = ingestor
@@ -264,6 +268,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         yield {GUARD_STATE: ConnectionGuard(cfg.header_timeout_s, cfg.max_connections_per_client)}
         if listener is not None:
             await listener.stop()
+            if listener.feed is not None:  # what it journaled is stored before the process ends
+                await run_in_threadpool(listener.feed.stop)
         await run_in_threadpool(ingestor.stop)  # a requested surveillance run finishes first
         engine.dispose()
 

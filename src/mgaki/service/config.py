@@ -105,6 +105,11 @@ class ServiceConfig(BaseModel):
     # HL7 messages are acknowledged once stored; surveillance follows within this many seconds, one run for
     # every message received meanwhile (a FHIR POST surveils before it answers). docs/service.md#hl7-v2
     hl7_surveillance_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    # When an HL7 message is acknowledged (AA): "journal" once it is in the fsync'd journal (messages arriving
+    # together share one fsync; stored in batches right after: hundreds of messages a second), "store" once its
+    # own event-store append returned (tens a second; the ACK also warns of results normalize set aside).
+    # docs/service.md#hl7-v2
+    mllp_ack_after: Literal["journal", "store"] = "journal"
     # Record identity = type + id (FHIR), order number + code (HL7); True: the source system is part of it
     # (FHIR meta.source, HL7 MSH-3/MSH-4), for feeds whose ids are unique per system only. docs/service.md#identity
     identity_per_source: bool = False

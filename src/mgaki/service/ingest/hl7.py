@@ -21,6 +21,7 @@ the columnar work happens in ``normalize``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -146,9 +147,14 @@ def _parse_message(text: str) -> Any:
 def msh_fields(text: str) -> dict[str, str]:
     """What an ACK echoes from MSH, best effort (empty for text that is not HL7)."""
     try:
-        msh = _segments(_parse_message(text), "MSH")[0]
+        return _msh_of(_parse_message(text))
     except (Hl7Error, IndexError):
         return {}
+
+
+def _msh_of(msg: Any) -> dict[str, str]:
+    """``msh_fields`` of a parsed message (IndexError: no MSH segment)."""
+    msh = _segments(msg, "MSH")[0]
     return {"sending_app": _text(msh, 3), "sending_facility": _text(msh, 4), "receiving_app": _text(msh, 5),
             "receiving_facility": _text(msh, 6), "time": _text(msh, 7), "type": _text(msh, 9, 1, 1),
             "event": _text(msh, 9, 1, 2), "control_id": _text(msh, 10), "processing_id": _text(msh, 11),
@@ -163,7 +169,10 @@ def parse_oru(text: str, per_source: bool = False) -> Parsed:
     facility (MSH-3, MSH-4), so equal numbers from two systems are two records (docs/service.md#identity).
     """
     msg = _parse_message(text)
-    msh_f = msh_fields(text)
+    try:
+        msh_f = _msh_of(msg)
+    except IndexError:
+        msh_f = {}
     if "\x00" in text:  # no HL7 data type holds NUL, and no database column does
         raise Hl7Error("AE", "102", "MSH", "the message contains a NUL character (0x00)")
     if msh_f.get("type") != "ORU" or msh_f.get("event") != "R01":
@@ -179,7 +188,7 @@ def parse_oru(text: str, per_source: bool = False) -> Parsed:
     if not _segments(msg, "PID"):
         raise Hl7Error("AE", "100", "PID", "the message has no PID segment")
     rows: dict[str, list[dict[str, Any]]] = {"events": [], "encounters": [], "subjects": [], "quarantine": []}
-    codes = {(r["system"], r["code"]): (r["key"], r["analyte"]) for r in code_table().to_pylist()}
+    codes = _codes()
     # ORU^R01 repeats PATIENT_RESULT groups (PID [PV1] then OBR/OBX): each result belongs to the
     # patient and visit of the group it is in, never to the message's first patient
     system = f"{msh_f['sending_app']}^{msh_f['sending_facility']}/" if per_source else ""
@@ -206,6 +215,12 @@ def parse_oru(text: str, per_source: bool = False) -> Parsed:
     tables = {name: conform(pa.Table.from_pylist(r) if r else pa.table({}), name)
               for name, r in rows.items()}
     return Parsed(tables, msh_f, n_obx)
+
+
+@functools.cache
+def _codes() -> dict[tuple[str, str], tuple[str, str]]:
+    """(system URI, code) -> (event code key, analyte), from the code table (built once per process)."""
+    return {(r["system"], r["code"]): (r["key"], r["analyte"]) for r in code_table().to_pylist()}
 
 
 def _pid(seg: Any, n: int, rows: dict[str, list[dict[str, Any]]]) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +35,7 @@ from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
 from mgaki.events.schema import TABLES
+from mgaki.events.store import IngestSummary
 from mgaki.research.alert_eval import care_units
 from mgaki.research.alert_trial import AlertPolicy, assign_mode
 from mgaki.service.persistence.db import ALERT_KEY, alert_key_hash, alert_rejects, alerts, insert_alerts
@@ -222,6 +223,7 @@ class Ingestor:
         # deferred runs: requests are numbered; a run started after request n covers it
         self._cond = threading.Condition()
         self._requested = self._done = 0
+        self._oldest: float | None = None  # when the oldest request not yet covered by a run was made
         self._stop = threading.Event()
         self._runner: threading.Thread | None = None
 
@@ -250,16 +252,24 @@ class Ingestor:
         ``fhir_ids``: ids must follow the FHIR id grammar (else 1-64 characters, no control characters);
         rows with other ids are quarantined (``quarantine_bad_ids``).
         """
-        # pure (keeps the adapter's quarantine rows): outside the writers' lock. A live feed: nothing dated
-        # ahead of this clock (units.yaml live_feed_future_tolerance_hours) is stored
-        tables = quarantine_bad_ids(normalize(raw, now=datetime.now(UTC)), fhir_ids)
-        with self._lock:
-            summary = self.store.append(tables, conflicts="refuse")
+        summary = self.store_raw(raw, fhir_ids=fhir_ids)
         new_alerts = self._surveil() if surveil and self.run_surveillance else 0
         return IngestResult(received=summary.received, added=summary.added, quarantined=summary.quarantined,
                             quarantine_reasons=summary.quarantine_reasons,
                             subjects=sorted(summary.affected_subjects), new_alerts=new_alerts,
                             superseded=summary.superseded)
+
+    def store_raw(self, raw: dict[str, pa.Table], conflicts: Literal["quarantine", "refuse"] = "refuse",
+                  fhir_ids: bool = False, now: datetime | None = None) -> IngestSummary:
+        """Normalize raw adapter tables and append them to the store (durable when it returns), no surveillance.
+
+        ``now``: the clock a live feed's times are checked against (nothing dated ahead of it by more than
+        units.yaml ``live_feed_future_tolerance_hours`` is stored); default the current time.
+        """
+        # pure (keeps the adapter's quarantine rows): outside the writers' lock
+        tables = quarantine_bad_ids(normalize(raw, now=now or datetime.now(UTC)), fhir_ids)
+        with self._lock:
+            return self.store.append(tables, conflicts=conflicts)
 
     def _surveil(self) -> int:
         """Run surveillance, then copy into the database every logged alert it does not hold yet.
@@ -287,6 +297,8 @@ class Ingestor:
             return
         with self._cond:
             self._requested += 1
+            if self._oldest is None:
+                self._oldest = time.monotonic()
             self._cond.notify_all()
             if self._runner is None or not self._runner.is_alive():
                 self._stop.clear()
@@ -319,9 +331,14 @@ class Ingestor:
                 self._cond.wait_for(lambda: self._requested > self._done or self._stop.is_set())
                 if self._requested <= self._done:
                     return  # stopped with nothing to do
-            self._stop.wait(self.delay_s)  # gather what arrives meanwhile (cut short at shutdown)
+            # gather what arrives within delay_s of the oldest waiting request (cut short at shutdown); requests
+            # made while a run computed have waited that long already: the next run starts at once
+            with self._cond:
+                oldest = self._oldest if self._oldest is not None else time.monotonic()
+            self._stop.wait(max(0.0, oldest + self.delay_s - time.monotonic()))
             with self._cond:
                 target = self._requested
+                self._oldest = None
             try:
                 n = self._surveil()
             except Exception as exc:  # the pending file keeps the subjects: the next run retries

@@ -25,14 +25,16 @@ import hl7.mllp
 import sqlalchemy as sa
 
 from mgaki.events.store import IdentityConflictError
+from mgaki.service.ingest.feed import Hl7Feed, conflict_ack, outside_sender, warnings_of
 from mgaki.service.ingest.hl7 import AckError, Hl7Error, ack, msh_fields, parse_oru
-from mgaki.service.ingest.ingestor import Ingestor, subjects_of
+from mgaki.service.ingest.ingestor import Ingestor
 from mgaki.service.persistence.db import write_audit
 
 __all__ = ["MAX_MESSAGE_BYTES", "MllpListener", "handle_message", "mllp_exchange", "peer_actor", "tls_context"]
 
 log = logging.getLogger("mgaki.service.ingest.mllp")
 MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
+_READ_AHEAD = 64  # messages of one connection read before their ACKs are written (the feed's path)
 
 
 def handle_message(ingestor: Ingestor, text: str, actor: str = "mllp:unknown", *,
@@ -50,24 +52,13 @@ def handle_message(ingestor: Ingestor, text: str, actor: str = "mllp:unknown", *
     except Hl7Error as exc:
         log.info("MLLP message refused: %s %s", exc.ack_code, exc.error_code)
         return ack(msh, exc.ack_code, [AckError(exc.error_code, exc.where, exc.problem)])
-    refused = sorted(subjects_of(parsed.tables) - patients) if patients is not None else []
-    if refused:
-        log.info("MLLP message refused: AR outside the sender's patients")
-        try:
-            write_audit(ingestor.engine, actor, "denied", "MLLP ORU^R01", refused,
-                        f"write outside the sender's patients; MSH-3 {msh.get('sending_app') or '(empty)'}")
-        except sa.exc.SQLAlchemyError as exc:
-            log.error("MLLP audit write failed %s", type(exc).__name__)
-        more = f" (and {len(refused) - 1} other patient(s))" if len(refused) > 1 else ""
-        return ack(msh, "AR", [AckError("207", "PID-3", f"this sender may not send results of patient "
-                                                        f"{refused[0]!r}{more}; nothing was stored")])
+    refused = outside_sender(ingestor.engine, msh, parsed.tables, actor, patients)
+    if refused is not None:
+        return refused
     try:
         res = ingestor.ingest_raw(parsed.tables, surveil=False)  # durable when it returns
     except IdentityConflictError as exc:  # an order/visit number of another patient: nothing stored
-        log.info("MLLP message refused: AE 205 (%d record identities of another patient)", len(exc.conflicts))
-        return ack(msh, "AE", [AckError("205", "PV1-19" if c.identity.startswith("HL7/PV1/") else "OBR-3",
-                                        f"{c.identity}: {c.problem}: refused, nothing was stored")
-                               for c in exc.conflicts])
+        return conflict_ack(msh, exc.conflicts)
     except Exception as exc:  # the sender keeps the message and retries; the append is idempotent
         log.error("MLLP store failure %s", type(exc).__name__)
         return ack(msh, "AR", [AckError("207", "MSH-10", "the message could not be stored; send it again")])
@@ -78,8 +69,7 @@ def handle_message(ingestor: Ingestor, text: str, actor: str = "mllp:unknown", *
                     f"MSH-3 {msh.get('sending_app') or '(empty)'} (the sender's own claim)")
     except sa.exc.SQLAlchemyError as exc:  # stored already: the ACK must say so
         log.error("MLLP audit write failed %s", type(exc).__name__)
-    warnings = [AckError("0", "OBX", f"{n} result(s) not used: {reason}", "W")
-                for reason, n in sorted(res.quarantine_reasons.items())]
+    warnings = warnings_of(res.quarantine_reasons)
     log.info("MLLP message stored: AA (%d observations, %d quarantined)", parsed.observations, res.quarantined)
     return ack(msh, "AA", warnings)
 
@@ -138,6 +128,9 @@ class MllpListener:
     idle_timeout_s: float | None = None  # a connection with no complete message for this long is closed
     # verified client certificate common name -> the patients its messages may name (ServiceConfig.mllp_senders)
     senders: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    # the journaled path (feed.Hl7Feed): AA once journaled, stored in batches behind it; None: AA after each
+    # message's own append (handle_message)
+    feed: Hl7Feed | None = None
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -162,6 +155,20 @@ class MllpListener:
         self._server = None
         log.info("MLLP listener stopped")
 
+    async def _reply(self, writer: hl7.mllp.HL7StreamWriter,
+                     replies: asyncio.Queue[asyncio.Future[str] | str | None]) -> None:
+        """Write each ACK when it is ready, in the order of the messages; ends at None."""
+        broken = False
+        while (item := await replies.get()) is not None:
+            reply = item if isinstance(item, str) else await asyncio.shield(item)
+            if broken:
+                continue  # the peer has gone: the rest are read off the queue, never written
+            try:
+                writer.writeblock(reply.encode(self.encoding))
+                await writer.drain()
+            except ConnectionError:
+                broken = True
+
     def _patients(self, writer: hl7.mllp.HL7StreamWriter) -> frozenset[str] | None:
         """The patient list of the sender, from its verified client certificate's common name (None: any)."""
         cert = writer.get_extra_info("peercert")
@@ -171,12 +178,15 @@ class MllpListener:
         return self.senders.get(subject.get("commonName", ""))
 
     async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
-
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         actor = peer_actor(writer)
         patients = self._patients(writer)
+        # replies in the order of the messages; with the feed, the next message is read while earlier ones
+        # wait for their group commit (a sender that does not wait for each ACK is served at the group's pace)
+        replies: asyncio.Queue[asyncio.Future[str] | str | None] = asyncio.Queue(maxsize=_READ_AHEAD)
+        sender = asyncio.create_task(self._reply(writer, replies))
         try:
             while True:
                 try:
@@ -187,26 +197,36 @@ class MllpListener:
                     log.info("MLLP connection closed: no complete message for %g s", self.idle_timeout_s)
                     break
                 except hl7.mllp.InvalidBlockError:
-                    reply = ack({}, "AE", [AckError("100", "MLLP", "the block does not start with <VT> (0x0B)")])
+                    await replies.put(ack({}, "AE", [AckError("100", "MLLP", "the block does not start with <VT> "
+                                                                           "(0x0B)")]))
+                    continue
+                try:
+                    text = block.decode(self.encoding)
+                except UnicodeDecodeError:
+                    await replies.put(ack({}, "AE", [AckError("102", "MSH-18", f"the message is not "
+                                                                               f"{self.encoding} text")]))
+                    continue
+                if self.feed is not None:
+                    out = await asyncio.to_thread(self.feed.submit, text, actor, patients)
+                    await replies.put(out if isinstance(out, str) else asyncio.wrap_future(out))
                 else:
-                    try:
-                        text = block.decode(self.encoding)
-                    except UnicodeDecodeError:
-                        reply = ack({}, "AE", [AckError("102", "MSH-18", f"the message is not {self.encoding} text")])
-                    else:
-                        # shielded: a stop() while storing still lets the append (and its ACK) complete
-                        reply = await asyncio.shield(asyncio.to_thread(handle_message, self.ingestor, text, actor,
-                                                                       patients=patients))
-                writer.writeblock(reply.encode(self.encoding))
-                await writer.drain()
+                    # shielded: a stop() while storing still lets the append (and its ACK) complete
+                    await replies.put(await asyncio.shield(asyncio.to_thread(handle_message, self.ingestor, text,
+                                                                             actor, patients=patients)))
+            await replies.put(None)
+            await sender
         except ValueError:  # a block over MAX_MESSAGE_BYTES: the stream cannot be resynchronised
-            with contextlib.suppress(ConnectionError):
-                writer.writeblock(ack({}, "AR", [AckError("100", "MLLP",
-                                                          f"message larger than {MAX_MESSAGE_BYTES} bytes")]).encode())
-                await writer.drain()
+            await replies.put(ack({}, "AR", [AckError("100", "MLLP", f"message larger than {MAX_MESSAGE_BYTES} "
+                                                                     "bytes")]))
+            await replies.put(None)
+            await sender
         except ConnectionError:
             pass
         finally:
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await sender
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
