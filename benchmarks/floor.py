@@ -147,10 +147,28 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
         lat.append(t2 - t0)
         recomputed.append(res.subjects_recomputed)
         alerts += res.new_alerts.num_rows
+    batches = []
+    for rep in range(BATCH_RUNS):  # then BATCH_SUBJECTS patients' results at once (a feed's busy second)
+        clock = clock.replace(microsecond=0) + timedelta(minutes=1)
+        pids = [f"P{int(x):08d}" for x in rng.choice(n, min(BATCH_SUBJECTS, n), replace=False)]
+        m = len(pids)
+        rows = pa.table({"subject_id": pids, "encounter_id": [f"H{p[1:]}" for p in pids], "time": [clock] * m,
+                         "code": ["LOINC/2160-0"] * m, "analyte": ["creatinine"] * m,
+                         "numeric_value": [round(float(x), 2) for x in rng.uniform(0.5, 4.0, m)],
+                         "unit": ["mg/dL"] * m, "source": [f"bench/batch{rep}/{i}" for i in range(m)]}
+                        ).cast(TABLES["events"])
+        store.append({"events": rows})
+        t0 = time.perf_counter()
+        res = surveil(store)
+        batches.append({"subjects": res.subjects_recomputed, "seconds": time.perf_counter() - t0,
+                        "write_s": res.seconds.get("write_results", 0.0)})
     q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
     return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "append_p50": q(app, 50),
             "surveil_p50": q(sur, 50), "recomputed_max": max(recomputed), "new_alerts": alerts,
-            "peak_rss": _maxrss()}
+            "batches": batches, "peak_rss": _maxrss()}
+
+
+BATCH_SUBJECTS, BATCH_RUNS = 200, 3
 
 
 def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
@@ -265,6 +283,11 @@ def report(res: dict[str, Any]) -> None:
                   f"{x['max'] * 1e3:>7.0f} {x['append_p50'] * 1e3:>10.0f} {x['surveil_p50'] * 1e3:>11.0f} "
                   f"{x['recomputed_max']:>10}  "
                   f"{r['load_after_increments']}")
+        for r in inc:
+            b = r["increments"].get("batches") or []
+            if b:
+                print(f"  {r['patients']} store, {BATCH_SUBJECTS} patients' results in one run: surveil "
+                      + ", ".join(f"{x['seconds']:.2f} s (writing {x['write_s']:.2f} s)" for x in b))
         svc = [r for r in inc if r.get("service")]
         if svc:
             print("through the service: POST /fhir of one Observation -> response after store, incremental "

@@ -150,6 +150,10 @@ def test_floor_benchmark_smoke(tmp_path: Path) -> None:
     assert {"kdigo_urine", "uo_cand", "write_results"} <= set(size["mgaki"]["stages"])
     inc = size["increments"]
     assert inc["k"] == 3 and inc["recomputed_max"] >= 1 and inc["p50"] <= inc["p99"] <= inc["max"]
+    assert [b["subjects"] for b in inc["batches"]] == [size["patients"]] * 3  # fewer patients than a batch
+    svc = size["service"]  # the same increments through POST /fhir
+    assert svc["k"] == 3 and svc["p50"] <= svc["p99"] <= svc["max"]
+    assert "through the service" in r.stdout and "patients' results in one run" in r.stdout
     for line in ("1.5x the floor query", "peak RSS < 4.0 GB", "p99 < 200.0 ms"):
         assert line in r.stdout and ("PASS" in r.stdout or "FAIL" in r.stdout)
 

@@ -107,6 +107,9 @@ def _replay(tmp: Path, tables: dict[str, pa.Table], steps: int, rules: list[str 
 def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "SUBJECTS_PER_BUCKET", 4)  # several subjects per file, several files
     monkeypatch.setattr(pipeline, "_FEW_ROWS_SHARE", 2)  # the tables of about a row per subject too
+    # increments leave generations of results, folded into the buckets every third run: the comparisons
+    # after each increment read results with generations pending, and results just folded
+    monkeypatch.setattr(pipeline, "DELTA_FOLD_GENS", 3)
 
 
 def _plant_issue13(tables: dict[str, pa.Table], n: int = 4) -> dict[str, pa.Table]:
@@ -321,3 +324,45 @@ def test_changed_rules_recompute_everyone(tmp_path: Path, monkeypatch: pytest.Mo
     pipeline.rules_fingerprint.cache_clear()
     before = run(ref_store).tables["kdigo_creatinine"]  # the planted change did change results
     assert _rows(before) != _rows(got.tables["kdigo_creatinine"])
+
+
+@pytest.mark.usefixtures("small_buckets")
+def test_generations_are_folded_and_a_crash_before_removing_them_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Incremental results are generations until the third, whose run folds them into the buckets and
+    removes them; a fold that dies after rewriting the buckets, before removing the generations, leaves
+    results equal to the full run's (the generations repeat what the buckets hold)."""
+    tables = random_cohort(12, seed=21)
+    cuts = _cuts(tables["events"], 4)
+    store = EventStore(tmp_path / "s")
+    store.append(_known_at(tables, cuts[0]))
+    surveil(store)
+    results = store.root / "results"
+    store.append(_known_at(tables, cuts[1]))
+    surveil(store)
+    store.append(_known_at(tables, cuts[2]))
+    surveil(store)
+    assert len(pipeline._gens(results)) == 2
+    real_rmtree = pipeline.shutil.rmtree
+
+    def dies(path: object, *args: object, **kwargs: object) -> None:
+        if pipeline._DELTA in str(path) and Path(str(path)).name.startswith("g"):  # a committed generation
+            raise OSError("killed while removing the generations")
+        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.shutil, "rmtree", dies)
+    store.append(_known_at(tables, cuts[3]))
+    with pytest.raises(OSError, match="killed"):
+        surveil(store)  # the third generation: folded, then killed
+    monkeypatch.setattr(pipeline.shutil, "rmtree", real_rmtree)
+    assert len(pipeline._gens(results)) == 3
+    ref_store = EventStore(tmp_path / "ref")
+    ref_store.append(_known_at(tables, cuts[3]))
+    ref = surveil(ref_store, full=True)
+    got = ResultTables(results)
+    for name in RESULT_TABLES:
+        assert _rows(got[name]) == _rows(ref.tables[name]), name
+    again = surveil(store)  # the killed run's subjects are still pending: recomputed, then folded again
+    assert again.subjects_recomputed >= 0
+    for name in RESULT_TABLES:
+        assert _rows(again.tables[name]) == _rows(ref.tables[name]), name

@@ -564,13 +564,92 @@ def result_files(root: Path, name: str, subject_id: str | None = None) -> list[P
 
 
 def result_sql(root: Path, name: str, subject_id: str | None = None) -> str | None:
-    """A DuckDB FROM source for result table `name` (see `result_files`), or None before the first run."""
+    """A DuckDB FROM source for result table `name` (see `result_files`, and the generations of
+    recomputed subjects not yet folded into them: ``_delta_sql``), or None before the first run."""
     files = result_files(root, name, subject_id)
     if files is None:
         return None
     if not files:
         return f"(SELECT * FROM ({_log_empty_sql()}) WHERE false)"
-    return "read_parquet([" + ", ".join(f"'{f.as_posix()}'" for f in files) + "], union_by_name = true)"
+    base = "read_parquet([" + ", ".join(f"'{f.as_posix()}'" for f in files) + "], union_by_name = true)"
+    gens = _gens(root) if name != _LOG else []
+    return _delta_sql(base, gens, name) if gens else base
+
+
+# Results of an incremental run are written as one generation of rows (results/_delta/g<n>/<table>.parquet,
+# with the subjects it recomputed in _subjects.parquet) instead of rewriting the buckets that hold those
+# subjects: its cost follows what it recomputed, not the size of the buckets. A reader takes each subject's
+# rows from the newest generation that recomputed it, else from its bucket. The generations are folded into
+# the buckets every DELTA_FOLD_GENS runs (each bucket rewritten once for all the subjects they touched).
+_DELTA = "_delta"
+_COVERED = "_subjects.parquet"
+DELTA_FOLD_GENS = 64
+
+
+def _gens(root: Path) -> list[Path]:
+    """The committed generations (a generation folder appears by one rename), oldest first."""
+    folder = root / _DELTA
+    return sorted(p for p in folder.glob("g*") if p.is_dir()) if folder.is_dir() else []
+
+
+def _delta_sql(base: str, gens: list[Path], name: str) -> str:
+    """`base`'s rows of subjects no generation recomputed, and each other subject's rows of the newest
+    generation that recomputed it."""
+    cov = " UNION ALL ".join(f"SELECT subject_id, {int(g.name[1:])} AS _g "
+                             f"FROM read_parquet('{(g / _COVERED).as_posix()}')" for g in gens)
+    rows = " UNION ALL BY NAME ".join(f"SELECT *, {int(g.name[1:])} AS _g "
+                                      f"FROM read_parquet('{(g / name).as_posix()}.parquet')" for g in gens)
+    return f"""(WITH _cov AS (SELECT subject_id, max(_g) AS _g FROM ({cov}) c GROUP BY subject_id)
+        SELECT b.* FROM {base} b WHERE NOT EXISTS (SELECT 1 FROM _cov c WHERE c.subject_id = b.subject_id)
+        UNION ALL BY NAME
+        SELECT d.* EXCLUDE (_g) FROM ({rows}) d JOIN _cov c ON c.subject_id = d.subject_id AND c._g = d._g)"""
+
+
+def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) -> int:
+    """One generation: every result table's rows of `subjects` and the subjects themselves, written and
+    synced under a temporary name, then renamed into place (the commit). Returns the generations now kept."""
+    folder = out / _DELTA
+    folder.mkdir(exist_ok=True)
+    gens = _gens(out)
+    g = (int(gens[-1].name[1:]) + 1) if gens else 1
+    tmp = folder / f".g{g:020d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files = [(tab, tmp / f"{rn}.parquet") for rn, tab in fresh.items()]
+    files.append((pa.table({"subject_id": pa.array(subjects, pa.string())}), tmp / _COVERED))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda w: _write_synced(*w), files))
+    _fsync(tmp)
+    os.replace(tmp, folder / f"g{g:020d}")
+    _fsync(folder)
+    return len(gens) + 1
+
+
+def _fold(out: Path, buckets: int) -> None:
+    """Fold every generation into the buckets: each bucket holding a recomputed subject rewritten once with
+    the subject's newest rows, the buckets synced together, then the generations removed (a crash in
+    between leaves generations whose rows the buckets already hold: the same results)."""
+    gens = _gens(out)
+    if not gens:
+        return
+    con = duckdb.connect()
+    try:
+        cov = " UNION ALL ".join(f"SELECT subject_id FROM read_parquet('{(g / _COVERED).as_posix()}')" for g in gens)
+        covered = sorted(r[0] for r in con.sql(f"SELECT DISTINCT subject_id FROM ({cov}) c").fetchall())
+        batch = _Batch()
+        for rn in RESULT_TABLES:
+            base = f"(SELECT * FROM read_parquet('{(out / rn / _SCHEMA).as_posix()}') WHERE false)"
+            latest = con.sql(f"SELECT * FROM {_delta_sql(base, gens, rn)} x").to_arrow_table()
+            nb = table_buckets(rn, buckets)
+            by_bucket = _by_bucket(covered, nb)
+            cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket])
+            _replace_rows(out / rn, latest, by_bucket, nb, batch, cache)
+        batch.commit()
+    finally:
+        con.close()
+    for g in gens:
+        shutil.rmtree(g, ignore_errors=True)
+    _fsync(out / _DELTA)
 
 
 def _log_empty_sql() -> str:
@@ -595,7 +674,7 @@ class ResultTables(Mapping[str, pa.Table]):
                 self._cache[name] = _empty_log()
             elif files is None:
                 raise KeyError(name)
-            elif name == _LOG:
+            elif name == _LOG or _gens(self.root):
                 con = duckdb.connect()
                 try:
                     self._cache[name] = con.sql(f"SELECT * FROM {result_sql(self.root, name)}").to_arrow_table()
@@ -725,6 +804,9 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     else:
         as_of, seconds = _compute(con, kb, None, as_of, progress, timers=True, baseline_rule=rule)
     t0 = _time.perf_counter()
+    # from here until the new state is written the results are mixed: a crash recomputes everyone
+    (out / "state.json").unlink(missing_ok=True)
+    shutil.rmtree(out / _DELTA, ignore_errors=True)  # the new buckets hold every subject
     for name in OUTPUTS:
         if name != "alerts":
             rn = RESULT_NAMES.get(name, name)
@@ -844,14 +926,10 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
             _restrict(con, subjects)
         elif subjects != pending:  # subjects whose timer fell due, with the changed ones
             _materialise_more(con, sorted(set(subjects) - set(pending)))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # the result files these subjects' rows live in are read while their stages compute
-            stored = pool.submit(_read_many, _result_paths(out, subjects, buckets))
-            _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True,
-                              baseline_rule=rule)
-            seconds.update(sec)
-            t1 = _time.perf_counter()
-            new = _write_some(con, out, subjects, buckets, timers, stored.result())
+        _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True, baseline_rule=rule)
+        seconds.update(sec)
+        t1 = _time.perf_counter()
+        new = _write_some(con, out, subjects, buckets, timers)
         seconds["write_results"] = _time.perf_counter() - t1
     _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
@@ -886,26 +964,15 @@ def _due_subjects(out: Path, state: dict[str, Any], a: int) -> set[str]:
     return due
 
 
-def _result_paths(out: Path, subjects: Iterable[str], buckets: int) -> list[Path]:
-    """The result files holding `subjects`' rows (the rows of a run restricted to them are theirs only)."""
-    return [_bucket_file(out / rn, b) for rn in (RESULT_NAMES.get(n, n) for n in OUTPUTS if n != "alerts")
-            for b in _by_bucket(subjects, table_buckets(rn, buckets))]
-
-
 def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], buckets: int,
-                timers: dict[str, int], cache: Mapping[Path, pa.Table] | None = None) -> pa.Table:
-    """Replace the recomputed subjects' rows in their buckets; log their new alerts; update their timers.
-    `cache`: result files already read (``_result_paths``)."""
+                timers: dict[str, int]) -> pa.Table:
+    """Write the recomputed subjects' rows as one generation (``_write_delta``; folded into the buckets
+    every ``DELTA_FOLD_GENS`` runs); log their new alerts; update their timers."""
     by_bucket = _by_bucket(subjects, buckets)
     batch = _Batch()
-    fresh_of = {name: _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
+    fresh_of = {RESULT_NAMES.get(name, name): _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
                 for name in OUTPUTS if name != "alerts"}
-    if cache is None:
-        cache = _read_many(_result_paths(out, subjects, buckets))
-    for name, fresh in fresh_of.items():
-        rn = RESULT_NAMES.get(name, name)
-        nb = table_buckets(rn, buckets)
-        _replace_rows(out / rn, fresh, _by_bucket(subjects, nb), nb, batch, cache)
+    kept = _write_delta(out, fresh_of, subjects)
     # what the log holds for these subjects: their buckets of the index
     index = [_bucket_file(out / _INDEX, b) for b in by_bucket]
     index = [f for f in index if f.exists()]
@@ -933,6 +1000,8 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
             timers[str(b)] = int(pc.min(left["due"]).as_py())
         elif path in batch.deletes or not path.exists():
             timers.pop(str(b), None)
+    if kept >= DELTA_FOLD_GENS:
+        _fold(out, buckets)
     return new
 
 
