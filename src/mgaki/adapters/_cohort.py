@@ -7,7 +7,7 @@ added there is understood by all adapters at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -15,7 +15,9 @@ import duckdb
 import pyarrow as pa
 
 from mgaki.errors import InputError
+from mgaki.events.normalize import connect
 from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
+from mgaki.events.stream import RawChunk
 from mgaki.knowledge import KnowledgeBase, load
 
 __all__ = [
@@ -134,3 +136,16 @@ def iso_utc(col: str) -> str:
 def sql_str(path: Path) -> str:
     """A path as a single-quoted SQL string literal."""
     return "'" + path.as_posix().replace("'", "''") + "'"
+
+
+def iter_relations(relations: Callable[[duckdb.DuckDBPyConnection, Path], Mapping[str, duckdb.DuckDBPyRelation]],
+                   root: str | Path, chunk_rows: int) -> Iterator[RawChunk]:
+    """The RAW tables `relations` builds on a fresh connection, as chunks of at most `chunk_rows` rows of
+    one table each (streaming ingest): DuckDB runs each table's query as its chunks are taken."""
+    con = connect()
+    try:
+        for name, rel in relations(con, Path(root)).items():
+            for table in stream(rel, name, chunk_rows):
+                yield RawChunk({name: table}, rows=table.num_rows)
+    finally:
+        con.close()

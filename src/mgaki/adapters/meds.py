@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgaki._version import __version__
-from mgaki.adapters._cohort import canonical, conform, register, sql_str, stream
+from mgaki.adapters._cohort import canonical, conform, iter_relations, register, sql_str
 from mgaki.errors import InputError, KnowledgeError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
 from mgaki.events.stream import DEFAULT_CHUNK_ROWS, RawChunk
@@ -63,13 +63,7 @@ def read_meds(root: str | Path) -> dict[str, pa.Table]:
 def iter_meds(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
     """``read_meds``'s rows as chunks of at most ``chunk_rows`` rows of one table each (streaming ingest);
     DuckDB reads the Parquet files as the chunks are taken (each table's query scans them once)."""
-    con = connect()
-    try:
-        for name, rel in _relations(con, Path(root)).items():
-            for table in stream(rel, name, chunk_rows):
-                yield RawChunk({name: table}, rows=table.num_rows)
-    finally:
-        con.close()
+    return iter_relations(_relations, root, chunk_rows)
 
 
 def _relations(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, duckdb.DuckDBPyRelation]:

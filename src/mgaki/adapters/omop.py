@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from mgaki.adapters._cohort import canonical, conform, register, sql_str, stream
+from mgaki.adapters._cohort import canonical, conform, iter_relations, register, sql_str
 from mgaki.adapters.maps import load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
@@ -144,13 +144,7 @@ def read_omop(root: str | Path) -> dict[str, pa.Table]:
 def iter_omop(root: str | Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[RawChunk]:
     """``read_omop``'s rows as chunks of at most ``chunk_rows`` rows of one table each (streaming ingest);
     DuckDB reads the tables as the chunks are taken. Sources are OMOP ids: compared with everything stored."""
-    con = connect()
-    try:
-        for name, rel in _relations(con, Path(root)).items():
-            for table in stream(rel, name, chunk_rows):
-                yield RawChunk({name: table}, rows=table.num_rows)
-    finally:
-        con.close()
+    return iter_relations(_relations, root, chunk_rows)
 
 
 def _relations(con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, duckdb.DuckDBPyRelation]:

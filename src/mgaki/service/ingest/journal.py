@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mgaki.events.store import _fsync as _fsync_dir
 from mgaki.service.persistence.locks import FileLock
 
 __all__ = ["JOURNAL", "SEGMENT_BYTES", "Entry", "Journal", "orphans", "read_segment"]
@@ -74,14 +75,6 @@ def read_segment(path: Path) -> Iterator[Entry]:
         except (ValueError, KeyError, TypeError):
             return
         pos += _HEAD.size + size
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
