@@ -114,6 +114,17 @@ def child_mgaki(root: Path) -> dict[str, Any]:
     return {"seconds": s, "peak_rss": _maxrss(), "stages": res.seconds}
 
 
+def _patients(root: Path) -> int:
+    """The store's patients (ids P00000000 up): the increments pick among them."""
+    from mgaki.events import EventStore
+
+    con = EventStore(root).connect(("encounters",))
+    try:
+        return int(con.sql("SELECT count(DISTINCT subject_id) FROM encounters").fetchall()[0][0])
+    finally:
+        con.close()
+
+
 def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     """`k` times: one new creatinine for one random patient, stored, then incremental surveillance."""
     import numpy as np
@@ -126,7 +137,7 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
 
     store = EventStore(root)
     state = _read_state(root / "results")
-    n = int(store.connect(("encounters",)).sql("SELECT count(DISTINCT subject_id) FROM encounters").fetchall()[0][0])
+    n = _patients(root)
     rng = np.random.default_rng(seed)
     clock = datetime.fromisoformat(state["data_max"])
     lat, app, sur, recomputed, alerts = [], [], [], [], 0
@@ -190,9 +201,7 @@ def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
             "data_dir": data, "warm_up": True, "cds_require_jwt": False,
             "tokens": [{"name": "reader", "token": "r" * 24, "roles": ["reader"]},
                        {"name": "lab", "token": "w" * 24, "roles": ["writer"]}]})
-        from mgaki.events import EventStore
-        n = int(EventStore(root).connect(("encounters",)).sql(
-            "SELECT count(DISTINCT subject_id) FROM encounters").fetchall()[0][0])
+        n = _patients(root)
         rng = np.random.default_rng(seed + 1)
         clock = datetime.fromisoformat(state["data_max"])
         lat, alerts = [], 0

@@ -234,13 +234,16 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
     """Create each table of `work` ((name, SQL), in plan order) once the tables it reads (`deps`) exist,
     two at a time on two connections to the scratch database (DuckDB plans a statement on one core and
     plans, not rows, are the cost of a few subjects). Results do not depend on the order."""
+    def create(cur: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
+        t0 = _time.perf_counter()
+        cur.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
+        seconds[name] = _time.perf_counter() - t0
+
     db = con.sql("SELECT current_database()").fetchall()[0][0]
     workers = max(1, min(2, os.cpu_count() or 1))
     if workers == 1 or len(work) < 2:
         for i, (name, sql) in enumerate(work):
-            t0 = _time.perf_counter()
-            con.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
-            seconds[name] = _time.perf_counter() - t0
+            create(con, name, sql)
             if progress:
                 progress(name, i + 1, total)
         return
@@ -255,12 +258,10 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
         opened.append(cur)
         cursors.put(cur)
 
-    def create(name: str, sql: str) -> None:
+    def create_on_free(name: str, sql: str) -> None:
         cur = cursors.get()
         try:
-            t0 = _time.perf_counter()
-            cur.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
-            seconds[name] = _time.perf_counter() - t0
+            create(cur, name, sql)
         finally:
             cursors.put(cur)
 
@@ -272,15 +273,16 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             while left or running:
                 for name in [n for n in order if n in left and deps[n] <= done]:
-                    running[pool.submit(create, name, left.pop(name))] = name
+                    running[pool.submit(create_on_free, name, left.pop(name))] = name
                 if not running:
                     raise RuntimeError(f"surveillance stages wait on each other: {sorted(left)}")
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     fut.result()
-                    done.add(running.pop(fut))
+                    name = running.pop(fut)
+                    done.add(name)
                     if progress:
-                        progress(next(iter(done)), len(done), total)
+                        progress(name, len(done), total)
     finally:
         for cur in opened:
             cur.close()
