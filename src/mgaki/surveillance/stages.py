@@ -306,30 +306,32 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
     # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
     # not assessable (engine/kidney.py stage_urine_output).
     max_gap = int(v("uo_max_interval_hours") * H)
+    # The stay's weight is joined at the end (kdigo_urine): the windows below sort narrow rows.
     add("uo_iv", f"""
         SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
                        ELSE 0 END AS long_iv FROM (
-          SELECT u.*, w.weight_kg, w.weight_time, w.weight_source, w.weights_considered,
-                 w.n_rejected AS weights_rejected, b.first_t,
-                 LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
-          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
-          LEFT JOIN stay_weight w ON w.stay_id = u.stay_id) x""")
+          SELECT u.*, b.first_t, LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
+          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id) x""")
     hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
     win_cols, vol_cols = [], []
+    # One pass over the chartings: per window length, the sum over [t-h, t] and the frame's first charting
+    # (its volume, time and previous charting's time, one struct); for all lengths at once, the latest
+    # charting at or before t that ends a long interval: one overlaps (t-h, t] when it is later than t-h.
+    first = d.struct(vol="vol", t="t", pt="pt")
     for h in hours:
         sec, k = int(h * H), _k(h)
         frame = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec} PRECEDING AND CURRENT ROW)"
-        inside = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec - 1} PRECEDING AND CURRENT ROW)"
-        win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE(vol) {frame} AS fv{k}, "
-                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}, "
-                        f"MAX(long_iv) {inside} AS lg{k}")
+        win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE({first}) {frame} AS f{k}")
         # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated;
         # NULL when not assessable (a long interval overlaps the window, or the net is negative).
-        raw = f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
-        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR lg{k} > 0 OR {raw} < -{_VOL_EPS} THEN NULL ELSE "
-                        f"{raw} END AS vol{k}")
+        fv, ft, fp = f"f{k}.vol", f"f{k}.t", f"f{k}.pt"
+        raw = f"s{k} - {fv} + {fv} * CAST({ft} - (t - {sec}) AS DOUBLE) / CAST({ft} - {fp} AS DOUBLE)"
+        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR long_t > t - {sec} OR {raw} < -{_VOL_EPS} THEN NULL "
+                        f"ELSE {raw} END AS vol{k}")
+    win_cols.append("MAX(CASE WHEN long_iv = 1 THEN t END) OVER (PARTITION BY stay_id ORDER BY t "
+                    "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS long_t")
     add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
-    add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
+    add("uo_vol", f"SELECT subject_id, encounter_id, stay_id, time, t, vol, {', '.join(vol_cols)} FROM uo_win")
     # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
     # linear in the window's position, so the least window ending between two chartings starts at
     # an earlier charting: for each charting and window length, the window starting there is
@@ -377,7 +379,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
     r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
     k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
     add("kdigo_urine", f"""
-        SELECT u.subject_id, u.encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg, weight_time,
+        SELECT u.subject_id, u.encounter_id, u.stay_id, u.time, u.t, u.vol AS volume_ml, weight_kg, weight_time,
                weight_source, CAST(weights_considered AS INTEGER) AS weights_considered,
                CAST(weights_rejected AS INTEGER) AS weights_rejected,
                vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
@@ -394,7 +396,9 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
                WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
                WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
-        FROM uo_worst u LEFT JOIN eskd x ON x.subject_id = u.subject_id AND x.encounter_id = u.encounter_id""",
+        FROM uo_worst u LEFT JOIN eskd x ON x.subject_id = u.subject_id AND x.encounter_id = u.encounter_id
+        LEFT JOIN (SELECT stay_id AS w_stay, weight_kg, weight_time, weight_source, weights_considered,
+                          n_rejected AS weights_rejected FROM stay_weight) w ON w.w_stay = u.stay_id""",
         output=True)
 
     # --- AKI episodes ------------------------------------------------------------------------
