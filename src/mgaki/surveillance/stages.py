@@ -437,13 +437,15 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
           {d.ffill('uo_stage')} OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                                       RANGE BETWEEN {int(uo_h1 * H)} PRECEDING AND CURRENT ROW) AS uo_ff
           FROM asmt) x""")
+    # the previous stage (for aki_stage_changes) in the same pass as the previous state: one sort
     add("asmt_ep", f"""
         SELECT *, CAST(SUM(is_start) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS INTEGER)
                   AS episode
         FROM (SELECT *,
           CASE WHEN state = 1 AND COALESCE(
             {d.ffill('state')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) = 0
-            THEN 1 ELSE 0 END AS is_start FROM asmt_ff) x""")
+            THEN 1 ELSE 0 END AS is_start,
+          LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x""")
     add("asmt_raw", """
         SELECT * FROM (
           SELECT *, MIN(CASE WHEN state = 0 THEN t END) OVER (PARTITION BY subject_id, encounter_id, episode)
@@ -522,8 +524,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
           ON p.subject_id = e.subject_id AND p.encounter_id = e.encounter_id AND p.episode = e.episode""",
         output=True)
     add("aki_stage_changes", f"""
-        SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM (
-          SELECT *, LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x
+        SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM asmt_ep
         WHERE stage_now <> COALESCE(prev_stage, 0)""", output=True)
 
     # One row per hospital encounter: whether KDIGO staging applies, and why not.
@@ -682,11 +683,13 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
               SELECT subject_id, analyte, t, value FROM spec_any
               UNION ALL
               SELECT subject_id, analyte, t, value FROM spec_delta WHERE jumped = 1) x"""),
+        # the encounter of each flagged value: only the analytes spec_flags can hold are grouped
         Stage("suspect_specimens", f"""
             SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
                    f.reason, 'repeat the sample' AS action
             FROM spec_flags f LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
-                                         FROM ev_enc GROUP BY subject_id, analyte, t, value) e
+                                         FROM ev_enc WHERE analyte IN ({names})
+                                         GROUP BY subject_id, analyte, t, value) e
               ON e.subject_id = f.subject_id AND e.analyte = f.analyte AND e.t = f.t AND e.value = f.value""",
               output=True),
     ]
