@@ -254,8 +254,17 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                      WHERE analyte IN ('urine_output', 'urine_irrigant_out') GROUP BY subject_id, t) o
             ON o.subject_id = r.subject_id AND o.t >= r.t - {pair} AND o.t <= r.t + {pair}) x
         WHERE rn = 1""")
-    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it
-    add("uo_stay", """
+    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it.
+    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
+    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
+    # not assessable (engine/kidney.py stage_urine_output): long_iv, with the previous charting (pt) and the
+    # stay's first, in the same statement (the stay's weight is joined at the end, in kdigo_urine).
+    max_gap = int(v("uo_max_interval_hours") * H)
+    add("uo_stay", f"""
+        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
+                       ELSE 0 END AS long_iv FROM (
+          SELECT s.*, MIN(s.t) OVER (PARTITION BY s.stay_id) AS first_t,
+                 LAG(s.t) OVER (PARTITION BY s.stay_id ORDER BY s.t) AS pt FROM (
         SELECT u.subject_id, u.t, u.time, u.vol, u.unknown, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
           SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol,
@@ -267,7 +276,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
             SELECT subject_id, encounter_id, t, time, -value, 0, 1 FROM uo_irr) e
           GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
-        WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
+        WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL) s) x""")
     add("stay_bounds", """
         SELECT stay_id, subject_id, MIN(t) AS first_t, MAX(t) AS last_t FROM uo_stay GROUP BY stay_id, subject_id""")
     # Weight (docs/kdigo.md#weight, engine.kidney.choose_weight): candidates from the look-back before the
@@ -302,16 +311,6 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                'outlier: ' || CAST(ROUND(100 * ABS(weight_kg - med) / med) AS {d.string_type})
                  || '% from the median of the candidate weights' AS reason
         FROM w_judged WHERE rejected = 1""", output=True)
-    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
-    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
-    # not assessable (engine/kidney.py stage_urine_output).
-    max_gap = int(v("uo_max_interval_hours") * H)
-    # The stay's weight is joined at the end (kdigo_urine): the windows below sort narrow rows.
-    add("uo_iv", f"""
-        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
-                       ELSE 0 END AS long_iv FROM (
-          SELECT u.*, b.first_t, LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
-          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id) x""")
     hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
     win_cols, vol_cols = [], []
     # One pass over the chartings: per window length, the sum over [t-h, t] and the frame's first charting
@@ -330,7 +329,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                         f"ELSE {raw} END AS vol{k}")
     win_cols.append("MAX(CASE WHEN long_iv = 1 THEN t END) OVER (PARTITION BY stay_id ORDER BY t "
                     "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS long_t")
-    add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
+    add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_stay WHERE pt IS NOT NULL")
     add("uo_vol", f"SELECT subject_id, encounter_id, stay_id, time, t, vol, {', '.join(vol_cols)} FROM uo_win")
     # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
     # linear in the window's position, so the least window ending between two chartings starts at
@@ -341,7 +340,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum,
                SUM(long_iv) OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
                  AS cum_long
-        FROM uo_iv""")
+        FROM uo_stay""")
     starts = " UNION ALL ".join(
         f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, cum_long AS cl_i, 0 AS kind,"
         " CAST(NULL AS BIGINT) AS ct, CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol,"
