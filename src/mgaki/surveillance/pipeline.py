@@ -15,9 +15,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import threading
 import time as _time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -34,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events import EventStore
+from mgaki.events.locks import FileLock
 from mgaki.events.store import ROW_GROUP, _fsync, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
@@ -581,17 +584,40 @@ def result_sql(root: Path, name: str, subject_id: str | None = None) -> str | No
 # Results of an incremental run are written as one generation of rows (results/_delta/g<n>/<table>.parquet,
 # with the subjects it recomputed in _subjects.parquet) instead of rewriting the buckets that hold those
 # subjects: its cost follows what it recomputed, not the size of the buckets. A reader takes each subject's
-# rows from the newest generation that recomputed it, else from its bucket. The generations are folded into
-# the buckets every DELTA_FOLD_GENS runs (each bucket rewritten once for all the subjects they touched).
+# rows from the newest generation that recomputed it, else from its bucket. Once DELTA_FOLD_GENS generations
+# are pending they are folded into the buckets (each bucket rewritten once for all the subjects they touched)
+# in a background thread, off the run's latency; the fold then marks them folded (_delta/folded) and removes
+# the generations the fold before it marked, which no reader has listed since.
 _DELTA = "_delta"
 _COVERED = "_subjects.parquet"
+_FOLDED = "folded"  # in _delta: the newest generation the buckets hold
+_FOLD_LOCK = ".fold.lock"  # in results: one fold (or full run) at a time, across threads and processes
 DELTA_FOLD_GENS = 64
+FOLD_IN_BACKGROUND = True  # False: the run that writes the DELTA_FOLD_GENS-th generation folds before returning
+_log = logging.getLogger(__name__)
+_folds: dict[Path, threading.Thread] = {}  # results folder -> its background fold in this process
+_folds_guard = threading.Lock()
+
+
+def _gen_dirs(root: Path) -> list[Path]:
+    """Every committed generation (a generation folder appears by one rename), folded or not, oldest first."""
+    folder = root / _DELTA
+    return sorted(p for p in folder.glob("g*") if p.is_dir()) if folder.is_dir() else []
+
+
+def _folded(root: Path) -> int:
+    path = root / _DELTA / _FOLDED
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return 0
 
 
 def _gens(root: Path) -> list[Path]:
-    """The committed generations (a generation folder appears by one rename), oldest first."""
-    folder = root / _DELTA
-    return sorted(p for p in folder.glob("g*") if p.is_dir()) if folder.is_dir() else []
+    """The generations the buckets do not hold yet, oldest first. (Reading a folded one too would give the
+    same rows: the buckets were committed before the mark.)"""
+    done = _folded(root)
+    return [g for g in _gen_dirs(root) if int(g.name[1:]) > done]
 
 
 def _delta_sql(base: str, gens: list[Path], name: str) -> str:
@@ -612,8 +638,9 @@ def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) 
     synced under a temporary name, then renamed into place (the commit). Returns the generations now kept."""
     folder = out / _DELTA
     folder.mkdir(exist_ok=True)
-    gens = _gens(out)
-    g = (int(gens[-1].name[1:]) + 1) if gens else 1
+    every = _gen_dirs(out)
+    g = max(int(every[-1].name[1:]) if every else 0, _folded(out)) + 1
+    gens = [p for p in every if int(p.name[1:]) > _folded(out)]
     tmp = folder / f".g{g:020d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -627,14 +654,18 @@ def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) 
     return len(gens) + 1
 
 
-def _fold(out: Path, buckets: int) -> None:
-    """Fold every generation into the buckets: each bucket holding a recomputed subject rewritten once with
-    the subject's newest rows, the buckets synced together, then the generations removed (a crash in
-    between leaves generations whose rows the buckets already hold: the same results)."""
+def _fold(out: Path) -> None:
+    """Fold the pending generations into the buckets: each bucket holding a recomputed subject rewritten once
+    with the subject's newest rows, the buckets synced together, then the generations marked folded, then
+    the generations the previous fold marked removed. A crash before the mark leaves generations whose rows
+    the buckets already hold (the same results; the next fold folds them again). The caller holds the fold
+    lock (``_fold_lock``)."""
     gens = _gens(out)
-    if not gens:
+    state = _read_state(out)
+    if not gens or not state.get("buckets"):
         return
-    con = duckdb.connect()
+    buckets = int(state["buckets"])
+    con = duckdb.connect(config={"threads": 1})  # beside the runs, on one core
     try:
         cov = " UNION ALL ".join(f"SELECT subject_id FROM read_parquet('{(g / _COVERED).as_posix()}')" for g in gens)
         covered = sorted(r[0] for r in con.sql(f"SELECT DISTINCT subject_id FROM ({cov}) c").fetchall())
@@ -649,9 +680,65 @@ def _fold(out: Path, buckets: int) -> None:
         batch.commit()
     finally:
         con.close()
-    for g in gens:
-        shutil.rmtree(g, ignore_errors=True)
+    before = _folded(out)
+    _mark_folded(out, int(gens[-1].name[1:]))
+    for g in _gen_dirs(out):
+        if int(g.name[1:]) <= before:  # folded by the previous fold: listed by no reader since its mark
+            shutil.rmtree(g, ignore_errors=True)
     _fsync(out / _DELTA)
+
+
+def _mark_folded(out: Path, g: int) -> None:
+    tmp = out / _DELTA / f".{_FOLDED}.tmp"
+    tmp.write_text(str(g))
+    _fsync(tmp)
+    os.replace(tmp, out / _DELTA / _FOLDED)
+    _fsync(out / _DELTA)
+
+
+def _fold_lock(out: Path) -> FileLock:
+    return FileLock(out / _FOLD_LOCK)
+
+
+def _start_fold(out: Path) -> None:
+    """Fold the generations (``_fold``): in a background thread of this process (one per results folder;
+    a fold another process holds the lock for is left to it), or now when ``FOLD_IN_BACKGROUND`` is off."""
+    if not FOLD_IN_BACKGROUND:
+        with _fold_lock(out):
+            _fold(out)
+        return
+    with _folds_guard:
+        running = _folds.get(out)
+        if running is not None and running.is_alive():
+            return  # the next run asks again if generations are still pending
+        t = threading.Thread(target=_fold_in_background, args=(out,), name="mgaki-fold", daemon=False)
+        _folds[out] = t
+        t.start()
+
+
+def _fold_in_background(out: Path) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: this thread only
+    except (AttributeError, OSError):
+        pass
+    lock = _fold_lock(out)
+    try:
+        if not lock.acquire(blocking=False):
+            return  # another process (or a full run) has the folder; the generations stay readable
+        try:
+            _fold(out)
+        finally:
+            lock.release()
+    except Exception as e:  # the generations stay readable; the next run starts another fold
+        _log.error("folding surveillance result generations failed (%s); they stay pending", type(e).__name__)
+
+
+def wait_for_folds(timeout: float | None = None) -> None:
+    """Wait for this process's background folds (``_start_fold``) to finish."""
+    with _folds_guard:
+        running = list(_folds.values())
+    for t in running:
+        t.join(timeout)
 
 
 def _log_empty_sql() -> str:
@@ -757,7 +844,8 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
         if first:
-            res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
+            with _fold_lock(out):  # a background fold finishes first; none starts until the new state is written
+                res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
         else:
             res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
     finally:
@@ -1003,7 +1091,7 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         elif path in batch.deletes or not path.exists():
             timers.pop(str(b), None)
     if kept >= DELTA_FOLD_GENS:
-        _fold(out, buckets)
+        _start_fold(out)
     return new
 
 
