@@ -14,13 +14,16 @@ everyone and gives that rule's full run.
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 import shutil
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -261,22 +264,36 @@ def test_results_lacking_a_table_are_recomputed_in_full(tmp_path: Path) -> None:
 def test_increments_on_one_core_equal_those_on_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An incremental run creates its stage tables two at a time on a machine with two cores or more
     (``_run_dag``) and one after the other on one core; both equal the full recomputation, and neither
-    leaves its scratch database attached to the process's shared DuckDB database."""
-    from mgaki.events.normalize import cursor
-
+    leaves its scratch database attached to the process's DuckDB databases. The stages run on one-thread
+    databases (``normalize.lease``): two statements on two cores, not two threads each."""
     tables = random_cohort(16, seed=7)
+    threads: set[int] = set()
+    real_dag = pipeline._run_dag
+
+    def spy(con: duckdb.DuckDBPyConnection, *args: object) -> None:
+        threads.add(int(con.sql("SELECT current_setting('threads')").fetchall()[0][0]))
+        real_dag(con, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_run_dag", spy)
     for cores in (1, 2):
         monkeypatch.setattr(pipeline.os, "cpu_count", lambda cores=cores: cores)
         recomputed = _replay(tmp_path / f"cores{cores}", tables, steps=2)
         assert any(0 < r < 16 for r in recomputed[1:]), recomputed  # an incremental run did happen
-        attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
-        assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+        assert not _scratch_left()
+    assert threads == {1}
+
+
+def _scratch_left() -> list[str]:
+    """Scratch databases still attached to the process's shared database or to a leased one."""
+    normalize = importlib.import_module("mgaki.events.normalize")  # the package exports a function of that name
+    dbs = [normalize.cursor(), *normalize._POOL.get(os.getpid(), [])]
+    assert len(dbs) > 1, "an incremental run gave its database back"
+    return [r[0] for db in dbs for r in db.sql("SELECT database_name FROM duckdb_databases()").fetchall()
+            if r[0].startswith(pipeline._SCRATCH)]
 
 
 def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from mgaki.events.normalize import cursor
-
     tables = random_cohort(6, seed=5)
     store = EventStore(tmp_path / "s")
     first = _known_at(tables, _cuts(tables["events"], 1)[0])
@@ -290,8 +307,7 @@ def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
     monkeypatch.setattr(pipeline, "_run_dag", broken)
     with pytest.raises(RuntimeError, match="stage failed"):
         surveil(store)
-    attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
-    assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+    assert not _scratch_left()
     assert store.pending()[0], "the subjects stay pending for the next run"
 
 

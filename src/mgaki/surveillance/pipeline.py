@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from mgaki.events import EventStore
 from mgaki.events.locks import FileLock
+from mgaki.events.normalize import give_back, lease
 from mgaki.events.store import ROW_GROUP, _fsync, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
@@ -131,10 +132,10 @@ def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) 
         con.close()
 
 
-def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
+def _as_of(con: duckdb.DuckDBPyConnection, prefix: str = "") -> datetime | None:
     """The latest time the data speaks of: a closed encounter's gaps run to its end."""
-    row = con.sql("""SELECT greatest((SELECT max(time) FROM events), (SELECT max(start) FROM medications),
-                                     (SELECT max(greatest(start, coalesce("end", start))) FROM encounters))"""
+    row = con.sql(f"""SELECT greatest((SELECT max(time) FROM {prefix}events), (SELECT max(start) FROM {prefix}medications),
+                                     (SELECT max(greatest(start, coalesce("end", start))) FROM {prefix}encounters))"""
                   ).fetchall()[0]
     return row[0] if row else None
 
@@ -154,7 +155,7 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
     "/scratch"}``) bound DuckDB's memory so a cohort larger than RAM spills to disk instead.
     """
     kb = kb or load()
-    con = store.connect()
+    con = store.connect(prefix=_ALL if subjects is not None else "")
     try:
         for key, value in (duckdb_settings or {}).items():
             if not re.fullmatch(r"[a-z_]+", key):
@@ -183,12 +184,13 @@ _BASE = ("events", "encounters", "weights", "medications", "contexts")  # the st
 
 
 def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
-    """The canonical views show `subjects` only (DuckDB prunes the Parquet row groups by subject)."""
+    """The subjects a run on a few subjects computes (table ``affected``); the store's views are named
+    ``all_<table>`` on such a connection (``EventStore.connect(prefix=_ALL)``): ``_materialise`` reads
+    their rows from them."""
     con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-    for t in _BASE:
-        con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
-        con.execute(f'CREATE TEMP VIEW "{t}" AS SELECT * FROM "all_{t}" '
-                    "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+_ALL = "all_"  # prefix of the store's views on a connection that computes a few subjects (_restrict)
 
 
 _SCRATCH = "_mgaki_inc_"  # prefix of the in-memory database an incremental run computes in
@@ -196,7 +198,7 @@ _PREVIOUS: dict[str, str] = {}  # scratch database -> the database its connectio
 
 
 def _materialise(con: duckdb.DuckDBPyConnection) -> None:
-    """The restricted views (``_restrict``) become tables of a scratch in-memory database that the
+    """The rows of the subjects of ``_restrict`` become tables of a scratch in-memory database that the
     connection then uses: each stored table is read once for the few subjects of an incremental run,
     not once per stage that reads it, and the stages can run on two connections at once (``_run_dag``).
     ``_release`` detaches it."""
@@ -208,8 +210,7 @@ def _materialise(con: duckdb.DuckDBPyConnection) -> None:
     _PREVIOUS[db] = prev
     con.execute(f'USE "{db}"')
     for t in _BASE:
-        con.execute(f'DROP VIEW "{t}"')
-        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "all_{t}" '
+        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{_ALL}{t}" '
                     "WHERE subject_id IN (SELECT subject_id FROM affected)")
 
 
@@ -219,7 +220,7 @@ def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> No
     known = con.sql("SELECT subject_id FROM affected").to_arrow_table().column("subject_id").to_pylist()
     con.register("_more", pa.table({"subject_id": pa.array(subjects, pa.string())}))
     for t in _BASE:
-        con.execute(f'INSERT INTO "{t}" SELECT * FROM "all_{t}" WHERE subject_id IN (SELECT subject_id FROM _more)')
+        con.execute(f'INSERT INTO "{t}" SELECT * FROM "{_ALL}{t}" WHERE subject_id IN (SELECT subject_id FROM _more)')
     con.unregister("_more")
     con.register("affected", pa.table({"subject_id": pa.array(sorted({*known, *subjects}), pa.string())}))
 
@@ -302,7 +303,7 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     `timers`: also table ``_timers_out`` (subject_id, due, after): per subject, the earliest time an
     alert not yet due at `as_of` becomes due when nothing but the clock moves (``_timer_stages``).
     """
-    as_of = as_of or _as_of(con)
+    as_of = as_of or _as_of(con, _ALL if subjects is not None and not restricted else "")
     if subjects is not None:
         if not restricted:
             _restrict(con, subjects)
@@ -832,10 +833,12 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
              or state.get("rules") != rules_fingerprint(kb, rule)
              or any(result_files(out, t) is None for t in RESULT_TABLES))
+    # an incremental run with no settings of its own runs on a one-thread database the process keeps open
+    # (its statements cost their planning: two of them on two cores, side by side, in _run_dag)
+    leased = lease() if not first and not duckdb_settings else None
     with snapshot_lock or contextlib.nullcontext():
-        # the views list the files present now; an incremental run with no settings of its own uses a
-        # cursor on the process's open database (settings would be that database's, everyone's)
-        con = store.connect(shared=not first and not duckdb_settings)
+        # the views list the files present now
+        con = store.connect(database=leased, prefix="" if first else _ALL)
         pending, pending_files = store.pending()
     try:
         spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
@@ -849,8 +852,14 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
         else:
             res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
     finally:
-        _release(con)
-        con.close()
+        clean = False
+        try:
+            _release(con)
+            con.close()
+            clean = True
+        finally:
+            if leased is not None:  # given back only without its scratch database (else closed)
+                give_back(leased) if clean else leased.close()
     store.clear_pending(pending_files)
     return res
 
@@ -1002,9 +1011,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     if not state.get("timers_known", True) and state.get("as_of"):
         # results an engine wrote carry no timers: the subjects still admitted then, once, as before
         prev = datetime.fromisoformat(state["as_of"])
-        rows = con.execute('SELECT DISTINCT subject_id FROM all_encounters WHERE "end" IS NULL OR "end" > ?'
-                           if pending else
-                           'SELECT DISTINCT subject_id FROM encounters WHERE "end" IS NULL OR "end" > ?',
+        rows = con.execute(f'SELECT DISTINCT subject_id FROM {_ALL}encounters WHERE "end" IS NULL OR "end" > ?',
                            [prev]).fetchall()
         due |= {r[0] for r in rows}
     subjects = sorted(set(pending) | due)
