@@ -415,14 +415,14 @@ def test_a_fold_runs_beside_the_increments_and_a_full_run_waits_for_it(
     order: list[str] = []
     real_commit = pipeline._Batch.commit
 
-    def held_in_the_fold(self: pipeline._Batch) -> None:
+    def held_in_the_fold(self: pipeline._Batch, threads: bool = True) -> None:
         if threading.current_thread().name == "mgaki-fold":
             entered.set()
             assert gate.wait(60)
-            real_commit(self)
+            real_commit(self, threads)
             order.append("fold committed")
         else:
-            real_commit(self)
+            real_commit(self, threads)
 
     real_all = pipeline._surveil_all
 
@@ -457,5 +457,30 @@ def test_a_fold_runs_beside_the_increments_and_a_full_run_waits_for_it(
     pipeline.wait_for_folds()
     assert order == ["fold committed", "full run started"]
     assert not (results / pipeline._DELTA).exists()
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
+
+
+def test_a_process_that_exits_right_after_starting_a_fold_completes_it(tmp_path: Path) -> None:
+    """`mgaki surveil` returns, and the process exits, with the fold its run started still under way: the
+    fold completes before the process ends (at exit, thread pools refuse work; the fold uses none)."""
+    import subprocess
+    import sys
+
+    tables = random_cohort(8, seed=23)
+    cuts = _cuts(tables["events"], 2)
+    store = _store_at(tmp_path / "s", tables, cuts[0])
+    surveil(store)
+    store.append(_known_at(tables, cuts[1]))
+    script = ("import sys\nfrom pathlib import Path\nfrom mgaki.events import EventStore\n"
+              "from mgaki.surveillance import pipeline\npipeline.DELTA_FOLD_GENS = 1\n"
+              "res = pipeline.surveil(EventStore(Path(sys.argv[1])))\nassert res.subjects_recomputed > 0\n")
+    done = subprocess.run([sys.executable, "-c", script, str(store.root)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "failed" not in done.stderr, done.stderr
+    results = store.root / "results"
+    assert pipeline._folded(results) == 1 and pipeline._gens(results) == []
+    ref = surveil(_store_at(tmp_path / "ref", tables, cuts[1]), full=True)
     for name in RESULT_TABLES:
         assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name

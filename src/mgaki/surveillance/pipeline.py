@@ -676,9 +676,10 @@ def _fold(out: Path) -> None:
             latest = con.sql(f"SELECT * FROM {_delta_sql(base, gens, rn)} x").to_arrow_table()
             nb = table_buckets(rn, buckets)
             by_bucket = _by_bucket(covered, nb)
-            cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket])
+            cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket], threads=False)
             _replace_rows(out / rn, latest, by_bucket, nb, batch, cache)
-        batch.commit()
+        # no thread pools: at interpreter exit the pools refuse work before this thread is joined
+        batch.commit(threads=False)
     finally:
         con.close()
     before = _folded(out)
@@ -1116,8 +1117,18 @@ class _Batch:
     def delete(self, path: Path) -> None:
         self.deletes.append(path)
 
-    def commit(self) -> None:
+    def commit(self, threads: bool = True) -> None:
         tmps = [path.with_name(f".{path.name}.tmp") for _, path in self.writes]
+        if not threads:
+            for (tab, path), tmp in zip(self.writes, tmps, strict=True):
+                _write_synced(tab, tmp)
+            for tmp, (_, path) in zip(tmps, self.writes, strict=True):
+                os.replace(tmp, path)
+            for path in self.deletes:
+                path.unlink(missing_ok=True)
+            for folder in {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}:
+                _fsync(folder)
+            return
         with ThreadPoolExecutor(max_workers=8) as pool:
             # written and synced in threads (Parquet encoding releases the GIL; the syncs go together)
             list(pool.map(lambda w: _write_synced(*w), [(tab, tmp) for (tab, _), tmp in zip(self.writes, tmps,
@@ -1129,10 +1140,10 @@ class _Batch:
             list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
 
 
-def _read_many(paths: Iterable[Path]) -> dict[Path, pa.Table]:
+def _read_many(paths: Iterable[Path], threads: bool = True) -> dict[Path, pa.Table]:
     """The existing files of `paths`, read in threads (Parquet decoding releases the GIL)."""
     found = sorted({p for p in paths if p.exists()})
-    if len(found) <= 1:
+    if len(found) <= 1 or not threads:
         return {p: pq.read_table(p) for p in found}
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(found, pool.map(pq.read_table, found), strict=True))
