@@ -46,7 +46,7 @@ from mgaki.units import factor
 
 __all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "ResultTables", "SurveillanceResult", "alert_rates",
            "baseline_sensitivity", "bucket_count", "bucket_of", "default_settings", "last_use", "needed",
-           "result_files", "result_sql", "run", "studies_table", "surveil"]
+           "result_files", "result_sql", "run", "studies_table", "summary", "surveil"]
 
 OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
            "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
@@ -782,6 +782,45 @@ class ResultTables(Mapping[str, pa.Table]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def summary(tables: Mapping[str, pa.Table]) -> dict[str, Any]:
+    """Counts over the results (those `surveil` returns, or any mapping of result tables), computed by
+    DuckDB over the stored files, not by reading the tables into Python: encounters with Mg measured,
+    encounters not staged (maintenance dialysis), baseline rules, weights rejected, AKI episodes by peak
+    stage and recovered, evidence flags, suspect specimens by kind (None: a table the results lack)."""
+    con = duckdb.connect(config={"threads": 2})
+    try:
+        for name in ("aki_episodes", "mg_trajectory", "kidney_status", "uo_weight_rejected", "evidence_flags",
+                     "suspect_specimens"):
+            src = result_sql(tables.root, name) if isinstance(tables, ResultTables) else None
+            if src is not None:
+                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {src}')
+            elif name in tables:
+                con.register(name, tables[name])
+        have = {r[0] for r in con.sql("SELECT table_name FROM duckdb_tables() UNION ALL "
+                                      "SELECT view_name FROM duckdb_views()").fetchall()}
+
+        def one(sql: str, table: str) -> Any:
+            return con.sql(sql).fetchall()[0][0] if table in have else None
+
+        eps = con.sql("SELECT count(*), count(*) FILTER (peak_stage = 1), count(*) FILTER (peak_stage = 2), "
+                      "count(*) FILTER (peak_stage = 3), count(*) FILTER (recovered), "
+                      "list(DISTINCT baseline_rule ORDER BY baseline_rule) FILTER (baseline_rule IS NOT NULL) "
+                      "FROM aki_episodes").fetchall()[0]
+        return {
+            "mg_encounters": one("SELECT count(*) FROM mg_trajectory", "mg_trajectory"),
+            "not_staged_dialysis": one("SELECT count(*) FROM kidney_status WHERE kdigo_status IS DISTINCT FROM 'applicable'",
+                                       "kidney_status"),
+            "baseline_rules": list(eps[5] or []),
+            "weights_rejected": one("SELECT count(*) FROM uo_weight_rejected", "uo_weight_rejected"),
+            "episodes": eps[0], "peak_stage": {1: eps[1], 2: eps[2], 3: eps[3]}, "recovered": eps[4],
+            "evidence_flags": one("SELECT count(*) FROM evidence_flags", "evidence_flags"),
+            "suspect_specimens": dict(con.sql("SELECT kind, count(*) FROM suspect_specimens GROUP BY kind "
+                                              "ORDER BY kind").fetchall()) if "suspect_specimens" in have else None,
+        }
+    finally:
+        con.close()
 
 
 def _read_state(out: Path) -> dict[str, Any]:
