@@ -19,6 +19,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time as _time
 import uuid
@@ -571,14 +573,17 @@ def result_files(root: Path, name: str, subject_id: str | None = None) -> list[P
 
 def result_sql(root: Path, name: str, subject_id: str | None = None) -> str | None:
     """A DuckDB FROM source for result table `name` (see `result_files`, and the generations of
-    recomputed subjects not yet folded into them: ``_delta_sql``), or None before the first run."""
+    recomputed subjects not yet folded into them: ``_delta_sql``), or None before the first run.
+
+    The generations are listed before the buckets: a fold under way may add a bucket file after the
+    listing, but only for rows of generations it has not marked folded yet, which are then listed."""
+    gens = _gens(root) if name != _LOG else []
     files = result_files(root, name, subject_id)
     if files is None:
         return None
     if not files:
         return f"(SELECT * FROM ({_log_empty_sql()}) WHERE false)"
     base = "read_parquet([" + ", ".join(f"'{f.as_posix()}'" for f in files) + "], union_by_name = true)"
-    gens = _gens(root) if name != _LOG else []
     return _delta_sql(base, gens, name) if gens else base
 
 
@@ -594,9 +599,12 @@ _COVERED = "_subjects.parquet"
 _FOLDED = "folded"  # in _delta: the newest generation the buckets hold
 _FOLD_LOCK = ".fold.lock"  # in results: one fold (or full run) at a time, across threads and processes
 DELTA_FOLD_GENS = 64
-FOLD_IN_BACKGROUND = True  # False: the run that writes the DELTA_FOLD_GENS-th generation folds before returning
+# where the fold runs: "process" (a child process at the lowest priority: no GIL or core taken from the runs),
+# "thread" (a thread of this process), "inline" (the run that writes the DELTA_FOLD_GENS-th generation folds
+# before returning)
+FOLD_IN = "process"
 _log = logging.getLogger(__name__)
-_folds: dict[Path, threading.Thread] = {}  # results folder -> its background fold in this process
+_folds: dict[Path, threading.Thread | subprocess.Popen[bytes]] = {}  # results folder -> its fold under way
 _folds_guard = threading.Lock()
 
 
@@ -677,7 +685,7 @@ def _fold(out: Path) -> None:
             nb = table_buckets(rn, buckets)
             by_bucket = _by_bucket(covered, nb)
             cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket], threads=False)
-            _replace_rows(out / rn, latest, by_bucket, nb, batch, cache)
+            _replace_rows(out / rn, latest, by_bucket, nb, batch, cache, keep_empty=True)
         # no thread pools: at interpreter exit the pools refuse work before this thread is joined
         batch.commit(threads=False)
     finally:
@@ -703,24 +711,33 @@ def _fold_lock(out: Path) -> FileLock:
 
 
 def _start_fold(out: Path) -> None:
-    """Fold the generations (``_fold``): in a background thread of this process (one per results folder;
-    a fold another process holds the lock for is left to it), or now when ``FOLD_IN_BACKGROUND`` is off."""
-    if not FOLD_IN_BACKGROUND:
+    """Fold the generations (``_fold``) where ``FOLD_IN`` says: in a child process or a thread (one per
+    results folder; a fold another process holds the lock for is left to it), or now."""
+    if FOLD_IN == "inline":
         with _fold_lock(out):
             _fold(out)
         return
     with _folds_guard:
         running = _folds.get(out)
-        if running is not None and running.is_alive():
+        if running is not None and (running.is_alive() if isinstance(running, threading.Thread)
+                                    else running.poll() is None):
             return  # the next run asks again if generations are still pending
-        t = threading.Thread(target=_fold_in_background, args=(out,), name="mgaki-fold", daemon=False)
-        _folds[out] = t
-        t.start()
+        if FOLD_IN == "process":
+            # its own session: it completes after this process exits (mgaki surveil returns at once)
+            _folds[out] = subprocess.Popen([sys.executable, "-m", "mgaki.surveillance.fold", str(out)],
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           start_new_session=True)
+        else:
+            t = threading.Thread(target=fold_in_background, args=(out,), name="mgaki-fold", daemon=False)
+            _folds[out] = t
+            t.start()
 
 
-def _fold_in_background(out: Path) -> None:
+def fold_in_background(out: Path) -> None:
+    """Fold `out`'s generations at the lowest priority (this thread, or the fold process), unless another
+    fold or a full run holds the folder; a failure is logged (no row values) and left to the next fold."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: this thread only
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: this thread only, lowest
     except (AttributeError, OSError):
         pass
     lock = _fold_lock(out)
@@ -736,11 +753,15 @@ def _fold_in_background(out: Path) -> None:
 
 
 def wait_for_folds(timeout: float | None = None) -> None:
-    """Wait for this process's background folds (``_start_fold``) to finish."""
+    """Wait for the folds this process started (``_start_fold``) to finish."""
     with _folds_guard:
         running = list(_folds.values())
     for t in running:
-        t.join(timeout)
+        if isinstance(t, threading.Thread):
+            t.join(timeout)
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                t.wait(timeout)
 
 
 def _log_empty_sql() -> str:
@@ -760,12 +781,13 @@ class ResultTables(Mapping[str, pa.Table]):
         if name not in (*RESULT_TABLES, _LOG):
             raise KeyError(name)
         if name not in self._cache:
+            pending = _gens(self.root)  # before the files, as in result_sql
             files = result_files(self.root, name)
             if name == _LOG and not files:
                 self._cache[name] = _empty_log()
             elif files is None:
                 raise KeyError(name)
-            elif name == _LOG or _gens(self.root):
+            elif name == _LOG or pending:
                 con = duckdb.connect()
                 try:
                     self._cache[name] = con.sql(f"SELECT * FROM {result_sql(self.root, name)}").to_arrow_table()
@@ -1194,9 +1216,10 @@ def _write_synced(tab: pa.Table, tmp: Path) -> None:
 
 
 def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str]], buckets: int,
-                  batch: _Batch, cache: Mapping[Path, pa.Table] | None = None) -> None:
+                  batch: _Batch, cache: Mapping[Path, pa.Table] | None = None, keep_empty: bool = False) -> None:
     """In each bucket of `by_bucket`: drop the rows of its subjects, add `fresh`'s rows of that bucket
-    (`cache`: files already read)."""
+    (`cache`: files already read). A bucket left empty is removed, or with `keep_empty` written with no
+    rows (a fold: a reader may have listed it)."""
     folder.mkdir(exist_ok=True)
     if not (folder / _SCHEMA).exists():
         pq.write_table(fresh.slice(0, 0), folder / _SCHEMA)
@@ -1220,7 +1243,7 @@ def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str
         elif mine.num_rows == 0:
             continue
         tab = pa.concat_tables([*parts, mine]) if parts else mine
-        if tab.num_rows == 0:
+        if tab.num_rows == 0 and not keep_empty:
             batch.delete(path)
         else:
             batch.write(tab, path)
