@@ -340,6 +340,7 @@ class Ingestor:
             with self._cond:
                 target = self._requested
                 self._oldest = None
+            t0 = time.monotonic()
             try:
                 n = self._surveil()
             except Exception as exc:  # the pending file keeps the subjects: the next run retries
@@ -347,7 +348,7 @@ class Ingestor:
                 if self._stop.wait(max(self.delay_s, 1.0)):
                     return
                 continue
-            log.info("deferred surveillance: %d new alert(s)", n)
+            log.info("deferred surveillance: %d new alert(s), run %.2f s", n, time.monotonic() - t0)
             with self._cond:
                 self._done = max(self._done, target)
                 self._cond.notify_all()
