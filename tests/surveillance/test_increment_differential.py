@@ -14,11 +14,16 @@ everyone and gives that rule's full run.
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 import shutil
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -104,12 +109,15 @@ def _replay(tmp: Path, tables: dict[str, pa.Table], steps: int, rules: list[str 
 
 
 @pytest.fixture
-def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+def small_buckets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(pipeline, "SUBJECTS_PER_BUCKET", 4)  # several subjects per file, several files
     monkeypatch.setattr(pipeline, "_FEW_ROWS_SHARE", 2)  # the tables of about a row per subject too
-    # increments leave generations of results, folded into the buckets every third run: the comparisons
-    # after each increment read results with generations pending, and results just folded
+    # increments leave generations of results, folded into the buckets (in the background) once three are
+    # pending: the comparisons after each increment read results with generations pending, being folded,
+    # and just folded
     monkeypatch.setattr(pipeline, "DELTA_FOLD_GENS", 3)
+    yield
+    pipeline.wait_for_folds()
 
 
 def _plant_issue13(tables: dict[str, pa.Table], n: int = 4) -> dict[str, pa.Table]:
@@ -256,22 +264,36 @@ def test_results_lacking_a_table_are_recomputed_in_full(tmp_path: Path) -> None:
 def test_increments_on_one_core_equal_those_on_two(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An incremental run creates its stage tables two at a time on a machine with two cores or more
     (``_run_dag``) and one after the other on one core; both equal the full recomputation, and neither
-    leaves its scratch database attached to the process's shared DuckDB database."""
-    from mgaki.events.normalize import cursor
-
+    leaves its scratch database attached to the process's DuckDB databases. The stages run on one-thread
+    databases (``normalize.lease``): two statements on two cores, not two threads each."""
     tables = random_cohort(16, seed=7)
+    threads: set[int] = set()
+    real_dag = pipeline._run_dag
+
+    def spy(con: duckdb.DuckDBPyConnection, *args: object) -> None:
+        threads.add(int(con.sql("SELECT current_setting('threads')").fetchall()[0][0]))
+        real_dag(con, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_run_dag", spy)
     for cores in (1, 2):
         monkeypatch.setattr(pipeline.os, "cpu_count", lambda cores=cores: cores)
         recomputed = _replay(tmp_path / f"cores{cores}", tables, steps=2)
         assert any(0 < r < 16 for r in recomputed[1:]), recomputed  # an incremental run did happen
-        attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
-        assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+        assert not _scratch_left()
+    assert threads == {1}
+
+
+def _scratch_left() -> list[str]:
+    """Scratch databases still attached to the process's shared database or to a leased one."""
+    normalize = importlib.import_module("mgaki.events.normalize")  # the package exports a function of that name
+    dbs = [normalize.cursor(), *normalize._POOL.get(os.getpid(), [])]
+    assert len(dbs) > 1, "an incremental run gave its database back"
+    return [r[0] for db in dbs for r in db.sql("SELECT database_name FROM duckdb_databases()").fetchall()
+            if r[0].startswith(pipeline._SCRATCH)]
 
 
 def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from mgaki.events.normalize import cursor
-
     tables = random_cohort(6, seed=5)
     store = EventStore(tmp_path / "s")
     first = _known_at(tables, _cuts(tables["events"], 1)[0])
@@ -285,8 +307,7 @@ def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
     monkeypatch.setattr(pipeline, "_run_dag", broken)
     with pytest.raises(RuntimeError, match="stage failed"):
         surveil(store)
-    attached = [r[0] for r in cursor().sql("SELECT database_name FROM duckdb_databases()").fetchall()]
-    assert not [d for d in attached if d.startswith(pipeline._SCRATCH)], attached
+    assert not _scratch_left()
     assert store.pending()[0], "the subjects stay pending for the next run"
 
 
@@ -327,13 +348,14 @@ def test_changed_rules_recompute_everyone(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.usefixtures("small_buckets")
-def test_generations_are_folded_and_a_crash_before_removing_them_changes_nothing(
+def test_generations_are_folded_and_a_crash_before_marking_them_changes_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Incremental results are generations until the third, whose run folds them into the buckets and
-    removes them; a fold that dies after rewriting the buckets, before removing the generations, leaves
-    results equal to the full run's (the generations repeat what the buckets hold)."""
+    marks them folded; a fold that dies after rewriting the buckets, before the mark, leaves results equal
+    to the full run's (the generations repeat what the buckets hold), and the next fold folds them again."""
+    monkeypatch.setattr(pipeline, "FOLD_IN_BACKGROUND", False)  # the crash in the run itself
     tables = random_cohort(12, seed=21)
-    cuts = _cuts(tables["events"], 4)
+    cuts = _cuts(tables["events"], 7)
     store = EventStore(tmp_path / "s")
     store.append(_known_at(tables, cuts[0]))
     surveil(store)
@@ -343,26 +365,122 @@ def test_generations_are_folded_and_a_crash_before_removing_them_changes_nothing
     store.append(_known_at(tables, cuts[2]))
     surveil(store)
     assert len(pipeline._gens(results)) == 2
-    real_rmtree = pipeline.shutil.rmtree
 
-    def dies(path: object, *args: object, **kwargs: object) -> None:
-        if pipeline._DELTA in str(path) and Path(str(path)).name.startswith("g"):  # a committed generation
-            raise OSError("killed while removing the generations")
-        real_rmtree(path, *args, **kwargs)  # type: ignore[arg-type]
+    def dies(out: Path, g: int) -> None:
+        raise OSError("killed before marking the generations folded")
 
-    monkeypatch.setattr(pipeline.shutil, "rmtree", dies)
+    real_mark = pipeline._mark_folded
+    monkeypatch.setattr(pipeline, "_mark_folded", dies)
     store.append(_known_at(tables, cuts[3]))
     with pytest.raises(OSError, match="killed"):
         surveil(store)  # the third generation: folded, then killed
-    monkeypatch.setattr(pipeline.shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(pipeline, "_mark_folded", real_mark)
     assert len(pipeline._gens(results)) == 3
-    ref_store = EventStore(tmp_path / "ref")
-    ref_store.append(_known_at(tables, cuts[3]))
-    ref = surveil(ref_store, full=True)
+    ref = surveil(_store_at(tmp_path / "ref3", tables, cuts[3]), full=True)
     got = ResultTables(results)
     for name in RESULT_TABLES:
         assert _rows(got[name]) == _rows(ref.tables[name]), name
-    again = surveil(store)  # the killed run's subjects are still pending: recomputed, then folded again
-    assert again.subjects_recomputed >= 0
+    again = surveil(store)  # the killed run's subjects are still pending: recomputed, all four folded
+    assert pipeline._gens(results) == [] and pipeline._folded(results) == 4
     for name in RESULT_TABLES:
         assert _rows(again.tables[name]) == _rows(ref.tables[name]), name
+    for cut in cuts[4:7]:  # three more generations: the next fold removes the four the first one marked
+        store.append(_known_at(tables, cut))
+        surveil(store)
+    assert [int(g.name[1:]) for g in pipeline._gen_dirs(results)] == [5, 6, 7]
+    assert pipeline._folded(results) == 7
+    ref = surveil(_store_at(tmp_path / "ref6", tables, cuts[6]), full=True)
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
+
+
+def _store_at(root: Path, tables: dict[str, pa.Table], cut: datetime) -> EventStore:
+    store = EventStore(root)
+    store.append(_known_at(tables, cut))
+    return store
+
+
+@pytest.mark.usefixtures("small_buckets")
+def test_a_fold_runs_beside_the_increments_and_a_full_run_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run that writes the third generation returns while the fold is still writing the buckets; the
+    results read meanwhile, and those of another increment run meanwhile, equal the full runs'; a full run
+    asked for meanwhile starts writing only once the fold is done."""
+    tables = random_cohort(12, seed=22)
+    cuts = _cuts(tables["events"], 5)
+    store = _store_at(tmp_path / "s", tables, cuts[0])
+    surveil(store)
+    results = store.root / "results"
+    entered, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+    real_commit = pipeline._Batch.commit
+
+    def held_in_the_fold(self: pipeline._Batch, threads: bool = True) -> None:
+        if threading.current_thread().name == "mgaki-fold":
+            entered.set()
+            assert gate.wait(60)
+            real_commit(self, threads)
+            order.append("fold committed")
+        else:
+            real_commit(self, threads)
+
+    real_all = pipeline._surveil_all
+
+    def full_run(*args: object, **kwargs: object) -> SurveillanceResult:
+        order.append("full run started")
+        return real_all(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline._Batch, "commit", held_in_the_fold)
+    monkeypatch.setattr(pipeline, "_surveil_all", full_run)
+    for cut in cuts[1:4]:
+        store.append(_known_at(tables, cut))
+        surveil(store)  # the third returns with its fold under way
+    assert entered.wait(60)
+    folding = [t for t in threading.enumerate() if t.name == "mgaki-fold"]
+    assert folding and folding[0].is_alive()
+    ref = surveil(_store_at(tmp_path / "ref3", tables, cuts[3]), full=True)
+    order.clear()
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
+    store.append(_known_at(tables, cuts[4]))
+    surveil(store)  # an increment while the fold holds its buckets
+    assert folding[0].is_alive() and pipeline._folded(results) == 0
+    ref = surveil(_store_at(tmp_path / "ref4", tables, cuts[4]), full=True)
+    order.clear()
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
+    full = threading.Thread(target=surveil, args=(store,), kwargs={"full": True})
+    full.start()
+    full.join(1.0)
+    gate.set()
+    full.join(120)
+    pipeline.wait_for_folds()
+    assert order == ["fold committed", "full run started"]
+    assert not (results / pipeline._DELTA).exists()
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
+
+
+def test_a_process_that_exits_right_after_starting_a_fold_completes_it(tmp_path: Path) -> None:
+    """`mgaki surveil` returns, and the process exits, with the fold its run started still under way: the
+    fold completes before the process ends (at exit, thread pools refuse work; the fold uses none)."""
+    import subprocess
+    import sys
+
+    tables = random_cohort(8, seed=23)
+    cuts = _cuts(tables["events"], 2)
+    store = _store_at(tmp_path / "s", tables, cuts[0])
+    surveil(store)
+    store.append(_known_at(tables, cuts[1]))
+    script = ("import sys\nfrom pathlib import Path\nfrom mgaki.events import EventStore\n"
+              "from mgaki.surveillance import pipeline\npipeline.DELTA_FOLD_GENS = 1\n"
+              "res = pipeline.surveil(EventStore(Path(sys.argv[1])))\nassert res.subjects_recomputed > 0\n")
+    done = subprocess.run([sys.executable, "-c", script, str(store.root)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "failed" not in done.stderr, done.stderr
+    results = store.root / "results"
+    assert pipeline._folded(results) == 1 and pipeline._gens(results) == []
+    ref = surveil(_store_at(tmp_path / "ref", tables, cuts[1]), full=True)
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name

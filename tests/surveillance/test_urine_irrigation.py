@@ -251,3 +251,22 @@ def test_a_creatinine_only_run_leaves_out_every_urine_analyte(tmp_path: Path) ->
     store.append(tables(p))
     assert run(store).tables["kdigo_urine"].num_rows > 0
     assert run(store, exclude_analytes=URINE_ANALYTES).tables["kdigo_urine"].num_rows == 0
+
+
+def test_a_window_starting_where_a_long_interval_ends_is_assessable(tmp_path: Path) -> None:
+    """A window of h hours ending exactly h hours after a long interval's end does not overlap it (the SQL
+    finds the latest long interval's end and compares it with t - h); one ending a second earlier does. Per
+    window length (6, 12, 24 h), with the engine row for row."""
+    gap_end = 24.0  # 10 h -> 24 h: 14 h between chartings, more than uo_max_interval_hours (13 h)
+    out = [(float(h), 80.0) for h in range(1, 11)] + [(gap_end, 300.0)] + [
+        (float(h), 80.0) for h in range(25, 61)] + [(gap_end + 6 - 1 / 3600, 1.0)]
+    p = Patient(days=4).weight(80).ev("urine_output", *out)
+    _compare(tmp_path, [p])
+    store = EventStore(tmp_path / "cmp")
+    rows = {r["time"]: r for r in run(store).tables["kdigo_urine"].to_pylist()}
+    second = min(rows)  # the rows start at the second charting (hour 2): the first closes no interval
+    t = lambda h: second + timedelta(hours=h - 2)  # noqa: E731
+    for hours, col in ((6, "rate_6h"), (12, "rate_12h"), (24, "rate_24h")):
+        assert rows[t(gap_end + hours)][col] is not None, hours
+        assert rows[t(gap_end + hours - 1)][col] is None, hours
+    assert rows[t(gap_end + 6) - timedelta(seconds=1)]["rate_6h"] is None

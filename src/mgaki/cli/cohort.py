@@ -231,31 +231,28 @@ def print_baseline_sensitivity(tab: pa.Table) -> None:
 
 
 def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
+    from mgaki.surveillance.pipeline import summary
+
     c = console()
-    eps = tables["aki_episodes"].to_pylist()
-    traj = tables["mg_trajectory"]
+    n = summary(tables)  # counted by DuckDB over the stored results, not read into Python
     t = Table(title="surveillance summary")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row("subjects recomputed", "all" if recomputed < 0 else str(recomputed))
-    t.add_row("encounters with Mg measured", str(traj.num_rows))
-    status = tables["kidney_status"].to_pylist() if "kidney_status" in tables else []
-    t.add_row("encounters not staged: maintenance dialysis",
-              str(sum(1 for r in status if r["kdigo_status"] != "applicable")))
-    rules = sorted({e["baseline_rule"] for e in eps if e.get("baseline_rule")})
-    t.add_row("baseline rule", ", ".join(rules) or "-")
-    if "uo_weight_rejected" in tables:
-        t.add_row("weights rejected for urine output", str(tables["uo_weight_rejected"].num_rows))
-    t.add_row("AKI episodes", str(len(eps)))
+    t.add_row("encounters with Mg measured", str(n["mg_encounters"]))
+    t.add_row("encounters not staged: maintenance dialysis", str(n["not_staged_dialysis"] or 0))
+    t.add_row("baseline rule", ", ".join(n["baseline_rules"]) or "-")
+    if n["weights_rejected"] is not None:
+        t.add_row("weights rejected for urine output", str(n["weights_rejected"]))
+    t.add_row("AKI episodes", str(n["episodes"]))
     for s in (1, 2, 3):
-        t.add_row(f"  peak stage {s}", str(sum(1 for e in eps if e["peak_stage"] == s)))
-    t.add_row("  recovered in hospital", str(sum(1 for e in eps if e["recovered"])))
-    t.add_row("evidence flags", str(tables["evidence_flags"].num_rows))
-    if "suspect_specimens" in tables:  # issue 13 point 6: set aside, never acted on until repeated
-        sus = tables["suspect_specimens"].to_pylist()
-        t.add_row("suspect specimens (repeat the sample)", str(len(sus)))
-        for kind in sorted({r["kind"] for r in sus}):
-            t.add_row(f"  {kind}", str(sum(1 for r in sus if r["kind"] == kind)))
+        t.add_row(f"  peak stage {s}", str(n["peak_stage"][s]))
+    t.add_row("  recovered in hospital", str(n["recovered"]))
+    t.add_row("evidence flags", str(n["evidence_flags"]))
+    if n["suspect_specimens"] is not None:  # issue 13 point 6: set aside, never acted on until repeated
+        t.add_row("suspect specimens (repeat the sample)", str(sum(n["suspect_specimens"].values())))
+        for kind, count in n["suspect_specimens"].items():
+            t.add_row(f"  {kind}", str(count))
     t.add_row("alerts emitted now", str(new_alerts.num_rows))
     c.print(t)
     if new_alerts.num_rows:

@@ -177,19 +177,23 @@ class EventStore:
         cols = ", ".join(f'NULL::{_duck_type(f.type)} AS "{f.name}"' for f in schema)
         return f"(SELECT {cols} WHERE false)"
 
-    def connect(self, tables: Iterable[str] = TABLES, shared: bool = False) -> duckdb.DuckDBPyConnection:
+    def connect(self, tables: Iterable[str] = TABLES, shared: bool = False,
+                database: duckdb.DuckDBPyConnection | None = None, prefix: str = "") -> duckdb.DuckDBPyConnection:
         """DuckDB connection with one view per stored table: current record versions only.
 
         ``shared``: a cursor on this process's open database (``normalize.cursor``) with TEMP views, its
         own; opening a database costs tens of milliseconds, a cursor nothing. Not for callers that
-        change global settings (memory limit) or create persistent objects.
+        change global settings (memory limit) or create persistent objects. ``database``: a cursor, with
+        TEMP views, on that database instead (e.g. one of ``normalize.lease``). ``prefix``: of the views'
+        names (``all_events``: the names themselves left for tables of a few subjects' rows).
         """
-        con = cursor() if shared else connect()
+        con = database.cursor() if database is not None else cursor() if shared else connect()
+        shared = shared or database is not None
         where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
             if self._hidden(con) else ""
         temp = "TEMP " if shared else ""
         for t in tables:
-            con.execute(f'CREATE OR REPLACE {temp}VIEW "{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
+            con.execute(f'CREATE OR REPLACE {temp}VIEW "{prefix}{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
         return con
 
     def _hidden(self, con: duckdb.DuckDBPyConnection) -> int:

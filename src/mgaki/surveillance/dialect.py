@@ -25,6 +25,8 @@ class Dialect:
     double_tpl: str  # a DOUBLE literal (Spark reads 3600.0 as DECIMAL)
     reverse_bfill: bool  # bfill_over as a reversed forward fill
     slope_tpl: str  # least-squares slope of {0} on {1}; NaN when every x is equal (DuckDB's answer)
+    struct_tpl: str  # a struct of named fields ({} holds them, each spelt by struct_field_tpl); read as s.name
+    struct_field_tpl: str  # one field of struct_tpl: {0} its name, {1} its value
 
     def epoch(self, col: str) -> str:
         return self.epoch_tpl.format(col)
@@ -57,6 +59,10 @@ class Dialect:
     def slope(self, y: str, x: str) -> str:
         return self.slope_tpl.format(y, x)
 
+    def struct(self, **fields: str) -> str:
+        """A struct value of named fields (read back as ``col.name``): one window function carries them all."""
+        return self.struct_tpl.format(", ".join(self.struct_field_tpl.format(k, v) for k, v in fields.items()))
+
     def double(self, x: float) -> str:
         return self.double_tpl.format(float(x))
 
@@ -73,6 +79,8 @@ DUCKDB = Dialect(
     double_tpl="{}",
     reverse_bfill=False,
     slope_tpl="regr_slope({0}, {1})",
+    struct_tpl="struct_pack({})",
+    struct_field_tpl="{0} := {1}",
 )
 
 SPARK = Dialect(
@@ -90,4 +98,6 @@ SPARK = Dialect(
     # Spark answers NULL where DuckDB answers NaN (zero variance of x); the outputs follow DuckDB
     slope_tpl="CASE WHEN regr_count({0}, {1}) > 0 AND regr_slope({0}, {1}) IS NULL THEN CAST('NaN' AS DOUBLE) "
               "ELSE regr_slope({0}, {1}) END",
+    struct_tpl="named_struct({})",
+    struct_field_tpl="'{0}', {1}",
 )

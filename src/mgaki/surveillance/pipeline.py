@@ -15,9 +15,11 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import threading
 import time as _time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -34,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.events import EventStore
+from mgaki.events.locks import FileLock
+from mgaki.events.normalize import give_back, lease
 from mgaki.events.store import ROW_GROUP, _fsync, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
@@ -42,7 +46,7 @@ from mgaki.units import factor
 
 __all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "ResultTables", "SurveillanceResult", "alert_rates",
            "baseline_sensitivity", "bucket_count", "bucket_of", "default_settings", "last_use", "needed",
-           "result_files", "result_sql", "run", "studies_table", "surveil"]
+           "result_files", "result_sql", "run", "studies_table", "summary", "surveil"]
 
 OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
            "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
@@ -128,10 +132,10 @@ def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) 
         con.close()
 
 
-def _as_of(con: duckdb.DuckDBPyConnection) -> datetime | None:
+def _as_of(con: duckdb.DuckDBPyConnection, prefix: str = "") -> datetime | None:
     """The latest time the data speaks of: a closed encounter's gaps run to its end."""
-    row = con.sql("""SELECT greatest((SELECT max(time) FROM events), (SELECT max(start) FROM medications),
-                                     (SELECT max(greatest(start, coalesce("end", start))) FROM encounters))"""
+    row = con.sql(f"""SELECT greatest((SELECT max(time) FROM {prefix}events), (SELECT max(start) FROM {prefix}medications),
+                                     (SELECT max(greatest(start, coalesce("end", start))) FROM {prefix}encounters))"""
                   ).fetchall()[0]
     return row[0] if row else None
 
@@ -151,7 +155,7 @@ def run(store: EventStore, subjects: Iterable[str] | None = None, as_of: datetim
     "/scratch"}``) bound DuckDB's memory so a cohort larger than RAM spills to disk instead.
     """
     kb = kb or load()
-    con = store.connect()
+    con = store.connect(prefix=_ALL if subjects is not None else "")
     try:
         for key, value in (duckdb_settings or {}).items():
             if not re.fullmatch(r"[a-z_]+", key):
@@ -180,12 +184,13 @@ _BASE = ("events", "encounters", "weights", "medications", "contexts")  # the st
 
 
 def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
-    """The canonical views show `subjects` only (DuckDB prunes the Parquet row groups by subject)."""
+    """The subjects a run on a few subjects computes (table ``affected``); the store's views are named
+    ``all_<table>`` on such a connection (``EventStore.connect(prefix=_ALL)``): ``_materialise`` reads
+    their rows from them."""
     con.register("affected", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-    for t in _BASE:
-        con.execute(f'ALTER VIEW "{t}" RENAME TO "all_{t}"')
-        con.execute(f'CREATE TEMP VIEW "{t}" AS SELECT * FROM "all_{t}" '
-                    "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+_ALL = "all_"  # prefix of the store's views on a connection that computes a few subjects (_restrict)
 
 
 _SCRATCH = "_mgaki_inc_"  # prefix of the in-memory database an incremental run computes in
@@ -193,7 +198,7 @@ _PREVIOUS: dict[str, str] = {}  # scratch database -> the database its connectio
 
 
 def _materialise(con: duckdb.DuckDBPyConnection) -> None:
-    """The restricted views (``_restrict``) become tables of a scratch in-memory database that the
+    """The rows of the subjects of ``_restrict`` become tables of a scratch in-memory database that the
     connection then uses: each stored table is read once for the few subjects of an incremental run,
     not once per stage that reads it, and the stages can run on two connections at once (``_run_dag``).
     ``_release`` detaches it."""
@@ -205,8 +210,7 @@ def _materialise(con: duckdb.DuckDBPyConnection) -> None:
     _PREVIOUS[db] = prev
     con.execute(f'USE "{db}"')
     for t in _BASE:
-        con.execute(f'DROP VIEW "{t}"')
-        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "all_{t}" '
+        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{_ALL}{t}" '
                     "WHERE subject_id IN (SELECT subject_id FROM affected)")
 
 
@@ -216,7 +220,7 @@ def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> No
     known = con.sql("SELECT subject_id FROM affected").to_arrow_table().column("subject_id").to_pylist()
     con.register("_more", pa.table({"subject_id": pa.array(subjects, pa.string())}))
     for t in _BASE:
-        con.execute(f'INSERT INTO "{t}" SELECT * FROM "all_{t}" WHERE subject_id IN (SELECT subject_id FROM _more)')
+        con.execute(f'INSERT INTO "{t}" SELECT * FROM "{_ALL}{t}" WHERE subject_id IN (SELECT subject_id FROM _more)')
     con.unregister("_more")
     con.register("affected", pa.table({"subject_id": pa.array(sorted({*known, *subjects}), pa.string())}))
 
@@ -299,7 +303,7 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     `timers`: also table ``_timers_out`` (subject_id, due, after): per subject, the earliest time an
     alert not yet due at `as_of` becomes due when nothing but the clock moves (``_timer_stages``).
     """
-    as_of = as_of or _as_of(con)
+    as_of = as_of or _as_of(con, _ALL if subjects is not None and not restricted else "")
     if subjects is not None:
         if not restricted:
             _restrict(con, subjects)
@@ -581,17 +585,40 @@ def result_sql(root: Path, name: str, subject_id: str | None = None) -> str | No
 # Results of an incremental run are written as one generation of rows (results/_delta/g<n>/<table>.parquet,
 # with the subjects it recomputed in _subjects.parquet) instead of rewriting the buckets that hold those
 # subjects: its cost follows what it recomputed, not the size of the buckets. A reader takes each subject's
-# rows from the newest generation that recomputed it, else from its bucket. The generations are folded into
-# the buckets every DELTA_FOLD_GENS runs (each bucket rewritten once for all the subjects they touched).
+# rows from the newest generation that recomputed it, else from its bucket. Once DELTA_FOLD_GENS generations
+# are pending they are folded into the buckets (each bucket rewritten once for all the subjects they touched)
+# in a background thread, off the run's latency; the fold then marks them folded (_delta/folded) and removes
+# the generations the fold before it marked, which no reader has listed since.
 _DELTA = "_delta"
 _COVERED = "_subjects.parquet"
+_FOLDED = "folded"  # in _delta: the newest generation the buckets hold
+_FOLD_LOCK = ".fold.lock"  # in results: one fold (or full run) at a time, across threads and processes
 DELTA_FOLD_GENS = 64
+FOLD_IN_BACKGROUND = True  # False: the run that writes the DELTA_FOLD_GENS-th generation folds before returning
+_log = logging.getLogger(__name__)
+_folds: dict[Path, threading.Thread] = {}  # results folder -> its background fold in this process
+_folds_guard = threading.Lock()
+
+
+def _gen_dirs(root: Path) -> list[Path]:
+    """Every committed generation (a generation folder appears by one rename), folded or not, oldest first."""
+    folder = root / _DELTA
+    return sorted(p for p in folder.glob("g*") if p.is_dir()) if folder.is_dir() else []
+
+
+def _folded(root: Path) -> int:
+    path = root / _DELTA / _FOLDED
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return 0
 
 
 def _gens(root: Path) -> list[Path]:
-    """The committed generations (a generation folder appears by one rename), oldest first."""
-    folder = root / _DELTA
-    return sorted(p for p in folder.glob("g*") if p.is_dir()) if folder.is_dir() else []
+    """The generations the buckets do not hold yet, oldest first. (Reading a folded one too would give the
+    same rows: the buckets were committed before the mark.)"""
+    done = _folded(root)
+    return [g for g in _gen_dirs(root) if int(g.name[1:]) > done]
 
 
 def _delta_sql(base: str, gens: list[Path], name: str) -> str:
@@ -612,8 +639,9 @@ def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) 
     synced under a temporary name, then renamed into place (the commit). Returns the generations now kept."""
     folder = out / _DELTA
     folder.mkdir(exist_ok=True)
-    gens = _gens(out)
-    g = (int(gens[-1].name[1:]) + 1) if gens else 1
+    every = _gen_dirs(out)
+    g = max(int(every[-1].name[1:]) if every else 0, _folded(out)) + 1
+    gens = [p for p in every if int(p.name[1:]) > _folded(out)]
     tmp = folder / f".g{g:020d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -627,14 +655,18 @@ def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) 
     return len(gens) + 1
 
 
-def _fold(out: Path, buckets: int) -> None:
-    """Fold every generation into the buckets: each bucket holding a recomputed subject rewritten once with
-    the subject's newest rows, the buckets synced together, then the generations removed (a crash in
-    between leaves generations whose rows the buckets already hold: the same results)."""
+def _fold(out: Path) -> None:
+    """Fold the pending generations into the buckets: each bucket holding a recomputed subject rewritten once
+    with the subject's newest rows, the buckets synced together, then the generations marked folded, then
+    the generations the previous fold marked removed. A crash before the mark leaves generations whose rows
+    the buckets already hold (the same results; the next fold folds them again). The caller holds the fold
+    lock (``_fold_lock``)."""
     gens = _gens(out)
-    if not gens:
+    state = _read_state(out)
+    if not gens or not state.get("buckets"):
         return
-    con = duckdb.connect()
+    buckets = int(state["buckets"])
+    con = duckdb.connect(config={"threads": 1})  # beside the runs, on one core
     try:
         cov = " UNION ALL ".join(f"SELECT subject_id FROM read_parquet('{(g / _COVERED).as_posix()}')" for g in gens)
         covered = sorted(r[0] for r in con.sql(f"SELECT DISTINCT subject_id FROM ({cov}) c").fetchall())
@@ -644,14 +676,71 @@ def _fold(out: Path, buckets: int) -> None:
             latest = con.sql(f"SELECT * FROM {_delta_sql(base, gens, rn)} x").to_arrow_table()
             nb = table_buckets(rn, buckets)
             by_bucket = _by_bucket(covered, nb)
-            cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket])
+            cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket], threads=False)
             _replace_rows(out / rn, latest, by_bucket, nb, batch, cache)
-        batch.commit()
+        # no thread pools: at interpreter exit the pools refuse work before this thread is joined
+        batch.commit(threads=False)
     finally:
         con.close()
-    for g in gens:
-        shutil.rmtree(g, ignore_errors=True)
+    before = _folded(out)
+    _mark_folded(out, int(gens[-1].name[1:]))
+    for g in _gen_dirs(out):
+        if int(g.name[1:]) <= before:  # folded by the previous fold: listed by no reader since its mark
+            shutil.rmtree(g, ignore_errors=True)
     _fsync(out / _DELTA)
+
+
+def _mark_folded(out: Path, g: int) -> None:
+    tmp = out / _DELTA / f".{_FOLDED}.tmp"
+    tmp.write_text(str(g))
+    _fsync(tmp)
+    os.replace(tmp, out / _DELTA / _FOLDED)
+    _fsync(out / _DELTA)
+
+
+def _fold_lock(out: Path) -> FileLock:
+    return FileLock(out / _FOLD_LOCK)
+
+
+def _start_fold(out: Path) -> None:
+    """Fold the generations (``_fold``): in a background thread of this process (one per results folder;
+    a fold another process holds the lock for is left to it), or now when ``FOLD_IN_BACKGROUND`` is off."""
+    if not FOLD_IN_BACKGROUND:
+        with _fold_lock(out):
+            _fold(out)
+        return
+    with _folds_guard:
+        running = _folds.get(out)
+        if running is not None and running.is_alive():
+            return  # the next run asks again if generations are still pending
+        t = threading.Thread(target=_fold_in_background, args=(out,), name="mgaki-fold", daemon=False)
+        _folds[out] = t
+        t.start()
+
+
+def _fold_in_background(out: Path) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: this thread only
+    except (AttributeError, OSError):
+        pass
+    lock = _fold_lock(out)
+    try:
+        if not lock.acquire(blocking=False):
+            return  # another process (or a full run) has the folder; the generations stay readable
+        try:
+            _fold(out)
+        finally:
+            lock.release()
+    except Exception as e:  # the generations stay readable; the next run starts another fold
+        _log.error("folding surveillance result generations failed (%s); they stay pending", type(e).__name__)
+
+
+def wait_for_folds(timeout: float | None = None) -> None:
+    """Wait for this process's background folds (``_start_fold``) to finish."""
+    with _folds_guard:
+        running = list(_folds.values())
+    for t in running:
+        t.join(timeout)
 
 
 def _log_empty_sql() -> str:
@@ -693,6 +782,45 @@ class ResultTables(Mapping[str, pa.Table]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+def summary(tables: Mapping[str, pa.Table]) -> dict[str, Any]:
+    """Counts over the results (those `surveil` returns, or any mapping of result tables), computed by
+    DuckDB over the stored files, not by reading the tables into Python: encounters with Mg measured,
+    encounters not staged (maintenance dialysis), baseline rules, weights rejected, AKI episodes by peak
+    stage and recovered, evidence flags, suspect specimens by kind (None: a table the results lack)."""
+    con = duckdb.connect(config={"threads": 2})
+    try:
+        for name in ("aki_episodes", "mg_trajectory", "kidney_status", "uo_weight_rejected", "evidence_flags",
+                     "suspect_specimens"):
+            src = result_sql(tables.root, name) if isinstance(tables, ResultTables) else None
+            if src is not None:
+                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {src}')
+            elif name in tables:
+                con.register(name, tables[name])
+        have = {r[0] for r in con.sql("SELECT table_name FROM duckdb_tables() UNION ALL "
+                                      "SELECT view_name FROM duckdb_views()").fetchall()}
+
+        def one(sql: str, table: str) -> Any:
+            return con.sql(sql).fetchall()[0][0] if table in have else None
+
+        eps = con.sql("SELECT count(*), count(*) FILTER (peak_stage = 1), count(*) FILTER (peak_stage = 2), "
+                      "count(*) FILTER (peak_stage = 3), count(*) FILTER (recovered), "
+                      "list(DISTINCT baseline_rule ORDER BY baseline_rule) FILTER (baseline_rule IS NOT NULL) "
+                      "FROM aki_episodes").fetchall()[0]
+        return {
+            "mg_encounters": one("SELECT count(*) FROM mg_trajectory", "mg_trajectory"),
+            "not_staged_dialysis": one("SELECT count(*) FROM kidney_status WHERE kdigo_status IS DISTINCT FROM 'applicable'",
+                                       "kidney_status"),
+            "baseline_rules": list(eps[5] or []),
+            "weights_rejected": one("SELECT count(*) FROM uo_weight_rejected", "uo_weight_rejected"),
+            "episodes": eps[0], "peak_stage": {1: eps[1], 2: eps[2], 3: eps[3]}, "recovered": eps[4],
+            "evidence_flags": one("SELECT count(*) FROM evidence_flags", "evidence_flags"),
+            "suspect_specimens": dict(con.sql("SELECT kind, count(*) FROM suspect_specimens GROUP BY kind "
+                                              "ORDER BY kind").fetchall()) if "suspect_specimens" in have else None,
+        }
+    finally:
+        con.close()
 
 
 def _read_state(out: Path) -> dict[str, Any]:
@@ -745,10 +873,12 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
              or state.get("rules") != rules_fingerprint(kb, rule)
              or any(result_files(out, t) is None for t in RESULT_TABLES))
+    # an incremental run with no settings of its own runs on a one-thread database the process keeps open
+    # (its statements cost their planning: two of them on two cores, side by side, in _run_dag)
+    leased = lease() if not first and not duckdb_settings else None
     with snapshot_lock or contextlib.nullcontext():
-        # the views list the files present now; an incremental run with no settings of its own uses a
-        # cursor on the process's open database (settings would be that database's, everyone's)
-        con = store.connect(shared=not first and not duckdb_settings)
+        # the views list the files present now
+        con = store.connect(database=leased, prefix="" if first else _ALL)
         pending, pending_files = store.pending()
     try:
         spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
@@ -757,12 +887,19 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
         if first:
-            res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
+            with _fold_lock(out):  # a background fold finishes first; none starts until the new state is written
+                res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
         else:
             res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
     finally:
-        _release(con)
-        con.close()
+        clean = False
+        try:
+            _release(con)
+            con.close()
+            clean = True
+        finally:
+            if leased is not None:  # given back only without its scratch database (else closed)
+                give_back(leased) if clean else leased.close()
     store.clear_pending(pending_files)
     return res
 
@@ -914,9 +1051,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     if not state.get("timers_known", True) and state.get("as_of"):
         # results an engine wrote carry no timers: the subjects still admitted then, once, as before
         prev = datetime.fromisoformat(state["as_of"])
-        rows = con.execute('SELECT DISTINCT subject_id FROM all_encounters WHERE "end" IS NULL OR "end" > ?'
-                           if pending else
-                           'SELECT DISTINCT subject_id FROM encounters WHERE "end" IS NULL OR "end" > ?',
+        rows = con.execute(f'SELECT DISTINCT subject_id FROM {_ALL}encounters WHERE "end" IS NULL OR "end" > ?',
                            [prev]).fetchall()
         due |= {r[0] for r in rows}
     subjects = sorted(set(pending) | due)
@@ -1003,7 +1138,7 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         elif path in batch.deletes or not path.exists():
             timers.pop(str(b), None)
     if kept >= DELTA_FOLD_GENS:
-        _fold(out, buckets)
+        _start_fold(out)
     return new
 
 
@@ -1021,8 +1156,18 @@ class _Batch:
     def delete(self, path: Path) -> None:
         self.deletes.append(path)
 
-    def commit(self) -> None:
+    def commit(self, threads: bool = True) -> None:
         tmps = [path.with_name(f".{path.name}.tmp") for _, path in self.writes]
+        if not threads:
+            for (tab, path), tmp in zip(self.writes, tmps, strict=True):
+                _write_synced(tab, tmp)
+            for tmp, (_, path) in zip(tmps, self.writes, strict=True):
+                os.replace(tmp, path)
+            for path in self.deletes:
+                path.unlink(missing_ok=True)
+            for folder in {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}:
+                _fsync(folder)
+            return
         with ThreadPoolExecutor(max_workers=8) as pool:
             # written and synced in threads (Parquet encoding releases the GIL; the syncs go together)
             list(pool.map(lambda w: _write_synced(*w), [(tab, tmp) for (tab, _), tmp in zip(self.writes, tmps,
@@ -1034,10 +1179,10 @@ class _Batch:
             list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
 
 
-def _read_many(paths: Iterable[Path]) -> dict[Path, pa.Table]:
+def _read_many(paths: Iterable[Path], threads: bool = True) -> dict[Path, pa.Table]:
     """The existing files of `paths`, read in threads (Parquet decoding releases the GIL)."""
     found = sorted({p for p in paths if p.exists()})
-    if len(found) <= 1:
+    if len(found) <= 1 or not threads:
         return {p: pq.read_table(p) for p in found}
     with ThreadPoolExecutor(max_workers=4) as pool:
         return dict(zip(found, pool.map(pq.read_table, found), strict=True))

@@ -254,8 +254,17 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                      WHERE analyte IN ('urine_output', 'urine_irrigant_out') GROUP BY subject_id, t) o
             ON o.subject_id = r.subject_id AND o.t >= r.t - {pair} AND o.t <= r.t + {pair}) x
         WHERE rn = 1""")
-    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it
-    add("uo_stay", """
+    # unknown = 1: an output holding irrigant (urine_irrigant_out) with no instillation netted against it.
+    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
+    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
+    # not assessable (engine/kidney.py stage_urine_output): long_iv, with the previous charting (pt) and the
+    # stay's first, in the same statement (the stay's weight is joined at the end, in kdigo_urine).
+    max_gap = int(v("uo_max_interval_hours") * H)
+    add("uo_stay", f"""
+        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
+                       ELSE 0 END AS long_iv FROM (
+          SELECT s.*, MIN(s.t) OVER (PARTITION BY s.stay_id) AS first_t,
+                 LAG(s.t) OVER (PARTITION BY s.stay_id ORDER BY s.t) AS pt FROM (
         SELECT u.subject_id, u.t, u.time, u.vol, u.unknown, COALESCE(i.encounter_id, u.encounter_id) AS stay_id,
                COALESCE(i.parent_id, u.encounter_id) AS encounter_id FROM (
           SELECT subject_id, encounter_id, t, MIN(time) AS time, SUM(v) AS vol,
@@ -267,7 +276,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
             SELECT subject_id, encounter_id, t, time, -value, 0, 1 FROM uo_irr) e
           GROUP BY subject_id, encounter_id, t) u
         LEFT JOIN icu i ON i.subject_id = u.subject_id AND u.t BETWEEN i.t0 AND i.t1
-        WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL""")
+        WHERE COALESCE(i.encounter_id, u.encounter_id) IS NOT NULL) s) x""")
     add("stay_bounds", """
         SELECT stay_id, subject_id, MIN(t) AS first_t, MAX(t) AS last_t FROM uo_stay GROUP BY stay_id, subject_id""")
     # Weight (docs/kdigo.md#weight, engine.kidney.choose_weight): candidates from the look-back before the
@@ -302,34 +311,26 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                'outlier: ' || CAST(ROUND(100 * ABS(weight_kg - med) / med) AS {d.string_type})
                  || '% from the median of the candidate weights' AS reason
         FROM w_judged WHERE rejected = 1""", output=True)
-    # An interval between chartings longer than uo_max_interval_hours (its volume may have accrued anywhere
-    # in it), or with a negative net volume (irrigant not yet drained), makes every window overlapping it
-    # not assessable (engine/kidney.py stage_urine_output).
-    max_gap = int(v("uo_max_interval_hours") * H)
-    add("uo_iv", f"""
-        SELECT *, CASE WHEN pt IS NOT NULL AND (t - pt > {max_gap} OR vol < -{_VOL_EPS} OR unknown = 1) THEN 1
-                       ELSE 0 END AS long_iv FROM (
-          SELECT u.*, w.weight_kg, w.weight_time, w.weight_source, w.weights_considered,
-                 w.n_rejected AS weights_rejected, b.first_t,
-                 LAG(u.t) OVER (PARTITION BY u.stay_id ORDER BY u.t) AS pt
-          FROM uo_stay u JOIN stay_bounds b ON b.stay_id = u.stay_id
-          LEFT JOIN stay_weight w ON w.stay_id = u.stay_id) x""")
     hours = sorted({uo_h1, uo_h2, uo_h3, anuria_h})
     win_cols, vol_cols = [], []
+    # One pass over the chartings: per window length, the sum over [t-h, t] and the frame's first charting
+    # (its volume, time and previous charting's time, one struct); for all lengths at once, the latest
+    # charting at or before t that ends a long interval: one overlaps (t-h, t] when it is later than t-h.
+    first = d.struct(vol="vol", t="t", pt="pt")
     for h in hours:
         sec, k = int(h * H), _k(h)
         frame = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec} PRECEDING AND CURRENT ROW)"
-        inside = f"OVER (PARTITION BY stay_id ORDER BY t RANGE BETWEEN {sec - 1} PRECEDING AND CURRENT ROW)"
-        win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE(vol) {frame} AS fv{k}, "
-                        f"FIRST_VALUE(t) {frame} AS ft{k}, FIRST_VALUE(pt) {frame} AS fp{k}, "
-                        f"MAX(long_iv) {inside} AS lg{k}")
+        win_cols.append(f"SUM(vol) {frame} AS s{k}, FIRST_VALUE({first}) {frame} AS f{k}")
         # Volume over (t-h, t]: whole intervals ending in the window, the first one prorated;
         # NULL when not assessable (a long interval overlaps the window, or the net is negative).
-        raw = f"s{k} - fv{k} + fv{k} * CAST(ft{k} - (t - {sec}) AS DOUBLE) / CAST(ft{k} - fp{k} AS DOUBLE)"
-        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR lg{k} > 0 OR {raw} < -{_VOL_EPS} THEN NULL ELSE "
-                        f"{raw} END AS vol{k}")
-    add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_iv WHERE pt IS NOT NULL")
-    add("uo_vol", f"SELECT *, {', '.join(vol_cols)} FROM uo_win")
+        fv, ft, fp = f"f{k}.vol", f"f{k}.t", f"f{k}.pt"
+        raw = f"s{k} - {fv} + {fv} * CAST({ft} - (t - {sec}) AS DOUBLE) / CAST({ft} - {fp} AS DOUBLE)"
+        vol_cols.append(f"CASE WHEN first_t > t - {sec} OR long_t > t - {sec} OR {raw} < -{_VOL_EPS} THEN NULL "
+                        f"ELSE {raw} END AS vol{k}")
+    win_cols.append("MAX(CASE WHEN long_iv = 1 THEN t END) OVER (PARTITION BY stay_id ORDER BY t "
+                    "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS long_t")
+    add("uo_win", f"SELECT *, {', '.join(win_cols)} FROM uo_stay WHERE pt IS NOT NULL")
+    add("uo_vol", f"SELECT subject_id, encounter_id, stay_id, time, t, vol, {', '.join(vol_cols)} FROM uo_win")
     # KDIGO means any 6 (12, 24) hours, not only windows ending at a charting. Volume is piecewise
     # linear in the window's position, so the least window ending between two chartings starts at
     # an earlier charting: for each charting and window length, the window starting there is
@@ -339,7 +340,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum,
                SUM(long_iv) OVER (PARTITION BY stay_id ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
                  AS cum_long
-        FROM uo_iv""")
+        FROM uo_stay""")
     starts = " UNION ALL ".join(
         f"SELECT stay_id, t + {int(h * H)} AS e, '{_k(h)}' AS k, cum AS cum_i, cum_long AS cl_i, 0 AS kind,"
         " CAST(NULL AS BIGINT) AS ct, CAST(NULL AS BIGINT) AS cpt, CAST(NULL AS DOUBLE) AS cvol,"
@@ -377,7 +378,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
     r1, r3 = v("kdigo_uo_stage1_rate"), v("kdigo_uo_stage3_rate")
     k1, k2, k3, ka = _k(uo_h1), _k(uo_h2), _k(uo_h3), _k(anuria_h)
     add("kdigo_urine", f"""
-        SELECT u.subject_id, u.encounter_id, stay_id, time, t, vol AS volume_ml, weight_kg, weight_time,
+        SELECT u.subject_id, u.encounter_id, u.stay_id, u.time, u.t, u.vol AS volume_ml, weight_kg, weight_time,
                weight_source, CAST(weights_considered AS INTEGER) AS weights_considered,
                CAST(weights_rejected AS INTEGER) AS weights_rejected,
                vol{k1} / weight_kg / {uo_h1} AS rate_{k1}h, vol{k2} / weight_kg / {uo_h2} AS rate_{k2}h,
@@ -394,7 +395,9 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
                WHEN w{k3} / weight_kg / {uo_h3} < {r3} THEN 'uo_lt_{r3}_{k3}h'
                WHEN w{k2} / weight_kg / {uo_h2} < {r1} THEN 'uo_lt_{r1}_{k2}h'
                WHEN w{k1} / weight_kg / {uo_h1} < {r1} THEN 'uo_lt_{r1}_{k1}h' END AS criterion
-        FROM uo_worst u LEFT JOIN eskd x ON x.subject_id = u.subject_id AND x.encounter_id = u.encounter_id""",
+        FROM uo_worst u LEFT JOIN eskd x ON x.subject_id = u.subject_id AND x.encounter_id = u.encounter_id
+        LEFT JOIN (SELECT stay_id AS w_stay, weight_kg, weight_time, weight_source, weights_considered,
+                          n_rejected AS weights_rejected FROM stay_weight) w ON w.w_stay = u.stay_id""",
         output=True)
 
     # --- AKI episodes ------------------------------------------------------------------------
@@ -433,13 +436,15 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
           {d.ffill('uo_stage')} OVER (PARTITION BY subject_id, encounter_id ORDER BY t
                                       RANGE BETWEEN {int(uo_h1 * H)} PRECEDING AND CURRENT ROW) AS uo_ff
           FROM asmt) x""")
+    # the previous stage (for aki_stage_changes) in the same pass as the previous state: one sort
     add("asmt_ep", f"""
         SELECT *, CAST(SUM(is_start) OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS INTEGER)
                   AS episode
         FROM (SELECT *,
           CASE WHEN state = 1 AND COALESCE(
             {d.ffill('state')} OVER ({order} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) = 0
-            THEN 1 ELSE 0 END AS is_start FROM asmt_ff) x""")
+            THEN 1 ELSE 0 END AS is_start,
+          LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x""")
     add("asmt_raw", """
         SELECT * FROM (
           SELECT *, MIN(CASE WHEN state = 0 THEN t END) OVER (PARTITION BY subject_id, encounter_id, episode)
@@ -518,8 +523,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
           ON p.subject_id = e.subject_id AND p.encounter_id = e.encounter_id AND p.episode = e.episode""",
         output=True)
     add("aki_stage_changes", f"""
-        SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM (
-          SELECT *, LAG(stage_now) OVER ({order}) AS prev_stage FROM asmt_ff) x
+        SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM asmt_ep
         WHERE stage_now <> COALESCE(prev_stage, 0)""", output=True)
 
     # One row per hospital encounter: whether KDIGO staging applies, and why not.
@@ -678,11 +682,13 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
               SELECT subject_id, analyte, t, value FROM spec_any
               UNION ALL
               SELECT subject_id, analyte, t, value FROM spec_delta WHERE jumped = 1) x"""),
+        # the encounter of each flagged value: only the analytes spec_flags can hold are grouped
         Stage("suspect_specimens", f"""
             SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
                    f.reason, 'repeat the sample' AS action
             FROM spec_flags f LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
-                                         FROM ev_enc GROUP BY subject_id, analyte, t, value) e
+                                         FROM ev_enc WHERE analyte IN ({names})
+                                         GROUP BY subject_id, analyte, t, value) e
               ON e.subject_id = f.subject_id AND e.analyte = f.analyte AND e.t = f.t AND e.value = f.value""",
               output=True),
     ]
