@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ def test_the_alert_list_is_read_off_an_index_without_sorting(tmp_path: Path, dat
     engine = make_engine(database_url or f"sqlite:///{tmp_path / 'mgaki.db'}")
     try:
         upgrade(engine)
-        t0 = datetime(2026, 1, 1)
+        t0 = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)  # naive UTC, as stored
         with engine.begin() as con:
             con.execute(alerts.insert(), [{"subject_id": f"p{i % 50}", "kind": ("mg_out_of_range", "aki_onset")[i % 2],
                                            "time": t0 + timedelta(minutes=i), "severity": "warning",

@@ -219,7 +219,8 @@ def test_messages_acknowledged_then_killed_before_storing_are_stored_and_alert_a
     cfg = make_config(tmp_path, mllp_port=0, database_url=database_url)
     cfg.data_dir.mkdir(parents=True)
     msgs = [_oru(f"k{i}", 1.0) for i in range(3)]  # Mg 1.0 mg/dL: an mg_out_of_range alert each
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ACK, str(cfg.data_dir), database_url or ""], input="\n\n".join(msgs),
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ACK, str(cfg.data_dir), database_url or ""],
+                          input="\n\n".join(msgs),
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
