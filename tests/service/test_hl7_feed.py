@@ -87,8 +87,9 @@ def test_segments_whose_records_are_all_stored_are_deleted(tmp_path: Path, monke
 
 
 @pytest.fixture
-def feed(tmp_path: Path) -> Any:
-    engine = make_engine(f"sqlite:///{tmp_path / 'mgaki.db'}")
+def feed(tmp_path: Path, database_url: str | None) -> Any:
+    """A started feed on SQLite and on PostgreSQL (``database_url``: each test that takes it runs on both)."""
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'mgaki.db'}")
     upgrade(engine)
     ing = Ingestor(tmp_path, engine, run_surveillance=False)
     f = Hl7Feed(ing)
@@ -137,8 +138,9 @@ def test_a_correction_stored_in_one_batch_with_what_it_corrects_wins(feed: Hl7Fe
         assert [r["numeric_value"] for r in rows] == [values[1]]
 
 
-def test_many_connections_at_once_every_message_stored_exactly_once(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, mllp_port=0, surveil_on_ingest=False)
+def test_many_connections_at_once_every_message_stored_exactly_once(tmp_path: Path, database_url: str | None,
+                                                                    ) -> None:
+    cfg = make_config(tmp_path, mllp_port=0, surveil_on_ingest=False, database_url=database_url)
     msgs = [_oru(f"p{i % 17}", 1.0 + i / 1000, order=f"o{i}", control=f"c{i}") for i in range(240)]
 
     def send(chunk: list[str]) -> list[str]:
@@ -199,7 +201,7 @@ _KILLED_AFTER_ACK = textwrap.dedent("""
     from mgaki.service.persistence.db import make_engine, upgrade
 
     data = Path(sys.argv[1])
-    engine = make_engine(f"sqlite:///{data / 'mgaki.db'}")
+    engine = make_engine(sys.argv[2] or f"sqlite:///{data / 'mgaki.db'}")
     upgrade(engine)
     ing = Ingestor(data, engine, run_surveillance=True)
     never = threading.Event()
@@ -213,11 +215,12 @@ _KILLED_AFTER_ACK = textwrap.dedent("""
 
 
 def test_messages_acknowledged_then_killed_before_storing_are_stored_and_alert_at_the_next_start(
-        tmp_path: Path) -> None:
-    cfg = make_config(tmp_path, mllp_port=0)
+        tmp_path: Path, database_url: str | None) -> None:
+    cfg = make_config(tmp_path, mllp_port=0, database_url=database_url)
     cfg.data_dir.mkdir(parents=True)
     msgs = [_oru(f"k{i}", 1.0) for i in range(3)]  # Mg 1.0 mg/dL: an mg_out_of_range alert each
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ACK, str(cfg.data_dir)], input="\n\n".join(msgs),
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ACK, str(cfg.data_dir), database_url or ""],
+                          input="\n\n".join(msgs),
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == -signal.SIGKILL, proc.stderr

@@ -53,6 +53,7 @@ _BUNDLE_TYPES = ("batch", "transaction", "collection")
 INCOMING = "incoming"  # request bodies being read, under the data folder: patient data, never left behind
 INCOMING_LOCK = "incoming.lock"  # held shared by every serving process, exclusively by clear_incoming
 _ID_COLUMNS = ("subject_id", "encounter_id", "parent_id")
+_HELD_BY_SUBJECT = 20_000  # sync_alerts: up to this many patients, their held alerts are read by patient
 _ANY_ID_RE2 = rf"^[^\x00-\x1f\x7f]{{1,{ID_MAX}}}$"  # ids.id_problem, vectorised
 
 
@@ -339,6 +340,7 @@ class Ingestor:
             with self._cond:
                 target = self._requested
                 self._oldest = None
+            t0 = time.monotonic()
             try:
                 n = self._surveil()
             except Exception as exc:  # the pending file keeps the subjects: the next run retries
@@ -346,7 +348,7 @@ class Ingestor:
                 if self._stop.wait(max(self.delay_s, 1.0)):
                     return
                 continue
-            log.info("deferred surveillance: %d new alert(s)", n)
+            log.info("deferred surveillance: %d new alert(s), run %.2f s", n, time.monotonic() - t0)
             with self._cond:
                 self._done = max(self._done, target)
                 self._cond.notify_all()
@@ -361,9 +363,12 @@ class Ingestor:
         subjects = sorted({s for s in log.column("subject_id").to_pylist() if s is not None and "\x00" not in s})
         with self.engine.begin() as con:  # a write transaction (BEGIN IMMEDIATE on SQLite): read, then insert
             q = sa.select(*(alerts.c[k] for k in ALERT_KEY))
-            if len(subjects) <= 500:  # only these patients' alerts can match (a log of a few runs)
-                q = q.where(alerts.c.subject_id.in_(subjects))
-            held = {tuple(r) for r in con.execute(q).all()}
+            if len(subjects) <= _HELD_BY_SUBJECT:  # only these patients' alerts can match (the log of a few runs):
+                # 500 at a time, so a large run (a busy feed) reads its patients' rows, not the whole table
+                held = {tuple(r) for i in range(0, len(subjects), 500)
+                        for r in con.execute(q.where(alerts.c.subject_id.in_(subjects[i:i + 500]))).all()}
+            else:  # the whole log (a process's first copy): one read of the table
+                held = {tuple(r) for r in con.execute(q).all()}
             rows = [r for r in log.select([*ALERT_KEY, "severity", "detail", "value"]).to_pylist()
                     if tuple(r[k] for k in ALERT_KEY) not in held]
             if rows:
