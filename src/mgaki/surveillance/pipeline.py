@@ -136,8 +136,9 @@ def alert_rates(encounters: pa.Table, alerts: pa.Table, as_of: datetime | None) 
 
 def _as_of(con: duckdb.DuckDBPyConnection, prefix: str = "") -> datetime | None:
     """The latest time the data speaks of: a closed encounter's gaps run to its end."""
-    row = con.sql(f"""SELECT greatest((SELECT max(time) FROM {prefix}events), (SELECT max(start) FROM {prefix}medications),
-                                     (SELECT max(greatest(start, coalesce("end", start))) FROM {prefix}encounters))"""
+    row = con.sql(f"""SELECT greatest((SELECT max(time) FROM {prefix}events),
+                                      (SELECT max(start) FROM {prefix}medications),
+                                      (SELECT max(greatest(start, coalesce("end", start))) FROM {prefix}encounters))"""
                   ).fetchall()[0]
     return row[0] if row else None
 
@@ -736,10 +737,8 @@ def _start_fold(out: Path) -> None:
 def fold_in_background(out: Path) -> None:
     """Fold `out`'s generations at the lowest priority (this thread, or the fold process), unless another
     fold or a full run holds the folder; a failure is logged (no row values) and left to the next fold."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: this thread only, lowest
-    except (AttributeError, OSError):
-        pass
     lock = _fold_lock(out)
     try:
         if not lock.acquire(blocking=False):
@@ -832,8 +831,8 @@ def summary(tables: Mapping[str, pa.Table]) -> dict[str, Any]:
                       "FROM aki_episodes").fetchall()[0]
         return {
             "mg_encounters": one("SELECT count(*) FROM mg_trajectory", "mg_trajectory"),
-            "not_staged_dialysis": one("SELECT count(*) FROM kidney_status WHERE kdigo_status IS DISTINCT FROM 'applicable'",
-                                       "kidney_status"),
+            "not_staged_dialysis": one("SELECT count(*) FROM kidney_status "
+                                       "WHERE kdigo_status IS DISTINCT FROM 'applicable'", "kidney_status"),
             "baseline_rules": list(eps[5] or []),
             "weights_rejected": one("SELECT count(*) FROM uo_weight_rejected", "uo_weight_rejected"),
             "episodes": eps[0], "peak_stage": {1: eps[1], 2: eps[2], 3: eps[3]}, "recovered": eps[4],
@@ -1181,7 +1180,7 @@ class _Batch:
     def commit(self, threads: bool = True) -> None:
         tmps = [path.with_name(f".{path.name}.tmp") for _, path in self.writes]
         if not threads:
-            for (tab, path), tmp in zip(self.writes, tmps, strict=True):
+            for (tab, _), tmp in zip(self.writes, tmps, strict=True):
                 _write_synced(tab, tmp)
             for tmp, (_, path) in zip(tmps, self.writes, strict=True):
                 os.replace(tmp, path)

@@ -522,7 +522,7 @@ def stages(kb: KnowledgeBase, d: Dialect, as_of_epoch: int, baseline_rule: str |
           GROUP BY a.subject_id, a.encounter_id, x.episode) p
           ON p.subject_id = e.subject_id AND p.encounter_id = e.encounter_id AND p.episode = e.episode""",
         output=True)
-    add("aki_stage_changes", f"""
+    add("aki_stage_changes", """
         SELECT subject_id, encounter_id, time, stage_now AS stage, criterion, src FROM asmt_ep
         WHERE stage_now <> COALESCE(prev_stage, 0)""", output=True)
 
