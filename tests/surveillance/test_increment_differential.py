@@ -416,14 +416,15 @@ def test_a_fold_runs_beside_the_increments_and_a_full_run_waits_for_it(
     order: list[str] = []
     real_commit = pipeline._Batch.commit
 
-    def held_in_the_fold(self: pipeline._Batch, threads: bool = True) -> None:
+    def held_in_the_fold(self: pipeline._Batch, threads: bool = True, pace: float = 0.0) -> None:
         if threading.current_thread().name == "mgaki-fold":
+            assert pace > 0  # a background fold leaves the disk to the runs between its files
             entered.set()
             assert gate.wait(60)
-            real_commit(self, threads)
+            real_commit(self, threads, pace)
             order.append("fold committed")
         else:
-            real_commit(self, threads)
+            real_commit(self, threads, pace)
 
     real_all = pipeline._surveil_all
 

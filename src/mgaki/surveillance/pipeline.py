@@ -604,6 +604,7 @@ DELTA_FOLD_GENS = 64
 # "thread" (a thread of this process), "inline" (the run that writes the DELTA_FOLD_GENS-th generation folds
 # before returning)
 FOLD_IN = "process"
+FOLD_PACE = 1.0  # a background fold pauses after each file it writes as long as the write took: half the disk
 _log = logging.getLogger(__name__)
 _folds: dict[Path, threading.Thread | subprocess.Popen[bytes]] = {}  # results folder -> its fold under way
 _folds_guard = threading.Lock()
@@ -688,7 +689,7 @@ def _fold(out: Path) -> None:
             cache = _read_many([_bucket_file(out / rn, b) for b in by_bucket], threads=False)
             _replace_rows(out / rn, latest, by_bucket, nb, batch, cache, keep_empty=True)
         # no thread pools: at interpreter exit the pools refuse work before this thread is joined
-        batch.commit(threads=False)
+        batch.commit(threads=False, pace=FOLD_PACE if FOLD_IN != "inline" else 0.0)
     finally:
         con.close()
     before = _folded(out)
@@ -1177,11 +1178,15 @@ class _Batch:
     def delete(self, path: Path) -> None:
         self.deletes.append(path)
 
-    def commit(self, threads: bool = True) -> None:
+    def commit(self, threads: bool = True, pace: float = 0.0) -> None:
+        """`threads`: write and sync the files in threads. Else one after the other, each followed by a
+        pause of `pace` times its own duration (a background fold: the disk left to the runs meanwhile)."""
         tmps = [path.with_name(f".{path.name}.tmp") for _, path in self.writes]
         if not threads:
             for (tab, _), tmp in zip(self.writes, tmps, strict=True):
+                t0 = _time.perf_counter()
                 _write_synced(tab, tmp)
+                _time.sleep(pace * (_time.perf_counter() - t0))
             for tmp, (_, path) in zip(tmps, self.writes, strict=True):
                 os.replace(tmp, path)
             for path in self.deletes:
