@@ -593,8 +593,8 @@ def result_sql(root: Path, name: str, subject_id: str | None = None) -> str | No
 # subjects: its cost follows what it recomputed, not the size of the buckets. A reader takes each subject's
 # rows from the newest generation that recomputed it, else from its bucket. Once DELTA_FOLD_GENS generations
 # are pending they are folded into the buckets (each bucket rewritten once for all the subjects they touched)
-# in a background thread, off the run's latency; the fold then marks them folded (_delta/folded) and removes
-# the generations the fold before it marked, which no reader has listed since.
+# in the background (a process of its own, FOLD_IN), off the run's latency; the fold then marks them folded
+# (_delta/folded) and removes the generations the fold before it marked, which no reader has listed since.
 _DELTA = "_delta"
 _COVERED = "_subjects.parquet"
 _FOLDED = "folded"  # in _delta: the newest generation the buckets hold
