@@ -649,9 +649,9 @@ def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) 
     synced under a temporary name, then renamed into place (the commit). Returns the generations now kept."""
     folder = out / _DELTA
     folder.mkdir(exist_ok=True)
-    every = _gen_dirs(out)
-    g = max(int(every[-1].name[1:]) if every else 0, _folded(out)) + 1
-    gens = [p for p in every if int(p.name[1:]) > _folded(out)]
+    every, done = _gen_dirs(out), _folded(out)
+    g = max(int(every[-1].name[1:]) if every else 0, done) + 1
+    gens = [p for p in every if int(p.name[1:]) > done]
     tmp = folder / f".g{g:020d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -1182,27 +1182,22 @@ class _Batch:
         """`threads`: write and sync the files in threads. Else one after the other, each followed by a
         pause of `pace` times its own duration (a background fold: the disk left to the runs meanwhile)."""
         tmps = [path.with_name(f".{path.name}.tmp") for _, path in self.writes]
-        if not threads:
-            for (tab, _), tmp in zip(self.writes, tmps, strict=True):
-                t0 = _time.perf_counter()
-                _write_synced(tab, tmp)
+
+        def write(tab: pa.Table, tmp: Path) -> None:
+            t0 = _time.perf_counter()
+            _write_synced(tab, tmp)
+            if pace:
                 _time.sleep(pace * (_time.perf_counter() - t0))
+
+        with ThreadPoolExecutor(max_workers=8) if threads else contextlib.nullcontext() as pool:
+            # in threads, Parquet encoding releases the GIL and the syncs go together
+            each = pool.map if pool is not None else map
+            list(each(write, [tab for tab, _ in self.writes], tmps))
             for tmp, (_, path) in zip(tmps, self.writes, strict=True):
                 os.replace(tmp, path)
             for path in self.deletes:
                 path.unlink(missing_ok=True)
-            for folder in {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}:
-                _fsync(folder)
-            return
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            # written and synced in threads (Parquet encoding releases the GIL; the syncs go together)
-            list(pool.map(lambda w: _write_synced(*w), [(tab, tmp) for (tab, _), tmp in zip(self.writes, tmps,
-                                                                                            strict=True)]))
-            for tmp, (_, path) in zip(tmps, self.writes, strict=True):
-                os.replace(tmp, path)
-            for path in self.deletes:
-                path.unlink(missing_ok=True)
-            list(pool.map(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
+            list(each(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
 
 
 def _read_many(paths: Iterable[Path], threads: bool = True) -> dict[Path, pa.Table]:
