@@ -27,10 +27,10 @@ from hl7.client import MLLPClient
 
 from conftest import READER, WRITER, auth, bundle, free_port, hook_request, pg_schema
 from mgaki.events import EventStore
+from mgaki.events.locks import FileLock
 from mgaki.service.ingest.hl7 import Result, oru_r01, read_ack
 from mgaki.service.ingest.ingestor import Ingestor
 from mgaki.service.persistence.db import make_engine, upgrade
-from mgaki.service.persistence.locks import FileLock
 
 ISS = "https://ehr.workers.invalid"
 PV = "/cds-services/mgaki-patient-view"
@@ -172,7 +172,7 @@ def test_two_workers_start_and_serve(two_workers: tuple[str, subprocess.Popen[by
 _HOLD = """
 import sys
 from pathlib import Path
-from mgaki.service.persistence.locks import FileLock
+from mgaki.events.locks import FileLock
 lock = FileLock(Path(sys.argv[1]))
 lock.acquire()
 print("held", flush=True)

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import mgaki
 from mgaki.errors import InputError, MgakiError
+from mgaki.events.locks import FileLock
 from mgaki.events.store import IdentityConflictError
 from mgaki.service.cds.hooks import SERVICES, CdsInputError, call_service, discovery
 from mgaki.service.cds.models import CdsRequest, CdsResponse, FeedbackRequest
@@ -65,7 +66,6 @@ from mgaki.service.persistence.db import (
     writer,
 )
 from mgaki.service.persistence.ids import ID_MAX, find_nul, id_problem
-from mgaki.service.persistence.locks import FileLock
 from mgaki.service.persistence.workflow import AlertState, WorkflowError, alert_states, live_only, record_action
 from mgaki.service.security import (
     AuthError,

@@ -34,13 +34,13 @@ import sqlalchemy as sa
 from mgaki.adapters.fhir_bulk import read_fhir
 from mgaki.errors import InputError
 from mgaki.events import EventStore, normalize
+from mgaki.events.locks import FileLock
 from mgaki.events.schema import TABLES
 from mgaki.events.store import IngestSummary
 from mgaki.research.alert_eval import care_units
 from mgaki.research.alert_trial import AlertPolicy, assign_mode
 from mgaki.service.persistence.db import ALERT_KEY, alert_key_hash, alert_rejects, alerts, insert_alerts
 from mgaki.service.persistence.ids import FHIR_ID_RE2, ID_MAX, find_nul
-from mgaki.service.persistence.locks import FileLock
 from mgaki.service.persistence.workflow import DbLedger
 from mgaki.surveillance import surveil
 

@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mgaki.events.locks import FileLock
 from mgaki.events.store import _fsync as _fsync_dir
-from mgaki.service.persistence.locks import FileLock
 
 __all__ = ["JOURNAL", "SEGMENT_BYTES", "Entry", "Journal", "orphans", "read_segment"]
 
