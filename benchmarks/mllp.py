@@ -45,6 +45,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def _now() -> str:
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, store: Path, workers: int, extra: dict[str, Any]) -> Any:
+def serve(tmp: Path, store: Path, workers: int, extra: dict[str, Any], keep_log: Path | None = None) -> Any:
     import httpx
     import yaml
 
@@ -168,6 +169,8 @@ def serve(tmp: Path, store: Path, workers: int, extra: dict[str, Any]) -> Any:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if keep_log is not None:
+            shutil.copyfile(log_path, keep_log)
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -254,6 +257,26 @@ async def _poll_alerts(url: str, want: dict[tuple[str, str], int], seen: dict[in
             await asyncio.sleep(max(0.0, every_s - (time.monotonic() - t)))
 
 
+async def _explain_missing(url: str, unseen: dict[int, tuple[str, str]]) -> dict[str, int]:
+    """Why an expected alert was never listed: raised but missed by the polls (more than POLL_LIMIT between two
+    polls), or not raised, and then whether the patient already had one of the kind (an episode the cohort or an
+    earlier message opened: no new alert), else unexplained (a defect)."""
+    import httpx
+
+    out: Counter[str] = Counter()
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {READER}"}) as c:
+        for pid, when in unseen.values():
+            r = await c.get(f"{url}/patients/{pid}/alerts", params={"limit": 1000})
+            kinds = [a for a in r.json().get("alerts", []) if a["kind"] == ALERT_KIND] if r.status_code == 200 else []
+            if any(str(a["time"])[:19] == when for a in kinds):
+                out["raised, missed by the polls"] += 1
+            elif kinds:
+                out["not raised: the patient has an earlier alert of the kind (an open episode raises none)"] += 1
+            else:
+                out["not raised, unexplained"] += 1
+    return dict(out)
+
+
 async def feed(server: dict[str, Any], msgs: list[tuple[str, str, bool, str]], rate: float, connections: int,
                poll_s: float, t0: float, settle_s: float) -> dict[str, Any]:
     plans: list[list[tuple[int, float, bytes]]] = [[] for _ in range(connections)]
@@ -272,6 +295,7 @@ async def feed(server: dict[str, Any], msgs: list[tuple[str, str, bool, str]], r
         await asyncio.sleep(0.1)
     stop.set()
     await poller
+    missing = await _explain_missing(server["url"], {i: k for k, i in want.items() if i not in seen})
     ack_lat = [acks[i][0] - (t0 + i / rate) for i in acks]
     alert_lat = [seen[i] - (t0 + i / rate) for i in seen]
     last_send = max(sent.values()) if sent else t0
@@ -284,7 +308,7 @@ async def feed(server: dict[str, Any], msgs: list[tuple[str, str, bool, str]], r
             "min_10s_window_rate": min(full_windows) if full_windows else float("nan"),
             "last_ack_after_last_send_s": last_ack - last_send,
             "ack": stats_ms(ack_lat), "alerts_expected": len(want), "alerts_seen": len(seen),
-            "alert": stats_ms(alert_lat), "polls": len(polls), "poll": stats_ms(polls)}
+            "alert": stats_ms(alert_lat), "polls": len(polls), "poll": stats_ms(polls), "missing": missing}
 
 
 def warm(server: dict[str, Any], patients: int, timeout_s: float, alerts: bool = True) -> float:
@@ -300,6 +324,14 @@ def warm(server: dict[str, Any], patients: int, timeout_s: float, alerts: bool =
     if res["codes"] != {"AA": 3} or res["alerts_seen"] != (3 if alerts else res["alerts_seen"]):
         raise RuntimeError(f"warm-up: {res['codes']} ACKs, {res['alerts_seen']} of 3 alerts listed")
     return time.monotonic() - t0
+
+
+RUN_LINE = re.compile(r"deferred surveillance: (\d+) new alert\(s\), run ([0-9.]+) s")
+
+
+def surveillance_runs(log_path: Path) -> list[float]:
+    """Seconds of each deferred surveillance run the server logged so far (``log_level: info``)."""
+    return [float(m.group(2)) for m in RUN_LINE.finditer(log_path.read_text(errors="replace"))]
 
 
 def stored_messages(data: Path, run: str) -> int:
@@ -383,6 +415,8 @@ def main() -> int:
     ap.add_argument("--settle-s", type=float, default=120.0,
                     help="after the last send, wait this long at most for the alerts not yet listed")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--log-level", default="info", choices=["debug", "info"],
+                    help="the server's log_level (info: a line per surveillance run; debug: per stored HL7 batch)")
     ap.add_argument("--delay", type=float, default=0.25,
                     help="hl7_surveillance_delay_s (the service's default is 1 s; under a steady feed runs follow each "
                          "other back to back whatever it is, it bounds the wait of a lone message)")
@@ -394,6 +428,7 @@ def main() -> int:
     ap.add_argument("--store-cache", type=Path, default=None, help="build the store here once, reuse it after")
     ap.add_argument("--quick", action="store_true", help="1,000 patients, 10 s, 10 s of FHIR")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep-log", type=Path, default=None, help="copy the server's log here at the end")
     ap.add_argument("--build-only", action="store_true", help="build the --store-cache store, then stop")
     ap.add_argument("--child-build", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -418,6 +453,7 @@ def main() -> int:
         extra["hl7_surveillance_delay_s"] = a.delay
     if a.ack_after is not None:
         extra["mllp_ack_after"] = a.ack_after
+    extra["log_level"] = a.log_level  # a line per deferred surveillance run: their number and seconds are reported
     if a.no_surveil:
         extra["surveil_on_ingest"] = False
         a.alert_share, a.settle_s = 0.0, 0.0
@@ -433,7 +469,7 @@ def main() -> int:
         res["store"] = info
         run = f"b{os.getpid()}"
         try:
-            with serve(tmp, store, a.workers, extra) as server:
+            with serve(tmp, store, a.workers, extra, a.keep_log) as server:
                 res["store"]["copy_s"] = server["copy_s"]
                 print(f"{_now()} server up; warming up (first surveillance run, alert log copy) ...", flush=True)
                 res["warm_up_s"] = warm(server, a.patients, 900.0, alerts=not a.no_surveil)
@@ -451,7 +487,9 @@ def main() -> int:
                 load_feed = os.getloadavg()
                 cpu0 = cpu_seconds(server["pid"])
                 t0 = time.monotonic() + 0.5
+                runs_before = len(surveillance_runs(server["log"]))
                 out = asyncio.run(feed(server, msgs, a.rate, a.connections, a.poll_s, t0, a.settle_s))
+                out["runs"] = surveillance_runs(server["log"])[runs_before:]
                 out["server_cpu_s"] = cpu_seconds(server["pid"]) - cpu0
                 out["wall_s"] = time.monotonic() - t0
                 out["load_avg_before"] = load_feed
@@ -493,6 +531,12 @@ def report(a: argparse.Namespace, res: dict[str, Any]) -> None:
           f"p99 {f['alert']['p99_ms']:7.0f}  max {f['alert']['max_ms']:7.0f} ms  ({f['alerts_seen']} of "
           f"{f['alerts_expected']} alerts seen; GET /alerts every {a.poll_s:g} s, p50 "
           f"{f['poll']['p50_ms']:.0f} ms per poll)")
+    if f.get("missing"):
+        print(f"  alerts not seen: {f['missing']}")
+    if f.get("runs"):
+        r = sorted(f["runs"])
+        print(f"  surveillance runs during the feed: {len(r)}, each p50 {pct(r, 50):.2f}  p90 {pct(r, 90):.2f}  "
+              f"max {r[-1]:.2f} s ({sum(r):.0f} s in all)")
     if "fhir" in res:
         h = res["fhir"]
         print(f"FHIR POST /fhir (one Observation; answered after store + incremental surveillance): "

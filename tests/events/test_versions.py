@@ -190,3 +190,82 @@ def test_a_death_corrected_in_a_new_patient_version_is_replaced(tmp_path: Path) 
     s = store.append(patient("2", None))  # version 2: the death was recorded in error
     assert s.superseded == 1 and s.affected_subjects == {"p1"}
     assert store.read("events").num_rows == 0 and store.read("subjects").num_rows == 1
+
+
+def test_versioned_and_unversioned_rows_in_one_append(tmp_path: Path) -> None:
+    """New versions are written once each (two equal rows of one version: one row) without comparing them
+    with the store; unversioned rows beside them in the same table are still compared with the store."""
+    store = EventStore(tmp_path)
+    plain = {"subject_id": ["1"], "time": ["2024-01-01 09:00"], "analyte": ["magnesium"], "value": ["1.7"],
+             "unit": ["mg/dL"], "source": ["row0"]}
+    store.append(normalize({"events": pa.table(plain)}))
+    both = _obs([("a", "1", "1.8"), ("a", "1", "1.8")])
+    extra = normalize({"events": pa.table({**plain, "value": ["1.7"]})})["events"]
+    mixed = {"events": pa.concat_tables([both["events"], extra.cast(both["events"].schema)])}
+    first = store.append(mixed)
+    assert first.added["events"] == 1  # the version once; the unversioned row is stored already
+    assert store.counts()["events"] == 2
+    again = store.append(mixed)
+    assert again.added["events"] == 0 and store.counts()["events"] == 2
+    assert sorted(r["numeric_value"] for r in store.read("events").to_pylist()) == [1.7, 1.8]
+
+
+def test_ledger_lookups_across_compacted_parts(tmp_path: Path) -> None:
+    """The per-part identity index (read once per part) finds records in compacted ledger parts: a version
+    sent again adds nothing, a new one replaces it, the ledger's seq keeps rising, another patient is refused."""
+    import mgaki.events.store as store_mod
+    from mgaki.events.store import IdentityConflictError
+
+    n = store_mod.COMPACT_AT + 3
+    store = EventStore(tmp_path)
+    for i in range(n):  # one ledger part each: compacted along the way
+        store.append(_obs([(f"r{i}", "1", "1.8")]))
+    assert len(store.files("versions")) < n
+    assert store.append(_obs([("r0", "1", "1.8")])).added["events"] == 0
+    assert store.append(_obs([("r0", "2", "1.2")])).superseded == 1
+    assert _values(store)["Observation/r0"] == [1.2]
+    seqs = store._ledger_sql()
+    con = store.connect(())
+    try:
+        got = con.sql(f"SELECT count(*), count(DISTINCT seq), max(seq) FROM {seqs}").fetchall()[0]
+    finally:
+        con.close()
+    assert got == (n + 1, n + 1, n + 1)  # one seq per append that brought a new version, none reused
+    with pytest.raises(IdentityConflictError):
+        store.append(_obs([("r3", "2", "1.5")], subject="2"), conflicts="refuse")
+
+
+def test_ledger_parts_written_before_it_named_the_patient(tmp_path: Path) -> None:
+    """A store whose ledger parts lack ``subject_id`` (written by an earlier release): conflicts and replaced
+    versions are still found from the rows, and a compaction merges old and new parts into one schema."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    import mgaki.events.store as store_mod
+    from mgaki.events.store import IdentityConflictError
+
+    store = EventStore(tmp_path)
+    store.append(_obs([("a", "1", "1.8"), ("b", "1", "1.9")]))
+    for part in store.files("versions"):  # the earlier release's schema, under a new name (parts never change)
+        tab = pq.read_table(part)
+        assert tab.column("subject_id").to_pylist() == ["1", "1"]
+        pq.write_table(tab.drop_columns(["subject_id"]), part.with_name(f"part-{uuid.uuid4().hex}.parquet"))
+        part.unlink()
+    with pytest.raises(IdentityConflictError) as err:
+        store.append(_obs([("a", "2", "1.5")], subject="2"), conflicts="refuse")
+    assert err.value.conflicts[0].stored == "1"
+    step = store.append(_obs([("b", "2", "1.2")]))
+    assert step.superseded == 1 and step.affected_subjects == frozenset({"1"})
+    assert _values(store) == {"Observation/a": [1.8], "Observation/b": [1.2]}
+    for i in range(store_mod.COMPACT_AT):  # new parts beside the old one: merged together
+        store.append(_obs([(f"c{i}", "1", "1.8")]))
+    assert len(store.files("versions")) < store_mod.COMPACT_AT
+    merged = store.read("events")
+    assert merged.num_rows == store_mod.COMPACT_AT + 2
+    con = store.connect(())
+    try:
+        names = con.sql(f"SELECT identity, subject_id FROM {store._ledger_sql()} ORDER BY seq").fetchall()
+    finally:
+        con.close()
+    assert names[0][1] is None and names[-1] == (f"Observation/c{store_mod.COMPACT_AT - 1}", "1")

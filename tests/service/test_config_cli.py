@@ -92,3 +92,29 @@ def test_several_workers_need_a_fixed_mllp_port(tmp_path) -> None:
         ServiceConfig(data_dir=tmp_path, workers=2, mllp_port=0)
     assert ServiceConfig(data_dir=tmp_path, workers=2, mllp_port=2575).mllp_port == 2575
     assert ServiceConfig(data_dir=tmp_path, workers=1, mllp_port=0).mllp_port == 0
+
+
+def test_log_level_sets_the_service_loggers(tmp_path, capsys):
+    """``log_level: info`` writes the service's progress lines (e.g. each deferred surveillance run) to
+    standard error, one handler however many apps a process builds; an unknown level is refused by name."""
+    import logging
+
+    from mgaki.service import create_app
+
+    f = tmp_path / "svc.yaml"
+    f.write_text(f"data_dir: {tmp_path / 'data'}\nlog_level: info\ncds_require_jwt: false\n")
+    root = logging.getLogger("mgaki")
+    before = (root.level, list(root.handlers))
+    try:
+        create_app(load_config(f, env={}))
+        create_app(load_config(f, env={}))
+        assert root.level == logging.INFO
+        assert len([h for h in root.handlers if getattr(h, "_mgaki", False)]) == 1
+        logging.getLogger("mgaki.service.ingest.ingestor").info("deferred surveillance: %d new alert(s)", 3)
+        assert "INFO mgaki.service.ingest.ingestor: deferred surveillance: 3 new alert(s)" in capsys.readouterr().err
+    finally:
+        root.setLevel(before[0])
+        root.handlers[:] = before[1]
+    f.write_text("log_level: verbose\n")
+    with pytest.raises(InputError, match="log_level"):
+        load_config(f, env={})

@@ -12,7 +12,11 @@ seen; only the rows of each identity's current version are visible, so re-sendin
 version adds nothing and a new version (a corrected value, or a status such as
 entered-in-error that leaves only a quarantine row) replaces the earlier rows instead of
 adding a second value. Versions that compare as integers or as times are ordered by
-value (a late-arriving older version is kept out); others by arrival. The ledger part is
+value (a late-arriving older version is kept out); others by arrival. A ledger row names the
+version's patient, and each process keeps every ledger part's identity hashes (``_ledger_index``):
+deciding versions and identities reads only the parts that can hold the incoming identities (none
+for new records), and a new version's rows are not compared with stored rows (none can have its
+source while no append was interrupted). The ledger part is
 the commit point of an append: an append lists its new versions in ``versions-intent``
 before writing their rows, so rows written before a crash but not yet in the ledger stay
 invisible, and re-running the append commits them without writing them twice. The views
@@ -46,20 +50,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mgaki.errors import InputError
-from mgaki.events.normalize import connect, cursor
+from mgaki.events.normalize import connect, cursor, work_cursor
 from mgaki.events.schema import TABLES
 
 __all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError", "IngestSummary", "reason_kind",
@@ -68,8 +75,9 @@ __all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError",
 HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
 _VERSIONS = "versions"  # the ledger folder (not a canonical table)
 _INTENT = "versions-intent"  # versions an append is writing, until the ledger commits them
+# subject_id: the patient the version's rows name (None in parts written before it was kept: their rows are read)
 _LEDGER = pa.schema([("identity", pa.string()), ("version", pa.string()), ("source", pa.string()),
-                     ("seq", pa.int64()), ("stale", pa.bool_())])
+                     ("seq", pa.int64()), ("stale", pa.bool_()), ("subject_id", pa.string())])
 _COMPACTED = "_compacted"  # per-table folder of compaction records
 COMPACT_AT = 32  # small parts of one table that trigger a merge
 SMALL_PART_BYTES = 1 << 20  # parts under this size are merged; bulk-ingest parts are left as written
@@ -237,19 +245,52 @@ class EventStore:
         finally:
             con.close()
 
-    def _ledger_sql(self) -> str:
-        files = self.files(_VERSIONS)
+    def _ledger_sql(self, files: Sequence[Path] | None = None) -> str:
+        """The ledger's rows (``files``: those parts only), ``subject_id`` NULL in parts written without it."""
+        files = self.files(_VERSIONS) if files is None else files
         if not files:
             return "(SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
-                   "NULL::BIGINT AS seq, NULL::BOOLEAN AS stale WHERE false)"
-        return f"read_parquet([{', '.join(repr(f.as_posix()) for f in files)}])"
+                   "NULL::BIGINT AS seq, NULL::BOOLEAN AS stale, NULL::VARCHAR AS subject_id WHERE false)"
+        new = ", ".join(repr(f.as_posix()) for f in files if _has_subject(f))
+        old = ", ".join(repr(f.as_posix()) for f in files if not _has_subject(f))
+        if not old:
+            return f"read_parquet([{new}])"
+        parts = [f"SELECT *, NULL::VARCHAR AS subject_id FROM read_parquet([{old}])"]
+        if new:
+            parts.append(f"SELECT * FROM read_parquet([{new}])")
+        return f"({' UNION ALL BY NAME '.join(parts)})"
 
-    def _current_sql(self) -> str | None:
-        """SQL: the source of each identity's current version (None: no versioned record stored)."""
-        if not self.files(_VERSIONS):
+    def _current_sql(self, among: str | None = None, files: Sequence[Path] | None = None) -> str | None:
+        """SQL: the source of each identity's current version (None: no versioned record stored); ``among``:
+        a query of the identities wanted (the others are left out before the ledger is ranked); ``files``:
+        the ledger parts to read (default all; ``_ledger_parts_holding`` names those that can hold them)."""
+        files = self.files(_VERSIONS) if files is None else files
+        if not files:
             return None
-        return (f"SELECT identity, version, source, seq FROM {self._ledger_sql()} WHERE NOT stale "
-                "QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) = 1")
+        only = f" AND identity IN ({among})" if among else ""
+        return (f"SELECT identity, version, source, seq, subject_id FROM {self._ledger_sql(files)} "
+                f"WHERE NOT stale{only} QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) = 1")
+
+    def _ledger_parts_holding(self, con: duckdb.DuckDBPyConnection, hashes: np.ndarray,
+                              ) -> tuple[list[Path], int]:
+        """The ledger parts that may hold an identity of ``hashes`` (DuckDB ``hash(identity)``), and the
+        ledger's largest ``seq`` (0 when empty).
+
+        Each part's identity hashes and largest seq are read once per process (``_ledger_index``; parts are
+        never rewritten), so an append of new records (a lab feed's: none is in the ledger) reads no ledger
+        part at all, and one that names stored records reads the parts that hold them: its cost does not
+        grow with the ledger, which grows with every versioned record ever stored. A hash shared by two
+        identities only makes a part read for nothing."""
+        files = self.files(_VERSIONS)
+        hit, top = [], 0
+        for f in files:
+            idx, part_max = _ledger_index(con, f)
+            top = max(top, part_max)
+            if hashes.size and idx.size:  # idx is sorted: a binary search per incoming identity
+                at = np.minimum(np.searchsorted(idx, hashes), idx.size - 1)
+                if (idx[at] == hashes).any():
+                    hit.append(f)
+        return hit, top
 
     def read(self, table: str) -> pa.Table:
         con = self.connect([table])
@@ -284,8 +325,7 @@ class EventStore:
         summary = IngestSummary()
         subjects: set[str] = set()
         fresh: dict[str, pa.Table] = {}
-        con = cursor()  # registered and TEMP tables only
-        try:
+        with work_cursor(sum(t.num_rows for t in tables.values())) as con:  # registered and TEMP tables only
             incoming: dict[str, pa.Table] = {}
             for name, given in tables.items():
                 if name not in TABLES:
@@ -306,21 +346,30 @@ class EventStore:
                 incoming = _set_aside(con, incoming, found)
                 summary.identity_conflicts = tuple(found)
             ledger = self._versions(con, incoming, summary, subjects) if versioned else _LEDGER.empty_table()
+            # a version new to the ledger has no stored row unless an interrupted append wrote it (its intent
+            # file is left): with none left, accepted versioned rows are not compared with the store at all
+            unseen = versioned and not any((self.root / _INTENT).glob("*.parquet"))
             for name, tab in incoming.items():
                 summary.received[name] = tab.num_rows
                 con.register("incoming", tab)
+                plain = f"source IS NULL OR NOT contains(source, '{HISTORY}')"
                 # versioned rows: only those of versions this append accepts (see _versions)
-                keep = (f"WHERE source IS NULL OR NOT contains(source, '{HISTORY}') "
-                        "OR source IN (SELECT source FROM accepted)") if versioned else ""
+                keep = f"WHERE {plain} OR source IN (SELECT source FROM accepted)" if versioned else ""
                 # only the incoming subjects' stored rows can be equal: DuckDB reads those row groups only
                 # (parts are written sorted by subject), so an append costs what it brings, not the store's size
                 parts = self.files(name) if against is None else list(against.get(name, ()))
+                stored = self._parts_sql(parts, name)
+                if name != "quarantine" or not given_null_subject(tab):
+                    stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
                 if not parts and distinct and not keep:  # nothing stored to compare with, no two rows alike
                     new = tab if _sorted_by_subject(tab) else tab.sort_by("subject_id")
+                elif unseen and parts:
+                    # the accepted versions' rows, distinct; the unversioned rows (if any) compared with the store
+                    rest = (f" UNION ALL (SELECT * FROM incoming WHERE {plain} EXCEPT SELECT * FROM {stored})"
+                            if _has_plain(tab) else "")
+                    new = con.sql(f"SELECT * FROM (SELECT DISTINCT * FROM incoming WHERE source IN "
+                                  f"(SELECT source FROM accepted){rest}) n ORDER BY subject_id").to_arrow_table()
                 else:
-                    stored = self._parts_sql(parts, name)
-                    if name != "quarantine" or not given_null_subject(tab):
-                        stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
                     new = con.sql(f"SELECT * FROM (SELECT * FROM incoming {keep} EXCEPT SELECT * FROM {stored}) n "
                                   "ORDER BY subject_id").to_arrow_table()
                 new = new.cast(TABLES[name])
@@ -334,8 +383,6 @@ class EventStore:
                     summary.quarantine_reasons.update(_reason_kinds(con, new))
                 else:
                     subjects.update(s for s in new.column("subject_id").unique().to_pylist() if s)
-        finally:
-            con.close()
         summary.affected_subjects = frozenset(subjects)
         if subjects:
             # Recorded for the next incremental surveillance run; cleared only after it wrote results.
@@ -369,7 +416,7 @@ class EventStore:
         if len(small) < at:
             return None
         schema = schema or (_LEDGER if table == _VERSIONS else TABLES[table])
-        merged = pa.concat_tables([pq.read_table(p).cast(schema) for p in small])
+        merged = pa.concat_tables([_conform_to(pq.read_table(p), schema) for p in small])
         if "subject_id" in merged.column_names:  # sorted, like every part: row groups prune by subject
             merged = merged.sort_by([("subject_id", "ascending")])
         cid = uuid.uuid4().hex
@@ -385,16 +432,16 @@ class EventStore:
     def identity_conflicts(self, tables: Mapping[str, pa.Table]) -> list[IdentityConflict]:
         """What ``append(tables, conflicts="refuse")`` would refuse, without writing (tables need only
         ``subject_id`` and ``source``): identities stored for another patient, or named for two in ``tables``."""
-        con = cursor()
-        try:
+        with work_cursor(sum(t.num_rows for t in tables.values())) as con:
             return self._identity_conflicts(con, {n: t for n, t in tables.items() if t.num_rows})
-        finally:
-            con.close()
 
     def _identity_conflicts(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
                             ) -> list[IdentityConflict]:
         """Identities the append would move between patients: named by another subject than their current
-        stored version's, or by two subjects at once."""
+        stored version's, or by two subjects at once.
+
+        One statement finds each incoming identity's current stored version (new identities, the usual case
+        of a lab feed, have none); only identities that have one are looked up in the tables."""
         ident = _IDENTITY.format(c="source")
         parts = []
         for n, t in incoming.items():
@@ -403,33 +450,50 @@ class EventStore:
                          f"WHERE contains(source, '{HISTORY}') AND coalesce(subject_id, '') <> ''")
         if not parts:
             return []
-        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_ids AS SELECT * FROM ({' UNION ALL '.join(parts)}) x "
-                    "WHERE identity <> ''")
-        stored = "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS subject_id WHERE false"
-        cur = self._current_sql()
-        if cur is not None:
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE known_ids AS
-                SELECT c.identity, c.source FROM ({cur}) c WHERE c.identity IN (SELECT identity FROM inc_ids)""")
-            if con.sql("SELECT count(*) FROM known_ids").fetchall()[0][0]:
-                scans = [f"SELECT k.identity, x.subject_id FROM known_ids k JOIN {self.scan_sql(t)} x "
-                         "ON x.source = k.source" for t in TABLES if self.files(t)]
-                stored = " UNION ".join(scans) if scans else stored
-        con.execute(f"CREATE OR REPLACE TEMP TABLE stored_ids AS SELECT DISTINCT * FROM ({stored}) s "
-                    "WHERE coalesce(subject_id, '') <> ''")
-        rows = con.sql("""
-            SELECT i.identity, min(s.subject_id) AS stored, i.subject_id AS incoming, min(i.tbl) AS tbl
-            FROM inc_ids i JOIN stored_ids s ON s.identity = i.identity
-            WHERE NOT EXISTS (SELECT 1 FROM stored_ids t WHERE t.identity = i.identity AND t.subject_id = i.subject_id)
-            GROUP BY i.identity, i.subject_id
-            UNION ALL
-            SELECT identity, NULL, subject_id, min(tbl) FROM inc_ids
-            WHERE identity NOT IN (SELECT identity FROM stored_ids)
-              AND identity IN (SELECT identity FROM inc_ids GROUP BY identity HAVING count(DISTINCT subject_id) > 1)
-            GROUP BY identity, subject_id
-            ORDER BY 1, 3""").fetchall()
+        inc = f"SELECT * FROM ({' UNION ALL '.join(parts)}) x WHERE identity <> ''"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_ids AS SELECT *, hash(identity) AS h FROM ({inc}) i")
         for n in incoming:
             con.unregister(f"ids_{n}")
-        return [IdentityConflict(r[0], r[1], r[2], r[3]) for r in rows]
+        hashes = con.sql("SELECT h FROM inc_ids").to_arrow_table().column("h").to_numpy()
+        held_in, _ = self._ledger_parts_holding(con, hashes)
+        cur = self._current_sql("SELECT identity FROM inc_ids", held_in) if held_in else None
+        if cur is None:  # no stored version of any of them (a lab feed's new results): no part is read
+            rows = con.sql("SELECT tbl, identity, subject_id, NULL::VARCHAR, NULL::VARCHAR FROM inc_ids").fetchall()
+        else:
+            rows = con.sql(f"SELECT i.tbl, i.identity, i.subject_id, c.source, c.subject_id FROM inc_ids i "
+                           f"LEFT JOIN ({cur}) c ON c.identity = i.identity").fetchall()
+        stored: dict[str, set[str]] = {}  # identity -> the subjects its current version's rows name
+        for r in rows:
+            if r[3] is not None and r[4]:  # the ledger names the patient
+                stored[r[1]] = {r[4]}
+        # current versions from ledger parts written before the ledger named the patient: their rows say
+        known = {r[1]: r[3] for r in rows if r[3] is not None and not r[4]}
+        if known:
+            con.register("known_ids", pa.table({"identity": pa.array(list(known), pa.string()),
+                                                "source": pa.array(list(known.values()), pa.string())}))
+            scans = [f"SELECT k.identity, x.subject_id FROM known_ids k JOIN {self.scan_sql(t)} x "
+                     "ON x.source = k.source" for t in TABLES if self.files(t)]
+            if scans:
+                for identity, subject in con.sql(" UNION ".join(scans)).fetchall():
+                    if subject:
+                        stored.setdefault(identity, set()).add(subject)
+            con.unregister("known_ids")
+        tables: dict[tuple[str, str], str] = {}  # (identity, incoming subject) -> first table naming them
+        for tbl, identity, subject, _, _ in rows:
+            key = (identity, subject)
+            tables[key] = min(tables.get(key, tbl), tbl)
+        named: dict[str, set[str]] = {}
+        for identity, subject in tables:
+            named.setdefault(identity, set()).add(subject)
+        out = []
+        for (identity, subject), tbl in sorted(tables.items()):
+            held = stored.get(identity)
+            if held:  # stored for other patients only: this one would take it
+                if subject not in held:
+                    out.append(IdentityConflict(identity, min(held), subject, tbl))
+            elif len(named[identity]) > 1:  # new, named for two patients at once
+                out.append(IdentityConflict(identity, None, subject, tbl))
+        return out
 
     def _versions(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
                   summary: IngestSummary, subjects: set[str]) -> pa.Table:
@@ -440,47 +504,61 @@ class EventStore:
         it is stale, and kept out, when the stored current version is newer by value.
         The subjects of the rows a winner replaces join ``subjects`` (their results change).
         """
-        parts = [f"SELECT DISTINCT source FROM incoming_{n} WHERE contains(source, '{HISTORY}')" for n in incoming]
+        parts = [f"SELECT source, subject_id FROM incoming_{n} WHERE contains(source, '{HISTORY}')" for n in incoming]
         for n, t in incoming.items():
-            con.register(f"incoming_{n}", t.select(["source"]))
-        union = " UNION ".join(parts) if parts else "SELECT NULL::VARCHAR AS source WHERE false"
-        ledger_sql = self._ledger_sql()
-        cur = self._current_sql() or "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, " \
-                                     "NULL::VARCHAR AS source, NULL::BIGINT AS seq WHERE false"
-        seq = con.sql(f"SELECT coalesce(max(seq), 0) + 1 FROM {ledger_sql}").fetchall()[0][0]
+            con.register(f"incoming_{n}", t.select(["source", "subject_id"]))
+        union = " UNION ALL ".join(parts) if parts else \
+            "SELECT NULL::VARCHAR AS source, NULL::VARCHAR AS subject_id WHERE false"
         ident, ver = _IDENTITY.format(c="source"), _VERSION.format(c="source")
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE batch AS
-            SELECT {ident} AS identity, {ver} AS version, source FROM ({union}) b
-            WHERE {ident} <> '' AND source NOT IN (SELECT source FROM {ledger_sql})""")
+        # a version's rows name one patient (identity checks came first); quarantine rows may name none
+        con.execute(f"CREATE OR REPLACE TEMP TABLE brought AS SELECT {ident} AS identity, {ver} AS version, source, "
+                    f"hash({ident}) AS h, max(nullif(subject_id, '')) AS subject_id FROM ({union}) b "
+                    f"WHERE {ident} <> '' GROUP BY source")
+        for n in incoming:
+            con.unregister(f"incoming_{n}")
+        # only the ledger parts that can hold these identities are read (their versions, their current one)
+        held_in, top = self._ledger_parts_holding(
+            con, con.sql("SELECT h FROM brought").to_arrow_table().column("h").to_numpy())
+        ledger_sql = self._ledger_sql(held_in)
+        cur = (self._current_sql("SELECT identity FROM batch", held_in) if held_in else None) or \
+            "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
+            "NULL::BIGINT AS seq, NULL::VARCHAR AS subject_id WHERE false"
         # newer(a, b): a is newer than b by value; NULL when the two do not compare
         newer = """CASE WHEN TRY_CAST({a} AS BIGINT) IS NOT NULL AND TRY_CAST({b} AS BIGINT) IS NOT NULL
                         THEN TRY_CAST({a} AS BIGINT) > TRY_CAST({b} AS BIGINT)
                         WHEN TRY_CAST({a} AS TIMESTAMPTZ) IS NOT NULL AND TRY_CAST({b} AS TIMESTAMPTZ) IS NOT NULL
                         THEN TRY_CAST({a} AS TIMESTAMPTZ) > TRY_CAST({b} AS TIMESTAMPTZ) END"""
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE ranked AS
-            SELECT b.*, c.source AS replaces, c.version AS cur_version,
-                   row_number() OVER (PARTITION BY b.identity ORDER BY TRY_CAST(b.version AS BIGINT) DESC NULLS LAST,
-                       TRY_CAST(b.version AS TIMESTAMPTZ) DESC NULLS LAST, b.version DESC) AS rk
-            FROM batch b LEFT JOIN ({cur}) c ON c.identity = b.identity""")
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE decided AS
-            SELECT identity, version, source, replaces,
-                   rk > 1 OR coalesce(NOT ({newer.format(a='version', b='cur_version')}), false) AS stale
-            FROM ranked""")
-        con.execute("CREATE OR REPLACE TEMP TABLE accepted AS SELECT source FROM decided WHERE NOT stale")
-        replaced = con.execute("SELECT DISTINCT replaces FROM decided WHERE NOT stale AND replaces IS NOT NULL"
-                               ).fetchall()
-        summary.superseded = len(replaced)
-        summary.stale = int(con.sql("SELECT count(*) FROM decided WHERE stale").fetchall()[0][0])
+        # one statement: the new versions, each identity's current stored version, the decision, the next seq
+        decided = con.sql(f"""WITH batch AS (
+                SELECT identity, version, source, subject_id FROM brought
+                WHERE source NOT IN (SELECT source FROM {ledger_sql})),
+            ranked AS (
+                SELECT b.*, c.source AS replaces, c.version AS cur_version, c.subject_id AS replaces_subject,
+                       row_number() OVER (PARTITION BY b.identity ORDER BY TRY_CAST(b.version AS BIGINT) DESC NULLS
+                           LAST, TRY_CAST(b.version AS TIMESTAMPTZ) DESC NULLS LAST, b.version DESC) AS rk
+                FROM batch b LEFT JOIN ({cur}) c ON c.identity = b.identity)
+            SELECT identity, version, source, subject_id, replaces, replaces_subject,
+                   rk > 1 OR coalesce(NOT ({newer.format(a='version', b='cur_version')}), false) AS stale,
+                   CAST({int(top) + 1} AS BIGINT) AS seq
+            FROM ranked""").to_arrow_table()
+        fresh = decided.filter(pc.invert(decided.column("stale")))
+        con.register("accepted", fresh.select(["source"]))
+        pairs = {(r, s) for r, s in zip(fresh.column("replaces").to_pylist(),
+                                        fresh.column("replaces_subject").to_pylist(), strict=True) if r is not None}
+        summary.superseded = len({r for r, _ in pairs})
+        summary.stale = decided.num_rows - fresh.num_rows
+        subjects.update(s for _, s in pairs if s)  # the ledger names the replaced version's patient
+        replaced = sorted({r for r, s in pairs if not s})  # parts written before it did: their rows say
         if replaced:
-            con.register("replaced", pa.table({"source": pa.array([r[0] for r in replaced], pa.string())}))
+            con.register("replaced", pa.table({"source": pa.array(replaced, pa.string())}))
             for t in TABLES:
                 if t == "quarantine" or not self.files(t):
                     continue
                 rows = con.sql(f"SELECT DISTINCT subject_id FROM {self.scan_sql(t)} "
                                "WHERE source IN (SELECT source FROM replaced)").fetchall()
                 subjects.update(r[0] for r in rows if r[0])
-        return con.sql(f"SELECT identity, version, source, CAST({int(seq)} AS BIGINT) AS seq, stale FROM decided"
-                       ).to_arrow_table().cast(_LEDGER)
+            con.unregister("replaced")
+        return decided.select(_LEDGER.names).cast(_LEDGER)
 
     def pending(self) -> tuple[frozenset[str], list[Path]]:
         """Subjects changed since the last surveillance run, and the files that say so."""
@@ -546,6 +624,55 @@ def _set_aside(con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
     if q:
         out["quarantine"] = pa.concat_tables([*([out["quarantine"]] if "quarantine" in out else []), *q])
     return out
+
+
+def _conform_to(tab: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``tab`` cast to ``schema``; a column it lacks (a ledger part written before ``subject_id``) is null."""
+    return pa.Table.from_arrays([tab.column(f.name).cast(f.type) if f.name in tab.column_names
+                                 else pa.nulls(tab.num_rows, f.type) for f in schema], schema=schema)
+
+
+_SUBJECT_IN: dict[str, bool] = {}  # ledger part -> whether it has subject_id (parts are never rewritten)
+
+
+def _has_subject(part: Path) -> bool:
+    key = part.as_posix()
+    hit = _SUBJECT_IN.get(key)
+    if hit is None:
+        if len(_SUBJECT_IN) > 65536:
+            _SUBJECT_IN.clear()
+        hit = _SUBJECT_IN[key] = "subject_id" in pq.read_schema(part).names
+    return hit
+
+
+_INDEX_PARTS = 4096  # ledger parts whose index a process keeps (LRU): far more than one store has at a time
+_INDEX: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+_INDEX_LOCK = threading.Lock()
+
+
+def _ledger_index(con: duckdb.DuckDBPyConnection, part: Path) -> tuple[np.ndarray, int]:
+    """A ledger part's sorted DuckDB ``hash(identity)`` values and its largest seq, read once per process (a
+    part is never rewritten: compaction writes a new part under a new name)."""
+    key = part.as_posix()
+    with _INDEX_LOCK:
+        hit = _INDEX.get(key)
+        if hit is not None:
+            _INDEX.move_to_end(key)
+            return hit
+    tab = con.sql(f"SELECT hash(identity) AS h, seq FROM read_parquet('{key}')").to_arrow_table()
+    top = pc.max(tab.column("seq")).as_py()
+    entry = (np.unique(tab.column("h").to_numpy()), int(top) if top is not None else 0)
+    with _INDEX_LOCK:
+        _INDEX[key] = entry
+        while len(_INDEX) > _INDEX_PARTS:
+            _INDEX.popitem(last=False)
+    return entry
+
+
+def _has_plain(tab: pa.Table) -> bool:
+    """Whether some row of ``tab`` names no record version (its source is empty or has no ``/_history/``)."""
+    src = tab.column("source")
+    return bool(src.null_count) or not pc.all(pc.match_substring(src, HISTORY)).as_py()
 
 
 def _sorted_by_subject(tab: pa.Table) -> bool:

@@ -229,8 +229,20 @@ def prepare_database(cfg: ServiceConfig, engine: sa.Engine | None = None) -> Non
             eng.dispose()
 
 
+def _log_to_stderr(level: str) -> None:
+    """The "mgaki" loggers at ``level`` (config ``log_level``), to standard error; one handler per process."""
+    root = logging.getLogger("mgaki")
+    root.setLevel(level.upper())
+    if not any(getattr(h, "_mgaki", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._mgaki = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+
+
 def create_app(cfg: ServiceConfig) -> FastAPI:
     """An app bound to ``cfg``: migrations run now (once across processes), ``mgaki.warm_up`` at start-up."""
+    _log_to_stderr(cfg.log_level)
     engine = make_engine(cfg.db_url(), cfg.sqlite_busy_timeout_s, cfg.sqlite_synchronous)
     prepare_database(cfg, engine)
     wr = writer(engine)  # every write transaction: on SQLite it takes the write lock at BEGIN

@@ -61,6 +61,13 @@ __all__ = ["Hl7Feed", "conflict_ack", "outside_sender", "replay_journals", "warn
 log = logging.getLogger("mgaki.service.ingest.feed")
 MAX_GROUP = 500  # messages checked and journaled by one fsync, at most
 MAX_BATCH = 2000  # journaled messages stored by one append, at most
+# Each check and each append costs a fixed part (a few DuckDB statements) whatever its size: under a steady feed
+# the commit thread gathers messages for up to COMMIT_GATHER_S (the ACK waits that much longer at most) and the
+# apply thread for up to APPLY_GATHER_S (surveillance, which gathers for hl7_surveillance_delay_s, runs after it),
+# unless MAX_GROUP / APPLY_ENOUGH messages are waiting: fewer, larger groups leave the cores to surveillance.
+COMMIT_GATHER_S = 0.02
+APPLY_GATHER_S = 0.2
+APPLY_ENOUGH = 400
 KNOWN = 200_000  # record identities remembered with their patient (saves the store lookup of repeat patients)
 ENDPOINT = "MLLP ORU^R01"
 
@@ -256,6 +263,8 @@ class Hl7Feed:
                 if not self._queue:
                     self._qcond.notify_all()
                     break
+                self._qcond.wait_for(lambda: len(self._queue) >= self.max_group or self._stopping,
+                                     max(0.0, self._queue[0].received + COMMIT_GATHER_S - time.time()))
                 group = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_group))]
             try:
                 self._commit(group)
@@ -342,7 +351,10 @@ class Hl7Feed:
                 self._acond.wait_for(lambda: self._unapplied or self._commit_done)
                 if not self._unapplied:
                     return
+                self._acond.wait_for(lambda: len(self._unapplied) >= APPLY_ENOUGH or self._commit_done,
+                                     max(0.0, self._unapplied[0].received + APPLY_GATHER_S - time.time()))
                 batch = [self._unapplied[i] for i in range(min(len(self._unapplied), self.max_batch))]
+            t0 = time.monotonic()
             try:
                 self._store(batch)
                 assert self._journal is not None
@@ -354,6 +366,7 @@ class Hl7Feed:
                         return  # the journal keeps them: the next start replays
                 time.sleep(1.0)
                 continue
+            log.debug("HL7 batch: %d message(s) stored in %.3f s", len(batch), time.monotonic() - t0)
             with self._olock:
                 self._release(batch)
             with self._acond:
