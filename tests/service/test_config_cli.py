@@ -94,9 +94,10 @@ def test_several_workers_need_a_fixed_mllp_port(tmp_path) -> None:
     assert ServiceConfig(data_dir=tmp_path, workers=1, mllp_port=0).mllp_port == 0
 
 
-def test_log_level_sets_the_service_loggers(tmp_path, capsys):
+def test_log_level_sets_the_service_loggers(tmp_path):
     """``log_level: info`` writes the service's progress lines (e.g. each deferred surveillance run) to
     standard error, one handler however many apps a process builds; an unknown level is refused by name."""
+    import io
     import logging
 
     from mgaki.service import create_app
@@ -109,9 +110,15 @@ def test_log_level_sets_the_service_loggers(tmp_path, capsys):
         create_app(load_config(f, env={}))
         create_app(load_config(f, env={}))
         assert root.level == logging.INFO
-        assert len([h for h in root.handlers if getattr(h, "_mgaki", False)]) == 1
-        logging.getLogger("mgaki.service.ingest.ingestor").info("deferred surveillance: %d new alert(s)", 3)
-        assert "INFO mgaki.service.ingest.ingestor: deferred surveillance: 3 new alert(s)" in capsys.readouterr().err
+        ours = [h for h in root.handlers if getattr(h, "_mgaki", False)]
+        assert len(ours) == 1 and isinstance(ours[0], logging.StreamHandler)
+        buf = io.StringIO()
+        stream = ours[0].setStream(buf)  # standard error as the first app of the process found it
+        try:
+            logging.getLogger("mgaki.service.ingest.ingestor").info("deferred surveillance: %d new alert(s)", 3)
+        finally:
+            ours[0].setStream(stream)
+        assert "INFO mgaki.service.ingest.ingestor: deferred surveillance: 3 new alert(s)" in buf.getvalue()
     finally:
         root.setLevel(before[0])
         root.handlers[:] = before[1]
