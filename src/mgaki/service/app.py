@@ -242,7 +242,8 @@ def _log_to_stderr(level: str) -> None:
 
 def create_app(cfg: ServiceConfig) -> FastAPI:
     """An app bound to ``cfg``: migrations run now (once across processes), ``mgaki.warm_up`` at start-up."""
-    _log_to_stderr(cfg.log_level)
+    if cfg.log_level is not None:
+        _log_to_stderr(cfg.log_level)
     engine = make_engine(cfg.db_url(), cfg.sqlite_busy_timeout_s, cfg.sqlite_synchronous)
     prepare_database(cfg, engine)
     wr = writer(engine)  # every write transaction: on SQLite it takes the write lock at BEGIN

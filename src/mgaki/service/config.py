@@ -125,8 +125,9 @@ class ServiceConfig(BaseModel):
     mllp_idle_timeout_s: float = Field(default=300.0, gt=0)
     warm_up: bool = True
     # What the service's own loggers ("mgaki.*") write to standard error: "info" adds each deferred surveillance
-    # run (new alerts, seconds) and other progress lines; lines name counts and exception types, never patients
-    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    # run (new alerts, seconds) and other progress lines; lines name counts and exception types, never patients.
+    # None (default): logging is left as the process configured it (Python's default: warnings and errors)
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
     # Throughput and overload (docs/service.md#performance)
     workers: int = Field(default=1, ge=1)  # uvicorn worker processes (one GIL each): about one per core
     # CDS calls in progress per worker; one more -> 503 at once. At most the thread pool (40): none waits for a thread.
