@@ -13,9 +13,10 @@ version adds nothing and a new version (a corrected value, or a status such as
 entered-in-error that leaves only a quarantine row) replaces the earlier rows instead of
 adding a second value. Versions that compare as integers or as times are ordered by
 value (a late-arriving older version is kept out); others by arrival. A ledger row names the
-version's patient, and each process keeps every ledger part's identity hashes (``_ledger_index``):
-deciding versions and identities reads only the parts that can hold the incoming identities (none
-for new records), and a new version's rows are not compared with stored rows (none can have its
+version's patient and the version it replaced, and each process keeps every ledger part's identity
+hashes and non-current sources (``_ledger_index``): deciding versions and identities reads only the
+parts that can hold the incoming identities (none for new records), a reader's hidden set is the
+union of the parts' non-current sources, and a new version's rows are not compared with stored rows (none can have its
 source while no append was interrupted). The ledger part is
 the commit point of an append: an append lists its new versions in ``versions-intent``
 before writing their rows, so rows written before a crash but not yet in the ledger stay
