@@ -269,3 +269,57 @@ def test_ledger_parts_written_before_it_named_the_patient(tmp_path: Path) -> Non
     finally:
         con.close()
     assert names[0][1] is None and names[-1] == (f"Observation/c{store_mod.COMPACT_AT - 1}", "1")
+
+
+def _window_hidden(store: EventStore) -> set[str]:
+    """The non-current sources as an earlier release ranked them: stale, or not the last by seq."""
+    led = store._ledger_sql()
+    con = store.connect(())
+    try:
+        rows = con.sql(f"""SELECT source FROM {led} WHERE stale UNION ALL SELECT source FROM (SELECT source FROM {led}
+                           WHERE NOT stale QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) > 1)"""
+                       ).fetchall()
+    finally:
+        con.close()
+    return {r[0] for r in rows}
+
+
+def _hidden_now(store: EventStore) -> set[str]:
+    con = store.connect(())
+    try:
+        return {r[0] for r in con.sql("SELECT source FROM _mgaki_hidden").fetchall()}
+    finally:
+        con.close()
+
+
+def test_hidden_versions_from_what_each_ledger_row_replaced(tmp_path: Path) -> None:
+    """The views hide what each ledger row says it made non-current (read once per part): the same set as
+    ranking every identity's versions by seq, through corrections, stale and entered-in-error versions, two
+    versions in one append, compaction, and for a store whose parts predate the column (ranked as before)."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    import mgaki.events.store as store_mod
+
+    steps = [[("a", "1", "1.8"), ("b", "1", "1.9")], [("a", "2", "1.2")], [("a", "1", "1.7")],
+             [("b", "3", "2.0"), ("b", "2", "2.1")], [("c", "5", "1.5")], [("c", "6", "void")], [("a", "3", "1.1")],
+             [("a", "0", "1.3")]]  # late and older: stale, it replaces nothing
+    store, old = EventStore(tmp_path / "now"), EventStore(tmp_path / "old")
+    for rows in steps:
+        for s in (store, old):
+            s.append(_obs(rows))
+        assert _hidden_now(store) == _window_hidden(store)
+    assert _values(store) == {"Observation/a": [1.1], "Observation/b": [2.0]}
+    hidden = _hidden_now(store)
+    assert {versioned_source("Observation/a", v) for v in ("1", "2")} <= hidden
+    for i in range(store_mod.COMPACT_AT):  # compacted: the merged part says the same
+        store.append(_obs([(f"d{i}", "1", "1.8")]))
+    assert len(store.files("versions")) < store_mod.COMPACT_AT and _hidden_now(store) == hidden
+    for part in old.files("versions"):  # an earlier release's parts (no compaction yet): ranked by seq instead
+        tab = pq.read_table(part).drop_columns(["replaces"])
+        pq.write_table(tab, part.with_name(f"part-{uuid.uuid4().hex}.parquet"))
+        part.unlink()
+    assert _hidden_now(old) == hidden
+    assert old.append(_obs([("a", "4", "1.0")])).superseded == 1
+    assert _values(old)["Observation/a"] == [1.0] and _hidden_now(old) == _window_hidden(old)

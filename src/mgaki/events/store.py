@@ -13,9 +13,10 @@ version adds nothing and a new version (a corrected value, or a status such as
 entered-in-error that leaves only a quarantine row) replaces the earlier rows instead of
 adding a second value. Versions that compare as integers or as times are ordered by
 value (a late-arriving older version is kept out); others by arrival. A ledger row names the
-version's patient, and each process keeps every ledger part's identity hashes (``_ledger_index``):
-deciding versions and identities reads only the parts that can hold the incoming identities (none
-for new records), and a new version's rows are not compared with stored rows (none can have its
+version's patient and the version it replaced, and each process keeps every ledger part's identity
+hashes and non-current sources (``_ledger_index``): deciding versions and identities reads only the
+parts that can hold the incoming identities (none for new records), a reader's hidden set is the
+union of the parts' non-current sources, and a new version's rows are not compared with stored rows (none can have its
 source while no append was interrupted). The ledger part is
 the commit point of an append: an append lists its new versions in ``versions-intent``
 before writing their rows, so rows written before a crash but not yet in the ledger stay
@@ -47,6 +48,7 @@ them earlier can still open them), and their record one grace period after that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -75,9 +77,13 @@ __all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError",
 HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
 _VERSIONS = "versions"  # the ledger folder (not a canonical table)
 _INTENT = "versions-intent"  # versions an append is writing, until the ledger commits them
-# subject_id: the patient the version's rows name (None in parts written before it was kept: their rows are read)
+# subject_id: the patient the version's rows name; replaces: the source of the identity's version this one made
+# non-current (None for a stale version or a first one). Both are None in parts written before they were kept
+# (_OPTIONAL): those parts' patients are read from the rows and their replaced versions ranked by seq.
 _LEDGER = pa.schema([("identity", pa.string()), ("version", pa.string()), ("source", pa.string()),
-                     ("seq", pa.int64()), ("stale", pa.bool_()), ("subject_id", pa.string())])
+                     ("seq", pa.int64()), ("stale", pa.bool_()), ("subject_id", pa.string()),
+                     ("replaces", pa.string())])
+_OPTIONAL = ("subject_id", "replaces")
 _COMPACTED = "_compacted"  # per-table folder of compaction records
 COMPACT_AT = 32  # small parts of one table that trigger a merge
 SMALL_PART_BYTES = 1 << 20  # parts under this size are merged; bulk-ingest parts are left as written
@@ -212,17 +218,26 @@ class EventStore:
         views' filter is cheap, and absent (no filter at all) when nothing was ever replaced.
         """
         intents = sorted((self.root / _INTENT).glob("*.parquet"))
-        if not self.files(_VERSIONS) and not intents:
+        files = self.files(_VERSIONS)
+        if not files and not intents:
             return 0
-        ledger = self._ledger_sql()
-        parts = [f"SELECT source FROM {ledger} WHERE stale",
-                 f"""SELECT source FROM (SELECT source FROM {ledger} WHERE NOT stale
-                     QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) > 1)"""]
+        ledger = self._ledger_sql(files)
+        hidden = [_ledger_index(con, f)[2] for f in files]
+        if all(h is not None for h in hidden):  # each part's hidden sources, read once per process
+            con.register("_mgaki_hidden_parts", pa.table({"source": pa.chunked_array(
+                [h for h in hidden if h is not None], pa.string())}))
+            parts = ["SELECT source FROM _mgaki_hidden_parts"]
+        else:  # parts of an earlier release: versions replaced are those not last by seq
+            parts = [f"SELECT source FROM {ledger} WHERE stale",
+                     f"""SELECT source FROM (SELECT source FROM {ledger} WHERE NOT stale
+                         QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) > 1)"""]
         if intents:
             listed = ", ".join(repr(f.as_posix()) for f in intents)
             parts.append(f"SELECT source FROM read_parquet([{listed}]) "
                          f"WHERE source NOT IN (SELECT source FROM {ledger})")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _mgaki_hidden AS {' UNION ALL '.join(parts)}")
+        with contextlib.suppress(Exception):  # registered only on the first path
+            con.unregister("_mgaki_hidden_parts")
         return int(con.sql("SELECT count(*) FROM _mgaki_hidden").fetchall()[0][0])
 
     def visible_files(self, tables: Iterable[str], scratch: Path) -> dict[str, list[Path]]:
@@ -246,18 +261,20 @@ class EventStore:
             con.close()
 
     def _ledger_sql(self, files: Sequence[Path] | None = None) -> str:
-        """The ledger's rows (``files``: those parts only), ``subject_id`` NULL in parts written without it."""
+        """The ledger's rows (``files``: those parts only); ``_OPTIONAL`` columns NULL in parts written without."""
         files = self.files(_VERSIONS) if files is None else files
         if not files:
             return "(SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
-                   "NULL::BIGINT AS seq, NULL::BOOLEAN AS stale, NULL::VARCHAR AS subject_id WHERE false)"
-        new = ", ".join(repr(f.as_posix()) for f in files if _has_subject(f))
-        old = ", ".join(repr(f.as_posix()) for f in files if not _has_subject(f))
-        if not old:
-            return f"read_parquet([{new}])"
-        parts = [f"SELECT *, NULL::VARCHAR AS subject_id FROM read_parquet([{old}])"]
-        if new:
-            parts.append(f"SELECT * FROM read_parquet([{new}])")
+                   "NULL::BIGINT AS seq, NULL::BOOLEAN AS stale, NULL::VARCHAR AS subject_id, " \
+                   "NULL::VARCHAR AS replaces WHERE false)"
+        groups: dict[tuple[str, ...], list[str]] = {}  # the columns a part lacks -> the parts
+        for f in files:
+            lacks = tuple(c for c in _OPTIONAL if c not in _part_columns(f))
+            groups.setdefault(lacks, []).append(repr(f.as_posix()))
+        if list(groups) == [()]:
+            return f"read_parquet([{', '.join(groups[()])}])"
+        parts = [f"SELECT *{''.join(f', NULL::VARCHAR AS {c}' for c in lacks)} FROM read_parquet([{', '.join(fs)}])"
+                 for lacks, fs in groups.items()]
         return f"({' UNION ALL BY NAME '.join(parts)})"
 
     def _current_sql(self, among: str | None = None, files: Sequence[Path] | None = None) -> str | None:
@@ -284,7 +301,7 @@ class EventStore:
         files = self.files(_VERSIONS)
         hit, top = [], 0
         for f in files:
-            idx, part_max = _ledger_index(con, f)
+            idx, part_max, _ = _ledger_index(con, f)
             top = max(top, part_max)
             if hashes.size and idx.size:  # idx is sorted: a binary search per incoming identity
                 at = np.minimum(np.searchsorted(idx, hashes), idx.size - 1)
@@ -541,6 +558,9 @@ class EventStore:
                    rk > 1 OR coalesce(NOT ({newer.format(a='version', b='cur_version')}), false) AS stale,
                    CAST({int(top) + 1} AS BIGINT) AS seq
             FROM ranked""").to_arrow_table()
+        # a stale version replaces nothing: only the accepted ones name the version they make non-current
+        decided = decided.set_column(decided.column_names.index("replaces"), "replaces", pc.if_else(
+            decided.column("stale"), pa.scalar(None, pa.string()), decided.column("replaces")))
         fresh = decided.filter(pc.invert(decided.column("stale")))
         con.register("accepted", fresh.select(["source"]))
         pairs = {(r, s) for r, s in zip(fresh.column("replaces").to_pylist(),
@@ -632,27 +652,29 @@ def _conform_to(tab: pa.Table, schema: pa.Schema) -> pa.Table:
                                  else pa.nulls(tab.num_rows, f.type) for f in schema], schema=schema)
 
 
-_SUBJECT_IN: dict[str, bool] = {}  # ledger part -> whether it has subject_id (parts are never rewritten)
+_COLUMNS: dict[str, frozenset[str]] = {}  # ledger part -> its columns (parts are never rewritten)
 
 
-def _has_subject(part: Path) -> bool:
+def _part_columns(part: Path) -> frozenset[str]:
     key = part.as_posix()
-    hit = _SUBJECT_IN.get(key)
+    hit = _COLUMNS.get(key)
     if hit is None:
-        if len(_SUBJECT_IN) > 65536:
-            _SUBJECT_IN.clear()
-        hit = _SUBJECT_IN[key] = "subject_id" in pq.read_schema(part).names
+        if len(_COLUMNS) > 65536:
+            _COLUMNS.clear()
+        hit = _COLUMNS[key] = frozenset(pq.read_schema(part).names)
     return hit
 
 
 _INDEX_PARTS = 4096  # ledger parts whose index a process keeps (LRU): far more than one store has at a time
-_INDEX: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+_INDEX: OrderedDict[str, tuple[np.ndarray, int, pa.Array | None]] = OrderedDict()
 _INDEX_LOCK = threading.Lock()
 
 
-def _ledger_index(con: duckdb.DuckDBPyConnection, part: Path) -> tuple[np.ndarray, int]:
-    """A ledger part's sorted DuckDB ``hash(identity)`` values and its largest seq, read once per process (a
-    part is never rewritten: compaction writes a new part under a new name)."""
+def _ledger_index(con: duckdb.DuckDBPyConnection, part: Path) -> tuple[np.ndarray, int, pa.Array | None]:
+    """A ledger part's sorted DuckDB ``hash(identity)`` values, its largest seq and the sources its rows make
+    non-current (stale versions, versions replaced; None for a part of an earlier release, which does not say
+    what its versions replaced), read once per process (a part is never rewritten: compaction writes a new
+    part under a new name)."""
     key = part.as_posix()
     with _INDEX_LOCK:
         hit = _INDEX.get(key)
@@ -661,7 +683,12 @@ def _ledger_index(con: duckdb.DuckDBPyConnection, part: Path) -> tuple[np.ndarra
             return hit
     tab = con.sql(f"SELECT hash(identity) AS h, seq FROM read_parquet('{key}')").to_arrow_table()
     top = pc.max(tab.column("seq")).as_py()
-    entry = (np.unique(tab.column("h").to_numpy()), int(top) if top is not None else 0)
+    hidden = None
+    if "replaces" in _part_columns(part):
+        hidden = con.sql(f"SELECT source FROM read_parquet('{key}') WHERE stale UNION ALL SELECT replaces "
+                         f"FROM read_parquet('{key}') WHERE replaces IS NOT NULL").to_arrow_table().column(0)
+        hidden = hidden.combine_chunks()
+    entry = (np.unique(tab.column("h").to_numpy()), int(top) if top is not None else 0, hidden)
     with _INDEX_LOCK:
         _INDEX[key] = entry
         while len(_INDEX) > _INDEX_PARTS:
