@@ -73,7 +73,7 @@ def _stub(seen: list[tuple[str, str | None]]) -> FastAPI:
 
     @app.get("/slow/{rest:path}")
     def slow(rest: str) -> Any:
-        time.sleep(1.5)
+        time.sleep(3.0)  # well past the client timeout below, however loaded the machine
         return searchset([])
 
     @app.get("/garbage/{rest:path}")
@@ -106,7 +106,7 @@ def fclient(tmp_path, fhir):
     base = fhir[0]
     paths = ("fhir", "broken", "endless", "offsite", "slow", "garbage")
     cfg = make_config(tmp_path, fhir_servers=[f"{base}/{p}" for p in paths] + ["http://127.0.0.1:9/fhir"],
-                      fhir_timeout_s=0.5, fhir_max_pages=5)
+                      fhir_timeout_s=1.0, fhir_max_pages=5)  # 0.5 s timed out a quick stub on a loaded machine
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         yield c
 
