@@ -231,13 +231,17 @@ class EventStore:
             parts = [f"SELECT source FROM {ledger} WHERE stale",
                      f"""SELECT source FROM (SELECT source FROM {ledger} WHERE NOT stale
                          QUALIFY row_number() OVER (PARTITION BY identity ORDER BY seq DESC) > 1)"""]
-        if intents:
-            listed = ", ".join(repr(f.as_posix()) for f in intents)
-            parts.append(f"SELECT source FROM read_parquet([{listed}]) "
-                         f"WHERE source NOT IN (SELECT source FROM {ledger})")
+        pending = []
+        for f in intents:  # an append in another process removes its intent once its ledger part is written
+            with contextlib.suppress(FileNotFoundError):
+                pending.append(pq.read_table(f, columns=["source"]))
+        if pending:
+            con.register("_mgaki_intents", pa.concat_tables(pending))
+            parts.append(f"SELECT source FROM _mgaki_intents WHERE source NOT IN (SELECT source FROM {ledger})")
         con.execute(f"CREATE OR REPLACE TEMP TABLE _mgaki_hidden AS {' UNION ALL '.join(parts)}")
-        with contextlib.suppress(Exception):  # registered only on the first path
-            con.unregister("_mgaki_hidden_parts")
+        for name in ("_mgaki_hidden_parts", "_mgaki_intents"):
+            with contextlib.suppress(Exception):  # registered only on some paths
+                con.unregister(name)
         return int(con.sql("SELECT count(*) FROM _mgaki_hidden").fetchall()[0][0])
 
     def visible_files(self, tables: Iterable[str], scratch: Path) -> dict[str, list[Path]]:
