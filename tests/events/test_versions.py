@@ -323,3 +323,28 @@ def test_hidden_versions_from_what_each_ledger_row_replaced(tmp_path: Path) -> N
     assert _hidden_now(old) == hidden
     assert old.append(_obs([("a", "4", "1.0")])).superseded == 1
     assert _values(old)["Observation/a"] == [1.0] and _hidden_now(old) == _window_hidden(old)
+
+
+def test_a_reader_never_sees_two_versions_of_a_record_corrected_while_it_lists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's append commits a correction between the reader's ledger listing and its parts listing:
+    the reader lists again and shows one version (as it would have, either before or after the append)."""
+    EventStore(tmp_path).append(_obs([("a", "1", "1.8")]))
+    other = EventStore(tmp_path)  # another process's store on the same folder
+    reader = EventStore(tmp_path)
+    scan_sql = EventStore.scan_sql
+    commits = []
+
+    def racing(self: EventStore, table: str, schema: pa.Schema | None = None) -> str:
+        if self is reader and table == "events" and not commits:
+            commits.append(other.append(_obs([("a", "2", "1.2")])))  # its intent, parts, ledger: all meanwhile
+        return scan_sql(self, table, schema)
+
+    monkeypatch.setattr(EventStore, "scan_sql", racing)
+    con = reader.connect(("events",))
+    try:
+        rows = con.sql("SELECT numeric_value FROM events").fetchall()
+    finally:
+        con.close()
+    assert commits and commits[0].superseded == 1
+    assert rows == [(1.2,)]

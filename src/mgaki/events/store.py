@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import threading
@@ -76,7 +77,9 @@ __all__ = ["HISTORY", "EventStore", "IdentityConflict", "IdentityConflictError",
 
 HISTORY = "/_history/"  # separates a record's identity from its version in ``source``
 _VERSIONS = "versions"  # the ledger folder (not a canonical table)
+log = logging.getLogger(__name__)
 _INTENT = "versions-intent"  # versions an append is writing, until the ledger commits them
+_SNAPSHOT_TRIES = 8  # listings a reader makes at most while appends commit versions under it (connect)
 # subject_id: the patient the version's rows name; replaces: the source of the identity's version this one made
 # non-current (None for a stale version or a first one). Both are None in parts written before they were kept
 # (_OPTIONAL): those parts' patients are read from the rows and their replaced versions ranked by seq.
@@ -203,12 +206,32 @@ class EventStore:
         """
         con = database.cursor() if database is not None else cursor() if shared else connect()
         shared = shared or database is not None
-        where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
-            if self._hidden(con) else ""
         temp = "TEMP " if shared else ""
-        for t in tables:
-            con.execute(f'CREATE OR REPLACE {temp}VIEW "{prefix}{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
+        tables = list(tables)
+        for _ in range(_SNAPSHOT_TRIES):
+            # A snapshot: the hidden versions (intents, then ledger), then the parts. An append of another
+            # process that committed meanwhile (intent, parts, ledger, intent removed) could show the parts of
+            # its new versions without the ledger rows that hide what they replaced: both versions. Any such
+            # append changes the intents or the ledger parts between the two listings: list again.
+            marks = self._marks()
+            where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
+                if self._hidden(con) else ""
+            for t in tables:
+                con.execute(f'CREATE OR REPLACE {temp}VIEW "{prefix}{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
+            if self._marks() == marks:
+                break
+        else:
+            log.warning("event store: appends kept committing while a reader listed its parts (%d tries); a "
+                        "record corrected meanwhile may show two versions to this reader", _SNAPSHOT_TRIES)
         return con
+
+    def _marks(self) -> tuple[tuple[str, ...], tuple[Path, ...]]:
+        """What changes whenever an append commits record versions: the intents and the live ledger parts."""
+        try:
+            intents = tuple(sorted(e.name for e in os.scandir(self.root / _INTENT)))
+        except FileNotFoundError:
+            intents = ()
+        return intents, tuple(self.files(_VERSIONS))
 
     def _hidden(self, con: duckdb.DuckDBPyConnection) -> int:
         """Temp table ``_mgaki_hidden``: sources of versions that are not current; how many.
