@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -169,6 +170,44 @@ def test_many_connections_at_once_every_message_stored_exactly_once(tmp_path: Pa
     with TestClient(create_app(cfg)) as c:
         assert _identities(c.app.state.ingestor.store) == ids  # type: ignore[attr-defined]
     assert not any((tmp_path / "data" / JOURNAL).iterdir())
+
+
+def test_a_connection_that_does_not_wait_has_its_messages_handed_over_together_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The messages one connection sent while its earlier ones were being checked reach the feed in one thread
+    hop, in the order sent; each ACK answers its own message, in that order (with a hop per message, each
+    waited for the hops of those before it: issue 18 point 2)."""
+    calls: list[list[str]] = []
+    submit_many = Hl7Feed.submit_many
+
+    def recording(self: Hl7Feed, texts: list[str], actor: str, patients: frozenset[str] | None = None) -> Any:
+        calls.append([t.split("\r")[0].split("|")[9] for t in texts])  # MSH-10
+        if len(calls) == 1:
+            time.sleep(0.5)  # the rest arrive meanwhile
+        return submit_many(self, texts, actor, patients)
+
+    monkeypatch.setattr(Hl7Feed, "submit_many", recording)
+    cfg = make_config(tmp_path, mllp_port=0, surveil_on_ingest=False)
+    sent = [f"c{i:02d}" for i in range(40)]
+    msgs = [_oru(f"p{i % 7}", 1.0 + i / 100, order=f"o{i}", control=c) for i, c in enumerate(sent)]
+    # one with a record of another patient: refused on its own, in its place
+    msgs[20] = _oru("p99", order="o3", control=sent[20])
+    with TestClient(create_app(cfg)) as c, socket.create_connection(
+            ("127.0.0.1", c.app.state.mllp.port), timeout=30) as s:  # type: ignore[attr-defined]
+        s.sendall(b"".join(b"\x0b" + m.encode() + b"\x1c\r" for m in msgs))
+        buf = b""
+        while buf.count(b"\x1c\r") < len(msgs):
+            chunk = s.recv(65536)
+            assert chunk, "the listener closed the connection before every ACK"
+            buf += chunk
+        replies = [read_ack(b) for b in buf.split(b"\x1c\r")[:-1]]
+        assert [r.control_id for r in replies] == sent
+        assert [r.code for r in replies] == ["AA"] * 20 + ["AE"] + ["AA"] * 19
+        assert [c for batch in calls for c in batch] == sent
+        assert len(calls) <= 3, [len(b) for b in calls]  # not a hop per message
+        assert c.app.state.mllp.feed.wait_applied(60)  # type: ignore[attr-defined]
+        assert sorted(_identities(c.app.state.ingestor.store)) == sorted(  # type: ignore[attr-defined]
+            f"HL7/o{i}/LN/{MG}" for i in range(40) if i != 20)
 
 
 def test_refusals_through_the_listener_are_unchanged(tmp_path: Path) -> None:
