@@ -257,21 +257,40 @@ async def _poll_alerts(url: str, want: dict[tuple[str, str], int], seen: dict[in
             await asyncio.sleep(max(0.0, every_s - (time.monotonic() - t)))
 
 
-async def _explain_missing(url: str, unseen: dict[int, tuple[str, str]]) -> dict[str, int]:
+def _held(data: Path, pid: str, when: str) -> str | None:
+    """The suspect-specimen rule that set the patient's magnesium at ``when`` aside (surveillance results), if
+    any: such a value raises no alert of the kind (issue 13 point 6)."""
+    import duckdb
+
+    from mgaki.surveillance.pipeline import result_sql
+
+    src = result_sql(data / "events" / "results", "suspect_specimens", pid)
+    if src is None:
+        return None
+    row = duckdb.sql(f"SELECT kind FROM {src} WHERE subject_id = ? AND analyte = 'magnesium' "
+                     f"AND CAST(time AS VARCHAR) LIKE ?", params=[pid, when.replace("T", " ") + "%"]).fetchall()
+    return str(row[0][0]) if row else None
+
+
+async def _explain_missing(server: dict[str, Any], unseen: dict[int, tuple[str, str]]) -> dict[str, int]:
     """Why an expected alert was never listed: raised but missed by the polls (more than POLL_LIMIT between two
     polls), or not raised, and then whether the patient already had one of the kind (an episode the cohort or an
-    earlier message opened: no new alert), else unexplained (a defect)."""
+    earlier message opened: no new alert), or the value was set aside as a suspect specimen (a fall shared with
+    the creatinine of the same draw, from an earlier message of the feed: dilution suspected), else unexplained
+    (a defect)."""
     import httpx
 
     out: Counter[str] = Counter()
     async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {READER}"}) as c:
         for pid, when in unseen.values():
-            r = await c.get(f"{url}/patients/{pid}/alerts", params={"limit": 1000})
+            r = await c.get(f"{server['url']}/patients/{pid}/alerts", params={"limit": 1000})
             kinds = [a for a in r.json().get("alerts", []) if a["kind"] == ALERT_KIND] if r.status_code == 200 else []
             if any(str(a["time"])[:19] == when for a in kinds):
                 out["raised, missed by the polls"] += 1
             elif kinds:
                 out["not raised: the patient has an earlier alert of the kind (an open episode raises none)"] += 1
+            elif (held := _held(server["data"], pid, when)) is not None:
+                out[f"not raised: set aside as a suspect specimen ({held}; 'repeat the sample')"] += 1
             else:
                 out["not raised, unexplained"] += 1
     return dict(out)
@@ -295,7 +314,7 @@ async def feed(server: dict[str, Any], msgs: list[tuple[str, str, bool, str]], r
         await asyncio.sleep(0.1)
     stop.set()
     await poller
-    missing = await _explain_missing(server["url"], {i: k for k, i in want.items() if i not in seen})
+    missing = await _explain_missing(server, {i: k for k, i in want.items() if i not in seen})
     ack_lat = [acks[i][0] - (t0 + i / rate) for i in acks]
     alert_lat = [seen[i] - (t0 + i / rate) for i in seen]
     last_send = max(sent.values()) if sent else t0
@@ -326,12 +345,17 @@ def warm(server: dict[str, Any], patients: int, timeout_s: float, alerts: bool =
     return time.monotonic() - t0
 
 
-RUN_LINE = re.compile(r"deferred surveillance: (\d+) new alert\(s\), run ([0-9.]+) s")
+RUN_LINE = re.compile(r"deferred surveillance: (\d+) new alert\(s\), run ([0-9.]+) s"
+                      r"(?: \((\d+) patient\(s\): read ([0-9.]+) s, stages ([0-9.]+) s, results ([0-9.]+) s, "
+                      r"other (-?[0-9.]+) s, alerts to the database ([0-9.]+) s\))?")
+RUN_PARTS = ("seconds", "patients", "read", "stages", "results", "other", "alerts to the database")
 
 
-def surveillance_runs(log_path: Path) -> list[float]:
-    """Seconds of each deferred surveillance run the server logged so far (``log_level: info``)."""
-    return [float(m.group(2)) for m in RUN_LINE.finditer(log_path.read_text(errors="replace"))]
+def surveillance_runs(log_path: Path) -> list[dict[str, float]]:
+    """Each deferred surveillance run the server logged so far (``log_level: info``): its seconds, and (from
+    this release's servers) its patients and where its time went."""
+    return [dict(zip(RUN_PARTS, (float(g) for g in m.groups()[1:] if g is not None), strict=False))
+            for m in RUN_LINE.finditer(log_path.read_text(errors="replace"))]
 
 
 def stored_messages(data: Path, run: str) -> int:
@@ -534,9 +558,13 @@ def report(a: argparse.Namespace, res: dict[str, Any]) -> None:
     if f.get("missing"):
         print(f"  alerts not seen: {f['missing']}")
     if f.get("runs"):
-        r = sorted(f["runs"])
+        r = sorted(x["seconds"] for x in f["runs"])
         print(f"  surveillance runs during the feed: {len(r)}, each p50 {pct(r, 50):.2f}  p90 {pct(r, 90):.2f}  "
               f"max {r[-1]:.2f} s ({sum(r):.0f} s in all)")
+        parts = {k: [x[k] for x in f["runs"] if k in x] for k in RUN_PARTS[1:]}
+        if parts["patients"]:
+            print("  each run, p50: " + ", ".join(f"{k} {pct(v, 50):.0f}" if k == "patients" else
+                                                 f"{k} {pct(v, 50):.2f} s" for k, v in parts.items()))
     if "fhir" in res:
         h = res["fhir"]
         print(f"FHIR POST /fhir (one Observation; answered after store + incremental surveillance): "

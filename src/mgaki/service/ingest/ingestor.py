@@ -214,6 +214,7 @@ class Ingestor:
         self.engine = engine
         self.run_surveillance = run_surveillance
         self.delay_s = delay_s  # deferred surveillance: how long messages are gathered into one run
+        self.last_run = ""  # the last surveillance run's size and where its time went (logs: no PHI)
         self._lock = FileLock(data_dir / "ingest.lock")  # writers, across worker processes (--workers)
         self._surveil_lock = FileLock(data_dir / "surveil.lock")  # one surveillance run at a time
         self._log_synced = False  # set once this process copied the whole alert log into the database
@@ -279,15 +280,21 @@ class Ingestor:
         was written and before the database insert, the next run copies what was missed.
         """
         with self._surveil_lock:
+            t0 = time.perf_counter()
             res = surveil(self.store, snapshot_lock=self._lock)
+            t1 = time.perf_counter()
             try:
-                if self._log_synced:  # the log up to the last run is in the database: copy what is new
-                    return self.sync_alerts(res.new_alerts)
-                n = self.sync_alerts(res.tables["alerts"])  # first run of this process: the whole log, once
+                # the log up to the last run is in the database: copy what is new; a process's first run: all, once
+                n = self.sync_alerts(res.new_alerts if self._log_synced else res.tables["alerts"])
             except Exception:
                 self._log_synced = False  # the next run copies the whole log again
                 raise
             self._log_synced = True
+            sec = res.seconds
+            self.last_run = (f"{res.subjects_recomputed} patient(s): read {sec.get('plan', 0.0):.2f} s, stages "
+                             f"{sec.get('stages', 0.0):.2f} s, results {sec.get('write_results', 0.0):.2f} s, "
+                             f"other {t1 - t0 - sum(sec.get(k, 0.0) for k in ('plan', 'stages', 'write_results')):.2f}"
+                             f" s, alerts to the database {time.perf_counter() - t1:.2f} s")
             return n
 
     # --- deferred surveillance (HL7) ---------------------------------------------------------
@@ -348,7 +355,8 @@ class Ingestor:
                 if self._stop.wait(max(self.delay_s, 1.0)):
                     return
                 continue
-            log.info("deferred surveillance: %d new alert(s), run %.2f s", n, time.monotonic() - t0)
+            log.info("deferred surveillance: %d new alert(s), run %.2f s (%s)", n, time.monotonic() - t0,
+                     self.last_run)
             with self._cond:
                 self._done = max(self._done, target)
                 self._cond.notify_all()
