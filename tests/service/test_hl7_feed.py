@@ -210,6 +210,25 @@ def test_a_connection_that_does_not_wait_has_its_messages_handed_over_together_i
             f"HL7/o{i}/LN/{MG}" for i in range(40) if i != 20)
 
 
+def test_a_failed_hand_over_closes_the_connection_with_no_ack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Messages that could not be handed to the feed are never acknowledged: the connection is closed (the sender
+    sends them again), not left waiting, and the listener serves the next connection."""
+    def broken(self: Hl7Feed, texts: list[str], actor: str, patients: frozenset[str] | None = None) -> Any:
+        raise OSError("journal folder gone")
+
+    cfg = make_config(tmp_path, mllp_port=0, surveil_on_ingest=False)
+    with TestClient(create_app(cfg)) as c:
+        port = c.app.state.mllp.port  # type: ignore[attr-defined]
+        with monkeypatch.context() as m, socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            m.setattr(Hl7Feed, "submit_many", broken)
+            s.sendall(b"".join(b"\x0b" + _oru(f"p{i}").encode() + b"\x1c\r" for i in range(3)))
+            assert s.recv(65536) == b""  # closed, no ACK (a timeout here: the connection was left hanging)
+        assert "could not be handed to the feed (OSError)" in caplog.text
+        with MLLPClient("127.0.0.1", port) as again:
+            assert read_ack(again.send_message(_oru("p9"))).code == "AA"
+
+
 def test_refusals_through_the_listener_are_unchanged(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, mllp_port=0, surveil_on_ingest=False)
     with TestClient(create_app(cfg)) as c, MLLPClient("127.0.0.1", c.app.state.mllp.port) as m:  # type: ignore[attr-defined]

@@ -39,7 +39,8 @@ log = logging.getLogger("mgaki.service.ingest.mllp")
 MAX_MESSAGE_BYTES = 1 << 20  # a lab result message is a few kB; bigger blocks are refused
 _READ_AHEAD = 64  # messages of one connection read before their ACKs are written (the feed's path)
 # an ACK to write: ready, or (the feed's path) the feed's answer to come: an ACK, or the group commit's future one
-_Reply: TypeAlias = "str | asyncio.Future[str | Future[str]]"
+# (None: none, the connection is being closed)
+_Reply: TypeAlias = "str | asyncio.Future[str | Future[str] | None]"
 
 
 def handle_message(ingestor: Ingestor, text: str, actor: str = "mllp:unknown", *,
@@ -167,22 +168,23 @@ class MllpListener:
             reply = item if isinstance(item, str) else await asyncio.shield(item)
             if isinstance(reply, concurrent.futures.Future):  # the feed's: AA once its group is journaled
                 reply = await asyncio.wrap_future(reply)
-            if broken:
-                continue  # the peer has gone: the rest are read off the queue, never written
+            if broken or reply is None:  # the peer has gone, or the connection is being closed
+                broken = True
+                continue  # the rest are read off the queue, never written
             try:
                 writer.writeblock(reply.encode(self.encoding))
                 await writer.drain()
             except ConnectionError:
                 broken = True
 
-    async def _submit(self, texts: asyncio.Queue[tuple[str, asyncio.Future[str | Future[str]]] | None],
-                      actor: str, patients: frozenset[str] | None) -> None:
+    async def _submit(self, texts: asyncio.Queue[tuple[str, asyncio.Future[str | Future[str] | None]] | None],
+                      actor: str, patients: frozenset[str] | None, writer: hl7.mllp.HL7StreamWriter) -> None:
         """Hand the messages read on one connection to the feed in order, all that wait in one thread hop; ends
         at None. (With a hop per message each waited for the hops of those before it: about 11 ms each while
         surveillance held the GIL, and on one connection at 200 msg/s ACK p50 190 ms, p99 677 ms against 52 and
         144 ms batched: benchmarks/README.md, HL7 over MLLP.)"""
         assert self.feed is not None
-        done = False
+        done = failed = False
         while not done:
             batch = []
             for item in [await texts.get()] + [texts.get_nowait() for _ in range(texts.qsize())]:
@@ -192,12 +194,16 @@ class MllpListener:
                     batch.append(item)
             if not batch:
                 continue
-            try:
-                outs = await asyncio.to_thread(self.feed.submit_many, [t for t, _ in batch], actor, patients)
-            except Exception as exc:  # as when a message's own hop failed: the connection ends, no ACK
-                for _, slot in batch:
-                    slot.set_exception(exc)
-                raise
+            outs: list[str | Future[str] | None] = [None] * len(batch)  # None: no ACK, the connection is closed
+            if not failed:
+                try:
+                    outs = list(await asyncio.to_thread(self.feed.submit_many, [t for t, _ in batch], actor,
+                                                        patients))
+                except Exception as exc:  # nothing acknowledged from here on: the sender sends them again
+                    log.error("MLLP messages could not be handed to the feed (%s): connection closed",
+                              type(exc).__name__)
+                    failed = True
+                    writer.close()  # the reading loop sees the end of the stream
             for (_, slot), out in zip(batch, outs, strict=True):
                 slot.set_result(out)
 
@@ -219,8 +225,9 @@ class MllpListener:
         # wait for their group commit (a sender that does not wait for each ACK is served at the group's pace)
         replies: asyncio.Queue[_Reply | None] = asyncio.Queue(maxsize=_READ_AHEAD)
         sender = asyncio.create_task(self._reply(writer, replies))
-        texts: asyncio.Queue[tuple[str, asyncio.Future[str | Future[str]]] | None] = asyncio.Queue()
-        submitter = asyncio.create_task(self._submit(texts, actor, patients)) if self.feed is not None else None
+        texts: asyncio.Queue[tuple[str, asyncio.Future[str | Future[str] | None]] | None] = asyncio.Queue()
+        submitter = asyncio.create_task(self._submit(texts, actor, patients, writer)) if self.feed is not None \
+            else None
         try:
             while True:
                 try:
@@ -241,7 +248,7 @@ class MllpListener:
                                                                                f"{self.encoding} text")]))
                     continue
                 if submitter is not None:
-                    slot: asyncio.Future[str | Future[str]] = asyncio.get_running_loop().create_future()
+                    slot: asyncio.Future[str | Future[str] | None] = asyncio.get_running_loop().create_future()
                     await replies.put(slot)  # its place in the order of the ACKs
                     texts.put_nowait((text, slot))
                 else:
