@@ -16,16 +16,16 @@ What runs, in one command:
 * **Warm-up** (not timed): a few alert-raising messages, until their alerts are in ``GET /alerts`` (the
   first surveillance run of a process copies the whole alert log into the database).
 * **Feed, open loop**: ``--rate`` messages/s (default 200) for ``--duration`` s (default 300) spread over
-  ``--connections`` MLLP connections (default 4), each message sent at its scheduled time whatever the
-  ACKs did (a connection does not wait for an ACK before its next message; ACKs come back in order).
-  Each message is one ORU^R01 for a random existing patient with a creatinine and a magnesium result
-  dated now; ``--alert-share`` of them (default 2%) carry a magnesium of 1.0 mg/dL (0.41 mmol/L), which
-  raises an ``mg_out_of_range`` alert: each for a patient the feed sends nothing else (another message could
-  make the low value a suspect specimen, diluted, or a repeat within an open episode). ACK latency is from the scheduled send to the ACK (queueing in
-  the client, the socket and the server counts). Alert latency is from the scheduled send to the first
-  ``GET /alerts?kind=mg_out_of_range&limit=100`` poll (every ``--poll-s``, default 0.2 s) that lists the
-  alert, so it includes up to one poll interval. The server runs with ``hl7_surveillance_delay_s``
-  ``--delay`` (default 0.25 s).
+  ``--connections`` MLLP connections (default 4), each message sent at its scheduled time whatever the ACKs
+  did (a connection does not wait for an ACK before its next message; ACKs come back in order). Each message
+  is one ORU^R01 for a random existing patient with a creatinine and a magnesium result dated now;
+  ``--alert-share`` of them (default 2%) carry a magnesium of 1.0 mg/dL (0.41 mmol/L), which raises an
+  ``mg_out_of_range`` alert: each for a patient the feed sends nothing else (another message could make the
+  low value a suspect specimen, diluted, or a repeat within an open episode). ACK latency is from the
+  scheduled send to the ACK (queueing in the client, the socket and the server counts). Alert latency is from
+  the scheduled send to the first ``GET /alerts?kind=mg_out_of_range&limit=100`` poll (every ``--poll-s``,
+  default 0.2 s) that lists the alert, so it includes up to one poll interval. The server runs with
+  ``hl7_surveillance_delay_s`` ``--delay`` (default 0.25 s).
 * **FHIR** (before the feed; ``--fhir-duration`` s, default 60; 0: off): ``--fhir-clients`` closed-loop writers posting
   one-Observation batch Bundles (a creatinine for a random patient) to ``POST /fhir``: requests/s and
   latency. A FHIR POST is answered after its store append *and* its incremental surveillance run.
