@@ -199,8 +199,7 @@ def messages(n: int, patients: int, alert_share: float, run: str, start: datetim
         pid = f"P{nxt if nxt is not None else others[rng.randrange(len(others))]:08d}"
         when = (start + timedelta(seconds=i / rate)).replace(microsecond=0)
         mg = 1.0 if alert else round(rng.uniform(1.8, 2.4), 2)
-        crea = round(rng.uniform(0.6, 1.3), 2)
-        results = [Result(CREA, crea, "mg/dL", when),
+        results = [Result(CREA, round(rng.uniform(0.6, 1.3), 2), "mg/dL", when),
                    Result(MG, mg, "mg/dL", when)]
         # an inpatient visit of this feed (PV1-19, admitted a day before the feed): results outside any
         # encounter raise no alert

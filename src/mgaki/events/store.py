@@ -208,40 +208,38 @@ class EventStore:
         shared = shared or database is not None
         temp = "TEMP " if shared else ""
         tables = list(tables)
+        listing = self._listing()
         for _ in range(_SNAPSHOT_TRIES):
             # A snapshot: the hidden versions (intents, then ledger), then the parts. An append of another
             # process that committed meanwhile (intent, parts, ledger, intent removed) could show the parts of
             # its new versions without the ledger rows that hide what they replaced: both versions. Any such
             # append changes the intents or the ledger parts between the two listings: list again.
-            marks = self._marks()
             where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
-                if self._hidden(con) else ""
+                if self._hidden(con, *listing) else ""
             for t in tables:
                 con.execute(f'CREATE OR REPLACE {temp}VIEW "{prefix}{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
-            if self._marks() == marks:
+            again = self._listing()
+            if again == listing:
                 break
+            listing = again
         else:
             log.warning("event store: appends kept committing while a reader listed its parts (%d tries); a "
                         "record corrected meanwhile may show two versions to this reader", _SNAPSHOT_TRIES)
         return con
 
-    def _marks(self) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-        """What changes whenever an append commits record versions: the intents and the live ledger parts."""
-        try:
-            intents = tuple(sorted(e.name for e in os.scandir(self.root / _INTENT)))
-        except FileNotFoundError:
-            intents = ()
-        return intents, tuple(self.files(_VERSIONS))
+    def _listing(self) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+        """The intents, then the live ledger parts (in that order: an append removes its intent only after its
+        ledger part is written): what changes whenever an append commits record versions."""
+        return tuple(sorted((self.root / _INTENT).glob("*.parquet"))), tuple(self.files(_VERSIONS))
 
-    def _hidden(self, con: duckdb.DuckDBPyConnection) -> int:
+    def _hidden(self, con: duckdb.DuckDBPyConnection, intents: Sequence[Path], files: Sequence[Path]) -> int:
         """Temp table ``_mgaki_hidden``: sources of versions that are not current; how many.
 
         Replaced and stale versions, and versions an interrupted append wrote but did not
         commit (listed in ``versions-intent`` and not in the ledger). Usually few, so the
         views' filter is cheap, and absent (no filter at all) when nothing was ever replaced.
+        ``intents`` and ``files``: the store's ``_listing``.
         """
-        intents = sorted((self.root / _INTENT).glob("*.parquet"))
-        files = self.files(_VERSIONS)
         if not files and not intents:
             return 0
         ledger = self._ledger_sql(files)

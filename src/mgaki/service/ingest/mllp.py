@@ -14,7 +14,6 @@ message content or identifiers (no PHI in logs).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -166,7 +165,7 @@ class MllpListener:
         broken = False
         while (item := await replies.get()) is not None:
             reply = item if isinstance(item, str) else await asyncio.shield(item)
-            if isinstance(reply, concurrent.futures.Future):  # the feed's: AA once its group is journaled
+            if isinstance(reply, Future):  # the feed's: AA once its group is journaled
                 reply = await asyncio.wrap_future(reply)
             if broken or reply is None:  # the peer has gone, or the connection is being closed
                 broken = True
