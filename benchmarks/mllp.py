@@ -294,7 +294,8 @@ async def _explain_missing(server: dict[str, Any], unseen: dict[int, tuple[str, 
             if any(str(a["time"])[:19] == when for a in kinds):
                 out["raised, missed by the polls"] += 1
             elif (held := _held(server["data"], pid, when)) is not None:
-                out[f"not raised: set aside as a suspect specimen ({held}; 'repeat the sample')"] += 1
+                out[f"not raised: set aside as a suspect specimen ({held}; a suspect_specimen alert asks for the "
+                    "repeat)"] += 1
             elif any(a.get("encounter_id") == f"V{pid[1:]}" and str(a["time"])[:19] < when for a in kinds):
                 out["not raised: an earlier alert of the kind in the feed's visit (an open episode raises none)"] += 1
             else:

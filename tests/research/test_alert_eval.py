@@ -204,3 +204,25 @@ def test_an_informational_kind_has_no_target_and_an_actionable_one_must(kb: Know
     wrong = kb.evaluation.model_copy(update={"alerts": (dose, *kb.evaluation.alerts[1:])})
     with pytest.raises(KnowledgeError, match="names no target outcome"):
         _check_evaluation(wrong, kb.surveillance)
+
+
+def test_a_repeat_request_is_acted_on_by_the_next_result_of_a_checked_analyte(tmp_path: Path,
+                                                                            kb: KnowledgeBase) -> None:
+    """suspect_specimen asks for the repeat: its lab-to-action is the next result of an analyte the specimen rules
+    check (a creatinine 2 h after a held creatinine, not the Mg 5 h after); it has no PPV target, and a kind asking
+    for a repeat may name none."""
+    enc = [{"subject_id": s, "encounter_id": f"{s}-e", "kind": "hospital", "start": T0 - timedelta(hours=2),
+            "end": T0 + timedelta(hours=200), "source": "test"} for s in ("rep", "never")]
+    events = [_ev("rep", 0, "creatinine", 0.4), _ev("rep", 2, "creatinine", 1.1), _ev("rep", 5, "magnesium", 2.0),
+              _ev("never", 0, "magnesium", 0.9), _ev("never", 30, "magnesium", 2.0)]
+    store = EventStore(tmp_path / "s")
+    store.append({"encounters": _table("encounters", enc), "events": _table("events", events)})
+    alerts = pa.table({"alert_id": [1, 2], "subject_id": ["rep", "never"], "encounter_id": ["rep-e", "never-e"],
+                       "kind": ["suspect_specimen"] * 2, "time": pa.array([T0] * 2, pa.timestamp("us")),
+                       "severity": ["warning"] * 2, "value": [0.4, 0.9], "mode": ["live", "live"]})
+    got = {r["subject_id"]: r for r in outcomes(store, kb, alerts).to_pylist()}
+    assert got["rep"]["action"] == "repeat" and got["rep"]["lab_to_action_min"] == 120.0 and got["rep"]["acted"]
+    assert got["never"]["lab_to_action_min"] == 1440.0 and not got["never"]["acted"]  # the repeat came at 30 h
+    rep = next(a for a in kb.evaluation.alerts if a.kind == "suspect_specimen")
+    assert rep.action == "repeat" and rep.target is None
+    assert kb.severity("suspect_specimen", None) == "warning"

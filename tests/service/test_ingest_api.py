@@ -46,6 +46,23 @@ def test_bundle_ingest_is_idempotent_and_raises_alerts(client):
     assert ("nurse-station", "read", "GET /patients/{patient_id}/alerts", "nobody") in rows
 
 
+def test_a_held_sample_reaches_the_alert_list_as_a_repeat_request(client):
+    """A Mg of 0.9 mg/dL (grade 3) in a draw where creatinine fell with it (co-dilution: a diluted sample) is held:
+    no critical mg_out_of_range, but the ward's alert list asks for the repeat (a suspect_specimen warning)."""
+    from mgaki.synth.fhir import BundleBuilder, at
+
+    b = (BundleBuilder(pid="pd", id_prefix="pd-").encounter(-2, icu=False, eid="pd-e1")
+         .series("magnesium", "mg/dL", [(0, 2.2), (12, 0.9)]).series("creatinine", "mg/dL", [(0, 1.1), (12, 0.5)]))
+    r = client.post("/fhir", json={**b.build(), "type": "batch"}, headers=auth(WRITER))
+    assert r.status_code == 200, r.text
+    alerts = client.get("/patients/pd/alerts", headers=auth(READER)).json()["alerts"]
+    held = [a for a in alerts if a["kind"] == "suspect_specimen"]
+    assert len(held) == 1 and held[0]["severity"] == "warning" and held[0]["value"] == 0.9, alerts
+    assert held[0]["time"][:19] == at(12)[:19] and "repeat the sample" in held[0]["detail"]
+    assert not [a for a in alerts if a["kind"] != "suspect_specimen" and a["value"] == 0.9], alerts
+    assert not [a for a in alerts if a["severity"] == "critical"], alerts
+
+
 def test_ndjson_ingest(client):
     res = [e["resource"] for e in bundle("crcl_lt30_halved")["entry"]]
     body = "".join(json.dumps(r) + "\n" for r in res)

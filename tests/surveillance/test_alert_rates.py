@@ -81,6 +81,15 @@ def test_surveil_prints_rates_and_suspect_flags_on_the_mimic_subset(tmp_path: Pa
     assert any(t["n_measurements"] == 1 and t["slope_per_day"] is None for t in traj)
     suspects = json.loads((out / "suspect_specimens.json").read_text())
     assert all(s["action"] == "repeat the sample" and s["reason"] for s in suspects)
+    # each held draw reaches the alert list as one suspect_specimen alert (a warning asking for the repeat), and
+    # none of the alerts its value would raise: on these real patients, 10019003's Mg 2.7 mg/dL drawn during a
+    # 2 g MgSO4 infusion (docs/surveillance.md#alert-rates)
+    held = {(s["subject_id"], s["time"]) for s in suspects}
+    asked = {(a["subject_id"], a["time"]): a for a in alerts if a["kind"] == "suspect_specimen"}
+    assert held and set(asked) == held, (held, sorted(asked))
+    assert all(a["severity"] == "warning" and "repeat the sample" in a["detail"] for a in asked.values())
+    assert ("10019003", "2153-04-14 02:56:00") in asked
+    assert not [a for a in alerts if a["kind"] != "suspect_specimen" and (a["subject_id"], a["time"]) in held]
 
 
 def test_real_patients_alerts_follow_the_severity_mapping(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _infusion_patient() -> Patient:
             .ev("creatinine", (0, 0.9), (30, 0.9)).drug("magnesium sulfate", 3.0, 5.0))
 
 
-def test_a_sample_drawn_during_an_infusion_raises_no_alert(tmp_path: Path) -> None:
+def test_a_sample_drawn_during_an_infusion_raises_no_alert_but_the_repeat(tmp_path: Path) -> None:
     res = _run(tmp_path, _infusion_patient())
     assert _suspects(res) == [("P1", "magnesium", at(4), 10.0, "infusion_magnesium", "infusion")]
     row = res.tables["suspect_specimens"].to_pylist()[0]
@@ -52,6 +52,10 @@ def test_a_sample_drawn_during_an_infusion_raises_no_alert(tmp_path: Path) -> No
     mg_alerts = [a for a in _alerts(res) if str(a["kind"]).startswith("mg_")]
     assert all(a["value"] != 10.0 for a in mg_alerts)
     assert not [a for a in _alerts(res) if a["severity"] == "critical"]
+    # the one alert the held value raises asks for the repeat (a ward on the alert list learns it is held)
+    (held,) = _alerts(res, "suspect_specimen")
+    assert (held["encounter_id"], held["time"], held["value"], held["severity"]) == ("H1", at(4), 10.0, "warning")
+    assert "infusion" in held["detail"] and "repeat the sample" in held["detail"]
     traj = res.tables["mg_trajectory"].to_pylist()[0]
     assert traj["max_mg"] == 2.3 and traj["n_measurements"] == 3
 
@@ -61,6 +65,10 @@ def test_without_the_infusion_record_the_delta_check_holds_the_spike(tmp_path: P
     res = _run(tmp_path, p)
     assert _suspects(res) == [("P1", "magnesium", at(4), 10.0, "delta_magnesium", "delta_check")]
     assert not [a for a in _alerts(res) if a["severity"] == "critical"]
+    # the alert says what was known when the 10.0 arrived (no repeat yet), not what the repeat showed later:
+    # an incremental run that raised it then and a full recomputation give the same row
+    (held,) = _alerts(res, "suspect_specimen")
+    assert held["time"] == at(4) and "jumped from 1.7" in held["detail"] and "unconfirmed" in held["detail"]
 
 
 def _bundle_infusion(with_repeat: bool) -> dict[str, object]:
@@ -112,7 +120,13 @@ def test_a_diluted_sample_is_not_the_baseline(tmp_path: Path) -> None:
     assert at(66) not in cr  # not staged, not a reference
     assert cr[at(72)]["reference"] == 1.0 and cr[at(72)]["stage"] == 2
     assert [e["peak_stage"] for e in res.tables["aki_episodes"].to_pylist()] == [2]
-    assert not [a for a in _alerts(res) if a["value"] == 0.9 or a["severity"] == "critical"]  # 0.9: grade 3
+    assert not [a for a in _alerts(res) if a["severity"] == "critical"]  # Mg 0.9 is grade 3
+    # one alert for the draw, not one per analyte: Mg's reason
+    held = [a for a in _alerts(res) if a["value"] == 0.9 or a["time"] == at(66)]
+    assert [(a["kind"], a["time"], a["value"], a["severity"]) for a in held] == [
+        ("suspect_specimen", at(66), 0.9, "warning")]
+    assert held[0]["detail"].startswith("Held until repeated: magnesium 0.9")
+    assert "fell with other analytes" in held[0]["detail"]
     # the engine on the same series: the same suspects, the same stages
     kb = load()
     review = review_specimens(kb, {a: [(at(h), v) for h, v in pts] for a, pts in _diluted()})
@@ -164,6 +178,7 @@ def test_an_unconfirmed_jump_waits_for_a_repeat(tmp_path: Path) -> None:
 def test_random_patients_engine_and_sql_mark_the_same_values(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     patients, expected = [], []
+    held_on_arrival: list[tuple[str, datetime]] = []
     kb = load()
     for i in range(60):
         p = Patient(subject=f"S{i:02d}", days=12, encounter=f"E{i:02d}")
@@ -194,11 +209,24 @@ def test_random_patients_engine_and_sql_mark_the_same_values(tmp_path: Path) -> 
         rrt = [at(float(str(r["source"]).split("@")[1])) for r in p.rows["events"] if r["analyte"] == "rrt"]
         review = review_specimens(kb, series, infusions, rrt)
         expected += [(p.subject, s.analyte, s.time, s.value, s.rule, s.kind) for s in review.suspects.values()]
+        # the engine when each draw arrived (only it and what came before): the draws it held then
+        for t in sorted({t for pts in series.values() for t, _ in pts}):
+            then = review_specimens(kb, {a: [(u, v) for u, v in pts if u <= t] for a, pts in series.items()},
+                                    infusions, [r for r in rrt if r <= t])
+            if any(s.time == t for s in then.suspects.values()):
+                held_on_arrival.append((p.subject, t))
         patients.append(p)
     res = _run(tmp_path, *patients)
     assert _suspects(res) == sorted(expected)
     kinds = {e[5] for e in expected}
     assert kinds == {"infusion", "co_dilution", "delta_check", "delta_check_unconfirmed"}, kinds
+    # one suspect_specimen alert per draw the engine held when it arrived: a jump its repeat later confirmed
+    # too (it asked for that repeat), never a draw held only in hindsight
+    asked = [(a["subject_id"], a["time"]) for a in _alerts(res, "suspect_specimen")]
+    assert sorted(asked) == sorted(held_on_arrival) and len(set(asked)) == len(asked)
+    final = {(e[0], e[2]) for e in expected}
+    assert final <= set(held_on_arrival)  # every value set aside now was held when it arrived ...
+    assert set(held_on_arrival) - final  # ... and some jumps held then were confirmed by their repeat since
 
 
 def test_a_suspect_draw_still_counts_as_monitoring(tmp_path: Path) -> None:

@@ -257,7 +257,7 @@ def _check_evaluation(evf: EvaluationFile, sv: SurveillanceFile) -> None:
         if kinds.count(k) > 1:
             raise KnowledgeError(f"evaluation.yaml alerts: {k!r} listed twice")
     for a in evf.alerts:
-        if a.target is None and a.action != "none":
+        if a.target is None and a.action not in ("none", "repeat"):  # a repeat prevents acting on a wrong value
             raise KnowledgeError(f"evaluation.yaml alerts: {a.kind!r} asks for {a.action!r} "
                                  "but names no target outcome")
         if a.target is not None and a.target not in outcomes:

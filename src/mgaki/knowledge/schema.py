@@ -641,9 +641,12 @@ class AlertEvaluation(Cited):
 
     kind: str  # a surveillance.yaml alert id
     label: str  # the kind in words, for clinicians
-    action: Literal["dose", "hold", "measure", "review", "none"]  # what the alert asks: lab-to-action counts this
+    # what the alert asks, lab-to-action counts it: a Mg dose, the end of a running Mg infusion, the next Mg
+    # result, the next result of an analyte the specimen rules check (repeat), nothing the data shows (review, none)
+    action: Literal["dose", "hold", "measure", "repeat", "review", "none"]
     # the outcome the alert exists to prevent: PPV = share of alerts followed by it; None for an informational
-    # kind (e.g. kdigo_not_applicable) that asks for nothing and so has no PPV
+    # kind (e.g. kdigo_not_applicable) that asks for nothing, or a repeat request (what it prevents, acting on a
+    # value that was the sample, leaves no trace in the data): no PPV
     target: OutcomeId | None = None
     target_why: str
 

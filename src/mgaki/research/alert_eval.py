@@ -1,8 +1,9 @@
 """Do the alerts help? Outcomes after every alert and the silent-vs-live comparison (issue 17 points 3-4).
 
 ``outcomes`` follows each alert in the data mgaki already ingests (the event store and its surveillance
-results): lab-to-action minutes (the first Mg dose, the end of a running Mg infusion for a high Mg, or the next
-Mg result for a monitoring alert), Mg back in range (or out of range) within 24 h, AKI progression, dialysis and
+results): lab-to-action minutes (the first Mg dose, the end of a running Mg infusion for a high Mg, the next
+Mg result for a monitoring alert, or the next result of an analyte the specimen rules check for a
+``suspect_specimen`` alert), Mg back in range (or out of range) within 24 h, AKI progression, dialysis and
 death within 14 days. The definitions and windows are knowledge data (``evaluation.yaml``).
 
 ``evaluate`` summarises them: alert burden per 100 patient-days and per encounter, the positive predictive value
@@ -70,6 +71,7 @@ def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table
     rng = kb.magnesium.reference_range
     mg_lo, mg_hi = (convert(x, "magnesium", rng.unit, "mg/dL") for x in (rng.low, rng.high))
     wins = {k: int(o.window_hours * 3600) for k, o in out_def.items()}
+    rep_analytes = ", ".join(f"'{a}'" for a in kb.surveillance.specimen.analytes)  # a repeat alert's analytes
     con = store.connect(("events", "medications", "encounters"))
     try:
         con.register("alerts_in", alerts.select(list(ALERT_COLUMNS)))
@@ -92,6 +94,8 @@ def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table
                                                                      AND numeric_value IS NOT NULL),
         doses AS (SELECT subject_id, start, "end" FROM medications WHERE mg_mmol IS NOT NULL AND mg_mmol > 0
                                                                       AND start IS NOT NULL),
+        rep AS (SELECT subject_id, time FROM events WHERE analyte IN ({rep_analytes})
+                                                     AND numeric_value IS NOT NULL),
         st AS ({stages}),
         joined AS (
           SELECT a.alert_id,
@@ -109,6 +113,9 @@ def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table
             bool_or(m.v < {mg_lo} OR m.v > {mg_hi}) FILTER (
               WHERE m.time > a.time AND m.time <= a.time + to_seconds({wins['mg_out_of_range_24h']})) AS out_range
           FROM a LEFT JOIN mg m ON m.subject_id = a.subject_id GROUP BY a.alert_id),
+        repj AS (
+          SELECT a.alert_id, min(r.time) FILTER (WHERE r.time > a.time) AS next_rep
+          FROM a LEFT JOIN rep r ON r.subject_id = a.subject_id GROUP BY a.alert_id),
         stj AS (
           SELECT a.alert_id,
             coalesce(arg_max(s.stage, s.time) FILTER (WHERE s.time <= a.time), 0) AS stage_at,
@@ -128,7 +135,9 @@ def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table
         SELECT a.alert_id, a.subject_id, a.encounter_id, a.kind, a.time, a.mode, a.action,
           CASE a.action WHEN 'dose' THEN j.first_dose WHEN 'hold' THEN j.hold_at
                WHEN 'measure' THEN CASE WHEN mgj.next_mg <= a.time + to_seconds({wins['lab_to_action']})
-                                        THEN mgj.next_mg END END AS action_at,
+                                        THEN mgj.next_mg END
+               WHEN 'repeat' THEN CASE WHEN repj.next_rep <= a.time + to_seconds({wins['lab_to_action']})
+                                       THEN repj.next_rep END END AS action_at,
           least(a.time + to_seconds({wins['lab_to_action']}),
                 greatest(a.time, coalesce(enc.stop, ld.t, a.time + to_seconds({wins['lab_to_action']}))))
             AS censor_at,
@@ -139,7 +148,8 @@ def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table
                ELSE coalesce(mgj.out_range, FALSE) END AS mg_out_of_range_24h,
           coalesce(stj.stage_after > stj.stage_at, FALSE) AS aki_progression,
           coalesce(hard.rrt, FALSE) AS rrt, coalesce(hard.death, FALSE) AS death
-        FROM a JOIN joined j USING (alert_id) JOIN mgj USING (alert_id) JOIN stj USING (alert_id)
+        FROM a JOIN joined j USING (alert_id) JOIN mgj USING (alert_id) JOIN repj USING (alert_id)
+          JOIN stj USING (alert_id)
           JOIN hard USING (alert_id)
           LEFT JOIN enc ON enc.subject_id = a.subject_id AND enc.encounter_id = a.encounter_id
           LEFT JOIN last_data ld ON ld.subject_id = a.subject_id

@@ -682,6 +682,20 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
               SELECT subject_id, analyte, t, value FROM spec_any
               UNION ALL
               SELECT subject_id, analyte, t, value FROM spec_delta WHERE jumped = 1) x"""),
+        # what the alert says when a held value arrives (one row per held value): its reason as known then, from
+        # that value and those before it only (an infusion or co-dilution reason; a jump is unconfirmed until its
+        # repeat), so an alert raised by an incremental run says what a full recomputation says
+        Stage("spec_alert", f"""
+            SELECT subject_id, analyte, t, value, reason FROM (
+              SELECT *, ROW_NUMBER() OVER (PARTITION BY subject_id, analyte, t, value ORDER BY prio, rule) AS rn
+              FROM (SELECT subject_id, analyte, t, value, rule, prio, reason FROM spec_any
+                    WHERE kind IN ('infusion', 'co_dilution')
+                    UNION ALL
+                    SELECT subject_id, analyte, t, value, rule, 3,
+                           analyte || ' ' || CAST(value AS {vc}) || ' jumped from ' || CAST(rv AS {vc})
+                             || ': unconfirmed until a repeat, repeat the sample'
+                    FROM spec_delta WHERE jumped = 1) x) y
+            WHERE rn = 1"""),
         # the encounter of each flagged value: only the analytes spec_flags can hold are grouped
         Stage("suspect_specimens", f"""
             SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
@@ -807,6 +821,7 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
     lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
     vc = d.string_type
+    spec_names = ", ".join(f"'{a}'" for a in kb.surveillance.specimen.analytes)
     return [
         Stage("mg_status", f"""
             SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
@@ -902,6 +917,17 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
               WHERE GREATEST(g.gap_start + {gap}, r.r0) < LEAST(g.gap_end, r.r1)
                 AND GREATEST(g.gap_start + {gap}, r.r0) <= {as_of}) x
             WHERE rn = 1"""),
+        # one suspect_specimen alert per draw (held values of one patient at one time; the alert key has no
+        # analyte): Mg's reason, else the first analyte's by name; its encounter is the value's
+        Stage("spec_alert_draw", f"""
+            SELECT s.subject_id, e.encounter_id, s.t, s.value, s.reason,
+                   ROW_NUMBER() OVER (PARTITION BY s.subject_id, s.t
+                                      ORDER BY CASE WHEN s.analyte = 'magnesium' THEN 0 ELSE 1 END, s.analyte,
+                                               s.value) AS rn
+            FROM spec_alert s LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
+                                         FROM ev_enc WHERE analyte IN ({spec_names})
+                                         GROUP BY subject_id, analyte, t, value) e
+              ON e.subject_id = s.subject_id AND e.analyte = s.analyte AND e.t = s.t AND e.value = s.value"""),
         Stage("alerts", f"""
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
@@ -948,6 +974,10 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                    'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
                    CAST(NULL AS DOUBLE)
             FROM no_mg_cand
+            UNION ALL
+            SELECT subject_id, encounter_id, 'suspect_specimen', {d.from_epoch('t')}, {sev['suspect_specimen']},
+                   'Held until repeated: ' || reason, value
+            FROM spec_alert_draw WHERE rn = 1
             UNION ALL
             SELECT x.subject_id, x.encounter_id, 'kdigo_not_applicable', h.start, {sev['kdigo_not_applicable']},
                    '{kb.kidney.maintenance_dialysis.status.replace("'", "''")} (' || x.why || ')', CAST(NULL AS DOUBLE)
