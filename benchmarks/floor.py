@@ -320,6 +320,19 @@ def report(res: dict[str, Any]) -> None:
                       f"{_verdict(spread <= TARGET_SPREAD)}")
 
 
+def merge_runs(paths: list[Path]) -> dict[str, Any]:
+    """The sizes of several runs' JSON as one run (by patients; a size measured twice: the later file's), with
+    the first run's start and the last one's end; runs of different seeds are refused (not the same cohort)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    seeds = {r["seed"] for r in runs}
+    if len(seeds) != 1:
+        raise SystemExit(f"--merge: runs of different seeds {sorted(seeds)} are different cohorts")
+    sizes = {s["patients"]: s for r in runs for s in r["sizes"]}
+    return {"seed": seeds.pop(), "load_start": runs[0]["load_start"], "started": runs[0]["started"],
+            "load_end": runs[-1].get("load_end"), "merged": [str(p) for p in paths],
+            "sizes": [sizes[n] for n in sorted(sizes)]}
+
+
 def plot_scale(res: dict[str, Any], path: Path) -> None:
     """Time and peak memory against rows, mgaki's full run and the floor query of the same run, with the
     straight line through the origin and the largest size (what linear in rows would give)."""
@@ -345,7 +358,8 @@ def plot_scale(res: dict[str, Any], path: Path) -> None:
     ).properties(width=320, height=230).facet(column=alt.Column("measure:N", title=None)).resolve_scale(
         y="independent").properties(
         title=f"ICU-shaped cohort, {os.cpu_count()} cores, {res['started'][:10]}, load {res['load_start'][0]:g} "
-              f"at start (benchmarks/floor.py --patients {','.join(str(r['patients']) for r in res['sizes'])})")
+              f"at start (benchmarks/floor.py --patients {','.join(str(r['patients']) for r in res['sizes'])}"
+              f"{', runs merged' if res.get('merged') else ''})")
     path.parent.mkdir(parents=True, exist_ok=True)
     chart.save(str(path), scale_factor=1.0)
 
@@ -360,6 +374,9 @@ def main() -> int:
                     help="after the full run, this many single-result increments on the same store (latency)")
     ap.add_argument("--plot", type=Path, help="also plot time and peak memory against rows (PNG)")
     ap.add_argument("--no-service", action="store_true", help="increments through the Python API only")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="measure nothing: report (and --plot) the sizes of these earlier runs' JSON together, "
+                         "each size's load as measured (a size too long to rerun with the others)")
     ap.add_argument("--child", choices=["build", "floor", "mgaki", "increments", "service"])
     ap.add_argument("--n", type=int)
     ap.add_argument("--root", type=Path)
@@ -378,6 +395,13 @@ def main() -> int:
         else:
             out = child_mgaki(a.root)
         a.child_out.write_text(json.dumps(out))
+        return 0
+    if a.merge:
+        res = merge_runs(a.merge)
+        report(res)
+        if a.plot:
+            plot_scale(res, a.plot)
+            print(f"plot: {a.plot}")
         return 0
     sizes = [int(x) for x in a.patients.split(",")]
     res: dict[str, Any] = {"seed": a.seed, "load_start": _load(), "started": datetime.now(UTC).isoformat()}

@@ -156,6 +156,19 @@ def test_floor_benchmark_smoke(tmp_path: Path) -> None:
     assert "through the service" in r.stdout and "patients' results in one run" in r.stdout
     for line in ("1.5x the floor query", "peak RSS < 4.0 GB", "p99 < 200.0 ms"):
         assert line in r.stdout and ("PASS" in r.stdout or "FAIL" in r.stdout)
+    # --merge: a size measured by a run of its own is reported and plotted with the others, in patient order
+    bigger = tmp_path / "bigger.json"
+    bigger.write_text(json.dumps({**res, "sizes": [{**size, "patients": 50, "ratio": 9.5}]}))
+    merge = [sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--merge", str(out), str(bigger)]
+    m = subprocess.run([*merge, "--plot", str(tmp_path / "scale.png")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert m.returncode == 0, m.stdout + m.stderr
+    rows = [ln.split() for ln in m.stdout.splitlines() if ln.split()[:1] in (["50"], ["100"])][:2]  # size table
+    assert [x[0] for x in rows] == ["50", "100"] and rows[0][8] == "9.50" and "100 patients:" in m.stdout
+    assert (tmp_path / "scale.png").stat().st_size > 0
+    bigger.write_text(json.dumps({**res, "seed": res["seed"] + 1}))
+    m = subprocess.run(merge, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert m.returncode != 0 and "different seeds" in m.stderr
 
 
 def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
