@@ -24,6 +24,11 @@ class KnowledgeError(MgakiError):
     """The knowledge base cannot be loaded or fails validation."""
 
 
+class ResourceError(MgakiError):
+    """The work needs more of a resource (memory, disk) than it was given; the message names the step and the
+    setting that gives more."""
+
+
 class InputError(MgakiError):
     """Input that cannot be used as given; ``where`` names the offending item."""
 

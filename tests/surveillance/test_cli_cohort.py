@@ -105,3 +105,24 @@ def test_ingest_exit_status_separates_bad_input_from_other_failures(tmp_path: Pa
     monkeypatch.setattr(cli_cohort, "ingest_path", broken)
     r = runner.invoke(app, ["ingest", str(MIMIC), "--store", str(tmp_path / "s")])
     assert r.exit_code == 3 and "event store is damaged" in r.output
+
+
+def test_a_run_out_of_memory_names_the_stage_and_how_to_give_more(tmp_path: Path) -> None:
+    """DuckDB out of memory inside a stage (1 M ICU patients under the default 3 GB cap did that: an
+    OutOfMemoryException with no stage in it) is an error naming the stage, the limit in force and the settings
+    that raise it; the CLI exits 3 with it, nothing half-written is taken for results."""
+    from tests.surveillance.cohort import random_cohort
+
+    from mgaki.errors import ResourceError
+    from mgaki.surveillance import run
+
+    store = EventStore(tmp_path / "s")
+    store.append(random_cohort(60, seed=3))
+    with pytest.raises(ResourceError, match=r"surveillance stage \w+ needs more memory than DuckDB's limit "
+                                            r"\(1\.9 MiB\).*--memory 8GB.*MGAKI_DUCKDB_MEMORY"):
+        run(store, duckdb_settings={"memory_limit": "2MB"})
+    r = runner.invoke(app, ["surveil", "--store", str(store.root), "--memory", "2MB"])
+    assert r.exit_code == 3, r.output
+    said = " ".join(r.output.split())
+    assert "error: surveillance step reading or writing needs more memory" in said and "--memory 8GB" in said
+    assert surveil(store).subjects_recomputed == -1  # the failed run left nothing a later run takes for results

@@ -207,8 +207,9 @@ def surveil_cmd(
             require_extra("spark", "surveil --engine spark")
             from mgaki.surveillance.spark import store_runner
             runner = store_runner(EventStore(store), spark_master)
-        res = surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner,
-                      duckdb_settings={"memory_limit": memory} if memory else None, baseline_rule=rule)
+        res = run_or_exit(lambda: surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner,
+                                          duckdb_settings={"memory_limit": memory} if memory else None,
+                                          baseline_rule=rule))
     print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
     print_alert_rates(EventStore(store), res)
     if baseline_sensitivity:

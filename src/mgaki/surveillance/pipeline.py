@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mgaki.errors import ResourceError
 from mgaki.events import EventStore
 from mgaki.events.locks import FileLock
 from mgaki.events.normalize import give_back, lease
@@ -243,7 +244,10 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
     plans, not rows, are the cost of a few subjects). Results do not depend on the order."""
     def create(cur: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
         t0 = _time.perf_counter()
-        cur.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
+        try:
+            cur.execute(f'CREATE OR REPLACE TABLE "{name}" AS {sql}')
+        except duckdb.OutOfMemoryException as exc:
+            raise _out_of_memory(cur, name, exc) from exc
         seconds[name] = _time.perf_counter() - t0
 
     db = con.sql("SELECT current_database()").fetchall()[0][0]
@@ -295,6 +299,19 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
             cur.close()
 
 
+def _out_of_memory(con: duckdb.DuckDBPyConnection, stage: str, exc: duckdb.OutOfMemoryException) -> ResourceError:
+    """DuckDB ran out of memory in `stage`: an error naming the stage, the limit in force and how to raise it."""
+    try:
+        limit = con.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    except duckdb.Error:
+        limit = "unknown"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    what = f"step {stage}" if " " in stage else f"stage {stage}"
+    return ResourceError(f"surveillance {what} needs more memory than DuckDB's limit ({limit}) allows, even "
+                         f"spilling to disk ({first}); give it more with `mgaki surveil --memory 8GB` (the Python "
+                         "API: duckdb_settings={'memory_limit': '8GB'}) or MGAKI_DUCKDB_MEMORY=8GB")
+
+
 def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[str] | None,
              as_of: datetime | None, progress: Progress | None, outputs: tuple[str, ...] = OUTPUTS,
              exclude_analytes: tuple[str, ...] = (), timers: bool = False,
@@ -340,7 +357,10 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
     for i, st in enumerate(plan + timed if not small else ()):
         t0 = _time.perf_counter()
         kind = "VIEW" if st.name in views else "TABLE"
-        con.execute(f'CREATE OR REPLACE TEMP {kind} "{st.name}" AS {st.sql}')
+        try:
+            con.execute(f'CREATE OR REPLACE TEMP {kind} "{st.name}" AS {st.sql}')
+        except duckdb.OutOfMemoryException as exc:
+            raise _out_of_memory(con, st.name, exc) from exc
         for name in done_after.get(st.name, ()):  # intermediate tables no later stage reads: free them
             con.execute(f'DROP {"VIEW" if name in views else "TABLE"} "{name}"')
         seconds[st.name] = _time.perf_counter() - t0
@@ -908,11 +928,14 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
             if not re.fullmatch(r"[a-z_]+", key):
                 raise ValueError(f"DuckDB setting name {key!r}: lower-case letters and underscores only")
             con.execute(f"SET {key} = ?", [value])
-        if first:
-            with _fold_lock(out):  # a background fold finishes first; none starts until the new state is written
-                res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
-        else:
-            res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
+        try:
+            if first:
+                with _fold_lock(out):  # a background fold finishes first; none starts until the new state is written
+                    res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
+            else:
+                res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
+        except duckdb.OutOfMemoryException as exc:  # outside a stage (those name themselves: _out_of_memory)
+            raise _out_of_memory(con, "reading or writing", exc) from exc
     finally:
         clean = False
         try:
