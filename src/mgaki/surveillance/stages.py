@@ -582,6 +582,9 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
     alert stages ignore; ``suspect_specimens``: the output, each with its reason and "repeat the sample"."""
     rules = kb.surveillance.specimen
     names = ", ".join(f"'{a}'" for a in rules.analytes)
+    # the encounter of each value of an analyte the rules check (the suspects' and the alerts' encounter)
+    enc_of = f"""(SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
+                  FROM ev_enc WHERE analyte IN ({names}) GROUP BY subject_id, analyte, t, value)"""
     vc = d.string_type
     w = "PARTITION BY subject_id, analyte ORDER BY t, value"
 
@@ -696,13 +699,19 @@ def _specimen_stages(kb: KnowledgeBase, d: Dialect) -> list[Stage]:
                              || ': unconfirmed until a repeat, repeat the sample'
                     FROM spec_delta WHERE jumped = 1) x) y
             WHERE rn = 1"""),
-        # the encounter of each flagged value: only the analytes spec_flags can hold are grouped
+        # one suspect_specimen alert per draw (held values of one patient at one time; the alert key has no
+        # analyte): Mg's reason, else the first analyte's by name; its encounter is the value's
+        Stage("spec_alert_draw", f"""
+            SELECT s.subject_id, e.encounter_id, s.t, s.value, s.reason,
+                   ROW_NUMBER() OVER (PARTITION BY s.subject_id, s.t
+                                      ORDER BY CASE WHEN s.analyte = 'magnesium' THEN 0 ELSE 1 END, s.analyte,
+                                               s.value) AS rn
+            FROM spec_alert s LEFT JOIN {enc_of} e
+              ON e.subject_id = s.subject_id AND e.analyte = s.analyte AND e.t = s.t AND e.value = s.value"""),
         Stage("suspect_specimens", f"""
             SELECT f.subject_id, e.encounter_id, {d.from_epoch('f.t')} AS time, f.analyte, f.value, f.rule, f.kind,
                    f.reason, 'repeat the sample' AS action
-            FROM spec_flags f LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
-                                         FROM ev_enc WHERE analyte IN ({names})
-                                         GROUP BY subject_id, analyte, t, value) e
+            FROM spec_flags f LEFT JOIN {enc_of} e
               ON e.subject_id = f.subject_id AND e.analyte = f.analyte AND e.t = f.t AND e.value = f.value""",
               output=True),
     ]
@@ -821,7 +830,6 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
     enc = "PARTITION BY subject_id, encounter_id ORDER BY t, value"
     lo_grade, hi_grade = _band_case(kb, "low", "value"), _band_case(kb, "high", "value")
     vc = d.string_type
-    spec_names = ", ".join(f"'{a}'" for a in kb.surveillance.specimen.analytes)
     return [
         Stage("mg_status", f"""
             SELECT *, SUM(CASE WHEN status <> COALESCE(prev_status, '') THEN 1 ELSE 0 END)
@@ -917,17 +925,6 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
               WHERE GREATEST(g.gap_start + {gap}, r.r0) < LEAST(g.gap_end, r.r1)
                 AND GREATEST(g.gap_start + {gap}, r.r0) <= {as_of}) x
             WHERE rn = 1"""),
-        # one suspect_specimen alert per draw (held values of one patient at one time; the alert key has no
-        # analyte): Mg's reason, else the first analyte's by name; its encounter is the value's
-        Stage("spec_alert_draw", f"""
-            SELECT s.subject_id, e.encounter_id, s.t, s.value, s.reason,
-                   ROW_NUMBER() OVER (PARTITION BY s.subject_id, s.t
-                                      ORDER BY CASE WHEN s.analyte = 'magnesium' THEN 0 ELSE 1 END, s.analyte,
-                                               s.value) AS rn
-            FROM spec_alert s LEFT JOIN (SELECT subject_id, analyte, t, value, MIN(encounter_id) AS encounter_id
-                                         FROM ev_enc WHERE analyte IN ({spec_names})
-                                         GROUP BY subject_id, analyte, t, value) e
-              ON e.subject_id = s.subject_id AND e.analyte = s.analyte AND e.t = s.t AND e.value = s.value"""),
         Stage("alerts", f"""
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
