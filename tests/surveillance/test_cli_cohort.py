@@ -126,3 +126,11 @@ def test_a_run_out_of_memory_names_the_stage_and_how_to_give_more(tmp_path: Path
     said = " ".join(r.output.split())
     assert "error: surveillance step reading or writing needs more memory" in said and "--memory 8GB" in said
     assert surveil(store).subjects_recomputed == -1  # the failed run left nothing a later run takes for results
+
+
+def test_ingest_help_states_the_chunk_default_the_stream_uses() -> None:
+    from mgaki.events.stream import DEFAULT_CHUNK_ROWS
+
+    shown = runner.invoke(app, ["ingest", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert shown.exit_code == 0, shown.output
+    assert f"default: {DEFAULT_CHUNK_ROWS:,}" in " ".join(shown.output.replace("│", " ").split())

@@ -87,9 +87,10 @@ def ingest(
     identity_per_source: Annotated[bool, typer.Option(
         "--identity-per-source", help="FHIR: a record's identity includes its source system (meta.source), for "
                                       "exports whose ids are unique per system only")] = False,
-    chunk_rows: Annotated[int, typer.Option(
-        "--chunk-rows", min=1000, help="Rows read, normalised and stored at a time (CSV layout, MIMIC, OMOP, "
-                                       "MEDS): memory grows with it, not with the files")] = 1_000_000,
+    chunk_rows: Annotated[int | None, typer.Option(
+        "--chunk-rows", min=1000, show_default=False,
+        help="Rows read, normalised and stored at a time (CSV layout, MIMIC, OMOP, MEDS): memory grows with "
+             "it, not with the files (default: 500,000, as mgaki.events.stream.DEFAULT_CHUNK_ROWS)")] = None,
 ) -> None:
     """Read EHR data into the event store; unusable rows go to quarantine, with the reason."""
     import gc

@@ -52,7 +52,8 @@ __all__ = ["DEFAULT_CHUNK_ROWS", "RawChunk", "ingest_chunks"]
 
 T = TypeVar("T")
 
-DEFAULT_CHUNK_ROWS = 1_000_000  # raw rows per chunk: 1.1-1.5 GB peak RSS for CSV-layout events (benchmarks/ingest.py)
+DEFAULT_CHUNK_ROWS = 500_000  # raw rows per chunk: 1.15-1.25 GB peak RSS for CSV-layout events, 1.4-2.1 GB at
+# 1,000,000 for 3 % more rows/s (benchmarks/ingest.py at 100 k patients, benchmarks/README.md)
 
 
 @dataclass(frozen=True)
