@@ -542,3 +542,60 @@ def test_a_fold_between_listing_the_buckets_and_reading_them_loses_no_row(
     assert pipeline._gens(results) == []
     for name in RESULT_TABLES:
         assert _rows(got[name]) == _rows(ref.tables[name]), name
+
+
+@pytest.mark.usefixtures("small_buckets")
+@pytest.mark.parametrize("cohort", ["synthetic", "mimic"])
+def test_a_full_run_in_batches_equals_one_over_everyone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        cohort: str) -> None:
+    """A full run computes its subjects batch by batch (bounded memory at any cohort size): every result
+    table, the alert log, its index, the timers and the increments after it are those of one run over
+    everyone."""
+    monkeypatch.setattr(pipeline, "SUBJECTS_PER_BUCKET", 1)  # MIMIC's 14 patients: buckets enough for batches
+    tables = _plant_issue13(random_cohort(40, seed=18)) if cohort == "synthetic" else _mimic()
+    cut = _cuts(tables["events"], 2)[1]
+    first, rest = _known_at(tables, cut), tables
+
+    def results(root: Path) -> dict[str, list[tuple[object, ...]]]:
+        res = ResultTables(root / "results")
+        got = {name: _rows(res[name]) for name in RESULT_TABLES}
+        got["alerts"] = _rows(res["alerts"].drop_columns(["emitted_at"]))  # the time each run logged it
+        for folder in ("_alert_index", "_timers"):
+            files = sorted((root / "results" / folder).glob("b*.parquet"))
+            got[folder] = _rows(pa.concat_tables([pq.read_table(f) for f in files])) if files else []
+        return got
+
+    one = EventStore(tmp_path / "one")
+    one.append(first)
+    ref = surveil(one, full=True)
+    batched = []
+    real = pipeline._batch_views
+    monkeypatch.setattr(pipeline, "_batch_views", lambda con, split, k: (batched.append(k), real(con, split, k)))
+    monkeypatch.setattr(pipeline, "FULL_RUN_BATCH_ROWS", 50)
+    many = EventStore(tmp_path / "many")
+    many.append(first)
+    got = surveil(many, full=True)
+    assert len(batched) > 1 and batched == sorted(set(batched)), batched  # several batches, each once
+    assert not (tmp_path / "many" / "results" / ".batches").exists()  # the split rows are gone
+    want, have = results(tmp_path / "one"), results(tmp_path / "many")
+    assert want["alerts"] and (want["_timers"] or cohort == "mimic"), "nothing to compare"  # MIMIC: none open
+    assert have == want
+    assert _rows(got.new_alerts.drop_columns(["emitted_at"])) == _rows(ref.new_alerts.drop_columns(["emitted_at"]))
+    assert pipeline._read_state(tmp_path / "many" / "results") == pipeline._read_state(tmp_path / "one" / "results")
+    # the increments after it (the rest of the feed) find the same results and log the same new alerts
+    one.append(rest)
+    many.append(rest)
+    after_one, after_many = surveil(one), surveil(many)
+    assert after_many.subjects_recomputed == after_one.subjects_recomputed > 0
+    assert results(tmp_path / "many") == results(tmp_path / "one")
+    assert after_many.new_alerts.num_rows == after_one.new_alerts.num_rows
+
+
+def test_full_run_batches_grow_with_rows_and_own_whole_buckets() -> None:
+    rows = pipeline.FULL_RUN_BATCH_ROWS
+    assert pipeline.full_run_batches(rows, 4096) == 1
+    assert pipeline.full_run_batches(rows + 1, 4096) == 2
+    assert pipeline.full_run_batches(31 * rows, 4096) == 32
+    # never more than the smallest tables' buckets: a batch owns whole buckets of every table
+    assert pipeline.full_run_batches(10_000 * rows, 512) == 512 // pipeline._FEW_ROWS_SHARE
+    assert pipeline.full_run_batches(10 * rows, 1) == 1

@@ -920,7 +920,7 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     leased = lease() if not first and not duckdb_settings else None
     with snapshot_lock or contextlib.nullcontext():
         # the views list the files present now
-        con = store.connect(database=leased, prefix="" if first else _ALL)
+        con = store.connect(database=leased, prefix=_ALL)
         pending, pending_files = store.pending()
     try:
         spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
@@ -972,64 +972,178 @@ def default_settings() -> dict[str, str]:
     return {"memory_limit": f"{max(256, min(3072, ram // 4 // 2**20))}MB"}
 
 
+FULL_RUN_BATCH_ROWS = 4_000_000  # stored rows per batch of a full run (``full_run_batches``): 100 k ICU-shaped
+# patients (25 M rows) take 117-119 s in 4 to 16 batches, 173 s in one (spilling past the 3 GB cap)
+
+
+def full_run_batches(rows: int, buckets: int) -> int:
+    """Batches a full run computes its subjects in: a power of two, about ``FULL_RUN_BATCH_ROWS`` stored rows
+    each, at most the bucket count of the results' smallest tables (a batch owns whole buckets of every table).
+
+    Every stage computes each subject from that subject's rows alone (what lets an incremental run recompute a
+    few subjects), so a batch's results are those subjects' rows of one run over everyone; what a batch holds
+    in memory (the stages' intermediate tables, spilled past the cap) is a batch's, not the cohort's."""
+    k = 1
+    while k * FULL_RUN_BATCH_ROWS < rows and k < max(1, buckets // _FEW_ROWS_SHARE):
+        k *= 2
+    return k
+
+
 def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, as_of: datetime | None,
                  progress: Progress | None, engine: FullRun | None, rule: str) -> SurveillanceResult:
-    data_max = _as_of(con)
+    """Recompute everyone (the connection's store views are named ``all_<table>``), in batches of subjects
+    (``full_run_batches``) unless an engine runs it; replace every result table and the timers, log the new
+    alerts."""
+    data_max = _as_of(con, _ALL)
     as_of = as_of or data_max
-    n = con.sql("SELECT count(DISTINCT subject_id) FROM (SELECT subject_id FROM events UNION ALL "
-                "SELECT subject_id FROM encounters)").fetchall()[0][0]
+    n, rows = con.sql(f"SELECT count(DISTINCT subject_id), count(*) FROM (SELECT subject_id FROM {_ALL}events "
+                      f"UNION ALL SELECT subject_id FROM {_ALL}encounters)").fetchall()[0]
     buckets = bucket_count(int(n))
-    if engine is not None:
-        res = engine(as_of, kb, progress)
-        for name in OUTPUTS:
-            con.register(f"_fresh_{name}", res.tables[RESULT_NAMES.get(name, name)])
-            con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS SELECT * FROM "_fresh_{name}"')
-        seconds = res.seconds
-    else:
-        as_of, seconds = _compute(con, kb, None, as_of, progress, timers=True, baseline_rule=rule)
+    batches = 1 if engine is not None else full_run_batches(int(rows), buckets)
+    seconds: dict[str, float] = {}
     t0 = _time.perf_counter()
     # from here until the new state is written the results are mixed: a crash recomputes everyone
     (out / "state.json").unlink(missing_ok=True)
     shutil.rmtree(out / _DELTA, ignore_errors=True)  # the new buckets hold every subject
-    for name in OUTPUTS:
-        if name != "alerts":
-            rn = RESULT_NAMES.get(name, name)
-            _write_all(con, name, out / rn, table_buckets(rn, buckets))
-    # the log keys, re-bucketed from the log itself (the log is the record; the index only speeds it up)
+    split = out / _BATCHES
+    shutil.rmtree(split, ignore_errors=True)
+    if batches > 1:
+        _split_by_batch(con, split, batches, buckets)
+    seconds["split"] = _time.perf_counter() - t0
     log_src = result_sql(out, _LOG) if result_files(out, _LOG) else None
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {', '.join(ALERT_KEY)} FROM "
-                + (log_src or f"({_log_empty_sql()} WHERE false)"))
-    new = _new_alerts(con)
-    if new.num_rows:
-        con.register("_new", new)
-        con.execute(f"INSERT INTO _logged SELECT {', '.join(ALERT_KEY)} FROM _new")
-    _write_all(con, "_logged", out / _INDEX, buckets)
+    folders = [*(RESULT_NAMES.get(nm, nm) for nm in OUTPUTS if nm != "alerts"), _INDEX,
+               *([_TIMERS] if engine is None else [])]
+    staged = {name: _stage_folder(out / name) for name in folders}
+    news: list[pa.Table] = []
     timers: dict[str, int] = {}
-    shutil.rmtree(out / _TIMERS, ignore_errors=True)  # the timers of the earlier run describe older data
-    if engine is None:
-        tb = table_buckets(_TIMERS, buckets)
-        _write_all(con, "_timers_out", out / _TIMERS, tb)
-        timers = {str(b): int(d) for b, d in con.sql(
-            f"SELECT {_bucket_sql('subject_id', tb)}, MIN(due) FROM _timers_out GROUP BY 1").fetchall()}
+    tb = table_buckets(_TIMERS, buckets)
+    try:
+        for k in range(batches):
+            where = ""
+            if batches > 1:
+                _batch_views(con, split, k)
+                where = f" WHERE subject_id IN (SELECT subject_id FROM {_batch_source(split, '_subjects', k)})"
+            elif engine is None:
+                for t in _BASE:
+                    con.execute(f'CREATE OR REPLACE TEMP VIEW "{t}" AS SELECT * FROM "{_ALL}{t}"')
+            if engine is not None:
+                res = engine(as_of, kb, progress)
+                for name in OUTPUTS:
+                    con.register(f"_fresh_{name}", res.tables[RESULT_NAMES.get(name, name)])
+                    con.execute(f'CREATE OR REPLACE TEMP TABLE "{name}" AS SELECT * FROM "_fresh_{name}"')
+                seconds.update(res.seconds)
+            else:
+                step = _batch_progress(progress, k, batches)
+                as_of, sec = _compute(con, kb, None, as_of, step, timers=True, baseline_rule=rule)
+                for name, s in sec.items():
+                    seconds[name] = seconds.get(name, 0.0) + s
+            t1 = _time.perf_counter()
+            for name in OUTPUTS:
+                if name != "alerts":
+                    rn = RESULT_NAMES.get(name, name)
+                    _write_buckets(con, name, staged[rn], table_buckets(rn, buckets), f"_k{k}")
+            # the log keys, re-bucketed from the log itself (the log is the record; the index only speeds it up)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {', '.join(ALERT_KEY)} FROM "
+                        + (f"{log_src}{where}" if log_src else f"({_log_empty_sql()} WHERE false)"))
+            new = _new_alerts(con)
+            if new.num_rows:
+                con.register("_new", new)
+                con.execute(f"INSERT INTO _logged SELECT {', '.join(ALERT_KEY)} FROM _new")
+                con.unregister("_new")
+                news.append(new)
+            _write_buckets(con, "_logged", staged[_INDEX], buckets, f"_k{k}")
+            if engine is None:
+                _write_buckets(con, "_timers_out", staged[_TIMERS], tb, f"_k{k}")
+                timers.update({str(b): int(d) for b, d in con.sql(
+                    f"SELECT {_bucket_sql('subject_id', tb)}, MIN(due) FROM _timers_out GROUP BY 1").fetchall()})
+            for name in (*OUTPUTS, "_logged", "_timers_out"):  # this batch's results are on disk: free them
+                con.execute(f'DROP TABLE IF EXISTS "{name}"')
+            seconds["write_results"] = seconds.get("write_results", 0.0) + _time.perf_counter() - t1
+        t1 = _time.perf_counter()
+        if engine is not None:
+            shutil.rmtree(out / _TIMERS, ignore_errors=True)  # the timers of the earlier run describe older data
+        for name, stage in staged.items():
+            _swap_folder(out / name, stage)
+    finally:
+        for stage in staged.values():
+            shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(split, ignore_errors=True)
+    new = pa.concat_tables(news) if news else _empty_log()
     _append_log(out, new)
     _write_state(out, {"layout": LAYOUT, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
                        "rules": rules_fingerprint(kb, rule),
                        "buckets": buckets, "timers": timers, "timers_known": engine is None,
                        "baseline_rule": rule})
-    seconds["write_results"] = _time.perf_counter() - t0
+    seconds["write_results"] = seconds.get("write_results", 0.0) + _time.perf_counter() - t1
     return SurveillanceResult(ResultTables(out), new, -1, as_of, seconds)
 
 
-def _write_all(con: duckdb.DuckDBPyConnection, table: str, folder: Path, buckets: int) -> None:
-    """Replace `folder` with `table` written by bucket (DuckDB writes the partitions; then one swap)."""
-    cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall() if r[0] not in ("t", "src")]
-    sel = ", ".join(f'"{c}"' for c in cols)
+_BATCHES = ".batches"  # in results: the store's rows split by batch, during a full run in batches
+
+
+def _split_by_batch(con: duckdb.DuckDBPyConnection, split: Path, batches: int, buckets: int) -> None:
+    """Write the stored rows of the stages' tables once, split by batch (a subject's batch: its bucket modulo
+    `batches`, the MD5 taken once per subject), so that a batch reads its own rows only."""
+    subjects = " UNION ".join(f'SELECT subject_id FROM "{_ALL}{t}"' for t in _BASE)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _batch_of AS
+                    SELECT subject_id, {_bucket_sql('subject_id', buckets)} % {batches} AS _k FROM ({subjects}) s""")
+    empty = bucket_of("", buckets) % batches  # a row without a subject goes where _write_buckets puts it
+    split.mkdir(parents=True)
+    con.execute(f"COPY _batch_of TO '{(split / '_subjects').as_posix()}' "
+                "(FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)")
+    for t in _BASE:
+        cols = ", ".join(f'x."{c}"' for c in con.sql(f'SELECT * FROM "{_ALL}{t}" LIMIT 0').columns)
+        con.execute(f"""COPY (SELECT {cols}, COALESCE(b._k, {empty}) AS _k FROM "{_ALL}{t}" x
+                              LEFT JOIN _batch_of b ON b.subject_id = x.subject_id)
+                        TO '{(split / t).as_posix()}'
+                        (FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)""")
+    con.execute("DROP TABLE _batch_of")
+
+
+def _batch_source(split: Path, table: str, k: int) -> str:
+    folder = split / table / f"_k={k}"
+    if not any(folder.glob("*.parquet")):
+        return f'(SELECT * FROM "{_ALL}{table}" WHERE false)' if table != "_subjects" else \
+            "(SELECT CAST(NULL AS VARCHAR) AS subject_id WHERE false)"
+    return f"read_parquet('{(folder / '*.parquet').as_posix()}')"
+
+
+def _batch_views(con: duckdb.DuckDBPyConnection, split: Path, k: int) -> None:
+    """The stages' tables as views of batch `k`'s rows (``_split_by_batch``), under the names the stages read."""
+    for t in _BASE:
+        cols = ", ".join(f'"{c}"' for c in con.sql(f'SELECT * FROM "{_ALL}{t}" LIMIT 0').columns)
+        con.execute(f'CREATE OR REPLACE TEMP VIEW "{t}" AS SELECT {cols} FROM {_batch_source(split, t, k)}')
+
+
+def _batch_progress(progress: Progress | None, k: int, batches: int) -> Progress | None:
+    """`progress` over all batches: stage i of batch k counts as done k * total + i."""
+    if progress is None or batches == 1:
+        return progress
+    p = progress
+
+    def step(name: str, i: int, total: int) -> None:
+        p(f"{name} (batch {k + 1}/{batches})", k * total + i, batches * total)
+    return step
+
+
+def _stage_folder(folder: Path) -> Path:
+    """An empty folder beside `folder` that ``_write_buckets`` fills and ``_swap_folder`` puts in its place."""
     stage = folder.with_name(f".{folder.name}.new")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    con.execute(f"COPY (SELECT {sel} FROM \"{table}\" LIMIT 0) TO '{(stage / _SCHEMA).as_posix()}' (FORMAT parquet)")
-    parts = stage / "_parts"
+    return stage
+
+
+def _write_buckets(con: duckdb.DuckDBPyConnection, table: str, stage: Path, buckets: int, tag: str = "") -> None:
+    """`table`'s rows into `stage`, one file per bucket (DuckDB writes the partitions). The buckets a call
+    writes must not have been written by an earlier call on the same stage (batches own disjoint buckets)."""
+    cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall() if r[0] not in ("t", "src")]
+    sel = ", ".join(f'"{c}"' for c in cols)
+    if not (stage / _SCHEMA).exists():
+        con.execute(f"COPY (SELECT {sel} FROM \"{table}\" LIMIT 0) TO '{(stage / _SCHEMA).as_posix()}' "
+                    "(FORMAT parquet)")
+    parts = stage / f"_parts{tag}"
     # the bucket hashed once per subject, not per row (MD5 of every row cost more than the write)
     sel_x = ", ".join(f'x."{c}"' for c in cols)
     con.execute(f"""COPY (SELECT {sel_x}, COALESCE(k._b, {bucket_of('', buckets)}) AS _b FROM "{table}" x
@@ -1042,11 +1156,18 @@ def _write_all(con: duckdb.DuckDBPyConnection, table: str, folder: Path, buckets
         for d in parts.iterdir():
             files = sorted(d.glob("*.parquet"))
             b = int(d.name.split("=", 1)[1])
+            target = _bucket_file(stage, b)
+            if target.exists():
+                raise RuntimeError(f"{stage.name}: bucket {b} written twice")  # batches own disjoint buckets
             if len(files) == 1:
-                os.replace(files[0], _bucket_file(stage, b))
+                os.replace(files[0], target)
             elif files:
-                pq.write_table(pa.concat_tables([pq.read_table(f) for f in files]), _bucket_file(stage, b))
+                pq.write_table(pa.concat_tables([pq.read_table(f) for f in files]), target)
         shutil.rmtree(parts)
+
+
+def _swap_folder(folder: Path, stage: Path) -> None:
+    """Put `stage` (``_stage_folder``) in the place of `folder`."""
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
