@@ -133,7 +133,7 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     from mgaki.events import EventStore
     from mgaki.events.schema import TABLES
     from mgaki.surveillance import surveil
-    from mgaki.surveillance.pipeline import _read_state
+    from mgaki.surveillance.pipeline import _read_state, wait_for_folds
 
     store = EventStore(root)
     state = _read_state(root / "results")
@@ -173,6 +173,7 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
         res = surveil(store)
         batches.append({"subjects": res.subjects_recomputed, "seconds": time.perf_counter() - t0,
                         "write_s": res.seconds.get("write_results", 0.0)})
+    wait_for_folds()  # a fold left running would load the next step and lose its store when the size ends
     q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
     return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "append_p50": q(app, 50),
             "surveil_p50": q(sur, 50), "recomputed_max": max(recomputed), "new_alerts": alerts,
@@ -190,7 +191,7 @@ def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from mgaki.service import ServiceConfig, create_app
-    from mgaki.surveillance.pipeline import _read_state
+    from mgaki.surveillance.pipeline import _read_state, wait_for_folds
 
     state = _read_state(root / "results")
     with tempfile.TemporaryDirectory(dir=root.parent) as d:
@@ -224,6 +225,7 @@ def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
                 if i >= WARM:  # the first runs copy the whole alert log into the new database
                     lat.append(dt)
                     alerts += r.json()["new_alerts"]
+    wait_for_folds()  # as in child_increments
     q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
     return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "new_alerts": alerts,
             "peak_rss": _maxrss()}

@@ -1007,10 +1007,12 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     shutil.rmtree(out / _DELTA, ignore_errors=True)  # the new buckets hold every subject
     split = out / _BATCHES
     shutil.rmtree(split, ignore_errors=True)
-    if batches > 1:
-        _split_by_batch(con, split, batches, buckets)
-    seconds["split"] = _time.perf_counter() - t0
     log_src = result_sql(out, _LOG) if result_files(out, _LOG) else None
+    keys = ", ".join(ALERT_KEY)
+    no_log = f"(SELECT {keys} FROM ({_log_empty_sql()}) WHERE false)"
+    if batches > 1:
+        _split_by_batch(con, split, batches, buckets, log_src)
+    seconds["split"] = _time.perf_counter() - t0
     folders = [*(RESULT_NAMES.get(nm, nm) for nm in OUTPUTS if nm != "alerts"), _INDEX,
                *([_TIMERS] if engine is None else [])]
     staged = {name: _stage_folder(out / name) for name in folders}
@@ -1019,10 +1021,10 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
     tb = table_buckets(_TIMERS, buckets)
     try:
         for k in range(batches):
-            where = ""
+            # the log's keys of this batch's subjects (the log is the record; the index only speeds it up)
+            logged = _batch_source(split, _LOG, k, no_log) if batches > 1 and log_src else log_src or no_log
             if batches > 1:
                 _batch_views(con, split, k)
-                where = f" WHERE subject_id IN (SELECT subject_id FROM {_batch_source(split, '_subjects', k)})"
             elif engine is None:
                 for t in _BASE:
                     con.execute(f'CREATE OR REPLACE TEMP VIEW "{t}" AS SELECT * FROM "{_ALL}{t}"')
@@ -1042,13 +1044,11 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
                 if name != "alerts":
                     rn = RESULT_NAMES.get(name, name)
                     _write_buckets(con, name, staged[rn], table_buckets(rn, buckets), f"_k{k}")
-            # the log keys, re-bucketed from the log itself (the log is the record; the index only speeds it up)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {', '.join(ALERT_KEY)} FROM "
-                        + (f"{log_src}{where}" if log_src else f"({_log_empty_sql()} WHERE false)"))
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT {keys} FROM {logged}")
             new = _new_alerts(con)
             if new.num_rows:
                 con.register("_new", new)
-                con.execute(f"INSERT INTO _logged SELECT {', '.join(ALERT_KEY)} FROM _new")
+                con.execute(f"INSERT INTO _logged SELECT {keys} FROM _new")
                 con.unregister("_new")
                 news.append(new)
             _write_buckets(con, "_logged", staged[_INDEX], buckets, f"_k{k}")
@@ -1082,16 +1082,16 @@ def _surveil_all(con: duckdb.DuckDBPyConnection, out: Path, kb: KnowledgeBase, a
 _BATCHES = ".batches"  # in results: the store's rows split by batch, during a full run in batches
 
 
-def _split_by_batch(con: duckdb.DuckDBPyConnection, split: Path, batches: int, buckets: int) -> None:
+def _split_by_batch(con: duckdb.DuckDBPyConnection, split: Path, batches: int, buckets: int,
+                    log_src: str | None) -> None:
     """Write the stored rows of the stages' tables once, split by batch (a subject's batch: its bucket modulo
-    `batches`, the MD5 taken once per subject), so that a batch reads its own rows only."""
+    `batches`, the MD5 taken once per subject), so that a batch reads its own rows only; likewise the alert
+    log's keys (`log_src`), those of subjects no stored row names any more included."""
     subjects = " UNION ".join(f'SELECT subject_id FROM "{_ALL}{t}"' for t in _BASE)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _batch_of AS
                     SELECT subject_id, {_bucket_sql('subject_id', buckets)} % {batches} AS _k FROM ({subjects}) s""")
     empty = bucket_of("", buckets) % batches  # a row without a subject goes where _write_buckets puts it
     split.mkdir(parents=True)
-    con.execute(f"COPY _batch_of TO '{(split / '_subjects').as_posix()}' "
-                "(FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)")
     for t in _BASE:
         cols = ", ".join(f'x."{c}"' for c in con.sql(f'SELECT * FROM "{_ALL}{t}" LIMIT 0').columns)
         con.execute(f"""COPY (SELECT {cols}, COALESCE(b._k, {empty}) AS _k FROM "{_ALL}{t}" x
@@ -1099,13 +1099,22 @@ def _split_by_batch(con: duckdb.DuckDBPyConnection, split: Path, batches: int, b
                         TO '{(split / t).as_posix()}'
                         (FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)""")
     con.execute("DROP TABLE _batch_of")
+    if log_src:
+        con.execute(f"""COPY (SELECT {', '.join(f'x.{c}' for c in ALERT_KEY)}, COALESCE(b._k, {empty}) AS _k
+                              FROM {log_src} x
+                              LEFT JOIN (SELECT subject_id, {_bucket_sql('subject_id', buckets)} % {batches} AS _k
+                                         FROM (SELECT DISTINCT subject_id FROM {log_src}) d) b
+                                ON b.subject_id = x.subject_id)
+                        TO '{(split / _LOG).as_posix()}'
+                        (FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)""")
 
 
-def _batch_source(split: Path, table: str, k: int) -> str:
+def _batch_source(split: Path, table: str, k: int, empty: str | None = None) -> str:
+    """A FROM source of batch `k`'s rows of `table` (``_split_by_batch``); `empty` (default: the store view's
+    rows, none) when the batch has none."""
     folder = split / table / f"_k={k}"
     if not any(folder.glob("*.parquet")):
-        return f'(SELECT * FROM "{_ALL}{table}" WHERE false)' if table != "_subjects" else \
-            "(SELECT CAST(NULL AS VARCHAR) AS subject_id WHERE false)"
+        return empty or f'(SELECT * FROM "{_ALL}{table}" WHERE false)'
     return f"read_parquet('{(folder / '*.parquet').as_posix()}')"
 
 
