@@ -155,3 +155,30 @@ def test_a_level_inconsistent_with_the_model_is_reported() -> None:
     fit = fit_map(pop, reg, t, bad)
     assert [i.time_h for i in fit.inconsistent] == [12.0]
     assert fit.inconsistent[0].z > 3 and "check sample timing" in " ".join(fit.notes)
+
+
+def test_an_interval_the_levels_leave_unbounded_ends_at_the_searched_bound() -> None:
+    """A direction the levels leave flat (here: a covariance as huge as the eigenvalue floor gives) has a Laplace SE
+    whose exp overflowed to infinity (found by hypothesis in test_fit_refuses_or_returns_finite_numbers); the
+    interval now ends at the searched bound, as the posterior samples do."""
+    from dataclasses import replace
+
+    from mgaki.knowledge import load
+
+    pop = population("ucsf_2002_2cpt", Covariates(weight_kg=70, pregnant=True), baseline_mg_dl=1.8)
+    reg = loading_maintenance(4, 1 / 3, 1, 24)
+    fit = fit_map(pop, reg, TIMES, concentrations(pop, reg, TIMES, np.zeros(pop.n_eta))
+                  * convert(1.0, "magnesium", "mmol/L", "mg/dL"))
+    flat = replace(fit, cov=np.diag(np.full(pop.n_eta, 2.0 / 1e-8)))
+    with np.errstate(over="raise"):
+        est = flat.estimates()
+    bound = load().value("pk_fit_bound_sd")
+    omega = fit.pop.omega  # the baseline given: its eta is fixed
+    assert (omega > 0).sum() >= 4
+    for i, name in enumerate((*pop.names, "baseline")):
+        e = est[name]
+        assert all(np.isfinite(v) for v in e.values()), (name, e)
+        edge = np.eye(pop.n_eta)[i] * bound * omega
+        assert e["upper"] == pytest.approx(float(fit.pop.params(edge)[name]))
+        assert e["lower"] == pytest.approx(float(fit.pop.params(-edge)[name]))
+    assert fit.estimates()["cl"] == pytest.approx(fit.estimates()["cl"])  # an ordinary fit is untouched

@@ -76,12 +76,16 @@ class Fit:
     baseline_from: str = "prior"  # "pre-dose level", "given", "prior"
     notes: tuple[str, ...] = field(default=())
 
-    def estimates(self, z: float = 1.959963984540054) -> dict[str, dict[str, float]]:
-        """Each parameter's MAP value and its interval (exp of eta +- z SE; log-normal)."""
+    def estimates(self, z: float = 1.959963984540054, kb: KnowledgeBase | None = None) -> dict[str, dict[str, float]]:
+        """Each parameter's MAP value and its interval (exp of eta +- z SE; log-normal), the interval's ends kept
+        within the searched bound (``pk_fit_bound_sd`` prior SDs), like the samples of ``posterior_predict``: a
+        direction the levels leave flat has a huge Laplace SE, whose exp would overflow to infinity."""
+        kb = kb or load()
         se = np.sqrt(np.clip(np.diag(self.cov), 0.0, None))
+        bound = kb.value("pk_fit_bound_sd") * self.pop.omega
         mode = self.pop.params(self.eta)
-        lo = self.pop.params(self.eta - z * se)
-        hi = self.pop.params(self.eta + z * se)
+        lo = self.pop.params(np.clip(self.eta - z * se, -bound, bound))
+        hi = self.pop.params(np.clip(self.eta + z * se, -bound, bound))
         return {k: {"map": float(mode[k]), "lower": float(lo[k]), "upper": float(hi[k]),
                     "se_log": float(se[i])} for i, k in enumerate((*self.pop.names, "baseline"))}
 
