@@ -1087,26 +1087,21 @@ def _split_by_batch(con: duckdb.DuckDBPyConnection, split: Path, batches: int, b
     """Write the stored rows of the stages' tables once, split by batch (a subject's batch: its bucket modulo
     `batches`, the MD5 taken once per subject), so that a batch reads its own rows only; likewise the alert
     log's keys (`log_src`), those of subjects no stored row names any more included."""
-    subjects = " UNION ".join(f'SELECT subject_id FROM "{_ALL}{t}"' for t in _BASE)
+    sources = {t: f'"{_ALL}{t}"' for t in _BASE}
+    if log_src:
+        sources[_LOG] = log_src
+    subjects = " UNION ".join(f"SELECT subject_id FROM {src}" for src in sources.values())
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _batch_of AS
                     SELECT subject_id, {_bucket_sql('subject_id', buckets)} % {batches} AS _k FROM ({subjects}) s""")
     empty = bucket_of("", buckets) % batches  # a row without a subject goes where _write_buckets puts it
     split.mkdir(parents=True)
-    for t in _BASE:
-        cols = ", ".join(f'x."{c}"' for c in con.sql(f'SELECT * FROM "{_ALL}{t}" LIMIT 0').columns)
-        con.execute(f"""COPY (SELECT {cols}, COALESCE(b._k, {empty}) AS _k FROM "{_ALL}{t}" x
-                              LEFT JOIN _batch_of b ON b.subject_id = x.subject_id)
+    for t, src in sources.items():
+        cols = ALERT_KEY if t == _LOG else con.sql(f"SELECT * FROM {src} LIMIT 0").columns
+        con.execute(f"""COPY (SELECT {', '.join(f'x."{c}"' for c in cols)}, COALESCE(b._k, {empty}) AS _k
+                              FROM {src} x LEFT JOIN _batch_of b ON b.subject_id = x.subject_id)
                         TO '{(split / t).as_posix()}'
                         (FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)""")
     con.execute("DROP TABLE _batch_of")
-    if log_src:
-        con.execute(f"""COPY (SELECT {', '.join(f'x.{c}' for c in ALERT_KEY)}, COALESCE(b._k, {empty}) AS _k
-                              FROM {log_src} x
-                              LEFT JOIN (SELECT subject_id, {_bucket_sql('subject_id', buckets)} % {batches} AS _k
-                                         FROM (SELECT DISTINCT subject_id FROM {log_src}) d) b
-                                ON b.subject_id = x.subject_id)
-                        TO '{(split / _LOG).as_posix()}'
-                        (FORMAT parquet, PARTITION_BY (_k), WRITE_PARTITION_COLUMNS false)""")
 
 
 def _batch_source(split: Path, table: str, k: int, empty: str | None = None) -> str:
