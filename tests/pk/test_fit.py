@@ -181,4 +181,10 @@ def test_an_interval_the_levels_leave_unbounded_ends_at_the_searched_bound() -> 
         edge = np.eye(pop.n_eta)[i] * bound * omega
         assert e["upper"] == pytest.approx(float(fit.pop.params(edge)[name]))
         assert e["lower"] == pytest.approx(float(fit.pop.params(-edge)[name]))
-    assert fit.estimates()["cl"] == pytest.approx(fit.estimates()["cl"])  # an ordinary fit is untouched
+    # an ordinary fit's interval lies inside the bound: exp(eta +- 1.96 SE), untouched by the clipping
+    se = np.sqrt(np.diag(fit.cov))
+    assert np.all(np.abs(fit.eta) + 1.96 * se < bound * omega + (omega == 0))
+    est = fit.estimates()
+    for sign, end in ((-1, "lower"), (1, "upper")):
+        raw = fit.pop.params(fit.eta + sign * 1.959963984540054 * se)
+        assert est["cl"][end] == pytest.approx(float(raw["cl"]))
