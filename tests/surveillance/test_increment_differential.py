@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -85,7 +85,7 @@ def _replay(tmp: Path, tables: dict[str, pa.Table], steps: int, rules: list[str 
     cuts = [*_cuts(tables["events"], steps), max(tables["events"]["time"].to_pylist())]
     rules = rules or [None] * len(cuts)
     expected_log: set[tuple[object, ...]] = set()
-    emitted = 0
+    emitted = timer_alerts = 0
     recomputed = []
     for i, (cut, rule) in enumerate(zip(cuts, rules, strict=True)):
         now = _known_at(tables, cut)
@@ -99,15 +99,19 @@ def _replay(tmp: Path, tables: dict[str, pa.Table], steps: int, rules: list[str 
             assert _rows(got.tables[name]) == _rows(ref.tables[name]), (cut, name)
             if seen is not None:
                 seen[name] = max(seen.get(name, 0), got.tables[name].num_rows)
-        expected_log |= {tuple(r.values()) for r in ref.tables["alerts"].select(list(KEY)).to_pylist()}
-        log = got.tables["alerts"].select(list(KEY))
-        assert sorted(map(repr, (tuple(r.values()) for r in log.to_pylist()))) == sorted(map(repr, expected_log)), cut
+        # whole rows but the emission stamp: a timer's alert, logged as the timer kept it, is the full run's
+        expected_log |= set(_rows(ref.tables["alerts"].drop_columns(["emitted_at"])))
+        log = got.tables["alerts"].drop_columns(["emitted_at"])
+        assert sorted(map(repr, _rows(log))) == sorted(map(repr, expected_log)), cut
         emitted += got.new_alerts.num_rows
         assert emitted == log.num_rows  # each alert logged once, by the run that first saw it
+        timer_alerts += got.timer_alerts
         if seen is not None:
             for kind in log.column("kind").to_pylist():
                 seen[f"alerts/{kind}"] = seen.get(f"alerts/{kind}", 0) + 1
         recomputed.append(got.subjects_recomputed)
+    if seen is not None:
+        seen["timer_alerts"] = timer_alerts
     return recomputed
 
 
@@ -188,14 +192,15 @@ def test_a_baseline_rule_change_recomputes_everyone(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("small_buckets")
-@pytest.mark.parametrize("engine_first", [False, True], ids=["duckdb", "engine-without-timers"])
-def test_a_due_timer_alone_recomputes_its_subject(tmp_path: Path, engine_first: bool) -> None:
-    """A monitoring gap falls due while the patient's own data is unchanged: another patient's result
-    moves the clock, the timer recomputes the first patient, and the gap alert is the full run's.
-    After an engine's full run (Spark sets no timers), the subjects open then are recomputed instead."""
+def _log_rows(res: SurveillanceResult) -> list[tuple[object, ...]]:
+    return _rows(res.tables["alerts"].drop_columns(["emitted_at"]))
+
+
+def _timer_store(tmp: Path, engine_first: bool = False) -> tuple[EventStore, dict[str, pa.Table], datetime]:
+    """Twelve patients known a third of the way in, surveilled (by an engine: no timers); the cohort; the cut."""
     tables = random_cohort(12, seed=3)
     enc = tables["encounters"]
-    store = EventStore(tmp_path / "s")
+    store = EventStore(tmp / "s")
     first_cut = min(enc["start"].to_pylist()) + (max(enc["end"].to_pylist()) - min(enc["start"].to_pylist())) / 3
     store.append(_known_at(tables, first_cut))
 
@@ -203,6 +208,23 @@ def test_a_due_timer_alone_recomputes_its_subject(tmp_path: Path, engine_first: 
         return run(store, as_of=as_of, kb=kb)
 
     surveil(store, engine=engine if engine_first else None)
+    return store, tables, first_cut
+
+
+def _full_run_of(tmp: Path, name: str, *parts: dict[str, pa.Table]) -> SurveillanceResult:
+    ref = EventStore(tmp / name)
+    for part in parts:
+        ref.append(part)
+    return surveil(ref, full=True)
+
+
+@pytest.mark.parametrize("engine_first", [False, True], ids=["duckdb", "engine-without-timers"])
+def test_a_due_timer_logs_its_alert_without_recomputing_its_subject(tmp_path: Path, engine_first: bool) -> None:
+    """A monitoring gap falls due while the patient's own data is unchanged: another patient's result
+    moves the clock, and the gap alert the timer kept is logged as it is, the full run's row for row,
+    with only the patient whose result came recomputed. After an engine's full run (Spark sets no
+    timers), the subjects open then are recomputed instead, once."""
+    store, tables, first_cut = _timer_store(tmp_path, engine_first)
     state = pipeline._read_state(store.root / "results")
     if engine_first:
         assert state["timers"] == {} and not state["timers_known"]
@@ -214,13 +236,94 @@ def test_a_due_timer_alone_recomputes_its_subject(tmp_path: Path, engine_first: 
     one = later.slice(later.num_rows - 1, 1)
     store.append({"events": one})
     got = surveil(store)
-    assert got.subjects_recomputed >= 1
-    ref = EventStore(tmp_path / "r")
-    ref.append(_known_at(tables, first_cut))
-    ref.append({"events": one})
-    full = surveil(ref, full=True)
+    full = _full_run_of(tmp_path, "r", _known_at(tables, first_cut), {"events": one})
     assert got.as_of == full.as_of
-    assert _rows(got.tables["alerts"].select(list(KEY))) == _rows(full.tables["alerts"].select(list(KEY)))
+    assert _log_rows(got) == _log_rows(full)
+    if engine_first:
+        assert got.subjects_recomputed > 1 and got.timer_alerts == 0
+    else:
+        assert got.subjects_recomputed == 1 and got.timer_alerts >= 1
+        timer_kinds = set(got.new_alerts["kind"].to_pylist()) - set(
+            full.tables["alerts"].filter(pc.equal(full.tables["alerts"]["subject_id"], one["subject_id"][0]))
+            ["kind"].to_pylist())
+        assert timer_kinds <= {"no_mg_48h"}
+
+
+def test_a_timer_due_at_the_run_s_own_second_recomputes_its_subject(tmp_path: Path) -> None:
+    """Whether a gap alert is due at its own second depends on the rule (a gap still open at the as-of
+    counts up to the as-of, not through it): a run whose as-of is a timer's second recomputes that
+    patient instead of logging the kept alert, and the log stays the full run's at that second and
+    one minute later."""
+    store, tables, first_cut = _timer_store(tmp_path)
+    state = pipeline._read_state(store.root / "results")
+    files = sorted((store.root / "results" / "_timers").glob("b*.parquet"))
+    timers = pa.concat_tables([pq.read_table(f) for f in files])
+    a0 = int(datetime.fromisoformat(state["as_of"]).replace(tzinfo=UTC).timestamp())
+    pending = timers.filter(pc.greater(timers["due"], a0)).sort_by("due")
+    assert pending.num_rows, "a gap alert not yet due"
+    subject, due = pending["subject_id"][0].as_py(), pending["due"][0].as_py()
+    other = next(s for s in tables["encounters"]["subject_id"].to_pylist() if s != subject)
+    at = datetime.fromtimestamp(due, UTC).replace(tzinfo=None)
+    base = _known_at(tables, first_cut)
+    ev = base["events"]
+
+    def creatinine(when: datetime, source: str) -> dict[str, pa.Table]:
+        return {"events": _event_like(ev, other, when, source)}
+
+    first = creatinine(at, "test/at-due")
+    store.append(first)
+    got = surveil(store)
+    assert got.subjects_recomputed == 2 and got.timer_alerts == 0  # the other patient, and the timer's
+    assert _log_rows(got) == _log_rows(_full_run_of(tmp_path, "r1", base, first))
+    second = creatinine(at + timedelta(minutes=1), "test/after-due")
+    store.append(second)
+    got = surveil(store)
+    full = _full_run_of(tmp_path, "r2", base, first, second)
+    assert _log_rows(got) == _log_rows(full)
+    logged = {(r["subject_id"], r["kind"], r["time"]) for r in full.tables["alerts"].to_pylist()}
+    assert (subject, "no_mg_48h", at) in logged  # the timer's alert, logged a minute after its second
+
+
+def _event_like(ev: pa.Table, subject: str, when: datetime, source: str) -> pa.Table:
+    """One creatinine of `subject` at `when` in the schema of events `ev` (other columns null)."""
+    row = {name: [None] for name in ev.schema.names}
+    row.update({"subject_id": [subject], "time": [when], "code": ["LOINC/2160-0"], "analyte": ["creatinine"],
+                "numeric_value": [1.0], "unit": ["mg/dL"], "source": [source]})
+    return pa.table(row).cast(ev.schema)
+
+
+def test_results_of_layout_2_drop_their_timers_and_recompute_the_admitted_once(tmp_path: Path) -> None:
+    """Results written when a timer was a subject's earliest due time (layout 2): the next run drops those
+    timers, recomputes the patients admitted then (once) and logs what the full run logs."""
+    store, tables, first_cut = _timer_store(tmp_path)
+    out = store.root / "results"
+    state = pipeline._read_state(out)
+    for f in (out / "_timers").glob("b*.parquet"):  # the earlier layout's timer files
+        t = pq.read_table(f)
+        pq.write_table(pa.table({"subject_id": t["subject_id"], "due": t["due"], "after": t["after"]}), f)
+    pipeline._write_state(out, {**state, "layout": 2})
+    ev = tables["events"]
+    one = ev.filter(pc.greater(ev["time"], first_cut)).sort_by("time").slice(0, 1)  # before the gap falls due
+    store.append({"events": one})
+    got = surveil(store)
+    assert got.subjects_recomputed > 1 and got.timer_alerts == 0
+    assert _log_rows(got) == _log_rows(_full_run_of(tmp_path, "r", _known_at(tables, first_cut), {"events": one}))
+    after = pipeline._read_state(out)
+    assert after["layout"] == pipeline.LAYOUT and after["timers_known"] and after["timers"]
+    assert "kind" in pq.read_schema(next((out / "_timers").glob("b*.parquet"))).names
+
+
+def test_of_two_alerts_with_one_key_the_more_severe_is_logged() -> None:
+    """Severities are ranked critical > warning > info, not by their names' spelling ('info' < 'warning')."""
+    con = duckdb.connect()
+    t = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+    con.register("cand", pa.table({"subject_id": ["s", "s"], "encounter_id": ["e", "e"], "kind": ["k", "k"],
+                                   "time": [t, t], "severity": ["info", "warning"], "detail": ["a", "b"],
+                                   "value": pa.array([None, None], pa.float64())}))
+    con.execute("CREATE TEMP TABLE _logged AS SELECT 's' AS subject_id, 'e' AS encounter_id, 'x' AS kind, "
+                "TIMESTAMP '2026-01-01' AS time")
+    new = pipeline._new_alerts(con, "cand")
+    assert new.select(["severity", "detail"]).to_pylist() == [{"severity": "warning", "detail": "b"}]
 
 
 def test_results_of_the_one_file_layout_are_migrated_and_their_alerts_not_emitted_again(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """Run the surveillance stages over an event store, in full or incrementally.
 
 Incremental mode recomputes only the subjects whose data changed since the last
-run (the store records them at ingest) plus those whose timer is due (an alert
-that falls due as time passes, such as a monitoring gap); every other subject's
-results are kept as they are, and only the buckets of the recomputed subjects
-are rewritten (docs/surveillance.md#results-layout). Alerts are logged by key
+run (the store records them at ingest) and logs the alerts kept as timers that
+fell due (an alert that falls due as time passes, such as a monitoring gap,
+found by an earlier run: ``_due_timers``); every other subject's results are
+kept as they are, and only the recomputed subjects' rows are written
+(docs/surveillance.md#results-layout). Alerts are logged by key
 (subject, encounter, kind, time): a key already in the log is never emitted
 again, so re-running changes nothing.
 """
@@ -57,6 +58,7 @@ RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
 # every analyte the urine-output criteria read (docs/kdigo.md#irrigation): what a creatinine-only run leaves out
 URINE_ANALYTES = ("urine_output", "urine_irrigant", "urine_irrigant_out")
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
+_PENDING_COLS = "subject_id, encounter_id, kind, time, severity, detail, value, due"  # a timer: an alert not yet due
 
 Progress = Callable[[str, int, int], None]
 
@@ -68,6 +70,7 @@ class SurveillanceResult:
     subjects_recomputed: int
     as_of: datetime | None
     seconds: dict[str, float] = field(default_factory=dict)
+    timer_alerts: int = 0  # alerts of timers that fell due, logged without recomputing their subjects
 
 
 FullRun = Callable[[datetime | None, KnowledgeBase, Progress | None], SurveillanceResult]  # everyone, as of
@@ -219,8 +222,8 @@ def _materialise(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
-    """Add `subjects` (whose timers fell due) to the materialised subjects (``_materialise``) and to
-    ``affected``."""
+    """Add `subjects` (a timer due at the run's own second, or no timers known) to the materialised subjects
+    (``_materialise``) and to ``affected``."""
     known = con.sql("SELECT subject_id FROM affected").to_arrow_table().column("subject_id").to_pylist()
     con.register("_more", pa.table({"subject_id": pa.array(subjects, pa.string())}))
     for t in _BASE:
@@ -320,8 +323,9 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
 
     `baseline_rule`: the reference creatinine rule (kidney.yaml ``baseline_rules``; None: the default).
 
-    `timers`: also table ``_timers_out`` (subject_id, due, after): per subject, the earliest time an
-    alert not yet due at `as_of` becomes due when nothing but the clock moves (``_timer_stages``).
+    `timers`: also table ``_timers_out`` (the alert columns, due, after): the alerts not yet due at `as_of`
+    that become due when nothing but the clock moves (``_timer_stages``), each with its time as epoch
+    seconds (`due`) and the as-of they were found at (`after`).
     """
     as_of = as_of or _as_of(con, _ALL if subjects is not None and not restricted else "")
     if subjects is not None:
@@ -367,12 +371,12 @@ def _compute(con: duckdb.DuckDBPyConnection, kb: KnowledgeBase, subjects: list[s
         if progress:
             progress(st.name, i + 1, len(plan) + len(timed))
     if timed:
-        key = ", ".join(ALERT_KEY)
+        same = " AND ".join(f"c.{k} IS NOT DISTINCT FROM l.{k}" for k in ALERT_KEY)
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _timers_out AS
-            SELECT subject_id, MIN(due) AS due, CAST({as_of_epoch} AS BIGINT) AS after FROM (
-              SELECT subject_id, {DUCKDB.epoch('time')} AS due FROM (
-                SELECT {key} FROM "alerts{_LATER}" EXCEPT SELECT {key} FROM alerts) x) y
-            WHERE due >= {as_of_epoch} GROUP BY subject_id""")
+            SELECT {_PENDING_COLS}, CAST({as_of_epoch} AS BIGINT) AS after FROM (
+              SELECT l.*, {DUCKDB.epoch('l.time')} AS due FROM "alerts{_LATER}" l
+              WHERE NOT EXISTS (SELECT 1 FROM alerts c WHERE {same})) y
+            WHERE due >= {as_of_epoch}""")
         for st in reversed(timed if not small else ()):  # a scratch database goes whole (_release)
             con.execute(f'DROP {"VIEW" if st.name in views else "TABLE"} "{st.name}"')
     return as_of, seconds
@@ -522,11 +526,11 @@ def _drop_internal(tab: pa.Table) -> pa.Table:
 #   <table>/b<k>.parquet            the rows of the subjects whose hash falls in bucket k; _schema.parquet
 #   alerts/part-*.parquet           the alert log: append-only parts, compacted like the event store
 #   _alert_index/b<k>.parquet       the log's keys by bucket (what is already logged, read per bucket)
-#   _timers/b<k>.parquet            per subject, when an alert becomes due with no new data
+#   _timers/b<k>.parquet            the alerts that become due with no new data, with when (epoch s)
 # A run rewrites only the buckets of the subjects it recomputed, so its cost follows the subjects it
 # touches, not the store's size.
 
-LAYOUT = 2
+LAYOUT = 3  # 3: timers hold their alerts (2: a subject's earliest due time)
 SUBJECTS_PER_BUCKET = 256  # the bucket count grows with the cohort so that a bucket stays small
 RESULT_TABLES = tuple(RESULT_NAMES.get(n, n) for n in OUTPUTS if n != "alerts")
 _INDEX, _TIMERS, _LOG = "_alert_index", "_timers", "alerts"
@@ -885,18 +889,18 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     """Bring the stored results up to date; return them (read from disk when asked for) and the alerts
     emitted by this call.
 
-    An incremental run recomputes the subjects whose data changed since the last run (the store
-    records them at ingest) and those whose timer is due (an alert that becomes due as time passes,
-    such as a monitoring gap); everyone else's results are kept as they are, and only the buckets of
-    the recomputed subjects are rewritten. `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`)
-    recomputes everyone in place of DuckDB; the results and the alert log are kept exactly as for
-    DuckDB. `snapshot_lock` (the writers' lock) is held only while the store's files and pending
-    subjects are listed: the run then reads that snapshot while appends go on, and an append it did
-    not see leaves its pending file for the next run. Runs themselves must not overlap (the service
-    holds a lock of its own around each). `duckdb_settings`: as for `run`; by default a full run
-    caps DuckDB's memory (`default_settings`). `baseline_rule`: the reference creatinine rule
-    (kidney.yaml ``baseline_rules``; None: the default); results of another rule cannot be merged
-    with these, so a run whose rule differs from the stored results' recomputes everyone.
+    An incremental run recomputes the subjects whose data changed since the last run (the store records them at
+    ingest) and logs the alerts of the timers that fell due (an alert that becomes due as time passes, such as a
+    monitoring gap, kept by the run that found it); everyone else's results are kept as they are, and only the
+    recomputed subjects' rows are written. `engine` (e.g. Spark, `mgaki.surveillance.spark.store_runner`)
+    recomputes everyone in place of DuckDB; the results and the alert log are kept exactly as for DuckDB.
+    `snapshot_lock` (the writers' lock) is held only while the store's files and pending subjects are listed:
+    the run then reads that snapshot while appends go on, and an append it did not see leaves its pending file
+    for the next run. Runs themselves must not overlap (the service holds a lock of its own around each).
+    `duckdb_settings`: as for `run`; by default a full run caps DuckDB's memory (`default_settings`).
+    `baseline_rule`: the reference creatinine rule (kidney.yaml ``baseline_rules``; None: the default); results
+    of another rule cannot be merged with these, so a run whose rule differs from the stored results' recomputes
+    everyone.
     """
     kb = kb or load()
     rule = kb.baseline_rule(baseline_rule).id
@@ -907,8 +911,7 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     out.mkdir(parents=True, exist_ok=True)
     state = _read_state(out)
     if state and state.get("layout") != LAYOUT:
-        _migrate(out)
-        state = {}
+        state = _migrate(out, state)
     # results of another baseline rule cannot be merged with these, nor results lacking a table (an output
     # added since they were written) completed subject by subject: recompute everyone
     # nor results of other rules: a knowledge file or a stage changed since they were written
@@ -1182,16 +1185,21 @@ def _swap_folder(folder: Path, stage: Path) -> None:
     legacy.unlink(missing_ok=True)
 
 
-def _new_alerts(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Candidates (temp table ``alerts``) not in ``_logged``, once per key, stamped now."""
+# the schema's three levels (knowledge.schema.SeverityLevelName), most severe first
+_SEVERITY_RANK = "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 WHEN 'info' THEN 2 ELSE 3 END"
+
+
+def _new_alerts(con: duckdb.DuckDBPyConnection, candidates: str = "alerts") -> pa.Table:
+    """Candidates (temp table `candidates`) not in ``_logged``, once per key (the most severe, then the
+    first detail: the same row whichever run logs it), stamped now."""
     keys = ", ".join(ALERT_KEY)
     now = datetime.now(UTC).replace(tzinfo=None)
     return con.sql(f"""
         SELECT DISTINCT ON ({keys}) subject_id, encounter_id, kind, time, severity, detail, value,
-               CAST(? AS TIMESTAMP) AS emitted_at FROM alerts c
+               CAST(? AS TIMESTAMP) AS emitted_at FROM "{candidates}" c
         WHERE NOT EXISTS (SELECT 1 FROM _logged l WHERE l.subject_id = c.subject_id
           AND l.encounter_id IS NOT DISTINCT FROM c.encounter_id AND l.kind = c.kind AND l.time = c.time)
-        ORDER BY {keys}, severity""", params=[now]).to_arrow_table()
+        ORDER BY {keys}, {_SEVERITY_RANK}, detail""", params=[now]).to_arrow_table()
 
 
 def _append_log(out: Path, new: pa.Table) -> None:
@@ -1217,17 +1225,23 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
         data_max = max((t for t in (data_max, seen) if t is not None), default=None)
     as_of = as_of or data_max
     a = _epoch(as_of)
-    due = _due_subjects(out, state, a)
+    timers = dict(state.get("timers", {}))
+    due = _due_timers(out, timers, a)  # also moves each bucket read to its next timer
+    # a timer's alert is logged as it is (the stages would find it again: ``_timer_stages``), unless it falls
+    # due at this very second (whether it is due at its own second depends on the rule): those recompute
+    at_a = set(due.filter(pc.equal(due["due"], a)).column("subject_id").to_pylist())
+    recompute = set(pending) | at_a
     if not state.get("timers_known", True) and state.get("as_of"):
         # results an engine wrote carry no timers: the subjects still admitted then, once, as before
         prev = datetime.fromisoformat(state["as_of"])
         rows = con.execute(f'SELECT DISTINCT subject_id FROM {_ALL}encounters WHERE "end" IS NULL OR "end" > ?',
                            [prev]).fetchall()
-        due |= {r[0] for r in rows}
-    subjects = sorted(set(pending) | due)
+        recompute |= {r[0] for r in rows}
+    subjects = sorted(recompute)
+    due = due.filter(pc.and_(pc.less(due["due"], a), pc.invert(pc.is_in(
+        due["subject_id"], pa.array(subjects, pa.string())))))
     seconds: dict[str, float] = {"plan": _time.perf_counter() - t0}
     new = pa.table({})
-    timers = dict(state.get("timers", {}))
     if subjects:
         if not pending:
             _restrict(con, subjects)
@@ -1237,8 +1251,9 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
         _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True, baseline_rule=rule)
         seconds.update(sec)
         seconds["stages"] = _time.perf_counter() - t1  # wall time (stages run two at a time)
+    if subjects or due.num_rows:
         t1 = _time.perf_counter()
-        new = _write_some(con, out, subjects, buckets, timers)
+        new = _write_some(con, out, subjects, buckets, timers, a, due)
         seconds["write_results"] = _time.perf_counter() - t1
     _write_state(out, {**state, "as_of": as_of.isoformat() if as_of else None,
                        "data_max": data_max.isoformat() if data_max else None, "knowledge": kb.version,
@@ -1246,7 +1261,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
                        "timers": timers, "timers_known": True, "baseline_rule": rule})
     if new.num_rows == 0:
         new = _empty_log()
-    return SurveillanceResult(ResultTables(out), new, len(subjects), as_of, seconds)
+    return SurveillanceResult(ResultTables(out), new, len(subjects), as_of, seconds, due.num_rows)
 
 
 LOG_SCHEMA = pa.schema([("subject_id", pa.string()), ("encounter_id", pa.string()), ("kind", pa.string()),
@@ -1258,42 +1273,65 @@ def _empty_log() -> pa.Table:
     return LOG_SCHEMA.empty_table()
 
 
-def _due_subjects(out: Path, state: dict[str, Any], a: int) -> set[str]:
-    """Subjects with a timer due at as-of `a` that was set at an earlier as-of (only due buckets are read)."""
-    due: set[str] = set()
-    for b, when in state.get("timers", {}).items():
+def _due_timers(out: Path, timers: dict[str, int], a: int) -> pa.Table:
+    """The timers' alerts due at as-of `a` (``due <= a``, found at an earlier as-of): only the buckets whose
+    earliest timer is due are read. `timers` (bucket -> its earliest timer) moves each bucket read to its
+    earliest timer at or after `a` (one due earlier is logged by this run, or was by an earlier one)."""
+    found = []
+    for b, when in list(timers.items()):
         if when > a:
             continue
         path = _bucket_file(out / _TIMERS, int(b))
         if not path.exists():
+            timers.pop(b)
             continue
         t = pq.read_table(path)
-        hit = pc.and_(pc.less_equal(t["due"], a), pc.greater(pa.scalar(a, pa.int64()), t["after"]))
-        due.update(t.filter(hit).column("subject_id").to_pylist())
-    return due
+        later = pc.filter(t["due"], pc.greater_equal(t["due"], a))
+        if len(later):
+            timers[b] = int(pc.min(later).as_py())
+        else:
+            timers.pop(b)
+        found.append(t.filter(pc.and_(pc.less_equal(t["due"], a), pc.greater(pa.scalar(a, pa.int64()), t["after"]))))
+    return pa.concat_tables(found) if found else _empty_pending()
+
+
+def _empty_pending() -> pa.Table:
+    return pa.schema([*LOG_SCHEMA.remove(LOG_SCHEMA.get_field_index("emitted_at")),
+                      ("due", pa.int64()), ("after", pa.int64())]).empty_table()
 
 
 def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], buckets: int,
-                timers: dict[str, int]) -> pa.Table:
+                timers: dict[str, int], a: int, due: pa.Table) -> pa.Table:
     """Write the recomputed subjects' rows as one generation (``_write_delta``; folded into the buckets
-    every ``DELTA_FOLD_GENS`` runs); log their new alerts; update their timers."""
-    by_bucket = _by_bucket(subjects, buckets)
+    every ``DELTA_FOLD_GENS`` runs) and their timers; log their new alerts and the timers' `due` alerts of
+    the others (``_due_timers``) not logged yet."""
     batch = _Batch()
-    fresh_of = {RESULT_NAMES.get(name, name): _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
-                for name in OUTPUTS if name != "alerts"}
-    kept = _write_delta(out, fresh_of, subjects)
+    kept = 0
+    timer_buckets: dict[int, set[str]] = {}
+    tb = table_buckets(_TIMERS, buckets)
+    if subjects:
+        fresh_of = {RESULT_NAMES.get(name, name): _drop_internal(con.sql(f'SELECT * FROM "{name}"').to_arrow_table())
+                    for name in OUTPUTS if name != "alerts"}
+        kept = _write_delta(out, fresh_of, subjects)
+        fresh_timers = con.sql("SELECT * FROM _timers_out").to_arrow_table()
+        timer_buckets = _by_bucket(subjects, tb)
+        _replace_rows(out / _TIMERS, fresh_timers, timer_buckets, tb, batch)
     # what the log holds for these subjects: their buckets of the index
-    index = [_bucket_file(out / _INDEX, b) for b in by_bucket]
+    emitting = sorted({*subjects, *due.column("subject_id").to_pylist()})
+    index = [_bucket_file(out / _INDEX, b) for b in _by_bucket(emitting, buckets)]
     index = [f for f in index if f.exists()]
     src = ("read_parquet([" + ", ".join(f"'{f.as_posix()}'" for f in index) + "])") if index else \
         f"(SELECT {', '.join(ALERT_KEY)} FROM ({_log_empty_sql()}) WHERE false)"
+    con.register("_emitting", pa.table({"subject_id": pa.array(emitting, pa.string())}))
     con.execute(f"CREATE OR REPLACE TEMP TABLE _logged AS SELECT * FROM {src} "
-                "WHERE subject_id IN (SELECT subject_id FROM affected)")
-    new = _new_alerts(con)
-    fresh_timers = con.sql("SELECT subject_id, due, after FROM _timers_out").to_arrow_table()
-    tb = table_buckets(_TIMERS, buckets)
-    timer_buckets = _by_bucket(subjects, tb)
-    _replace_rows(out / _TIMERS, fresh_timers, timer_buckets, tb, batch)
+                "WHERE subject_id IN (SELECT subject_id FROM _emitting)")
+    con.unregister("_emitting")
+    con.register("_due", due.drop_columns(["due", "after"]))
+    con.execute("CREATE OR REPLACE TEMP TABLE _candidates AS SELECT * FROM _due" +
+                (" UNION ALL SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM alerts"
+                 if subjects else ""))
+    con.unregister("_due")
+    new = _new_alerts(con, "_candidates")
     batch.commit()
     _append_log(out, new)  # the log before its index: a crash between them re-finds the alerts in the log
     if new.num_rows:
@@ -1302,11 +1340,15 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         index_batch = _Batch()
         _replace_rows(out / _INDEX, keys, {b: set() for b in touched}, buckets, index_batch)
         index_batch.commit()
-    for b in timer_buckets:  # each rewritten timer file's earliest timer (a file left as it was keeps its entry)
+    for b in timer_buckets:  # each rewritten timer file's earliest timer not yet past
         path = _bucket_file(out / _TIMERS, b)
         left = next((t for t, p in batch.writes if p == path), None)
         if left is not None:
-            timers[str(b)] = int(pc.min(left["due"]).as_py())
+            later = pc.filter(left["due"], pc.greater_equal(left["due"], a))
+            if len(later):
+                timers[str(b)] = int(pc.min(later).as_py())
+            else:
+                timers.pop(str(b), None)
         elif path in batch.deletes or not path.exists():
             timers.pop(str(b), None)
     if kept >= DELTA_FOLD_GENS:
@@ -1411,9 +1453,18 @@ def _same_rows(a: pa.Table, b: pa.Table) -> bool:
         return False
 
 
-def _migrate(out: Path) -> None:
-    """Results of the one-file-per-table layout: the alert log becomes the first log part, the rest
-    is recomputed by the full run that follows."""
+def _migrate(out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Results of an earlier layout; the state to go on from.
+
+    Layout 2 (a timer per subject, its earliest due time, instead of its alerts not yet due): the timers
+    are dropped and marked unknown, so the next run recomputes the subjects admitted then, once (as after
+    an engine's run), and writes their timers anew. The one-file-per-table layout: the alert log becomes
+    the first log part, the rest is recomputed by the full run that follows (empty state)."""
+    if state.get("layout") == 2:
+        shutil.rmtree(out / _TIMERS, ignore_errors=True)
+        state = {**state, "layout": LAYOUT, "timers": {}, "timers_known": False}
+        _write_state(out, state)
+        return state
     legacy_log = out / "alerts.parquet"
     if legacy_log.exists():
         (out / _LOG).mkdir(exist_ok=True)
@@ -1421,3 +1472,4 @@ def _migrate(out: Path) -> None:
     for name in RESULT_TABLES:
         (out / f"{name}.parquet").unlink(missing_ok=True)
     (out / "state.json").unlink(missing_ok=True)
+    return {}
