@@ -180,7 +180,7 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
                         "write_s": res.seconds.get("write_results", 0.0)})
     wait_for_folds()  # a fold left running would load the next step and lose its store when the size ends
     q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
-    return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "append_p50": q(app, 50),
+    return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "lat": lat, "append_p50": q(app, 50),
             "surveil_p50": q(sur, 50), "recomputed_max": max(recomputed), "new_alerts": alerts,
             "timer_alerts": timer_alerts, "warm": WARM,
             "batches": batches, "peak_rss": _maxrss()}

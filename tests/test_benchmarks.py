@@ -171,6 +171,24 @@ def test_floor_benchmark_smoke(tmp_path: Path) -> None:
     assert m.returncode != 0 and "different seeds" in m.stderr
 
 
+def test_increments_ab_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/increments_ab.py against this checkout itself: both codes measured on their own copy, each
+    round's latencies pooled, the ratios printed."""
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "increments_ab.py"), "--against", str(ROOT), "--patients", "100",
+           "--rounds", "2", "--n", "2", "--scratch", str(tmp_path), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for name in ("reference", "this"):
+        s = res["summary"][name]
+        assert s["runs"] == 4 and 0 < s["p50"] <= s["p99"] <= s["max"], s
+        assert [len(x["lat"]) for x in res["rounds_detail"][name]] == [2, 2]
+        assert res[f"full_{name}"] > 0
+    assert "ratio this / reference: p50" in r.stdout
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the stores are removed
+
+
 def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/ingest.py at 100 patients: the CSV layout written once (then reused), `mgaki ingest` of it
     in a child, every figure and verdict it promises."""

@@ -1,0 +1,116 @@
+"""Single-result increments of this checkout against another, interleaved on the same machine (issue 18 point 1).
+
+    python benchmarks/increments_ab.py --against /path/to/other/checkout --patients 100000 --rounds 5 --n 20
+
+A latency measured alone moves with the machine (the same code gave p50 158 and 185 ms at 100 k on one
+morning, an hour apart); a change is judged by a ratio against a reference measured in the same run. So:
+
+1. one ICU-shaped store is built (``benchmarks/icu_cohort.py``, seed 18, as ``floor.py``) and copied twice;
+2. each copy gets its full surveillance run from its own code: the reference by ``PYTHONPATH=<against>/src``
+   (the results layout is each code's own), this checkout's by the installed package;
+3. ``--rounds`` times, alternately: ``--n`` single-result increments on the reference's copy, then the same
+   ``--n`` on this checkout's (``floor.py --child increments``: the same patients, values and clock in both,
+   three untimed warm-up increments per process, then its 200-patient runs);
+4. the latencies of all rounds pooled per code: p50, p90, p99, max, the most subjects one run recomputed,
+   the timer alerts logged without recomputing, and the ratios this / reference.
+
+Each child is a process of its own (its peak RSS its own). JSON to ``benchmarks/results/increments-ab-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+FLOOR = HERE / "floor.py"
+
+
+def _child(args: list[str], src: Path | None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = Path(f.name)
+    try:
+        subprocess.run([sys.executable, str(FLOOR), *args, "--child-out", str(path)], check=True, env=env)
+        out: dict[str, Any] = json.loads(path.read_text())
+        return out
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    k = (len(s) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    lat = [x * 1e3 for r in rounds for x in r["lat"]]
+    return {"runs": len(lat), "p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99), "max": max(lat),
+            "recomputed_max": max(r["recomputed_max"] for r in rounds),
+            "timer_alerts": sum(r.get("timer_alerts", 0) for r in rounds)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", type=Path, required=True, help="the reference checkout (its src/ is imported)")
+    ap.add_argument("--patients", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--n", type=int, default=20, help="timed increments per round and code")
+    ap.add_argument("--seed", type=int, default=18)
+    ap.add_argument("--scratch", type=Path, default=None, help="folder for the stores (default: the system's temp)")
+    ap.add_argument("--out", type=Path, default=None, help="the JSON written (default: results/increments-ab-<date>)")
+    a = ap.parse_args()
+    ref_src = (a.against / "src").resolve()
+    if not (ref_src / "mgaki").is_dir():
+        ap.error(f"--against {a.against}: no src/mgaki there")
+    res: dict[str, Any] = {"patients": a.patients, "against": str(a.against), "rounds": a.rounds, "n": a.n,
+                           "started": datetime.now(UTC).isoformat(), "load_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(dir=a.scratch) as d:
+        base, stores = Path(d) / "built", {"reference": Path(d) / "reference", "this": Path(d) / "this"}
+        srcs = {"reference": ref_src, "this": None}
+        res["build"] = _child(["--child", "build", "--n", str(a.patients), "--seed", str(a.seed),
+                               "--root", str(base)], None)
+        for name, root in stores.items():
+            shutil.copytree(base, root)
+            res[f"full_{name}"] = _child(["--child", "mgaki", "--root", str(root)], srcs[name])["seconds"]
+        shutil.rmtree(base)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in stores}
+        for r in range(a.rounds):
+            for name, root in stores.items():
+                runs[name].append(_child(["--child", "increments", "--root", str(root), "--n", str(a.n),
+                                          "--seed", str(a.seed + r)], srcs[name]))
+                print(f"round {r + 1}/{a.rounds} {name}: p50 {runs[name][-1]['p50'] * 1e3:.0f} ms", flush=True)
+    res["summary"] = {name: summary(rs) for name, rs in runs.items()}
+    res["rounds_detail"] = runs
+    res["load_end"] = os.getloadavg()
+    ref, this = res["summary"]["reference"], res["summary"]["this"]
+    print(f"\nsingle-result increments, {a.patients} patients, {a.rounds} rounds x {a.n} per code, interleaved; "
+          f"load {tuple(round(x, 2) for x in res['load_start'])} -> {tuple(round(x, 2) for x in res['load_end'])}")
+    print(f"{'code':>10} {'runs':>5} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'recomputed':>10} "
+          f"{'timer alerts':>12} {'full run s':>10}")
+    for name, s in res["summary"].items():
+        print(f"{name:>10} {s['runs']:>5} {s['p50']:>7.0f} {s['p90']:>7.0f} {s['p99']:>7.0f} {s['max']:>7.0f} "
+              f"{s['recomputed_max']:>10} {s['timer_alerts']:>12} {res[f'full_{name}']:>10.1f}")
+    print("ratio this / reference: " + ", ".join(f"{k} {this[k] / ref[k]:.2f}" for k in ("p50", "p90", "p99", "max")))
+    (HERE / "results").mkdir(exist_ok=True)
+    path = a.out or HERE / "results" / f"increments-ab-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(res, indent=1))
+    print(f"JSON: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
