@@ -1,6 +1,7 @@
 """Single-result increments of this checkout against another, interleaved on the same machine (issue 18 point 1).
 
     python benchmarks/increments_ab.py --against /path/to/other/checkout --patients 100000 --rounds 5 --n 20
+    python benchmarks/increments_ab.py --against /path/to/other/checkout --store /big/surveilled/store  # reuse one
 
 A latency measured alone moves with the machine (the same code gave p50 158 and 185 ms at 100 k on one
 morning, an hour apart); a change is judged by a ratio against a reference measured in the same run. So:
@@ -13,6 +14,10 @@ morning, an hour apart); a change is judged by a ratio against a reference measu
    three untimed warm-up increments per process, then its 200-patient runs);
 4. the latencies of all rounds pooled per code: p50, p90, p99, max, the most subjects one run recomputed,
    the timer alerts logged without recomputing, and the ratios this / reference.
+
+``--store ROOT`` instead of 1-2: an existing store with its results (a 1 M-patient store takes about 20 min to
+surveil) is copied twice by hard links (parts and results are never rewritten in place: a change is a new
+file), and neither copy is recomputed; both codes must then use the store's results layout (checked).
 
 Each child is a process of its own (its peak RSS its own). JSON to ``benchmarks/results/increments-ab-<date>.json``.
 """
@@ -48,6 +53,23 @@ def _child(args: list[str], src: Path | None) -> dict[str, Any]:
         path.unlink(missing_ok=True)
 
 
+def _layout(src: Path | None) -> int:
+    """The results layout a code reads (its ``pipeline.LAYOUT``), asked in a process importing that code."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    out = subprocess.run([sys.executable, "-c", "from mgaki.surveillance.pipeline import LAYOUT; print(LAYOUT)"],
+                         check=True, env=env, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def _patients(root: Path) -> int:
+    sys.path.insert(0, str(HERE))
+    from floor import _patients as count
+
+    return count(root)
+
+
 def _pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
     k = (len(s) - 1) * p / 100
@@ -71,6 +93,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=20, help="timed increments per round and code")
     ap.add_argument("--seed", type=int, default=18)
     ap.add_argument("--scratch", type=Path, default=None, help="folder for the stores (default: the system's temp)")
+    ap.add_argument("--store", type=Path, default=None,
+                    help="an existing surveilled store to copy (hard links) instead of building and surveilling one")
     ap.add_argument("--out", type=Path, default=None, help="the JSON written (default: results/increments-ab-<date>)")
     a = ap.parse_args()
     ref_src = (a.against / "src").resolve()
@@ -81,12 +105,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=a.scratch) as d:
         base, stores = Path(d) / "built", {"reference": Path(d) / "reference", "this": Path(d) / "this"}
         srcs = {"reference": ref_src, "this": None}
-        res["build"] = _child(["--child", "build", "--n", str(a.patients), "--seed", str(a.seed),
-                               "--root", str(base)], None)
-        for name, root in stores.items():
-            shutil.copytree(base, root)
-            res[f"full_{name}"] = _child(["--child", "mgaki", "--root", str(root)], srcs[name])["seconds"]
-        shutil.rmtree(base)
+        if a.store is not None:
+            state = json.loads((a.store / "results" / "state.json").read_text())
+            for name, src in srcs.items():
+                layout = _layout(src)
+                if state.get("layout") != layout:
+                    ap.error(f"--store {a.store}: its results have layout {state.get('layout')}, the {name} code "
+                             f"reads layout {layout}; build one with --patients instead")
+            for name, root in stores.items():
+                shutil.copytree(a.store, root, copy_function=os.link)
+                res[f"full_{name}"] = 0.0
+            res["patients"] = _patients(a.store)
+        else:
+            res["build"] = _child(["--child", "build", "--n", str(a.patients), "--seed", str(a.seed),
+                                   "--root", str(base)], None)
+            for name, root in stores.items():
+                shutil.copytree(base, root)
+                res[f"full_{name}"] = _child(["--child", "mgaki", "--root", str(root)], srcs[name])["seconds"]
+            shutil.rmtree(base)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in stores}
         for r in range(a.rounds):
             for name, root in stores.items():
@@ -97,7 +133,7 @@ def main() -> int:
     res["rounds_detail"] = runs
     res["load_end"] = os.getloadavg()
     ref, this = res["summary"]["reference"], res["summary"]["this"]
-    print(f"\nsingle-result increments, {a.patients} patients, {a.rounds} rounds x {a.n} per code, interleaved; "
+    print(f"\nsingle-result increments, {res['patients']} patients, {a.rounds} rounds x {a.n} per code, interleaved; "
           f"load {tuple(round(x, 2) for x in res['load_start'])} -> {tuple(round(x, 2) for x in res['load_end'])}")
     print(f"{'code':>10} {'runs':>5} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'recomputed':>10} "
           f"{'timer alerts':>12} {'full run s':>10}")

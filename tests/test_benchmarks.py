@@ -187,6 +187,22 @@ def test_increments_ab_benchmark_smoke(tmp_path: Path) -> None:
         assert res[f"full_{name}"] > 0
     assert "ratio this / reference: p50" in r.stdout
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the stores are removed
+    # --store: an existing surveilled store copied by hard links, not recomputed; its layout checked
+    store = tmp_path / "store"
+    for step in (["--child", "build", "--n", "100", "--seed", "18"], ["--child", "mgaki"]):
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "floor.py"), *step, "--root", str(store),
+                        "--child-out", str(tmp_path / "child.json")], check=True, capture_output=True, timeout=600)
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    cmd = [*cmd[:4], "--store", str(store), "--rounds", "1", "--n", "2", "--scratch", str(tmp_path), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["patients"] == 100 and res["full_this"] == 0.0 and res["summary"]["this"]["runs"] == 2
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # the original is left as it was
+    state = store / "results" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "layout": 99}))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "layout 99" in r.stderr
 
 
 def test_ingest_benchmark_smoke(tmp_path: Path) -> None:
