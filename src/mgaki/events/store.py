@@ -48,6 +48,7 @@ them earlier can still open them), and their record one grace period after that.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -195,7 +196,8 @@ class EventStore:
         return f"(SELECT {cols} WHERE false)"
 
     def connect(self, tables: Iterable[str] = TABLES, shared: bool = False,
-                database: duckdb.DuckDBPyConnection | None = None, prefix: str = "") -> duckdb.DuckDBPyConnection:
+                database: duckdb.DuckDBPyConnection | None = None, prefix: str = "",
+                few: Iterable[str] | None = None, few_prefix: str = "few_") -> duckdb.DuckDBPyConnection:
         """DuckDB connection with one view per stored table: current record versions only.
 
         ``shared``: a cursor on this process's open database (``normalize.cursor``) with TEMP views, its
@@ -203,11 +205,16 @@ class EventStore:
         change global settings (memory limit) or create persistent objects. ``database``: a cursor, with
         TEMP views, on that database instead (e.g. one of ``normalize.lease``). ``prefix``: of the views'
         names (``all_events``: the names themselves left for tables of a few subjects' rows).
+        ``few``: subjects whose rows alone a caller will read; then also views ``<few_prefix><table>`` of the
+        same snapshot over only the parts whose subject range may hold one of them (``parts_holding``): a
+        read of a few subjects then opens those parts, not every part of the store. They hold every row of
+        those subjects and rows of others: read them filtered by subject.
         """
         con = database.cursor() if database is not None else cursor() if shared else connect()
         shared = shared or database is not None
         temp = "TEMP " if shared else ""
         tables = list(tables)
+        few_subjects = sorted(set(few)) if few is not None else None
         listing = self._listing()
         for _ in range(_SNAPSHOT_TRIES):
             # A snapshot: the hidden versions (intents, then ledger), then the parts. An append of another
@@ -217,7 +224,13 @@ class EventStore:
             where = " WHERE source IS NULL OR source NOT IN (SELECT source FROM _mgaki_hidden)" \
                 if self._hidden(con, *listing) else ""
             for t in tables:
-                con.execute(f'CREATE OR REPLACE {temp}VIEW "{prefix}{t}" AS SELECT * FROM {self.scan_sql(t)}{where}')
+                files = self.files(t)
+                con.execute(f'CREATE OR REPLACE {temp}VIEW "{prefix}{t}" AS '
+                            f'SELECT * FROM {self._parts_sql(files, t)}{where}')
+                if few_subjects is not None:
+                    some = parts_holding(files, few_subjects)
+                    con.execute(f'CREATE OR REPLACE {temp}VIEW "{few_prefix}{t}" AS '
+                                f'SELECT * FROM {self._parts_sql(some, t)}{where}')
             again = self._listing()
             if again == listing:
                 break
@@ -400,8 +413,11 @@ class EventStore:
                 # only the incoming subjects' stored rows can be equal: DuckDB reads those row groups only
                 # (parts are written sorted by subject), so an append costs what it brings, not the store's size
                 parts = self.files(name) if against is None else list(against.get(name, ()))
+                by_subject = name != "quarantine" or not given_null_subject(tab)
+                if by_subject:  # parts whose subject range holds none of the incoming subjects are not opened
+                    parts = parts_holding(parts, tab.column("subject_id").unique().drop_null().to_pylist())
                 stored = self._parts_sql(parts, name)
-                if name != "quarantine" or not given_null_subject(tab):
+                if by_subject:
                     stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
                 if not parts and distinct and not keep:  # nothing stored to compare with, no two rows alike
                     new = tab if _sorted_by_subject(tab) else tab.sort_by("subject_id")
@@ -733,6 +749,71 @@ def _sorted_by_subject(tab: pa.Table) -> bool:
     if tab.num_rows < 2 or ids.null_count:
         return bool(tab.num_rows < 2)
     return bool(pc.all(pc.less_equal(ids.slice(0, tab.num_rows - 1), ids.slice(1))).as_py())
+
+
+# (part, size, mtime) -> its subject range (``_subject_range``)
+_RANGES: OrderedDict[tuple[Path, int, int], tuple[str, str] | None] = OrderedDict()
+_RANGES_MAX = 100_000
+_RANGES_LOCK = threading.Lock()
+_NO_SUBJECT = ("\U0010ffff", "")  # the range of a part without subjects: above every id, below every id
+
+
+def _subject_range(path: Path) -> tuple[str, str] | None:
+    """The lowest and highest subject_id of a part, from its row groups' statistics; None when a row group
+    holding subjects has none (then the part may hold anyone). Read once per process and file version
+    (parts are never rewritten in place: a new part has a new name; the size and time guard the rest)."""
+    st_ = path.stat()
+    key = (path, st_.st_size, st_.st_mtime_ns)
+    with _RANGES_LOCK:
+        if key in _RANGES:
+            _RANGES.move_to_end(key)
+            return _RANGES[key]
+    found: tuple[str, str] | None = None
+    md = pq.read_metadata(path)
+    col = next((i for i in range(md.num_columns) if md.schema.column(i).path == "subject_id"), None)
+    if col is not None:
+        lo: str | None = None
+        hi: str | None = None
+        for g in range(md.num_row_groups):
+            st = md.row_group(g).column(col).statistics
+            if st is not None and st.has_null_count and st.null_count == md.row_group(g).num_rows:
+                continue  # no subject in this row group: no subject's read needs it
+            if st is None or not st.has_min_max or not isinstance(st.min, str) or not isinstance(st.max, str):
+                lo = hi = None
+                break
+            lo = st.min if lo is None or st.min < lo else lo
+            hi = st.max if hi is None or st.max > hi else hi
+        else:
+            found = (lo, hi) if lo is not None and hi is not None else _NO_SUBJECT
+    with _RANGES_LOCK:
+        _RANGES[key] = found
+        if len(_RANGES) > _RANGES_MAX:
+            _RANGES.popitem(last=False)
+    return found
+
+
+def parts_holding(parts: Sequence[Path], subjects: Sequence[str]) -> list[Path]:
+    """The parts whose subject range (``_subject_range``) holds one of `subjects`, in order; a part without
+    statistics is kept. With the store's parts each sorted by subject, a few subjects' rows are in a few
+    parts of a bulk-loaded history: the rest need not be opened. (A part the listing named but a
+    compaction has since removed is kept: the read reports it as any read of it would.)"""
+    want = sorted(set(subjects))
+    if not parts or not want:
+        return []
+    out = []
+    for p in parts:
+        try:
+            r = _subject_range(p)
+        except OSError:
+            out.append(p)
+            continue
+        if r is None:
+            out.append(p)
+            continue
+        i = bisect.bisect_left(want, r[0])
+        if i < len(want) and want[i] <= r[1]:
+            out.append(p)
+    return out
 
 
 def given_null_subject(tab: pa.Table) -> bool:

@@ -198,17 +198,19 @@ def _restrict(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
 
 
 _ALL = "all_"  # prefix of the store's views on a connection that computes a few subjects (_restrict)
+_FEW = "few_"  # prefix of the views, on an incremental run's connection, over the parts that may hold its subjects
 
 
 _SCRATCH = "_mgaki_inc_"  # prefix of the in-memory database an incremental run computes in
 _PREVIOUS: dict[str, str] = {}  # scratch database -> the database its connection used before
 
 
-def _materialise(con: duckdb.DuckDBPyConnection) -> None:
+def _materialise(con: duckdb.DuckDBPyConnection, source: str = _ALL) -> None:
     """The rows of the subjects of ``_restrict`` become tables of a scratch in-memory database that the
     connection then uses: each stored table is read once for the few subjects of an incremental run,
     not once per stage that reads it, and the stages can run on two connections at once (``_run_dag``).
-    ``_release`` detaches it."""
+    ``_release`` detaches it. `source`: the prefix of the views read (``_FEW``: those over the parts that
+    may hold the run's changed subjects, ``EventStore.connect(few=...)``, which must include them all)."""
     prev = con.sql("SELECT current_database()").fetchall()[0][0]
     if prev in _PREVIOUS:  # already materialised
         return
@@ -217,7 +219,7 @@ def _materialise(con: duckdb.DuckDBPyConnection) -> None:
     _PREVIOUS[db] = prev
     con.execute(f'USE "{db}"')
     for t in _BASE:
-        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{_ALL}{t}" '
+        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{source}{t}" '
                     "WHERE subject_id IN (SELECT subject_id FROM affected)")
 
 
@@ -581,13 +583,19 @@ def _results_dir(store: EventStore) -> Path:
     return store.root / "results"
 
 
+def _written(root: Path, name: str) -> bool:
+    """Whether surveillance has written result table `name` (``result_files`` is not None) without listing its
+    buckets (thousands of files in a large store: listing and sorting them cost an increment 50-150 ms at 1 M)."""
+    return (root / name / _SCHEMA).exists()
+
+
 def result_files(root: Path, name: str, subject_id: str | None = None) -> list[Path] | None:
     """The Parquet files of result table `name` under a results folder (all, or the one holding
     `subject_id`); None when surveillance has not written it yet. The alert log: its live parts."""
     folder = root / name
     if name == _LOG:
         return EventStore(root).files(_LOG) if folder.is_dir() else None
-    if not (folder / _SCHEMA).exists():
+    if not _written(root, name):
         return None
     if subject_id is not None:
         state = _read_state(root)
@@ -917,14 +925,15 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     # nor results of other rules: a knowledge file or a stage changed since they were written
     first = (full or not state or engine is not None or state.get("baseline_rule", rule) != rule
              or state.get("rules") != rules_fingerprint(kb, rule)
-             or any(result_files(out, t) is None for t in RESULT_TABLES))
+             or any(not _written(out, t) for t in RESULT_TABLES))
     # an incremental run with no settings of its own runs on a one-thread database the process keeps open
     # (its statements cost their planning: two of them on two cores, side by side, in _run_dag)
     leased = lease() if not first and not duckdb_settings else None
     with snapshot_lock or contextlib.nullcontext():
-        # the views list the files present now
-        con = store.connect(database=leased, prefix=_ALL)
+        # the views list the files present now (an append committing in between leaves its pending file for
+        # the next run); an incremental run's changed subjects are read from the parts that may hold them
         pending, pending_files = store.pending()
+        con = store.connect(database=leased, prefix=_ALL, few=None if first else pending, few_prefix=_FEW)
     try:
         spill = {"temp_directory": str(out / ".spill")} if first else {}  # beside the results, not the cwd
         for key, value in {**(default_settings() if first else {}), **spill, **(duckdb_settings or {})}.items():
@@ -1220,7 +1229,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     data_max = datetime.fromisoformat(state["data_max"]) if state.get("data_max") else None
     if pending:
         _restrict(con, pending)
-        _materialise(con)  # their rows, read once: the latest time below and the stages
+        _materialise(con, _FEW)  # their rows, read once (from the parts that may hold them): as-of, the stages
         seen = _as_of(con)  # the changed subjects' latest time: the store's only moves with theirs
         data_max = max((t for t in (data_max, seen) if t is not None), default=None)
     as_of = as_of or data_max
