@@ -134,3 +134,20 @@ def test_ingest_help_states_the_chunk_default_the_stream_uses() -> None:
     shown = runner.invoke(app, ["ingest", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert shown.exit_code == 0, shown.output
     assert f"default: {DEFAULT_CHUNK_ROWS:,}" in " ".join(shown.output.replace("│", " ").split())
+
+
+def test_surveil_says_how_many_alerts_came_from_timers_fallen_due(tmp_path: Path) -> None:
+    """A monitoring gap falls due while its patient's data is unchanged (another patient's result moves the
+    clock): `mgaki surveil` counts that alert among those emitted, as a timer's, with one patient recomputed."""
+    import pyarrow.compute as pc
+    from tests.surveillance.test_increment_differential import _timer_store
+
+    store, tables, cut = _timer_store(tmp_path)
+    ev = tables["events"]
+    later = ev.filter(pc.greater(ev["time"], cut))
+    store.append({"events": later.slice(later.num_rows - 1, 1)})
+    r = runner.invoke(app, ["surveil", "--store", str(store.root)])
+    assert r.exit_code == 0, r.output
+    assert _value(r.output, "subjects recomputed") == "1"
+    timers = int(_value(r.output, "of which timers fallen due (patients not recomputed)"))
+    assert 1 <= timers <= int(_value(r.output, "alerts emitted now"))

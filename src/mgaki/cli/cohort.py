@@ -211,7 +211,7 @@ def surveil_cmd(
         res = run_or_exit(lambda: surveil(EventStore(store), full=full, as_of=when, progress=tick, engine=runner,
                                           duckdb_settings={"memory_limit": memory} if memory else None,
                                           baseline_rule=rule))
-    print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed, res.timer_alerts)
     print_alert_rates(EventStore(store), res)
     if baseline_sensitivity:
         from mgaki.surveillance import baseline_sensitivity as sensitivity
@@ -232,7 +232,8 @@ def print_baseline_sensitivity(tab: pa.Table) -> None:
     console().print(t)
 
 
-def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, recomputed: int) -> None:
+def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, recomputed: int,
+                       timer_alerts: int = 0) -> None:
     from mgaki.surveillance.pipeline import summary
 
     c = console()
@@ -256,6 +257,8 @@ def print_surveillance(tables: Mapping[str, pa.Table], new_alerts: pa.Table, rec
         for kind, count in n["suspect_specimens"].items():
             t.add_row(f"  {kind}", str(count))
     t.add_row("alerts emitted now", str(new_alerts.num_rows))
+    if timer_alerts:  # monitoring gaps fallen due, logged as the run that found them kept them
+        t.add_row("  of which timers fallen due (patients not recomputed)", str(timer_alerts))
     c.print(t)
     if new_alerts.num_rows:
         a = Table(title="new alerts by kind")
@@ -326,7 +329,7 @@ def demo(
         task = bar.add_task("surveillance", total=None)
         res = surveil(EventStore(store_dir),
                       progress=lambda st, i, n: bar.update(task, total=n, completed=i, description=f"stage {st}"))
-    print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed)
+    print_surveillance(res.tables, res.new_alerts, res.subjects_recomputed, res.timer_alerts)
     print_alert_rates(EventStore(store_dir), res)
     print_truth(cohort.truth, res.tables)
     export_tables(res.tables, out / "results", OutFmt.csv)

@@ -291,7 +291,8 @@ class Ingestor:
                 raise
             self._log_synced = True
             sec = res.seconds
-            self.last_run = (f"{res.subjects_recomputed} patient(s): read {sec.get('plan', 0.0):.2f} s, stages "
+            self.last_run = (f"{res.subjects_recomputed} patient(s), {res.timer_alerts} timer alert(s): read "
+                             f"{sec.get('plan', 0.0):.2f} s, stages "
                              f"{sec.get('stages', 0.0):.2f} s, results {sec.get('write_results', 0.0):.2f} s, "
                              f"other {t1 - t0 - sum(sec.get(k, 0.0) for k in ('plan', 'stages', 'write_results')):.2f}"
                              f" s, alerts to the database {time.perf_counter() - t1:.2f} s")
