@@ -231,7 +231,8 @@ def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
                 if i >= WARM:  # the first runs copy the whole alert log into the new database
                     lat.append(dt)
                     alerts += r.json()["new_alerts"]
-    wait_for_folds()  # as in child_increments
+        # as in child_increments, and before the data folder goes: the fold reaches the results through its link
+        wait_for_folds()
     q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
     return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "new_alerts": alerts,
             "peak_rss": _maxrss()}
