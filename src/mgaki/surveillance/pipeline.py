@@ -58,7 +58,8 @@ RESULT_NAMES = {"aki_episodes_out": "aki_episodes"}
 # every analyte the urine-output criteria read (docs/kdigo.md#irrigation): what a creatinine-only run leaves out
 URINE_ANALYTES = ("urine_output", "urine_irrigant", "urine_irrigant_out")
 ALERT_KEY = ("subject_id", "encounter_id", "kind", "time")
-_PENDING_COLS = "subject_id, encounter_id, kind, time, severity, detail, value, due"  # a timer: an alert not yet due
+_ALERT_COLS = "subject_id, encounter_id, kind, time, severity, detail, value"  # an alert, as the stages give it
+_PENDING_COLS = f"{_ALERT_COLS}, due"  # a timer: an alert not yet due, with its time in epoch seconds
 
 Progress = Callable[[str, int, int], None]
 
@@ -1199,13 +1200,13 @@ _SEVERITY_RANK = "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 WHE
 
 
 def _new_alerts(con: duckdb.DuckDBPyConnection, candidates: str = "alerts") -> pa.Table:
-    """Candidates (temp table `candidates`) not in ``_logged``, once per key (the most severe, then the
-    first detail: the same row whichever run logs it), stamped now."""
+    """Candidates (`candidates`: a table, or a FROM-clause source in parentheses) not in ``_logged``, once per
+    key (the most severe, then the first detail: the same row whichever run logs it), stamped now."""
     keys = ", ".join(ALERT_KEY)
     now = datetime.now(UTC).replace(tzinfo=None)
     return con.sql(f"""
-        SELECT DISTINCT ON ({keys}) subject_id, encounter_id, kind, time, severity, detail, value,
-               CAST(? AS TIMESTAMP) AS emitted_at FROM "{candidates}" c
+        SELECT DISTINCT ON ({keys}) {_ALERT_COLS},
+               CAST(? AS TIMESTAMP) AS emitted_at FROM {candidates} c
         WHERE NOT EXISTS (SELECT 1 FROM _logged l WHERE l.subject_id = c.subject_id
           AND l.encounter_id IS NOT DISTINCT FROM c.encounter_id AND l.kind = c.kind AND l.time = c.time)
         ORDER BY {keys}, {_SEVERITY_RANK}, detail""", params=[now]).to_arrow_table()
@@ -1295,13 +1296,19 @@ def _due_timers(out: Path, timers: dict[str, int], a: int) -> pa.Table:
             timers.pop(b)
             continue
         t = pq.read_table(path)
-        later = pc.filter(t["due"], pc.greater_equal(t["due"], a))
-        if len(later):
-            timers[b] = int(pc.min(later).as_py())
-        else:
-            timers.pop(b)
+        _next_timer(timers, b, t, a)
         found.append(t.filter(pc.and_(pc.less_equal(t["due"], a), pc.greater(pa.scalar(a, pa.int64()), t["after"]))))
     return pa.concat_tables(found) if found else _empty_pending()
+
+
+def _next_timer(timers: dict[str, int], b: str, t: pa.Table, a: int) -> None:
+    """Bucket `b`'s entry in `timers`: the earliest timer of its file `t` at or after as-of `a` (earlier ones are
+    logged by this run or were by an earlier one); none left: no entry."""
+    later = pc.filter(t["due"], pc.greater_equal(t["due"], a))
+    if len(later):
+        timers[b] = int(pc.min(later).as_py())
+    else:
+        timers.pop(b, None)
 
 
 def _empty_pending() -> pa.Table:
@@ -1336,11 +1343,8 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
                 "WHERE subject_id IN (SELECT subject_id FROM _emitting)")
     con.unregister("_emitting")
     con.register("_due", due.drop_columns(["due", "after"]))
-    con.execute("CREATE OR REPLACE TEMP TABLE _candidates AS SELECT * FROM _due" +
-                (" UNION ALL SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM alerts"
-                 if subjects else ""))
+    new = _new_alerts(con, f"(SELECT * FROM _due UNION ALL SELECT {_ALERT_COLS} FROM alerts)" if subjects else "_due")
     con.unregister("_due")
-    new = _new_alerts(con, "_candidates")
     batch.commit()
     _append_log(out, new)  # the log before its index: a crash between them re-finds the alerts in the log
     if new.num_rows:
@@ -1353,11 +1357,7 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         path = _bucket_file(out / _TIMERS, b)
         left = next((t for t, p in batch.writes if p == path), None)
         if left is not None:
-            later = pc.filter(left["due"], pc.greater_equal(left["due"], a))
-            if len(later):
-                timers[str(b)] = int(pc.min(later).as_py())
-            else:
-                timers.pop(str(b), None)
+            _next_timer(timers, str(b), left, a)
         elif path in batch.deletes or not path.exists():
             timers.pop(str(b), None)
     if kept >= DELTA_FOLD_GENS:
