@@ -242,13 +242,24 @@ WARM = 3  # increments not timed, on both paths: the first load the knowledge ba
 # service's first also copy the whole alert log into its database)
 
 
-def _child(args: list[str]) -> dict[str, Any]:
+def _env(src: Path | None) -> dict[str, str]:
+    """This process's environment, with `src` (another checkout's ``src/``) first on PYTHONPATH when given."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _child(args: list[str], src: Path | None = None) -> dict[str, Any]:
+    """One step in a process of its own (`src`: the mgaki code it imports, default the installed one)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = Path(f.name)
-    subprocess.run([sys.executable, __file__, *args, "--child-out", str(path)], check=True)
-    out = json.loads(path.read_text())
-    path.unlink()
-    return out
+    try:
+        subprocess.run([sys.executable, __file__, *args, "--child-out", str(path)], check=True, env=_env(src))
+        out: dict[str, Any] = json.loads(path.read_text())
+        return out
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def run_size(n: int, seed: int, scratch: Path, increments: int = 0, service: bool = True) -> dict[str, Any]:

@@ -35,47 +35,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
-FLOOR = HERE / "floor.py"
-
-
-def _child(args: list[str], src: Path | None) -> dict[str, Any]:
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = Path(f.name)
-    try:
-        subprocess.run([sys.executable, str(FLOOR), *args, "--child-out", str(path)], check=True, env=env)
-        out: dict[str, Any] = json.loads(path.read_text())
-        return out
-    finally:
-        path.unlink(missing_ok=True)
+sys.path.insert(0, str(HERE))
+from floor import _child, _env, _patients  # noqa: E402  (the same steps as floor.py, in processes of their own)
 
 
 def _layout(src: Path | None) -> int:
     """The results layout a code reads (its ``pipeline.LAYOUT``), asked in a process importing that code."""
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
     out = subprocess.run([sys.executable, "-c", "from mgaki.surveillance.pipeline import LAYOUT; print(LAYOUT)"],
-                         check=True, env=env, capture_output=True, text=True).stdout
+                         check=True, env=_env(src), capture_output=True, text=True).stdout
     return int(out.strip())
 
 
-def _patients(root: Path) -> int:
-    sys.path.insert(0, str(HERE))
-    from floor import _patients as count
-
-    return count(root)
-
-
 def _pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    k = (len(s) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+    return float(np.percentile(np.array(xs), p))
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
