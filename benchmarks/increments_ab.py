@@ -15,6 +15,9 @@ morning, an hour apart); a change is judged by a ratio against a reference measu
 4. the latencies of all rounds pooled per code: p50, p90, p99, max, the most subjects one run recomputed,
    the timer alerts logged without recomputing, and the ratios this / reference.
 
+``--build-each``: each code builds its own store (a change to how parts are written, e.g. their row groups, is
+then measured with the store it writes), each copy surveilled by its code as in 2.
+
 ``--store ROOT`` instead of 1-2: an existing store with its results (a 1 M-patient store takes about 20 min to
 surveil) is copied twice by hard links (parts and results are never rewritten in place: a change is a new
 file), and neither copy is recomputed; both codes must then use the store's results layout (checked).
@@ -39,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import _child, _env, _patients  # noqa: E402  (the same steps as floor.py, in processes of their own)
+from floor import BATCH_SUBJECTS, _child, _env, _patients  # noqa: E402  (the same steps as floor.py, in processes of their own)
 
 
 def _layout(src: Path | None) -> int:
@@ -55,9 +58,12 @@ def _pct(xs: list[float], p: float) -> float:
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
     lat = [x * 1e3 for r in rounds for x in r["lat"]]
+    batch = [b["seconds"] * 1e3 for r in rounds for b in r.get("batches", [])]  # the 200-patient runs
     return {"runs": len(lat), "p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99), "max": max(lat),
             "recomputed_max": max(r["recomputed_max"] for r in rounds),
-            "timer_alerts": sum(r.get("timer_alerts", 0) for r in rounds)}
+            "timer_alerts": sum(r.get("timer_alerts", 0) for r in rounds),
+            "batch_runs": len(batch), "batch_p50": _pct(batch, 50) if batch else float("nan"),
+            "batch_max": max(batch, default=float("nan"))}
 
 
 def main() -> int:
@@ -70,6 +76,8 @@ def main() -> int:
     ap.add_argument("--scratch", type=Path, default=None, help="folder for the stores (default: the system's temp)")
     ap.add_argument("--store", type=Path, default=None,
                     help="an existing surveilled store to copy (hard links) instead of building and surveilling one")
+    ap.add_argument("--build-each", action="store_true",
+                    help="each code builds its own store (its own Parquet layout), instead of copies of one")
     ap.add_argument("--out", type=Path, default=None, help="the JSON written (default: results/increments-ab-<date>)")
     a = ap.parse_args()
     ref_src = (a.against / "src").resolve()
@@ -91,6 +99,11 @@ def main() -> int:
                 shutil.copytree(a.store, root, copy_function=os.link)
                 res[f"full_{name}"] = 0.0
             res["patients"] = _patients(a.store)
+        elif a.build_each:
+            for name, root in stores.items():
+                res[f"build_{name}"] = _child(["--child", "build", "--n", str(a.patients), "--seed", str(a.seed),
+                                               "--root", str(root)], srcs[name])
+                res[f"full_{name}"] = _child(["--child", "mgaki", "--root", str(root)], srcs[name])["seconds"]
         else:
             res["build"] = _child(["--child", "build", "--n", str(a.patients), "--seed", str(a.seed),
                                    "--root", str(base)], None)
@@ -116,6 +129,9 @@ def main() -> int:
         print(f"{name:>10} {s['runs']:>5} {s['p50']:>7.0f} {s['p90']:>7.0f} {s['p99']:>7.0f} {s['max']:>7.0f} "
               f"{s['recomputed_max']:>10} {s['timer_alerts']:>12} {res[f'full_{name}']:>10.1f}")
     print("ratio this / reference: " + ", ".join(f"{k} {this[k] / ref[k]:.2f}" for k in ("p50", "p90", "p99", "max")))
+    print(f"runs of {BATCH_SUBJECTS} patients' new results at once: " + "; ".join(
+        f"{name} {s['batch_runs']} runs, p50 {s['batch_p50']:.0f} ms, max {s['batch_max']:.0f} ms"
+        for name, s in res["summary"].items()) + f"; ratio p50 {this['batch_p50'] / ref['batch_p50']:.2f}")
     (HERE / "results").mkdir(exist_ok=True)
     path = a.out or HERE / "results" / f"increments-ab-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(res, indent=1))

@@ -352,16 +352,18 @@ def warm(server: dict[str, Any], patients: int, timeout_s: float, alerts: bool =
     return time.monotonic() - t0
 
 
-RUN_LINE = re.compile(r"deferred surveillance: (\d+) new alert\(s\), run ([0-9.]+) s"
-                      r"(?: \((\d+) patient\(s\): read ([0-9.]+) s, stages ([0-9.]+) s, results ([0-9.]+) s, "
-                      r"other (-?[0-9.]+) s, alerts to the database ([0-9.]+) s\))?")
-RUN_PARTS = ("seconds", "patients", "read", "stages", "results", "other", "alerts to the database")
+RUN_LINE = re.compile(r"deferred surveillance: (?P<alerts>\d+) new alert\(s\), run (?P<seconds>[0-9.]+) s"
+                      r"(?: \((?P<patients>\d+) patient\(s\)(?:, (?P<timer_alerts>\d+) timer alert\(s\))?: "
+                      r"read (?P<read>[0-9.]+) s, stages (?P<stages>[0-9.]+) s, results (?P<results>[0-9.]+) s, "
+                      r"other (?P<other>-?[0-9.]+) s, alerts to the database (?P<to_db>[0-9.]+) s\))?")
+RUN_PARTS = ("seconds", "patients", "timer alerts", "read", "stages", "results", "other", "alerts to the database")
+_RUN_GROUPS = ("seconds", "patients", "timer_alerts", "read", "stages", "results", "other", "to_db")
 
 
 def surveillance_runs(log_path: Path) -> list[dict[str, float]]:
     """Each deferred surveillance run the server logged so far (``log_level: info``): its seconds, and (from
-    this release's servers) its patients and where its time went."""
-    return [dict(zip(RUN_PARTS, (float(g) for g in m.groups()[1:] if g is not None), strict=False))
+    this release's servers) its patients, timer alerts (from 7e9b805) and where its time went."""
+    return [{k: float(m[g]) for k, g in zip(RUN_PARTS, _RUN_GROUPS, strict=True) if m[g] is not None}
             for m in RUN_LINE.finditer(log_path.read_text(errors="replace"))]
 
 
@@ -454,6 +456,8 @@ def main() -> int:
     ap.add_argument("--no-surveil", action="store_true",
                     help="surveil_on_ingest: false (the ingest path alone: ACKs and store, no alerts)")
     ap.add_argument("--ack-after", choices=["journal", "store"], default=None, help="mllp_ack_after")
+    ap.add_argument("--thread-runs", action="store_true",
+                    help="surveillance_process: false (the runs in a thread of the server, as before 2026-12-07)")
     ap.add_argument("--fhir-duration", type=float, default=60.0, help="seconds of POST /fhir (0: off)")
     ap.add_argument("--fhir-clients", type=int, default=2)
     ap.add_argument("--store-cache", type=Path, default=None, help="build the store here once, reuse it after")
@@ -485,6 +489,8 @@ def main() -> int:
     if a.ack_after is not None:
         extra["mllp_ack_after"] = a.ack_after
     extra["log_level"] = a.log_level  # a line per deferred surveillance run: their number and seconds are reported
+    if a.thread_runs:
+        extra["surveillance_process"] = False
     if a.no_surveil:
         extra["surveil_on_ingest"] = False
         a.alert_share, a.settle_s = 0.0, 0.0
@@ -570,7 +576,7 @@ def report(a: argparse.Namespace, res: dict[str, Any]) -> None:
               f"max {r[-1]:.2f} s ({sum(r):.0f} s in all)")
         parts = {k: [x[k] for x in f["runs"] if k in x] for k in RUN_PARTS[1:]}
         if parts["patients"]:
-            print("  each run, p50: " + ", ".join(f"{k} {pct(v, 50):.0f}" if k == "patients" else
+            print("  each run, p50: " + ", ".join(f"{k} {pct(v, 50):.0f}" if k in ("patients", "timer alerts") else
                                                  f"{k} {pct(v, 50):.2f} s" for k, v in parts.items()))
     if "fhir" in res:
         h = res["fhir"]

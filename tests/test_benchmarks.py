@@ -185,8 +185,16 @@ def test_increments_ab_benchmark_smoke(tmp_path: Path) -> None:
         assert s["runs"] == 4 and 0 < s["p50"] <= s["p99"] <= s["max"], s
         assert [len(x["lat"]) for x in res["rounds_detail"][name]] == [2, 2]
         assert res[f"full_{name}"] > 0
-    assert "ratio this / reference: p50" in r.stdout
+    assert "ratio this / reference: p50" in r.stdout and "runs of 200 patients' new results at once" in r.stdout
+    assert all(s["batch_runs"] == 6 and s["batch_p50"] > 0 for s in res["summary"].values())
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # the stores are removed
+    # --build-each: each code builds the store it is measured on (its own Parquet layout)
+    r = subprocess.run([*cmd[:6], "--rounds", "1", "--n", "1", "--build-each", "--scratch", str(tmp_path),
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert all(res[f"build_{n}"]["rows"] == 100 * 250 and res[f"full_{n}"] > 0 for n in ("reference", "this"))
+    assert "build" not in res and [len(x["lat"]) for x in res["rounds_detail"]["this"]] == [1]
     # --store: an existing surveilled store copied by hard links, not recomputed; its layout checked
     store = tmp_path / "store"
     for step in (["--child", "build", "--n", "100", "--seed", "18"], ["--child", "mgaki"]):
@@ -242,6 +250,9 @@ def test_mllp_feed_benchmark_smoke(tmp_path: Path) -> None:
     assert feed["sent"] == feed["acked"] == feed["stored"] == 60 and feed["codes"] == {"AA": 60}
     assert 0 < feed["alerts_expected"] == feed["alerts_seen"] == feed["alert"]["n"]
     assert feed["ack"]["p50_ms"] <= feed["ack"]["p99_ms"] <= feed["ack"]["max_ms"]
+    # each surveillance run of the server's log, with its breakdown (a log line the pattern missed went unseen)
+    assert feed["runs"] and all(x["patients"] >= 0 and x["timer alerts"] >= 0 and x["read"] <= x["seconds"]
+                                for x in feed["runs"]) and sum(x["patients"] for x in feed["runs"]) >= 1
     assert res["fhir"]["requests"] >= 1 and set(res["fhir"]["codes"]) == {"200"}  # JSON keys
     assert len(res["load_avg_start"]) == len(res["load_avg_end"]) == 3 and not res["server_log_errors"]
     for line in ("msg/s sustained for 300 s", "every message acknowledged AA and stored", "alert latency p99 < 2 s",

@@ -419,6 +419,24 @@ def test_a_failing_incremental_run_detaches_its_scratch_database(tmp_path: Path,
     assert store.pending()[0], "the subjects stay pending for the next run"
 
 
+def test_a_failing_read_of_the_changed_subjects_detaches_its_scratch_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read into the scratch database fails before the connection uses it (a part gone, a disk error):
+    the scratch database is detached all the same, and the next run, the part back, computes them."""
+    tables = random_cohort(6, seed=5)
+    store = EventStore(tmp_path / "s")
+    store.append(_known_at(tables, _cuts(tables["events"], 1)[0]))
+    surveil(store)
+    store.append(tables)
+    real = pipeline.subject_in
+    monkeypatch.setattr(pipeline, "subject_in", lambda subjects, rel: "error('part unreadable') IS NULL")
+    with pytest.raises(duckdb.Error, match="part unreadable"):
+        surveil(store)
+    assert not _scratch_left() and not pipeline._PREVIOUS
+    monkeypatch.setattr(pipeline, "subject_in", real)
+    assert surveil(store).subjects_recomputed > 0 and not store.pending()[0]
+
+
 def test_changed_rules_recompute_everyone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Results are never completed subject by subject under other rules: when a stage's SQL changes (a
     threshold in a knowledge file, or a new release), the next run recomputes everyone and equals the full
@@ -715,3 +733,43 @@ def test_full_run_batches_grow_with_rows_and_own_whole_buckets() -> None:
     # never more than the smallest tables' buckets: a batch owns whole buckets of every table
     assert pipeline.full_run_batches(10_000 * rows, 512) == 512 // pipeline._FEW_ROWS_SHARE
     assert pipeline.full_run_batches(10 * rows, 1) == 1
+
+
+def test_a_run_of_a_few_subjects_gives_their_rows_of_a_run_over_everyone(tmp_path: Path) -> None:
+    """``run(store, subjects=...)`` (a connection of its own, the store's views not TEMP ones): those subjects'
+    rows of the run over everyone, every output."""
+    tables = random_cohort(12, seed=5)
+    store = EventStore(tmp_path / "s")
+    store.append(tables)
+    everyone = run(store)
+    few = sorted(set(tables["events"]["subject_id"].to_pylist()))[2:5]
+    some = run(store, subjects=few)
+    assert some.subjects_recomputed == 3 and some.as_of == everyone.as_of
+    checked = 0
+    for name, tab in everyone.tables.items():
+        theirs = tab.filter(pc.is_in(tab["subject_id"], pa.array(few, pa.string())))
+        assert _rows(some.tables[name]) == _rows(theirs), name
+        checked += theirs.num_rows
+    assert checked > 100
+
+
+@pytest.mark.usefixtures("small_buckets")
+def test_an_incremental_run_with_duckdb_settings_equals_one_without(tmp_path: Path) -> None:
+    """``surveil(..., duckdb_settings=...)`` runs on a connection of its own (not the process's leased one):
+    the increment, with the admitted patients an engine's run left without timers, gives the same log and
+    results as the run without settings."""
+    store, tables, cut = _timer_store(tmp_path, engine_first=True)
+    later = cut + timedelta(hours=12)
+    shutil.copytree(store.root, tmp_path / "twin")
+    twin = EventStore(tmp_path / "twin")
+    subject = sorted(set(tables["events"]["subject_id"].to_pylist()))[0]
+    new = {"events": _event_like(tables["events"], subject, later, "lab/settings-1")}
+    for s in (store, twin):
+        s.append(new)
+    with_settings = surveil(store, duckdb_settings={"threads": "1"})
+    without = surveil(twin)
+    assert with_settings.subjects_recomputed == without.subjects_recomputed > 1  # the admitted ones too
+    assert _rows(with_settings.new_alerts.drop_columns(["emitted_at"])) == \
+        _rows(without.new_alerts.drop_columns(["emitted_at"]))
+    for name in RESULT_TABLES:
+        assert _rows(with_settings.tables[name]) == _rows(without.tables[name]), name

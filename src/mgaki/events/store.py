@@ -415,10 +415,11 @@ class EventStore:
                 parts = self.files(name) if against is None else list(against.get(name, ()))
                 by_subject = name != "quarantine" or not given_null_subject(tab)
                 if by_subject:  # parts whose subject range holds none of the incoming subjects are not opened
-                    parts = parts_holding(parts, tab.column("subject_id").unique().drop_null().to_pylist())
+                    incoming_subjects = tab.column("subject_id").unique().drop_null().to_pylist()
+                    parts = parts_holding(parts, incoming_subjects)
                 stored = self._parts_sql(parts, name)
                 if by_subject:
-                    stored = f"(SELECT * FROM {stored} WHERE subject_id IN (SELECT subject_id FROM incoming))"
+                    stored = f"(SELECT * FROM {stored} WHERE {subject_in(incoming_subjects, 'incoming')})"
                 if not parts and distinct and not keep:  # nothing stored to compare with, no two rows alike
                     new = tab if _sorted_by_subject(tab) else tab.sort_by("subject_id")
                 elif unseen and parts:
@@ -821,7 +822,28 @@ def given_null_subject(tab: pa.Table) -> bool:
     return bool(tab.column("subject_id").null_count > 0)
 
 
-ROW_GROUP = 1 << 17  # rows per Parquet row group: a one-subject read decodes about this many rows
+ROW_GROUP = 1 << 15  # rows per Parquet row group: a one-subject read decodes about this many rows. Parts are
+# sorted by subject, so a row group holds a narrow range of them (about 130 ICU-shaped patients): reading 100
+# random patients of a 100 k store (``subject_in``) decodes 100 such groups, 13 % of the rows, against every
+# row group at 1 << 17 (benchmarks/README.md, "Row groups"); the parts are about 25 % larger on disk.
+
+IN_LIST_MAX = 10_000  # subjects given to ``subject_in`` as a list of literals; more: a subquery
+
+
+def subject_in(subjects: Sequence[str], relation: str) -> str:
+    """SQL condition ``subject_id IN (...)`` selecting `subjects`, which table or view `relation` also lists
+    (column ``subject_id``).
+
+    Up to ``IN_LIST_MAX`` subjects are written as a list of literals: DuckDB compares it with each Parquet
+    row group's subject statistics and skips the row groups that hold none of them, so a read of a few
+    subjects costs their row groups, not the store's. A subquery on `relation` gives no such pruning (only
+    the range from its least to its greatest subject); it is used for more subjects (a longer list costs more
+    to parse than it skips) and for an id a literal cannot hold."""
+    if len(subjects) > IN_LIST_MAX or any("\x00" in s for s in subjects):
+        return f"subject_id IN (SELECT subject_id FROM {relation})"
+    if not subjects:
+        return "false"
+    return "subject_id IN (" + ", ".join("'" + s.replace("'", "''") + "'" for s in subjects) + ")"
 
 
 def write_parquet_atomic(tab: pa.Table, path: Path) -> Path:

@@ -42,7 +42,7 @@ from mgaki.errors import ResourceError
 from mgaki.events import EventStore
 from mgaki.events.locks import FileLock
 from mgaki.events.normalize import give_back, lease
-from mgaki.events.store import ROW_GROUP, _fsync, write_parquet_atomic
+from mgaki.events.store import ROW_GROUP, _fsync, subject_in, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
 from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
@@ -50,7 +50,7 @@ from mgaki.units import factor
 
 __all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "ResultTables", "SurveillanceResult", "alert_rates",
            "baseline_sensitivity", "bucket_count", "bucket_of", "default_settings", "last_use", "needed",
-           "result_files", "result_sql", "run", "studies_table", "summary", "surveil"]
+           "result_files", "result_sql", "results_dir", "run", "studies_table", "summary", "surveil"]
 
 OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
            "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
@@ -218,21 +218,45 @@ def _materialise(con: duckdb.DuckDBPyConnection, source: str = _ALL) -> None:
     db = f"{_SCRATCH}{uuid.uuid4().hex[:16]}"
     con.execute(f'ATTACH \':memory:\' AS "{db}"')
     _PREVIOUS[db] = prev
+    within = subject_in(_affected(con), "affected")  # their row groups only (parts are sorted by subject)
+    try:
+        for t in _BASE:  # read before the USE: the store's views may be the previous database's, not TEMP ones
+            con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{source}{t}" WHERE {within}')
+    except BaseException:  # not in use yet: _release would not find it
+        del _PREVIOUS[db]
+        con.execute(f'DETACH "{db}"')
+        raise
     con.execute(f'USE "{db}"')
-    for t in _BASE:
-        con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{source}{t}" '
-                    "WHERE subject_id IN (SELECT subject_id FROM affected)")
+
+
+def _affected(con: duckdb.DuckDBPyConnection) -> list[str]:
+    subjects: list[str] = con.sql("SELECT subject_id FROM affected").to_arrow_table().column("subject_id").to_pylist()
+    return subjects
 
 
 def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
     """Add `subjects` (a timer due at the run's own second, or no timers known) to the materialised subjects
     (``_materialise``) and to ``affected``."""
-    known = con.sql("SELECT subject_id FROM affected").to_arrow_table().column("subject_id").to_pylist()
+    known = _affected(con)
     con.register("_more", pa.table({"subject_id": pa.array(subjects, pa.string())}))
-    for t in _BASE:
-        con.execute(f'INSERT INTO "{t}" SELECT * FROM "{_ALL}{t}" WHERE subject_id IN (SELECT subject_id FROM _more)')
+    within = subject_in(subjects, "_more")
+    with _store_views(con) as db:
+        for t in _BASE:
+            con.execute(f'INSERT INTO "{db}".main."{t}" SELECT * FROM "{_ALL}{t}" WHERE {within}')
     con.unregister("_more")
     con.register("affected", pa.table({"subject_id": pa.array(sorted({*known, *subjects}), pa.string())}))
+
+
+@contextlib.contextmanager
+def _store_views(con: duckdb.DuckDBPyConnection) -> Iterator[str]:
+    """The connection back on the database the store's views are in (they are TEMP views only on a shared or
+    leased connection) while the block reads them; yields the scratch database of ``_materialise``."""
+    db = con.sql("SELECT current_database()").fetchall()[0][0]
+    con.execute(f'USE "{_PREVIOUS[db]}"')
+    try:
+        yield db
+    finally:
+        con.execute(f'USE "{db}"')
 
 
 def _release(con: duckdb.DuckDBPyConnection) -> None:
@@ -580,7 +604,8 @@ def _bucket_file(folder: Path, b: int) -> Path:
     return folder / f"b{b:05d}.parquet"
 
 
-def _results_dir(store: EventStore) -> Path:
+def results_dir(store: EventStore) -> Path:
+    """The folder of the store's surveillance results (``ResultTables`` reads it)."""
     return store.root / "results"
 
 
@@ -916,7 +941,7 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
     if engine is not None and rule != kb.baseline_rule().id:
         raise ValueError(f"baseline rule {rule!r}: the Spark engine runs the default rule only "
                          f"({kb.baseline_rule().id}); use DuckDB for another rule")
-    out = _results_dir(store)
+    out = results_dir(store)
     out.mkdir(parents=True, exist_ok=True)
     state = _read_state(out)
     if state and state.get("layout") != LAYOUT:
@@ -1244,8 +1269,9 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
     if not state.get("timers_known", True) and state.get("as_of"):
         # results an engine wrote carry no timers: the subjects still admitted then, once, as before
         prev = datetime.fromisoformat(state["as_of"])
-        rows = con.execute(f'SELECT DISTINCT subject_id FROM {_ALL}encounters WHERE "end" IS NULL OR "end" > ?',
-                           [prev]).fetchall()
+        with _store_views(con) if pending else contextlib.nullcontext():
+            rows = con.execute(f'SELECT DISTINCT subject_id FROM {_ALL}encounters WHERE "end" IS NULL OR "end" > ?',
+                               [prev]).fetchall()
         recompute |= {r[0] for r in rows}
     subjects = sorted(recompute)
     due = due.filter(pc.and_(pc.less(due["due"], a), pc.invert(pc.is_in(
