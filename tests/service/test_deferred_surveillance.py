@@ -27,10 +27,10 @@ def _raw(pid: str, value: float = 1.0) -> dict[str, Any]:
     return parse_oru(msg).tables
 
 
-def _ingestor(tmp_path: Path, delay_s: float) -> Ingestor:
+def _ingestor(tmp_path: Path, delay_s: float, run_process: bool = False) -> Ingestor:
     engine = make_engine(f"sqlite:///{tmp_path / 'mgaki.db'}")
     upgrade(engine)
-    return Ingestor(tmp_path, engine, True, delay_s)
+    return Ingestor(tmp_path, engine, True, delay_s, run_process=run_process)
 
 
 def _alert_subjects(ing: Ingestor) -> set[str]:
@@ -104,3 +104,48 @@ def test_no_runner_when_surveillance_is_off(tmp_path: Path) -> None:
     ing.surveil_soon()
     ing.catch_up()
     assert ing._runner is None and ing.wait_surveilled(0)
+
+
+def _not_here(store: EventStore, **kw: Any) -> pipeline.SurveillanceResult:
+    raise AssertionError("a deferred run computed in the server's process")
+
+
+def test_deferred_runs_in_their_own_process_raise_the_alerts_and_the_server_copies_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_process``: a feed's runs compute in a process of their own (this process's ``surveil`` is never
+    called), their alerts reach this process's database, pending cleared; a FHIR POST's run stays here."""
+    monkeypatch.setattr(ingest_mod, "surveil", _not_here)
+    ing = _ingestor(tmp_path, delay_s=0.0, run_process=True)
+    try:
+        for pid in ("p1", "p2"):
+            ing.ingest_raw(_raw(pid), surveil=False)
+            ing.surveil_soon()
+        assert ing.wait_surveilled(120)
+        assert _alert_subjects(ing) == {"p1", "p2"} and ing.store.pending()[0] == frozenset()
+        with pytest.raises(AssertionError, match="server's process"):  # surveil=True: here, as before
+            ing.ingest_raw(_raw("p3"))
+    finally:
+        ing.stop()
+    assert ing._runs is not None and ing._runs._pool is None  # stopped with the ingestor
+
+
+def test_a_run_process_that_dies_is_replaced_and_its_subjects_surveilled(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    ing = _ingestor(tmp_path, delay_s=0.0, run_process=True)
+    try:
+        ing.ingest_raw(_raw("p1"), surveil=False)
+        ing.surveil_soon()
+        assert ing.wait_surveilled(120) and _alert_subjects(ing) == {"p1"}
+        assert ing._runs is not None and ing._runs._pool is not None
+        first = set(ing._runs._pool._processes)  # type: ignore[attr-defined]
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        ing.ingest_raw(_raw("p2"), surveil=False)
+        ing.surveil_soon()  # fails (the process is gone), then the retry starts a new process
+        assert ing.wait_surveilled(120)
+        assert _alert_subjects(ing) == {"p1", "p2"} and ing.store.pending()[0] == frozenset()
+        assert ing._runs._pool is not None and not first & set(ing._runs._pool._processes)  # type: ignore[attr-defined]
+    finally:
+        ing.stop()

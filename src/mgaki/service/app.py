@@ -248,7 +248,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     prepare_database(cfg, engine)
     wr = writer(engine)  # every write transaction: on SQLite it takes the write lock at BEGIN
     ingestor = Ingestor(cfg.data_dir, wr, cfg.surveil_on_ingest, cfg.hl7_surveillance_delay_s,
-                        cfg.identity_per_source, cfg.alerts)
+                        cfg.identity_per_source, cfg.alerts, run_process=cfg.surveillance_process)
     in_flight = [0]  # CDS calls admitted in this worker (event-loop only: no lock needed)
     # CDS calls computed at once in this worker (cds_threads), the others waiting in arrival order
     cds_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = \

@@ -105,6 +105,10 @@ class ServiceConfig(BaseModel):
     # HL7 messages are acknowledged once stored; surveillance follows within this many seconds, one run for
     # every message received meanwhile (a FHIR POST surveils before it answers). docs/service.md#hl7-v2
     hl7_surveillance_delay_s: float = Field(default=1.0, ge=0, le=3600)
+    # Those deferred runs in a process of their own, started at the first (its Python shares no GIL with the
+    # feed's threads: a run beside a busy feed took about twice as long in the server's own process).
+    # False: in a thread of the server. docs/service.md#hl7-v2
+    surveillance_process: bool = True
     # When an HL7 message is acknowledged (AA): "journal" once it is in the fsync'd journal (messages arriving
     # together share one fsync; stored in batches right after: hundreds of messages a second), "store" once its
     # own event-store append returned (tens a second; the ACK also warns of results normalize set aside).

@@ -39,10 +39,12 @@ from mgaki.events.schema import TABLES
 from mgaki.events.store import IngestSummary
 from mgaki.research.alert_eval import care_units
 from mgaki.research.alert_trial import AlertPolicy, assign_mode
+from mgaki.service.ingest.runs import RunOutcome, RunProcess
 from mgaki.service.persistence.db import ALERT_KEY, alert_key_hash, alert_rejects, alerts, insert_alerts
 from mgaki.service.persistence.ids import FHIR_ID_RE2, ID_MAX, find_nul
 from mgaki.service.persistence.workflow import DbLedger
-from mgaki.surveillance import surveil
+from mgaki.surveillance import SurveillanceResult, surveil
+from mgaki.surveillance.pipeline import ResultTables, results_dir
 
 __all__ = ["INCOMING", "IngestResult", "Ingestor", "check_bundle", "check_ndjson", "clear_incoming",
            "parse_json", "quarantine_bad_ids", "subjects_of"]
@@ -207,7 +209,8 @@ def clear_incoming(data_dir: Path, wait_s: float = 60.0) -> int | None:
 
 class Ingestor:
     def __init__(self, data_dir: Path, engine: sa.Engine, run_surveillance: bool = True,
-                 delay_s: float = 1.0, per_source: bool = False, policy: AlertPolicy | None = None) -> None:
+                 delay_s: float = 1.0, per_source: bool = False, policy: AlertPolicy | None = None,
+                 run_process: bool = False) -> None:
         self.store = EventStore(data_dir / "events")
         self.policy = policy or AlertPolicy()  # each alert kind's mode, the rollout's allocation
         self.per_source = per_source  # record identities include the source system (docs/service.md#identity)
@@ -228,6 +231,9 @@ class Ingestor:
         self._oldest: float | None = None  # when the oldest request not yet covered by a run was made
         self._stop = threading.Event()
         self._runner: threading.Thread | None = None
+        # deferred runs (an HL7 feed's) in a process of their own: no GIL shared with the feed (runs.py)
+        self._runs = RunProcess(self.store.root, data_dir / "ingest.lock") \
+            if run_process and run_surveillance else None
 
     def ingest(self, payload: bytes, suffix: str) -> IngestResult:
         """Store the resources of one request (``suffix`` '.json' Bundle or '.ndjson'), then surveil."""
@@ -273,19 +279,22 @@ class Ingestor:
         with self._lock:
             return self.store.append(tables, conflicts=conflicts)
 
-    def _surveil(self) -> int:
+    def _surveil(self, deferred: bool = False) -> int:
         """Run surveillance, then copy into the database every logged alert it does not hold yet.
+        ``deferred`` (a feed's run): in the run process when there is one (``run_process``).
 
         The surveillance alert log is the source of truth: if the process died after the log
         was written and before the database insert, the next run copies what was missed.
         """
         with self._surveil_lock:
             t0 = time.perf_counter()
-            res = surveil(self.store, snapshot_lock=self._lock)
+            res: SurveillanceResult | RunOutcome = self._runs.run() if deferred and self._runs is not None \
+                else surveil(self.store, snapshot_lock=self._lock)
             t1 = time.perf_counter()
             try:
                 # the log up to the last run is in the database: copy what is new; a process's first run: all, once
-                n = self.sync_alerts(res.new_alerts if self._log_synced else res.tables["alerts"])
+                n = self.sync_alerts(res.new_alerts if self._log_synced else
+                                     ResultTables(results_dir(self.store))["alerts"])
             except Exception:
                 self._log_synced = False  # the next run copies the whole log again
                 raise
@@ -331,6 +340,8 @@ class Ingestor:
             self._cond.notify_all()
         if self._runner is not None:
             self._runner.join(timeout_s)
+        if self._runs is not None:
+            self._runs.stop()
         if self._serving.held:
             self._serving.release()
 
@@ -350,7 +361,7 @@ class Ingestor:
                 self._oldest = None
             t0 = time.monotonic()
             try:
-                n = self._surveil()
+                n = self._surveil(deferred=True)
             except Exception as exc:  # the pending file keeps the subjects: the next run retries
                 log.error("deferred surveillance failed %s", type(exc).__name__)
                 if self._stop.wait(max(self.delay_s, 1.0)):
