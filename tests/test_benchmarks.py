@@ -258,3 +258,20 @@ def test_mllp_feed_benchmark_smoke(tmp_path: Path) -> None:
     for line in ("msg/s sustained for 300 s", "every message acknowledged AA and stored", "alert latency p99 < 2 s",
                  "load average at start"):
         assert line in r.stdout, r.stdout
+
+
+def test_fold_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/fold.py on 200 patients against this checkout itself: generations made, each code's fold in
+    a process of its own (seconds, peak RSS), the two folded copies equal row for row."""
+    out = tmp_path / "fold.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fold.py"), "--patients", "200", "--singles", "2",
+                        "--batches", "1", "--batch", "20", "--against", str(ROOT), "--scratch", str(tmp_path),
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["pending"]["generations"] == 3 and res["pending"]["patients"] >= 20
+    for f in res["folds"].values():
+        assert f["left"] == 0 and f["seconds"] > 0 and f["peak_rss"] > 50 * 2**20
+    assert res["differences"] and not any(res["differences"].values())
+    assert "results of the two folds: equal, row for row" in r.stdout and "ratio this / reference" in r.stdout
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
