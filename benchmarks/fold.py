@@ -160,7 +160,8 @@ def main() -> int:
           f"patients; load {tuple(round(x, 2) for x in res['load_start'])} -> "
           f"{tuple(round(x, 2) for x in res['load_end'])}")
     for name, f in res["folds"].items():
-        print(f"{name:>10}: {f['seconds']:.1f} s, peak RSS {f['peak_rss'] / 2**30:.2f} GB, generations left {f['left']}")
+        print(f"{name:>10}: {f['seconds']:.1f} s, peak RSS {f['peak_rss'] / 2**30:.2f} GB, "
+              f"generations left {f['left']}")
     if "reference" in res["folds"]:
         t, r = res["folds"]["this"], res["folds"]["reference"]
         print(f"ratio this / reference: seconds {t['seconds'] / r['seconds']:.2f}, "
