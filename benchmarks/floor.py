@@ -130,10 +130,8 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     ``WARM`` such increments not timed, as through the service). The benchmark's clock moves a minute per
     increment: the monitoring-gap timers falling due meanwhile log their alerts in the same runs."""
     import numpy as np
-    import pyarrow as pa
 
     from mgaki.events import EventStore
-    from mgaki.events.schema import TABLES
     from mgaki.surveillance import surveil
     from mgaki.surveillance.pipeline import _read_state, wait_for_folds
 
@@ -146,10 +144,7 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     for i in range(k + WARM):
         clock = clock.replace(microsecond=0) + timedelta(minutes=1)
         pid = f"P{int(rng.integers(0, n)):08d}"
-        row = pa.table({"subject_id": [pid], "encounter_id": [f"H{pid[1:]}"], "time": [clock],
-                        "code": ["LOINC/2160-0"], "analyte": ["creatinine"],
-                        "numeric_value": [round(float(rng.uniform(0.5, 4.0)), 2)], "unit": ["mg/dL"],
-                        "source": [f"bench/{i}"]}).cast(TABLES["events"])
+        row = creatinine_rows([pid], clock, [float(rng.uniform(0.5, 4.0))], [f"bench/{i}"])
         t0 = time.perf_counter()
         store.append({"events": row})
         t1 = time.perf_counter()
@@ -167,12 +162,8 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     for rep in range(BATCH_RUNS):  # then BATCH_SUBJECTS patients' results at once (a feed's busy second)
         clock = clock.replace(microsecond=0) + timedelta(minutes=1)
         pids = [f"P{int(x):08d}" for x in rng.choice(n, min(BATCH_SUBJECTS, n), replace=False)]
-        m = len(pids)
-        rows = pa.table({"subject_id": pids, "encounter_id": [f"H{p[1:]}" for p in pids], "time": [clock] * m,
-                         "code": ["LOINC/2160-0"] * m, "analyte": ["creatinine"] * m,
-                         "numeric_value": [round(float(x), 2) for x in rng.uniform(0.5, 4.0, m)],
-                         "unit": ["mg/dL"] * m, "source": [f"bench/batch{rep}/{i}" for i in range(m)]}
-                        ).cast(TABLES["events"])
+        rows = creatinine_rows(pids, clock, rng.uniform(0.5, 4.0, len(pids)).tolist(),
+                               [f"bench/batch{rep}/{i}" for i in range(len(pids))])
         store.append({"events": rows})
         t0 = time.perf_counter()
         res = surveil(store)
@@ -187,6 +178,29 @@ def child_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
 
 
 BATCH_SUBJECTS, BATCH_RUNS = 200, 3
+
+
+def save_json(res: dict[str, Any], out: Path | None, name: str) -> Path:
+    """`res` to `out`, else to ``benchmarks/results/<name>-<UTC time>.json``; says where."""
+    path = out or HERE / "results" / f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    print(f"JSON: {path}")
+    return path
+
+
+def creatinine_rows(pids: list[str], clock: datetime, values: list[float], sources: list[str]) -> Any:
+    """New creatinine results (mg/dL, rounded to 0.01) of patients ``P<n>`` at `clock`, each in its admission
+    ``H<n>`` of the ICU-shaped cohort: the events rows an increment appends."""
+    import pyarrow as pa
+
+    from mgaki.events.schema import TABLES
+
+    m = len(pids)
+    return pa.table({"subject_id": pids, "encounter_id": [f"H{p[1:]}" for p in pids], "time": [clock] * m,
+                     "code": ["LOINC/2160-0"] * m, "analyte": ["creatinine"] * m,
+                     "numeric_value": [round(v, 2) for v in values], "unit": ["mg/dL"] * m,
+                     "source": sources}).cast(TABLES["events"])
 
 
 def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:

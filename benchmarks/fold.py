@@ -34,16 +34,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import _env, _patients  # noqa: E402
+from floor import _env, _patients, creatinine_rows, save_json  # noqa: E402
 
 
 def make_generations(root: Path, singles: int, batches: int, batch: int, seed: int) -> dict[str, Any]:
     """Pending generations on the store at `root` (folding held back); how many and the patients they cover."""
     import numpy as np
-    import pyarrow as pa
 
     from mgaki.events import EventStore
-    from mgaki.events.schema import TABLES
     from mgaki.surveillance import pipeline
 
     pipeline.DELTA_FOLD_GENS = 10**9  # no fold while they are made
@@ -56,12 +54,8 @@ def make_generations(root: Path, singles: int, batches: int, batch: int, seed: i
         clock = clock.replace(microsecond=0) + timedelta(minutes=1)
         pids = [f"P{int(x):08d}" for x in rng.choice(n, m, replace=False)]
         covered.update(pids)
-        rows = pa.table({"subject_id": pids, "encounter_id": [f"H{p[1:]}" for p in pids], "time": [clock] * m,
-                         "code": ["LOINC/2160-0"] * m, "analyte": ["creatinine"] * m,
-                         "numeric_value": [round(float(x), 2) for x in rng.uniform(0.5, 4.0, m)],
-                         "unit": ["mg/dL"] * m, "source": [f"fold/{i}/{j}" for j in range(m)]}
-                        ).cast(TABLES["events"])
-        store.append({"events": rows})
+        store.append({"events": creatinine_rows(pids, clock, rng.uniform(0.5, 4.0, m).tolist(),
+                                                [f"fold/{i}/{j}" for j in range(m)])})
         pipeline.surveil(store)
     return {"generations": len(pipeline._gens(root / "results")), "patients": len(covered)}
 
@@ -170,10 +164,7 @@ def main() -> int:
         print("results of the two folds: " + ("equal, row for row" if not bad else f"DIFFER: {bad}"))
         if bad:
             return 1
-    (HERE / "results").mkdir(exist_ok=True)
-    path = a.out or HERE / "results" / f"fold-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(f"JSON: {path}")
+    save_json(res, a.out, "fold")
     return 0
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import BATCH_SUBJECTS, _child, _env, _patients  # noqa: E402  (the same steps as floor.py, in processes of their own)
+from floor import BATCH_SUBJECTS, _child, _env, _patients, save_json  # noqa: E402  (the same steps as floor.py, in processes of their own)
 
 
 def _layout(src: Path | None) -> int:
@@ -132,10 +132,7 @@ def main() -> int:
     print(f"runs of {BATCH_SUBJECTS} patients' new results at once: " + "; ".join(
         f"{name} {s['batch_runs']} runs, p50 {s['batch_p50']:.0f} ms, max {s['batch_max']:.0f} ms"
         for name, s in res["summary"].items()) + f"; ratio p50 {this['batch_p50'] / ref['batch_p50']:.2f}")
-    (HERE / "results").mkdir(exist_ok=True)
-    path = a.out or HERE / "results" / f"increments-ab-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(f"JSON: {path}")
+    save_json(res, a.out, "increments-ab")
     return 0
 
 

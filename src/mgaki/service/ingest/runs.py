@@ -3,14 +3,14 @@
 A feed's messages are parsed, checked, journaled and stored by Python threads of the server process; a run's
 48 stages are DuckDB statements, each of which hands the GIL back and waits for it when it returns. Beside a
 busy feed every such wait lasts up to the interpreter's switch interval, so a run in the server process took
-about twice as long as the same run alone (benchmarks/README.md, "Surveillance in a process of its own").
+about twice as long as the same run alone (benchmarks/README.md, "Runs in a process of their own").
 In a process of its own a run shares no interpreter with the feed: only the cores.
 
-The process is started once (``spawn``: the server has threads) and kept; it runs ``surveil`` on the same
-store with the writers' lock (a file lock, across processes) held only while it lists the store, exactly as
-a run in the server does, and hands back the run's new alerts; the server copies them into its database. A
-run that fails, or a process that dies, is reported as the run's error: the store's pending file keeps the
-subjects and the next run, in a new process if need be, covers them.
+The process is started once (forked by a ``forkserver``, never from the server, which has threads) and kept;
+it runs ``surveil`` on the same store with the writers' lock (a file lock, across processes) held only while
+it lists the store, exactly as a run in the server does, and hands back the run's new alerts; the server
+copies them into its database. A run that fails, or a process that dies, is reported as the run's error: the
+store's pending file keeps the subjects and the next run, in a new process if need be, covers them.
 """
 
 from __future__ import annotations
@@ -68,6 +68,17 @@ def _run(events: str, lock: str) -> RunOutcome:
     return RunOutcome(res.new_alerts, res.subjects_recomputed, res.as_of, dict(res.seconds), res.timer_alerts)
 
 
+def _context() -> multiprocessing.context.BaseContext:
+    """``forkserver``: a single-threaded server process, started once per server process with the surveillance
+    code imported, forks each run process (milliseconds, against about 3 s to spawn and import one); where
+    there is none (not on Linux/macOS), ``spawn``."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mgaki.service.ingest.runs", "mgaki.surveillance", "mgaki.knowledge"])
+    return ctx
+
+
 class RunProcess:
     """One process kept for the runs of one ingestor; ``run`` blocks until the run has ended."""
 
@@ -79,8 +90,7 @@ class RunProcess:
     def _executor(self) -> ProcessPoolExecutor:
         with self._guard:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_start,
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=_context(), initializer=_start,
                                                  initargs=(logging.getLogger("mgaki").getEffectiveLevel(),))
                 self._pool.submit(_warm)
             return self._pool
