@@ -482,14 +482,8 @@ def test_generations_are_folded_and_a_crash_before_marking_them_changes_nothing(
     monkeypatch.setattr(pipeline, "FOLD_IN", "inline")  # the crash in the run itself
     tables = random_cohort(12, seed=21)
     cuts = _cuts(tables["events"], 7)
-    store = EventStore(tmp_path / "s")
-    store.append(_known_at(tables, cuts[0]))
-    surveil(store)
+    store = _surveilled_at(tmp_path / "s", tables, cuts[:3])
     results = store.root / "results"
-    store.append(_known_at(tables, cuts[1]))
-    surveil(store)
-    store.append(_known_at(tables, cuts[2]))
-    surveil(store)
     assert len(pipeline._gens(results)) == 2
 
     def dies(out: Path, g: int) -> None:
@@ -530,13 +524,8 @@ def test_a_fold_rewrites_one_table_at_a_time_and_a_crash_between_two_changes_not
     monkeypatch.setattr(pipeline, "FOLD_CHUNK", 1)  # a bucket per commit: several commits per table
     tables = random_cohort(40, seed=21)
     cuts = _cuts(tables["events"], 4)
-    store = EventStore(tmp_path / "s")
-    store.append(_known_at(tables, cuts[0]))
-    surveil(store)
+    store = _surveilled_at(tmp_path / "s", tables, cuts[:3])
     results = store.root / "results"
-    for cut in cuts[1:3]:
-        store.append(_known_at(tables, cut))
-        surveil(store)
     commits: list[set[str]] = []
     real_commit = pipeline._Batch.commit
 
@@ -570,6 +559,15 @@ def test_a_fold_rewrites_one_table_at_a_time_and_a_crash_between_two_changes_not
     assert pipeline._gens(results) == []
     for name in RESULT_TABLES:
         assert _rows(again.tables[name]) == _rows(ref.tables[name]), name
+
+
+def _surveilled_at(root: Path, tables: dict[str, pa.Table], cuts: list[datetime]) -> EventStore:
+    """A store fed what was known at each cut in turn, surveilled after each (a full run, then increments)."""
+    store = EventStore(root)
+    for cut in cuts:
+        store.append(_known_at(tables, cut))
+        surveil(store)
+    return store
 
 
 def _store_at(root: Path, tables: dict[str, pa.Table], cut: datetime) -> EventStore:

@@ -21,7 +21,6 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,7 +34,6 @@ class RunOutcome:
 
     new_alerts: pa.Table
     subjects_recomputed: int
-    as_of: datetime | None
     seconds: dict[str, float] = field(default_factory=dict)
     timer_alerts: int = 0
 
@@ -65,7 +63,7 @@ def _run(events: str, lock: str) -> RunOutcome:
     from mgaki.surveillance import surveil
 
     res = surveil(EventStore(Path(events)), snapshot_lock=FileLock(Path(lock)))
-    return RunOutcome(res.new_alerts, res.subjects_recomputed, res.as_of, dict(res.seconds), res.timer_alerts)
+    return RunOutcome(res.new_alerts, res.subjects_recomputed, dict(res.seconds), res.timer_alerts)
 
 
 def _context() -> multiprocessing.context.BaseContext:
