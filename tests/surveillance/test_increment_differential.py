@@ -672,6 +672,28 @@ def test_a_process_that_exits_right_after_starting_a_fold_completes_it(tmp_path:
         assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
 
 
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux autogroups here")
+@pytest.mark.parametrize("own_session", [True, False])
+def test_the_fold_process_gives_the_cpu_to_the_server_across_sessions(tmp_path: Path, own_session: bool) -> None:
+    """The fold process runs in a session of its own, so Linux schedules it as an autogroup of its own: its
+    threads' nice 19 alone left it as much CPU as the whole server. It lowers its autogroup too; a fold in a
+    thread of the server (``fold_in_background`` without ``own_session``) must not lower the server's."""
+    import subprocess
+    import sys
+
+    (tmp_path / "results").mkdir()
+    call = (f"fold.main([{str(tmp_path / 'results')!r}])" if own_session else
+            f"threading.Thread(target=pipeline.fold_in_background, args=(Path({str(tmp_path / 'results')!r}),))"
+            ".start()")
+    script = ("import os, threading\nfrom pathlib import Path\nfrom mgaki.surveillance import fold, pipeline\n"
+              f"{call}\nfor t in threading.enumerate():\n    t is threading.current_thread() or t.join()\n"
+              "print(Path('/proc/self/autogroup').read_text().split()[-1])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == ("19" if own_session else "0")
+
+
 def test_the_fold_process_refuses_a_wrong_folder(tmp_path: Path) -> None:
     from mgaki.surveillance import fold
 

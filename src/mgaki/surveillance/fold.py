@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print("usage: python -m mgaki.surveillance.fold <results folder>", file=sys.stderr)
         return 2
-    fold_in_background(Path(argv[0]))
+    fold_in_background(Path(argv[0]), own_session=True)  # started in a session of its own
     return 0
 
 
