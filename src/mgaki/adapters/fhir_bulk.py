@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from mgaki.adapters._cohort import canonical, conform, iso_utc, register, sql_str
+from mgaki.adapters._cohort import canonical, conform, conform_rows, iso_utc, register, sql_str
 from mgaki.adapters.maps import CONTEXT_SYSTEM, KIND_SYSTEM, load_map
 from mgaki.errors import InputError
 from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
@@ -136,7 +136,7 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path, per_source:
         if not nd and not js:  # nothing readable at all: bad input, not a quarantine
             raise InputError(str(path), "not valid FHIR JSON/NDJSON: " + "; ".join(str(r["reason"]) for r in rows[:3])
                              + (f" and {len(rows) - 3} more" if len(rows) > 3 else "")) from exc
-        broken = conform(pa.Table.from_pylist(rows), "quarantine")
+        broken = conform_rows(rows, "quarantine")
         try:
             _create_res(con, nd, js, per_source)
         except duckdb.Error as exc2:

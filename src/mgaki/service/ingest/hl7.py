@@ -33,7 +33,7 @@ from typing import Any
 import hl7
 import pyarrow as pa
 
-from mgaki.adapters._cohort import VOCABULARY, code_table, conform
+from mgaki.adapters._cohort import VOCABULARY, code_table, conform_rows
 from mgaki.adapters.maps import load_map
 from mgaki.events.store import HISTORY, versioned_source
 from mgaki.service.persistence.ids import id_problem
@@ -212,8 +212,7 @@ def parse_oru(text: str, per_source: bool = False) -> Parsed:
             rows[rows_for[0]].append(rows_for[1])
     if n_obx == 0:
         raise Hl7Error("AE", "100", "OBX", "the message has no OBX segment (no results to store)")
-    tables = {name: conform(pa.Table.from_pylist(r) if r else pa.table({}), name)
-              for name, r in rows.items()}
+    tables = {name: conform_rows(r, name) for name, r in rows.items()}
     return Parsed(tables, msh_f, n_obx)
 
 
