@@ -172,6 +172,23 @@ def serve(tmp: Path, store: Path, workers: int, extra: dict[str, Any], keep_log:
             proc.wait()
         if keep_log is not None:
             shutil.copyfile(log_path, keep_log)
+        wait_for_fold(data / "events" / "results")
+
+
+def wait_for_fold(results: Path, timeout_s: float = 600.0) -> None:
+    """Wait until no background fold holds `results` (a fold process outlives the server that started it, at
+    the lowest priority): the temporary folder is removed after, and a fold writing into it made that fail."""
+    from mgaki.surveillance.pipeline import _fold_lock
+
+    if not results.is_dir():
+        return
+    lock, deadline = _fold_lock(results), time.monotonic() + timeout_s
+    while not lock.acquire(blocking=False):
+        if time.monotonic() > deadline:
+            print(f"warning: a fold still holds {results} after {timeout_s:g} s", file=sys.stderr)
+            return
+        time.sleep(0.5)
+    lock.release()
 
 
 # --- messages -------------------------------------------------------------------------------------

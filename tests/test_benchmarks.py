@@ -275,3 +275,39 @@ def test_fold_benchmark_smoke(tmp_path: Path) -> None:
     assert res["differences"] and not any(res["differences"].values())
     assert "results of the two folds: equal, row for row" in r.stdout and "ratio this / reference" in r.stdout
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_the_mllp_benchmark_waits_for_a_fold_before_removing_the_server_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background fold outlives the server that started it (a process of its own at the lowest priority): the
+    benchmark removed the server's temporary folder beneath it and failed (Directory not empty). It now waits
+    until no fold holds the results folder."""
+    import importlib.util
+    import threading
+    import time
+
+    from mgaki.surveillance.pipeline import _fold_lock
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("mllp_bench", ROOT / "benchmarks" / "mllp.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "results"
+    results.mkdir()
+    held, released = threading.Event(), []
+
+    def fold() -> None:
+        with _fold_lock(results):
+            held.set()
+            time.sleep(1.0)
+            released.append(time.monotonic())
+
+    t = threading.Thread(target=fold)
+    t.start()
+    held.wait(10)
+    bench.wait_for_fold(results)
+    done = time.monotonic()
+    t.join()
+    assert released and done >= released[0]
+    bench.wait_for_fold(tmp_path / "no_results")  # no store surveilled: nothing to wait for

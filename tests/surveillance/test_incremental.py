@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from tests.surveillance.cohort import T0, random_cohort
 
 from mgaki.events import EventStore
@@ -78,3 +82,47 @@ def _store(path: Path, tables: dict[str, pa.Table]) -> EventStore:
     store = EventStore(path)
     store.append(tables)
     return store
+
+
+def test_an_incremental_run_reads_with_more_threads_and_gives_its_database_back_with_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on a leased one-thread database reads its subjects' rows with ``READ_THREADS`` threads (a scan
+    that parallelises), then leaves the database as it was leased, also when the read fails."""
+    from mgaki.events.normalize import give_back, lease
+    from mgaki.surveillance import pipeline
+
+    monkeypatch.setattr(pipeline, "READ_THREADS", 2)
+    tables = random_cohort(20, seed=7)
+    store = EventStore(tmp_path / "s")
+    before, after = _split(tables)
+    store.append(before)
+    surveil(store)
+    store.append(after)
+    seen: list[int] = []
+    real = pipeline._threads
+
+    @contextlib.contextmanager
+    def recording(con: duckdb.DuckDBPyConnection, threads: int | None) -> Iterator[None]:
+        with real(con, threads):
+            seen.append(int(con.sql("SELECT current_setting('threads')").fetchall()[0][0]))
+            yield
+
+    monkeypatch.setattr(pipeline, "_threads", recording)
+    assert surveil(store).subjects_recomputed > 0
+    assert seen and set(seen) == {2}
+
+    def one_thread_databases() -> list[int]:
+        dbs = [lease() for _ in range(3)]  # the pool's, including the run's
+        try:
+            return [int(db.sql("SELECT current_setting('threads')").fetchall()[0][0]) for db in dbs]
+        finally:
+            for db in dbs:
+                give_back(db)
+
+    assert set(one_thread_databases()) == {1}
+    store.append({"events": after["events"].slice(0, 1).set_column(
+        after["events"].schema.get_field_index("source"), "source", pa.array(["new/1"], pa.string()))})
+    monkeypatch.setattr(pipeline, "_BASE", (*pipeline._BASE, "no_such_table"))  # the read fails half-way
+    with pytest.raises(duckdb.Error):
+        surveil(store)
+    assert set(one_thread_databases()) == {1}

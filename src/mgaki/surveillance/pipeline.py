@@ -202,16 +202,35 @@ _ALL = "all_"  # prefix of the store's views on a connection that computes a few
 _FEW = "few_"  # prefix of the views, on an incremental run's connection, over the parts that may hold its subjects
 
 
+READ_THREADS = max(1, min(2, os.cpu_count() or 1))  # DuckDB threads an incremental run on a leased database reads with
 _SCRATCH = "_mgaki_inc_"  # prefix of the in-memory database an incremental run computes in
 _PREVIOUS: dict[str, str] = {}  # scratch database -> the database its connection used before
 
 
-def _materialise(con: duckdb.DuckDBPyConnection, source: str = _ALL) -> None:
+@contextlib.contextmanager
+def _threads(con: duckdb.DuckDBPyConnection, threads: int | None) -> Iterator[None]:
+    """`threads` DuckDB threads for the block, then the setting as it was (None: as it is). A run on a leased
+    one-thread database (``normalize.lease``: its own until given back) reads its subjects' rows with more:
+    the read is a scan of the row groups that may hold them, which parallelises (400 patients of a 100 k
+    store: 330 -> 235 ms), unlike the stages' planning."""
+    if not threads:
+        yield
+        return
+    before = con.sql("SELECT current_setting('threads')").fetchall()[0][0]
+    con.execute(f"SET threads = {int(threads)}")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {int(before)}")
+
+
+def _materialise(con: duckdb.DuckDBPyConnection, source: str = _ALL, threads: int | None = None) -> None:
     """The rows of the subjects of ``_restrict`` become tables of a scratch in-memory database that the
     connection then uses: each stored table is read once for the few subjects of an incremental run,
     not once per stage that reads it, and the stages can run on two connections at once (``_run_dag``).
     ``_release`` detaches it. `source`: the prefix of the views read (``_FEW``: those over the parts that
-    may hold the run's changed subjects, ``EventStore.connect(few=...)``, which must include them all)."""
+    may hold the run's changed subjects, ``EventStore.connect(few=...)``, which must include them all).
+    `threads`: DuckDB threads for the read (``_threads``)."""
     prev = con.sql("SELECT current_database()").fetchall()[0][0]
     if prev in _PREVIOUS:  # already materialised
         return
@@ -220,8 +239,9 @@ def _materialise(con: duckdb.DuckDBPyConnection, source: str = _ALL) -> None:
     _PREVIOUS[db] = prev
     within = subject_in(_affected(con), "affected")  # their row groups only (parts are sorted by subject)
     try:
-        for t in _BASE:  # read before the USE: the store's views may be the previous database's, not TEMP ones
-            con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{source}{t}" WHERE {within}')
+        with _threads(con, threads):
+            for t in _BASE:  # read before the USE: the store's views may be the previous database's, not TEMP ones
+                con.execute(f'CREATE TABLE "{db}".main."{t}" AS SELECT * FROM "{source}{t}" WHERE {within}')
     except BaseException:  # not in use yet: _release would not find it
         del _PREVIOUS[db]
         con.execute(f'DETACH "{db}"')
@@ -234,13 +254,13 @@ def _affected(con: duckdb.DuckDBPyConnection) -> list[str]:
     return subjects
 
 
-def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str]) -> None:
+def _materialise_more(con: duckdb.DuckDBPyConnection, subjects: list[str], threads: int | None = None) -> None:
     """Add `subjects` (a timer due at the run's own second, or no timers known) to the materialised subjects
     (``_materialise``) and to ``affected``."""
     known = _affected(con)
     con.register("_more", pa.table({"subject_id": pa.array(subjects, pa.string())}))
     within = subject_in(subjects, "_more")
-    with _store_views(con) as db:
+    with _store_views(con) as db, _threads(con, threads):
         for t in _BASE:
             con.execute(f'INSERT INTO "{db}".main."{t}" SELECT * FROM "{_ALL}{t}" WHERE {within}')
     con.unregister("_more")
@@ -996,7 +1016,8 @@ def surveil(store: EventStore, full: bool = False, as_of: datetime | None = None
                 with _fold_lock(out):  # a background fold finishes first; none starts until the new state is written
                     res = _surveil_all(con, out, kb, as_of, progress, engine, rule)
             else:
-                res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule)
+                res = _surveil_some(con, out, state, sorted(pending), kb, as_of, progress, rule,
+                                    read_threads=READ_THREADS if leased is not None else None)
         except duckdb.OutOfMemoryException as exc:  # outside a stage (those name themselves: _out_of_memory)
             raise _out_of_memory(con, "reading or writing", exc) from exc
     finally:
@@ -1274,13 +1295,13 @@ def _append_log(out: Path, new: pa.Table) -> None:
 
 def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, Any], pending: list[str],
                   kb: KnowledgeBase, as_of: datetime | None, progress: Progress | None,
-                  rule: str) -> SurveillanceResult:
+                  rule: str, read_threads: int | None = None) -> SurveillanceResult:
     buckets = int(state["buckets"])
     t0 = _time.perf_counter()
     data_max = datetime.fromisoformat(state["data_max"]) if state.get("data_max") else None
     if pending:
         _restrict(con, pending)
-        _materialise(con, _FEW)  # their rows, read once (from the parts that may hold them): as-of, the stages
+        _materialise(con, _FEW, read_threads)  # their rows, read once (from the parts that may hold them)
         seen = _as_of(con)  # the changed subjects' latest time: the store's only moves with theirs
         data_max = max((t for t in (data_max, seen) if t is not None), default=None)
     as_of = as_of or data_max
@@ -1307,7 +1328,7 @@ def _surveil_some(con: duckdb.DuckDBPyConnection, out: Path, state: dict[str, An
         if not pending:
             _restrict(con, subjects)
         elif subjects != pending:  # subjects whose timer fell due, with the changed ones
-            _materialise_more(con, sorted(set(subjects) - set(pending)))
+            _materialise_more(con, sorted(set(subjects) - set(pending)), read_threads)
         t1 = _time.perf_counter()
         _, sec = _compute(con, kb, subjects, as_of, progress, timers=True, restricted=True, baseline_rule=rule)
         seconds.update(sec)
