@@ -311,3 +311,22 @@ def test_the_mllp_benchmark_waits_for_a_fold_before_removing_the_server_folder(
     t.join()
     assert released and done >= released[0]
     bench.wait_for_fold(tmp_path / "no_results")  # no store surveilled: nothing to wait for
+
+
+def test_feed_runs_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/feed_runs.py on 200 patients: feed-shaped runs, each part timed, the report and JSON."""
+    out = tmp_path / "feed_runs.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "feed_runs.py"), "--patients", "200", "--batch", "20",
+                        "--runs", "3", "--last", "2", "--read-threads", "1", "--store-cache", str(tmp_path / "cache"),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert len(res["runs"]) == 3 and res["read_threads"] == 1
+    for run in res["runs"]:
+        assert run["patients"] >= 15  # 20 messages for random patients of 200: a few may share one
+        assert 0 < run["_materialise_s"] + run["_compute_s"] + run["_write_some_s"] <= run["run_s"]
+        assert run["_write_delta_s"] <= run["_write_some_s"]
+    m = res["mean_last"]
+    assert m["run_s"] == pytest.approx(sum(x["run_s"] for x in res["runs"][-2:]) / 2)
+    for line in ("incremental run", "read (_materialise)", "stages (_compute)", "ms per patient", "read threads 1"):
+        assert line in r.stdout, r.stdout

@@ -211,8 +211,8 @@ _PREVIOUS: dict[str, str] = {}  # scratch database -> the database its connectio
 def _threads(con: duckdb.DuckDBPyConnection, threads: int | None) -> Iterator[None]:
     """`threads` DuckDB threads for the block, then the setting as it was (None: as it is). A run on a leased
     one-thread database (``normalize.lease``: its own until given back) reads its subjects' rows with more:
-    the read is a scan of the row groups that may hold them, which parallelises (400 patients of a 100 k
-    store: 330 -> 235 ms), unlike the stages' planning."""
+    the read is a scan of the row groups that may hold them, which parallelises (400 feed-shaped patients of a
+    100 k store: 430 -> 320-350 ms, benchmarks/feed_runs.py), unlike the stages' planning."""
     if not threads:
         yield
         return
