@@ -126,3 +126,20 @@ def test_an_incremental_run_reads_with_more_threads_and_gives_its_database_back_
     with pytest.raises(duckdb.Error):
         surveil(store)
     assert set(one_thread_databases()) == {1}
+
+
+def test_result_files_read_one_at_a_time_equal_what_pyarrow_reads(tmp_path: Path) -> None:
+    """``_read_one`` (``ParquetFile.read``, no thread pool: cheaper for small bucket files) gives every results
+    file exactly as ``pq.read_table`` does, schema and metadata included."""
+    import pyarrow.parquet as pq
+
+    from mgaki.surveillance import pipeline
+
+    store = _store(tmp_path, random_cohort(30, seed=9))
+    surveil(store)
+    files = sorted((tmp_path / "results").glob("*/*.parquet"))
+    assert len({f.parent.name for f in files}) >= 8  # the result tables, the alert log and index, the timers
+    for f in files:
+        got, want = pipeline._read_one(f), pq.read_table(f)
+        assert got.schema.equals(want.schema, check_metadata=True) and got.equals(want), f
+    assert pipeline._read_many(files).keys() == set(files)

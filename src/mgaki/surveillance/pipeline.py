@@ -1367,7 +1367,7 @@ def _due_timers(out: Path, timers: dict[str, int], a: int) -> pa.Table:
         if not path.exists():
             timers.pop(b)
             continue
-        t = pq.read_table(path)
+        t = _read_one(path)
         _next_timer(timers, b, t, a)
         found.append(t.filter(pc.and_(pc.less_equal(t["due"], a), pc.greater(pa.scalar(a, pa.int64()), t["after"]))))
     return pa.concat_tables(found) if found else _empty_pending()
@@ -1473,13 +1473,20 @@ class _Batch:
             list(each(_fsync, {p.parent for _, p in self.writes} | {p.parent for p in self.deletes}))
 
 
+def _read_one(path: Path) -> pa.Table:
+    """One result file, whole: ``ParquetFile.read`` on this thread (0.40 ms a small bucket file, against 0.66 ms for
+    ``pq.read_table``, whose dataset layer and thread pool cost more than such a file's decoding)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(use_threads=False)
+
+
 def _read_many(paths: Iterable[Path], threads: bool = True) -> dict[Path, pa.Table]:
-    """The existing files of `paths`, read in threads (Parquet decoding releases the GIL)."""
+    """The existing files of `paths` (``_read_one``), in threads (Parquet decoding releases the GIL)."""
     found = sorted({p for p in paths if p.exists()})
     if len(found) <= 1 or not threads:
-        return {p: pq.read_table(p) for p in found}
+        return {p: _read_one(p) for p in found}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(found, pool.map(pq.read_table, found), strict=True))
+        return dict(zip(found, pool.map(_read_one, found), strict=True))
 
 
 def _write_synced(tab: pa.Table, tmp: Path) -> None:
@@ -1495,6 +1502,8 @@ def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str
     folder.mkdir(exist_ok=True)
     if not (folder / _SCHEMA).exists():
         pq.write_table(fresh.slice(0, 0), folder / _SCHEMA)
+    if cache is None:  # the buckets' files read in threads, not one after the other
+        cache = _read_many(_bucket_file(folder, b) for b in by_bucket)
     fresh_b = pa.array([bucket_of(s or "", buckets) for s in fresh.column("subject_id").to_pylist()], pa.int32()) \
         if fresh.num_rows else pa.array([], pa.int32())
     extra = {bucket_of(s or "", buckets) for s in fresh.column("subject_id").to_pylist()} - set(by_bucket)
@@ -1504,7 +1513,7 @@ def _replace_rows(folder: Path, fresh: pa.Table, by_bucket: Mapping[int, set[str
         mine = fresh.filter(pc.equal(fresh_b, b)) if fresh.num_rows else fresh
         parts = []
         if path in (cache or {}) or path.exists():
-            old = cache[path] if cache and path in cache else pq.read_table(path)
+            old = cache[path] if cache and path in cache else _read_one(path)
             mine = mine.cast(old.schema)
             if drop:
                 theirs = pc.is_in(old["subject_id"], pa.array(sorted(drop), pa.string()))
