@@ -14,6 +14,7 @@ everyone and gives that rule's full run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -692,6 +693,25 @@ def test_the_fold_process_gives_the_cpu_to_the_server_across_sessions(tmp_path: 
                           start_new_session=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == ("19" if own_session else "0")
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux autogroups here")
+def test_the_fold_run_by_hand_leaves_the_shells_session_alone(tmp_path: Path) -> None:
+    """``python -m mgaki.surveillance.fold`` run from a shell is not the leader of its session: it must not
+    lower the autogroup it shares with the shell (and here with the test run)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "results").mkdir()
+    before = Path("/proc/self/autogroup").read_text().split()[-1]
+    done = subprocess.run([sys.executable, "-m", "mgaki.surveillance.fold", str(tmp_path / "results")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    after = Path("/proc/self/autogroup").read_text().split()[-1]
+    if after != before:  # restore this session's before failing (raising a nice value back needs no privilege here)
+        with contextlib.suppress(OSError):
+            Path("/proc/self/autogroup").write_text(before)
+    assert after == before
 
 
 def test_the_fold_process_refuses_a_wrong_folder(tmp_path: Path) -> None:

@@ -833,7 +833,9 @@ def lowest_priority(own_session: bool = False) -> None:
     it would lower the server's whole session."""
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    if own_session:
+    # only as the leader of a session of its own (started so): run by hand from a shell, the fold would lower
+    # the shell's whole session
+    if own_session and os.getsid(0) == os.getpid():
         with contextlib.suppress(OSError):  # no autogroups (kernel, platform): nothing to lower
             Path("/proc/self/autogroup").write_text("19")
 
