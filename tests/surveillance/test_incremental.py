@@ -11,6 +11,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.surveillance.cohort import T0, random_cohort
 
 from mgaki.events import EventStore
@@ -143,3 +145,16 @@ def test_result_files_read_one_at_a_time_equal_what_pyarrow_reads(tmp_path: Path
         got, want = pipeline._read_one(f), pq.read_table(f)
         assert got.schema.equals(want.schema, check_metadata=True) and got.equals(want), f
     assert pipeline._read_many(files).keys() == set(files)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=6)), max_size=60), st.integers(1, 5),
+       st.sampled_from([1, 16, 512]))
+def test_row_buckets_are_each_rows_bucket_of(subjects: list[str | None], chunks: int, buckets: int) -> None:
+    """``_row_buckets`` (once per distinct subject) gives each row ``bucket_of`` its subject, a null's that of ""."""
+    from mgaki.surveillance import pipeline
+
+    cut = [subjects[i::chunks] for i in range(chunks)]
+    for col in (pa.array(subjects, pa.string()), pa.chunked_array(cut, pa.string())):
+        want = [pipeline.bucket_of(s or "", buckets) for s in col.to_pylist()]
+        assert pipeline._row_buckets(col, buckets).to_pylist() == want
