@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import math
 import os
 import shutil
@@ -669,6 +670,40 @@ def test_a_process_that_exits_right_after_starting_a_fold_completes_it(tmp_path:
         assert pipeline._folded(results) == 1 and pipeline._gens(results) == []
     assert "failed" not in done.stderr, done.stderr
     ref = surveil(_store_at(tmp_path / "ref", tables, cuts[1]), full=True)
+    for name in RESULT_TABLES:
+        assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
+
+
+@pytest.mark.parametrize("urgent", [False, True])
+def test_a_fold_past_the_urgent_pile_keeps_the_runs_priority_and_pace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, urgent: bool) -> None:
+    """A fold yields the CPU and half the disk to the runs, unless more than ``DELTA_URGENT_GENS`` generations
+    are pending (earlier folds starved on a saturated machine): it then folds at their priority and pace, so
+    the pile every reader merges stays bounded. Either way the results are the full run's."""
+    monkeypatch.setattr(pipeline, "DELTA_FOLD_GENS", 100)  # the runs start no fold: three generations pile up
+    monkeypatch.setattr(pipeline, "DELTA_URGENT_GENS", 2 if urgent else 3)
+    tables = random_cohort(10, seed=23)
+    cuts = _cuts(tables["events"], 4)
+    store = _surveilled_at(tmp_path / "s", tables, cuts)
+    results = store.root / "results"
+    assert len(pipeline._gens(results)) == 3
+    lowered: list[bool] = []
+    paces: list[float] = []
+    monkeypatch.setattr(pipeline, "lowest_priority", lambda own_session=False: lowered.append(own_session))
+    real_commit = pipeline._Batch.commit
+
+    def commit(self: pipeline._Batch, threads: bool = True, pace: float = 0.0) -> None:
+        paces.append(pace)
+        real_commit(self, threads, pace)
+
+    monkeypatch.setattr(pipeline._Batch, "commit", commit)
+    with caplog.at_level(logging.WARNING, logger="mgaki.surveillance.pipeline"):
+        pipeline.fold_in_background(results)
+    assert pipeline._gens(results) == [] and paces
+    assert lowered == ([] if urgent else [False])
+    assert set(paces) == ({0.0} if urgent else {pipeline.FOLD_PACE})
+    assert ("3 surveillance result generations pending" in caplog.text) is urgent
+    ref = surveil(_store_at(tmp_path / "ref", tables, cuts[-1]), full=True)
     for name in RESULT_TABLES:
         assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
 

@@ -694,6 +694,9 @@ FOLD_IN = "process"
 FOLD_CHUNK = 64  # buckets of one table a fold reads, rewrites and commits at a time: what it holds in memory
 # (a fold of 63 generations covering 1,058 patients of a 100 k store held 7.3 GB when it read all at once)
 FOLD_PACE = 1.0  # a background fold pauses after each file it writes as long as the write took: half the disk
+# pending generations past which a fold neither yields the CPU nor pauses: on a machine the runs saturate, a fold
+# at the lowest priority is starved, the generations pile up and every reader merges them all; this bounds the pile
+DELTA_URGENT_GENS = 4 * DELTA_FOLD_GENS
 _log = logging.getLogger(__name__)
 _folds: dict[Path, threading.Thread | subprocess.Popen[bytes]] = {}  # results folder -> its fold under way
 _folds_guard = threading.Lock()
@@ -754,15 +757,17 @@ def _write_delta(out: Path, fresh: Mapping[str, pa.Table], subjects: list[str]) 
     return len(gens) + 1
 
 
-def _fold(out: Path) -> None:
+def _fold(out: Path, pace: float | None = None) -> None:
     """Fold the pending generations into the buckets: each bucket holding a recomputed subject rewritten once
     with the subject's newest rows, ``FOLD_CHUNK`` buckets of a table at a time (synced together; a reader meanwhile
     finds a subject's rows in the buckets or in the generations, the same rows), then the generations marked
     folded, then
     the generations the previous fold marked removed. A crash before the mark leaves generations whose rows
     the buckets already hold (the same results; the next fold folds them again). The caller holds the fold
-    lock (``_fold_lock``)."""
+    lock (``_fold_lock``). `pace`: as ``FOLD_PACE`` (None: it, or none inline)."""
     gens = _gens(out)
+    if pace is None:
+        pace = FOLD_PACE if FOLD_IN != "inline" else 0.0
     state = _read_state(out)
     if not gens or not state.get("buckets"):
         return
@@ -786,7 +791,7 @@ def _fold(out: Path) -> None:
                 _replace_rows(out / rn, theirs, chunk, nb, batch, cache, keep_empty=True)
                 del cache
                 # no thread pools: at interpreter exit the pools refuse work before this thread is joined
-                batch.commit(threads=False, pace=FOLD_PACE if FOLD_IN != "inline" else 0.0)
+                batch.commit(threads=False, pace=pace)
     finally:
         con.close()
     before = _folded(out)
@@ -851,14 +856,21 @@ def lowest_priority(own_session: bool = False) -> None:
 def fold_in_background(out: Path, own_session: bool = False) -> None:
     """Fold `out`'s generations at the lowest priority (this thread, or the fold process: `own_session`,
     see ``lowest_priority``), unless another fold or a full run holds the folder; a failure is logged (no
-    row values) and left to the next fold."""
-    lowest_priority(own_session)
+    row values) and left to the next fold. Past ``DELTA_URGENT_GENS`` pending generations (earlier folds starved
+    of CPU) it folds at the priority and pace of the runs, which it then slows: the pile stays bounded."""
+    pending = len(_gens(out))
+    urgent = pending > DELTA_URGENT_GENS
+    if not urgent:
+        lowest_priority(own_session)
     lock = _fold_lock(out)
     try:
         if not lock.acquire(blocking=False):
             return  # another process (or a full run) has the folder; the generations stay readable
         try:
-            _fold(out)
+            if urgent:
+                _log.warning("%d surveillance result generations pending (more than %d): folding them at normal "
+                             "priority", pending, DELTA_URGENT_GENS)
+            _fold(out, pace=0.0 if urgent else None)
         finally:
             lock.release()
     except Exception as e:  # the generations stay readable; the next run starts another fold
