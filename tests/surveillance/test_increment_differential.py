@@ -708,6 +708,24 @@ def test_a_fold_past_the_urgent_pile_keeps_the_runs_priority_and_pace(
         assert _rows(ResultTables(results)[name]) == _rows(ref.tables[name]), name
 
 
+def test_a_fold_that_cannot_list_the_generations_logs_it_and_raises_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The fold process must not die on a traceback before its lock and log: an unreadable results folder is
+    logged (the error's kind, no path or row) and the generations are left to the next fold."""
+    (tmp_path / "results").mkdir()
+    lowered: list[bool] = []
+
+    def unreadable(out: Path) -> list[Path]:
+        raise PermissionError("results folder unreadable")
+
+    monkeypatch.setattr(pipeline, "_gens", unreadable)
+    monkeypatch.setattr(pipeline, "lowest_priority", lambda own_session=False: lowered.append(own_session))
+    with caplog.at_level(logging.ERROR, logger="mgaki.surveillance.pipeline"):
+        pipeline.fold_in_background(tmp_path / "results", own_session=True)
+    assert lowered == [True]  # not urgent: nothing known to be pending
+    assert "folding surveillance result generations failed (PermissionError)" in caplog.text
+
+
 def _autogroup_nice() -> str | None:
     """This process's autogroup nice value, or None where /proc/self/autogroup reads empty (a process in the
     kernel's default group, as under a container's init, is in no autogroup of its own)."""

@@ -858,7 +858,10 @@ def fold_in_background(out: Path, own_session: bool = False) -> None:
     see ``lowest_priority``), unless another fold or a full run holds the folder; a failure is logged (no
     row values) and left to the next fold. Past ``DELTA_URGENT_GENS`` pending generations (earlier folds starved
     of CPU) it folds at the priority and pace of the runs, which it then slows: the pile stays bounded."""
-    pending = len(_gens(out))
+    try:
+        pending = len(_gens(out))
+    except OSError:  # unreadable now: the fold below logs what fails
+        pending = 0
     urgent = pending > DELTA_URGENT_GENS
     if not urgent:
         lowest_priority(own_session)
