@@ -20,3 +20,21 @@ from hypothesis import settings  # noqa: E402
 
 settings.register_profile("mgaki", deadline=None)
 settings.load_profile("mgaki")
+
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test has an id of its own. pytest 9.2 builds a test's id from its ``originalname`` and its
+    parametrization's id; schemathesis 4.32 makes one test per API operation with the operation only in the name
+    (``test_x[GET /alerts]``) and the function's name as ``originalname``, so all of them had one id. Serially they
+    still ran, but pytest-xdist, which hands tests to its workers by id, ran one of the fourteen and reported it for
+    all. The operation goes back into the id; a duplicate left after that stops the run."""
+    for item in items:
+        original = getattr(item, "originalname", None)
+        if (original and item.parent is not None and item.id.params is None
+                and item.name.startswith(f"{original}[") and item.name.endswith("]")):
+            item._id = item.parent.id.child(original).with_params(item.name[len(original) + 1:-1])
+    ids = [item.nodeid for item in items]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise pytest.UsageError(f"tests share an id (pytest-xdist would run only one of them): {dupes[:5]}")
