@@ -158,3 +158,17 @@ def test_row_buckets_are_each_rows_bucket_of(subjects: list[str | None], chunks:
     for col in (pa.array(subjects, pa.string()), pa.chunked_array(cut, pa.string())):
         want = [pipeline.bucket_of(s or "", buckets) for s in col.to_pylist()]
         assert pipeline._row_buckets(col, buckets).to_pylist() == want
+
+
+def test_the_clock_evaluation_repeats_only_the_rules_that_read_the_clock(kb) -> None:  # type: ignore[no-untyped-def]
+    """An incremental run evaluates the time-driven stages a second time with no as-of bound (its timers). The
+    alerts the data raise are one stage both evaluations read (``alerts_by_data``), so the second evaluation is
+    the monitoring-gap chain and a union of two tables, not every alert rule again (a one-patient run's SQL,
+    which DuckDB parses, binds and plans on every run, was 61 kB with them, 58 kB without)."""
+    from mgaki.surveillance import pipeline
+
+    plan, timed, _, _ = pipeline._shape(kb, None, pipeline.OUTPUTS, True)
+    assert {st.name for st in timed} == {"mg_gaps__later", "no_mg_cand__later", "alerts__later"}
+    later = {st.name: st.sql for st in timed}["alerts__later"]
+    assert "alerts_by_data" in pipeline._names(later) and "mg_status_run" not in pipeline._names(later)
+    assert "alerts_by_data" in {st.name for st in plan}

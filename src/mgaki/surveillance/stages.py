@@ -925,7 +925,10 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
               WHERE GREATEST(g.gap_start + {gap}, r.r0) < LEAST(g.gap_end, r.r1)
                 AND GREATEST(g.gap_start + {gap}, r.r0) <= {as_of}) x
             WHERE rn = 1"""),
-        Stage("alerts", f"""
+        # The alerts the data raise, apart from those the clock raises (a monitoring gap falls due as time
+        # passes): an incremental run evaluates the clock's again at the end of time for its timers
+        # (pipeline._timer_stages), and only those; this part, read by both, is evaluated once.
+        Stage("alerts_by_data", f"""
             SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM (
             SELECT subject_id, encounter_id, 'mg_out_of_range' AS kind, time,
                    {_sev_case(kb, 'mg_out_of_range', 'grade')} AS severity,
@@ -967,19 +970,20 @@ def _alert_stages(kb: KnowledgeBase, d: Dialect, as_of: int, mg_lo: float, mg_hi
                              ELSE CAST(ROUND(mg_v, 2) AS {vc}) || ' mg/dL (low)' END, value
             FROM kca_cand WHERE prev_cand_t IS NULL OR t - prev_cand_t > {sup_ref}
             UNION ALL
-            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, {sev['no_mg_48h']},
-                   'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
-                   CAST(NULL AS DOUBLE)
-            FROM no_mg_cand
-            UNION ALL
             SELECT subject_id, encounter_id, 'suspect_specimen', {d.from_epoch('t')}, {sev['suspect_specimen']},
                    'Held until repeated: ' || reason, value
             FROM spec_alert_draw WHERE rn = 1
             UNION ALL
             SELECT x.subject_id, x.encounter_id, 'kdigo_not_applicable', h.start, {sev['kdigo_not_applicable']},
                    '{kb.kidney.maintenance_dialysis.status.replace("'", "''")} (' || x.why || ')', CAST(NULL AS DOUBLE)
-            FROM eskd x JOIN hosp h ON h.subject_id = x.subject_id AND h.encounter_id = x.encounter_id) a""",
-              output=True),
+            FROM eskd x JOIN hosp h ON h.subject_id = x.subject_id AND h.encounter_id = x.encounter_id) a"""),
+        Stage("alerts", f"""
+            SELECT subject_id, encounter_id, kind, time, severity, detail, value FROM alerts_by_data
+            UNION ALL
+            SELECT subject_id, encounter_id, 'no_mg_48h', {d.from_epoch('due')}, {sev['no_mg_48h']},
+                   'No serum Mg for {v('mg_monitoring_gap_hours'):g} h in a high-risk patient (' || why || ')',
+                   CAST(NULL AS DOUBLE)
+            FROM no_mg_cand""", output=True),
     ]
 
 
