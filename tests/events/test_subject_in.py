@@ -53,9 +53,13 @@ def test_an_empty_list_selects_nothing_and_a_nul_or_a_long_list_falls_back_to_th
     assert _selected(con, ["a\x00b"]) == ["a\x00b"]
 
 
+# Ids any text a store can hold: UTF-8 (st.characters without a codec also draws lone surrogates, which no
+# Arrow string holds: the test then failed in pa.array when one was drawn), NUL aside (its own test above).
+_ID = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
+
+
 @settings(max_examples=60, deadline=None)
-@given(stored=st.lists(st.text(st.characters(exclude_characters="\x00"), max_size=6), max_size=30),
-       extra=st.lists(st.text(st.characters(exclude_characters="\x00"), max_size=6), max_size=5),
+@given(stored=st.lists(_ID, max_size=30), extra=st.lists(_ID, max_size=5),
        data=st.data())
 def test_the_literal_list_selects_what_the_subquery_selects(stored: list[str], extra: list[str],
                                                             data: st.DataObject) -> None:
