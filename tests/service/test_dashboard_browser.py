@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 from dashboard_patient import calm_bundle, dashboard_bundle, discharged_bundle
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from conftest import READER, WRITER, auth, free_port
 
@@ -198,6 +198,38 @@ def test_list_sign_in_severity_filters_and_sort(server: str, laptop: tuple[Page,
     # the token lives in this tab's sessionStorage only
     assert page.evaluate("sessionStorage.getItem('mgaki.token')") == READER
     assert page.evaluate("localStorage.length") == 0
+    assert errors == [], errors
+
+
+def test_a_late_answer_to_an_older_filter_is_not_drawn(server: str, laptop: tuple[Page, list[str]]) -> None:
+    """Each filter or sort change asks the API again; answers may come back in any order. The answer to an older
+    request (held back here) must not overwrite the newer one's rows (it did: CI, on a loaded machine, saw the
+    severity-sorted list after the click that sorts by patient)."""
+    page, errors = laptop
+    _sign_in(page, server)
+    rows = page.locator("#patients tbody tr")
+    expect(rows).to_have_count(2)
+    older = lambda url: "/dashboard/patients" in url and "with_alerts" not in url and "sort=severity" in url  # noqa: E731
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route(older, hold)
+    page.uncheck("#f-with-alerts")  # asks for everyone, most severe first: held back
+    page.click('th[data-sort="patient_id"]')  # then by patient: answered at once
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_have_attribute("data-patient", "calm")
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert len(held) == 1
+    with page.expect_response(lambda r: older(r.url)):
+        held[0].continue_()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 200))")  # the late answer's handler has run
+    expect(rows.nth(0)).to_have_attribute("data-patient", "calm")
+    expect(page.locator('th[data-sort="patient_id"]')).to_have_attribute("aria-sort", "ascending")
     assert errors == [], errors
 
 

@@ -4,6 +4,7 @@
   const { el, api, boot, fmtTime, fmtNum, badge, AuthNeeded, setZone } = window.Mgaki;
   const state = { sort: "severity", order: "desc" };
   let timer = null;
+  let latest = 0;  // the newest load(): an older request's answer, arriving after it, is not drawn
 
   function params() {
     const p = new URLSearchParams();
@@ -49,6 +50,7 @@
   }
 
   async function load() {
+    const mine = ++latest;
     const err = document.getElementById("list-error");
     err.hidden = true;
     document.querySelectorAll("#patients th[data-sort]").forEach((th) => {
@@ -56,6 +58,7 @@
     });
     try {
       const data = await api("/dashboard/patients?" + params().toString());
+      if (mine !== latest) return;  // a filter or sort changed while it was under way: the newer one draws
       ranges = data.reference_ranges || {};
       labels = data.alert_labels || {};
       setZone(data.timezone);
@@ -64,7 +67,7 @@
       document.getElementById("empty").hidden = data.patients.length > 0;
       document.getElementById("count").textContent = data.total + (data.total === 1 ? " patient" : " patients");
     } catch (e) {
-      if (e instanceof AuthNeeded) return;
+      if (e instanceof AuthNeeded || mine !== latest) return;
       err.textContent = "Could not load the list: " + e.message;
       err.hidden = false;
     }
