@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -172,3 +173,51 @@ def test_the_clock_evaluation_repeats_only_the_rules_that_read_the_clock(kb) -> 
     later = {st.name: st.sql for st in timed}["alerts__later"]
     assert "alerts_by_data" in pipeline._names(later) and "mg_status_run" not in pipeline._names(later)
     assert "alerts_by_data" in {st.name for st in plan}
+
+
+def test_result_reads_survive_a_fold_replacing_their_files(tmp_path: Path) -> None:
+    """A background fold replaces result buckets whole (a new file renamed over the old) while the service and the
+    CLI read them. DuckDB opens a Parquet file more than once in one read, so a replacement between the two
+    opens failed the read ("TProtocolException: Invalid data" in CI, a results read during a fold): a reader
+    reads again (``reads_results``). Here a thread replaces one bucket with its rows in other bytes every 50 ms
+    while results with a generation pending (DuckDB's read) are read 200 times: every read gives the rows
+    (with one try, some of the 200 reads fail)."""
+    import os
+    import threading
+
+    from mgaki.surveillance import pipeline
+
+    store = EventStore(tmp_path)
+    before, after = _split(random_cohort(40, seed=5))
+    store.append(before)
+    surveil(store)
+    store.append(after)
+    surveil(store)  # one generation pending: reads merge it with the buckets in DuckDB
+    root = tmp_path / "results"
+    assert pipeline._gens(root)
+    expected = _rows(pipeline.ResultTables(root)["kdigo_creatinine"])
+    bucket = max((root / "kdigo_creatinine").glob("b*.parquet"), key=lambda p: p.stat().st_size)
+    # the same rows in other bytes (as a fold's new bucket holds other rows): metadata read from one file
+    # does not describe the other
+    other = tmp_path / "other.parquet"
+    pq.write_table(pq.read_table(bucket), other, compression="zstd", row_group_size=7)
+    contents = [bucket.read_bytes(), other.read_bytes()]
+    stop = threading.Event()
+
+    def replace_again_and_again() -> None:
+        tmp = bucket.with_name(".replacing.tmp")
+        i = 0
+        while not stop.is_set():
+            i += 1
+            tmp.write_bytes(contents[i % 2])
+            os.replace(tmp, bucket)
+            stop.wait(0.05)  # a fold replaces a bucket once; a reader's next try comes after it
+
+    replacer = threading.Thread(target=replace_again_and_again)
+    replacer.start()
+    try:
+        for _ in range(200):
+            assert _rows(pipeline.ResultTables(root)["kdigo_creatinine"]) == expected
+    finally:
+        stop.set()
+        replacer.join()

@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -50,7 +50,7 @@ from mgaki.units import factor
 
 __all__ = ["OUTPUTS", "URINE_ANALYTES", "FullRun", "ResultTables", "SurveillanceResult", "alert_rates",
            "baseline_sensitivity", "bucket_count", "bucket_of", "default_settings", "last_use", "needed",
-           "result_files", "result_sql", "results_dir", "run", "studies_table", "summary", "surveil"]
+           "reads_results", "result_files", "result_sql", "results_dir", "run", "studies_table", "summary", "surveil"]
 
 OUTPUTS = ("kidney_status", "kdigo_creatinine", "kdigo_urine", "uo_weight_rejected", "aki_episodes_out",
            "aki_stage_changes", "mg_trajectory", "evidence_flags", "alerts", "suspect_specimens")
@@ -898,6 +898,39 @@ def _log_empty_sql() -> str:
             "NULL::TIMESTAMP AS emitted_at")
 
 
+TORN_READ_TRIES = 5  # reads of result files a reader makes at most while folds replace or remove them under it
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+# errors of the statement itself, which no second read changes
+_NOT_TORN = (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException, duckdb.ConversionException)
+
+
+def reads_results(read: Callable[_P, _T]) -> Callable[_P, _T]:
+    """`read` (which reads result files) again when a file changed under it, up to ``TORN_READ_TRIES`` times.
+
+    A fold replaces a bucket file whole (a new file renamed over it) and removes the generations it folded;
+    DuckDB opens a Parquet file more than once in one read (its metadata when planning, its data when
+    scanning), so a read that a replacement falls between fails ("TProtocolException: Invalid data", "Could
+    not read enough bytes"; a file replaced every 5 ms failed about one DuckDB read in 15). Listing and
+    reading again gives a consistent view (the fold's invariant, ``result_sql``); an error that persists is
+    raised."""
+    @functools.wraps(read)
+    def again(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for attempt in range(TORN_READ_TRIES):
+            try:
+                return read(*args, **kwargs)
+            except _NOT_TORN:
+                raise
+            except (duckdb.Error, OSError, pa.ArrowException):
+                if attempt == TORN_READ_TRIES - 1:
+                    raise
+                _log.debug("surveillance results: a read failed (%d of %d tries); a fold may have replaced a "
+                          "file under it: reading again", attempt + 1, TORN_READ_TRIES)
+                _time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+    return again
+
+
 class ResultTables(Mapping[str, pa.Table]):
     """The stored results, read from disk when a table is asked for (an incremental run reads none)."""
 
@@ -909,23 +942,25 @@ class ResultTables(Mapping[str, pa.Table]):
         if name not in (*RESULT_TABLES, _LOG):
             raise KeyError(name)
         if name not in self._cache:
-            pending = _gens(self.root)  # before the files, as in result_sql
-            files = result_files(self.root, name)
-            if name == _LOG and not files:
-                self._cache[name] = _empty_log()
-            elif files is None:
-                raise KeyError(name)
-            elif name == _LOG or pending:
-                con = duckdb.connect()
-                try:
-                    self._cache[name] = con.sql(f"SELECT * FROM {result_sql(self.root, name)}").to_arrow_table()
-                finally:
-                    con.close()
-            else:
-                tabs = [pq.read_table(f) for f in files]
-                self._cache[name] = pa.concat_tables(tabs, promote_options="permissive") if len(tabs) > 1 \
-                    else tabs[0]
+            self._cache[name] = self._read(name)
         return self._cache[name]
+
+    @reads_results
+    def _read(self, name: str) -> pa.Table:
+        pending = _gens(self.root)  # before the files, as in result_sql
+        files = result_files(self.root, name)
+        if name == _LOG and not files:
+            return _empty_log()
+        if files is None:
+            raise KeyError(name)
+        if name == _LOG or pending:
+            con = duckdb.connect()
+            try:
+                return con.sql(f"SELECT * FROM {result_sql(self.root, name)}").to_arrow_table()
+            finally:
+                con.close()
+        tabs = [pq.read_table(f) for f in files]
+        return pa.concat_tables(tabs, promote_options="permissive") if len(tabs) > 1 else tabs[0]
 
     def __iter__(self) -> Iterator[str]:
         return iter(n for n in (*RESULT_TABLES, _LOG) if n == _LOG or result_files(self.root, n) is not None)

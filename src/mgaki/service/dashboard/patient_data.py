@@ -24,7 +24,7 @@ from mgaki.record import Measurement, Medication, PatientRecord, Stay
 from mgaki.result import Severity
 from mgaki.service.persistence.db import alert_actions, alerts, utcnow
 from mgaki.service.persistence.workflow import live_only
-from mgaki.surveillance.pipeline import result_sql
+from mgaki.surveillance.pipeline import reads_results, result_sql
 from mgaki.units import convert, salt_amounts
 
 __all__ = ["MGSO4", "SERIES", "SEVERITIES", "DoseHistory", "ListQuery", "Scope", "dose_history", "patient_exists",
@@ -139,6 +139,7 @@ _SORT_SQL = {"severity": "sev_rank {d} NULLS LAST, last_alert {d} NULLS LAST",
              "aki_stage": "aki_stage {d} NULLS LAST, sev_rank {d} NULLS LAST", "age": "age_years {d} NULLS LAST"}
 
 
+@reads_results  # a background fold may replace a result file under the read
 def patient_list(store: EventStore, engine: sa.Engine, query: ListQuery) -> dict[str, Any]:
     """Every patient with the alerts that count (open encounters, or all), filtered and sorted in one query."""
     con = store.connect(("subjects", "events", "encounters"))
@@ -249,6 +250,7 @@ def reference_ranges(kb: KnowledgeBase, analytes: tuple[str, ...] = SERIES) -> d
     return out
 
 
+@reads_results  # a background fold may replace a result file under the read
 def timeline(store: EventStore, kb: KnowledgeBase, patient_id: str) -> dict[str, Any]:
     """The series, Mg doses, AKI stage bands and reference ranges of one patient (store units)."""
     con = store.connect(("events", "medications", "encounters"))
