@@ -264,3 +264,33 @@ def test_evaluate_cli_on_the_service_data(tmp_path: Path) -> None:
     assert any(c["n_live"] and c["n_silent"] for c in res["comparisons"])
     assert res["feedback"] == {"services": [], "override_reasons": []}
     assert (tmp_path / "ev" / "evaluation.html").is_file()
+
+
+def test_seen_marks_wait_for_the_write_lock_while_others_write(tmp_path: Path) -> None:
+    """``record_seen`` (and ``record_action``) read, then write. On SQLite a plain BEGIN takes a read snapshot
+    first, and when another connection commits before the write the upgrade fails at once with "database is
+    locked" (no busy wait): the patient page, which marks its alerts seen while the feed and the other panels'
+    audit rows commit, answered 503 (CI, on a loaded machine). They begin IMMEDIATE now, as every other writer:
+    300 seen marks beside a stream of audit writes all succeed (273 of 300 failed before)."""
+    import threading
+
+    from mgaki.service.persistence.db import make_engine, upgrade, write_audit
+    from mgaki.service.persistence.workflow import record_seen
+
+    eng = make_engine(f"sqlite:///{tmp_path / 'service.db'}")
+    upgrade(eng)
+    stop = threading.Event()
+
+    def audit_stream() -> None:
+        while not stop.is_set():
+            write_audit(eng, "lab-feed", "write", "POST /fhir", ["p2"])
+
+    writer = threading.Thread(target=audit_stream)
+    writer.start()
+    try:
+        firsts = sum(record_seen(eng, f"nurse{i}", [(1, "p1")]) for i in range(300))
+    finally:
+        stop.set()
+        writer.join()
+        eng.dispose()
+    assert firsts == 300

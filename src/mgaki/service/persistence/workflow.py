@@ -30,6 +30,7 @@ from mgaki.service.persistence.db import (
     audit_row,
     cds_feedback,
     utcnow,
+    writer,
 )
 from mgaki.service.persistence.ids import safe_text
 
@@ -152,7 +153,7 @@ def record_action(engine: sa.Engine, alert_id: int, actor: str, action: str, *, 
         assignee = safe_text(assignee.strip(), 200)
     elif assignee is not None:
         raise WorkflowError(422, "assignee is for assign only")
-    with engine.begin() as con:
+    with writer(engine).begin() as con:  # reads, then writes: BEGIN IMMEDIATE on SQLite (db.make_engine)
         row = _live_alert(con, alert_id)
         if allowed is not None and row.subject_id not in allowed:
             raise WorkflowError(404, f"no alert {alert_id}")
@@ -177,7 +178,7 @@ def record_seen(engine: sa.Engine, actor: str, shown: Sequence[tuple[int, str]])
     who = safe_text(actor, 200)
     ids = [a for a, _ in shown]
     now = utcnow()
-    with engine.begin() as con:
+    with writer(engine).begin() as con:  # reads, then writes: BEGIN IMMEDIATE on SQLite (db.make_engine)
         seen = set(con.execute(sa.select(alert_actions.c.alert_id).where(
             alert_actions.c.alert_id.in_(ids), alert_actions.c.action == "seen",
             alert_actions.c.actor == who)).scalars())
