@@ -221,3 +221,14 @@ def test_result_reads_survive_a_fold_replacing_their_files(tmp_path: Path) -> No
     finally:
         stop.set()
         replacer.join()
+
+
+def test_every_reader_of_result_files_reads_again_after_a_torn_read() -> None:
+    """The readers of result files outside a run (the CLI's and studies' ``ResultTables``, the dashboard's list and
+    timeline, the alert evaluation's outcomes) are wrapped by ``reads_results`` (the test above shows why)."""
+    from mgaki.research import alert_eval
+    from mgaki.service.dashboard import patient_data
+    from mgaki.surveillance import pipeline
+
+    readers = (pipeline.ResultTables._read, patient_data.patient_list, patient_data.timeline, alert_eval.outcomes)
+    assert all(r.__code__ is pipeline.reads_results(lambda: None).__code__ for r in readers)

@@ -28,7 +28,7 @@ from scipy import stats
 from mgaki.events import EventStore
 from mgaki.knowledge import KnowledgeBase
 from mgaki.research.alert_trial import AlertPolicy, MemoryLedger, assign_mode
-from mgaki.surveillance.pipeline import ResultTables, result_files, result_sql
+from mgaki.surveillance.pipeline import ResultTables, reads_results, result_files, result_sql
 from mgaki.units import convert
 
 __all__ = ["ALERT_COLUMNS", "ALPHA", "Comparison", "care_units", "evaluate", "exposure", "km_median", "logrank",
@@ -62,6 +62,7 @@ def care_units(store: EventStore, pairs: pa.Table) -> dict[tuple[str, Any], str]
     return {(s, t): ("icu" if icu else "ward") for s, t, icu in rows}
 
 
+@reads_results  # a background fold may replace a result file under the read
 def outcomes(store: EventStore, kb: KnowledgeBase, alerts: pa.Table) -> pa.Table:
     """One row per alert: its arm, the lab-to-action time (minutes, with an event flag) and each binary
     outcome of ``evaluation.yaml`` (True, False)."""
