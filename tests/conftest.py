@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,6 @@ settings.register_profile("mgaki", deadline=None)
 settings.load_profile("mgaki")
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test has an id of its own. pytest 9.2 builds a test's id from its ``originalname`` and its
     parametrization's id; schemathesis 4.32 makes one test per API operation with the operation only in the name
@@ -34,7 +34,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if (original and item.parent is not None and item.id.params is None
                 and item.name.startswith(f"{original}[") and item.name.endswith("]")):
             item._id = item.parent.id.child(original).with_params(item.name[len(original) + 1:-1])
-    ids = [item.nodeid for item in items]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    dupes = sorted(i for i, n in Counter(item.nodeid for item in items).items() if n > 1)
     if dupes:
         raise pytest.UsageError(f"tests share an id (pytest-xdist would run only one of them): {dupes[:5]}")
