@@ -232,3 +232,43 @@ def test_every_reader_of_result_files_reads_again_after_a_torn_read() -> None:
 
     readers = (pipeline.ResultTables._read, patient_data.patient_list, patient_data.timeline, alert_eval.outcomes)
     assert all(r.__code__ is pipeline.reads_results(lambda: None).__code__ for r in readers)
+
+
+def test_a_stages_sql_is_parsed_once_per_process(tmp_path: Path) -> None:
+    """An incremental run's stages are executed from statements parsed once per process (``_parsed_once``): the
+    next run parses only the stages whose SQL differs, those the as-of is written into (the clock's rules), not
+    its 40-odd others again. The kept statements are bounded (``PARSED_KEPT``), least recently used out first."""
+    from mgaki.surveillance import pipeline
+
+    store = EventStore(tmp_path)
+    before, after = _split(random_cohort(30, seed=3))
+    store.append(before)
+    surveil(store)
+    ev = after["events"]
+    later = [ev.slice(i, 1) for i in (0, 10)]  # two single results
+    pipeline._parsed.clear()
+    store.append({"events": later[0]})
+    surveil(store, as_of=CUT + timedelta(days=30))
+    first = dict(pipeline._parsed)
+    assert len(first) > 30  # every stage of a run
+    store.append({"events": later[1]})
+    surveil(store, as_of=CUT + timedelta(days=31))  # another as-of: the clock's stages differ
+    again = {sql for sql in pipeline._parsed if sql not in first}
+    assert 0 < len(again) <= 2, sorted(s[:60] for s in again)  # the clock's stages only
+    assert all(pipeline._parsed[sql] is st for sql, st in first.items() if sql in pipeline._parsed)
+
+    con = duckdb.connect()
+    try:
+        kept = pipeline.PARSED_KEPT
+        pipeline.PARSED_KEPT = 3
+        pipeline._parsed.clear()
+        one = pipeline._parsed_once(con, "SELECT 1")
+        for sql in ("SELECT 2", "SELECT 3", "SELECT 1", "SELECT 4"):  # SELECT 1 used again: SELECT 2 goes
+            pipeline._parsed_once(con, sql)
+        assert list(pipeline._parsed) == ["SELECT 3", "SELECT 1", "SELECT 4"]
+        assert pipeline._parsed_once(con, "SELECT 1") is one
+        assert con.execute(one).fetchall() == [(1,)] and con.execute(one).fetchall() == [(1,)]  # run twice
+    finally:
+        pipeline.PARSED_KEPT = kept
+        pipeline._parsed.clear()
+        con.close()
