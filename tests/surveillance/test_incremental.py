@@ -272,3 +272,42 @@ def test_a_stages_sql_is_parsed_once_per_process(tmp_path: Path) -> None:
         pipeline.PARSED_KEPT = kept
         pipeline._parsed.clear()
         con.close()
+
+
+def _scratch() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"threads": 1})
+    con.execute("ATTACH ':memory:' AS dag_scratch")
+    con.execute("USE dag_scratch")
+    con.execute("CREATE TABLE base AS SELECT range AS x FROM range(5)")
+    return con
+
+
+def test_stages_run_two_at_a_time_each_after_what_it_reads() -> None:
+    """``_run_dag``: every stage is created once its inputs exist (a stage run early would fail: its input table
+    would not exist yet), whatever the plan's order; the longest chain of stages after a stage, weighed by
+    SQL size (``_chain``), orders those ready; a stage's error reaches the caller; stages that wait on each
+    other stop the run with an error naming them instead of waiting forever."""
+    from mgaki.surveillance import pipeline
+
+    work = [("c", "SELECT x + 1 AS x FROM b"), ("a", "SELECT x FROM base"), ("b", "SELECT x * 2 AS x FROM a"),
+            ("side", "SELECT count(*) AS n FROM base"), ("d", "SELECT a.x + c.x AS x FROM a JOIN c USING (x)")]
+    deps = {"a": set(), "b": {"a"}, "c": {"b"}, "d": {"a", "c"}, "side": set()}
+    chain = pipeline._chain(work, deps)
+    size = {n: len(q) for n, q in work}
+    assert chain["d"] == size["d"] and chain["c"] == size["c"] + size["d"]
+    assert chain["a"] == size["a"] + size["b"] + size["c"] + size["d"] and chain["side"] == size["side"]
+    con = _scratch()
+    seen: list[tuple[str, int, int]] = []
+    seconds: dict[str, float] = {}
+    pipeline._run_dag(con, work, deps, seconds, lambda n, i, t: seen.append((n, i, t)), len(work))
+    assert set(seconds) == {n for n, _ in work}
+    assert sorted(i for _, i, _ in seen) == [1, 2, 3, 4, 5] and {t for _, _, t in seen} == {5}
+    assert con.sql("SELECT x FROM c ORDER BY x").fetchall() == [(1,), (3,), (5,), (7,), (9,)]
+    assert con.sql("SELECT n FROM side").fetchall() == [(5,)]
+
+    broken = [*work[:4], ("d", "SELECT no_such_column FROM c")]
+    with pytest.raises(duckdb.BinderException, match="no_such_column"):
+        pipeline._run_dag(_scratch(), broken, deps, {}, None, len(broken))
+    loop = {**deps, "a": {"c"}}
+    with pytest.raises(RuntimeError, match="wait on each other"):
+        pipeline._run_dag(_scratch(), work, loop, {}, None, len(work))

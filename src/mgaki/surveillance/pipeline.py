@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -312,7 +313,11 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
              seconds: dict[str, float], progress: Progress | None, total: int) -> None:
     """Create each table of `work` ((name, SQL), in plan order) once the tables it reads (`deps`) exist,
     two at a time on two connections to the scratch database (DuckDB plans a statement on one core and
-    plans, not rows, are the cost of a few subjects). Results do not depend on the order."""
+    plans, not rows, are the cost of a few subjects). Results do not depend on the order.
+
+    Each of the two threads, as it finishes a stage, takes the next one itself (no hop through a scheduling
+    thread between two statements), the stage with the longest chain of stages after it first (``_chain``):
+    those on the longest path run as early as their inputs allow."""
     def create(cur: duckdb.DuckDBPyConnection, name: str, sql: str) -> None:
         t0 = _time.perf_counter()
         try:
@@ -329,45 +334,90 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
             if progress:
                 progress(name, i + 1, total)
         return
-    import queue
-    from concurrent.futures import FIRST_COMPLETED, Future, wait
+    sql_of = dict(work)
+    chain = _chain(work, deps)
+    waiting = {name: set(deps[name]) for name in sql_of}
+    readers: dict[str, list[str]] = {name: [] for name in sql_of}
+    for name, needs in waiting.items():
+        for d in needs:
+            readers[d].append(name)
+    rank = {name: i for i, (name, _) in enumerate(work)}
+    ready = [(-chain[n], rank[n], n) for n, needs in waiting.items() if not needs]
+    heapq.heapify(ready)
+    state = threading.Condition()
+    running, done = 0, 0
+    failed: list[BaseException] = []
 
-    cursors: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+    def worker(cur: duckdb.DuckDBPyConnection) -> None:
+        nonlocal running, done
+        while True:
+            with state:
+                while not ready and not failed and running:
+                    state.wait()
+                if failed or not ready:  # failed, or nothing left to start and nothing under way to free more
+                    if not failed and done < len(sql_of):
+                        failed.append(RuntimeError(f"surveillance stages wait on each other: "
+                                                   f"{sorted(n for n, w in waiting.items() if w)}"))
+                    state.notify_all()
+                    return
+                name = heapq.heappop(ready)[2]
+                running += 1
+            try:
+                create(cur, name, sql_of[name])
+            except BaseException as exc:  # the other thread stops at its next stage; raised below
+                with state:
+                    failed.append(exc)
+                    running -= 1
+                    state.notify_all()
+                return
+            with state:
+                running -= 1
+                done += 1
+                for r in readers[name]:
+                    waiting[r].discard(name)
+                    if not waiting[r]:
+                        heapq.heappush(ready, (-chain[r], rank[r], r))
+                if progress:
+                    progress(name, done, total)
+                state.notify_all()
+
     opened = []
-    for _ in range(workers):
-        cur = con.cursor()
-        cur.execute(f'USE "{db}"')
-        opened.append(cur)
-        cursors.put(cur)
-
-    def create_on_free(name: str, sql: str) -> None:
-        cur = cursors.get()
-        try:
-            create(cur, name, sql)
-        finally:
-            cursors.put(cur)
-
-    left = dict(work)
-    order = [name for name, _ in work]
-    done: set[str] = set()
-    running: dict[Future[None], str] = {}
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            while left or running:
-                for name in [n for n in order if n in left and deps[n] <= done]:
-                    running[pool.submit(create_on_free, name, left.pop(name))] = name
-                if not running:
-                    raise RuntimeError(f"surveillance stages wait on each other: {sorted(left)}")
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    fut.result()
-                    name = running.pop(fut)
-                    done.add(name)
-                    if progress:
-                        progress(name, len(done), total)
+        for _ in range(workers):
+            cur = con.cursor()
+            cur.execute(f'USE "{db}"')
+            opened.append(cur)
+        threads = [threading.Thread(target=worker, args=(cur,), name="mgaki-stages", daemon=True) for cur in opened]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     finally:
         for cur in opened:
             cur.close()
+    if failed:
+        raise failed[0]
+
+
+def _chain(work: list[tuple[str, str]], deps: Mapping[str, set[str]]) -> dict[str, int]:
+    """Each stage's longest chain of stages to the end of the run, its own included, weighed by the length of
+    their SQL (what a few subjects' statement costs follows its planning, which follows its size)."""
+    size = {name: len(sql) for name, sql in work}
+    readers: dict[str, list[str]] = {name: [] for name in size}
+    for name in size:
+        for d in deps[name]:
+            readers[d].append(name)
+    out: dict[str, int] = {}
+
+    def length(name: str, seen: frozenset[str]) -> int:
+        if name not in out:  # readers in any order; a cycle (the run then stops with an error) counts once
+            out[name] = size[name] + max((length(r, seen | {name}) for r in readers[name] if r not in seen),
+                                         default=0)
+        return out[name]
+
+    for name in size:
+        length(name, frozenset())
+    return out
 
 
 def _out_of_memory(con: duckdb.DuckDBPyConnection, stage: str, exc: duckdb.OutOfMemoryException) -> ResourceError:
