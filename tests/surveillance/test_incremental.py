@@ -292,7 +292,7 @@ def test_stages_run_two_at_a_time_each_after_what_it_reads() -> None:
     work = [("c", "SELECT x + 1 AS x FROM b"), ("a", "SELECT x FROM base"), ("b", "SELECT x * 2 AS x FROM a"),
             ("side", "SELECT count(*) AS n FROM base"), ("d", "SELECT a.x + c.x AS x FROM a JOIN c USING (x)")]
     deps = {"a": set(), "b": {"a"}, "c": {"b"}, "d": {"a", "c"}, "side": set()}
-    chain = pipeline._chain(work, deps)
+    chain = pipeline._chain(work, pipeline._readers(work, deps))
     size = {n: len(q) for n, q in work}
     assert chain["d"] == size["d"] and chain["c"] == size["c"] + size["d"]
     assert chain["a"] == size["a"] + size["b"] + size["c"] + size["d"] and chain["side"] == size["side"]
@@ -311,3 +311,10 @@ def test_stages_run_two_at_a_time_each_after_what_it_reads() -> None:
     loop = {**deps, "a": {"c"}}
     with pytest.raises(RuntimeError, match="wait on each other"):
         pipeline._run_dag(_scratch(), work, loop, {}, None, len(work))
+
+    def interrupted(name: str, i: int, total: int) -> None:  # e.g. Ctrl-C reaching a progress bar
+        raise KeyboardInterrupt
+    started: dict[str, float] = {}
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._run_dag(_scratch(), work, deps, started, interrupted, len(work))
+    assert len(started) < len(work)  # no stage starts after it

@@ -335,12 +335,9 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
                 progress(name, i + 1, total)
         return
     sql_of = dict(work)
-    chain = _chain(work, deps)
+    readers = _readers(work, deps)
+    chain = _chain(work, readers)
     waiting = {name: set(deps[name]) for name in sql_of}
-    readers: dict[str, list[str]] = {name: [] for name in sql_of}
-    for name, needs in waiting.items():
-        for d in needs:
-            readers[d].append(name)
     rank = {name: i for i, (name, _) in enumerate(work)}
     ready = [(-chain[n], rank[n], n) for n, needs in waiting.items() if not needs]
     heapq.heapify(ready)
@@ -377,11 +374,17 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
                     waiting[r].discard(name)
                     if not waiting[r]:
                         heapq.heappush(ready, (-chain[r], rank[r], r))
-                if progress:
-                    progress(name, done, total)
                 state.notify_all()
+                try:
+                    if progress:  # under the lock: one call at a time, in order
+                        progress(name, done, total)
+                except BaseException as exc:  # e.g. an interrupt reaching a progress bar: stop as for an error
+                    failed.append(exc)
+                    state.notify_all()
+                    return
 
-    opened = []
+    opened: list[duckdb.DuckDBPyConnection] = []
+    threads: list[threading.Thread] = []
     try:
         for _ in range(workers):
             cur = con.cursor()
@@ -392,21 +395,33 @@ def _run_dag(con: duckdb.DuckDBPyConnection, work: list[tuple[str, str]], deps: 
             t.start()
         for t in threads:
             t.join()
+    except BaseException as exc:  # e.g. an interrupt: no stage starts now, the ones under way end first
+        with state:
+            failed.append(exc)
+            state.notify_all()
+        for t in threads:
+            t.join()
+        raise
     finally:
-        for cur in opened:
+        for cur in opened:  # after the threads: a connection is never closed under a statement
             cur.close()
     if failed:
         raise failed[0]
 
 
-def _chain(work: list[tuple[str, str]], deps: Mapping[str, set[str]]) -> dict[str, int]:
+def _readers(work: list[tuple[str, str]], deps: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    """Stage -> the stages of `work` that read it."""
+    out: dict[str, list[str]] = {name: [] for name, _ in work}
+    for name, _ in work:
+        for d in deps[name]:
+            out[d].append(name)
+    return out
+
+
+def _chain(work: list[tuple[str, str]], readers: Mapping[str, list[str]]) -> dict[str, int]:
     """Each stage's longest chain of stages to the end of the run, its own included, weighed by the length of
     their SQL (what a few subjects' statement costs follows its planning, which follows its size)."""
     size = {name: len(sql) for name, sql in work}
-    readers: dict[str, list[str]] = {name: [] for name in size}
-    for name in size:
-        for d in deps[name]:
-            readers[d].append(name)
     out: dict[str, int] = {}
 
     def length(name: str, seen: frozenset[str]) -> int:
