@@ -12,6 +12,7 @@ again, so re-running changes nothing.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -291,6 +292,7 @@ def _release(con: duckdb.DuckDBPyConnection) -> None:
 PARSED_KEPT = 256  # parsed statements a process keeps: every stage of a few plan shapes (about 45 each)
 _parsed: dict[str, duckdb.Statement] = {}  # SQL -> its statement, least recently used first
 _parsed_guard = threading.Lock()
+atexit.register(_parsed.clear)  # before the interpreter's teardown, which reports DuckDB objects still held
 
 
 def _parsed_once(con: duckdb.DuckDBPyConnection, sql: str) -> duckdb.Statement:
