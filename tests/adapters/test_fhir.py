@@ -106,6 +106,50 @@ def test_round_trip(tmp_path: Path) -> None:
     assert_same(original, normalize(read_fhir(tmp_path)))
 
 
+def _rows(tables: dict) -> dict[str, list]:
+    return {name: sorted(t.to_pylist(), key=repr) for name, t in tables.items()}
+
+
+def test_each_resource_type_read_alone_gives_its_share_of_the_whole(tmp_path: Path) -> None:
+    """read_fhir plans a query only for the resource types its input holds: read one type at a time (a
+    MedicationAdministration with the Medications it names), the rows are those of the whole read, none lost."""
+    write_fhir(canonical_cohort(), tmp_path / "all")
+    for f in (EXPORT).iterdir():
+        (tmp_path / "all" / f"export-{f.name}").write_bytes(f.read_bytes())
+    files = sorted((tmp_path / "all").iterdir())
+    whole = _rows(read_fhir(tmp_path / "all"))
+    assert all(whole[t] for t in ("events", "subjects", "encounters", "medications", "contexts", "quarantine"))
+    parts: dict[str, list] = {name: [] for name in whole}
+    for f in files:
+        if "Medication.ndjson" in f.name:  # read beside what names it
+            continue
+        one = tmp_path / f"one-{f.name}"
+        one.mkdir()
+        (one / f.name).write_bytes(f.read_bytes())
+        if "Medication" in f.name:
+            for m in files:
+                if m.name.endswith("Medication.ndjson"):
+                    (one / m.name).write_bytes(m.read_bytes())
+        for name, rows in _rows(read_fhir(one)).items():
+            parts[name] += rows
+    assert {k: sorted(v, key=repr) for k, v in parts.items()} == whole
+
+
+def test_a_small_request_opens_no_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One Observation (a lab's POST /fhir) is read on a leased one-thread database, not a new one (opening
+    one was a fifth of the request's cost)."""
+    import duckdb
+
+    (tmp_path / "Observation.ndjson").write_bytes((EXPORT / "Observation.ndjson").read_bytes())
+    want = _rows(read_fhir(tmp_path))  # leases a database, returned to the pool
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("a new DuckDB database was opened for a small request")
+
+    monkeypatch.setattr(duckdb, "connect", refuse)
+    assert _rows(read_fhir(tmp_path)) == want
+
+
 def test_not_a_fhir_folder(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(Exception, match="no FHIR files"):

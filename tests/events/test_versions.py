@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mgaki.events import EventStore, normalize
 from mgaki.events.store import versioned_source
@@ -348,3 +350,32 @@ def test_a_reader_never_sees_two_versions_of_a_record_corrected_while_it_lists(
         con.close()
     assert commits and commits[0].superseded == 1
     assert rows == [(1.2,)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["new-1", "new-2", "new-3", "new-4", "new-5"]),
+                          st.sampled_from(["1", "2", "2024-05-01T00:00:00Z", "h0a1b"]),
+                          st.sampled_from(["1", "2", ""]), st.sampled_from(["events", "quarantine"])),
+                min_size=1, max_size=8, unique_by=lambda r: r[0]))
+def test_new_records_are_decided_without_a_statement_as_the_statement_would(
+        tmp_path: Path, rows: list[tuple[str, str, str, str]]) -> None:
+    """An append of new records, one version each (a lab feed's, a POST's), is decided in Arrow
+    (``_accept_all``): the same ledger rows as the one statement that ranks versions against the stored ones
+    (``_decide``), run here on a ledger that holds other records."""
+    from mgaki.events.normalize import work_cursor
+    from mgaki.events.store import _VERSIONS, _accept_all, _by_source
+
+    store = EventStore(tmp_path / f"s{abs(hash(tuple(rows)))}")
+    store.append(_obs([("old-1", "1", "2.0"), ("old-2", "3", "void")]))
+    incoming = {t: pa.table({"subject_id": [r[2] or None for r in rows if r[3] == t],
+                             "source": [versioned_source(f"Observation/{r[0]}", r[1]) for r in rows if r[3] == t]})
+                for t in ("events", "quarantine")}
+    with work_cursor(len(rows)) as con:
+        by_source = _by_source(EventStore._brought(con, {t: x for t, x in incoming.items() if x.num_rows}))
+        held_in, top = store._ledger_parts_holding(con, by_source.column("h").to_numpy())
+        assert held_in == [] and top == 1
+        fast = _accept_all(by_source, top)
+        slow = store._decide(con, by_source, store.files(_VERSIONS), top)  # every ledger part read
+    def key(t: pa.Table) -> list[dict]:
+        return sorted(t.select(fast.column_names).to_pylist(), key=lambda r: r["source"])
+    assert len(key(fast)) == len(rows) and key(fast) == key(slow.cast(fast.schema))

@@ -11,6 +11,7 @@ keeps one version per resource (a new version replaces the old rows). The bedsid
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Mapping
 from datetime import datetime
@@ -22,8 +23,8 @@ import pyarrow as pa
 from mgaki.adapters._cohort import canonical, conform, conform_rows, iso_utc, register, sql_str
 from mgaki.adapters.maps import CONTEXT_SYSTEM, KIND_SYSTEM, load_map
 from mgaki.errors import InputError
-from mgaki.events.normalize import NO_VALUE_ANALYTES, connect
-from mgaki.events.schema import DEATH, DEATH_CODE, TABLES
+from mgaki.events.normalize import NO_VALUE_ANALYTES, connect, work_cursor
+from mgaki.events.schema import DEATH, DEATH_CODE, RAW, TABLES
 from mgaki.knowledge import load
 
 __all__ = ["CONTEXT_SYSTEM", "KIND_SYSTEM", "RXNORM", "UCUM", "read_fhir", "write_fhir"]
@@ -117,7 +118,8 @@ def _unreadable(nd: list[Path], js: list[Path], scratch: Path) -> tuple[list[Pat
     return good_nd, good_js, rows
 
 
-def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path, per_source: bool = False) -> pa.Table:
+def _load(con: duckdb.DuckDBPyConnection, path: Path, files: tuple[list[Path], list[Path]], scratch: Path,
+          per_source: bool = False) -> pa.Table:
     """Table ``res``: one row per resource (rid, rtype, id, res JSON, src), Bundles unwrapped. Returns the
     quarantine rows of lines or files that are not JSON (they are left out; the rest is read).
 
@@ -125,7 +127,7 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, scratch: Path, per_source:
     prefixes the source system when the resource names one (``meta.source``, else its Bundle's),
     ``<system>|<type>/<id>``, so equal ids from two systems are two records (docs/service.md#identity).
     """
-    nd, js = _files(path)
+    nd, js = files
     broken = TABLES["quarantine"].empty_table()
     try:
         _create_res(con, nd, js, per_source)
@@ -180,10 +182,10 @@ def _refid_macro(con: duckdb.DuckDBPyConnection) -> None:
     # references: 'Patient/1', 'urn:uuid:..' (a Bundle fullUrl) or an absolute URL -> the target's id
     con.execute("CREATE TEMP TABLE urls AS SELECT full_url, id FROM res WHERE full_url IS NOT NULL")
     if con.execute("SELECT count(*) FROM urls").fetchall()[0][0]:
-        con.execute("""CREATE MACRO refid(r) AS coalesce((SELECT any_value(u.id) FROM urls u WHERE u.full_url = r),
+        con.execute("""CREATE TEMP MACRO refid(r) AS coalesce((SELECT any_value(u.id) FROM urls u WHERE u.full_url = r),
                                                         regexp_extract(r, '([^/:]+)$'))""")
     else:  # plain NDJSON: no fullUrls to resolve, skip the lookup
-        con.execute("CREATE MACRO refid(r) AS regexp_extract(r, '([^/:]+)$')")
+        con.execute("CREATE TEMP MACRO refid(r) AS regexp_extract(r, '([^/:]+)$')")
 
 
 def _void(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -209,7 +211,7 @@ def _reftype_macro(con: duckdb.DuckDBPyConnection) -> None:
     """``reftype(reference)``: the resource type a reference names, NULL when it cannot tell."""
     con.execute("CREATE TEMP TABLE url_types AS SELECT full_url, any_value(rtype) AS rtype FROM res "
                 "WHERE full_url IS NOT NULL GROUP BY full_url")
-    con.execute("""CREATE MACRO reftype(r) AS coalesce(
+    con.execute("""CREATE TEMP MACRO reftype(r) AS coalesce(
         (SELECT any_value(u.rtype) FROM url_types u WHERE u.full_url = r),
         nullif(regexp_extract(r, '([A-Za-z]+)/[^/]+(/_history/[^/]+)?$', 1), ''))""")
 
@@ -230,106 +232,144 @@ def read_fhir(path: str | Path, per_source: bool = False) -> dict[str, pa.Table]
 
     ``per_source``: record identities include the source system (``meta.source``; see ``_load``).
     """
-    con = connect()
-    scratch = tempfile.TemporaryDirectory(prefix="mgaki-fhir-")
-    try:
-        register(con, {})
-        con.register("kind_map", pa.table({
-            "code": [e.code for e in load_map("fhir").by("encounter_kind").values()],
-            "kind": [e.target for e in load_map("fhir").by("encounter_kind").values()]}))
-        md = load().kidney.maintenance_dialysis
-        con.register("dialysis_codes", pa.table({
-            "system": [c.system for c in md.codes], "code": [c.code.replace(".", "").upper() for c in md.codes],
-            "context": [md.context] * len(md.codes)}))
-        broken = _load(con, Path(path), Path(scratch.name), per_source)
-        _reftype_macro(con)
-        void = {f"'{t}'": ss for t, ss in _VOID.items()}
-        live = " AND ".join(f"NOT (rtype = {t} AND coalesce(res->>'status', '') IN ({', '.join(repr(s) for s in ss)}))"
-                            for t, ss in void.items())
-        con.execute(f"CREATE TEMP VIEW unvoided AS SELECT * FROM res WHERE {live}")
-        con.execute(f"CREATE TEMP VIEW live AS SELECT * FROM unvoided WHERE NOT {_NOT_PATIENT}")
-        con.execute("""CREATE TEMP TABLE coded AS
-            SELECT rid, rtype, res, src, c->>'system' AS system, c->>'code' AS code
-            FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
-                  FROM live WHERE rtype IN ('Observation', 'Procedure'))""")
-        events = con.sql("""
-            SELECT refid(res->>'$.subject.reference') AS subject_id,
-                   refid(coalesce(res->>'$.encounter.reference', res->>'$.context.reference')) AS encounter_id,
-                   coalesce(res->>'effectiveDateTime', res->>'$.effectivePeriod.start', res->>'effectiveInstant',
-                            res->>'performedDateTime', res->>'$.performedPeriod.start', res->>'issued') AS time,
-                   m.key AS code, m.analyte,
-                   CASE WHEN (res->'valueQuantity') IS NOT NULL
-                        THEN coalesce(res->>'$.valueQuantity.comparator', '') || (res->>'$.valueQuantity.value')
-                        ELSE coalesce(res->>'valueString', res->>'valueInteger') END AS value,
-                   coalesce(res->>'$.valueQuantity.code', res->>'$.valueQuantity.unit') AS unit, src AS source
-            FROM coded k JOIN code_map m ON m.system = k.system AND m.code = k.code
-              AND (k.rtype = 'Procedure') = (m.analyte = 'rrt')
-            QUALIFY row_number() OVER (PARTITION BY rid ORDER BY m.preferred DESC, m.key) = 1""")
+    files = _files(Path(path))
+    # a request of a few resources is planning-bound: a leased one-thread database, not a new one (~20 ms)
+    with work_cursor(sum(_inflated_size(p) for p in (*files[0], *files[1])) // _BYTES_PER_RESOURCE) as con, \
+            tempfile.TemporaryDirectory(prefix="mgaki-fhir-") as scratch:
+        return _read(con, Path(path), files, Path(scratch), per_source)
+
+
+_BYTES_PER_RESOURCE = 500  # about the smallest FHIR resource mgaki reads: an input's size over it bounds its rows
+
+
+def _read(con: duckdb.DuckDBPyConnection, path: Path, files: tuple[list[Path], list[Path]], scratch: Path,
+          per_source: bool) -> dict[str, pa.Table]:
+    """``read_fhir`` on a cursor of its own (registrations, TEMP tables and macros only)."""
+    register(con, {})
+    con.register("kind_map", pa.table({
+        "code": [e.code for e in load_map("fhir").by("encounter_kind").values()],
+        "kind": [e.target for e in load_map("fhir").by("encounter_kind").values()]}))
+    md = load().kidney.maintenance_dialysis
+    con.register("dialysis_codes", pa.table({
+        "system": [c.system for c in md.codes], "code": [c.code.replace(".", "").upper() for c in md.codes],
+        "context": [md.context] * len(md.codes)}))
+    broken = _load(con, path, files, scratch, per_source)
+    _reftype_macro(con)
+    void = {f"'{t}'": ss for t, ss in _VOID.items()}
+    live = " AND ".join(f"NOT (rtype = {t} AND coalesce(res->>'status', '') IN ({', '.join(repr(s) for s in ss)}))"
+                        for t, ss in void.items())
+    con.execute(f"CREATE TEMP VIEW unvoided AS SELECT * FROM res WHERE {live}")
+    con.execute(f"CREATE TEMP VIEW live AS SELECT * FROM unvoided WHERE NOT {_NOT_PATIENT}")
+    # a query per kind of output, planned only when the input holds its resource types (a lab's POST of one
+    # Observation plans three queries, not nine: planning is most of what a small request costs)
+    present = {t for (t,) in con.execute("SELECT DISTINCT rtype FROM res").fetchall()}
+    rels: dict[str, list[duckdb.DuckDBPyRelation]] = {name: [] for name in _OUTPUTS}
+    if present & {"Observation", "Procedure"}:
+        rels["events"].append(_events(con))
+    if "Patient" in present:
         # Patient.deceasedDateTime is the death row (mgaki.events.schema); deceasedBoolean has no time
-        deaths = con.sql(f"""SELECT id AS subject_id, NULL::VARCHAR AS encounter_id, res->>'deceasedDateTime' AS time,
-                   '{DEATH_CODE}' AS code, '{DEATH}' AS analyte, NULL::VARCHAR AS value, NULL::VARCHAR AS unit,
-                   src AS source
-            FROM live WHERE rtype = 'Patient' AND (res->>'deceasedDateTime') IS NOT NULL""")
-        events = events.union(deaths)
-        subjects = con.sql("""SELECT id AS subject_id, res->>'gender' AS sex, res->>'birthDate' AS birth_date,
-                   src AS source FROM live WHERE rtype = 'Patient'""")  # normalize checks the date
-        encounters = con.sql(f"""
-            SELECT refid(res->>'$.subject.reference') AS subject_id, id AS encounter_id,
-                   coalesce(list_filter(coalesce(json_extract(res, '$.type[*].coding[*]'), []),
-                                        lambda c: (c->>'system') = '{KIND_SYSTEM}')[1]->>'code',
-                            k.kind, 'inpatient') AS kind,
-                   res->>'$.period.start' AS start, res->>'$.period.end' AS "end",
-                   refid(res->>'$.partOf.reference') AS parent_id, src AS source
-            FROM live LEFT JOIN kind_map k ON k.code = (live.res->>'$.class.code') WHERE rtype = 'Encounter'""")
-        meds = con.sql(f"""
-            WITH m AS (
-                SELECT l.*, coalesce(l.res->'medicationCodeableConcept', med.res->'code') AS concept
-                FROM live l LEFT JOIN res med ON med.rtype = 'Medication'
-                     AND med.id = refid(l.res->>'$.medicationReference.reference')
-                WHERE l.rtype IN ('MedicationAdministration', 'MedicationRequest'))
-            SELECT refid(res->>'$.subject.reference') AS subject_id,
-                   refid(coalesce(res->>'$.context.reference', res->>'$.encounter.reference')) AS encounter_id,
-                   coalesce(res->>'effectiveDateTime', res->>'$.effectivePeriod.start',
-                            res->>'$.dosageInstruction[0].timing.repeat.boundsPeriod.start', res->>'authoredOn')
-                       AS start,
-                   coalesce(res->>'$.effectivePeriod.end',
-                            res->>'$.dosageInstruction[0].timing.repeat.boundsPeriod.end') AS "end",
-                   coalesce(concept->>'text', concept->>'$.coding[0].display') AS name,
-                   list_filter(coalesce(json_extract(concept, '$.coding[*]'), []),
-                               lambda c: (c->>'system') = '{RXNORM}')[1]->>'code' AS rxcui,
-                   coalesce(res->>'$.dosage.route.text', res->>'$.dosage.route.coding[0].display',
-                            res->>'$.dosageInstruction[0].route.text',
-                            res->>'$.dosageInstruction[0].route.coding[0].display') AS route,
-                   coalesce(res->>'$.dosage.dose.value',
-                            res->>'$.dosageInstruction[0].doseAndRate[0].doseQuantity.value') AS dose_value,
-                   coalesce(res->>'$.dosage.dose.unit', res->>'$.dosage.dose.code',
-                            res->>'$.dosageInstruction[0].doseAndRate[0].doseQuantity.unit') AS dose_unit,
-                   src AS source FROM m""")
-        contexts = con.sql(f"""
-            SELECT refid(res->>'$.subject.reference') AS subject_id, refid(res->>'$.encounter.reference')
-                   AS encounter_id, res->>'$.period.start' AS time, c->>'code' AS context, src AS source
-            FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
-                  FROM live WHERE rtype = 'Flag') WHERE (c->>'system') = '{CONTEXT_SYSTEM}'
-            UNION ALL
-            -- maintenance dialysis from an active, not refuted Condition (kidney.yaml codes; ICD without dots)
-            SELECT DISTINCT refid(res->>'$.subject.reference'), refid(res->>'$.encounter.reference'),
-                   coalesce(res->>'onsetDateTime', res->>'$.onsetPeriod.start', res->>'recordedDate'), k.context, src
-            FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
-                  FROM live WHERE rtype = 'Condition') x
-            JOIN dialysis_codes k ON k.system = (x.c->>'system') AND k.code = upper(replace(x.c->>'code', '.', ''))
-            WHERE coalesce(res->>'$.clinicalStatus.coding[0].code', 'active') NOT IN ('inactive', 'resolved',
-                                                                                      'remission')
-              AND coalesce(res->>'$.verificationStatus.coding[0].code', '') NOT IN ('refuted', 'entered-in-error')
-            """)
-        out = {"events": events, "subjects": subjects, "encounters": encounters, "medications": meds,
-               "contexts": contexts}
-        tables = {name: conform(rel.to_arrow_table(), name) for name, rel in out.items()}
-        zoneless = _set_aside_zoneless(tables)
-        tables["quarantine"] = pa.concat_tables([broken, _void(con), _not_patient(con), zoneless])
-        return tables
-    finally:
-        con.close()
-        scratch.cleanup()
+        rels["events"].append(con.sql(f"""SELECT id AS subject_id, NULL::VARCHAR AS encounter_id,
+                   res->>'deceasedDateTime' AS time, '{DEATH_CODE}' AS code, '{DEATH}' AS analyte,
+                   NULL::VARCHAR AS value, NULL::VARCHAR AS unit, src AS source
+            FROM live WHERE rtype = 'Patient' AND (res->>'deceasedDateTime') IS NOT NULL"""))
+        rels["subjects"].append(con.sql("""SELECT id AS subject_id, res->>'gender' AS sex,
+                   res->>'birthDate' AS birth_date, src AS source
+            FROM live WHERE rtype = 'Patient'"""))  # normalize checks the date
+    if "Encounter" in present:
+        rels["encounters"].append(_encounters(con))
+    if present & {"MedicationAdministration", "MedicationRequest"}:
+        rels["medications"].append(_medications(con))
+    if present & {"Flag", "Condition"}:
+        rels["contexts"].append(_contexts(con))
+    tables = {name: conform(functools.reduce(lambda a, b: a.union(b), rs).to_arrow_table() if rs
+                            else RAW[name].empty_table(), name) for name, rs in rels.items()}
+    zoneless = _set_aside_zoneless(tables)
+    tables["quarantine"] = pa.concat_tables([broken, *([_void(con)] if present & set(_VOID) else []),
+                                             *([_not_patient(con)] if present else []), zoneless])
+    return tables
+
+
+_OUTPUTS = ("events", "subjects", "encounters", "medications", "contexts")
+
+
+def _events(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+    """Observations and Procedures whose coding codes.yaml maps (RRT sessions: Procedures only)."""
+    con.execute("""CREATE TEMP TABLE coded AS
+        SELECT rid, rtype, res, src, c->>'system' AS system, c->>'code' AS code
+        FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
+              FROM live WHERE rtype IN ('Observation', 'Procedure'))""")
+    return con.sql("""
+        SELECT refid(res->>'$.subject.reference') AS subject_id,
+               refid(coalesce(res->>'$.encounter.reference', res->>'$.context.reference')) AS encounter_id,
+               coalesce(res->>'effectiveDateTime', res->>'$.effectivePeriod.start', res->>'effectiveInstant',
+                        res->>'performedDateTime', res->>'$.performedPeriod.start', res->>'issued') AS time,
+               m.key AS code, m.analyte,
+               CASE WHEN (res->'valueQuantity') IS NOT NULL
+                    THEN coalesce(res->>'$.valueQuantity.comparator', '') || (res->>'$.valueQuantity.value')
+                    ELSE coalesce(res->>'valueString', res->>'valueInteger') END AS value,
+               coalesce(res->>'$.valueQuantity.code', res->>'$.valueQuantity.unit') AS unit, src AS source
+        FROM coded k JOIN code_map m ON m.system = k.system AND m.code = k.code
+          AND (k.rtype = 'Procedure') = (m.analyte = 'rrt')
+        QUALIFY row_number() OVER (PARTITION BY rid ORDER BY m.preferred DESC, m.key) = 1""")
+
+
+def _encounters(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+    return con.sql(f"""
+        SELECT refid(res->>'$.subject.reference') AS subject_id, id AS encounter_id,
+               coalesce(list_filter(coalesce(json_extract(res, '$.type[*].coding[*]'), []),
+                                    lambda c: (c->>'system') = '{KIND_SYSTEM}')[1]->>'code',
+                        k.kind, 'inpatient') AS kind,
+               res->>'$.period.start' AS start, res->>'$.period.end' AS "end",
+               refid(res->>'$.partOf.reference') AS parent_id, src AS source
+        FROM live LEFT JOIN kind_map k ON k.code = (live.res->>'$.class.code') WHERE rtype = 'Encounter'""")
+
+
+def _medications(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+    """Administrations and orders; a ``medicationReference`` resolved to the Medication resource's code."""
+    return con.sql(f"""
+        WITH m AS (
+            SELECT l.*, coalesce(l.res->'medicationCodeableConcept', med.res->'code') AS concept
+            FROM live l LEFT JOIN res med ON med.rtype = 'Medication'
+                 AND med.id = refid(l.res->>'$.medicationReference.reference')
+            WHERE l.rtype IN ('MedicationAdministration', 'MedicationRequest'))
+        SELECT refid(res->>'$.subject.reference') AS subject_id,
+               refid(coalesce(res->>'$.context.reference', res->>'$.encounter.reference')) AS encounter_id,
+               coalesce(res->>'effectiveDateTime', res->>'$.effectivePeriod.start',
+                        res->>'$.dosageInstruction[0].timing.repeat.boundsPeriod.start', res->>'authoredOn')
+                   AS start,
+               coalesce(res->>'$.effectivePeriod.end',
+                        res->>'$.dosageInstruction[0].timing.repeat.boundsPeriod.end') AS "end",
+               coalesce(concept->>'text', concept->>'$.coding[0].display') AS name,
+               list_filter(coalesce(json_extract(concept, '$.coding[*]'), []),
+                           lambda c: (c->>'system') = '{RXNORM}')[1]->>'code' AS rxcui,
+               coalesce(res->>'$.dosage.route.text', res->>'$.dosage.route.coding[0].display',
+                        res->>'$.dosageInstruction[0].route.text',
+                        res->>'$.dosageInstruction[0].route.coding[0].display') AS route,
+               coalesce(res->>'$.dosage.dose.value',
+                        res->>'$.dosageInstruction[0].doseAndRate[0].doseQuantity.value') AS dose_value,
+               coalesce(res->>'$.dosage.dose.unit', res->>'$.dosage.dose.code',
+                        res->>'$.dosageInstruction[0].doseAndRate[0].doseQuantity.unit') AS dose_unit,
+               src AS source FROM m""")
+
+
+def _contexts(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyRelation:
+    """Context flags (mgaki's context system), and maintenance dialysis from a Condition."""
+    return con.sql(f"""
+        SELECT refid(res->>'$.subject.reference') AS subject_id, refid(res->>'$.encounter.reference')
+               AS encounter_id, res->>'$.period.start' AS time, c->>'code' AS context, src AS source
+        FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
+              FROM live WHERE rtype = 'Flag') WHERE (c->>'system') = '{CONTEXT_SYSTEM}'
+        UNION ALL
+        -- maintenance dialysis from an active, not refuted Condition (kidney.yaml codes; ICD without dots)
+        SELECT DISTINCT refid(res->>'$.subject.reference'), refid(res->>'$.encounter.reference'),
+               coalesce(res->>'onsetDateTime', res->>'$.onsetPeriod.start', res->>'recordedDate'), k.context, src
+        FROM (SELECT *, unnest(coalesce(json_extract(res, '$.code.coding[*]'), [])) AS c
+              FROM live WHERE rtype = 'Condition') x
+        JOIN dialysis_codes k ON k.system = (x.c->>'system') AND k.code = upper(replace(x.c->>'code', '.', ''))
+        WHERE coalesce(res->>'$.clinicalStatus.coding[0].code', 'active') NOT IN ('inactive', 'resolved',
+                                                                                  'remission')
+          AND coalesce(res->>'$.verificationStatus.coding[0].code', '') NOT IN ('refuted', 'entered-in-error')
+        """)
 
 
 # The one time rule of FHIR input, bedside and cohort alike (docs/adapters/fhir.md#times): FHIR R4 dateTime

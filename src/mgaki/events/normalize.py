@@ -356,7 +356,8 @@ def _normalize(con: duckdb.DuckDBPyConnection, raw: Mapping[str, pa.Table | None
         _medications(con, kb, out, quarantine, window)
     if "encounters" in present:
         _encounters(con, out, quarantine, window)
-    _subjects(con, out, quarantine, window)
+    if "subjects" in present:
+        _subjects(con, out, quarantine, window)
     if "contexts" in present:
         _contexts(con, out, quarantine, window)
     if quarantine:

@@ -88,6 +88,8 @@ _LEDGER = pa.schema([("identity", pa.string()), ("version", pa.string()), ("sour
                      ("seq", pa.int64()), ("stale", pa.bool_()), ("subject_id", pa.string()),
                      ("replaces", pa.string())])
 _OPTIONAL = ("subject_id", "replaces")
+_BROUGHT = pa.schema([("tbl", pa.string()), ("source", pa.string()), ("subject_id", pa.string()),
+                      ("identity", pa.string()), ("version", pa.string()), ("h", pa.uint64())])
 _COMPACTED = "_compacted"  # per-table folder of compaction records
 COMPACT_AT = 32  # small parts of one table that trigger a merge
 SMALL_PART_BYTES = 1 << 20  # parts under this size are merged; bulk-ingest parts are left as written
@@ -394,13 +396,16 @@ class EventStore:
             if versioned is None:
                 versioned = any(pc.any(pc.match_substring(t.column("source"), HISTORY)).as_py()
                                 for t in incoming.values())
-            found = self._identity_conflicts(con, incoming) if versioned else []
+            brought = self._brought(con, incoming) if versioned else None
+            found = self._identity_conflicts(con, incoming, brought) if versioned else []
             if found and conflicts == "refuse":
                 raise IdentityConflictError(found)
             if found:
                 incoming = _set_aside(con, incoming, found)
                 summary.identity_conflicts = tuple(found)
-            ledger = self._versions(con, incoming, summary, subjects) if versioned else _LEDGER.empty_table()
+                brought = self._brought(con, incoming)  # the set-aside rows no longer name their version
+            ledger = self._versions(con, brought, summary, subjects) if brought is not None \
+                else _LEDGER.empty_table()
             # a version new to the ledger has no stored row unless an interrupted append wrote it (its intent
             # file is left): with none left, accepted versioned rows are not compared with the store at all
             unseen = versioned and not any((self.root / _INTENT).glob("*.parquet"))
@@ -494,33 +499,52 @@ class EventStore:
         with work_cursor(sum(t.num_rows for t in tables.values())) as con:
             return self._identity_conflicts(con, {n: t for n, t in tables.items() if t.num_rows})
 
-    def _identity_conflicts(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
-                            ) -> list[IdentityConflict]:
-        """Identities the append would move between patients: named by another subject than their current
-        stored version's, or by two subjects at once.
-
-        One statement finds each incoming identity's current stored version (new identities, the usual case
-        of a lab feed, have none); only identities that have one are looked up in the tables."""
-        ident = _IDENTITY.format(c="source")
+    @staticmethod
+    def _brought(con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table]) -> pa.Table:
+        """The record versions ``incoming`` names: one row per distinct (table, source, subject_id) whose source
+        is a versioned reference, with its identity, version and DuckDB ``hash(identity)`` (the ledger index's
+        key). One statement, shared by the identity check and the version decision of an append."""
+        ident, ver = _IDENTITY.format(c="source"), _VERSION.format(c="source")
         parts = []
         for n, t in incoming.items():
-            con.register(f"ids_{n}", t.select(["subject_id", "source"]))
-            parts.append(f"SELECT DISTINCT '{n}' AS tbl, {ident} AS identity, subject_id FROM ids_{n} "
-                         f"WHERE contains(source, '{HISTORY}') AND coalesce(subject_id, '') <> ''")
+            con.register(f"brought_{n}", t.select(["subject_id", "source"]))
+            parts.append(f"SELECT '{n}' AS tbl, source, subject_id FROM brought_{n} "
+                         f"WHERE contains(source, '{HISTORY}')")
         if not parts:
+            return _BROUGHT.empty_table()
+        try:
+            return con.sql(f"SELECT tbl, source, subject_id, identity, {ver} AS version, hash(identity) AS h "
+                           f"FROM (SELECT *, {ident} AS identity FROM (SELECT DISTINCT * FROM "
+                           f"({' UNION ALL '.join(parts)}) u) d) x WHERE identity <> ''"
+                           ).to_arrow_table().cast(_BROUGHT)
+        finally:
+            for n in incoming:
+                con.unregister(f"brought_{n}")
+
+    def _identity_conflicts(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
+                            brought: pa.Table | None = None) -> list[IdentityConflict]:
+        """Identities the append would move between patients: named by another subject than their current
+        stored version's, or by two subjects at once (``brought``: ``_brought(con, incoming)``, if made).
+
+        One statement finds each incoming identity's current stored version (new identities, the usual case
+        of a lab feed, have none: no statement at all); only identities that have one are looked up in the
+        tables."""
+        if brought is None:
+            brought = self._brought(con, incoming)
+        named_by = brought.filter(pc.not_equal(pc.fill_null(brought.column("subject_id"), ""), ""))
+        inc = named_by.group_by(["tbl", "identity", "subject_id"], use_threads=False).aggregate([("h", "max")])
+        if inc.num_rows == 0:
             return []
-        inc = f"SELECT * FROM ({' UNION ALL '.join(parts)}) x WHERE identity <> ''"
-        con.execute(f"CREATE OR REPLACE TEMP TABLE inc_ids AS SELECT *, hash(identity) AS h FROM ({inc}) i")
-        for n in incoming:
-            con.unregister(f"ids_{n}")
-        hashes = con.sql("SELECT h FROM inc_ids").to_arrow_table().column("h").to_numpy()
-        held_in, _ = self._ledger_parts_holding(con, hashes)
+        held_in, _ = self._ledger_parts_holding(con, inc.column("h_max").to_numpy())
         cur = self._current_sql("SELECT identity FROM inc_ids", held_in) if held_in else None
         if cur is None:  # no stored version of any of them (a lab feed's new results): no part is read
-            rows = con.sql("SELECT tbl, identity, subject_id, NULL::VARCHAR, NULL::VARCHAR FROM inc_ids").fetchall()
+            rows = [(t, i, s, None, None) for t, i, s in zip(*(inc.column(c).to_pylist() for c in
+                                                                 ("tbl", "identity", "subject_id")), strict=True)]
         else:
+            con.register("inc_ids", inc)
             rows = con.sql(f"SELECT i.tbl, i.identity, i.subject_id, c.source, c.subject_id FROM inc_ids i "
                            f"LEFT JOIN ({cur}) c ON c.identity = i.identity").fetchall()
+            con.unregister("inc_ids")
         stored: dict[str, set[str]] = {}  # identity -> the subjects its current version's rows name
         for r in rows:
             if r[3] is not None and r[4]:  # the ledger names the patient
@@ -554,7 +578,7 @@ class EventStore:
                 out.append(IdentityConflict(identity, None, subject, tbl))
         return out
 
-    def _versions(self, con: duckdb.DuckDBPyConnection, incoming: Mapping[str, pa.Table],
+    def _versions(self, con: duckdb.DuckDBPyConnection, brought: pa.Table,
                   summary: IngestSummary, subjects: set[str]) -> pa.Table:
         """Decide the versions an append brings; table ``accepted`` and the new ledger rows.
 
@@ -562,44 +586,17 @@ class EventStore:
         newest wins (by integer or time value when both sides have one, else this append's);
         it is stale, and kept out, when the stored current version is newer by value.
         The subjects of the rows a winner replaces join ``subjects`` (their results change).
+        ``brought``: ``_brought`` of the rows the append keeps.
         """
-        parts = [f"SELECT source, subject_id FROM incoming_{n} WHERE contains(source, '{HISTORY}')" for n in incoming]
-        for n, t in incoming.items():
-            con.register(f"incoming_{n}", t.select(["source", "subject_id"]))
-        union = " UNION ALL ".join(parts) if parts else \
-            "SELECT NULL::VARCHAR AS source, NULL::VARCHAR AS subject_id WHERE false"
-        ident, ver = _IDENTITY.format(c="source"), _VERSION.format(c="source")
-        # a version's rows name one patient (identity checks came first); quarantine rows may name none
-        con.execute(f"CREATE OR REPLACE TEMP TABLE brought AS SELECT {ident} AS identity, {ver} AS version, source, "
-                    f"hash({ident}) AS h, max(nullif(subject_id, '')) AS subject_id FROM ({union}) b "
-                    f"WHERE {ident} <> '' GROUP BY source")
-        for n in incoming:
-            con.unregister(f"incoming_{n}")
+        by_source = _by_source(brought)
         # only the ledger parts that can hold these identities are read (their versions, their current one)
-        held_in, top = self._ledger_parts_holding(
-            con, con.sql("SELECT h FROM brought").to_arrow_table().column("h").to_numpy())
-        ledger_sql = self._ledger_sql(held_in)
-        cur = (self._current_sql("SELECT identity FROM batch", held_in) if held_in else None) or \
-            "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
-            "NULL::BIGINT AS seq, NULL::VARCHAR AS subject_id WHERE false"
-        # newer(a, b): a is newer than b by value; NULL when the two do not compare
-        newer = """CASE WHEN TRY_CAST({a} AS BIGINT) IS NOT NULL AND TRY_CAST({b} AS BIGINT) IS NOT NULL
-                        THEN TRY_CAST({a} AS BIGINT) > TRY_CAST({b} AS BIGINT)
-                        WHEN TRY_CAST({a} AS TIMESTAMPTZ) IS NOT NULL AND TRY_CAST({b} AS TIMESTAMPTZ) IS NOT NULL
-                        THEN TRY_CAST({a} AS TIMESTAMPTZ) > TRY_CAST({b} AS TIMESTAMPTZ) END"""
-        # one statement: the new versions, each identity's current stored version, the decision, the next seq
-        decided = con.sql(f"""WITH batch AS (
-                SELECT identity, version, source, subject_id FROM brought
-                WHERE source NOT IN (SELECT source FROM {ledger_sql})),
-            ranked AS (
-                SELECT b.*, c.source AS replaces, c.version AS cur_version, c.subject_id AS replaces_subject,
-                       row_number() OVER (PARTITION BY b.identity ORDER BY TRY_CAST(b.version AS BIGINT) DESC NULLS
-                           LAST, TRY_CAST(b.version AS TIMESTAMPTZ) DESC NULLS LAST, b.version DESC) AS rk
-                FROM batch b LEFT JOIN ({cur}) c ON c.identity = b.identity)
-            SELECT identity, version, source, subject_id, replaces, replaces_subject,
-                   rk > 1 OR coalesce(NOT ({newer.format(a='version', b='cur_version')}), false) AS stale,
-                   CAST({int(top) + 1} AS BIGINT) AS seq
-            FROM ranked""").to_arrow_table()
+        held_in, top = self._ledger_parts_holding(con, by_source.column("h").to_numpy())
+        if not held_in and pc.count_distinct(by_source.column("identity")).as_py() == by_source.num_rows:
+            # new records, one version each (a lab feed's results, a POST of new resources): no stored version
+            # to compare, none to rank; each is accepted, replacing nothing (the statement below would agree)
+            decided = _accept_all(by_source, top)
+        else:
+            decided = self._decide(con, by_source, held_in, top)
         # a stale version replaces nothing: only the accepted ones name the version they make non-current
         decided = decided.set_column(decided.column_names.index("replaces"), "replaces", pc.if_else(
             decided.column("stale"), pa.scalar(None, pa.string()), decided.column("replaces")))
@@ -621,6 +618,35 @@ class EventStore:
                 subjects.update(r[0] for r in rows if r[0])
             con.unregister("replaced")
         return decided.select(_LEDGER.names).cast(_LEDGER)
+
+    def _decide(self, con: duckdb.DuckDBPyConnection, by_source: pa.Table, held_in: list[Path],
+                top: int) -> pa.Table:
+        """``_versions``' decision in one statement: the new versions, each identity's current stored version,
+        which is newer, the next seq."""
+        con.register("brought", by_source)
+        ledger_sql = self._ledger_sql(held_in)
+        cur = (self._current_sql("SELECT identity FROM batch", held_in) if held_in else None) or \
+            "SELECT NULL::VARCHAR AS identity, NULL::VARCHAR AS version, NULL::VARCHAR AS source, " \
+            "NULL::BIGINT AS seq, NULL::VARCHAR AS subject_id WHERE false"
+        # newer(a, b): a is newer than b by value; NULL when the two do not compare
+        newer = """CASE WHEN TRY_CAST({a} AS BIGINT) IS NOT NULL AND TRY_CAST({b} AS BIGINT) IS NOT NULL
+                        THEN TRY_CAST({a} AS BIGINT) > TRY_CAST({b} AS BIGINT)
+                        WHEN TRY_CAST({a} AS TIMESTAMPTZ) IS NOT NULL AND TRY_CAST({b} AS TIMESTAMPTZ) IS NOT NULL
+                        THEN TRY_CAST({a} AS TIMESTAMPTZ) > TRY_CAST({b} AS TIMESTAMPTZ) END"""
+        decided = con.sql(f"""WITH batch AS (
+                SELECT identity, version, source, subject_id FROM brought
+                WHERE source NOT IN (SELECT source FROM {ledger_sql})),
+            ranked AS (
+                SELECT b.*, c.source AS replaces, c.version AS cur_version, c.subject_id AS replaces_subject,
+                       row_number() OVER (PARTITION BY b.identity ORDER BY TRY_CAST(b.version AS BIGINT) DESC NULLS
+                           LAST, TRY_CAST(b.version AS TIMESTAMPTZ) DESC NULLS LAST, b.version DESC) AS rk
+                FROM batch b LEFT JOIN ({cur}) c ON c.identity = b.identity)
+            SELECT identity, version, source, subject_id, replaces, replaces_subject,
+                   rk > 1 OR coalesce(NOT ({newer.format(a='version', b='cur_version')}), false) AS stale,
+                   CAST({int(top) + 1} AS BIGINT) AS seq
+            FROM ranked""").to_arrow_table()
+        con.unregister("brought")
+        return decided
 
     def pending(self) -> tuple[frozenset[str], list[Path]]:
         """Subjects changed since the last surveillance run, and the files that say so."""
@@ -736,6 +762,26 @@ def _ledger_index(con: duckdb.DuckDBPyConnection, part: Path) -> tuple[np.ndarra
         while len(_INDEX) > _INDEX_PARTS:
             _INDEX.popitem(last=False)
     return entry
+
+
+def _by_source(brought: pa.Table) -> pa.Table:
+    """One row per version of ``EventStore._brought``; a version's rows name one patient (identity checks came
+    first), quarantine rows may name none: its subject is the one named, if any."""
+    named = pc.if_else(pc.equal(brought.column("subject_id"), ""), pa.scalar(None, pa.string()),
+                       brought.column("subject_id"))
+    return brought.set_column(brought.column_names.index("subject_id"), "subject_id", named).group_by(
+        ["source", "identity", "version", "h"], use_threads=False).aggregate([("subject_id", "max")]) \
+        .rename_columns({"subject_id_max": "subject_id"})
+
+
+def _accept_all(by_source: pa.Table, top: int) -> pa.Table:
+    """``_decide`` of versions none of whose identities the ledger holds, one version per identity: each is
+    accepted, replaces nothing, and takes the next seq (tests/events/test_versions.py checks the two agree)."""
+    n = by_source.num_rows
+    return pa.table({"identity": by_source.column("identity"), "version": by_source.column("version"),
+                     "source": by_source.column("source"), "subject_id": by_source.column("subject_id"),
+                     "replaces": pa.nulls(n, pa.string()), "replaces_subject": pa.nulls(n, pa.string()),
+                     "stale": pa.array([False] * n, pa.bool_()), "seq": pa.array([top + 1] * n, pa.int64())})
 
 
 def _has_plain(tab: pa.Table) -> bool:
