@@ -756,6 +756,32 @@ def test_the_fold_process_gives_the_cpu_to_the_server_across_sessions(tmp_path: 
 
 
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux autogroups here")
+@pytest.mark.parametrize("urgent", [False, True])
+def test_the_fold_process_is_lowered_before_it_imports_mgaki(tmp_path: Path, urgent: bool) -> None:
+    """The fold process's boot (``_FOLD_BOOT``, as ``_start_fold`` starts it) lowers its thread and its
+    autogroup before the module it runs is imported: importing mgaki is half a second of CPU that a fold still
+    at its starting priority took from the runs. Urgent (generations piled up): it keeps its priority."""
+    import subprocess
+    import sys
+
+    from mgaki.surveillance import _priority
+
+    (tmp_path / "probe_fold.py").write_text(
+        "import os, sys\nfrom pathlib import Path\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0), Path('/proc/self/autogroup').read_text().split()[-1],\n"
+        "      any(m == 'mgaki' or m.startswith('mgaki.') for m in sys.modules))\n"
+        "def main(args):\n    print(args)\n    return 3\n")
+    done = subprocess.run([sys.executable, "-c", pipeline._FOLD_BOOT, *(["--urgent"] if urgent else []),
+                           _priority.__file__, "probe_fold", "a", "b"], capture_output=True, text=True, timeout=120,
+                          start_new_session=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 3, done.stderr
+    lines = done.stdout.splitlines()
+    ours = str(os.getpriority(os.PRIO_PROCESS, 0))  # what the child starts with (a new session's autogroup: 0)
+    assert lines[0].split() == ([ours, "0", "False"] if urgent else ["19", "19", "False"])
+    assert lines[1] == "['a', 'b']"
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no Linux autogroups here")
 def test_the_fold_run_by_hand_leaves_the_shells_session_alone(tmp_path: Path) -> None:
     """``python -m mgaki.surveillance.fold`` run from a shell is not the leader of its session: it must not
     lower the autogroup it shares with the shell (and here with the test run)."""

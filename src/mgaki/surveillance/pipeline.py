@@ -46,6 +46,8 @@ from mgaki.events.locks import FileLock
 from mgaki.events.normalize import give_back, lease
 from mgaki.events.store import ROW_GROUP, _fsync, subject_in, write_parquet_atomic
 from mgaki.knowledge import KnowledgeBase, load
+from mgaki.surveillance import _priority
+from mgaki.surveillance._priority import lowest_priority, normal_priority
 from mgaki.surveillance.dialect import DUCKDB
 from mgaki.surveillance.stages import OPEN_END, H, Stage, stages
 from mgaki.units import factor
@@ -902,9 +904,10 @@ def _fold_lock(out: Path) -> FileLock:
     return FileLock(out / _FOLD_LOCK)
 
 
-def _start_fold(out: Path) -> None:
+def _start_fold(out: Path, urgent: bool = False) -> None:
     """Fold the generations (``_fold``) where ``FOLD_IN`` says: in a child process or a thread (one per
-    results folder; a fold another process holds the lock for is left to it), or now."""
+    results folder; a fold another process holds the lock for is left to it), or now. `urgent`: more than
+    ``DELTA_URGENT_GENS`` generations pending (the child process then starts at its normal priority)."""
     if FOLD_IN == "inline":
         with _fold_lock(out):
             _fold(out)
@@ -915,9 +918,11 @@ def _start_fold(out: Path) -> None:
                                     else running.poll() is None):
             return  # the next run asks again if generations are still pending
         if FOLD_IN == "process":
-            # its own session: it completes after this process exits (mgaki surveil returns at once)
-            _folds[out] = subprocess.Popen([sys.executable, "-m", "mgaki.surveillance.fold", str(out)],
-                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            # its own session: it completes after this process exits (mgaki surveil returns at once); at the
+            # lowest priority from its first statement, before its imports (_FOLD_BOOT), unless urgent
+            boot = [_priority.__file__, "mgaki.surveillance.fold", str(out)]
+            _folds[out] = subprocess.Popen([sys.executable, "-c", _FOLD_BOOT, *(["--urgent"] if urgent else []),
+                                            *boot], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                            start_new_session=True)
         else:
             t = threading.Thread(target=fold_in_background, args=(out,), name="mgaki-fold", daemon=False)
@@ -925,20 +930,20 @@ def _start_fold(out: Path) -> None:
             t.start()
 
 
-def lowest_priority(own_session: bool = False) -> None:
-    """Give the CPU to everything else: this thread at nice 19 (Linux: the thread only; threads it starts
-    inherit it) and, with `own_session` (the fold process, started in a session of its own), its session's
-    autogroup too. Linux schedules each session's autogroup as one task first and applies nice only within
-    it: a nice-19 fold in a session of its own took as much CPU as the whole server beside it (a 300 s
-    HL7 feed's runs went from 2-3 s to 7-17 s while it folded). Never `own_session` in a thread of the server:
-    it would lower the server's whole session."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    # only as the leader of a session of its own (started so): run by hand from a shell, the fold would lower
-    # the shell's whole session
-    if own_session and os.getsid(0) == os.getpid():
-        with contextlib.suppress(OSError):  # no autogroups (kernel, platform): nothing to lower
-            Path("/proc/self/autogroup").write_text("19")
+# The fold process's first statements (``python -c _FOLD_BOOT [--urgent] <_priority.py> <module> <args>``): the
+# priority module loaded by its path, without the mgaki package (whose imports are the half second of CPU the
+# process must not take at its starting priority), the priority lowered unless --urgent, then `module`.main(args).
+_FOLD_BOOT = """import importlib.util, sys
+args = sys.argv[1:]
+urgent = args[:1] == ["--urgent"]
+args = args[1:] if urgent else args
+spec = importlib.util.spec_from_file_location("_mgaki_fold_priority", args[0])
+priority = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(priority)
+if not urgent:
+    priority.lowest_priority(own_session=True)
+raise SystemExit(importlib.import_module(args[1]).main(args[2:]))
+"""
 
 
 def fold_in_background(out: Path, own_session: bool = False) -> None:
@@ -953,6 +958,8 @@ def fold_in_background(out: Path, own_session: bool = False) -> None:
     urgent = pending > DELTA_URGENT_GENS
     if not urgent:
         lowest_priority(own_session)
+    elif own_session:  # a process started low (_FOLD_BOOT) whose generations piled up meanwhile
+        normal_priority(own_session)
     lock = _fold_lock(out)
     try:
         if not lock.acquire(blocking=False):
@@ -1581,7 +1588,7 @@ def _write_some(con: duckdb.DuckDBPyConnection, out: Path, subjects: list[str], 
         elif path in batch.deletes or not path.exists():
             timers.pop(str(b), None)
     if kept >= DELTA_FOLD_GENS:
-        _start_fold(out)
+        _start_fold(out, urgent=kept > DELTA_URGENT_GENS)
     return new
 
 
