@@ -206,12 +206,15 @@ def creatinine_rows(pids: list[str], clock: datetime, values: list[float], sourc
 def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
     """`k` times: one new creatinine for one random patient posted to the service (``POST /fhir``, a batch
     Bundle with one Observation, in-process ASGI with bearer tokens and SQLite): the response comes after the
-    result is stored, surveilled incrementally and its alerts copied into the database (``GET /alerts``)."""
+    result is stored, surveilled incrementally and its alerts copied into the database (``GET /alerts``).
+    ``parts``: the median milliseconds of the request's steps (``_timed_parts``), timed ones only."""
     import numpy as np
     from fastapi.testclient import TestClient
 
     from mgaki.service import ServiceConfig, create_app
     from mgaki.surveillance.pipeline import _read_state, wait_for_folds
+
+    parts = _timed_parts()
 
     state = _read_state(root / "results")
     with tempfile.TemporaryDirectory(dir=root.parent) as d:
@@ -230,7 +233,7 @@ def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
             for i in range(k + WARM):
                 clock = clock.replace(microsecond=0) + timedelta(minutes=1)
                 pid = f"P{int(rng.integers(0, n)):08d}"
-                obs = {"resourceType": "Observation", "id": f"bench-{i}", "status": "final",
+                obs = {"resourceType": "Observation", "id": f"bench-{seed}-{i}", "status": "final",
                        "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
                        "subject": {"reference": f"Patient/{pid}"}, "encounter": {"reference": f"Encounter/H{pid[1:]}"},
                        "effectiveDateTime": clock.replace(tzinfo=UTC).isoformat(),
@@ -245,11 +248,47 @@ def child_service_increments(root: Path, k: int, seed: int) -> dict[str, Any]:
                 if i >= WARM:  # the first runs copy the whole alert log into the new database
                     lat.append(dt)
                     alerts += r.json()["new_alerts"]
+                else:
+                    for xs in parts.values():
+                        xs.clear()
         # as in child_increments, and before the data folder goes: the fold reaches the results through its link
         wait_for_folds()
     q = lambda xs, p: float(np.percentile(np.array(xs), p))  # noqa: E731
-    return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "new_alerts": alerts,
-            "peak_rss": _maxrss()}
+    return {"k": k, "p50": q(lat, 50), "p99": q(lat, 99), "max": max(lat), "new_alerts": alerts, "lat": lat,
+            "parts": {name: q(xs, 50) * 1e3 for name, xs in parts.items() if xs}, "peak_rss": _maxrss()}
+
+
+def _timed_parts() -> dict[str, list[float]]:
+    """Time the steps of a ``POST /fhir`` (in this child process only): the Bundle read into raw tables
+    (``Ingestor.read``), ``normalize``, the store's ``append``, the incremental ``surveil`` and the alerts copied
+    into the database (``Ingestor.sync_alerts``). Each step's seconds, one entry per call."""
+    import functools
+
+    from mgaki.events import EventStore
+    from mgaki.service.ingest import ingestor
+
+    out: dict[str, list[float]] = {}
+
+    def timed(owner: Any, attr: str, name: str) -> None:
+        f = getattr(owner, attr)
+        xs = out.setdefault(name, [])
+
+        @functools.wraps(f)
+        def g(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                xs.append(time.perf_counter() - t0)
+
+        setattr(owner, attr, g)
+
+    timed(ingestor.Ingestor, "read", "read")
+    timed(ingestor, "normalize", "normalize")
+    timed(EventStore, "append", "append")
+    timed(ingestor, "surveil", "surveil")
+    timed(ingestor.Ingestor, "sync_alerts", "alerts_to_db")
+    return out
 
 
 WARM = 3  # increments not timed, on both paths: the first load the knowledge base and open databases (the

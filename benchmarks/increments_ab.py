@@ -15,6 +15,10 @@ morning, an hour apart); a change is judged by a ratio against a reference measu
 4. the latencies of all rounds pooled per code: p50, p90, p99, max, the most subjects one run recomputed,
    the timer alerts logged without recomputing, and the ratios this / reference.
 
+``--service``: the increments go through the service instead (``floor.py --child service``: ``POST /fhir`` of one
+Observation, in-process ASGI, SQLite), and each step's median is printed per code (the Bundle read, normalize,
+the store's append, surveil, the alerts copied into the database); no 200-patient runs.
+
 ``--build-each``: each code builds its own store (a change to how parts are written, e.g. their row groups, is
 then measured with the store it writes), each copy surveilled by its code as in 2.
 
@@ -60,7 +64,7 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, float]:
     lat = [x * 1e3 for r in rounds for x in r["lat"]]
     batch = [b["seconds"] * 1e3 for r in rounds for b in r.get("batches", [])]  # the 200-patient runs
     return {"runs": len(lat), "p50": _pct(lat, 50), "p90": _pct(lat, 90), "p99": _pct(lat, 99), "max": max(lat),
-            "recomputed_max": max(r["recomputed_max"] for r in rounds),
+            "recomputed_max": max(r.get("recomputed_max", 0) for r in rounds),
             "timer_alerts": sum(r.get("timer_alerts", 0) for r in rounds),
             "batch_runs": len(batch), "batch_p50": _pct(batch, 50) if batch else float("nan"),
             "batch_max": max(batch, default=float("nan"))}
@@ -78,6 +82,9 @@ def main() -> int:
                     help="an existing surveilled store to copy (hard links) instead of building and surveilling one")
     ap.add_argument("--build-each", action="store_true",
                     help="each code builds its own store (its own Parquet layout), instead of copies of one")
+    ap.add_argument("--service", action="store_true",
+                    help="through the service (POST /fhir of one Observation, floor.py --child service), each "
+                         "step's median printed, instead of the Python API")
     ap.add_argument("--out", type=Path, default=None, help="the JSON written (default: results/increments-ab-<date>)")
     a = ap.parse_args()
     ref_src = (a.against / "src").resolve()
@@ -114,14 +121,16 @@ def main() -> int:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in stores}
         for r in range(a.rounds):
             for name, root in stores.items():
-                runs[name].append(_child(["--child", "increments", "--root", str(root), "--n", str(a.n),
-                                          "--seed", str(a.seed + r)], srcs[name]))
+                runs[name].append(_child(["--child", "service" if a.service else "increments", "--root", str(root),
+                                          "--n", str(a.n), "--seed", str(a.seed + r)], srcs[name]))
                 print(f"round {r + 1}/{a.rounds} {name}: p50 {runs[name][-1]['p50'] * 1e3:.0f} ms", flush=True)
     res["summary"] = {name: summary(rs) for name, rs in runs.items()}
     res["rounds_detail"] = runs
     res["load_end"] = os.getloadavg()
     ref, this = res["summary"]["reference"], res["summary"]["this"]
-    print(f"\nsingle-result increments, {res['patients']} patients, {a.rounds} rounds x {a.n} per code, interleaved; "
+    res["service"] = a.service
+    print(f"\nsingle-result increments {'through the service (POST /fhir)' if a.service else 'by the Python API'}, "
+          f"{res['patients']} patients, {a.rounds} rounds x {a.n} per code, interleaved; "
           f"load {tuple(round(x, 2) for x in res['load_start'])} -> {tuple(round(x, 2) for x in res['load_end'])}")
     print(f"{'code':>10} {'runs':>5} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'recomputed':>10} "
           f"{'timer alerts':>12} {'full run s':>10}")
@@ -129,6 +138,13 @@ def main() -> int:
         print(f"{name:>10} {s['runs']:>5} {s['p50']:>7.0f} {s['p90']:>7.0f} {s['p99']:>7.0f} {s['max']:>7.0f} "
               f"{s['recomputed_max']:>10} {s['timer_alerts']:>12} {res[f'full_{name}']:>10.1f}")
     print("ratio this / reference: " + ", ".join(f"{k} {this[k] / ref[k]:.2f}" for k in ("p50", "p90", "p99", "max")))
+    if a.service:  # each step's median over the rounds' medians
+        steps = sorted({k for rs in runs.values() for r in rs for k in r.get("parts", {})})
+        print("steps, median of the rounds' medians (ms): " + "; ".join(
+            f"{name} " + ", ".join(f"{k} {float(np.median([r['parts'][k] for r in rs if k in r.get('parts', {})])):.1f}"
+                                   for k in steps) for name, rs in runs.items()))
+        save_json(res, a.out, "increments-ab-service")
+        return 0
     print(f"runs of {BATCH_SUBJECTS} patients' new results at once: " + "; ".join(
         f"{name} {s['batch_runs']} runs, p50 {s['batch_p50']:.0f} ms, max {s['batch_max']:.0f} ms"
         for name, s in res["summary"].items()) + f"; ratio p50 {this['batch_p50'] / ref['batch_p50']:.2f}")

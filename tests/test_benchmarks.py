@@ -313,6 +313,24 @@ def test_the_mllp_benchmark_waits_for_a_fold_before_removing_the_server_folder(
     bench.wait_for_fold(tmp_path / "no_results")  # no store surveilled: nothing to wait for
 
 
+def test_increments_ab_through_the_service_smoke(tmp_path: Path) -> None:
+    """benchmarks/increments_ab.py --service: POST /fhir increments on both codes, each step timed."""
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "increments_ab.py"), "--against", str(ROOT), "--patients", "100",
+           "--rounds", "2", "--n", "2", "--service", "--scratch", str(tmp_path), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["service"] is True
+    for name in ("reference", "this"):  # two rounds on one store: each round's records are its own (no 409)
+        assert [len(r["lat"]) for r in res["rounds_detail"][name]] == [2, 2] and res["summary"][name]["runs"] == 4
+        for rnd in res["rounds_detail"][name]:
+            parts = rnd["parts"]
+            assert set(parts) == {"read", "normalize", "append", "surveil", "alerts_to_db"}, parts
+            assert parts["read"] > 0 and 0 < parts["surveil"] < 1e3 * max(rnd["lat"])
+    assert "through the service (POST /fhir)" in r.stdout and "steps, median of the rounds' medians" in r.stdout
+
+
 def test_feed_runs_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/feed_runs.py on 200 patients: feed-shaped runs, each part timed, the report and JSON."""
     out = tmp_path / "feed_runs.json"
