@@ -294,25 +294,48 @@ def _event_like(ev: pa.Table, subject: str, when: datetime, source: str) -> pa.T
     return pa.table(row).cast(ev.schema)
 
 
-def test_results_of_layout_2_drop_their_timers_and_recompute_the_admitted_once(tmp_path: Path) -> None:
-    """Results written when a timer was a subject's earliest due time (layout 2): the next run drops those
-    timers, recomputes the patients admitted then (once) and logs what the full run logs."""
+@pytest.mark.parametrize("layout", [2, 3])
+def test_results_of_an_earlier_layout_are_recomputed_once_and_log_what_the_full_run_logs(
+        tmp_path: Path, layout: int) -> None:
+    """Results of layout 2 (a timer was a subject's earliest due time) or 3 (the tables of many rows in as many
+    buckets as the others): the next run recomputes everyone once, writes the buckets of this layout, and logs
+    what a full run logs, none of the logged alerts again."""
     store, tables, first_cut = _timer_store(tmp_path)
     out = store.root / "results"
     state = pipeline._read_state(out)
-    for f in (out / "_timers").glob("b*.parquet"):  # the earlier layout's timer files
-        t = pq.read_table(f)
-        pq.write_table(pa.table({"subject_id": t["subject_id"], "due": t["due"], "after": t["after"]}), f)
-    pipeline._write_state(out, {**state, "layout": 2})
+    if layout == 2:
+        for f in (out / "_timers").glob("b*.parquet"):  # the earlier layout's timer files
+            t = pq.read_table(f)
+            pq.write_table(pa.table({"subject_id": t["subject_id"], "due": t["due"], "after": t["after"]}), f)
+    for name in pipeline._MANY_ROWS:  # the earlier layouts' buckets of those tables: as many as the others'
+        rows = pa.concat_tables([pq.read_table(f) for f in sorted((out / name).glob("b*.parquet"))])
+        for f in (out / name).glob("b*.parquet"):
+            f.unlink()
+        b = pipeline._row_buckets(rows.column("subject_id"), int(state["buckets"]))
+        for k in pc.unique(b).to_pylist():
+            pq.write_table(rows.filter(pc.equal(b, k)), pipeline._bucket_file(out / name, k))
+    pipeline._write_state(out, {**state, "layout": layout})
+    logged = _rows(ResultTables(out)["alerts"].drop_columns(["emitted_at"]))  # the earlier layout's log
     ev = tables["events"]
-    one = ev.filter(pc.greater(ev["time"], first_cut)).sort_by("time").slice(0, 1)  # before the gap falls due
+    one = ev.filter(pc.greater(ev["time"], first_cut)).sort_by("time").slice(0, 1)
     store.append({"events": one})
     got = surveil(store)
-    assert got.subjects_recomputed > 1 and got.timer_alerts == 0
-    assert _log_rows(got) == _log_rows(_full_run_of(tmp_path, "r", _known_at(tables, first_cut), {"events": one}))
+    assert got.subjects_recomputed == -1 and logged  # everyone, once
+    full = _full_run_of(tmp_path, "r", _known_at(tables, first_cut), {"events": one})
+    assert _log_rows(got) == _log_rows(full)
+    assert not set(logged) & set(_rows(got.new_alerts.drop_columns(["emitted_at"])))  # none logged again
     after = pipeline._read_state(out)
-    assert after["layout"] == pipeline.LAYOUT and after["timers_known"] and after["timers"]
+    assert after["layout"] == pipeline.LAYOUT == 4 and after["timers_known"]
     assert "kind" in pq.read_schema(next((out / "_timers").glob("b*.parquet"))).names
+    for name in pipeline._MANY_ROWS:  # each row in its bucket of this layout
+        nb = pipeline.table_buckets(name, int(after["buckets"]))
+        assert nb == 8 * int(after["buckets"])
+        for f in (out / name).glob("b*.parquet"):
+            subjects = pq.read_table(f).column("subject_id").unique().to_pylist()
+            assert {pipeline.bucket_of(x, nb) for x in subjects if x is not None} <= {int(f.stem[1:])}
+        assert _rows(got.tables[name]) == _rows(full.tables[name])
+    again = surveil(store)  # and the run after it is incremental again
+    assert again.subjects_recomputed >= 0
 
 
 def test_of_two_alerts_with_one_key_the_more_severe_is_logged() -> None:

@@ -667,7 +667,8 @@ def _drop_internal(tab: pa.Table) -> pa.Table:
 # A run rewrites only the buckets of the subjects it recomputed, so its cost follows the subjects it
 # touches, not the store's size.
 
-LAYOUT = 3  # 3: timers hold their alerts (2: a subject's earliest due time)
+LAYOUT = 4  # 4: the hourly and creatinine tables in 8 times more buckets (3: timers hold their alerts; 2: a
+# subject's earliest due time)
 SUBJECTS_PER_BUCKET = 256  # the bucket count grows with the cohort so that a bucket stays small
 RESULT_TABLES = tuple(RESULT_NAMES.get(n, n) for n in OUTPUTS if n != "alerts")
 _INDEX, _TIMERS, _LOG = "_alert_index", "_timers", "alerts"
@@ -693,9 +694,19 @@ _FEW_ROWS = frozenset({"aki_episodes", "mg_trajectory", "evidence_flags", "kidne
 _FEW_ROWS_SHARE = 16  # such a table has 16 times fewer buckets: fewer, still small, files
 
 
+# many rows per subject (an hour's urine output each, a creatinine's criteria each): a bucket of SUBJECTS_PER_BUCKET
+# subjects of them was most of what a fold rewrites for each subject it folds; such a table has 8 times more
+# buckets. A fold of 64 one-patient generations at 100 k patients: 6.6 -> 2.1 s, peak 1.01 -> 0.32 GB
+# (benchmarks/README.md, "Smaller buckets for the tables of many rows"); a full run as long (115-123 s, 118 s)
+_MANY_ROWS = frozenset({"kdigo_urine", "kdigo_creatinine"})
+_MANY_ROWS_SHARE = 8
+
+
 def table_buckets(name: str, buckets: int) -> int:
     """The bucket count of result table (or folder) `name` in a results layout of `buckets` buckets."""
-    return max(1, buckets // _FEW_ROWS_SHARE) if name in _FEW_ROWS else buckets
+    if name in _FEW_ROWS:
+        return max(1, buckets // _FEW_ROWS_SHARE)
+    return buckets * _MANY_ROWS_SHARE if name in _MANY_ROWS else buckets
 
 
 def _row_buckets(subjects: pa.Array | pa.ChunkedArray, buckets: int) -> pa.Array | pa.ChunkedArray:
@@ -1700,15 +1711,15 @@ def _same_rows(a: pa.Table, b: pa.Table) -> bool:
 def _migrate(out: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Results of an earlier layout; the state to go on from.
 
-    Layout 2 (a timer per subject, its earliest due time, instead of its alerts not yet due): the timers
-    are dropped and marked unknown, so the next run recomputes the subjects admitted then, once (as after
-    an engine's run), and writes their timers anew. The one-file-per-table layout: the alert log becomes
-    the first log part, the rest is recomputed by the full run that follows (empty state)."""
-    if state.get("layout") == 2:
-        shutil.rmtree(out / _TIMERS, ignore_errors=True)
-        state = {**state, "layout": LAYOUT, "timers": {}, "timers_known": False}
-        _write_state(out, state)
-        return state
+    Layouts 2 (a timer per subject, its earliest due time, instead of its alerts not yet due) and 3 (the tables
+    of many rows in as many buckets as the others): recomputed by the full run that follows (empty state), once;
+    their alert log, kept, is not emitted again. The one-file-per-table layout: the alert log becomes the first
+    log part, the rest is recomputed by the full run that follows (empty state)."""
+    if state.get("layout") in (2, 3):
+        _log.warning("surveillance results of layout %s: recomputing every patient once (the result tables of "
+                     "many rows move to more buckets); the alert log is kept", state.get("layout"))
+        (out / "state.json").unlink(missing_ok=True)
+        return {}
     legacy_log = out / "alerts.parquet"
     if legacy_log.exists():
         (out / _LOG).mkdir(exist_ok=True)
