@@ -25,33 +25,21 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import save_json  # noqa: E402
+from floor import save_json, timed  # noqa: E402
 from mllp import cached_store, messages  # noqa: E402
 
 PARTS = ("_materialise", "_compute", "_write_some", "_write_delta", "_replace_rows", "_new_alerts", "_append_log",
          "_due_timers")
 
 
-def _timed(obj: Any, name: str, acc: dict[str, float]) -> None:
-    """Replace ``obj.name`` by a wrapper adding its seconds to ``acc[name]``."""
-    f: Callable[..., Any] = getattr(obj, name)
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return f(*args, **kwargs)
-        finally:
-            acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
-
-    setattr(obj, name, wrapper)
+def _add(acc: dict[str, float], name: str, seconds: float) -> None:
+    acc[name] = acc.get(name, 0.0) + seconds
 
 
 def measure(store_root: Path, batch: int, runs: int, last: int, patients: int,
@@ -68,7 +56,7 @@ def measure(store_root: Path, batch: int, runs: int, last: int, patients: int,
         pipeline.READ_THREADS = read_threads
     acc: dict[str, float] = {}
     for name in PARTS:
-        _timed(pipeline, name, acc)
+        timed(pipeline, name, functools.partial(_add, acc, name))
     store = EventStore(store_root)
     clock = datetime.fromisoformat(pipeline._read_state(store_root / "results")["data_max"]).replace(tzinfo=UTC)
     start = clock + timedelta(hours=1)

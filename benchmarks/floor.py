@@ -262,33 +262,32 @@ def _timed_parts() -> dict[str, list[float]]:
     """Time the steps of a ``POST /fhir`` (in this child process only): the Bundle read into raw tables
     (``Ingestor.read``), ``normalize``, the store's ``append``, the incremental ``surveil`` and the alerts copied
     into the database (``Ingestor.sync_alerts``). Each step's seconds, one entry per call."""
-    import functools
-
     from mgaki.events import EventStore
     from mgaki.service.ingest import ingestor
 
     out: dict[str, list[float]] = {}
-
-    def timed(owner: Any, attr: str, name: str) -> None:
-        f = getattr(owner, attr)
-        xs = out.setdefault(name, [])
-
-        @functools.wraps(f)
-        def g(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return f(*args, **kwargs)
-            finally:
-                xs.append(time.perf_counter() - t0)
-
-        setattr(owner, attr, g)
-
-    timed(ingestor.Ingestor, "read", "read")
-    timed(ingestor, "normalize", "normalize")
-    timed(EventStore, "append", "append")
-    timed(ingestor, "surveil", "surveil")
-    timed(ingestor.Ingestor, "sync_alerts", "alerts_to_db")
+    for owner, attr, name in ((ingestor.Ingestor, "read", "read"), (ingestor, "normalize", "normalize"),
+                              (EventStore, "append", "append"), (ingestor, "surveil", "surveil"),
+                              (ingestor.Ingestor, "sync_alerts", "alerts_to_db")):
+        timed(owner, attr, out.setdefault(name, []).append)
     return out
+
+
+def timed(owner: Any, attr: str, record: Any) -> None:
+    """Replace ``owner.attr`` (in this process) by a wrapper passing the seconds of each call to `record`."""
+    import functools
+
+    f = getattr(owner, attr)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return f(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - t0)
+
+    setattr(owner, attr, wrapper)
 
 
 WARM = 3  # increments not timed, on both paths: the first load the knowledge base and open databases (the
