@@ -3,8 +3,8 @@
 The fold process runs this before it imports mgaki (``pipeline._FOLD_BOOT`` loads it by its path): importing
 mgaki, DuckDB and Arrow costs about half a second of CPU, and a fold process still at its starting priority in
 a session of its own (an autogroup of its own, see ``lowest_priority``) took that half second as a peer of the
-whole server, one core away from the runs of those moments (ad hoc, 100 k ICU-shaped store: the single-result
-runs right after a fold started took 180-210 ms of stages instead of 85).
+whole server, one core away from the runs of those moments. (Single results beside a fold take 150-210 ms of
+stages instead of 85-90; how much of that the imports caused could not be told from the noise: benchmarks/README.md.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The background fold of surveillance result generations, as a process of its own:
-``python -m mgaki.surveillance.fold <results folder>`` (started by ``pipeline._start_fold``; docs/surveillance.md).
+"""The background fold of surveillance result generations, as a process of its own: ``main`` is what
+``pipeline._start_fold`` runs, through ``python -c pipeline._FOLD_BOOT`` (its priority lowered before mgaki is
+imported); ``python -m mgaki.surveillance.fold <results folder>`` runs it by hand (docs/surveillance.md).
 """
 
 from __future__ import annotations

@@ -696,8 +696,8 @@ _FEW_ROWS_SHARE = 16  # such a table has 16 times fewer buckets: fewer, still sm
 
 # many rows per subject (an hour's urine output each, a creatinine's criteria each): a bucket of SUBJECTS_PER_BUCKET
 # subjects of them was most of what a fold rewrites for each subject it folds; such a table has 8 times more
-# buckets. A fold of 64 one-patient generations at 100 k patients: 6.6 -> 2.1 s, peak 1.01 -> 0.32 GB
-# (benchmarks/README.md, "Smaller buckets for the tables of many rows"); a full run as long (115-123 s, 118 s)
+# buckets. A fold of 64 one-patient generations at 100 k patients: 8.1 -> 2.8 s, peak 1.01 -> 0.32 GB; a full
+# run up to a seventh longer (more files) (benchmarks/README.md, "Smaller buckets for the tables of many rows")
 _MANY_ROWS = frozenset({"kdigo_urine", "kdigo_creatinine"})
 _MANY_ROWS_SHARE = 8
 
