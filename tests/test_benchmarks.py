@@ -331,6 +331,27 @@ def test_increments_ab_through_the_service_smoke(tmp_path: Path) -> None:
     assert "through the service (POST /fhir)" in r.stdout and "steps, median of the rounds' medians" in r.stdout
 
 
+def test_append_growth_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/append_growth.py on 200 patients: a feed's appends timed with their parts, by window, the ledger
+    growing, the report and JSON."""
+    out = tmp_path / "growth.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "append_growth.py"), "--patients", "200",
+                        "--feed-patients", "100", "--appends", "12", "--batch", "10", "--window", "4",
+                        "--store-cache", str(tmp_path / "cache"), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert len(res["appends"]) == 12 and [(w["first"], w["last"]) for w in res["windows"]] == [(1, 4), (5, 8), (9, 12)]
+    for a in res["appends"]:
+        assert 0 < a["_identity_conflicts_s"] + a["_versions_s"] + a["compact_s"] < a["append_s"]
+    rows = [w["ledger_rows"] for w in res["windows"]]
+    assert rows == sorted(rows) and rows[0] > 0 and rows[-1] > rows[0]  # every append brings new versions
+    first = sorted(a["append_s"] for a in res["appends"][:4])
+    assert res["windows"][0]["append_s"] == pytest.approx((first[1] + first[2]) / 2)  # the window's median
+    for line in ("identity", "versions", "ledger rows", "last window / first window"):
+        assert line in r.stdout, r.stdout
+
+
 def test_feed_runs_benchmark_smoke(tmp_path: Path) -> None:
     """benchmarks/feed_runs.py on 200 patients: feed-shaped runs, each part timed, the report and JSON."""
     out = tmp_path / "feed_runs.json"
