@@ -21,8 +21,6 @@ with the ledger's and the events table's rows and parts at the window's end. ``-
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from floor import save_json, timed  # noqa: E402
-from mllp import cached_store, messages  # noqa: E402
+from mllp import linked_copy, messages  # noqa: E402
 
 PARTS = ("_identity_conflicts", "_versions", "compact")
 
@@ -122,10 +120,7 @@ def main() -> int:
     if a.feed_patients is not None and not 100 <= a.feed_patients <= a.patients:
         ap.error("--feed-patients must be between 100 and --patients")
     with tempfile.TemporaryDirectory(prefix="mgaki-growth-") as d:
-        src, info = cached_store(a.store_cache or Path(d) / "cache", a.patients)
-        copy = Path(d) / "store"
-        # hard links, as feed_runs.py copies a store: parts are never rewritten in place
-        shutil.copytree(src, copy, copy_function=os.link, ignore=shutil.ignore_patterns("bench-ready.json"))
+        copy, info = linked_copy(a.store_cache or Path(d) / "cache", a.patients, Path(d))
         res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                "started": datetime.now(UTC).isoformat(), "store": info,
                **measure(copy, a.appends, a.batch, a.window, a.feed_patients or a.patients)}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from floor import save_json, timed  # noqa: E402
-from mllp import cached_store, messages  # noqa: E402
+from mllp import linked_copy, messages  # noqa: E402
 
 PARTS = ("_materialise", "_compute", "_write_some", "_write_delta", "_replace_rows", "_new_alerts", "_append_log",
          "_due_timers")
@@ -113,10 +112,7 @@ def main() -> int:
     if not 1 <= a.last <= a.runs:
         ap.error("--last must be between 1 and --runs")
     with tempfile.TemporaryDirectory(prefix="mgaki-feedruns-") as d:
-        src, info = cached_store(a.store_cache or Path(d) / "cache", a.patients)
-        copy = Path(d) / "store"
-        # hard links, as fold.py and increments_ab.py copy a store: parts and results are never rewritten in place
-        shutil.copytree(src, copy, copy_function=os.link, ignore=shutil.ignore_patterns("bench-ready.json"))
+        copy, info = linked_copy(a.store_cache or Path(d) / "cache", a.patients, Path(d))
         res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
                "started": datetime.now(UTC).isoformat(), "store": info,
                **measure(copy, a.batch, a.runs, a.last, a.patients, a.read_threads)}

@@ -121,6 +121,15 @@ def cached_store(cache: Path, patients: int) -> tuple[Path, dict[str, Any]]:
     return root, {**info, "reused": False}
 
 
+def linked_copy(cache: Path, patients: int, into: Path) -> tuple[Path, dict[str, Any]]:
+    """``cached_store`` copied to ``into/store`` by hard links (parts and results are never rewritten in place, so
+    the copy's writes leave the cache as it was), and its build info."""
+    src, info = cached_store(cache, patients)
+    copy = into / "store"
+    shutil.copytree(src, copy, copy_function=os.link, ignore=shutil.ignore_patterns("bench-ready.json"))
+    return copy, info
+
+
 def _now() -> str:
     return f"{datetime.now(UTC):%H:%M:%S}"
 
