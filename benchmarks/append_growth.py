@@ -21,6 +21,7 @@ with the ledger's and the events table's rows and parts at the window's end. ``-
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import save_json, timed  # noqa: E402
+from floor import add_seconds, save_json, timed  # noqa: E402
 from mllp import linked_copy, messages  # noqa: E402
 
 PARTS = ("_identity_conflicts", "_versions", "compact")
@@ -44,16 +45,11 @@ def measure(store_root: Path, appends: int, batch: int, window: int, patients: i
 
     from mgaki.events import EventStore
     from mgaki.events.normalize import normalize
-    from mgaki.events.store import EventStore as _Store
     from mgaki.service.ingest.hl7 import parse_oru
 
     acc: dict[str, float] = {}
-
-    def add(name: str) -> Any:
-        return lambda s: acc.__setitem__(name, acc.get(name, 0.0) + s)
-
     for name in PARTS:
-        timed(_Store, name, add(name))
+        timed(EventStore, name, functools.partial(add_seconds, acc, name))
     store = EventStore(store_root)
     start = datetime(2030, 1, 1, tzinfo=UTC)
     texts = [m[0] for m in messages(appends * batch, patients, 0.02, "growth", start, 200.0)]

@@ -30,15 +30,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from floor import save_json, timed  # noqa: E402
+from floor import add_seconds, save_json, timed  # noqa: E402
 from mllp import linked_copy, messages  # noqa: E402
 
 PARTS = ("_materialise", "_compute", "_write_some", "_write_delta", "_replace_rows", "_new_alerts", "_append_log",
          "_due_timers")
-
-
-def _add(acc: dict[str, float], name: str, seconds: float) -> None:
-    acc[name] = acc.get(name, 0.0) + seconds
 
 
 def measure(store_root: Path, batch: int, runs: int, last: int, patients: int,
@@ -55,7 +51,7 @@ def measure(store_root: Path, batch: int, runs: int, last: int, patients: int,
         pipeline.READ_THREADS = read_threads
     acc: dict[str, float] = {}
     for name in PARTS:
-        timed(pipeline, name, functools.partial(_add, acc, name))
+        timed(pipeline, name, functools.partial(add_seconds, acc, name))
     store = EventStore(store_root)
     clock = datetime.fromisoformat(pipeline._read_state(store_root / "results")["data_max"]).replace(tzinfo=UTC)
     start = clock + timedelta(hours=1)

@@ -273,6 +273,11 @@ def _timed_parts() -> dict[str, list[float]]:
     return out
 
 
+def add_seconds(acc: dict[str, float], name: str, seconds: float) -> None:
+    """A ``timed`` record (with ``functools.partial``): the seconds of each call added to ``acc[name]``."""
+    acc[name] = acc.get(name, 0.0) + seconds
+
+
 def timed(owner: Any, attr: str, record: Any) -> None:
     """Replace ``owner.attr`` (in this process) by a wrapper passing the seconds of each call to `record`."""
     import functools

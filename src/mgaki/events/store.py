@@ -91,15 +91,16 @@ _OPTIONAL = ("subject_id", "replaces")
 _BROUGHT = pa.schema([("tbl", pa.string()), ("source", pa.string()), ("subject_id", pa.string()),
                       ("identity", pa.string()), ("version", pa.string()), ("h", pa.uint64())])
 _BROUGHT_IN = pa.schema([("subject_id", pa.string()), ("source", pa.string())])
-_HISTORY_RE = r"^(?P<identity>.+)/_history/(?P<version>[^/]+)$"  # as _IDENTITY and _VERSION (RE2 both)
+# a versioned source split into identity and version (RE2, in DuckDB's SQL and in Arrow alike)
+_HISTORY_RE = r"^(?P<identity>.+)/_history/(?P<version>[^/]+)$"
 _HASH_LIST_MAX = 1024  # distinct identities hashed from a parameter list; more: from a registered table
 _COMPACTED = "_compacted"  # per-table folder of compaction records
 COMPACT_AT = 32  # small parts of one table that trigger a merge
 SMALL_PART_BYTES = 1 << 20  # parts under this size are merged; bulk-ingest parts are left as written
 GRACE_S = 3600.0  # replaced parts stay on disk this long for readers that listed them before the merge
 # SQL: identity and version of a versioned source (NULL when the source carries no version)
-_IDENTITY = "regexp_extract({c}, '^(.+)/_history/([^/]+)$', 1)"
-_VERSION = "regexp_extract({c}, '^(.+)/_history/([^/]+)$', 2)"
+_IDENTITY = f"regexp_extract({{c}}, '{_HISTORY_RE}', 1)"
+_VERSION = f"regexp_extract({{c}}, '{_HISTORY_RE}', 2)"
 
 
 def versioned_source(identity: str, version: str) -> str:
@@ -508,7 +509,7 @@ class EventStore:
         is a versioned reference, with its identity, version and DuckDB ``hash(identity)`` (the ledger index's
         key). Shared by the identity check and the version decision of an append.
 
-        Computed in Arrow (the split by ``_HISTORY_RE``, the same RE2 pattern as ``_IDENTITY``/``_VERSION``), with
+        Computed in Arrow (the split by ``_HISTORY_RE``, the pattern of ``_IDENTITY``/``_VERSION``), with
         one DuckDB statement for the hashes of the distinct identities: a lab feed checks a group of a few
         messages 50 times a second, and the one statement doing all of it cost ~4 ms a call, this ~1 ms (two
         tables of 8 rows; ``tests/events/test_store_brought.py`` holds the statement it replaces and compares)."""
@@ -524,10 +525,10 @@ class EventStore:
             return _BROUGHT.empty_table()
         u = pa.concat_tables(pieces).group_by(["tbl", "source", "subject_id"], use_threads=False).aggregate([])
         split = pc.extract_regex(u.column("source"), _HISTORY_RE)
-        u = u.filter(pc.is_valid(split))
+        matched = pc.is_valid(split)
+        u, split = u.filter(matched), split.filter(matched)
         if u.num_rows == 0:
             return _BROUGHT.empty_table()
-        split = split.filter(pc.is_valid(split))
         identity, version = pc.struct_field(split, "identity"), pc.struct_field(split, "version")
         ids = pc.unique(identity)
         if len(ids) <= _HASH_LIST_MAX:  # a parameter list: no table to register (about half the cost)
